@@ -1,0 +1,201 @@
+//! The host-agent protocol: what the VEEM asks of a host (a VEEH), and what the host answers.
+//!
+//! An in-process agent receives these as function calls; a remote agent (`veem agent`) receives
+//! them as JSON frames over a WebSocket it opened to the server, so both speak exactly this.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use veem_model::{HostId, ImageFormat, VeeId};
+
+/// The first frame a remote agent sends: who it is and what it offers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostHello {
+    pub name: HostId,
+    pub driver: String,
+    pub cpus: u32,
+    pub memory_mb: u64,
+}
+
+/// Everything a driver needs to start a VEE. Paths are on the site's shared storage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploySpec {
+    pub vee: VeeId,
+    pub name: String,
+    pub cpu: u32,
+    pub cpu_max: u32,
+    pub memory_mb: u64,
+    pub memory_max_mb: u64,
+    pub disks: Vec<DiskPlan>,
+    pub nics: Vec<NicPlan>,
+    pub hypervisor: Option<String>,
+    pub raw: String,
+    /// The OVF environment document to put on the VEE's context disk, if any.
+    pub ovf_env: Option<String>,
+    /// The VEE's directory: its disks, saved memory and context disk live below it.
+    pub vee_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskPlan {
+    pub target: String,
+    /// The resolved source image file; `None` for a blank disk.
+    pub source: Option<PathBuf>,
+    pub source_format: Option<ImageFormat>,
+    pub size_gb: Option<u64>,
+    /// `true`: a copy-on-write copy in the VEE's directory; `false`: the source itself.
+    pub clone: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NicPlan {
+    pub target: String,
+    pub network: String,
+    pub mac: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceState {
+    Running,
+    Paused,
+    /// Waiting for an incoming migration.
+    Incoming,
+    /// The guest powered off or its process ended.
+    Stopped,
+}
+
+/// What a host observes of one of its VEEs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceStatus {
+    pub vee: VeeId,
+    pub state: InstanceState,
+    pub cpus: u32,
+    pub memory_mb: u64,
+    /// CPU time the VEE used since it started on this host.
+    pub cpu_time_ms: u64,
+}
+
+/// A request from the VEEM to a host agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum AgentRequest {
+    Deploy {
+        spec: DeploySpec,
+    },
+    Pause {
+        vee: VeeId,
+    },
+    Resume {
+        vee: VeeId,
+    },
+    /// Save memory to `memory_file`, end the instance, free the host.
+    Suspend {
+        vee: VeeId,
+        memory_file: PathBuf,
+    },
+    Restore {
+        spec: DeploySpec,
+        memory_file: PathBuf,
+    },
+    /// Ask the guest to power off; force it after `deadline_ms`.
+    Shutdown {
+        vee: VeeId,
+        deadline_ms: u64,
+    },
+    Destroy {
+        vee: VeeId,
+    },
+    Resize {
+        vee: VeeId,
+        cpu: u32,
+        memory_mb: u64,
+    },
+    Status {
+        vee: VeeId,
+    },
+    List,
+    /// Write a standalone qcow2 copy of a VEE's disk to `out`.
+    ExportDisk {
+        vee_dir: PathBuf,
+        target: String,
+        out: PathBuf,
+    },
+    /// Start an instance that waits for an incoming migration; answers its URI.
+    PrepareIncoming {
+        spec: DeploySpec,
+    },
+    /// Send a running instance to `uri`; the instance here ends when done.
+    MigrateOut {
+        vee: VeeId,
+        uri: String,
+    },
+    /// Resume an instance that has received its migration.
+    CompleteIncoming {
+        vee: VeeId,
+    },
+}
+
+impl AgentRequest {
+    /// The operation's name, for logs and error messages.
+    pub fn op(&self) -> &'static str {
+        match self {
+            AgentRequest::Deploy { .. } => "deploy",
+            AgentRequest::Pause { .. } => "pause",
+            AgentRequest::Resume { .. } => "resume",
+            AgentRequest::Suspend { .. } => "suspend",
+            AgentRequest::Restore { .. } => "restore",
+            AgentRequest::Shutdown { .. } => "shutdown",
+            AgentRequest::Destroy { .. } => "destroy",
+            AgentRequest::Resize { .. } => "resize",
+            AgentRequest::Status { .. } => "status",
+            AgentRequest::List => "list",
+            AgentRequest::ExportDisk { .. } => "export_disk",
+            AgentRequest::PrepareIncoming { .. } => "prepare_incoming",
+            AgentRequest::MigrateOut { .. } => "migrate_out",
+            AgentRequest::CompleteIncoming { .. } => "complete_incoming",
+        }
+    }
+}
+
+/// Why a host could not do what was asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentErrorKind {
+    /// The host runs no instance of that VEE.
+    NoSuchInstance,
+    /// A file the request names does not exist (an image, saved memory, a disk).
+    MissingFile,
+    /// The operation failed on the host (the hypervisor refused, a process died...).
+    Failed,
+    /// The driver cannot do this.
+    Unsupported,
+    /// The host could not be reached or did not answer in time.
+    Unreachable,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentError {
+    pub kind: AgentErrorKind,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum AgentResponse {
+    Done,
+    Status { status: InstanceStatus },
+    List { instances: Vec<InstanceStatus> },
+    Incoming { uri: String },
+    Error { error: AgentError },
+}
+
+/// One frame on a remote agent's WebSocket. The server sends `Request`s; the agent answers each
+/// with a `Response` carrying the same `id`. `Hello` is the agent's first frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "frame", rename_all = "snake_case")]
+pub enum AgentFrame {
+    Hello { hello: HostHello },
+    Request { id: u64, request: AgentRequest },
+    Response { id: u64, response: AgentResponse },
+}

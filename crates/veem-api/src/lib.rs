@@ -1,0 +1,238 @@
+//! Wire types: the JSON bodies of the VMI over HTTP (`shared/vmi-http.md`) and the messages of
+//! the host-agent protocol.
+//!
+//! These types are what crosses a network, kept apart from the domain types of `veem-model` so
+//! the contract can be read in one place. Nothing here does I/O or knows a route; the server maps
+//! them to its core, the client sends them.
+
+pub mod agent;
+
+use serde::{Deserialize, Serialize};
+use veem_model::{
+    ControlAction, Generated, HostId, InitModel, Phase, VeeDescriptor, VeemState, VmiState,
+};
+
+/// The base path of every route.
+pub const BASE_PATH: &str = "/vmi/v1";
+
+/// An RFC 9457 problem document: the body of every error answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// A stable snake_case word: `malformed_descriptor`, `wrong_state`, `not_found`, ...
+    pub code: String,
+}
+
+/// The stable error codes of the contract, and the extensions veem adds.
+pub mod code {
+    pub const MALFORMED_DESCRIPTOR: &str = "malformed_descriptor";
+    pub const MALFORMED_REQUEST: &str = "malformed_request";
+    pub const INSUFFICIENT_RESOURCES: &str = "insufficient_resources";
+    pub const WRONG_STATE: &str = "wrong_state";
+    pub const ACCESS_DENIED: &str = "access_denied";
+    pub const NOT_FOUND: &str = "not_found";
+    pub const UNAUTHENTICATED: &str = "unauthenticated";
+    pub const IN_USE: &str = "in_use";
+    pub const PENDING: &str = "pending";
+    pub const TIMEOUT: &str = "timeout";
+    pub const DEPLOYMENT_FAILED: &str = "deployment_failed";
+    pub const HOST_FAILED: &str = "host_failed";
+    pub const CONFLICT: &str = "conflict";
+    pub const INTERNAL: &str = "internal";
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitializeRequest {
+    pub model: InitModel,
+    #[serde(default = "one")]
+    pub count: u32,
+    pub descriptor: VeeDescriptor,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitializedVee {
+    pub id: String,
+    pub state: VmiState,
+    pub generated: Generated,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitializeResponse {
+    pub vees: Vec<InitializedVee>,
+}
+
+/// One id of a batch that failed, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemFailure {
+    pub id: String,
+    pub error: String,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitRequest {
+    pub ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubmitResponse {
+    pub submitted: Vec<String>,
+    pub failed: Vec<ItemFailure>,
+}
+
+/// The collection type of Section 2.6 of the paper.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Order {
+    /// One after another, in the given order.
+    List,
+    /// In any order, concurrently.
+    Set,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateStateRequest {
+    pub order: Order,
+    pub ids: Vec<String>,
+    pub action: ControlAction,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateStateResponse {
+    pub applied: Vec<String>,
+    pub failed: Vec<ItemFailure>,
+}
+
+/// A VEE as `GET /vees/{id}` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VeeView {
+    pub id: String,
+    pub name: String,
+    pub owner: String,
+    pub state: VmiState,
+    pub veem_state: VeemState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    pub host: Option<HostId>,
+    pub site: String,
+    pub descriptor: VeeDescriptor,
+    pub generated: Generated,
+    pub tags: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VeeList {
+    pub vees: Vec<VeeView>,
+    pub next: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PatchApplied {
+    /// The running VEE was changed without a restart.
+    Live,
+    /// The VEE holds no host now; the change takes effect when it is next activated.
+    NextActivation,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PatchResponse {
+    pub vee: VeeView,
+    pub applied: PatchApplied,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrateRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<bool>,
+}
+
+/// One state change of a VEE (`GET /vees/{id}/events`, a veem extension).
+pub use veem_model::VeeEvent;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventList {
+    pub events: Vec<VeeEvent>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageView {
+    pub name: String,
+    pub format: String,
+    pub size_bytes: u64,
+    pub owner: String,
+    pub created_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageList {
+    pub images: Vec<ImageView>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    pub cpus: u32,
+    pub memory_mb: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum HostState {
+    /// Connected and healthy: takes new VEEs.
+    Up,
+    /// Disabled by an operator: keeps its VEEs, takes no new ones.
+    Disabled,
+    /// Not connected, or its driver reports a failure.
+    Down,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostView {
+    pub id: HostId,
+    pub state: HostState,
+    pub driver: String,
+    /// `in-process` or `remote`.
+    pub agent: String,
+    pub capacity: Resources,
+    pub used: Resources,
+    pub vees: Vec<String>,
+    pub last_seen_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostList {
+    pub hosts: Vec<HostView>,
+}

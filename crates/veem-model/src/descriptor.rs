@@ -1,0 +1,440 @@
+//! The VEE descriptor (Table 2.2 of the paper): everything the VEEM needs to place and run a VEE.
+//!
+//! The JSON shape of this type is the descriptor of the HTTP contract, so it derives serde
+//! directly; `validate` then checks what serde cannot (ranges, ceilings, unique targets) and names
+//! the offending field the way the contract asks (`disks[0].size_gb`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::ImageName;
+
+/// No host we know of has more; larger numbers are typos, not requests.
+pub const MAX_CPUS: u32 = 1024;
+/// 64 TiB.
+pub const MAX_MEMORY_MB: u64 = 64 * 1024 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VeeDescriptor {
+    #[serde(default)]
+    pub name: String,
+    /// Virtual CPUs reserved on the host.
+    pub cpu: u32,
+    /// Ceiling up to which `cpu` can be raised without a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_max: Option<u32>,
+    /// Memory reserved on the host.
+    pub memory_mb: u64,
+    /// Ceiling up to which `memory_mb` can be raised live (use case 2.2.6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_max_mb: Option<u64>,
+    #[serde(default)]
+    pub disks: Vec<DiskSpec>,
+    #[serde(default)]
+    pub nics: Vec<NicSpec>,
+    /// Hypervisor type (OVF `vssd:VirtualSystemType`), e.g. `kvm` or `qemu`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hypervisor: Option<String>,
+    /// Semantic-free marks, set by the SM (e.g. `database`).
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// For each tag here, never share a host with another VEE of the same principal carrying it.
+    #[serde(default)]
+    pub anti_affinity: Vec<String>,
+    /// Passed through to the hypervisor driver untouched.
+    #[serde(default)]
+    pub raw: String,
+    #[serde(default, skip_serializing_if = "Context::is_empty")]
+    pub context: Context,
+    /// Prefix of the VEE's monitoring FQNs; the VEE id when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fqn_prefix: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskSpec {
+    /// Where the disk's first contents come from; a blank disk of `size_gb` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<DiskSource>,
+    /// Size of the disk; grows the source image when larger than it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_gb: Option<u64>,
+    /// Guest device the disk maps to (`vda`, `hda`, ...); assigned in order when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// `true`: the VEE gets its own copy-on-write copy; `false`: the source itself is used.
+    #[serde(default = "default_clone")]
+    pub clone: bool,
+}
+
+fn default_clone() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NicSpec {
+    pub network: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+/// Contextualization: becomes the `ovf-env.xml` on an extra disk of the VEE.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Context {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub properties: BTreeMap<String, String>,
+    /// A whole OVF environment document, given instead of `properties`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ovf_env: Option<String>,
+}
+
+impl Context {
+    pub fn is_empty(&self) -> bool {
+        self.properties.is_empty() && self.ovf_env.is_none()
+    }
+}
+
+/// Where a disk's contents come from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum DiskSource {
+    /// `image:<name>`: an image of the caller's image store (or an admin's shared one).
+    Image(ImageName),
+    /// `http://`, `https://` or `file://` URL, fetched at deployment.
+    Url(String),
+}
+
+impl TryFrom<String> for DiskSource {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        if let Some(name) = text.strip_prefix("image:") {
+            return ImageName::new(name)
+                .map(DiskSource::Image)
+                .map_err(|e| e.to_string());
+        }
+        let lower = text.to_ascii_lowercase();
+        let has_rest = |scheme: &str| text.len() > scheme.len();
+        for scheme in ["http://", "https://", "file://"] {
+            if lower.starts_with(scheme) && has_rest(scheme) {
+                return Ok(DiskSource::Url(text));
+            }
+        }
+        Err(format!(
+            "disk source {text:?} must be 'image:<name>' or an http(s):// or file:// URL"
+        ))
+    }
+}
+
+impl From<DiskSource> for String {
+    fn from(source: DiskSource) -> String {
+        source.to_string()
+    }
+}
+
+impl fmt::Display for DiskSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DiskSource::Image(name) => write!(f, "image:{name}"),
+            DiskSource::Url(url) => f.write_str(url),
+        }
+    }
+}
+
+/// A descriptor that breaks a rule; `field` is a JSON path (`disks[1].target`) or an OVF element.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct DescriptorError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl DescriptorError {
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+fn check_word(field: String, text: &str) -> Result<(), DescriptorError> {
+    let ok = !text.is_empty()
+        && text.len() <= 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(DescriptorError::new(
+            field,
+            format!("{text:?} must be 1 to 64 characters of letters, digits, '.', '_', '-' or ':'"),
+        ))
+    }
+}
+
+impl VeeDescriptor {
+    /// A descriptor with just what the contract requires.
+    pub fn minimal(cpu: u32, memory_mb: u64) -> Self {
+        Self {
+            name: String::new(),
+            cpu,
+            cpu_max: None,
+            memory_mb,
+            memory_max_mb: None,
+            disks: Vec::new(),
+            nics: Vec::new(),
+            hypervisor: None,
+            tags: Vec::new(),
+            anti_affinity: Vec::new(),
+            raw: String::new(),
+            context: Context::default(),
+            fqn_prefix: None,
+        }
+    }
+
+    /// The CPU ceiling: `cpu_max`, or `cpu` when none was fixed.
+    pub fn cpu_ceiling(&self) -> u32 {
+        self.cpu_max.unwrap_or(self.cpu)
+    }
+
+    /// The memory ceiling: `memory_max_mb`, or `memory_mb` when none was fixed.
+    pub fn memory_ceiling_mb(&self) -> u64 {
+        self.memory_max_mb.unwrap_or(self.memory_mb)
+    }
+
+    /// Checks every rule serde cannot express, and fills in disk and NIC targets left out
+    /// (`vda`, `vdb`, ... and `eth0`, `eth1`, ...), so that a stored descriptor is complete.
+    pub fn validate(&mut self) -> Result<(), DescriptorError> {
+        if self.name.len() > 255 {
+            return Err(DescriptorError::new(
+                "name",
+                "must be at most 255 characters",
+            ));
+        }
+        if self.cpu == 0 || self.cpu > MAX_CPUS {
+            return Err(DescriptorError::new(
+                "cpu",
+                format!("must be between 1 and {MAX_CPUS}, not {}", self.cpu),
+            ));
+        }
+        if let Some(max) = self.cpu_max {
+            if max < self.cpu || max > MAX_CPUS {
+                return Err(DescriptorError::new(
+                    "cpu_max",
+                    format!(
+                        "must be between cpu ({}) and {MAX_CPUS}, not {max}",
+                        self.cpu
+                    ),
+                ));
+            }
+        }
+        if self.memory_mb < 1 || self.memory_mb > MAX_MEMORY_MB {
+            return Err(DescriptorError::new(
+                "memory_mb",
+                format!(
+                    "must be between 1 and {MAX_MEMORY_MB}, not {}",
+                    self.memory_mb
+                ),
+            ));
+        }
+        if let Some(max) = self.memory_max_mb {
+            if max < self.memory_mb || max > MAX_MEMORY_MB {
+                return Err(DescriptorError::new(
+                    "memory_max_mb",
+                    format!(
+                        "must be between memory_mb ({}) and {MAX_MEMORY_MB}, not {max}",
+                        self.memory_mb
+                    ),
+                ));
+            }
+        }
+        let mut targets = Vec::new();
+        for (i, disk) in self.disks.iter_mut().enumerate() {
+            let field = |name: &str| format!("disks[{i}].{name}");
+            if disk.source.is_none() && disk.size_gb.is_none() {
+                return Err(DescriptorError::new(
+                    field("size_gb"),
+                    "a disk without a source needs a size",
+                ));
+            }
+            if disk.size_gb == Some(0) {
+                return Err(DescriptorError::new(field("size_gb"), "must be at least 1"));
+            }
+            if disk.source.is_none() && !disk.clone {
+                return Err(DescriptorError::new(
+                    field("clone"),
+                    "a blank disk has no source to share; clone must be true",
+                ));
+            }
+            let target = match &disk.target {
+                Some(t) => {
+                    check_word(field("target"), t)?;
+                    t.clone()
+                }
+                None => {
+                    let letter = (b'a' + u8::try_from(i).unwrap_or(25).min(25)) as char;
+                    format!("vd{letter}")
+                }
+            };
+            if targets.contains(&target) {
+                return Err(DescriptorError::new(
+                    field("target"),
+                    format!("{target:?} is used by another disk"),
+                ));
+            }
+            disk.target = Some(target.clone());
+            targets.push(target);
+        }
+        let mut nic_targets = Vec::new();
+        for (i, nic) in self.nics.iter_mut().enumerate() {
+            let field = |name: &str| format!("nics[{i}].{name}");
+            check_word(field("network"), &nic.network)?;
+            let target = match &nic.target {
+                Some(t) => {
+                    check_word(field("target"), t)?;
+                    t.clone()
+                }
+                None => format!("eth{i}"),
+            };
+            if nic_targets.contains(&target) {
+                return Err(DescriptorError::new(
+                    field("target"),
+                    format!("{target:?} is used by another NIC"),
+                ));
+            }
+            nic.target = Some(target.clone());
+            nic_targets.push(target);
+        }
+        for (i, tag) in self.tags.iter().enumerate() {
+            check_word(format!("tags[{i}]"), tag)?;
+        }
+        for (i, tag) in self.anti_affinity.iter().enumerate() {
+            check_word(format!("anti_affinity[{i}]"), tag)?;
+        }
+        if let Some(h) = &self.hypervisor {
+            check_word("hypervisor".into(), h)?;
+        }
+        for key in self.context.properties.keys() {
+            if key.is_empty() || key.len() > 255 || key.chars().any(char::is_control) {
+                return Err(DescriptorError::new(
+                    format!("context.properties.{key}"),
+                    "a property key must be 1 to 255 printable characters",
+                ));
+            }
+        }
+        if !self.context.properties.is_empty() && self.context.ovf_env.is_some() {
+            return Err(DescriptorError::new(
+                "context",
+                "give either properties or ovf_env, not both",
+            ));
+        }
+        if let Some(prefix) = &self.fqn_prefix {
+            let ok = !prefix.is_empty()
+                && prefix.len() <= 512
+                && prefix.split('.').all(|part| {
+                    !part.is_empty()
+                        && part
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+                });
+            if !ok {
+                return Err(DescriptorError::new(
+                    "fqn_prefix",
+                    "must be dot-separated words of letters, digits, '_' or '-'",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<VeeDescriptor, String> {
+        let de = &mut serde_json::Deserializer::from_str(json);
+        let mut d: VeeDescriptor = serde_path_to_error::deserialize(de)
+            .map_err(|e| format!("{}: {}", e.path(), e.inner()))?;
+        d.validate().map_err(|e| e.field)?;
+        Ok(d)
+    }
+
+    #[test]
+    fn the_contract_example_parses() {
+        let d = parse(
+            r#"{"name": "db", "cpu": 2, "memory_mb": 1024, "memory_max_mb": 8192,
+            "disks": [{"source": "image:tiny", "size_gb": 1, "target": "vda", "clone": true}],
+            "nics": [{"network": "private", "target": "eth0"}], "hypervisor": "kvm",
+            "tags": ["database"], "anti_affinity": ["database"], "raw": "",
+            "context": {"properties": {"db_host": "10.0.0.2"}},
+            "fqn_prefix": "tid.customers.EasyJet.services.Web.serviceComponents.DBServer.replicas.1"}"#,
+        )
+        .expect("valid");
+        assert_eq!(d.memory_ceiling_mb(), 8192);
+        assert_eq!(
+            d.disks[0].source,
+            Some(DiskSource::Image(
+                ImageName::new("tiny").expect("valid name")
+            ))
+        );
+    }
+
+    #[test]
+    fn targets_are_filled_in_order() {
+        let d = parse(r#"{"cpu":1,"memory_mb":64,"disks":[{"size_gb":1},{"size_gb":2}],"nics":[{"network":"n"}]}"#)
+            .expect("valid");
+        assert_eq!(d.disks[0].target.as_deref(), Some("vda"));
+        assert_eq!(d.disks[1].target.as_deref(), Some("vdb"));
+        assert_eq!(d.nics[0].target.as_deref(), Some("eth0"));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (r#"{"memory_mb":64}"#, "cpu"),
+            (r#"{"cpu":0,"memory_mb":64}"#, "cpu"),
+            (r#"{"cpu":"two","memory_mb":64}"#, "cpu"),
+            (
+                r#"{"cpu":1,"memory_mb":64,"memory_max_mb":32}"#,
+                "memory_max_mb",
+            ),
+            (r#"{"cpu":2,"memory_mb":64,"cpu_max":1}"#, "cpu_max"),
+            (
+                r#"{"cpu":1,"memory_mb":64,"disks":[{"source":"ftp://x"}]}"#,
+                "disks[0].source",
+            ),
+            (
+                r#"{"cpu":1,"memory_mb":64,"disks":[{}]}"#,
+                "disks[0].size_gb",
+            ),
+            (
+                r#"{"cpu":1,"memory_mb":64,"disks":[{"size_gb":1,"target":"vda"},{"size_gb":1,"target":"vda"}]}"#,
+                "disks[1].target",
+            ),
+            (
+                r#"{"cpu":1,"memory_mb":64,"nics":[{"network":"a b"}]}"#,
+                "nics[0].network",
+            ),
+            (r#"{"cpu":1,"memory_mb":64,"colour":"red"}"#, "colour"),
+            (
+                r#"{"cpu":1,"memory_mb":64,"fqn_prefix":"a..b"}"#,
+                "fqn_prefix",
+            ),
+        ];
+        for (json, field) in cases {
+            let err = parse(json).expect_err(json);
+            assert!(
+                err.contains(field),
+                "{json}: error {err:?} should name {field:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! veem's domain model: the words of the RESERVOIR VMI paper as Rust types.
+//!
+//! Ids, the VEE descriptor (Table 2.2 of the paper), the VMI and VEEM states (Table 2.1),
+//! control actions and their exhaustive transition function, and the records that the store
+//! persists. This crate is pure: it never does I/O, never touches a clock or tokio. Callers pass
+//! times in (`now_ms`) so that every rule here is testable as a table.
+
+mod descriptor;
+mod ids;
+mod record;
+mod state;
+
+pub use descriptor::{
+    Context, DescriptorError, DiskSource, DiskSpec, NicSpec, VeeDescriptor, MAX_CPUS, MAX_MEMORY_MB,
+};
+pub use ids::{HostId, IdError, ImageName, Principal, VeeId};
+pub use record::{Generated, ImageFormat, ImageRecord, NicAddress, Phase, VeeEvent, VeeRecord};
+pub use state::{
+    apply, ControlAction, InitModel, Step, Transition, VeemState, VmiState, WrongState,
+};

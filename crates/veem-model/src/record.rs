@@ -1,0 +1,162 @@
+//! What the VEEM stores about each VEE and image, and the events of a VEE's life.
+
+use serde::{Deserialize, Serialize};
+
+use crate::descriptor::VeeDescriptor;
+use crate::ids::{HostId, ImageName, Principal, VeeId};
+use crate::state::{InitModel, VeemState, VmiState};
+
+/// A finer step inside a state, shown as `phase` while an action is under way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Placing,
+    Booting,
+    Pausing,
+    Resuming,
+    Suspending,
+    Restoring,
+    ShuttingDown,
+    Destroying,
+    Resizing,
+    Migrating,
+}
+
+/// The address a NIC was given (filled by the network issue; empty until then).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NicAddress {
+    pub target: String,
+    pub network: String,
+    pub mac: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+}
+
+/// What the VEEM chose for a VEE at initialization: the paper's "VEE initialization values".
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Generated {
+    #[serde(default)]
+    pub nics: Vec<NicAddress>,
+}
+
+/// One VEE as the VEEM keeps it. `generation` grows by one at every stored change; the store
+/// refuses an update whose expected generation is not the stored one (compare-and-swap).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VeeRecord {
+    pub id: VeeId,
+    pub owner: Principal,
+    pub descriptor: VeeDescriptor,
+    pub model: InitModel,
+    pub state: VmiState,
+    pub veem_state: VeemState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// The host whose resources the VEE holds: while ACTIVE or PAUSED, while being deployed, and
+    /// while DEFINED with a TWOPHASE reservation (`reserved` is then true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<HostId>,
+    /// A TWOPHASE reservation not yet used by a deployment.
+    #[serde(default)]
+    pub reserved: bool,
+    /// Whether the VEE waits in the placement queue (INITIAL/PENDING), and why it waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_reason: Option<String>,
+    /// What went wrong last (a failed deployment, a lost process), for the operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Whether saved memory exists for a SUSPENDED VEE to be restored from.
+    #[serde(default)]
+    pub has_saved_memory: bool,
+    /// What the VEEM chose at initialization (MACs, addresses).
+    #[serde(default)]
+    pub generated: Generated,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+    pub generation: u64,
+}
+
+impl VeeRecord {
+    /// A VEE just defined by InitializeVEEs.
+    pub fn defined(
+        id: VeeId,
+        owner: Principal,
+        descriptor: VeeDescriptor,
+        model: InitModel,
+        now_ms: u64,
+    ) -> Self {
+        Self {
+            id,
+            owner,
+            descriptor,
+            model,
+            state: VmiState::Defined,
+            veem_state: VeemState::Stopped,
+            phase: None,
+            host: None,
+            reserved: false,
+            pending_reason: None,
+            last_error: None,
+            has_saved_memory: false,
+            generated: Generated::default(),
+            created_ms: now_ms,
+            updated_ms: now_ms,
+            generation: 1,
+        }
+    }
+
+    /// Whether the VEE holds (or has reserved) resources on its host: what capacity and
+    /// anti-affinity count.
+    pub fn holds_host(&self) -> bool {
+        self.host.is_some()
+    }
+}
+
+/// One change of a VEE's state, with its time: the history an operator reads, and the STATE
+/// monitoring event of the contract.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VeeEvent {
+    pub vee: VeeId,
+    pub t_ms: u64,
+    pub from: Option<VmiState>,
+    pub to: VmiState,
+    pub veem_state: VeemState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<HostId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageFormat {
+    Raw,
+    Qcow2,
+}
+
+impl ImageFormat {
+    /// Recognizes an image by its first bytes: qcow2 starts with `QFI\xfb`; anything else is raw.
+    pub fn sniff(first_bytes: &[u8]) -> Self {
+        if first_bytes.starts_with(b"QFI\xfb") {
+            ImageFormat::Qcow2
+        } else {
+            ImageFormat::Raw
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageFormat::Raw => "raw",
+            ImageFormat::Qcow2 => "qcow2",
+        }
+    }
+}
+
+/// An image of the image store. Its bytes live in a file the server names from owner and name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRecord {
+    pub owner: Principal,
+    pub name: ImageName,
+    pub format: ImageFormat,
+    pub size_bytes: u64,
+    pub created_ms: u64,
+}
