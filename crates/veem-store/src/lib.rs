@@ -1,0 +1,147 @@
+//! veem's persistence: the [`Store`] trait, its SQLite backend ([`SqliteStore`]), and the
+//! [`conformance`] suite that every backend must pass.
+//!
+//! The VEEM keeps its whole state in memory and writes every change through a `Store` before it
+//! acknowledges it, so a `Store` is small: load everything at start, commit a batch of changes
+//! atomically and durably, read a VEE's history. It is synchronous; the server calls it from
+//! `spawn_blocking`. This is the only crate of veem that knows SQL: nothing outside it builds a
+//! query, and nothing inside it decides what a change means (that is the VEEM's job; the store
+//! checks only the invariants it owns: generations, id reuse, existence).
+//!
+//! The conformance suite is compiled always (it is small and has no extra dependencies), so a
+//! backend living in another crate, or a fake store in a test, can run it too.
+
+use veem_model::{ImageName, ImageRecord, Principal, VeeEvent, VeeId, VeeRecord};
+
+pub mod conformance;
+mod sqlite;
+
+pub use sqlite::{SqliteStore, SCHEMA_VERSION};
+
+/// The sequence number of the first VEE id a fresh store hands out (`vee-00000001`).
+pub const FIRST_VEE_SEQ: u64 = 1;
+
+/// veem's persistence, as the VEEM needs it. Implementations are shared between threads.
+pub trait Store: Send + Sync + 'static {
+    /// Everything the VEEM needs at start: all VEEs (not purged) ordered by id sequence, all
+    /// images ordered by owner then name, and the id counter.
+    fn load(&self) -> Result<Snapshot, StoreError>;
+
+    /// Applies the changes in ONE transaction, all or nothing, in order; durable on disk when it
+    /// returns `Ok` (the VEEM acknowledges only after). On `Err` nothing of the batch is stored.
+    fn commit(&self, changes: &[Change]) -> Result<(), StoreError>;
+
+    /// A VEE's recorded state changes, oldest (first appended) first; empty for a VEE the store
+    /// does not know (never created, or purged).
+    fn events(&self, vee: &VeeId) -> Result<Vec<VeeEvent>, StoreError>;
+
+    /// A short name for logs: "sqlite".
+    fn backend(&self) -> &'static str;
+}
+
+/// What [`Store::load`] returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Every VEE not purged, ordered by `id.seq()`.
+    pub vees: Vec<VeeRecord>,
+    /// Every image, ordered by owner, then name.
+    pub images: Vec<ImageRecord>,
+    /// The sequence number the next new VEE id must have at least.
+    pub next_vee_seq: u64,
+}
+
+/// One change of a [`Store::commit`] batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A new VEE (generation must be 1). Its id's sequence (`id.seq()`) must be >= the stored
+    /// counter; the counter becomes seq+1. Ids are never reused, also after purge.
+    InsertVee(VeeRecord),
+    /// Compare-and-swap: succeeds only if the stored generation == `expected_generation`; the
+    /// stored record becomes `record`, whose generation must be `expected_generation + 1`.
+    UpdateVee {
+        record: VeeRecord,
+        expected_generation: u64,
+    },
+    /// Removes the VEE and all its events; the id counter is untouched.
+    PurgeVee(VeeId),
+    /// Records a state change of an existing VEE.
+    AppendEvent(VeeEvent),
+    /// Inserts or replaces the image (owner, name).
+    PutImage(ImageRecord),
+    DeleteImage {
+        owner: Principal,
+        name: ImageName,
+    },
+}
+
+/// Why a store operation failed. Every error of `commit` leaves the store as it was.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// CAS failure: the stored generation differs (`found` is None if the VEE does not exist).
+    #[error("VEE {id} changed concurrently: expected generation {expected}, found {}", describe_found(.found))]
+    Conflict {
+        id: VeeId,
+        expected: u64,
+        found: Option<u64>,
+    },
+    /// An insert whose id's sequence is below the counter, or whose id exists.
+    #[error("VEE id {0} was already handed out")]
+    IdReused(VeeId),
+    /// A purge, delete or event of something the store does not hold.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// A change the store refuses on its face: a wrong generation, a number out of range.
+    #[error("invalid change: {0}")]
+    InvalidChange(String),
+    /// A stored row cannot be decoded.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    /// The database was written by a newer veem; opening it could lose data.
+    #[error("database schema version {found} is newer than the {known} this veem knows")]
+    SchemaTooNew { found: u32, known: u32 },
+    /// A schema migration step failed; the database is left at the version before it.
+    #[error("schema migration to version {version} failed")]
+    Migration {
+        version: u32,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The database failed.
+    #[error("the database failed")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+fn describe_found(found: &Option<u64>) -> String {
+    match found {
+        Some(generation) => generation.to_string(),
+        None => "no such VEE".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conflict_message_tells_a_missing_vee_from_a_stale_generation() {
+        let id = VeeId::from_seq(7);
+        let stale = StoreError::Conflict {
+            id: id.clone(),
+            expected: 1,
+            found: Some(3),
+        };
+        let missing = StoreError::Conflict {
+            id,
+            expected: 1,
+            found: None,
+        };
+        assert_eq!(
+            stale.to_string(),
+            "VEE vee-00000007 changed concurrently: expected generation 1, found 3"
+        );
+        assert_eq!(
+            missing.to_string(),
+            "VEE vee-00000007 changed concurrently: expected generation 1, found no such VEE"
+        );
+    }
+}
