@@ -1,0 +1,284 @@
+//! The interface every hypervisor driver implements, its error type and the disk layout that
+//! drivers and the server share.
+
+use std::error::Error as _;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use veem_api::agent::{AgentError, AgentErrorKind, DeploySpec, InstanceState, InstanceStatus};
+use veem_model::VeeId;
+
+/// A hypervisor as the agent sees it: one instance per VEE, driven by the host-agent protocol.
+///
+/// The shape follows what QEMU offers, so the QMP driver maps one call to one process or
+/// command: `deploy` starts one QEMU process per VEE with its disks as qcow2 overlays on the
+/// shared storage, `pause`/`resume` are QMP `stop`/`cont`, `suspend` is a migration to a file and
+/// `restore` a start with `-incoming` from it, `shutdown` is an ACPI power-down with a deadline
+/// before the process is killed, `resize` is vCPU hotplug plus balloon/DIMM, and live migration
+/// is `prepare_incoming` (a process started with `-incoming`) + `migrate_out` +
+/// `complete_incoming`.
+///
+/// Every call is made concurrently with others (for other VEEs, and possibly for the same one);
+/// a driver serializes what must be serialized. A call that returns `Ok` has taken effect and
+/// is recorded so that a restarted agent finds the instance again through [`Driver::list`].
+/// Disks are never deleted by a driver.
+#[async_trait::async_trait]
+pub trait Driver: Send + Sync + 'static {
+    /// The driver's name as announced to the server: `"sim"`, `"qemu"`.
+    fn kind(&self) -> &'static str;
+
+    /// Creates the VEE's disks in `spec.vee_dir` (a clone as an overlay or copy of its source,
+    /// a blank disk of `size_gb`; disks that already exist are reused, never overwritten, so a
+    /// VEE that was shut down boots again from its own disks) and boots it. The instance is
+    /// `Running` when this returns `Ok`.
+    async fn deploy(&self, spec: &DeploySpec) -> Result<(), DriverError>;
+
+    /// Stops the VEE's vCPUs; memory stays on the host.
+    async fn pause(&self, vee: &VeeId) -> Result<(), DriverError>;
+
+    /// Lets a paused VEE run again.
+    async fn resume(&self, vee: &VeeId) -> Result<(), DriverError>;
+
+    /// Saves the VEE's memory to `memory_file` and ends the instance, freeing the host.
+    async fn suspend(&self, vee: &VeeId, memory_file: &Path) -> Result<(), DriverError>;
+
+    /// Starts the VEE from a memory file written by [`Driver::suspend`]; its disks already
+    /// exist. The instance is `Running` when this returns `Ok`.
+    async fn restore(&self, spec: &DeploySpec, memory_file: &Path) -> Result<(), DriverError>;
+
+    /// Asks the guest to power off and forces it after `deadline`. The instance is gone when
+    /// this returns `Ok`; its disks are kept.
+    async fn shutdown(&self, vee: &VeeId, deadline: Duration) -> Result<(), DriverError>;
+
+    /// Ends the instance at once; its disks are kept. `Ok` also when there is no such instance,
+    /// so the VEEM can repeat it safely.
+    async fn destroy(&self, vee: &VeeId) -> Result<(), DriverError>;
+
+    /// Changes a running or paused VEE's vCPUs and memory, within the spec's maxima.
+    async fn resize(&self, vee: &VeeId, cpu: u32, memory_mb: u64) -> Result<(), DriverError>;
+
+    /// What the hypervisor observes of one VEE.
+    async fn status(&self, vee: &VeeId) -> Result<InstanceStatus, DriverError>;
+
+    /// Every instance this host runs, so a restarted agent (or server) can re-adopt them.
+    async fn list(&self) -> Result<Vec<InstanceStatus>, DriverError>;
+
+    /// Writes a standalone copy of the VEE's disk `target` (no backing file) to `out`.
+    async fn export_disk(
+        &self,
+        vee_dir: &Path,
+        target: &str,
+        out: &Path,
+    ) -> Result<(), DriverError>;
+
+    /// Starts an instance that waits for an incoming migration; answers the URI that
+    /// [`Driver::migrate_out`] on the source host sends to.
+    async fn prepare_incoming(&self, spec: &DeploySpec) -> Result<String, DriverError>;
+
+    /// Sends a running or paused VEE to `uri`; the instance here ends when this returns `Ok`.
+    async fn migrate_out(&self, vee: &VeeId, uri: &str) -> Result<(), DriverError>;
+
+    /// Lets an instance that received its migration run.
+    async fn complete_incoming(&self, vee: &VeeId) -> Result<(), DriverError>;
+}
+
+/// Why a driver could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("no instance of {0} on this host")]
+    NoSuchInstance(VeeId),
+    #[error("an instance of {0} already runs on this host")]
+    AlreadyExists(VeeId),
+    #[error("cannot {op} {vee}: its instance is {state:?}")]
+    WrongState {
+        vee: VeeId,
+        state: InstanceState,
+        op: &'static str,
+    },
+    #[error("file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("invalid {what}: {reason}")]
+    Invalid { what: &'static str, reason: String },
+    #[error("{op} failed: {reason}")]
+    Failed { op: &'static str, reason: String },
+    #[error("this driver cannot {0}")]
+    Unsupported(&'static str),
+    /// A failure the sim driver was configured to inject.
+    #[error("injected fault in {op}")]
+    Injected { op: &'static str },
+    #[error("state file {path} is corrupt: {reason}")]
+    CorruptState { path: PathBuf, reason: String },
+    #[error("cannot access {path}")]
+    File {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("i/o failed")]
+    Io(#[from] io::Error),
+}
+
+impl DriverError {
+    /// Wraps an I/O error with the path it concerns.
+    pub fn file(path: &Path, source: io::Error) -> Self {
+        DriverError::File {
+            path: path.to_owned(),
+            source,
+        }
+    }
+
+    /// The protocol's form of this error; the message carries the whole chain of causes.
+    pub fn to_wire(&self) -> AgentError {
+        let kind = match self {
+            DriverError::NoSuchInstance(_) => AgentErrorKind::NoSuchInstance,
+            DriverError::MissingFile(_) => AgentErrorKind::MissingFile,
+            DriverError::File { source, .. } | DriverError::Io(source)
+                if source.kind() == io::ErrorKind::NotFound =>
+            {
+                AgentErrorKind::MissingFile
+            }
+            DriverError::Unsupported(_) => AgentErrorKind::Unsupported,
+            DriverError::AlreadyExists(_)
+            | DriverError::WrongState { .. }
+            | DriverError::Invalid { .. }
+            | DriverError::Failed { .. }
+            | DriverError::Injected { .. }
+            | DriverError::CorruptState { .. }
+            | DriverError::File { .. }
+            | DriverError::Io(_) => AgentErrorKind::Failed,
+        };
+        let mut message = self.to_string();
+        let mut cause = self.source();
+        while let Some(source) = cause {
+            message.push_str(": ");
+            message.push_str(&source.to_string());
+            cause = source.source();
+        }
+        AgentError { kind, message }
+    }
+}
+
+/// Where a VEE's disk lives inside its directory, for every driver and the server:
+/// `<vee_dir>/disks/<target>.qcow2`.
+pub fn disk_path(vee_dir: &Path, target: &str) -> PathBuf {
+    vee_dir.join("disks").join(format!("{target}.qcow2"))
+}
+
+/// Checks that a disk target is a plain name, so [`disk_path`] stays inside the VEE's directory.
+pub fn check_disk_target(target: &str) -> Result<(), DriverError> {
+    let plain = !target.is_empty()
+        && target.len() <= 64
+        && !target.starts_with('.')
+        && target
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if plain {
+        Ok(())
+    } else {
+        Err(DriverError::Invalid {
+            what: "disk target",
+            reason: format!("{target:?} must be 1 to 64 of [A-Za-z0-9._-], not starting with '.'"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disks_live_under_the_vee_dir() {
+        assert_eq!(
+            disk_path(Path::new("/srv/vees/vee-00000001"), "vda"),
+            PathBuf::from("/srv/vees/vee-00000001/disks/vda.qcow2")
+        );
+    }
+
+    #[test]
+    fn disk_targets_cannot_escape_the_vee_dir() {
+        for good in ["vda", "hd0", "disk-1.data", "a_b"] {
+            assert!(check_disk_target(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "..",
+            "../x",
+            "a/b",
+            ".hidden",
+            "sp ace",
+            &"x".repeat(65),
+        ] {
+            assert!(check_disk_target(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn wire_kinds_follow_the_cause() {
+        let vee = VeeId::from_seq(7);
+        let cases = [
+            (
+                DriverError::NoSuchInstance(vee.clone()),
+                AgentErrorKind::NoSuchInstance,
+            ),
+            (
+                DriverError::MissingFile("/x".into()),
+                AgentErrorKind::MissingFile,
+            ),
+            (
+                DriverError::file(Path::new("/x"), io::ErrorKind::NotFound.into()),
+                AgentErrorKind::MissingFile,
+            ),
+            (
+                DriverError::file(Path::new("/x"), io::ErrorKind::PermissionDenied.into()),
+                AgentErrorKind::Failed,
+            ),
+            (
+                DriverError::Io(io::ErrorKind::Other.into()),
+                AgentErrorKind::Failed,
+            ),
+            (
+                DriverError::Unsupported("resize"),
+                AgentErrorKind::Unsupported,
+            ),
+            (
+                DriverError::Injected { op: "pause" },
+                AgentErrorKind::Failed,
+            ),
+            (
+                DriverError::Failed {
+                    op: "deploy",
+                    reason: "qemu exited".into(),
+                },
+                AgentErrorKind::Failed,
+            ),
+            (
+                DriverError::AlreadyExists(vee.clone()),
+                AgentErrorKind::Failed,
+            ),
+            (
+                DriverError::WrongState {
+                    vee,
+                    state: InstanceState::Incoming,
+                    op: "pause",
+                },
+                AgentErrorKind::Failed,
+            ),
+        ];
+        for (error, kind) in cases {
+            assert_eq!(error.to_wire().kind, kind, "{error}");
+        }
+    }
+
+    #[test]
+    fn wire_messages_carry_the_causes() {
+        let error = DriverError::file(
+            Path::new("/images/base.qcow2"),
+            io::Error::new(io::ErrorKind::PermissionDenied, "permission denied"),
+        );
+        assert_eq!(
+            error.to_wire().message,
+            "cannot access /images/base.qcow2: permission denied"
+        );
+    }
+}

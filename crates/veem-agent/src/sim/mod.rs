@@ -1,0 +1,723 @@
+//! The simulated hypervisor: instances are records, not processes, so one machine can play a
+//! site of many hosts running thousands of VEEs, with configured latencies and injected faults.
+//!
+//! It is faithful where the VEEM can observe it: disks really appear in the VEE's directory on
+//! the shared storage (a clone is a byte copy here, where the qemu driver makes a qcow2 overlay
+//! with the source as backing file; a blank disk is a one-line file recording its size, where
+//! qemu-img would create a sparse qcow2), suspend writes a memory file that restore needs, and
+//! each instance is a JSON file in the state directory, written before an operation returns
+//! `Ok`, so an agent restarted after a kill finds its instances again, as the qemu driver will
+//! through its pid files. The files are renamed into place but not fsynced: they survive the
+//! death of the process, not of the machine.
+
+mod config;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use veem_api::agent::{DeploySpec, InstanceState, InstanceStatus};
+use veem_model::VeeId;
+
+pub use config::{FaultSpec, LatencyConfig, SimConfig, FAULT_OPS};
+
+use crate::driver::check_disk_target;
+use crate::{disk_path, fsutil, Driver, DriverError};
+
+/// Share of its vCPUs a running simulated guest keeps busy, in percent.
+const LOAD_PERCENT: u64 = 25;
+/// The file in a VEE's directory that carries its boot identity across hosts.
+const BOOT_ID_FILE: &str = "sim-boot-id";
+const MEMORY_IMAGE_FORMAT: &str = "veem-sim-memory/1";
+const URI_SCHEME: &str = "sim://";
+
+/// One simulated instance, as persisted in `<state_dir>/<vee>.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct SimInstance {
+    vee: VeeId,
+    state: InstanceState,
+    cpus: u32,
+    memory_mb: u64,
+    /// Stays the same across suspend/restore and migration; a fresh deploy draws a new one.
+    boot_id: u64,
+    /// CPU time accounted up to `running_since_unix_ms`, or up to when the guest last stopped.
+    cpu_time_ms: u64,
+    running_since_unix_ms: Option<u64>,
+    spec: DeploySpec,
+}
+
+impl SimInstance {
+    fn new(spec: &DeploySpec, state: InstanceState, boot_id: u64, now_ms: u64) -> Self {
+        let mut instance = Self {
+            vee: spec.vee.clone(),
+            state,
+            cpus: spec.cpu,
+            memory_mb: spec.memory_mb,
+            boot_id,
+            cpu_time_ms: 0,
+            running_since_unix_ms: None,
+            spec: spec.clone(),
+        };
+        if state == InstanceState::Running {
+            instance.start_clock(now_ms);
+        }
+        instance
+    }
+
+    fn cpu_time_at(&self, now_ms: u64) -> u64 {
+        let running_ms = self
+            .running_since_unix_ms
+            .map_or(0, |since| now_ms.saturating_sub(since));
+        self.cpu_time_ms
+            .saturating_add(running_ms.saturating_mul(u64::from(self.cpus)) * LOAD_PERCENT / 100)
+    }
+
+    fn start_clock(&mut self, now_ms: u64) {
+        if self.running_since_unix_ms.is_none() {
+            self.running_since_unix_ms = Some(now_ms);
+        }
+    }
+
+    fn stop_clock(&mut self, now_ms: u64) {
+        self.cpu_time_ms = self.cpu_time_at(now_ms);
+        self.running_since_unix_ms = None;
+    }
+
+    fn status_at(&self, now_ms: u64) -> InstanceStatus {
+        InstanceStatus {
+            vee: self.vee.clone(),
+            state: self.state,
+            cpus: self.cpus,
+            memory_mb: self.memory_mb,
+            cpu_time_ms: self.cpu_time_at(now_ms),
+        }
+    }
+
+    fn expect_state(&self, op: &'static str, allowed: &[InstanceState]) -> Result<(), DriverError> {
+        if allowed.contains(&self.state) {
+            Ok(())
+        } else {
+            Err(DriverError::WrongState {
+                vee: self.vee.clone(),
+                state: self.state,
+                op,
+            })
+        }
+    }
+}
+
+/// What `suspend` writes to the memory file and `restore` reads back.
+#[derive(Debug, Serialize, Deserialize)]
+struct MemoryImage {
+    format: String,
+    vee: VeeId,
+    boot_id: u64,
+    cpus: u32,
+    memory_mb: u64,
+}
+
+type VeeLocks = Mutex<HashMap<VeeId, Arc<tokio::sync::Mutex<()>>>>;
+
+/// The simulated driver. See the module documentation.
+pub struct SimDriver {
+    latency: LatencyConfig,
+    faults: config::Faults,
+    state_dir: PathBuf,
+    instances: Mutex<HashMap<VeeId, SimInstance>>,
+    /// One lock per VEE with an operation under way: operations on one VEE run one at a time
+    /// (as QMP commands to one process do), those on different VEEs run concurrently.
+    vee_locks: VeeLocks,
+}
+
+impl SimDriver {
+    /// Opens (creating it if needed) the state directory and adopts the instances recorded
+    /// there. This reads the directory synchronously: call it at start-up.
+    pub fn new(config: SimConfig, state_dir: PathBuf) -> Result<Self, DriverError> {
+        let faults = config::Faults::new(&config.faults)?;
+        std::fs::create_dir_all(&state_dir).map_err(|e| DriverError::file(&state_dir, e))?;
+        let mut instances = HashMap::new();
+        let entries =
+            std::fs::read_dir(&state_dir).map_err(|e| DriverError::file(&state_dir, e))?;
+        for entry in entries {
+            let path = entry.map_err(|e| DriverError::file(&state_dir, e))?.path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            if name.starts_with('.') && name.ends_with(".tmp") {
+                // A write cut short by a kill; the file it would have replaced is intact.
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+            let Some(stem) = name.strip_suffix(".json") else {
+                continue;
+            };
+            let corrupt = |reason: String| DriverError::CorruptState {
+                path: path.clone(),
+                reason,
+            };
+            let bytes = std::fs::read(&path).map_err(|e| DriverError::file(&path, e))?;
+            let instance: SimInstance =
+                serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+            if instance.vee.as_str() != stem {
+                return Err(corrupt(format!("it records {}", instance.vee)));
+            }
+            instances.insert(instance.vee.clone(), instance);
+        }
+        if !instances.is_empty() {
+            tracing::info!(
+                count = instances.len(),
+                state_dir = %state_dir.display(),
+                "sim driver adopted its instances"
+            );
+        }
+        Ok(Self {
+            latency: config.latency_ms,
+            faults,
+            state_dir,
+            instances: Mutex::new(instances),
+            vee_locks: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// The instance's boot identity, for tests: unchanged by suspend/restore and migration,
+    /// new on every deploy.
+    pub fn boot_id(&self, vee: &VeeId) -> Option<u64> {
+        self.instance(vee).map(|instance| instance.boot_id)
+    }
+
+    /// Plays a guest that powers itself off: the instance stays, `Stopped`, until the VEEM
+    /// destroys or shuts it down.
+    pub async fn simulate_guest_poweroff(&self, vee: &VeeId) -> Result<(), DriverError> {
+        let _guard = self.lock_vee(vee).await;
+        let mut instance = self.existing(vee)?;
+        instance.stop_clock(now_ms());
+        instance.state = InstanceState::Stopped;
+        self.commit(instance).await
+    }
+
+    fn instances(&self) -> MutexGuard<'_, HashMap<VeeId, SimInstance>> {
+        self.instances
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn instance(&self, vee: &VeeId) -> Option<SimInstance> {
+        self.instances().get(vee).cloned()
+    }
+
+    fn existing(&self, vee: &VeeId) -> Result<SimInstance, DriverError> {
+        self.instance(vee)
+            .ok_or_else(|| DriverError::NoSuchInstance(vee.clone()))
+    }
+
+    fn refuse_existing(&self, vee: &VeeId) -> Result<(), DriverError> {
+        if self.instances().contains_key(vee) {
+            Err(DriverError::AlreadyExists(vee.clone()))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn state_file(&self, vee: &VeeId) -> PathBuf {
+        self.state_dir.join(format!("{vee}.json"))
+    }
+
+    /// Records the instance on disk, then in memory: `Ok` means it survives a kill.
+    async fn commit(&self, instance: SimInstance) -> Result<(), DriverError> {
+        let json = serde_json::to_vec_pretty(&instance).map_err(|e| DriverError::Failed {
+            op: "record instance",
+            reason: e.to_string(),
+        })?;
+        fsutil::write_atomic(&self.state_file(&instance.vee), &json).await?;
+        self.instances().insert(instance.vee.clone(), instance);
+        Ok(())
+    }
+
+    async fn forget(&self, vee: &VeeId) -> Result<(), DriverError> {
+        fsutil::remove_if_present(&self.state_file(vee)).await?;
+        self.instances().remove(vee);
+        Ok(())
+    }
+
+    async fn lock_vee(&self, vee: &VeeId) -> VeeGuard<'_> {
+        let lock = {
+            let mut locks = self
+                .vee_locks
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            Arc::clone(locks.entry(vee.clone()).or_default())
+        };
+        VeeGuard {
+            locks: &self.vee_locks,
+            vee: vee.clone(),
+            _held: lock.lock_owned().await,
+        }
+    }
+
+    /// Starts an operation on one VEE: waits for its turn, takes the configured time and
+    /// decides whether a fault is injected. `name` is the VEE's name when the request carries
+    /// it; otherwise the recorded instance's is used.
+    async fn enter(
+        &self,
+        op: &'static str,
+        vee: &VeeId,
+        name: Option<&str>,
+        delay: Duration,
+    ) -> Result<VeeGuard<'_>, DriverError> {
+        let guard = self.lock_vee(vee).await;
+        tokio::time::sleep(delay).await;
+        let recorded_name = match name {
+            Some(_) => None,
+            None => self.instance(vee).map(|instance| instance.spec.name),
+        };
+        self.faults.check(op, name.or(recorded_name.as_deref()))?;
+        Ok(guard)
+    }
+
+    /// Fails unless every disk a started instance would open is there.
+    async fn check_disks_present(&self, spec: &DeploySpec) -> Result<(), DriverError> {
+        for plan in &spec.disks {
+            check_disk_target(&plan.target)?;
+            let needed = match (&plan.source, plan.clone) {
+                (Some(source), false) => source.clone(),
+                _ => disk_path(&spec.vee_dir, &plan.target),
+            };
+            if !fsutil::exists(&needed).await? {
+                return Err(DriverError::MissingFile(needed));
+            }
+        }
+        Ok(())
+    }
+
+    async fn create_disks(&self, spec: &DeploySpec) -> Result<(), DriverError> {
+        // Check everything first so a refused deploy leaves no half-made disks behind.
+        for plan in &spec.disks {
+            check_disk_target(&plan.target)?;
+            match &plan.source {
+                Some(source) => {
+                    if !fsutil::exists(source).await? {
+                        return Err(DriverError::MissingFile(source.clone()));
+                    }
+                    if !plan.clone && source.to_str().is_none() {
+                        return Err(DriverError::Invalid {
+                            what: "disk source",
+                            reason: format!("{} is not UTF-8", source.display()),
+                        });
+                    }
+                }
+                None if plan.size_gb.is_none() => {
+                    return Err(DriverError::Invalid {
+                        what: "blank disk",
+                        reason: format!("{} has no size", plan.target),
+                    });
+                }
+                None => {}
+            }
+        }
+        for plan in &spec.disks {
+            let disk = disk_path(&spec.vee_dir, &plan.target);
+            let source_note = source_note_path(&spec.vee_dir, &plan.target);
+            match (&plan.source, plan.clone) {
+                (Some(source), true) => {
+                    fsutil::remove_if_present(&source_note).await?;
+                    // An existing disk is the VEE's own, from an earlier run: keep it.
+                    if !fsutil::exists(&disk).await? {
+                        fsutil::copy_atomic(source, &disk).await?;
+                    }
+                }
+                (Some(source), false) => {
+                    let text = source.to_str().unwrap_or_default();
+                    fsutil::write_atomic(&source_note, text.as_bytes()).await?;
+                }
+                (None, _) => {
+                    if !fsutil::exists(&disk).await? {
+                        let size_gb = plan.size_gb.unwrap_or_default();
+                        let header = format!("veem-sim blank disk size_gb={size_gb}\n");
+                        fsutil::write_atomic(&disk, header.as_bytes()).await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn read_boot_id(&self, vee_dir: &Path) -> Result<u64, DriverError> {
+        let path = vee_dir.join(BOOT_ID_FILE);
+        let bytes = fsutil::read(&path).await?;
+        String::from_utf8_lossy(&bytes)
+            .trim()
+            .parse()
+            .map_err(|e| DriverError::Failed {
+                op: "read boot id",
+                reason: format!("{}: {e}", path.display()),
+            })
+    }
+}
+
+/// Holds one VEE's operation lock; drops the lock's map entry when nobody else waits for it.
+struct VeeGuard<'a> {
+    locks: &'a VeeLocks,
+    vee: VeeId,
+    _held: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Drop for VeeGuard<'_> {
+    fn drop(&mut self) {
+        let mut locks = self.locks.lock().unwrap_or_else(PoisonError::into_inner);
+        // Two owners: the map and the guard we still hold. More means someone is waiting.
+        if locks
+            .get(&self.vee)
+            .is_some_and(|lock| Arc::strong_count(lock) == 2)
+        {
+            locks.remove(&self.vee);
+        }
+    }
+}
+
+/// Where a non-cloned disk records the source it uses in place.
+fn source_note_path(vee_dir: &Path, target: &str) -> PathBuf {
+    vee_dir.join("disks").join(format!("{target}.source"))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+        })
+}
+
+#[async_trait::async_trait]
+impl Driver for SimDriver {
+    fn kind(&self) -> &'static str {
+        "sim"
+    }
+
+    async fn deploy(&self, spec: &DeploySpec) -> Result<(), DriverError> {
+        let delay = self.latency.for_op("deploy");
+        let _guard = self
+            .enter("deploy", &spec.vee, Some(&spec.name), delay)
+            .await?;
+        self.refuse_existing(&spec.vee)?;
+        self.create_disks(spec).await?;
+        if let Some(ovf_env) = &spec.ovf_env {
+            let path = spec.vee_dir.join("context").join("ovf-env.xml");
+            fsutil::write_atomic(&path, ovf_env.as_bytes()).await?;
+        }
+        let boot_id = rand::random::<u64>();
+        let boot_id_path = spec.vee_dir.join(BOOT_ID_FILE);
+        fsutil::write_atomic(&boot_id_path, boot_id.to_string().as_bytes()).await?;
+        self.commit(SimInstance::new(
+            spec,
+            InstanceState::Running,
+            boot_id,
+            now_ms(),
+        ))
+        .await
+    }
+
+    async fn pause(&self, vee: &VeeId) -> Result<(), DriverError> {
+        let _guard = self
+            .enter("pause", vee, None, self.latency.for_op("pause"))
+            .await?;
+        let mut instance = self.existing(vee)?;
+        instance.expect_state("pause", &[InstanceState::Running, InstanceState::Paused])?;
+        if instance.state == InstanceState::Paused {
+            return Ok(());
+        }
+        instance.stop_clock(now_ms());
+        instance.state = InstanceState::Paused;
+        self.commit(instance).await
+    }
+
+    async fn resume(&self, vee: &VeeId) -> Result<(), DriverError> {
+        let _guard = self
+            .enter("resume", vee, None, self.latency.for_op("resume"))
+            .await?;
+        let mut instance = self.existing(vee)?;
+        instance.expect_state("resume", &[InstanceState::Running, InstanceState::Paused])?;
+        if instance.state == InstanceState::Running {
+            return Ok(());
+        }
+        instance.start_clock(now_ms());
+        instance.state = InstanceState::Running;
+        self.commit(instance).await
+    }
+
+    async fn suspend(&self, vee: &VeeId, memory_file: &Path) -> Result<(), DriverError> {
+        let _guard = self
+            .enter("suspend", vee, None, self.latency.for_op("suspend"))
+            .await?;
+        let instance = self.existing(vee)?;
+        instance.expect_state("suspend", &[InstanceState::Running, InstanceState::Paused])?;
+        let image = MemoryImage {
+            format: MEMORY_IMAGE_FORMAT.to_owned(),
+            vee: instance.vee.clone(),
+            boot_id: instance.boot_id,
+            cpus: instance.cpus,
+            memory_mb: instance.memory_mb,
+        };
+        let json = serde_json::to_vec_pretty(&image).map_err(|e| DriverError::Failed {
+            op: "suspend",
+            reason: e.to_string(),
+        })?;
+        fsutil::write_atomic(memory_file, &json).await?;
+        self.forget(vee).await
+    }
+
+    async fn restore(&self, spec: &DeploySpec, memory_file: &Path) -> Result<(), DriverError> {
+        let delay = self.latency.for_op("restore");
+        let _guard = self
+            .enter("restore", &spec.vee, Some(&spec.name), delay)
+            .await?;
+        self.refuse_existing(&spec.vee)?;
+        let bytes = fsutil::read(memory_file).await?;
+        let not_an_image = |reason: String| DriverError::Failed {
+            op: "restore",
+            reason: format!(
+                "{} is not a sim memory image: {reason}",
+                memory_file.display()
+            ),
+        };
+        let image: MemoryImage =
+            serde_json::from_slice(&bytes).map_err(|e| not_an_image(e.to_string()))?;
+        if image.format != MEMORY_IMAGE_FORMAT {
+            return Err(not_an_image(format!("format {:?}", image.format)));
+        }
+        if image.vee != spec.vee {
+            return Err(not_an_image(format!("it holds {}", image.vee)));
+        }
+        self.check_disks_present(spec).await?;
+        let mut instance = SimInstance::new(spec, InstanceState::Running, image.boot_id, now_ms());
+        // The saved machine comes back as it was, including a resize made before suspending.
+        instance.cpus = image.cpus;
+        instance.memory_mb = image.memory_mb;
+        self.commit(instance).await
+    }
+
+    async fn shutdown(&self, vee: &VeeId, deadline: Duration) -> Result<(), DriverError> {
+        // The guest takes its configured time to power off, unless forced at the deadline.
+        let delay = self.latency.for_op("shutdown").min(deadline);
+        let _guard = self.enter("shutdown", vee, None, delay).await?;
+        self.existing(vee)?;
+        self.forget(vee).await
+    }
+
+    async fn destroy(&self, vee: &VeeId) -> Result<(), DriverError> {
+        let _guard = self
+            .enter("destroy", vee, None, self.latency.for_op("destroy"))
+            .await?;
+        self.forget(vee).await
+    }
+
+    async fn resize(&self, vee: &VeeId, cpu: u32, memory_mb: u64) -> Result<(), DriverError> {
+        let _guard = self
+            .enter("resize", vee, None, self.latency.for_op("resize"))
+            .await?;
+        let mut instance = self.existing(vee)?;
+        instance.expect_state("resize", &[InstanceState::Running, InstanceState::Paused])?;
+        // Like hotplug, a resize cannot go beyond the maxima the instance was started with.
+        let cpu_max = instance.spec.cpu_max.max(instance.spec.cpu);
+        let memory_max_mb = instance.spec.memory_max_mb.max(instance.spec.memory_mb);
+        if cpu == 0 || cpu > cpu_max || memory_mb == 0 || memory_mb > memory_max_mb {
+            return Err(DriverError::Invalid {
+                what: "resize",
+                reason: format!(
+                    "{cpu} vCPUs and {memory_mb} MB are outside 1..={cpu_max} vCPUs and 1..={memory_max_mb} MB"
+                ),
+            });
+        }
+        let now = now_ms();
+        let running = instance.running_since_unix_ms.is_some();
+        // Close the accounting period at the old vCPU count before changing it.
+        instance.stop_clock(now);
+        instance.cpus = cpu;
+        instance.memory_mb = memory_mb;
+        if running {
+            instance.start_clock(now);
+        }
+        self.commit(instance).await
+    }
+
+    async fn status(&self, vee: &VeeId) -> Result<InstanceStatus, DriverError> {
+        let name = self.instance(vee).map(|instance| instance.spec.name);
+        self.faults.check("status", name.as_deref())?;
+        Ok(self.existing(vee)?.status_at(now_ms()))
+    }
+
+    async fn list(&self) -> Result<Vec<InstanceStatus>, DriverError> {
+        self.faults.check("list", None)?;
+        let now = now_ms();
+        let mut statuses: Vec<_> = self
+            .instances()
+            .values()
+            .map(|instance| instance.status_at(now))
+            .collect();
+        statuses.sort_by(|a, b| a.vee.cmp(&b.vee));
+        Ok(statuses)
+    }
+
+    async fn export_disk(
+        &self,
+        vee_dir: &Path,
+        target: &str,
+        out: &Path,
+    ) -> Result<(), DriverError> {
+        check_disk_target(target)?;
+        tokio::time::sleep(self.latency.for_op("export_disk")).await;
+        let name = self
+            .instances()
+            .values()
+            .find(|instance| instance.spec.vee_dir == vee_dir)
+            .map(|instance| instance.spec.name.clone());
+        self.faults.check("export_disk", name.as_deref())?;
+        let source_note = source_note_path(vee_dir, target);
+        let disk = if fsutil::exists(&source_note).await? {
+            let text = fsutil::read(&source_note).await?;
+            PathBuf::from(String::from_utf8_lossy(&text).into_owned())
+        } else {
+            disk_path(vee_dir, target)
+        };
+        fsutil::copy_atomic(&disk, out).await
+    }
+
+    async fn prepare_incoming(&self, spec: &DeploySpec) -> Result<String, DriverError> {
+        let delay = self.latency.for_op("prepare_incoming");
+        let _guard = self
+            .enter("prepare_incoming", &spec.vee, Some(&spec.name), delay)
+            .await?;
+        self.refuse_existing(&spec.vee)?;
+        self.check_disks_present(spec).await?;
+        let boot_id = self.read_boot_id(&spec.vee_dir).await?;
+        self.commit(SimInstance::new(
+            spec,
+            InstanceState::Incoming,
+            boot_id,
+            now_ms(),
+        ))
+        .await?;
+        Ok(format!(
+            "{URI_SCHEME}{}/{}",
+            self.state_dir.display(),
+            spec.vee
+        ))
+    }
+
+    async fn migrate_out(&self, vee: &VeeId, uri: &str) -> Result<(), DriverError> {
+        let _guard = self
+            .enter("migrate_out", vee, None, self.latency.for_op("migrate_out"))
+            .await?;
+        if !uri.starts_with(URI_SCHEME) {
+            return Err(DriverError::Invalid {
+                what: "migration uri",
+                reason: format!("{uri:?} does not start with {URI_SCHEME}"),
+            });
+        }
+        let instance = self.existing(vee)?;
+        instance.expect_state(
+            "migrate_out",
+            &[InstanceState::Running, InstanceState::Paused],
+        )?;
+        // The target is another driver, possibly on another machine: the sim cannot reach it,
+        // so it trusts the VEEM to have prepared it.
+        self.forget(vee).await
+    }
+
+    async fn complete_incoming(&self, vee: &VeeId) -> Result<(), DriverError> {
+        let delay = self.latency.for_op("complete_incoming");
+        let _guard = self.enter("complete_incoming", vee, None, delay).await?;
+        let mut instance = self.existing(vee)?;
+        instance.expect_state(
+            "complete_incoming",
+            &[InstanceState::Incoming, InstanceState::Running],
+        )?;
+        if instance.state == InstanceState::Running {
+            return Ok(());
+        }
+        instance.start_clock(now_ms());
+        instance.state = InstanceState::Running;
+        self.commit(instance).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(cpu: u32) -> DeploySpec {
+        DeploySpec {
+            vee: VeeId::from_seq(1),
+            name: "web".into(),
+            cpu,
+            cpu_max: cpu * 2,
+            memory_mb: 512,
+            memory_max_mb: 1024,
+            disks: vec![],
+            nics: vec![],
+            hypervisor: None,
+            raw: String::new(),
+            ovf_env: None,
+            vee_dir: "/shared/vee-00000001".into(),
+        }
+    }
+
+    #[test]
+    fn cpu_time_grows_only_while_running_and_scales_with_vcpus() {
+        let mut instance = SimInstance::new(&spec(2), InstanceState::Running, 9, 1_000);
+        assert_eq!(instance.cpu_time_at(1_000), 0);
+        // 2 vCPUs at 25% load for 4 s: 2 s of CPU.
+        assert_eq!(instance.cpu_time_at(5_000), 2_000);
+        instance.stop_clock(5_000);
+        assert_eq!(instance.cpu_time_at(60_000), 2_000);
+        instance.cpus = 4;
+        instance.start_clock(60_000);
+        assert_eq!(instance.cpu_time_at(61_000), 3_000);
+        // A clock that went backwards does not make time negative.
+        assert_eq!(instance.cpu_time_at(0), 2_000);
+    }
+
+    #[test]
+    fn an_incoming_instance_uses_no_cpu() {
+        let instance = SimInstance::new(&spec(2), InstanceState::Incoming, 9, 1_000);
+        assert_eq!(instance.cpu_time_at(100_000), 0);
+    }
+
+    #[tokio::test]
+    async fn vee_locks_are_dropped_when_no_one_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let driver = SimDriver::new(SimConfig::default(), dir.path().into()).unwrap();
+        let vee = VeeId::from_seq(3);
+        let first = driver.lock_vee(&vee).await;
+        let second = {
+            let driver = &driver;
+            let vee = vee.clone();
+            async move { driver.lock_vee(&vee).await }
+        };
+        tokio::pin!(second);
+        // The second caller waits behind the first and keeps the entry alive.
+        assert!(tokio::time::timeout(Duration::from_millis(20), &mut second)
+            .await
+            .is_err());
+        drop(first);
+        let second = second.await;
+        assert_eq!(driver.vee_locks.lock().unwrap().len(), 1);
+        drop(second);
+        assert!(driver.vee_locks.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_corrupt_state_file_stops_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("vee-00000001.json"), b"{not json").unwrap();
+        let err = SimDriver::new(SimConfig::default(), dir.path().into())
+            .err()
+            .unwrap();
+        assert!(matches!(err, DriverError::CorruptState { .. }), "{err}");
+    }
+}

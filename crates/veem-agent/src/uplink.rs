@@ -1,0 +1,315 @@
+//! The remote agent's link to its VEEM: the agent dials the server (so hosts need no open port),
+//! introduces itself and then answers the server's requests over one WebSocket, redialing for
+//! as long as it runs.
+//!
+//! A request whose connection drops while it runs still runs to its end: a half-done deploy or
+//! migration is worse than an unanswered one, and the VEEM learns the outcome from `status` or
+//! `list` after the agent reconnects.
+
+use std::future::Future;
+use std::pin::{pin, Pin};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use rand::Rng;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::{header, HeaderValue, Request};
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use veem_api::agent::{AgentError, AgentErrorKind, AgentFrame, AgentResponse};
+
+use crate::Agent;
+
+/// The server's route for agents, below the VMI's base path.
+pub const CONNECT_PATH: &str = "/agents/connect";
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pings let a write fail, and so a dead connection be noticed, even when the server is quiet.
+const PING_EVERY: Duration = Duration::from_secs(15);
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Responses waiting to be written; request tasks wait when it is full.
+const OUTBOX: usize = 64;
+
+/// Why the uplink gave up. Everything else (refused connections, drops, server errors) is
+/// retried.
+#[derive(Debug, thiserror::Error)]
+pub enum UplinkError {
+    #[error("invalid server address {server:?}: {reason}")]
+    InvalidServer { server: String, reason: String },
+    #[error("the token cannot be sent in an http header")]
+    InvalidToken,
+    #[error("the server refused this agent (http status {status})")]
+    Rejected { status: u16 },
+}
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Runs a remote agent: connects to `server` (e.g. `http://127.0.0.1:7070`) at
+/// `GET /vmi/v1/agents/connect`, upgraded to a WebSocket with `Authorization: Bearer <token>`,
+/// sends `AgentFrame::Hello`, then answers every `AgentFrame::Request` with an
+/// `AgentFrame::Response` of the same id, each request in its own task. Reconnects with
+/// exponential backoff (capped at 5 s) when the connection drops. Returns `Ok` when `shutdown`
+/// resolves, and an error only when retrying cannot help (the server rejects the token, or the
+/// address is unusable).
+pub async fn run(
+    server: &str,
+    token: &str,
+    agent: Arc<Agent>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), UplinkError> {
+    let url = connect_url(server)?;
+    let authorization =
+        HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| UplinkError::InvalidToken)?;
+    let mut shutdown = pin!(shutdown);
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let request = connect_request(server, &url, &authorization)?;
+        let attempt = async {
+            match tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(request))
+                .await
+            {
+                Ok(connected) => connected.map(|(socket, _response)| socket),
+                Err(_elapsed) => Err(tungstenite::Error::Io(std::io::ErrorKind::TimedOut.into())),
+            }
+        };
+        let connected = tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            connected = attempt => connected,
+        };
+        match connected {
+            Ok(socket) => {
+                tracing::info!(server = %url, host = %agent.name(), "agent connected");
+                let since = Instant::now();
+                match serve(socket, &agent, shutdown.as_mut()).await {
+                    Ended::Shutdown => return Ok(()),
+                    Ended::Dropped(reason) => {
+                        tracing::warn!(server = %url, %reason, "agent connection dropped");
+                    }
+                }
+                // A connection that held for a while was a real one: redial quickly. One that
+                // dropped at once may be a server in trouble: keep backing off.
+                if since.elapsed() >= MAX_BACKOFF {
+                    backoff = FIRST_BACKOFF;
+                }
+            }
+            Err(tungstenite::Error::Http(response))
+                if matches!(response.status().as_u16(), 401 | 403) =>
+            {
+                return Err(UplinkError::Rejected {
+                    status: response.status().as_u16(),
+                });
+            }
+            Err(tungstenite::Error::Url(e)) => {
+                return Err(UplinkError::InvalidServer {
+                    server: server.to_owned(),
+                    reason: e.to_string(),
+                });
+            }
+            Err(e) => {
+                tracing::warn!(server = %url, error = %e, retry_in_ms = backoff.as_millis(), "agent cannot connect");
+            }
+        }
+        // Jitter keeps a site's agents from redialing a restarted server all at once.
+        let pause = backoff.mul_f64(rand::thread_rng().gen_range(0.5..=1.0));
+        tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            () = tokio::time::sleep(pause) => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// The WebSocket URL of the agent route on `server`.
+fn connect_url(server: &str) -> Result<String, UplinkError> {
+    let invalid = |reason: &str| UplinkError::InvalidServer {
+        server: server.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let (scheme, rest) = server
+        .split_once("://")
+        .ok_or_else(|| invalid("expected http://host:port"))?;
+    let ws_scheme = match scheme {
+        "http" | "ws" => "ws",
+        "https" | "wss" => return Err(invalid("TLS is not supported by this build")),
+        _ => return Err(invalid("the scheme must be http")),
+    };
+    let rest = rest.trim_end_matches('/');
+    if rest.is_empty() {
+        return Err(invalid("no host"));
+    }
+    Ok(format!(
+        "{ws_scheme}://{rest}{}{CONNECT_PATH}",
+        veem_api::BASE_PATH
+    ))
+}
+
+fn connect_request(
+    server: &str,
+    url: &str,
+    authorization: &HeaderValue,
+) -> Result<Request<()>, UplinkError> {
+    let mut request = url
+        .into_client_request()
+        .map_err(|e| UplinkError::InvalidServer {
+            server: server.to_owned(),
+            reason: e.to_string(),
+        })?;
+    request
+        .headers_mut()
+        .insert(header::AUTHORIZATION, authorization.clone());
+    Ok(request)
+}
+
+enum Ended {
+    Shutdown,
+    Dropped(String),
+}
+
+/// Serves one connection until it drops or the agent shuts down.
+async fn serve<S: Future<Output = ()>>(
+    socket: Socket,
+    agent: &Arc<Agent>,
+    mut shutdown: Pin<&mut S>,
+) -> Ended {
+    let (mut sink, mut stream) = socket.split();
+    let hello = AgentFrame::Hello {
+        hello: agent.hello(),
+    };
+    if let Err(e) = sink.send(frame_message(&hello)).await {
+        return Ended::Dropped(format!("cannot send hello: {e}"));
+    }
+    let (outbox, mut responses) = mpsc::channel::<AgentFrame>(OUTBOX);
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => {
+                let close = sink.send(Message::Close(None));
+                // Best effort: the server notices a vanished agent anyway.
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, close).await;
+                return Ended::Shutdown;
+            }
+            Some(response) = responses.recv() => {
+                if let Err(e) = sink.send(frame_message(&response)).await {
+                    return Ended::Dropped(format!("cannot send a response: {e}"));
+                }
+            }
+            _ = ping.tick() => {
+                if let Err(e) = sink.send(Message::Ping(Default::default())).await {
+                    return Ended::Dropped(format!("cannot ping: {e}"));
+                }
+            }
+            message = stream.next() => match message {
+                None => return Ended::Dropped("the server closed the stream".to_owned()),
+                Some(Err(e)) => return Ended::Dropped(e.to_string()),
+                Some(Ok(Message::Close(_))) => {
+                    return Ended::Dropped("the server closed the connection".to_owned());
+                }
+                Some(Ok(Message::Text(text))) => dispatch(text.as_bytes(), agent, &outbox),
+                Some(Ok(Message::Binary(bytes))) => dispatch(&bytes, agent, &outbox),
+                // Pongs to the server's pings are sent by the WebSocket layer itself.
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+            },
+        }
+    }
+}
+
+fn frame_message(frame: &AgentFrame) -> Message {
+    let json = serde_json::to_string(frame).expect("agent frames always serialize to JSON");
+    Message::text(json)
+}
+
+/// Starts the task that answers one frame from the server.
+fn dispatch(bytes: &[u8], agent: &Arc<Agent>, outbox: &mpsc::Sender<AgentFrame>) {
+    let (id, request) = match serde_json::from_slice::<AgentFrame>(bytes) {
+        Ok(AgentFrame::Request { id, request }) => (id, Ok(request)),
+        Ok(other) => {
+            tracing::warn!(frame = ?other, "agent ignores a frame that is not a request");
+            return;
+        }
+        Err(e) => match unreadable_request_id(bytes) {
+            // A request this agent cannot read (say, an operation it does not know) still gets
+            // an answer, so the server does not wait for one in vain.
+            Some(id) => (id, Err(e)),
+            None => {
+                tracing::warn!(error = %e, "agent ignores an unreadable frame");
+                return;
+            }
+        },
+    };
+    let agent = Arc::clone(agent);
+    let outbox = outbox.clone();
+    tokio::spawn(async move {
+        let response = match request {
+            Ok(request) => agent.handle(request).await,
+            Err(e) => AgentResponse::Error {
+                error: AgentError {
+                    kind: AgentErrorKind::Unsupported,
+                    message: format!("cannot read the request: {e}"),
+                },
+            },
+        };
+        if outbox
+            .send(AgentFrame::Response { id, response })
+            .await
+            .is_err()
+        {
+            tracing::info!(id, "response dropped: its connection is gone");
+        }
+    });
+}
+
+fn unreadable_request_id(bytes: &[u8]) -> Option<u64> {
+    let value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    if value.get("frame")?.as_str()? != "request" {
+        return None;
+    }
+    value.get("id")?.as_u64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_addresses_become_the_agent_route() {
+        for (server, url) in [
+            (
+                "http://127.0.0.1:7070",
+                "ws://127.0.0.1:7070/vmi/v1/agents/connect",
+            ),
+            (
+                "http://veem.example:7070/",
+                "ws://veem.example:7070/vmi/v1/agents/connect",
+            ),
+            (
+                "ws://10.0.0.1:80/prefix",
+                "ws://10.0.0.1:80/prefix/vmi/v1/agents/connect",
+            ),
+        ] {
+            assert_eq!(connect_url(server).unwrap(), url);
+        }
+        for bad in ["127.0.0.1:7070", "https://veem:443", "ftp://x", "http://"] {
+            assert!(
+                matches!(connect_url(bad), Err(UplinkError::InvalidServer { .. })),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn unreadable_requests_keep_their_id() {
+        let unknown_op = br#"{"frame":"request","id":12,"request":{"op":"reboot"}}"#;
+        assert!(serde_json::from_slice::<AgentFrame>(unknown_op).is_err());
+        assert_eq!(unreadable_request_id(unknown_op), Some(12));
+        assert_eq!(
+            unreadable_request_id(br#"{"frame":"response","id":12}"#),
+            None
+        );
+        assert_eq!(unreadable_request_id(b"not json"), None);
+    }
+}

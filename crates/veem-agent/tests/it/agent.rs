@@ -1,0 +1,170 @@
+//! The agent's dispatch of protocol requests to its driver.
+
+use std::sync::Arc;
+
+use veem_agent::sim::{FaultSpec, SimConfig};
+use veem_agent::Agent;
+use veem_api::agent::{AgentErrorKind, AgentRequest, AgentResponse, InstanceState};
+use veem_model::HostId;
+
+use crate::common::{blank, clone_of, host, spec, vee};
+
+fn agent_on(root: &std::path::Path, config: SimConfig) -> Agent {
+    let driver = Arc::new(host(root, "h1", config));
+    Agent::new(HostId::new("h1").unwrap(), driver, 8, 16384)
+}
+
+fn error_kind(response: &AgentResponse) -> Option<AgentErrorKind> {
+    match response {
+        AgentResponse::Error { error } => Some(error.kind),
+        _ => None,
+    }
+}
+
+#[test]
+fn hello_names_the_host_its_driver_and_capacity() {
+    let shared = tempfile::tempdir().unwrap();
+    let hello = agent_on(shared.path(), SimConfig::default()).hello();
+    assert_eq!(hello.name.as_str(), "h1");
+    assert_eq!(hello.driver, "sim");
+    assert_eq!((hello.cpus, hello.memory_mb), (8, 16384));
+}
+
+#[tokio::test]
+async fn requests_reach_the_driver_and_answer_in_kind() {
+    let shared = tempfile::tempdir().unwrap();
+    let agent = agent_on(shared.path(), SimConfig::default());
+    let mut web = spec(1, "web", shared.path());
+    web.disks = vec![blank("vda", 4)];
+
+    let deployed = agent
+        .handle(AgentRequest::Deploy { spec: web.clone() })
+        .await;
+    assert_eq!(deployed, AgentResponse::Done);
+    let paused = agent.handle(AgentRequest::Pause { vee: vee(1) }).await;
+    assert_eq!(paused, AgentResponse::Done);
+    match agent.handle(AgentRequest::Status { vee: vee(1) }).await {
+        AgentResponse::Status { status } => {
+            assert_eq!(status.vee, vee(1));
+            assert_eq!(status.state, InstanceState::Paused);
+        }
+        other => panic!("expected a status, got {other:?}"),
+    }
+    match agent.handle(AgentRequest::List).await {
+        AgentResponse::List { instances } => assert_eq!(instances.len(), 1),
+        other => panic!("expected a list, got {other:?}"),
+    }
+    let out = shared.path().join("export.qcow2");
+    let exported = agent
+        .handle(AgentRequest::ExportDisk {
+            vee_dir: web.vee_dir.clone(),
+            target: "vda".into(),
+            out: out.clone(),
+        })
+        .await;
+    assert_eq!(exported, AgentResponse::Done);
+    assert!(out.exists());
+
+    let target = Agent::new(
+        HostId::new("h2").unwrap(),
+        Arc::new(host(shared.path(), "h2", SimConfig::default())),
+        8,
+        16384,
+    );
+    let uri = match target
+        .handle(AgentRequest::PrepareIncoming { spec: web.clone() })
+        .await
+    {
+        AgentResponse::Incoming { uri } => uri,
+        other => panic!("expected an incoming uri, got {other:?}"),
+    };
+    let moved = agent
+        .handle(AgentRequest::MigrateOut { vee: vee(1), uri })
+        .await;
+    assert_eq!(moved, AgentResponse::Done);
+    let completed = target
+        .handle(AgentRequest::CompleteIncoming { vee: vee(1) })
+        .await;
+    assert_eq!(completed, AgentResponse::Done);
+    let shut = target
+        .handle(AgentRequest::Shutdown {
+            vee: vee(1),
+            deadline_ms: 1000,
+        })
+        .await;
+    assert_eq!(shut, AgentResponse::Done);
+    assert_eq!(
+        target.handle(AgentRequest::List).await,
+        AgentResponse::List { instances: vec![] }
+    );
+}
+
+#[tokio::test]
+async fn driver_errors_become_error_responses_of_the_right_kind() {
+    let shared = tempfile::tempdir().unwrap();
+    let config = SimConfig {
+        faults: vec![FaultSpec {
+            op: "resume".into(),
+            vee_name: None,
+            every: None,
+            probability: None,
+        }],
+        ..SimConfig::default()
+    };
+    let agent = agent_on(shared.path(), config);
+    let mut web = spec(1, "web", shared.path());
+
+    let missing_instance = agent.handle(AgentRequest::Status { vee: vee(9) }).await;
+    assert_eq!(
+        error_kind(&missing_instance),
+        Some(AgentErrorKind::NoSuchInstance)
+    );
+
+    let missing_memory = agent
+        .handle(AgentRequest::Restore {
+            spec: web.clone(),
+            memory_file: shared.path().join("none.sav"),
+        })
+        .await;
+    assert_eq!(
+        error_kind(&missing_memory),
+        Some(AgentErrorKind::MissingFile)
+    );
+
+    web.disks = vec![clone_of("vda", &shared.path().join("images/none.qcow2"))];
+    let missing_image = agent
+        .handle(AgentRequest::Deploy { spec: web.clone() })
+        .await;
+    match &missing_image {
+        AgentResponse::Error { error } => {
+            assert_eq!(error.kind, AgentErrorKind::MissingFile);
+            assert!(error.message.contains("none.qcow2"), "{}", error.message);
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+
+    web.disks = vec![];
+    assert_eq!(
+        agent
+            .handle(AgentRequest::Deploy { spec: web.clone() })
+            .await,
+        AgentResponse::Done
+    );
+    let injected = agent.handle(AgentRequest::Resume { vee: vee(1) }).await;
+    assert_eq!(error_kind(&injected), Some(AgentErrorKind::Failed));
+    let too_big = agent
+        .handle(AgentRequest::Resize {
+            vee: vee(1),
+            cpu: 64,
+            memory_mb: 1024,
+        })
+        .await;
+    assert_eq!(error_kind(&too_big), Some(AgentErrorKind::Failed));
+    let twice = agent.handle(AgentRequest::Deploy { spec: web }).await;
+    assert_eq!(error_kind(&twice), Some(AgentErrorKind::Failed));
+    assert_eq!(
+        agent.handle(AgentRequest::Destroy { vee: vee(5) }).await,
+        AgentResponse::Done,
+        "destroy is idempotent"
+    );
+}

@@ -1,0 +1,11 @@
+//! Integration tests of veem-agent: the sim driver through the `Driver` trait, the `Agent`'s
+//! dispatch, and the uplink against a WebSocket server started in the test.
+
+// The helpers of a test binary are test code too; clippy's allow-unwrap-in-tests only sees
+// `#[test]` functions.
+#![allow(clippy::unwrap_used)]
+
+mod agent;
+mod common;
+mod sim;
+mod uplink;
