@@ -1,0 +1,549 @@
+//! The typed client of the VMI over HTTP (`shared/vmi-http.md`): what an SM, a peer VEEM, the
+//! `veem` CLI and the end-to-end tests use to talk to a VEEM.
+//!
+//! One method per route, taking and returning the wire types of `veem-api`; errors keep the
+//! problem document the VEEM answered with. Disk and image bytes are streamed between the
+//! network and files, never held whole in memory. This crate never decides anything the VEEM
+//! decides (no validation of descriptors, no retries of control actions): it only carries
+//! requests and answers, so tests through it see exactly what the server does.
+
+mod error;
+
+use std::path::Path;
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use reqwest::header::{self, HeaderMap, HeaderValue};
+use reqwest::{Body, Method, RequestBuilder, Response, Url};
+use serde::de::DeserializeOwned;
+use tokio::io::AsyncWriteExt;
+use tokio_util::io::ReaderStream;
+use veem_api::{
+    EventList, HostList, HostView, ImageList, ImageView, InitializeRequest, InitializeResponse,
+    MigrateRequest, PatchRequest, PatchResponse, SubmitRequest, SubmitResponse, UpdateStateRequest,
+    UpdateStateResponse, VeeList, VeeView, BASE_PATH,
+};
+use veem_model::{InitModel, VmiState};
+
+pub use error::ClientError;
+/// The wire types, so that a user of the client needs no second dependency to name them.
+pub use veem_api;
+pub use veem_model;
+
+const OVF_XML: &str = "application/ovf+xml";
+const OCTET_STREAM: &str = "application/octet-stream";
+
+/// What UpdateVEEState waits for when the request names no `timeout_ms` (the contract's default).
+const DEFAULT_UPDATE_TIMEOUT_MS: u64 = 60_000;
+/// How much longer than the server's own deadline the client waits, so that the server's answer
+/// (listing what did not finish) arrives rather than a client-side timeout.
+const UPDATE_GRACE: Duration = Duration::from_secs(30);
+/// Connecting should be quick; answers may legitimately take long (deployments, big images).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Large enough that an image upload is not thousands of tiny writes.
+const UPLOAD_CHUNK_BYTES: usize = 256 * 1024;
+
+/// Query of `POST /vees/initialize` with an OVF envelope as body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OvfQuery {
+    pub model: InitModel,
+    pub count: u32,
+    pub tags: Vec<String>,
+    pub anti_affinity: Vec<String>,
+    /// A DeploymentOptionSection configuration; the envelope's default when absent.
+    pub configuration: Option<String>,
+}
+
+impl Default for OvfQuery {
+    fn default() -> Self {
+        Self {
+            model: InitModel::Besteffort,
+            count: 1,
+            tags: Vec::new(),
+            anti_affinity: Vec::new(),
+            configuration: None,
+        }
+    }
+}
+
+/// Query of `GET /vees`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListQuery {
+    pub state: Option<VmiState>,
+    pub tag: Option<String>,
+    /// Page size.
+    pub limit: Option<u32>,
+    /// The `next` of the previous page.
+    pub after: Option<String>,
+}
+
+/// A connection to one VEEM as one principal. Cheap to clone: clones share connections.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: Url,
+}
+
+impl Client {
+    /// `base_url` is where the VEEM listens (`http://127.0.0.1:7070`, possibly with a path prefix
+    /// in front of `/vmi/v1`); `token` is the bearer token naming the principal. An empty token
+    /// sends no `Authorization` header, which the VEEM answers with `401`.
+    pub fn new(base_url: &str, token: &str) -> Result<Self, ClientError> {
+        let mut base = Url::parse(base_url)
+            .map_err(|error| ClientError::InvalidUrl(format!("{base_url:?}: {error}")))?;
+        if base.scheme() != "http" {
+            return Err(ClientError::InvalidUrl(format!(
+                "{base_url:?}: only http:// is supported"
+            )));
+        }
+        base.set_query(None);
+        base.set_fragment(None);
+        let mut headers = HeaderMap::new();
+        if !token.is_empty() {
+            let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| ClientError::InvalidToken)?;
+            value.set_sensitive(true);
+            headers.insert(header::AUTHORIZATION, value);
+        }
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .build()
+            .map_err(ClientError::Transport)?;
+        Ok(Self { http, base })
+    }
+
+    /// The base URL requests go to.
+    pub fn base_url(&self) -> &Url {
+        &self.base
+    }
+
+    /// InitializeVEEs with a JSON descriptor.
+    pub async fn initialize(
+        &self,
+        req: &InitializeRequest,
+    ) -> Result<InitializeResponse, ClientError> {
+        self.call(self.post(&["vees", "initialize"]).json(req))
+            .await
+    }
+
+    /// InitializeVEEs with an OVF envelope.
+    pub async fn initialize_ovf(
+        &self,
+        ovf_xml: String,
+        q: &OvfQuery,
+    ) -> Result<InitializeResponse, ClientError> {
+        let mut url = self.url(&["vees", "initialize"]);
+        {
+            let mut query = url.query_pairs_mut();
+            query.append_pair("model", model_name(q.model));
+            query.append_pair("count", &q.count.to_string());
+            if !q.tags.is_empty() {
+                query.append_pair("tags", &q.tags.join(","));
+            }
+            if !q.anti_affinity.is_empty() {
+                query.append_pair("anti_affinity", &q.anti_affinity.join(","));
+            }
+            if let Some(configuration) = &q.configuration {
+                query.append_pair("configuration", configuration);
+            }
+        }
+        let request = self
+            .http
+            .post(url)
+            .header(header::CONTENT_TYPE, OVF_XML)
+            .body(ovf_xml);
+        self.call(request).await
+    }
+
+    /// SubmitVEEs.
+    pub async fn submit(&self, ids: &[String]) -> Result<SubmitResponse, ClientError> {
+        let body = SubmitRequest { ids: ids.to_vec() };
+        self.call(self.post(&["vees", "submit"]).json(&body)).await
+    }
+
+    /// UpdateVEEState. Waits as long as the server may (its `timeout_ms`) plus a grace period.
+    pub async fn update_state(
+        &self,
+        req: &UpdateStateRequest,
+    ) -> Result<UpdateStateResponse, ClientError> {
+        let request = self
+            .post(&["vees", "update-state"])
+            .timeout(update_state_timeout(req))
+            .json(req);
+        self.call(request).await
+    }
+
+    pub async fn get_vee(&self, id: &str) -> Result<VeeView, ClientError> {
+        self.call(self.get(&["vees", id])).await
+    }
+
+    /// One page of the caller's VEEs.
+    pub async fn list_vees(&self, q: &ListQuery) -> Result<VeeList, ClientError> {
+        let mut url = self.url(&["vees"]);
+        {
+            let mut query = url.query_pairs_mut();
+            if let Some(state) = q.state {
+                query.append_pair("state", state.as_str());
+            }
+            if let Some(tag) = &q.tag {
+                query.append_pair("tag", tag);
+            }
+            if let Some(limit) = q.limit {
+                query.append_pair("limit", &limit.to_string());
+            }
+            if let Some(after) = &q.after {
+                query.append_pair("after", after);
+            }
+        }
+        // `query_pairs_mut` leaves a bare `?` behind when nothing was appended.
+        if url.query() == Some("") {
+            url.set_query(None);
+        }
+        self.call(self.http.get(url)).await
+    }
+
+    /// Every VEE matching `q`, following `next` from `q.after` to the last page.
+    pub async fn list_all_vees(&self, q: &ListQuery) -> Result<Vec<VeeView>, ClientError> {
+        let mut query = q.clone();
+        let mut vees = Vec::new();
+        loop {
+            let page = self.list_vees(&query).await?;
+            vees.extend(page.vees);
+            match page.next {
+                None => return Ok(vees),
+                Some(next) if query.after.as_deref() == Some(next.as_str()) => {
+                    return Err(ClientError::Decode(format!(
+                        "GET {BASE_PATH}/vees: the page after {next} names {next} again"
+                    )));
+                }
+                Some(next) => query.after = Some(next),
+            }
+        }
+    }
+
+    /// Changes memory or CPUs of a VEE (live when it runs and stays within its ceilings).
+    pub async fn patch_vee(
+        &self,
+        id: &str,
+        req: &PatchRequest,
+    ) -> Result<PatchResponse, ClientError> {
+        let request = self.http.patch(self.url(&["vees", id])).json(req);
+        self.call(request).await
+    }
+
+    /// Moves an ACTIVE VEE to another host (admin).
+    pub async fn migrate_vee(
+        &self,
+        id: &str,
+        req: &MigrateRequest,
+    ) -> Result<VeeView, ClientError> {
+        self.call(self.post(&["vees", id, "migrate"]).json(req))
+            .await
+    }
+
+    /// Destroys the VEE if needed and removes every byte stored for it.
+    pub async fn purge_vee(&self, id: &str) -> Result<(), ClientError> {
+        self.send(self.http.delete(self.url(&["vees", id])))
+            .await
+            .map(drop)
+    }
+
+    /// The VEE's state changes (a veem extension).
+    pub async fn vee_events(&self, id: &str) -> Result<EventList, ClientError> {
+        self.call(self.get(&["vees", id, "events"])).await
+    }
+
+    /// Streams a disk of a DEFINED or DESTROYED VEE into `out`; returns the bytes written.
+    pub async fn download_disk(
+        &self,
+        id: &str,
+        target: &str,
+        out: &Path,
+    ) -> Result<u64, ClientError> {
+        self.download(self.get(&["vees", id, "disks", target]), out)
+            .await
+    }
+
+    /// Uploads an image, streaming it from `file`. `progress` is called with (bytes sent, total)
+    /// as the upload goes.
+    pub async fn push_image(
+        &self,
+        name: &str,
+        file: &Path,
+        progress: Option<&(dyn Fn(u64, u64) + Send + Sync)>,
+    ) -> Result<ImageView, ClientError> {
+        let source = tokio::fs::File::open(file).await?;
+        let total = source.metadata().await?.len();
+        // The body must be 'static, the callback is borrowed: the stream reports sizes through a
+        // channel and this function calls the callback while the request is under way.
+        let (sent_tx, mut sent_rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+        let stream =
+            ReaderStream::with_capacity(source, UPLOAD_CHUNK_BYTES).inspect_ok(move |chunk| {
+                // The receiver only goes away once the answer is in; nothing is left to report.
+                let _ = sent_tx.send(chunk.len() as u64);
+            });
+        let request = self
+            .http
+            .put(self.url(&["images", name]))
+            .header(header::CONTENT_TYPE, OCTET_STREAM)
+            .header(header::CONTENT_LENGTH, total)
+            .body(Body::wrap_stream(stream));
+        let answer = self.call::<ImageView>(request);
+        tokio::pin!(answer);
+        let mut sent = 0u64;
+        let mut reporting = true;
+        loop {
+            tokio::select! {
+                result = &mut answer => {
+                    // Chunks read before the answer arrived still count.
+                    while let Ok(len) = sent_rx.try_recv() {
+                        sent += len;
+                        if let Some(report) = progress {
+                            report(sent, total);
+                        }
+                    }
+                    return result;
+                }
+                chunk = sent_rx.recv(), if reporting => match chunk {
+                    Some(len) => {
+                        sent += len;
+                        if let Some(report) = progress {
+                            report(sent, total);
+                        }
+                    }
+                    None => reporting = false,
+                },
+            }
+        }
+    }
+
+    /// Uploads an image held in memory.
+    pub async fn push_image_bytes(
+        &self,
+        name: &str,
+        bytes: Vec<u8>,
+    ) -> Result<ImageView, ClientError> {
+        let request = self
+            .http
+            .put(self.url(&["images", name]))
+            .header(header::CONTENT_TYPE, OCTET_STREAM)
+            .body(bytes);
+        self.call(request).await
+    }
+
+    pub async fn list_images(&self) -> Result<ImageList, ClientError> {
+        self.call(self.get(&["images"])).await
+    }
+
+    pub async fn get_image(&self, name: &str) -> Result<ImageView, ClientError> {
+        self.call(self.get(&["images", name])).await
+    }
+
+    /// Streams an image's bytes into `out`; returns the bytes written.
+    pub async fn image_data(&self, name: &str, out: &Path) -> Result<u64, ClientError> {
+        self.download(self.get(&["images", name, "data"]), out)
+            .await
+    }
+
+    pub async fn delete_image(&self, name: &str) -> Result<(), ClientError> {
+        self.send(self.http.delete(self.url(&["images", name])))
+            .await
+            .map(drop)
+    }
+
+    /// Every host of the site (admin).
+    pub async fn list_hosts(&self) -> Result<HostList, ClientError> {
+        self.call(self.get(&["hosts"])).await
+    }
+
+    /// Disables a host (it keeps its VEEs and takes no new ones) or enables it again (admin; a
+    /// veem extension).
+    pub async fn set_host_enabled(
+        &self,
+        host: &str,
+        enabled: bool,
+    ) -> Result<HostView, ClientError> {
+        let body = serde_json::json!({ "enabled": enabled });
+        let request = self.http.patch(self.url(&["hosts", host])).json(&body);
+        self.call(request).await
+    }
+
+    /// Sends `body` as is to `path` (e.g. `/vmi/v1/vees/initialize?count=2`, taken relative to
+    /// the base URL) and returns the status, content type and body without interpreting them:
+    /// for tests of what the VEEM does with malformed input.
+    pub async fn raw_request(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> Result<(u16, String, Vec<u8>), ClientError> {
+        let base = self.base.as_str().trim_end_matches('/');
+        let url = Url::parse(&format!("{base}{path}"))
+            .map_err(|error| ClientError::InvalidUrl(format!("{base}{path}: {error}")))?;
+        let mut request = self.http.request(method, url).body(body);
+        if let Some(content_type) = content_type {
+            request = request.header(header::CONTENT_TYPE, content_type);
+        }
+        let response = request.send().await.map_err(ClientError::Transport)?;
+        let status = response.status().as_u16();
+        let content_type = content_type_of(&response).to_owned();
+        let body = response.bytes().await.map_err(ClientError::Transport)?;
+        Ok((status, content_type, body.to_vec()))
+    }
+
+    /// `<base>/vmi/v1/<segments>`, each segment percent-encoded, so an id can never reach
+    /// another route.
+    fn url(&self, segments: &[&str]) -> Url {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .expect("an http:// url always has a path (checked in Client::new)")
+            .pop_if_empty()
+            .extend(BASE_PATH.split('/').filter(|part| !part.is_empty()))
+            .extend(segments);
+        url
+    }
+
+    fn get(&self, segments: &[&str]) -> RequestBuilder {
+        self.http.get(self.url(segments))
+    }
+
+    fn post(&self, segments: &[&str]) -> RequestBuilder {
+        self.http.post(self.url(segments))
+    }
+
+    /// Sends the request; a non-2xx answer becomes `Api` (with its problem) or `Http`.
+    async fn send(&self, request: RequestBuilder) -> Result<Response, ClientError> {
+        let response = request.send().await.map_err(ClientError::Transport)?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let body = response.bytes().await.map_err(ClientError::Transport)?;
+        // The content type is not required: a problem is recognised by its fields.
+        match serde_json::from_slice(&body) {
+            Ok(problem) => Err(ClientError::Api(problem)),
+            Err(_) => Err(ClientError::Http {
+                status: status.as_u16(),
+                body: String::from_utf8_lossy(&body).into_owned(),
+            }),
+        }
+    }
+
+    async fn call<T: DeserializeOwned>(&self, request: RequestBuilder) -> Result<T, ClientError> {
+        let response = self.send(request).await?;
+        let route = response.url().path().to_owned();
+        let body = response.bytes().await.map_err(ClientError::Transport)?;
+        serde_json::from_slice(&body)
+            .map_err(|error| ClientError::Decode(format!("{route}: {error}")))
+    }
+
+    /// Writes the answer's body to `out` as it arrives. The file is created only once the VEEM
+    /// has said yes, and removed again if the transfer breaks, so no truncated copy is left
+    /// looking complete.
+    async fn download(&self, request: RequestBuilder, out: &Path) -> Result<u64, ClientError> {
+        let response = self.send(request).await?;
+        let mut file = tokio::fs::File::create(out).await?;
+        let result = write_body(response, &mut file).await;
+        drop(file);
+        if result.is_err() {
+            // Only a regular file: `out` may be a device such as /dev/null.
+            let regular = tokio::fs::metadata(out)
+                .await
+                .map(|meta| meta.is_file())
+                .unwrap_or(false);
+            if regular {
+                let _ = tokio::fs::remove_file(out).await;
+            }
+        }
+        result
+    }
+}
+
+async fn write_body(response: Response, file: &mut tokio::fs::File) -> Result<u64, ClientError> {
+    let mut stream = response.bytes_stream();
+    let mut written = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(ClientError::Transport)?;
+        file.write_all(&chunk).await?;
+        written += chunk.len() as u64;
+    }
+    file.flush().await?;
+    Ok(written)
+}
+
+fn content_type_of(response: &Response) -> &str {
+    response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("")
+}
+
+fn model_name(model: InitModel) -> &'static str {
+    match model {
+        InitModel::Besteffort => "BESTEFFORT",
+        InitModel::Twophase => "TWOPHASE",
+    }
+}
+
+fn update_state_timeout(req: &UpdateStateRequest) -> Duration {
+    Duration::from_millis(req.timeout_ms.unwrap_or(DEFAULT_UPDATE_TIMEOUT_MS)) + UPDATE_GRACE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use veem_api::Order;
+    use veem_model::ControlAction;
+
+    fn client(base: &str) -> Client {
+        Client::new(base, "t").expect("a valid base url")
+    }
+
+    #[test]
+    fn routes_are_under_the_base_path_and_ids_stay_one_segment() {
+        let c = client("http://127.0.0.1:7070");
+        assert_eq!(
+            c.url(&["vees", "vee-00000001"]).as_str(),
+            "http://127.0.0.1:7070/vmi/v1/vees/vee-00000001"
+        );
+        assert_eq!(
+            c.url(&["vees", "../hosts"]).as_str(),
+            "http://127.0.0.1:7070/vmi/v1/vees/..%2Fhosts"
+        );
+        let prefixed = client("http://example.test/veem/");
+        assert_eq!(
+            prefixed.url(&["images"]).as_str(),
+            "http://example.test/veem/vmi/v1/images"
+        );
+    }
+
+    #[test]
+    fn only_http_urls_are_accepted() {
+        for bad in ["", "127.0.0.1:7070", "ftp://x", "https://x", "not a url"] {
+            assert!(
+                matches!(Client::new(bad, "t"), Err(ClientError::InvalidUrl(_))),
+                "{bad:?} should be refused"
+            );
+        }
+        assert!(matches!(
+            Client::new("http://x", "bad\ntoken"),
+            Err(ClientError::InvalidToken)
+        ));
+    }
+
+    #[test]
+    fn update_state_waits_longer_than_the_server_deadline() {
+        let mut req = UpdateStateRequest {
+            order: Order::List,
+            ids: vec![],
+            action: ControlAction::Activate,
+            timeout_ms: None,
+        };
+        assert_eq!(update_state_timeout(&req), Duration::from_secs(90));
+        req.timeout_ms = Some(5_000);
+        assert_eq!(update_state_timeout(&req), Duration::from_secs(35));
+    }
+}
