@@ -109,6 +109,13 @@ impl VeeRecord {
     pub fn holds_host(&self) -> bool {
         self.host.is_some()
     }
+
+    /// Puts the VEE at rest in a state: no action under way.
+    pub fn settle(&mut self, state: VmiState, veem_state: VeemState) {
+        self.state = state;
+        self.veem_state = veem_state;
+        self.phase = None;
+    }
 }
 
 /// One change of a VEE's state, with its time: the history an operator reads, and the STATE

@@ -1,0 +1,206 @@
+//! The server's configuration file (TOML). Outside checks depend on the documented fields
+//! (`listen`, `data_dir`, `placement`, `[[principal]]`, `[[host]]`); others are veem's own.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use veem_agent::sim::SimConfig;
+use veem_model::{HostId, Principal};
+use veem_placement::Policy;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub placement: Policy,
+    /// This site's name, shown as `site` of every VEE.
+    #[serde(default = "default_site")]
+    pub site: String,
+    /// How long SHUTDOWN waits for the guest before forcing it off.
+    #[serde(default = "default_shutdown_deadline_ms")]
+    pub shutdown_deadline_ms: u64,
+    /// How long the VEEM waits for a host agent to answer one request.
+    #[serde(default = "default_agent_timeout_ms")]
+    pub agent_timeout_ms: u64,
+    /// How often host health is checked and the placement queue retried.
+    #[serde(default = "default_health_interval_ms")]
+    pub health_interval_ms: u64,
+    /// `text` (default) or `json` structured logs on stderr.
+    #[serde(default)]
+    pub log_format: LogFormat,
+    #[serde(default, rename = "principal")]
+    pub principals: Vec<PrincipalConfig>,
+    #[serde(default, rename = "host")]
+    pub hosts: Vec<HostConfig>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrincipalConfig {
+    pub name: Principal,
+    pub token: String,
+    #[serde(default)]
+    pub admin: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    pub name: HostId,
+    pub driver: DriverKind,
+    pub cpus: u32,
+    pub memory_mb: u64,
+    /// Latencies and fault injection of the simulated driver.
+    #[serde(default)]
+    pub sim: SimConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DriverKind {
+    /// The simulated hypervisor, for scale and fault tests.
+    Sim,
+    /// QEMU/KVM over QMP (the next issue).
+    Qemu,
+}
+
+fn default_site() -> String {
+    "local".to_owned()
+}
+fn default_shutdown_deadline_ms() -> u64 {
+    30_000
+}
+fn default_agent_timeout_ms() -> u64 {
+    120_000
+}
+fn default_health_interval_ms() -> u64 {
+    1_000
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is invalid: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|message| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let mut names = std::collections::HashSet::new();
+        let mut tokens = std::collections::HashSet::new();
+        for p in &self.principals {
+            if p.token.len() < 4 {
+                return Err(format!(
+                    "principal {}: token must be at least 4 characters",
+                    p.name
+                ));
+            }
+            if !names.insert(&p.name) {
+                return Err(format!("principal {} is listed twice", p.name));
+            }
+            if !tokens.insert(&p.token) {
+                return Err(format!(
+                    "principal {}: its token is another principal's",
+                    p.name
+                ));
+            }
+        }
+        let mut hosts = std::collections::HashSet::new();
+        for h in &self.hosts {
+            if !hosts.insert(&h.name) {
+                return Err(format!("host {} is listed twice", h.name));
+            }
+            if h.cpus == 0 || h.memory_mb == 0 {
+                return Err(format!(
+                    "host {}: cpus and memory_mb must be positive",
+                    h.name
+                ));
+            }
+            if h.driver == DriverKind::Qemu {
+                return Err(format!(
+                    "host {}: the qemu driver is not available in this version; use driver = \"sim\"",
+                    h.name
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_contract_config_parses() {
+        let config = Config::parse(
+            r#"
+listen = "127.0.0.1:7070"
+data_dir = "/var/lib/veem"
+placement = "spread"
+[[principal]]
+name = "sm-a"
+token = "secret"
+admin = false
+[[host]]
+name = "h1"
+driver = "sim"
+cpus = 8
+memory_mb = 16384
+"#,
+        )
+        .expect("valid");
+        assert_eq!(config.placement, Policy::Spread);
+        assert_eq!(config.principals[0].name.as_str(), "sm-a");
+        assert_eq!(config.hosts[0].cpus, 8);
+        assert_eq!(config.site, "local");
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let base = "listen = \"127.0.0.1:1\"\ndata_dir = \"/tmp/x\"\n";
+        let cases = [
+            ("[[principal]]\nname=\"a\"\ntoken=\"secret\"\n[[principal]]\nname=\"a\"\ntoken=\"other1\"\n", "listed twice"),
+            ("[[principal]]\nname=\"a\"\ntoken=\"secret\"\n[[principal]]\nname=\"b\"\ntoken=\"secret\"\n", "another principal"),
+            ("[[host]]\nname=\"h\"\ndriver=\"vmware\"\ncpus=1\nmemory_mb=1\n", "driver"),
+            ("colour = \"red\"\n", "colour"),
+        ];
+        for (extra, needle) in cases {
+            let err = Config::parse(&format!("{base}{extra}")).expect_err(extra);
+            assert!(err.contains(needle), "{err} should mention {needle}");
+        }
+    }
+}

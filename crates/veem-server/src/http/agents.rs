@@ -1,0 +1,82 @@
+//! `GET /vmi/v1/agents/connect`: where a remote host agent (`veem agent`) opens its WebSocket.
+//! The agent's first frame says who it is; then the VEEM sends requests and the agent answers.
+
+use std::sync::Arc;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::response::Response;
+use futures::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use veem_api::agent::AgentFrame;
+
+use super::{Admin, AppState};
+use crate::hosts::{HostLink, RemoteLink};
+
+pub async fn connect(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    tracing::debug!(principal = %caller.principal, "agent connecting");
+    upgrade.on_upgrade(move |socket| serve_agent(state, socket))
+}
+
+async fn serve_agent(state: AppState, socket: WebSocket) {
+    let (mut sink, mut stream) = socket.split();
+    let hello = loop {
+        match stream.next().await {
+            Some(Ok(Message::Text(text))) => match serde_json::from_str::<AgentFrame>(&text) {
+                Ok(AgentFrame::Hello { hello }) => break hello,
+                Ok(other) => {
+                    tracing::warn!(frame = ?other, "an agent must say hello first");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "an agent sent an unreadable frame");
+                    return;
+                }
+            },
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            _ => return,
+        }
+    };
+    let (out_tx, mut out_rx) = mpsc::channel::<AgentFrame>(1024);
+    let remote = Arc::new(RemoteLink::new(out_tx));
+    let link: Arc<dyn HostLink> = remote.clone();
+    let host = hello.name.clone();
+    let writer = tokio::spawn(async move {
+        while let Some(frame) = out_rx.recv().await {
+            let Ok(text) = serde_json::to_string(&frame) else {
+                continue;
+            };
+            if sink.send(Message::Text(text.into())).await.is_err() {
+                break;
+            }
+        }
+    });
+    let reader = {
+        let remote = remote.clone();
+        async move {
+            while let Some(Ok(message)) = stream.next().await {
+                let Message::Text(text) = message else {
+                    continue;
+                };
+                match serde_json::from_str::<AgentFrame>(&text) {
+                    Ok(AgentFrame::Response { id, response }) => remote.deliver(id, response),
+                    Ok(other) => tracing::warn!(frame = ?other, "unexpected frame from an agent"),
+                    Err(e) => tracing::warn!(error = %e, "an agent sent an unreadable frame"),
+                }
+            }
+        }
+    };
+    // Read answers while the host is being reconciled: reconciliation asks the agent things.
+    let reading = tokio::spawn(reader);
+    if let Err(e) = state.veem.connect_host(hello, link.clone()).await {
+        tracing::error!(%host, error = %e, "cannot add the host");
+    }
+    let _ = reading.await;
+    remote.close();
+    state.veem.disconnect_host(&host, &link);
+    writer.abort();
+}

@@ -1,0 +1,106 @@
+//! The VMI over HTTP: the one place of veem that knows routes, headers and status codes.
+//! Handlers parse and check a request, call one method of the core, and map its result.
+
+mod agents;
+pub mod problem;
+mod routes;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, FromRequestParts};
+use axum::http::header;
+use axum::http::request::Parts;
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::auth::{Authenticator, Caller};
+use crate::veem::Veem;
+use problem::ApiError;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub veem: Veem,
+    pub auth: Arc<Authenticator>,
+}
+
+/// Descriptors and OVF envelopes larger than this are refused (images are streamed, unlimited).
+const BODY_LIMIT: usize = 16 * 1024 * 1024;
+
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/openapi.json", get(routes::openapi))
+        .route("/vees/initialize", post(routes::initialize))
+        .route("/vees/submit", post(routes::submit))
+        .route("/vees/update-state", post(routes::update_state))
+        .route("/vees", get(routes::list_vees))
+        .route(
+            "/vees/{id}",
+            get(routes::get_vee)
+                .patch(routes::patch_vee)
+                .delete(routes::purge_vee),
+        )
+        .route("/vees/{id}/events", get(routes::vee_events))
+        .route("/vees/{id}/migrate", post(routes::migrate_vee))
+        .route("/vees/{id}/disks/{target}", get(routes::download_disk))
+        .route("/images", get(routes::list_images))
+        .route(
+            "/images/{name}",
+            get(routes::get_image)
+                .put(routes::put_image)
+                .delete(routes::delete_image),
+        )
+        .route("/images/{name}/data", get(routes::image_data))
+        .route("/hosts", get(routes::list_hosts))
+        .route("/hosts/{id}", axum::routing::patch(routes::patch_host))
+        .route("/agents/connect", get(agents::connect))
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed);
+    Router::new()
+        .nest(veem_api::BASE_PATH, api)
+        .fallback(routes::not_found)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let value = parts.headers.get(header::AUTHORIZATION).ok_or_else(|| {
+            ApiError::unauthenticated(
+                "no Authorization header; send 'Authorization: Bearer <token>'",
+            )
+        })?;
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or_else(|| {
+                ApiError::unauthenticated("the Authorization header must be 'Bearer <token>'")
+            })?;
+        state
+            .auth
+            .authenticate(token)
+            .ok_or_else(|| ApiError::unauthenticated("unknown token"))
+    }
+}
+
+/// A caller with the admin role.
+pub struct Admin(pub Caller);
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        if caller.admin {
+            Ok(Admin(caller))
+        } else {
+            Err(ApiError::forbidden(&format!(
+                "{} is not an admin; this is an operator endpoint",
+                caller.principal
+            )))
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! Errors as RFC 9457 problem documents. `status_of` is the one place that maps an error to an
+//! HTTP status.
+
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use veem_api::Problem;
+
+use crate::error::CoreError;
+
+pub fn status_of(error: &CoreError) -> StatusCode {
+    match error {
+        CoreError::MalformedDescriptor(_) | CoreError::MalformedRequest { .. } => {
+            StatusCode::BAD_REQUEST
+        }
+        CoreError::AccessDenied(_) => StatusCode::FORBIDDEN,
+        CoreError::NotFound(_) => StatusCode::NOT_FOUND,
+        CoreError::InsufficientResources(_)
+        | CoreError::WrongState(_)
+        | CoreError::InUse(_)
+        | CoreError::Pending(_)
+        | CoreError::Conflict(_) => StatusCode::CONFLICT,
+        CoreError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        CoreError::DeploymentFailed(_) | CoreError::HostFailed(_) => StatusCode::BAD_GATEWAY,
+        CoreError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// A problem answer.
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub detail: String,
+}
+
+impl ApiError {
+    pub fn unauthenticated(detail: &str) -> Self {
+        Self {
+            status: StatusCode::UNAUTHORIZED,
+            code: veem_api::code::UNAUTHENTICATED,
+            detail: detail.to_owned(),
+        }
+    }
+
+    pub fn forbidden(detail: &str) -> Self {
+        Self::from(CoreError::AccessDenied(detail.to_owned()))
+    }
+}
+
+impl From<CoreError> for ApiError {
+    fn from(error: CoreError) -> Self {
+        if matches!(error, CoreError::Internal(_)) {
+            tracing::error!(error = %error, "internal error");
+        }
+        Self {
+            status: status_of(&error),
+            code: error.code(),
+            detail: error.to_string(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let title = self.status.canonical_reason().unwrap_or("Error").to_owned();
+        let problem = Problem {
+            type_: format!("https://veem.dev/problems/{}", self.code),
+            title,
+            status: self.status.as_u16(),
+            detail: self.detail,
+            code: self.code.to_owned(),
+        };
+        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        let mut response = (self.status, body).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/problem+json"),
+        );
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer realm=\"veem\""),
+            );
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_has_the_status_the_contract_names() {
+        let cases = [
+            (CoreError::malformed("x", "y"), 400),
+            (CoreError::AccessDenied(String::new()), 403),
+            (CoreError::NotFound(String::new()), 404),
+            (CoreError::InsufficientResources(String::new()), 409),
+            (CoreError::WrongState(String::new()), 409),
+            (CoreError::InUse(String::new()), 409),
+        ];
+        for (error, status) in cases {
+            assert_eq!(status_of(&error).as_u16(), status, "{error:?}");
+        }
+    }
+}

@@ -1,0 +1,600 @@
+//! Control: UpdateState and its actions, PATCH, live migration, purge and disk export.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use veem_api::agent::{AgentRequest, AgentResponse};
+use veem_api::{Order, PatchApplied};
+use veem_model::{
+    apply, ControlAction, HostId, Phase, Transition, VeeId, VeeRecord, VeemState, VmiState,
+};
+use veem_placement::PlacementError;
+use veem_store::Change;
+
+use super::*;
+use crate::auth::Caller;
+use crate::error::CoreError;
+
+impl Veem {
+    /// UpdateState: applies `action` to each VEE, in order (`list`) or concurrently (`set`),
+    /// and returns when each reached its target state, failed, or `timeout` ran out.
+    pub async fn update_state(
+        &self,
+        caller: &Caller,
+        order: Order,
+        ids: &[String],
+        action: ControlAction,
+        timeout: Duration,
+    ) -> BatchOutcome {
+        let deadline = Instant::now() + timeout;
+        let results: Vec<(String, Result<(), CoreError>)> = match order {
+            Order::List => {
+                let mut results = Vec::with_capacity(ids.len());
+                for id in ids {
+                    let r = self.control(caller, id, action, deadline).await;
+                    results.push((id.clone(), r));
+                }
+                results
+            }
+            Order::Set => {
+                let calls = ids.iter().map(|id| {
+                    let veem = self.clone();
+                    let caller = caller.clone();
+                    let id = id.clone();
+                    async move {
+                        // A task of its own, so one VEE's action does not wait on another's.
+                        let handle = tokio::spawn({
+                            let id = id.clone();
+                            async move { veem.control(&caller, &id, action, deadline).await }
+                        });
+                        let r = handle
+                            .await
+                            .unwrap_or_else(|e| Err(CoreError::internal("the action failed", e)));
+                        (id, r)
+                    }
+                });
+                futures::future::join_all(calls).await
+            }
+        };
+        let mut outcome = BatchOutcome::default();
+        for (id, r) in results {
+            match r {
+                Ok(()) => outcome.ok.push(id),
+                Err(e) => outcome.failed.push((id, e)),
+            }
+        }
+        outcome
+    }
+
+    /// One control action on one VEE.
+    async fn control(
+        &self,
+        caller: &Caller,
+        id: &str,
+        action: ControlAction,
+        deadline: Instant,
+    ) -> Result<(), CoreError> {
+        let (seq, _) = self.lookup(caller, id)?;
+        let lock = self
+            .op_lock(seq)
+            .ok_or_else(|| CoreError::NotFound(format!("no VEE {id}")))?;
+        let guard = match tokio::time::timeout_at(deadline.into(), lock.lock_owned()).await {
+            Ok(g) => g,
+            Err(_) => {
+                return Err(CoreError::Timeout(format!(
+                    "VEE {id} was busy with another action until the timeout"
+                )))
+            }
+        };
+        // Read the state under the VEE's lock: nothing else changes it now.
+        let record = self
+            .state()
+            .vees
+            .get(&seq)
+            .map(|s| s.record.clone())
+            .ok_or_else(|| CoreError::NotFound(format!("no VEE {id}")))?;
+        let step = apply(record.state, action)?;
+        match step.transition {
+            Transition::Unchanged => Ok(()),
+            Transition::Deploy => {
+                let mut started = self.start_deploys(vec![(id.to_owned(), seq, guard)]).await;
+                started.pop().map_or(Ok(()), |(_, r)| r)?;
+                self.wait_for_activation(seq, deadline).await
+            }
+            Transition::AwaitDeployment => {
+                drop(guard);
+                self.wake_placer();
+                self.wait_for_activation(seq, deadline).await
+            }
+            Transition::Resume => self.pause_or_resume(seq, &record, false).await,
+            Transition::Pause => self.pause_or_resume(seq, &record, true).await,
+            Transition::Restore => {
+                let host = {
+                    let mut state = self.state();
+                    state
+                        .cluster
+                        .place(&record.id, demand_of(&record))
+                        .map_err(placement_error)?
+                };
+                let h = host.clone();
+                let staged = self
+                    .update(seq, Some(format!("restoring on {h}")), |r| {
+                        r.phase = Some(Phase::Restoring);
+                        r.host = Some(h);
+                    })
+                    .await;
+                if let Err(e) = staged {
+                    self.state().cluster.release(&record.id);
+                    return Err(e);
+                }
+                let memory_file = self.memory_file(&record.id);
+                let task = tokio::spawn({
+                    let veem = self.clone();
+                    async move { veem.deploy(seq, host, guard, Some(memory_file)).await }
+                });
+                match tokio::time::timeout_at(deadline.into(), task).await {
+                    Ok(joined) => joined
+                        .map_err(|e| CoreError::internal("the restore failed", e))?
+                        .map(|_| ()),
+                    Err(_) => Err(CoreError::Timeout(format!(
+                        "VEE {id} is still being restored; it goes on"
+                    ))),
+                }
+            }
+            Transition::Suspend => self.suspend(seq, &record).await,
+            Transition::Shutdown => self.shutdown(seq, &record).await,
+            Transition::Destroy => self.destroy(seq, &record).await,
+        }
+    }
+
+    fn memory_file(&self, id: &VeeId) -> PathBuf {
+        self.vee_dir(id).join("memory.state")
+    }
+
+    /// Waits until a VEE on its way to ACTIVE gets there or stops trying.
+    async fn wait_for_activation(&self, seq: u64, deadline: Instant) -> Result<(), CoreError> {
+        loop {
+            let (mut changed, record, failure) = {
+                let state = self.state();
+                let slot = state.vees.get(&seq).ok_or_else(|| {
+                    CoreError::NotFound(format!("VEE {} was purged", VeeId::from_seq(seq)))
+                })?;
+                (
+                    slot.changed.subscribe(),
+                    slot.record.clone(),
+                    slot.last_failure.clone(),
+                )
+            };
+            match record.state {
+                VmiState::Active => return Ok(()),
+                VmiState::Initial => {}
+                other => {
+                    return Err(failure.unwrap_or_else(|| {
+                        CoreError::WrongState(format!(
+                            "VEE {} became {other} while waiting to become ACTIVE",
+                            record.id
+                        ))
+                    }))
+                }
+            }
+            if tokio::time::timeout_at(deadline.into(), changed.changed())
+                .await
+                .is_err()
+            {
+                return Err(match record.veem_state {
+                    VeemState::Pending => CoreError::Pending(
+                        record
+                            .pending_reason
+                            .unwrap_or_else(|| "waiting for placement".into()),
+                    ),
+                    _ => CoreError::Timeout(format!(
+                        "VEE {} is still being deployed on {}; it goes on",
+                        record.id,
+                        record.host.map(|h| h.to_string()).unwrap_or_default()
+                    )),
+                });
+            }
+        }
+    }
+
+    fn host_of(record: &VeeRecord) -> Result<HostId, CoreError> {
+        record
+            .host
+            .clone()
+            .ok_or_else(|| CoreError::Internal(format!("VEE {} has no host", record.id)))
+    }
+
+    async fn pause_or_resume(
+        &self,
+        seq: u64,
+        record: &VeeRecord,
+        pause: bool,
+    ) -> Result<(), CoreError> {
+        let host = Self::host_of(record)?;
+        let vee = record.id.clone();
+        let request = if pause {
+            AgentRequest::Pause { vee }
+        } else {
+            AgentRequest::Resume { vee }
+        };
+        agent_result(&host, self.inner.hosts.call(&host, request).await)?;
+        let (state, veem_state) = if pause {
+            (VmiState::Paused, VeemState::Hold)
+        } else {
+            (VmiState::Active, VeemState::Active)
+        };
+        self.update(seq, None, |r| r.settle(state, veem_state))
+            .await
+            .map(|_| ())
+    }
+
+    async fn suspend(&self, seq: u64, record: &VeeRecord) -> Result<(), CoreError> {
+        let host = Self::host_of(record)?;
+        let memory_file = self.memory_file(&record.id);
+        let request = AgentRequest::Suspend {
+            vee: record.id.clone(),
+            memory_file,
+        };
+        agent_result(&host, self.inner.hosts.call(&host, request).await)?;
+        self.state().cluster.release(&record.id);
+        self.update(seq, Some(format!("memory saved, {host} freed")), |r| {
+            r.settle(VmiState::Suspended, VeemState::Suspended);
+            r.host = None;
+            r.has_saved_memory = true;
+        })
+        .await?;
+        self.wake_placer();
+        Ok(())
+    }
+
+    async fn shutdown(&self, seq: u64, record: &VeeRecord) -> Result<(), CoreError> {
+        if record.state != VmiState::Suspended {
+            let host = Self::host_of(record)?;
+            let request = AgentRequest::Shutdown {
+                vee: record.id.clone(),
+                deadline_ms: self.inner.config.shutdown_deadline.as_millis() as u64,
+            };
+            agent_result(&host, self.inner.hosts.call(&host, request).await)?;
+            self.state().cluster.release(&record.id);
+        }
+        let memory_file = self.memory_file(&record.id);
+        if record.has_saved_memory {
+            remove_file_if_present(&memory_file).await?;
+        }
+        self.update(seq, None, |r| {
+            r.settle(VmiState::Defined, VeemState::Stopped);
+            r.host = None;
+            r.has_saved_memory = false;
+        })
+        .await?;
+        self.wake_placer();
+        Ok(())
+    }
+
+    async fn destroy(&self, seq: u64, record: &VeeRecord) -> Result<(), CoreError> {
+        if let (Some(host), false) = (&record.host, record.reserved) {
+            let request = AgentRequest::Destroy {
+                vee: record.id.clone(),
+            };
+            // DESTROY is immediate: a host that cannot be reached does not keep the VEE alive in
+            // the VEEM's books; the reconciler ends the orphan when the host returns.
+            if let Err(e) = agent_result(host, self.inner.hosts.call(host, request).await) {
+                tracing::warn!(vee = %record.id, error = %e, "destroy on the host failed; recorded as destroyed");
+            }
+        }
+        {
+            let mut state = self.state();
+            state.cluster.release(&record.id);
+            state.pending.remove(&seq);
+        }
+        self.update(seq, None, |r| {
+            r.settle(VmiState::Destroyed, VeemState::Done);
+            r.host = None;
+            r.reserved = false;
+            r.pending_reason = None;
+        })
+        .await?;
+        self.wake_placer();
+        Ok(())
+    }
+
+    // ----- patch, migrate, purge ----------------------------------------------------------------
+
+    pub async fn patch(
+        &self,
+        caller: &Caller,
+        id: &str,
+        cpu: Option<u32>,
+        memory_mb: Option<u64>,
+    ) -> Result<(VeeRecord, PatchApplied), CoreError> {
+        let (seq, _) = self.lookup(caller, id)?;
+        let lock = self
+            .op_lock(seq)
+            .ok_or_else(|| CoreError::NotFound(format!("no VEE {id}")))?;
+        let _guard = lock.lock_owned().await;
+        let record = self
+            .state()
+            .vees
+            .get(&seq)
+            .map(|s| s.record.clone())
+            .ok_or_else(|| CoreError::NotFound(format!("no VEE {id}")))?;
+        let d = &record.descriptor;
+        let new_cpu = cpu.unwrap_or(d.cpu);
+        let new_memory = memory_mb.unwrap_or(d.memory_mb);
+        if new_cpu == 0 || new_cpu > d.cpu_ceiling() {
+            return Err(CoreError::malformed(
+                "cpu",
+                format!(
+                    "must be between 1 and cpu_max ({}) fixed at definition, not {new_cpu}",
+                    d.cpu_ceiling()
+                ),
+            ));
+        }
+        if new_memory == 0 || new_memory > d.memory_ceiling_mb() {
+            return Err(CoreError::malformed(
+                "memory_mb",
+                format!(
+                    "must be between 1 and memory_max_mb ({}) fixed at definition, not {new_memory}",
+                    d.memory_ceiling_mb()
+                ),
+            ));
+        }
+        let applied = match record.state {
+            VmiState::Active | VmiState::Paused => {
+                {
+                    let mut state = self.state();
+                    state
+                        .cluster
+                        .resize(&record.id, new_cpu, new_memory)
+                        .map_err(|e| match e {
+                            PlacementError::Unplaceable(u) => {
+                                CoreError::InsufficientResources(format!(
+                                    "host {} cannot hold the new size: {}",
+                                    record
+                                        .host
+                                        .clone()
+                                        .map(|h| h.to_string())
+                                        .unwrap_or_default(),
+                                    u.reason
+                                ))
+                            }
+                            other => placement_error(other),
+                        })?;
+                }
+                let host = Self::host_of(&record)?;
+                let request = AgentRequest::Resize {
+                    vee: record.id.clone(),
+                    cpu: new_cpu,
+                    memory_mb: new_memory,
+                };
+                if let Err(e) = agent_result(&host, self.inner.hosts.call(&host, request).await) {
+                    let mut state = self.state();
+                    let _ = state.cluster.resize(&record.id, d.cpu, d.memory_mb);
+                    return Err(e);
+                }
+                PatchApplied::Live
+            }
+            VmiState::Defined => {
+                if record.reserved {
+                    let mut state = self.state();
+                    state
+                        .cluster
+                        .resize(&record.id, new_cpu, new_memory)
+                        .map_err(placement_error)?;
+                }
+                PatchApplied::NextActivation
+            }
+            VmiState::Initial | VmiState::Suspended | VmiState::Destroyed => {
+                return Err(CoreError::WrongState(format!(
+                    "VEE {id} is {}; its size can change when ACTIVE, PAUSED or DEFINED",
+                    record.state
+                )))
+            }
+        };
+        let detail = format!("resized to {new_cpu} CPUs, {new_memory} MB");
+        let updated = self
+            .update(seq, Some(detail), |r| {
+                r.descriptor.cpu = new_cpu;
+                r.descriptor.memory_mb = new_memory;
+            })
+            .await?;
+        self.wake_placer();
+        Ok((updated, applied))
+    }
+
+    /// Moves an ACTIVE VEE to another host without stopping it (admin).
+    pub async fn migrate(
+        &self,
+        caller: &Caller,
+        id: &str,
+        to: Option<&str>,
+    ) -> Result<VeeRecord, CoreError> {
+        if !caller.admin {
+            return Err(CoreError::AccessDenied("migration is for admins".into()));
+        }
+        let to = to
+            .map(|h| HostId::new(h).map_err(|e| CoreError::malformed("host", e.to_string())))
+            .transpose()?;
+        let (seq, _) = self.lookup(caller, id)?;
+        let lock = self
+            .op_lock(seq)
+            .ok_or_else(|| CoreError::NotFound(format!("no VEE {id}")))?;
+        let _guard = lock.lock_owned().await;
+        let record = self
+            .state()
+            .vees
+            .get(&seq)
+            .map(|s| s.record.clone())
+            .ok_or_else(|| CoreError::NotFound(format!("no VEE {id}")))?;
+        if record.state != VmiState::Active {
+            return Err(CoreError::WrongState(format!(
+                "VEE {id} is {}; only an ACTIVE VEE migrates",
+                record.state
+            )));
+        }
+        let from = Self::host_of(&record)?;
+        if let Some(to) = &to {
+            if !self.inner.hosts.get(to).is_some_and(|e| e.accepts_vees()) {
+                return Err(CoreError::InsufficientResources(format!(
+                    "host {to} is not up or takes no new VEEs"
+                )));
+            }
+        }
+        let dest = {
+            let mut state = self.state();
+            state
+                .cluster
+                .relocate(&record.id, to.as_ref())
+                .map_err(placement_error)?
+        };
+        let undo = |veem: &Self| {
+            let mut state = veem.state();
+            let _ = state.cluster.relocate(&record.id, Some(&from));
+        };
+        let spec = match self.deploy_spec(&record) {
+            Ok(s) => s,
+            Err(e) => {
+                undo(self);
+                return Err(e);
+            }
+        };
+        let steps = async {
+            let uri = match agent_result(
+                &dest,
+                self.inner
+                    .hosts
+                    .call(&dest, AgentRequest::PrepareIncoming { spec })
+                    .await,
+            )? {
+                AgentResponse::Incoming { uri } => uri,
+                other => {
+                    return Err(CoreError::HostFailed(format!(
+                        "host {dest} answered prepare_incoming with {other:?}"
+                    )))
+                }
+            };
+            let out = AgentRequest::MigrateOut {
+                vee: record.id.clone(),
+                uri,
+            };
+            if let Err(e) = agent_result(&from, self.inner.hosts.call(&from, out).await) {
+                let _ = self
+                    .inner
+                    .hosts
+                    .call(
+                        &dest,
+                        AgentRequest::Destroy {
+                            vee: record.id.clone(),
+                        },
+                    )
+                    .await;
+                return Err(e);
+            }
+            let complete = AgentRequest::CompleteIncoming {
+                vee: record.id.clone(),
+            };
+            agent_result(&dest, self.inner.hosts.call(&dest, complete).await).map(|_| ())
+        };
+        if let Err(e) = steps.await {
+            undo(self);
+            return Err(e);
+        }
+        let d = dest.clone();
+        let updated = self
+            .update(seq, Some(format!("migrated from {from} to {dest}")), |r| {
+                r.host = Some(d);
+            })
+            .await?;
+        self.wake_placer();
+        Ok(updated)
+    }
+
+    /// Purge: destroys the VEE if needed and removes every byte stored for it. Its id is never
+    /// reused: the id counter does not go back.
+    pub async fn purge(&self, caller: &Caller, id: &str) -> Result<(), CoreError> {
+        let (seq, _) = self.lookup(caller, id)?;
+        let lock = self
+            .op_lock(seq)
+            .ok_or_else(|| CoreError::NotFound(format!("no VEE {id}")))?;
+        let _guard = lock.lock_owned().await;
+        let record = self
+            .state()
+            .vees
+            .get(&seq)
+            .map(|s| s.record.clone())
+            .ok_or_else(|| CoreError::NotFound(format!("no VEE {id}")))?;
+        if record.state != VmiState::Destroyed {
+            self.destroy(seq, &record).await?;
+        }
+        let dir = self.vee_dir(&record.id);
+        match tokio::fs::remove_dir_all(&dir).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(CoreError::internal("removing the VEE's files", e)),
+        }
+        self.inner
+            .committer
+            .commit(vec![Change::PurgeVee(record.id.clone())])
+            .await?;
+        let mut state = self.state();
+        state.vees.remove(&seq);
+        state.pending.remove(&seq);
+        state.cluster.release(&record.id);
+        Ok(())
+    }
+
+    /// Writes a standalone copy of a DEFINED or DESTROYED VEE's disk to a temporary file and
+    /// returns its path; the caller streams and then removes it.
+    pub async fn export_disk(
+        &self,
+        caller: &Caller,
+        id: &str,
+        target: &str,
+    ) -> Result<PathBuf, CoreError> {
+        let (_, record) = self.lookup(caller, id)?;
+        if !matches!(record.state, VmiState::Defined | VmiState::Destroyed) {
+            return Err(CoreError::WrongState(format!(
+                "VEE {id} is {}; its disks can be downloaded in DEFINED or DESTROYED",
+                record.state
+            )));
+        }
+        if !record
+            .descriptor
+            .disks
+            .iter()
+            .any(|d| d.target.as_deref() == Some(target))
+        {
+            return Err(CoreError::NotFound(format!(
+                "VEE {id} has no disk {target}"
+            )));
+        }
+        let vee_dir = self.vee_dir(&record.id);
+        let disk = veem_agent::disk_path(&vee_dir, target);
+        let source_note = disk.with_extension("source");
+        if !disk.exists() && !source_note.exists() {
+            return Err(CoreError::NotFound(format!(
+                "disk {target} of VEE {id} has no contents yet: the VEE was never deployed"
+            )));
+        }
+        let host = self
+            .inner
+            .hosts
+            .all()
+            .into_iter()
+            .find(|(_, e)| e.link.is_some() && e.error.is_none())
+            .map(|(h, _)| h)
+            .ok_or_else(|| CoreError::HostFailed("no host is up to export the disk".into()))?;
+        let exports = self.inner.config.data_dir.join("exports");
+        tokio::fs::create_dir_all(&exports)
+            .await
+            .map_err(|e| CoreError::internal("creating the export directory", e))?;
+        let out = exports.join(format!("{}-{target}-{}.qcow2", record.id, now_ms()));
+        let request = AgentRequest::ExportDisk {
+            vee_dir,
+            target: target.to_owned(),
+            out: out.clone(),
+        };
+        agent_result(&host, self.inner.hosts.call(&host, request).await)?;
+        Ok(out)
+    }
+}

@@ -1,0 +1,346 @@
+//! Hosts: connecting, reconciling the books with what hosts run, the placement and health loops.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use veem_api::agent::{AgentRequest, AgentResponse, InstanceState, InstanceStatus};
+use veem_model::{HostId, Phase, VeeId, VeeRecord, VeemState, VmiState};
+use veem_placement::PlacementError;
+
+use super::*;
+use crate::error::CoreError;
+use crate::hosts::{HostEntry, HostLink};
+
+impl Veem {
+    pub fn wake_placer(&self) {
+        self.inner.wake_placer.notify_one();
+    }
+
+    /// Adds a host (or a reconnected agent), makes its capacity placeable and reconciles the
+    /// VEEs the store places on it with what it really runs.
+    pub async fn connect_host(
+        &self,
+        hello: veem_api::agent::HostHello,
+        link: Arc<dyn HostLink>,
+    ) -> Result<(), CoreError> {
+        let host = hello.name.clone();
+        let entry = self.inner.hosts.connect(hello.clone(), link, now_ms());
+        {
+            let mut state = self.state();
+            state.cluster.upsert_host(
+                host.clone(),
+                veem_placement::Capacity {
+                    cpus: hello.cpus,
+                    memory_mb: hello.memory_mb,
+                },
+            );
+            // Re-place the host's VEEs in the books before anything new lands there.
+            let on_host: Vec<VeeRecord> = state
+                .vees
+                .values()
+                .map(|s| &s.record)
+                .filter(|r| r.host.as_ref() == Some(&host))
+                .cloned()
+                .collect();
+            for r in on_host {
+                if state.cluster.host_of(&r.id).is_none() {
+                    if let Err(e) = state.cluster.restore(&host, &r.id, demand_of(&r)) {
+                        tracing::error!(vee = %r.id, %host, error = %e, "cannot restore an allocation");
+                    }
+                }
+            }
+            // No new VEEs until the books agree with what the host runs.
+            let _ = state.cluster.set_enabled(&host, false);
+        }
+        tracing::info!(%host, driver = %hello.driver, cpus = hello.cpus, memory_mb = hello.memory_mb, "host connected");
+        self.reconcile_host(&host).await;
+        let _ = self
+            .state()
+            .cluster
+            .set_enabled(&host, entry.accepts_vees());
+        self.wake_placer();
+        Ok(())
+    }
+
+    pub fn disconnect_host(&self, host: &HostId, link: &Arc<dyn HostLink>) {
+        if self.inner.hosts.disconnect(host, link) {
+            let _ = self.state().cluster.set_enabled(host, false);
+            tracing::warn!(%host, "host disconnected");
+        }
+    }
+
+    pub fn set_host_disabled(&self, host: &str, disabled: bool) -> Result<HostEntry, CoreError> {
+        let host =
+            HostId::new(host).map_err(|_| CoreError::NotFound(format!("no host {host:?}")))?;
+        let entry = self
+            .inner
+            .hosts
+            .set_disabled(&host, disabled)
+            .ok_or_else(|| CoreError::NotFound(format!("no host {host}")))?;
+        let _ = self
+            .state()
+            .cluster
+            .set_enabled(&host, entry.accepts_vees());
+        self.wake_placer();
+        Ok(entry)
+    }
+
+    /// Each host's capacity and use as placement sees it.
+    pub fn host_usage(&self, host: &HostId) -> Option<veem_placement::HostUsage> {
+        self.state().cluster.usage(host)
+    }
+
+    /// Makes the books agree with what a host runs: instances it reports set the state of their
+    /// VEEs; VEEs it should run but does not are FAILED (never silently lost); instances the VEEM
+    /// does not know on that host are ended.
+    pub async fn reconcile_host(&self, host: &HostId) {
+        let listed_ms = now_ms();
+        let instances = match self.inner.hosts.call(host, AgentRequest::List).await {
+            AgentResponse::List { instances } => instances,
+            other => {
+                tracing::warn!(%host, answer = ?other, "cannot list the host's instances");
+                return;
+            }
+        };
+        self.apply_observed(host, &instances, listed_ms, true).await;
+    }
+
+    /// `listed_ms` is when the host was asked: a record changed since then may be newer than
+    /// what the host said, and is left alone.
+    async fn apply_observed(
+        &self,
+        host: &HostId,
+        instances: &[InstanceStatus],
+        listed_ms: u64,
+        end_orphans: bool,
+    ) {
+        let (expected, orphans) = {
+            let state = self.state();
+            let expected: Vec<(u64, VeeRecord)> = state
+                .vees
+                .iter()
+                .filter(|(_, s)| s.record.host.as_ref() == Some(host) && !s.record.reserved)
+                .map(|(seq, s)| (*seq, s.record.clone()))
+                .collect();
+            let orphans: Vec<VeeId> = instances
+                .iter()
+                .filter(|i| !expected.iter().any(|(_, r)| r.id == i.vee))
+                .filter(|i| {
+                    state
+                        .vees
+                        .get(&i.vee.seq())
+                        .is_none_or(|s| s.record.updated_ms < listed_ms)
+                })
+                .map(|i| i.vee.clone())
+                .collect();
+            (expected, orphans)
+        };
+        for (seq, record) in expected {
+            let Some(lock) = self.op_lock(seq) else {
+                continue;
+            };
+            // A VEE with an action under way is that action's business.
+            let Ok(_guard) = lock.try_lock_owned() else {
+                continue;
+            };
+            let unchanged_since_listed = self.state().vees.get(&seq).is_some_and(|s| {
+                s.record.updated_ms < listed_ms && s.record.generation == record.generation
+            });
+            if !unchanged_since_listed {
+                continue;
+            }
+            let observed = instances
+                .iter()
+                .find(|i| i.vee == record.id)
+                .map(|i| i.state);
+            let result = match (record.state, observed) {
+                (VmiState::Active, Some(InstanceState::Running))
+                | (VmiState::Paused, Some(InstanceState::Paused)) => continue,
+                (VmiState::Active | VmiState::Initial, Some(InstanceState::Paused)) => {
+                    self.update(seq, Some("found paused on its host".into()), |r| {
+                        r.settle(VmiState::Paused, VeemState::Hold);
+                    })
+                    .await
+                }
+                (VmiState::Paused | VmiState::Initial, Some(InstanceState::Running)) => {
+                    self.update(seq, Some("found running on its host".into()), |r| {
+                        r.settle(VmiState::Active, VeemState::Active);
+                    })
+                    .await
+                }
+                (VmiState::Initial, None) if end_orphans => {
+                    // Deployment was cut short (a restart): deploy again.
+                    drop(_guard);
+                    if let Some(lock) = self.op_lock(seq) {
+                        let guard = lock.lock_owned().await;
+                        let veem = self.clone();
+                        let host = host.clone();
+                        tokio::spawn(async move { veem.deploy(seq, host, guard, None).await });
+                    }
+                    continue;
+                }
+                (VmiState::Initial, _) => continue,
+                (_, Some(InstanceState::Incoming)) => continue,
+                _ => {
+                    let note = format!(
+                        "its instance on {host} is gone ({}); disks kept",
+                        observed.map_or("no process".into(), |s| format!("{s:?}").to_lowercase())
+                    );
+                    tracing::warn!(vee = %record.id, %host, "{note}");
+                    self.state().cluster.release(&record.id);
+                    self.update(seq, Some(note.clone()), |r| {
+                        r.settle(VmiState::Destroyed, VeemState::Failed);
+                        r.host = None;
+                        r.last_error = Some(note);
+                    })
+                    .await
+                }
+            };
+            if let Err(e) = result {
+                tracing::error!(vee = %record.id, error = %e, "cannot record what the host reports");
+            }
+        }
+        if end_orphans {
+            for vee in orphans {
+                tracing::warn!(%vee, %host, "ending an instance the VEEM does not place on this host");
+                let _ = self
+                    .inner
+                    .hosts
+                    .call(host, AgentRequest::Destroy { vee })
+                    .await;
+            }
+        }
+    }
+
+    /// Starts the background loops: placement of pending VEEs and host health.
+    pub fn start_background(&self) {
+        let veem = self.clone();
+        tokio::spawn(async move { veem.placement_loop().await });
+        let veem = self.clone();
+        tokio::spawn(async move { veem.health_loop().await });
+    }
+
+    async fn placement_loop(self) {
+        loop {
+            let _ = tokio::time::timeout(
+                self.inner.config.health_interval,
+                self.inner.wake_placer.notified(),
+            )
+            .await;
+            self.place_pending().await;
+        }
+    }
+
+    /// One round of the placement engine over the queue, oldest first.
+    pub async fn place_pending(&self) {
+        let mut placed = Vec::new();
+        let mut staged = Vec::new();
+        {
+            let mut state = self.state();
+            let queue: Vec<u64> = state.pending.iter().copied().collect();
+            for seq in queue {
+                let Some(slot) = state.vees.get(&seq) else {
+                    state.pending.remove(&seq);
+                    continue;
+                };
+                if slot.record.veem_state != VeemState::Pending {
+                    state.pending.remove(&seq);
+                    continue;
+                }
+                let Ok(guard) = slot.lock.clone().try_lock_owned() else {
+                    continue;
+                };
+                let record = slot.record.clone();
+                match state.cluster.place(&record.id, demand_of(&record)) {
+                    Ok(host) => {
+                        let h = host.clone();
+                        if let Some(s) =
+                            Self::stage(&state, seq, Some(format!("placed on {h}")), |r| {
+                                r.veem_state = VeemState::Hold;
+                                r.phase = Some(Phase::Booting);
+                                r.host = Some(h);
+                                r.pending_reason = None;
+                            })
+                        {
+                            staged.push(s);
+                            placed.push((seq, host, guard, record.id.clone()));
+                            state.pending.remove(&seq);
+                        }
+                    }
+                    Err(PlacementError::Unplaceable(u)) => {
+                        if record.pending_reason.as_deref() != Some(u.reason.as_str()) {
+                            if let Some(s) = Self::stage(&state, seq, None, |r| {
+                                r.pending_reason = Some(u.reason)
+                            }) {
+                                staged.push(s);
+                            }
+                        }
+                    }
+                    Err(e) => tracing::error!(vee = %record.id, error = %e, "placement failed"),
+                }
+            }
+        }
+        if staged.is_empty() {
+            return;
+        }
+        if let Err(e) = self.commit(staged).await {
+            tracing::error!(error = %e, "cannot record placements; they are undone and retried");
+            let mut state = self.state();
+            for (seq, _, _, id) in placed {
+                state.cluster.release(&id);
+                state.pending.insert(seq);
+            }
+            return;
+        }
+        for (seq, host, guard, _) in placed {
+            let veem = self.clone();
+            tokio::spawn(async move { veem.deploy(seq, host, guard, None).await });
+        }
+    }
+
+    async fn health_loop(self) {
+        let mut tick = tokio::time::interval(self.inner.config.health_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            for (host, entry) in self.inner.hosts.all() {
+                if entry.link.is_none() {
+                    continue;
+                }
+                let was_up = entry.error.is_none();
+                let listed_ms = now_ms();
+                let answer = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    self.inner.hosts.call(&host, AgentRequest::List),
+                )
+                .await;
+                let (error, instances) = match answer {
+                    Ok(AgentResponse::List { instances }) => (None, Some(instances)),
+                    Ok(AgentResponse::Error { error }) => (Some(error.message), None),
+                    Ok(other) => (Some(format!("unexpected answer {other:?}")), None),
+                    Err(_) => (Some("did not answer a health check in 5 s".into()), None),
+                };
+                let accepts = self
+                    .inner
+                    .hosts
+                    .record_health(&host, error.clone(), now_ms());
+                let _ = self.state().cluster.set_enabled(&host, accepts);
+                if let Some(e) = &error {
+                    if was_up {
+                        tracing::warn!(%host, error = %e, "host is down");
+                    }
+                }
+                if let Some(instances) = instances {
+                    if !was_up {
+                        tracing::info!(%host, "host is up again");
+                        self.reconcile_host(&host).await;
+                        self.wake_placer();
+                    } else {
+                        self.apply_observed(&host, &instances, listed_ms, false)
+                            .await;
+                    }
+                }
+            }
+        }
+    }
+}

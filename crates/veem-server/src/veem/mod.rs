@@ -1,0 +1,371 @@
+//! The VEEM core: the VMI's submission and control operations on VEEs, the placement queue,
+//! deployment, and reconciliation with what hosts report.
+//!
+//! Rules kept here:
+//! - A change is acknowledged only after the store has it (`Committer::commit`). In-memory
+//!   records change only after their commit succeeded; placement allocations made before a commit
+//!   are undone if it fails.
+//! - One action at a time per VEE (`Slot::lock`); the placement loop only takes VEEs whose lock
+//!   is free.
+//! - A VEE never waits for placement without a `pending_reason`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{watch, Notify};
+use veem_api::agent::{AgentErrorKind, AgentResponse};
+use veem_model::{
+    HostId, ImageName, ImageRecord, Principal, VeeEvent, VeeId, VeeRecord, VeemState, VmiState,
+};
+use veem_placement::{Cluster, Demand, PlacementError, Policy};
+use veem_store::{Change, Store};
+
+use crate::auth::Caller;
+use crate::committer::Committer;
+use crate::error::CoreError;
+use crate::hosts::Hosts;
+
+mod control;
+mod hosts;
+mod images;
+mod submission;
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Settings the core needs from the config file.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    pub site: String,
+    pub data_dir: PathBuf,
+    pub policy: Policy,
+    pub shutdown_deadline: Duration,
+    pub agent_timeout: Duration,
+    pub health_interval: Duration,
+    /// Principals with the admin role: their images are shared with all.
+    pub admins: Vec<Principal>,
+}
+
+/// One VEE in memory.
+struct Slot {
+    record: VeeRecord,
+    /// Held for the whole of an action on this VEE.
+    lock: Arc<tokio::sync::Mutex<()>>,
+    /// Bumped after every committed change, for callers waiting on the VEE.
+    changed: watch::Sender<u64>,
+    /// Why the last deployment failed, for the caller waiting on it.
+    last_failure: Option<CoreError>,
+}
+
+impl Slot {
+    fn new(record: VeeRecord) -> Self {
+        let (changed, _) = watch::channel(record.generation);
+        Self {
+            record,
+            lock: Arc::new(tokio::sync::Mutex::new(())),
+            changed,
+            last_failure: None,
+        }
+    }
+}
+
+struct State {
+    vees: BTreeMap<u64, Slot>,
+    next_seq: u64,
+    cluster: Cluster,
+    images: BTreeMap<(Principal, ImageName), ImageRecord>,
+    /// VEEs waiting for placement, oldest first.
+    pending: BTreeSet<u64>,
+}
+
+/// A staged change of one VEE: the record as it will be, and what to store.
+struct Staged {
+    seq: u64,
+    record: VeeRecord,
+    changes: Vec<Change>,
+}
+
+/// Outcome of a batch call: the ids that succeeded and each failure.
+#[derive(Debug, Default)]
+pub struct BatchOutcome {
+    pub ok: Vec<String>,
+    pub failed: Vec<(String, CoreError)>,
+}
+
+/// Filters of `GET /vees`.
+#[derive(Debug, Default, Clone)]
+pub struct ListFilter {
+    pub state: Option<VmiState>,
+    pub tag: Option<String>,
+    pub limit: usize,
+    pub after: Option<VeeId>,
+}
+
+struct Inner {
+    config: CoreConfig,
+    store: Arc<dyn Store>,
+    committer: Committer,
+    state: Mutex<State>,
+    hosts: Hosts,
+    wake_placer: Notify,
+}
+
+/// The VEEM. Cheap to clone; every clone is the same VEEM.
+#[derive(Clone)]
+pub struct Veem {
+    inner: Arc<Inner>,
+}
+
+fn demand_of(record: &VeeRecord) -> Demand {
+    Demand {
+        owner: record.owner.clone(),
+        cpu: record.descriptor.cpu,
+        memory_mb: record.descriptor.memory_mb,
+        tags: record.descriptor.tags.clone(),
+        anti_affinity: record.descriptor.anti_affinity.clone(),
+    }
+}
+
+fn placement_error(e: PlacementError) -> CoreError {
+    match e {
+        PlacementError::Unplaceable(u) => CoreError::InsufficientResources(u.reason),
+        PlacementError::UnknownHost(h) => CoreError::NotFound(format!("host {h} is not known")),
+        other => CoreError::Internal(format!("placement: {other}")),
+    }
+}
+
+fn agent_result(host: &HostId, response: AgentResponse) -> Result<AgentResponse, CoreError> {
+    match response {
+        AgentResponse::Error { error } => Err(match error.kind {
+            AgentErrorKind::MissingFile => {
+                CoreError::NotFound(format!("host {host}: {}", error.message))
+            }
+            AgentErrorKind::NoSuchInstance
+            | AgentErrorKind::Failed
+            | AgentErrorKind::Unsupported
+            | AgentErrorKind::Unreachable => {
+                CoreError::HostFailed(format!("host {host}: {}", error.message))
+            }
+        }),
+        other => Ok(other),
+    }
+}
+
+impl Veem {
+    /// Loads everything from the store and starts the committer. Hosts are added with
+    /// [`Veem::connect_host`]; [`Veem::start_background`] starts the placement and health loops.
+    pub fn open(config: CoreConfig, store: Arc<dyn Store>) -> Result<Self, CoreError> {
+        let snapshot = store.load()?;
+        let mut vees = BTreeMap::new();
+        let mut pending = BTreeSet::new();
+        for record in snapshot.vees {
+            let seq = record.id.seq();
+            if record.veem_state == VeemState::Pending {
+                pending.insert(seq);
+            }
+            vees.insert(seq, Slot::new(record));
+        }
+        let images = snapshot
+            .images
+            .into_iter()
+            .map(|i| ((i.owner.clone(), i.name.clone()), i))
+            .collect();
+        let committer = Committer::start(store.clone());
+        let hosts = Hosts::new(config.agent_timeout);
+        let state = State {
+            vees,
+            next_seq: snapshot.next_vee_seq.max(1),
+            cluster: Cluster::new(config.policy),
+            images,
+            pending,
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                store,
+                committer,
+                state: Mutex::new(state),
+                hosts,
+                wake_placer: Notify::new(),
+            }),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.inner
+            .state
+            .lock()
+            .expect("the state lock is never held across a panic")
+    }
+
+    pub fn config(&self) -> &CoreConfig {
+        &self.inner.config
+    }
+
+    pub fn hosts(&self) -> &Hosts {
+        &self.inner.hosts
+    }
+
+    pub fn vee_dir(&self, id: &VeeId) -> PathBuf {
+        self.inner.config.data_dir.join("vees").join(id.as_str())
+    }
+
+    pub fn image_path(&self, owner: &Principal, name: &ImageName) -> PathBuf {
+        self.inner
+            .config
+            .data_dir
+            .join("images")
+            .join(owner.as_str())
+            .join(name.as_str())
+    }
+
+    // ----- staging and committing -------------------------------------------------------------
+
+    /// Prepares a change of one VEE: `mutate` edits a copy; a state change also records an event.
+    fn stage(
+        state: &State,
+        seq: u64,
+        detail: Option<String>,
+        mutate: impl FnOnce(&mut VeeRecord),
+    ) -> Option<Staged> {
+        let slot = state.vees.get(&seq)?;
+        let old = &slot.record;
+        let mut record = old.clone();
+        mutate(&mut record);
+        let now = now_ms();
+        record.generation = old.generation + 1;
+        record.updated_ms = now;
+        let mut changes = vec![Change::UpdateVee {
+            record: record.clone(),
+            expected_generation: old.generation,
+        }];
+        if record.state != old.state || record.veem_state != old.veem_state {
+            changes.push(Change::AppendEvent(VeeEvent {
+                vee: record.id.clone(),
+                t_ms: now,
+                from: Some(old.state),
+                to: record.state,
+                veem_state: record.veem_state,
+                host: record.host.clone(),
+                detail,
+            }));
+        }
+        Some(Staged {
+            seq,
+            record,
+            changes,
+        })
+    }
+
+    /// Commits staged changes in one transaction and, once durable, makes them the truth in
+    /// memory and wakes whoever waits on those VEEs.
+    async fn commit(&self, staged: Vec<Staged>) -> Result<Vec<VeeRecord>, CoreError> {
+        let changes = staged
+            .iter()
+            .flat_map(|s| s.changes.iter().cloned())
+            .collect();
+        self.inner.committer.commit(changes).await?;
+        let mut state = self.state();
+        let mut records = Vec::with_capacity(staged.len());
+        for s in staged {
+            if let Some(slot) = state.vees.get_mut(&s.seq) {
+                slot.record = s.record.clone();
+                slot.changed.send_replace(s.record.generation);
+            }
+            records.push(s.record);
+        }
+        Ok(records)
+    }
+
+    /// Stages and commits one VEE's change.
+    async fn update(
+        &self,
+        seq: u64,
+        detail: Option<String>,
+        mutate: impl FnOnce(&mut VeeRecord),
+    ) -> Result<VeeRecord, CoreError> {
+        let staged = {
+            let state = self.state();
+            Self::stage(&state, seq, detail, mutate).ok_or_else(|| {
+                CoreError::NotFound(format!("VEE {} was purged", VeeId::from_seq(seq)))
+            })?
+        };
+        let mut records = self.commit(vec![staged]).await?;
+        Ok(records.remove(0))
+    }
+
+    // ----- access -----------------------------------------------------------------------------
+
+    /// Resolves an id the caller named: unknown, malformed and foreign ids fail here.
+    fn lookup(&self, caller: &Caller, id: &str) -> Result<(u64, VeeRecord), CoreError> {
+        let parsed = VeeId::parse(id).map_err(|_| CoreError::NotFound(format!("no VEE {id:?}")))?;
+        let seq = parsed.seq();
+        let state = self.state();
+        let slot = state
+            .vees
+            .get(&seq)
+            .filter(|s| s.record.id == parsed)
+            .ok_or_else(|| CoreError::NotFound(format!("no VEE {id}")))?;
+        if slot.record.owner != caller.principal && !caller.admin {
+            return Err(CoreError::AccessDenied(format!(
+                "VEE {id} belongs to another principal"
+            )));
+        }
+        Ok((seq, slot.record.clone()))
+    }
+
+    fn op_lock(&self, seq: u64) -> Option<Arc<tokio::sync::Mutex<()>>> {
+        self.state().vees.get(&seq).map(|s| s.lock.clone())
+    }
+
+    pub fn get(&self, caller: &Caller, id: &str) -> Result<VeeRecord, CoreError> {
+        self.lookup(caller, id).map(|(_, r)| r)
+    }
+
+    pub fn list(&self, caller: &Caller, filter: &ListFilter) -> (Vec<VeeRecord>, Option<VeeId>) {
+        let state = self.state();
+        let start = filter.after.as_ref().map_or(0, |a| a.seq() + 1);
+        let limit = filter.limit.clamp(1, 1000);
+        let mut out = Vec::new();
+        let mut next = None;
+        for slot in state.vees.range(start..).map(|(_, s)| s) {
+            let r = &slot.record;
+            if r.owner != caller.principal && !caller.admin {
+                continue;
+            }
+            if filter.state.is_some_and(|s| s != r.state) {
+                continue;
+            }
+            if let Some(tag) = &filter.tag {
+                if !r.descriptor.tags.contains(tag) {
+                    continue;
+                }
+            }
+            if out.len() == limit {
+                next = out.last().map(|r: &VeeRecord| r.id.clone());
+                break;
+            }
+            out.push(r.clone());
+        }
+        (out, next)
+    }
+
+    pub fn events(&self, caller: &Caller, id: &str) -> Result<Vec<VeeEvent>, CoreError> {
+        let (_, record) = self.lookup(caller, id)?;
+        Ok(self.inner.store.events(&record.id)?)
+    }
+}
+
+async fn remove_file_if_present(path: &Path) -> Result<(), CoreError> {
+    match tokio::fs::remove_file(path).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(CoreError::internal("removing a file", e)),
+    }
+}

@@ -1,0 +1,385 @@
+//! Submission: InitializeVEEs and SubmitVEEs, and the deployment they start.
+
+use std::path::PathBuf;
+
+use tokio::sync::OwnedMutexGuard;
+use veem_api::agent::{AgentRequest, DeploySpec, DiskPlan, NicPlan};
+use veem_model::{
+    DiskSource, HostId, InitModel, Phase, VeeDescriptor, VeeEvent, VeeId, VeeRecord, VeemState,
+    VmiState,
+};
+use veem_placement::PlacementError;
+use veem_store::Change;
+
+use super::*;
+use crate::auth::Caller;
+use crate::error::CoreError;
+
+impl Veem {
+    /// InitializeVEEs: defines `count` VEEs of `descriptor`. TWOPHASE also reserves a feasible
+    /// placement for all of them, or defines nothing.
+    pub async fn initialize(
+        &self,
+        caller: &Caller,
+        model: InitModel,
+        count: u32,
+        mut descriptor: VeeDescriptor,
+    ) -> Result<Vec<VeeRecord>, CoreError> {
+        if count == 0 || count > 10_000 {
+            return Err(CoreError::malformed("count", "must be between 1 and 10000"));
+        }
+        descriptor
+            .validate()
+            .map_err(CoreError::MalformedDescriptor)?;
+        let now = now_ms();
+        let (records, reserved) = {
+            let mut state = self.state();
+            let first = state.next_seq;
+            let mut records: Vec<VeeRecord> = (0..u64::from(count))
+                .map(|i| {
+                    VeeRecord::defined(
+                        VeeId::from_seq(first + i),
+                        caller.principal.clone(),
+                        descriptor.clone(),
+                        model,
+                        now,
+                    )
+                })
+                .collect();
+            let mut reserved = Vec::new();
+            if model == InitModel::Twophase {
+                let batch = records
+                    .iter()
+                    .map(|r| (r.id.clone(), demand_of(r)))
+                    .collect();
+                let hosts = state.cluster.place_all(batch).map_err(placement_error)?;
+                for (record, host) in records.iter_mut().zip(hosts) {
+                    record.host = Some(host);
+                    record.reserved = true;
+                    reserved.push(record.id.clone());
+                }
+            }
+            // Ids are taken now, even if the commit fails: an id is never handed out twice.
+            state.next_seq = first + u64::from(count);
+            (records, reserved)
+        };
+        let mut changes = Vec::with_capacity(records.len() * 2);
+        for r in &records {
+            changes.push(Change::InsertVee(r.clone()));
+            changes.push(Change::AppendEvent(VeeEvent {
+                vee: r.id.clone(),
+                t_ms: now,
+                from: None,
+                to: VmiState::Defined,
+                veem_state: VeemState::Stopped,
+                host: None,
+                detail: Some(format!("initialized ({model:?})").to_uppercase()),
+            }));
+        }
+        if let Err(e) = self.inner.committer.commit(changes).await {
+            let mut state = self.state();
+            for id in &reserved {
+                state.cluster.release(id);
+            }
+            return Err(e);
+        }
+        let mut state = self.state();
+        for r in &records {
+            state.vees.insert(r.id.seq(), Slot::new(r.clone()));
+        }
+        Ok(records)
+    }
+
+    /// SubmitVEEs: each DEFINED VEE is deployed now if placeable, else queued for placement.
+    pub async fn submit(&self, caller: &Caller, ids: &[String]) -> BatchOutcome {
+        let mut outcome = BatchOutcome::default();
+        let mut held = Vec::with_capacity(ids.len());
+        for id in ids {
+            let locked = match self.lookup(caller, id) {
+                Ok((seq, _)) => match self.op_lock(seq) {
+                    Some(lock) => Ok((seq, lock.lock_owned().await)),
+                    None => Err(CoreError::NotFound(format!("no VEE {id}"))),
+                },
+                Err(e) => Err(e),
+            };
+            match locked {
+                Ok((seq, guard)) => held.push((id.clone(), seq, guard)),
+                Err(e) => outcome.failed.push((id.clone(), e)),
+            }
+        }
+        for (id, result) in self.start_deploys(held).await {
+            match result {
+                Ok(()) => outcome.ok.push(id),
+                Err(e) => outcome.failed.push((id, e)),
+            }
+        }
+        outcome
+    }
+
+    /// Moves DEFINED VEEs, whose action locks the caller holds, to INITIAL: each is placed and
+    /// deployed (in a task of its own, which outlives the caller's request) or queued for
+    /// placement. All of them are recorded in one transaction.
+    pub(super) async fn start_deploys(
+        &self,
+        held: Vec<(String, u64, OwnedMutexGuard<()>)>,
+    ) -> Vec<(String, Result<(), CoreError>)> {
+        let mut results = Vec::with_capacity(held.len());
+        let mut staged = Vec::new();
+        // (id, seq, guard, host if placed)
+        let mut started = Vec::new();
+        {
+            let mut state = self.state();
+            for (id, seq, guard) in held {
+                let Some(slot) = state.vees.get(&seq) else {
+                    results.push((id.clone(), Err(CoreError::NotFound(format!("no VEE {id}")))));
+                    continue;
+                };
+                let record = slot.record.clone();
+                if record.state != VmiState::Defined {
+                    results.push((
+                        id.clone(),
+                        Err(CoreError::WrongState(format!(
+                            "VEE {id} is {}, not DEFINED",
+                            record.state
+                        ))),
+                    ));
+                    continue;
+                }
+                let placed = if record.reserved {
+                    Ok(record
+                        .host
+                        .clone()
+                        .expect("a reserved VEE records its host"))
+                } else {
+                    state.cluster.place(&record.id, demand_of(&record))
+                };
+                let (change, host) = match placed {
+                    Ok(host) => {
+                        let h = host.clone();
+                        let change =
+                            Self::stage(&state, seq, Some(format!("placed on {h}")), |r| {
+                                r.state = VmiState::Initial;
+                                r.veem_state = VeemState::Hold;
+                                r.phase = Some(Phase::Booting);
+                                r.host = Some(h);
+                                r.reserved = false;
+                                r.pending_reason = None;
+                                r.last_error = None;
+                            });
+                        (change, Some(host))
+                    }
+                    Err(PlacementError::Unplaceable(u)) => {
+                        let change = Self::stage(&state, seq, Some(u.reason.clone()), |r| {
+                            r.state = VmiState::Initial;
+                            r.veem_state = VeemState::Pending;
+                            r.phase = Some(Phase::Placing);
+                            r.pending_reason = Some(u.reason);
+                            r.last_error = None;
+                        });
+                        (change, None)
+                    }
+                    Err(e) => {
+                        results.push((id, Err(placement_error(e))));
+                        continue;
+                    }
+                };
+                if let Some(change) = change {
+                    staged.push(change);
+                    started.push((id, seq, guard, host, record.reserved, record.id.clone()));
+                }
+            }
+        }
+        if started.is_empty() {
+            return results;
+        }
+        if let Err(e) = self.commit(staged).await {
+            let mut state = self.state();
+            for (id, _, _, host, reserved, vee) in started {
+                if host.is_some() && !reserved {
+                    state.cluster.release(&vee);
+                }
+                results.push((id, Err(e.clone())));
+            }
+            return results;
+        }
+        let mut queued = false;
+        for (id, seq, guard, host, _, _) in started {
+            match host {
+                Some(host) => {
+                    if let Some(slot) = self.state().vees.get_mut(&seq) {
+                        slot.last_failure = None;
+                    }
+                    let veem = self.clone();
+                    tokio::spawn(async move { veem.deploy(seq, host, guard, None).await });
+                }
+                None => {
+                    self.state().pending.insert(seq);
+                    drop(guard);
+                    queued = true;
+                }
+            }
+            results.push((id, Ok(())));
+        }
+        if queued {
+            self.wake_placer();
+        }
+        results
+    }
+
+    /// Deploys (or, with `memory_file`, restores) a placed VEE on `host`, then records ACTIVE; on
+    /// failure frees the host and records the failure (DEFINED for a deployment, SUSPENDED for a
+    /// restore: nothing is lost).
+    pub(super) async fn deploy(
+        &self,
+        seq: u64,
+        host: HostId,
+        _guard: OwnedMutexGuard<()>,
+        memory_file: Option<PathBuf>,
+    ) -> Result<VeeRecord, CoreError> {
+        let record = match self.state().vees.get(&seq) {
+            Some(s) => s.record.clone(),
+            None => {
+                return Err(CoreError::NotFound(format!(
+                    "VEE {} was purged",
+                    VeeId::from_seq(seq)
+                )))
+            }
+        };
+        let result = match self.deploy_spec(&record) {
+            Ok(spec) => {
+                let request = match &memory_file {
+                    Some(f) => AgentRequest::Restore {
+                        spec,
+                        memory_file: f.clone(),
+                    },
+                    None => AgentRequest::Deploy { spec },
+                };
+                let response = self.inner.hosts.call(&host, request).await;
+                agent_result(&host, response).map(|_| ())
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => {
+                let h = host.clone();
+                self.update(seq, Some(format!("running on {h}")), |r| {
+                    r.settle(VmiState::Active, VeemState::Active);
+                    r.host = Some(h);
+                    r.has_saved_memory = false;
+                })
+                .await
+            }
+            Err(e) => {
+                let failure = match (&e, &memory_file) {
+                    (CoreError::NotFound(_), _) | (_, Some(_)) => e.clone(),
+                    _ => CoreError::DeploymentFailed(e.to_string()),
+                };
+                tracing::warn!(vee = %record.id, %host, error = %failure, "deployment failed");
+                self.state().cluster.release(&record.id);
+                let message = failure.to_string();
+                // Nothing is lost: a failed restore is still SUSPENDED, a failed deployment DEFINED.
+                let (state, veem_state) = if memory_file.is_some() {
+                    (VmiState::Suspended, VeemState::Suspended)
+                } else {
+                    (VmiState::Defined, VeemState::Stopped)
+                };
+                let updated = self
+                    .update(seq, Some(message.clone()), |r| {
+                        r.settle(state, veem_state);
+                        r.host = None;
+                        r.last_error = Some(message);
+                    })
+                    .await;
+                if let Some(slot) = self.state().vees.get_mut(&seq) {
+                    slot.last_failure = Some(failure.clone());
+                }
+                self.wake_placer();
+                updated.and(Err(failure))
+            }
+        }
+    }
+
+    /// Resolves a VEE's disks and context into what a host needs.
+    pub(super) fn deploy_spec(&self, record: &VeeRecord) -> Result<DeploySpec, CoreError> {
+        let d = &record.descriptor;
+        let mut disks = Vec::with_capacity(d.disks.len());
+        for disk in &d.disks {
+            let target = disk.target.clone().unwrap_or_default();
+            let (source, source_format) = match &disk.source {
+                None => (None, None),
+                Some(DiskSource::Image(name)) => {
+                    let image = self.resolve_image(&record.owner, name).ok_or_else(|| {
+                        CoreError::NotFound(format!(
+                            "image {name} (disk {target}) is not in {}'s image store nor among the shared images",
+                            record.owner
+                        ))
+                    })?;
+                    (Some(self.image_path(&image.owner, &image.name)), Some(image.format))
+                }
+                Some(DiskSource::Url(url)) => match url.strip_prefix("file://") {
+                    Some(path) => {
+                        let path = PathBuf::from(path);
+                        if !path.is_file() {
+                            return Err(CoreError::NotFound(format!(
+                                "disk {target}: {url} does not exist"
+                            )));
+                        }
+                        (Some(path), None)
+                    }
+                    None => {
+                        return Err(CoreError::DeploymentFailed(format!(
+                            "disk {target}: http(s) sources are not fetched by this version of veem; upload the image and use image:<name>"
+                        )))
+                    }
+                },
+            };
+            disks.push(DiskPlan {
+                target,
+                source,
+                source_format,
+                size_gb: disk.size_gb,
+                clone: disk.clone,
+            });
+        }
+        let nics = d
+            .nics
+            .iter()
+            .map(|n| {
+                let target = n.target.clone().unwrap_or_default();
+                let mac = record
+                    .generated
+                    .nics
+                    .iter()
+                    .find(|g| g.target == target)
+                    .map(|g| g.mac.clone());
+                NicPlan {
+                    target,
+                    network: n.network.clone(),
+                    mac,
+                }
+            })
+            .collect();
+        let ovf_env = match (&d.context.ovf_env, d.context.properties.is_empty()) {
+            (Some(doc), _) => Some(doc.clone()),
+            (None, false) => Some(veem_ovf::write_ovf_env(
+                record.id.as_str(),
+                &d.context.properties,
+            )),
+            (None, true) => None,
+        };
+        Ok(DeploySpec {
+            vee: record.id.clone(),
+            name: d.name.clone(),
+            cpu: d.cpu,
+            cpu_max: d.cpu_ceiling(),
+            memory_mb: d.memory_mb,
+            memory_max_mb: d.memory_ceiling_mb(),
+            disks,
+            nics,
+            hypervisor: d.hypervisor.clone(),
+            raw: d.raw.clone(),
+            ovf_env,
+            vee_dir: self.vee_dir(&record.id),
+        })
+    }
+}
