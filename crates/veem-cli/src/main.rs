@@ -1,0 +1,216 @@
+//! `veem`: the one binary of veem. Today it carries the SM-side commands (define, control and
+//! inspect VEEs, images and hosts over the VMI); `serve` and `agent` join it.
+//!
+//! This binary only wires things together: it parses arguments, calls `veem-client` (or, for
+//! `serve`, the server crate) and renders answers. It never talks HTTP itself, never decides
+//! what the VEEM decides, and never ends in a panic or a `Debug` dump: every failure is one
+//! `error:` line (and a hint), exit code 1; usage errors are clap's, exit code 2.
+
+mod node;
+mod output;
+mod sm;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use veem_client::ClientError;
+
+use crate::output::OutputFormat;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "veem",
+    version,
+    about = "veem, a VEE manager implementing the RESERVOIR VMI",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every subcommand understands, before or after its name.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
+pub struct GlobalArgs {
+    /// Where veem listens
+    #[arg(
+        long,
+        env = "VEEM_URL",
+        default_value = "http://127.0.0.1:7070",
+        global = true
+    )]
+    pub url: String,
+    /// Bearer token naming the principal (an SM, a peer VEEM or an operator)
+    #[arg(long, env = "VEEM_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// `table` for people, `json` (the API's own documents) for scripts
+    #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table, global = true)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Define, control and inspect VEEs
+    #[command(subcommand)]
+    Vee(sm::VeeCommand),
+    /// Upload, list and remove disk images
+    #[command(subcommand)]
+    Image(sm::ImageCommand),
+    /// Inspect, disable and enable physical hosts (admin)
+    #[command(subcommand)]
+    Host(sm::HostCommand),
+    /// Run the VEEM: the VMI over HTTP, placement, and the config's in-process hosts
+    Serve(node::ServeArgs),
+    /// Run a host agent as its own process, connected to a VEEM
+    Agent(node::AgentArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            report(&anyhow::Error::new(error).context("cannot start the async runtime"));
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            report(&error);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Vee(command) => sm::run_vee(&cli.global, command).await,
+        Command::Image(command) => sm::run_image(&cli.global, command).await,
+        Command::Host(command) => sm::run_host(&cli.global, command).await,
+        Command::Serve(args) => node::serve(args).await,
+        Command::Agent(args) => node::agent(args).await,
+    }
+}
+
+/// Prints `error: <message>` and, when one helps, a `hint:` line on standard error.
+fn report(error: &anyhow::Error) {
+    if error.is::<output::AlreadyReported>() {
+        return;
+    }
+    let (message, hint) = describe(error);
+    let mut stderr = std::io::stderr().lock();
+    // Nothing is left to tell the user with if standard error itself is gone.
+    let _ = writeln!(stderr, "error: {message}");
+    if let Some(hint) = hint {
+        let _ = writeln!(stderr, "hint: {hint}");
+    }
+}
+
+/// The chain of contexts down to the first `ClientError`, whose message is already complete
+/// (its sources would only repeat it in reqwest's words).
+fn describe(error: &anyhow::Error) -> (String, Option<&'static str>) {
+    let mut parts = Vec::new();
+    let mut hint = None;
+    for cause in error.chain() {
+        parts.push(cause.to_string());
+        if let Some(client_error) = cause.downcast_ref::<ClientError>() {
+            hint = hint_for(client_error);
+            break;
+        }
+    }
+    (parts.join(": "), hint)
+}
+
+fn hint_for(error: &ClientError) -> Option<&'static str> {
+    match error {
+        ClientError::Transport(_) => Some("is veem running there? check --url / VEEM_URL"),
+        ClientError::InvalidUrl(_) => {
+            Some("--url / VEEM_URL takes the address veem listens on, e.g. http://127.0.0.1:7070")
+        }
+        ClientError::InvalidToken => Some("check --token / VEEM_TOKEN"),
+        ClientError::Api(_) | ClientError::Http { .. } => match error.status() {
+            Some(401) => Some("check --token / VEEM_TOKEN"),
+            Some(403) => Some(
+                "a VEE is visible only to the principal that initialized it; \
+                 host commands and migration need an admin token",
+            ),
+            Some(404) if error.code().is_none() => {
+                Some("no such route: does --url point at veem, and is it as new as this client?")
+            }
+            _ => None,
+        },
+        ClientError::Decode(_) | ClientError::Io(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::Context as _;
+    use veem_api::Problem;
+
+    fn problem(status: u16, code: &str) -> ClientError {
+        ClientError::Api(Problem {
+            type_: "about:blank".into(),
+            title: "Unauthorized".into(),
+            status,
+            detail: "unknown token".into(),
+            code: code.into(),
+        })
+    }
+
+    #[test]
+    fn a_401_hints_at_the_token() {
+        let error = anyhow::Error::new(problem(401, "unauthenticated"));
+        let (message, hint) = describe(&error);
+        assert_eq!(message, "Unauthorized (unauthenticated): unknown token");
+        assert_eq!(hint, Some("check --token / VEEM_TOKEN"));
+    }
+
+    #[test]
+    fn contexts_come_first_and_client_sources_are_not_repeated() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let error = Err::<(), _>(ClientError::Io(io))
+            .context("cannot upload disk.img")
+            .expect_err("an error");
+        let (message, hint) = describe(&error);
+        assert_eq!(message, "cannot upload disk.img: no such file");
+        assert_eq!(hint, None);
+    }
+
+    #[test]
+    fn global_options_go_before_or_after_the_subcommand() {
+        let cli = Cli::try_parse_from([
+            "veem",
+            "vee",
+            "ls",
+            "-o",
+            "json",
+            "--url",
+            "http://h:1",
+            "--token",
+            "t",
+        ])
+        .expect("valid arguments");
+        assert_eq!(cli.global.output, OutputFormat::Json);
+        assert_eq!(cli.global.url, "http://h:1");
+        assert_eq!(cli.global.token.as_deref(), Some("t"));
+        let cli = Cli::try_parse_from(["veem", "--output", "json", "host", "ls"])
+            .expect("valid arguments");
+        assert_eq!(cli.global.output, OutputFormat::Json);
+    }
+
+    #[test]
+    fn the_command_tree_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,100 @@
+//! The VEEM side of the binary: `veem serve` runs the VEEM, `veem agent` a remote host agent.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Args, ValueEnum};
+use veem_agent::sim::{SimConfig, SimDriver};
+use veem_agent::{Agent, Driver};
+use veem_model::HostId;
+use veem_server::config::LogFormat;
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The TOML config file (see examples/veem.toml)
+    #[arg(long, short = 'c')]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum AgentDriver {
+    /// The simulated hypervisor
+    Sim,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// The VEEM to connect to
+    #[arg(long, env = "VEEM_SERVER", default_value = "http://127.0.0.1:7070")]
+    pub server: String,
+    /// An admin principal's token
+    #[arg(long = "agent-token", env = "VEEM_AGENT_TOKEN")]
+    pub token: String,
+    /// This host's name, unique in the site
+    #[arg(long)]
+    pub name: String,
+    #[arg(long, value_enum, default_value = "sim")]
+    pub driver: AgentDriver,
+    /// CPUs this host offers to VEEs
+    #[arg(long)]
+    pub cpus: u32,
+    /// Memory this host offers to VEEs
+    #[arg(long)]
+    pub memory_mb: u64,
+    /// Where the agent keeps what it needs to find its VEEs again after a restart
+    #[arg(long)]
+    pub state_dir: PathBuf,
+    /// Sim driver settings as TOML, e.g. 'latency_ms = { deploy = 100 }'
+    #[arg(long, default_value = "")]
+    pub sim: String,
+    /// Log lines as JSON
+    #[arg(long)]
+    pub log_json: bool,
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = veem_server::Config::load(&args.config)?;
+    init_logs(config.log_format);
+    veem_server::serve(config).await
+}
+
+pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
+    init_logs(if args.log_json {
+        LogFormat::Json
+    } else {
+        LogFormat::Text
+    });
+    let name = HostId::new(&args.name).context("--name")?;
+    let driver: Arc<dyn Driver> = match args.driver {
+        AgentDriver::Sim => {
+            let config: SimConfig =
+                toml::from_str(&args.sim).context("--sim is not valid sim settings")?;
+            Arc::new(
+                SimDriver::new(config, args.state_dir.clone())
+                    .context("cannot start the sim driver")?,
+            )
+        }
+    };
+    let agent = Arc::new(Agent::new(name.clone(), driver, args.cpus, args.memory_mb));
+    tracing::info!(host = %name, server = %args.server, "agent starting");
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    veem_agent::uplink::run(&args.server, &args.token, agent, shutdown)
+        .await
+        .context("the agent stopped")?;
+    Ok(())
+}

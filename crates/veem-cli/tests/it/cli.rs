@@ -1,0 +1,126 @@
+//! The `veem` CLI, run as a process against a server, as an operator would.
+
+use std::process::{Command, Output};
+
+use crate::harness::*;
+
+fn veem(s: &Server, token: &str, args: &[&str]) -> Output {
+    Command::new(veem_bin())
+        .args(args)
+        .env("VEEM_URL", &s.url)
+        .env("VEEM_TOKEN", token)
+        .output()
+        .expect("the CLI runs")
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("--output json prints JSON")
+}
+
+#[tokio::test]
+async fn the_cli_walks_a_vee_through_its_life() {
+    let s = Server::start().await;
+    let image = write_file(s.dir.path(), "tiny.img", b"tiny image");
+    json(&veem(
+        &s,
+        TOKEN_A,
+        &[
+            "--output",
+            "json",
+            "image",
+            "push",
+            "tiny",
+            image.to_str().expect("utf-8"),
+        ],
+    ));
+    let init = json(&veem(
+        &s,
+        TOKEN_A,
+        &[
+            "-o",
+            "json",
+            "vee",
+            "init",
+            "--name",
+            "web",
+            "--cpu",
+            "1",
+            "--memory-mb",
+            "256",
+            "--disk",
+            "image:tiny",
+        ],
+    ));
+    let id = init["vees"][0]["id"].as_str().expect("an id").to_owned();
+    json(&veem(
+        &s,
+        TOKEN_A,
+        &["-o", "json", "vee", "ctl", "activate", &id],
+    ));
+    let got = json(&veem(&s, TOKEN_A, &["-o", "json", "vee", "get", &id]));
+    assert_eq!(got["state"], "ACTIVE");
+    let table = veem(&s, TOKEN_A, &["vee", "ls"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.contains(&id) && text.contains("ACTIVE"), "{text}");
+    let hosts = json(&veem(&s, TOKEN_OPS, &["-o", "json", "host", "ls"]));
+    assert_eq!(hosts["hosts"].as_array().expect("hosts").len(), 3);
+
+    // A failed item: exit 1, the id and the code on stderr, no panic.
+    let out = veem(&s, TOKEN_A, &["vee", "ctl", "suspend", &id, "vee-99999999"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("vee-99999999") && err.contains("not_found"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+
+    // A bad token: a helpful error.
+    let out = veem(&s, "nope", &["vee", "ls"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("error:") && !err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn an_unreachable_server_is_a_clear_error() {
+    let out = Command::new(veem_bin())
+        .args(["vee", "ls"])
+        .env("VEEM_URL", "http://127.0.0.1:1")
+        .env("VEEM_TOKEN", "x")
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("127.0.0.1:1") && !err.contains("panicked"),
+        "{err}"
+    );
+}
+
+#[test]
+fn serve_with_a_bad_config_says_what_is_wrong() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "listen = \"127.0.0.1:0\"\ndata_dir = \"/tmp/x\"\nplacement = \"random\"\n",
+    )
+    .expect("written");
+    let out = Command::new(veem_bin())
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("placement") && !err.contains("panicked"),
+        "{err}"
+    );
+}

@@ -1,0 +1,290 @@
+//! The control interface: the action cycle, every undefined transition, batches, placement waits.
+
+use std::time::Duration;
+
+use veem_api::{Order, UpdateStateRequest};
+use veem_model::{apply, ControlAction as A, InitModel, VmiState};
+
+use crate::harness::*;
+
+#[tokio::test]
+async fn the_full_control_action_cycle() {
+    let s = Server::start().await;
+    let id = init_one(&s.a, small("cycle")).await;
+    let steps = [
+        (A::Activate, VmiState::Active),
+        (A::Pause, VmiState::Paused),
+        (A::Activate, VmiState::Active),
+        (A::Suspend, VmiState::Suspended),
+        (A::Activate, VmiState::Active),
+        (A::Pause, VmiState::Paused),
+        (A::Suspend, VmiState::Suspended),
+        (A::Shutdown, VmiState::Defined),
+        (A::Activate, VmiState::Active),
+        (A::Shutdown, VmiState::Defined),
+        (A::Activate, VmiState::Active),
+        (A::Destroy, VmiState::Destroyed),
+    ];
+    for (action, expected) in steps {
+        ctl_ok(&s.a, action, &[&id]).await;
+        let v = get(&s.a, &id).await;
+        assert_eq!(v.state, expected, "after {action}");
+        assert_eq!(
+            v.host.is_some(),
+            matches!(expected, VmiState::Active | VmiState::Paused),
+            "host after {action}"
+        );
+        // Retrying an action whose target is reached succeeds and changes nothing.
+        let before = get(&s.a, &id).await;
+        ctl_ok(&s.a, action, &[&id]).await;
+        let after = get(&s.a, &id).await;
+        assert_eq!(
+            (after.state, after.host, after.updated_ms),
+            (before.state, before.host, before.updated_ms),
+            "retry of {action}"
+        );
+    }
+    let events = s.a.vee_events(&id).await.expect("events");
+    let states: Vec<VmiState> = events.events.iter().map(|e| e.to).collect();
+    assert_eq!(states.first(), Some(&VmiState::Defined));
+    assert_eq!(states.last(), Some(&VmiState::Destroyed));
+    assert!(
+        events.events.windows(2).all(|w| w[0].t_ms <= w[1].t_ms),
+        "times in order"
+    );
+}
+
+/// Brings a fresh VEE into `state` through the API.
+async fn vee_in(s: &Server, state: VmiState) -> String {
+    if state == VmiState::Initial {
+        // More CPUs than any host has: it waits for placement, INITIAL/PENDING.
+        let mut d = small("too-big");
+        d.cpu = 64;
+        let id = init_one(&s.a, d).await;
+        s.a.submit(std::slice::from_ref(&id)).await.expect("submit");
+        return id;
+    }
+    let id = init_one(&s.a, small("subject")).await;
+    let path: &[A] = match state {
+        VmiState::Defined | VmiState::Initial => &[],
+        VmiState::Active => &[A::Activate],
+        VmiState::Paused => &[A::Activate, A::Pause],
+        VmiState::Suspended => &[A::Activate, A::Suspend],
+        VmiState::Destroyed => &[A::Destroy],
+    };
+    for action in path {
+        ctl_ok(&s.a, *action, &[&id]).await;
+    }
+    assert_eq!(state_of(&s.a, &id).await, state);
+    id
+}
+
+#[tokio::test]
+async fn every_undefined_transition_fails_with_wrong_state_and_changes_nothing() {
+    let s = Server::start().await;
+    let mut checked = 0;
+    for state in VmiState::ALL {
+        for action in A::ALL {
+            if apply(state, action).is_ok() {
+                continue;
+            }
+            let id = vee_in(&s, state).await;
+            let before = get(&s.a, &id).await;
+            let r = ctl(&s.a, action, &[&id]).await;
+            assert!(r.applied.is_empty(), "{action} on {state}");
+            assert_eq!(r.failed.len(), 1);
+            assert_eq!(
+                r.failed[0].error, "wrong_state",
+                "{action} on {state}: {:?}",
+                r.failed
+            );
+            assert!(
+                r.failed[0].detail.contains(state.as_str()),
+                "{}",
+                r.failed[0].detail
+            );
+            let after = get(&s.a, &id).await;
+            assert_eq!(
+                (after.state, after.updated_ms),
+                (before.state, before.updated_ms),
+                "{action} on {state} changed it"
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 10, "the ten undefined pairs of the table");
+}
+
+#[tokio::test]
+async fn a_mixed_batch_reports_each_id_and_does_the_rest() {
+    let s = Server::start().await;
+    let mine = init_one(&s.a, small("mine")).await;
+    let also_mine = init_one(&s.a, small("mine-too")).await;
+    let theirs = init_one(&s.b, small("theirs")).await;
+    let ids = vec![
+        mine.clone(),
+        "vee-99999999".to_owned(),
+        "not-an-id".to_owned(),
+        theirs.clone(),
+        also_mine.clone(),
+    ];
+    let r =
+        s.a.update_state(&UpdateStateRequest {
+            order: Order::Set,
+            ids,
+            action: A::Activate,
+            timeout_ms: Some(20_000),
+        })
+        .await
+        .expect("answers");
+    let mut applied = r.applied.clone();
+    applied.sort();
+    assert_eq!(applied, vec![mine.clone(), also_mine.clone()]);
+    let code = |id: &str| {
+        r.failed
+            .iter()
+            .find(|f| f.id == id)
+            .map(|f| f.error.clone())
+    };
+    assert_eq!(code("vee-99999999").as_deref(), Some("not_found"));
+    assert_eq!(code("not-an-id").as_deref(), Some("not_found"));
+    assert_eq!(code(&theirs).as_deref(), Some("access_denied"));
+    assert_eq!(
+        state_of(&s.b, &theirs).await,
+        VmiState::Defined,
+        "another's VEE is untouched"
+    );
+}
+
+#[tokio::test]
+async fn twophase_over_capacity_defines_nothing() {
+    let s = Server::start().await;
+    let mut d = small("big");
+    d.cpu = 6;
+    // Three hosts of 8 CPUs hold three VEEs of 6 CPUs, not four.
+    let err =
+        s.a.initialize(&veem_api::InitializeRequest {
+            model: InitModel::Twophase,
+            count: 4,
+            descriptor: d.clone(),
+        })
+        .await
+        .expect_err("over capacity");
+    assert_eq!(err.status(), Some(409));
+    assert_eq!(err.code(), Some("insufficient_resources"));
+    let all = s.a.list_all_vees(&Default::default()).await.expect("list");
+    assert!(all.is_empty(), "nothing left defined: {all:?}");
+
+    // Three fit, and are reserved: a later BESTEFFORT VEE cannot take their room.
+    let reserved = init(&s.a, InitModel::Twophase, 3, d.clone()).await;
+    for id in &reserved {
+        let v = get(&s.a, id).await;
+        assert_eq!((v.state, v.host), (VmiState::Defined, None));
+    }
+    let intruder = init_one(&s.b, d.clone()).await;
+    s.b.submit(std::slice::from_ref(&intruder))
+        .await
+        .expect("submit");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let v = get(&s.b, &intruder).await;
+    assert_eq!(
+        (v.state, v.veem_state),
+        (VmiState::Initial, veem_model::VeemState::Pending)
+    );
+    assert!(v.pending_reason.is_some());
+    // The reservations are used by their own submission.
+    let refs: Vec<&str> = reserved.iter().map(String::as_str).collect();
+    ctl_ok(&s.a, A::Activate, &refs).await;
+    assert_eq!(state_of(&s.b, &intruder).await, VmiState::Initial);
+}
+
+#[tokio::test]
+async fn besteffort_waits_with_a_reason_then_runs_when_room_frees() {
+    let s = Server::start().await;
+    let mut d = small("half");
+    d.cpu = 5;
+    let running = init(&s.a, InitModel::Besteffort, 3, d.clone()).await;
+    let refs: Vec<&str> = running.iter().map(String::as_str).collect();
+    ctl_ok(&s.a, A::Activate, &refs).await;
+
+    let waiting = init_one(&s.a, d.clone()).await;
+    let r =
+        s.a.update_state(&UpdateStateRequest {
+            order: Order::List,
+            ids: vec![waiting.clone()],
+            action: A::Activate,
+            timeout_ms: Some(300),
+        })
+        .await
+        .expect("answers");
+    assert_eq!(r.failed.len(), 1);
+    assert_eq!(r.failed[0].error, "pending");
+    let v = get(&s.a, &waiting).await;
+    assert_eq!(
+        (v.state, v.veem_state),
+        (VmiState::Initial, veem_model::VeemState::Pending)
+    );
+    let reason = v
+        .pending_reason
+        .expect("a VEE never waits without saying why");
+    assert!(reason.contains("CPU"), "{reason}");
+
+    // Room frees: the background placement runs it without being asked again.
+    ctl_ok(&s.a, A::Destroy, &[&running[0]]).await;
+    let v = wait_state(&s.a, &waiting, VmiState::Active).await;
+    assert!(v.pending_reason.is_none());
+    // Retrying ACTIVATE on a VEE that became ACTIVE is fine.
+    ctl_ok(&s.a, A::Activate, &[&waiting]).await;
+}
+
+#[tokio::test]
+async fn list_order_is_sequential_and_set_is_concurrent() {
+    let s = Server::start_with(Setup {
+        hosts: vec![("h1", 8, 16384, "latency_ms = { deploy = 300 }")],
+        ..Setup::default()
+    })
+    .await;
+    let active_times = |s: &Server, ids: Vec<String>| {
+        let client = s.a.clone();
+        async move {
+            let mut times = Vec::new();
+            for id in &ids {
+                let e = client.vee_events(id).await.expect("events");
+                times.push(
+                    e.events
+                        .iter()
+                        .find(|e| e.to == VmiState::Active)
+                        .expect("active")
+                        .t_ms,
+                );
+            }
+            times
+        }
+    };
+    let ids = init(&s.a, InitModel::Besteffort, 3, small("slow")).await;
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    ctl_ok(&s.a, A::Activate, &refs).await;
+    let times = active_times(&s, ids.clone()).await;
+    assert!(
+        times.windows(2).all(|w| w[1] >= w[0] + 250),
+        "each waits for the one before: {times:?}"
+    );
+
+    let more = init(&s.a, InitModel::Besteffort, 3, small("slow")).await;
+    let r =
+        s.a.update_state(&UpdateStateRequest {
+            order: Order::Set,
+            ids: more.clone(),
+            action: A::Activate,
+            timeout_ms: Some(20_000),
+        })
+        .await
+        .expect("answers");
+    assert_eq!(r.applied.len(), 3, "{:?}", r.failed);
+    let times = active_times(&s, more).await;
+    let spread = times.iter().max().expect("three") - times.iter().min().expect("three");
+    assert!(
+        spread < 250,
+        "a set deploys its VEEs side by side: {times:?}"
+    );
+}

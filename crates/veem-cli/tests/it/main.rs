@@ -1,0 +1,10 @@
+//! End-to-end tests: a `veem` server process on loopback with sim hosts, driven only through
+//! `veem-client` (and the `veem` CLI), as a Service Manager would.
+
+mod cli;
+mod control;
+mod errors;
+mod harness;
+mod operators;
+mod restart;
+mod use_cases;

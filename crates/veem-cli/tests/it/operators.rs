@@ -1,0 +1,268 @@
+//! Operator endpoints, migration, listing, and a host agent running as its own process.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use veem_api::{HostState, MigrateRequest};
+use veem_client::ListQuery;
+use veem_model::{ControlAction as A, InitModel, VmiState};
+
+use crate::harness::*;
+
+#[tokio::test]
+async fn hosts_show_capacity_use_and_vees_and_a_disabled_host_takes_no_new_vees() {
+    let s = Server::start().await;
+    let hosts = s.ops.list_hosts().await.expect("hosts");
+    assert_eq!(hosts.hosts.len(), 3);
+    for h in &hosts.hosts {
+        assert_eq!(
+            (
+                h.state,
+                h.capacity.cpus,
+                h.capacity.memory_mb,
+                h.driver.as_str()
+            ),
+            (HostState::Up, 8, 16384, "sim")
+        );
+    }
+    s.ops.set_host_enabled("h1", false).await.expect("disable");
+    s.ops.set_host_enabled("h2", false).await.expect("disable");
+    let ids = init(&s.a, InitModel::Besteffort, 2, small("x")).await;
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    ctl_ok(&s.a, A::Activate, &refs).await;
+    for id in &ids {
+        assert_eq!(
+            get(&s.a, id).await.host.map(|h| h.to_string()).as_deref(),
+            Some("h3")
+        );
+    }
+    s.ops.set_host_enabled("h3", false).await.expect("disable");
+    let waiting = init_one(&s.a, small("waits")).await;
+    s.a.submit(std::slice::from_ref(&waiting))
+        .await
+        .expect("submit");
+    let reason = get(&s.a, &waiting).await.pending_reason.expect("says why");
+    assert!(reason.contains("disabled"), "{reason}");
+    let hosts = s.ops.list_hosts().await.expect("hosts");
+    let h3 = hosts
+        .hosts
+        .iter()
+        .find(|h| h.id.as_str() == "h3")
+        .expect("h3");
+    assert_eq!(
+        (h3.state, h3.used.cpus, h3.vees.len()),
+        (HostState::Disabled, 2, 2)
+    );
+    s.ops.set_host_enabled("h1", true).await.expect("enable");
+    let v = wait_state(&s.a, &waiting, VmiState::Active).await;
+    assert_eq!(v.host.map(|h| h.to_string()).as_deref(), Some("h1"));
+    assert_eq!(
+        s.a.set_host_enabled("h1", false)
+            .await
+            .expect_err("admin only")
+            .status(),
+        Some(403)
+    );
+}
+
+#[tokio::test]
+async fn an_admin_migrates_a_running_vee_live_within_the_rules() {
+    let s = Server::start().await;
+    let mut d = small("db");
+    d.tags = vec!["database".into()];
+    d.anti_affinity = vec!["database".into()];
+    let ids = init(&s.a, InitModel::Besteffort, 2, d).await;
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    ctl_ok(&s.a, A::Activate, &refs).await;
+    let first = get(&s.a, &ids[0]).await;
+    let second = get(&s.a, &ids[1]).await;
+    let err =
+        s.a.migrate_vee(&ids[0], &MigrateRequest::default())
+            .await
+            .expect_err("admins only");
+    assert_eq!(err.status(), Some(403));
+    // Onto its replica's host: anti-affinity forbids it, nothing changes.
+    let to = second.host.clone().expect("placed").to_string();
+    let err = s
+        .ops
+        .migrate_vee(
+            &ids[0],
+            &MigrateRequest {
+                host: Some(to),
+                live: Some(true),
+            },
+        )
+        .await
+        .expect_err("anti-affinity");
+    assert_eq!(err.code(), Some("insufficient_resources"));
+    assert_eq!(get(&s.a, &ids[0]).await.host, first.host);
+    // Chosen by placement: a third host, and the VEE stays ACTIVE throughout.
+    let moved = s
+        .ops
+        .migrate_vee(&ids[0], &MigrateRequest::default())
+        .await
+        .expect("migrated");
+    assert_eq!(moved.state, VmiState::Active);
+    assert_ne!(moved.host, first.host);
+    assert_ne!(moved.host, second.host);
+    let hosts = s.ops.list_hosts().await.expect("hosts");
+    let old = hosts
+        .hosts
+        .iter()
+        .find(|h| Some(&h.id) == first.host.as_ref())
+        .expect("listed");
+    assert!(!old.vees.contains(&ids[0]), "the old host is freed");
+    ctl_ok(&s.a, A::Pause, &[&ids[0]]).await;
+}
+
+#[tokio::test]
+async fn listing_filters_and_pages() {
+    let s = Server::start().await;
+    let mut tagged = small("t");
+    tagged.tags = vec!["database".into()];
+    let dbs = init(&s.a, InitModel::Besteffort, 3, tagged).await;
+    let others = init(&s.a, InitModel::Besteffort, 4, small("o")).await;
+    ctl_ok(&s.a, A::Activate, &[&dbs[0], &others[0]]).await;
+    let page =
+        s.a.list_vees(&ListQuery {
+            limit: Some(3),
+            ..Default::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(page.vees.len(), 3);
+    let next = page.next.clone().expect("more to come");
+    let rest =
+        s.a.list_vees(&ListQuery {
+            after: Some(next),
+            limit: Some(100),
+            ..Default::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(rest.vees.len(), 4);
+    assert_eq!(rest.next, None);
+    let mut all: Vec<String> = page
+        .vees
+        .iter()
+        .chain(&rest.vees)
+        .map(|v| v.id.clone())
+        .collect();
+    let sorted = {
+        let mut s = all.clone();
+        s.sort();
+        s
+    };
+    assert_eq!(all, sorted, "in id order");
+    all.dedup();
+    assert_eq!(all.len(), 7);
+    let db_list =
+        s.a.list_all_vees(&ListQuery {
+            tag: Some("database".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(
+        db_list.iter().map(|v| v.id.clone()).collect::<Vec<_>>(),
+        dbs
+    );
+    let active =
+        s.a.list_all_vees(&ListQuery {
+            state: Some(VmiState::Active),
+            ..Default::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(active.len(), 2);
+    let (status, _, body) =
+        s.a.raw_request(
+            reqwest::Method::GET,
+            "/vmi/v1/vees?state=RUNNING",
+            None,
+            vec![],
+        )
+        .await
+        .expect("answers");
+    assert_eq!(status, 400);
+    assert!(String::from_utf8_lossy(&body).contains("state"));
+}
+
+#[tokio::test]
+async fn a_host_agent_runs_as_its_own_process_and_reconnects() {
+    let s = Server::start_with(Setup {
+        hosts: vec![],
+        ..Setup::default()
+    })
+    .await;
+    let state_dir = s.dir.path().join("agent-h9");
+    let spawn_agent = || {
+        Command::new(veem_bin())
+            .args([
+                "agent",
+                "--server",
+                &s.url,
+                "--agent-token",
+                TOKEN_OPS,
+                "--name",
+                "h9",
+                "--cpus",
+                "4",
+                "--memory-mb",
+                "8192",
+                "--state-dir",
+            ])
+            .arg(&state_dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the agent starts")
+    };
+    let mut agent = spawn_agent();
+    let wait_for = |state: HostState| {
+        let ops = s.ops.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let hosts = ops.list_hosts().await.expect("hosts");
+                if hosts
+                    .hosts
+                    .iter()
+                    .any(|h| h.id.as_str() == "h9" && h.state == state)
+                {
+                    return hosts;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "h9 never became {state:?}: {hosts:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let hosts = wait_for(HostState::Up).await;
+    let h9 = hosts
+        .hosts
+        .iter()
+        .find(|h| h.id.as_str() == "h9")
+        .expect("h9");
+    assert_eq!((h9.agent.as_str(), h9.capacity.cpus), ("remote", 4));
+    let id = init_one(&s.a, small("remote")).await;
+    ctl_ok(&s.a, A::Activate, &[&id]).await;
+    assert_eq!(
+        get(&s.a, &id).await.host.map(|h| h.to_string()).as_deref(),
+        Some("h9")
+    );
+    ctl_ok(&s.a, A::Pause, &[&id]).await;
+
+    // The agent dies and comes back: its VEE is found again, still paused.
+    agent.kill().expect("kill -9");
+    agent.wait().expect("reaped");
+    wait_for(HostState::Down).await;
+    let mut agent = spawn_agent();
+    wait_for(HostState::Up).await;
+    assert_eq!(state_of(&s.a, &id).await, VmiState::Paused);
+    ctl_ok(&s.a, A::Activate, &[&id]).await;
+    let _ = agent.kill();
+    let _ = agent.wait();
+}
