@@ -216,6 +216,82 @@ async fn uc_2_2_6_update_vees_memory_live() {
 }
 
 #[tokio::test]
+async fn a_raise_the_host_cannot_hold_is_refused_not_overbooked() {
+    let s = Server::start_with(Setup {
+        hosts: vec![("h1", 8, 16384, "")],
+        ..Setup::default()
+    })
+    .await;
+    let mut big = small("big");
+    big.memory_mb = 4096;
+    big.memory_max_mb = Some(16384);
+    let mut neighbour = small("neighbour");
+    neighbour.memory_mb = 10240;
+    let big = init_one(&s.a, big).await;
+    let neighbour = init_one(&s.a, neighbour).await;
+    ctl_ok(&s.a, A::Activate, &[&big, &neighbour]).await;
+    let err =
+        s.a.patch_vee(
+            &big,
+            &PatchRequest {
+                memory_mb: Some(8192),
+                cpu: None,
+            },
+        )
+        .await
+        .expect_err("4096 + 10240 fill the host");
+    assert_eq!(
+        (err.status(), err.code()),
+        (Some(409), Some("insufficient_resources"))
+    );
+    assert_eq!(
+        get(&s.a, &big).await.descriptor.memory_mb,
+        4096,
+        "nothing changed"
+    );
+    let hosts = s.ops.list_hosts().await.expect("hosts");
+    assert_eq!(hosts.hosts[0].used.memory_mb, 4096 + 10240);
+    // Within what is free, it works; a DEFINED VEE takes the change at its next activation.
+    let ok =
+        s.a.patch_vee(
+            &big,
+            &PatchRequest {
+                memory_mb: Some(6144),
+                cpu: None,
+            },
+        )
+        .await
+        .expect("fits");
+    assert_eq!(ok.applied, PatchApplied::Live);
+    ctl_ok(&s.a, A::Shutdown, &[&big]).await;
+    let later =
+        s.a.patch_vee(
+            &big,
+            &PatchRequest {
+                memory_mb: Some(16384),
+                cpu: None,
+            },
+        )
+        .await
+        .expect("defined");
+    assert_eq!(later.applied, PatchApplied::NextActivation);
+    let r =
+        s.a.update_state(&veem_api::UpdateStateRequest {
+            order: veem_api::Order::List,
+            ids: vec![big.clone()],
+            action: A::Activate,
+            timeout_ms: Some(300),
+        })
+        .await
+        .expect("answers");
+    assert_eq!(
+        r.failed.first().map(|f| f.error.as_str()),
+        Some("pending"),
+        "16384 MB do not fit beside the neighbour"
+    );
+}
+
+#[tokio::test]
 async fn uc_2_2_7_stopping_a_replicated_vee() {
     let s = Server::start().await;
     s.a.push_image_bytes("db-v1", b"db".to_vec())
