@@ -11,9 +11,11 @@ use crate::error::CoreError;
 
 type Reply = oneshot::Sender<Result<(), CoreError>>;
 
+/// Changes are committed in the order they were enqueued, so a caller that enqueues under a lock
+/// (as InitializeVEEs does with the ids it takes) gets that order in the store too.
 #[derive(Clone)]
 pub struct Committer {
-    tx: mpsc::Sender<(Vec<Change>, Reply)>,
+    tx: mpsc::UnboundedSender<(Vec<Change>, Reply)>,
 }
 
 /// At most this many changes go into one transaction, so one transaction stays short.
@@ -21,27 +23,39 @@ const MAX_BATCH: usize = 4096;
 
 impl Committer {
     pub fn start(store: Arc<dyn Store>) -> Self {
-        let (tx, rx) = mpsc::channel(8192);
+        // Unbounded so that enqueueing never waits (it may happen under a lock); every caller
+        // awaits its reply, so the queue is bounded by the requests in flight.
+        let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(run(store, rx));
         Self { tx }
     }
 
     /// Returns once `changes` are durable, or with the reason they are not (then none are).
     pub async fn commit(&self, changes: Vec<Change>) -> Result<(), CoreError> {
-        if changes.is_empty() {
-            return Ok(());
-        }
+        self.enqueue(changes).await
+    }
+
+    /// Queues `changes` at once, without waiting; the returned future resolves when they are
+    /// durable (or with the reason they are not).
+    pub fn enqueue(
+        &self,
+        changes: Vec<Change>,
+    ) -> impl std::future::Future<Output = Result<(), CoreError>> + Send + 'static {
+        let stopped = || CoreError::Internal("the committer has stopped".into());
         let (reply, done) = oneshot::channel();
-        self.tx
-            .send((changes, reply))
-            .await
-            .map_err(|_| CoreError::Internal("the committer has stopped".into()))?;
-        done.await
-            .map_err(|_| CoreError::Internal("the committer has stopped".into()))?
+        // None: nothing to commit; Some(false): the committer is gone.
+        let queued = (!changes.is_empty()).then(|| self.tx.send((changes, reply)).is_ok());
+        async move {
+            match queued {
+                None => Ok(()),
+                Some(false) => Err(stopped()),
+                Some(true) => done.await.unwrap_or_else(|_| Err(stopped())),
+            }
+        }
     }
 }
 
-async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<(Vec<Change>, Reply)>) {
+async fn run(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<(Vec<Change>, Reply)>) {
     while let Some(first) = rx.recv().await {
         let mut group = vec![first];
         let mut size = group[0].0.len();

@@ -288,3 +288,33 @@ async fn list_order_is_sequential_and_set_is_concurrent() {
         "a set deploys its VEEs side by side: {times:?}"
     );
 }
+
+#[tokio::test]
+async fn concurrent_initializations_all_succeed_with_unique_ids() {
+    // Ids are taken in one order and committed by concurrent requests: they must reach the store
+    // in the order taken, or it would refuse them as possible reuse.
+    let s = Server::start().await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let calls = (0..16).map(|_| {
+            let client = s.a.clone();
+            tokio::spawn(
+                async move { init(&client, InitModel::Besteffort, 200, small("many")).await },
+            )
+        });
+        for call in futures::future::join_all(calls).await {
+            ids.extend(call.expect("every initialization succeeds"));
+        }
+    }
+    let total = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!((ids.len(), total), (16_000, 16_000), "distinct ids");
+    assert_eq!(
+        s.a.list_all_vees(&Default::default())
+            .await
+            .expect("list")
+            .len(),
+        16_000
+    );
+}

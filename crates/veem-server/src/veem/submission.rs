@@ -32,7 +32,7 @@ impl Veem {
             .validate()
             .map_err(CoreError::MalformedDescriptor)?;
         let now = now_ms();
-        let (records, reserved) = {
+        let (records, reserved, committed) = {
             let mut state = self.state();
             let first = state.next_seq;
             let mut records: Vec<VeeRecord> = (0..u64::from(count))
@@ -59,24 +59,30 @@ impl Veem {
                     reserved.push(record.id.clone());
                 }
             }
-            // Ids are taken now, even if the commit fails: an id is never handed out twice.
+            // Ids are taken now, even if the commit fails: an id is never handed out twice. The
+            // commit is queued under the same lock, so ids reach the store in the order taken.
             state.next_seq = first + u64::from(count);
-            (records, reserved)
+            let detail = match model {
+                InitModel::Besteffort => "initialized (BESTEFFORT)",
+                InitModel::Twophase => "initialized (TWOPHASE)",
+            };
+            let mut changes = Vec::with_capacity(records.len() * 2);
+            for r in &records {
+                changes.push(Change::InsertVee(r.clone()));
+                changes.push(Change::AppendEvent(VeeEvent {
+                    vee: r.id.clone(),
+                    t_ms: now,
+                    from: None,
+                    to: VmiState::Defined,
+                    veem_state: VeemState::Stopped,
+                    host: None,
+                    detail: Some(detail.to_owned()),
+                }));
+            }
+            let committed = self.inner.committer.enqueue(changes);
+            (records, reserved, committed)
         };
-        let mut changes = Vec::with_capacity(records.len() * 2);
-        for r in &records {
-            changes.push(Change::InsertVee(r.clone()));
-            changes.push(Change::AppendEvent(VeeEvent {
-                vee: r.id.clone(),
-                t_ms: now,
-                from: None,
-                to: VmiState::Defined,
-                veem_state: VeemState::Stopped,
-                host: None,
-                detail: Some(format!("initialized ({model:?})").to_uppercase()),
-            }));
-        }
-        if let Err(e) = self.inner.committer.commit(changes).await {
+        if let Err(e) = committed.await {
             let mut state = self.state();
             for id in &reserved {
                 state.cluster.release(id);
