@@ -108,3 +108,47 @@ async fn an_acknowledged_burst_survives_kill_9() {
         wait_state(&s.a, id, VmiState::Active).await;
     }
 }
+
+#[tokio::test]
+async fn a_restore_cut_short_by_kill_9_leaves_the_vee_suspended_and_restorable() {
+    let mut s = Server::start_with(Setup {
+        hosts: vec![("h1", 8, 16384, "latency_ms = { restore = 1500 }")],
+        ..Setup::default()
+    })
+    .await;
+    let id = init_one(&s.a, small("sleeper")).await;
+    ctl_ok(&s.a, A::Activate, &[&id]).await;
+    ctl_ok(&s.a, A::Suspend, &[&id]).await;
+    let r =
+        s.a.update_state(&veem_api::UpdateStateRequest {
+            order: veem_api::Order::List,
+            ids: vec![id.clone()],
+            action: A::Activate,
+            timeout_ms: Some(200),
+        })
+        .await
+        .expect("answers");
+    assert_eq!(
+        r.failed[0].error, "timeout",
+        "the restore goes on: {:?}",
+        r.failed
+    );
+    assert_eq!(
+        get(&s.a, &id).await.phase,
+        Some(veem_model::Phase::Restoring)
+    );
+    s.restart().await;
+    let v = get(&s.a, &id).await;
+    assert_eq!(
+        (v.state, v.host, v.phase),
+        (VmiState::Suspended, None, None),
+        "nothing lost, nothing half-done"
+    );
+    let hosts = s.ops.list_hosts().await.expect("hosts");
+    assert_eq!(
+        hosts.hosts[0].used.cpus, 0,
+        "the interrupted restore holds no room"
+    );
+    ctl_ok(&s.a, A::Activate, &[&id]).await;
+    assert_eq!(state_of(&s.a, &id).await, VmiState::Active);
+}

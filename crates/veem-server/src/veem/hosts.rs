@@ -156,16 +156,38 @@ impl Veem {
             let result = match (record.state, observed) {
                 (VmiState::Active, Some(InstanceState::Running))
                 | (VmiState::Paused, Some(InstanceState::Paused)) => continue,
-                (VmiState::Active | VmiState::Initial, Some(InstanceState::Paused)) => {
+                // A SUSPENDED VEE with a host was being restored when the VEEM stopped.
+                (
+                    VmiState::Active | VmiState::Initial | VmiState::Suspended,
+                    Some(InstanceState::Paused),
+                ) => {
                     self.update(seq, Some("found paused on its host".into()), |r| {
                         r.settle(VmiState::Paused, VeemState::Hold);
+                        r.has_saved_memory = false;
                     })
                     .await
                 }
-                (VmiState::Paused | VmiState::Initial, Some(InstanceState::Running)) => {
+                (
+                    VmiState::Paused | VmiState::Initial | VmiState::Suspended,
+                    Some(InstanceState::Running),
+                ) => {
                     self.update(seq, Some("found running on its host".into()), |r| {
                         r.settle(VmiState::Active, VeemState::Active);
+                        r.has_saved_memory = false;
                     })
+                    .await
+                }
+                (VmiState::Suspended, None) => {
+                    // The restore was cut short: still SUSPENDED, its memory file kept.
+                    self.state().cluster.release(&record.id);
+                    self.update(
+                        seq,
+                        Some("restore interrupted; still suspended".into()),
+                        |r| {
+                            r.settle(VmiState::Suspended, VeemState::Suspended);
+                            r.host = None;
+                        },
+                    )
                     .await
                 }
                 (VmiState::Initial, None) if end_orphans => {
