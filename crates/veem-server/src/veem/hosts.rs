@@ -116,11 +116,13 @@ impl Veem {
     ) {
         let (expected, orphans) = {
             let state = self.state();
-            let expected: Vec<(u64, VeeRecord)> = state
-                .vees
+            // Placement knows each host's VEEs: no need to look through every record.
+            let on_host = state.cluster.usage(host).map(|u| u.vees).unwrap_or_default();
+            let expected: Vec<(u64, VeeRecord)> = on_host
                 .iter()
+                .filter_map(|id| state.vees.get(&id.seq()).map(|s| (id.seq(), s)))
                 .filter(|(_, s)| s.record.host.as_ref() == Some(host) && !s.record.reserved)
-                .map(|(seq, s)| (*seq, s.record.clone()))
+                .map(|(seq, s)| (seq, s.record.clone()))
                 .collect();
             let orphans: Vec<VeeId> = instances
                 .iter()
