@@ -370,3 +370,30 @@ async fn sim_faults_fail_the_action_for_that_vee_only() {
     );
     assert_eq!(state_of(&s.a, &sturdy).await, VmiState::Paused);
 }
+
+#[tokio::test]
+async fn the_openapi_document_covers_every_route() {
+    let s = Server::start().await;
+    let (status, content_type, body) =
+        s.a.raw_request(Method::GET, "/vmi/v1/openapi.json", None, vec![])
+            .await
+            .expect("answers");
+    assert_eq!((status, content_type.as_str()), (200, "application/json"));
+    let doc: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+    let paths = doc["paths"].as_object().expect("paths");
+    for path in [
+        "/vees/initialize",
+        "/vees/submit",
+        "/vees/update-state",
+        "/vees",
+        "/vees/{id}",
+        "/vees/{id}/migrate",
+        "/vees/{id}/disks/{target}",
+        "/images",
+        "/images/{name}",
+        "/images/{name}/data",
+        "/hosts",
+    ] {
+        assert!(paths.contains_key(path), "{path} is documented");
+    }
+}

@@ -63,7 +63,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let title = self.status.canonical_reason().unwrap_or("Error").to_owned();
         let problem = Problem {
-            type_: format!("https://veem.dev/problems/{}", self.code),
+            type_: format!("urn:veem:problem:{}", self.code),
             title,
             status: self.status.as_u16(),
             detail: self.detail,
