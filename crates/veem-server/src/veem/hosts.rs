@@ -117,7 +117,11 @@ impl Veem {
         let (expected, orphans) = {
             let state = self.state();
             // Placement knows each host's VEEs: no need to look through every record.
-            let on_host = state.cluster.usage(host).map(|u| u.vees).unwrap_or_default();
+            let on_host = state
+                .cluster
+                .usage(host)
+                .map(|u| u.vees)
+                .unwrap_or_default();
             let expected: Vec<(u64, VeeRecord)> = on_host
                 .iter()
                 .filter_map(|id| state.vees.get(&id.seq()).map(|s| (id.seq(), s)))
