@@ -1,7 +1,7 @@
 //! The host agent of a VEEM site: what runs on each VEEH. It answers the host-agent protocol
-//! (`veem_api::agent`) by calling a hypervisor [`Driver`] — the simulated [`sim`] driver now, a
-//! QEMU driver later — either in-process for the server or as a remote `veem agent` process
-//! that dials the server over a WebSocket ([`uplink`]).
+//! (`veem_api::agent`) by calling a hypervisor [`Driver`] — the simulated [`sim`] driver or the
+//! [`qemu`] driver, which runs real VMs — either in-process for the server or as a remote
+//! `veem agent` process that dials the server over a WebSocket ([`uplink`]).
 //!
 //! The agent never decides anything: it holds no desired state, places nothing and retries
 //! nothing on its own. It does what one request says, reports what the hypervisor observes, and
@@ -11,8 +11,10 @@
 mod agent;
 mod driver;
 mod fsutil;
+pub mod qemu;
 pub mod sim;
 pub mod uplink;
 
 pub use agent::Agent;
 pub use driver::{check_disk_target, disk_path, Driver, DriverError};
+pub use qemu::{QemuConfig, QemuDriver};

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use veem_agent::sim::{SimConfig, SimDriver};
-use veem_agent::{Agent, Driver};
+use veem_agent::{Agent, Driver, QemuConfig, QemuDriver};
 use veem_model::HostId;
 use veem_server::config::LogFormat;
 
@@ -22,6 +22,8 @@ pub struct ServeArgs {
 pub enum AgentDriver {
     /// The simulated hypervisor
     Sim,
+    /// QEMU over QMP (KVM where the CPU has it, TCG otherwise)
+    Qemu,
 }
 
 #[derive(Debug, Args)]
@@ -49,6 +51,9 @@ pub struct AgentArgs {
     /// Sim driver settings as TOML, e.g. 'latency_ms = { deploy = 100 }'
     #[arg(long, default_value = "")]
     pub sim: String,
+    /// Qemu driver settings as TOML, e.g. 'accel = "tcg"'
+    #[arg(long, default_value = "")]
+    pub qemu: String,
     /// Log lines as JSON
     #[arg(long)]
     pub log_json: bool,
@@ -88,6 +93,14 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
             Arc::new(
                 SimDriver::new(config, args.state_dir.clone())
                     .context("cannot start the sim driver")?,
+            )
+        }
+        AgentDriver::Qemu => {
+            let config: QemuConfig =
+                toml::from_str(&args.qemu).context("--qemu is not valid qemu settings")?;
+            Arc::new(
+                QemuDriver::new(config, args.state_dir.clone())
+                    .context("cannot start the qemu driver")?,
             )
         }
     };

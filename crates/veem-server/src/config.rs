@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use veem_agent::sim::SimConfig;
+use veem_agent::QemuConfig;
 use veem_model::{HostId, Principal};
 use veem_placement::Policy;
 
@@ -64,6 +65,9 @@ pub struct HostConfig {
     /// Latencies and fault injection of the simulated driver.
     #[serde(default)]
     pub sim: SimConfig,
+    /// The qemu driver's settings (binary, accelerator, migration limits...).
+    #[serde(default)]
+    pub qemu: QemuConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -71,7 +75,7 @@ pub struct HostConfig {
 pub enum DriverKind {
     /// The simulated hypervisor, for scale and fault tests.
     Sim,
-    /// QEMU/KVM over QMP (the next issue).
+    /// QEMU over QMP: KVM where the CPU has it, TCG otherwise.
     Qemu,
 }
 
@@ -146,12 +150,6 @@ impl Config {
             if h.cpus == 0 || h.memory_mb == 0 {
                 return Err(format!(
                     "host {}: cpus and memory_mb must be positive",
-                    h.name
-                ));
-            }
-            if h.driver == DriverKind::Qemu {
-                return Err(format!(
-                    "host {}: the qemu driver is not available in this version; use driver = \"sim\"",
                     h.name
                 ));
             }

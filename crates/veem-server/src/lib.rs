@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use veem_agent::sim::SimDriver;
-use veem_agent::{Agent, Driver};
+use veem_agent::{Agent, Driver, QemuDriver};
 
 pub use config::Config;
 use config::DriverKind;
@@ -57,9 +57,11 @@ pub async fn start(config: &Config) -> anyhow::Result<Veem> {
                     format!("cannot start the sim driver of host {}", host.name)
                 })?,
             ),
-            DriverKind::Qemu => {
-                anyhow::bail!("host {}: the qemu driver is not available", host.name)
-            }
+            DriverKind::Qemu => Arc::new(
+                QemuDriver::new(host.qemu.clone(), state_dir).with_context(|| {
+                    format!("cannot start the qemu driver of host {}", host.name)
+                })?,
+            ),
         };
         let agent = Arc::new(Agent::new(
             host.name.clone(),

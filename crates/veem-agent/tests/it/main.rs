@@ -7,5 +7,6 @@
 
 mod agent;
 mod common;
+mod qemu;
 mod sim;
 mod uplink;

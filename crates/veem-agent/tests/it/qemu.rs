@@ -1,0 +1,608 @@
+//! The qemu driver on real QEMU. No guest OS is needed: a VM without a bootable disk still runs
+//! its firmware and answers QMP, so pause, suspend, restore and live migration all work on it.
+//! Each test skips, loudly, where `qemu-system-x86_64` is not installed (CI installs it).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use veem_agent::qemu::qmp::{QueryBalloon, QueryCpusFast, QueryStatus};
+use veem_agent::qemu::{console_path, context_image_path, Accel, QemuConfig, QemuDriver};
+use veem_agent::{disk_path, Driver, DriverError};
+use veem_api::agent::{DeploySpec, DiskPlan, InstanceState};
+use veem_model::VeeId;
+
+use crate::common::{blank, clone_of, vee};
+
+fn qemu_installed() -> bool {
+    std::process::Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_ok_and(|output| output.status.success())
+}
+
+/// Returns from the test, saying so loudly, where QEMU is not installed.
+macro_rules! require_qemu {
+    () => {
+        if !qemu_installed() {
+            eprintln!(
+                "\n\n======== SKIPPED: qemu-system-x86_64 is not installed; run scripts/install-deps ========\n\n"
+            );
+            return;
+        }
+    };
+}
+
+/// A test's shared storage and hosts. Dropping it kills every QEMU its hosts still record, so
+/// a failed test leaves no guest behind.
+struct Scene {
+    dir: tempfile::TempDir,
+}
+
+impl Scene {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Scene {
+    fn drop(&mut self) {
+        let Ok(hosts) = std::fs::read_dir(self.dir.path().join("hosts")) else {
+            return;
+        };
+        for host in hosts.flatten() {
+            for entry in std::fs::read_dir(host.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let path = entry.path();
+                if path.extension().is_some_and(|ext| ext == "pid") {
+                    let pid = std::fs::read_to_string(&path).unwrap_or_default();
+                    let pid = pid.trim();
+                    let ours = std::fs::read(format!("/proc/{pid}/cmdline"))
+                        .is_ok_and(|cmdline| cmdline.windows(6).any(|w| w == b"-name\0"));
+                    if ours {
+                        let _ = std::process::Command::new("kill")
+                            .args(["-KILL", pid])
+                            .status();
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn config() -> QemuConfig {
+    QemuConfig {
+        cpu_unplug_timeout_ms: 300,
+        ..QemuConfig::default()
+    }
+}
+
+fn host(root: &Path, name: &str) -> QemuDriver {
+    QemuDriver::new(config(), root.join("hosts").join(name)).unwrap()
+}
+
+/// A tiny VEE: 1 of 2 vCPUs, 64 of 128 MB, one blank disk.
+fn tiny(seq: u64, shared: &Path) -> DeploySpec {
+    let vee = vee(seq);
+    DeploySpec {
+        vee_dir: shared.join("vees").join(vee.as_str()),
+        vee,
+        name: format!("tiny{seq}"),
+        cpu: 1,
+        cpu_max: 2,
+        memory_mb: 64,
+        memory_max_mb: 128,
+        disks: vec![blank("vda", 1)],
+        nics: vec![],
+        hypervisor: None,
+        raw: String::new(),
+        ovf_env: None,
+    }
+}
+
+fn proc_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| !matches!(stat_field(&stat, 0).as_deref(), Some("Z" | "X")))
+}
+
+/// Field `index` after the command name of /proc/<pid>/stat (0 is the state).
+fn stat_field(stat: &str, index: usize) -> Option<String> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(index).map(str::to_owned)
+}
+
+fn cmdline(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap()
+        .split(|b| *b == 0)
+        .map(|arg| String::from_utf8_lossy(arg).into_owned())
+        .collect()
+}
+
+fn arg_after(args: &[String], flag: &str) -> Option<String> {
+    args.windows(2)
+        .find(|pair| pair[0] == flag)
+        .map(|pair| pair[1].clone())
+}
+
+async fn run_status(driver: &QemuDriver, vee: &VeeId) -> String {
+    let qmp = driver.qmp(vee).await.unwrap();
+    qmp.execute(&QueryStatus).await.unwrap().status
+}
+
+async fn state_of(driver: &QemuDriver, vee: &VeeId) -> InstanceState {
+    driver.status(vee).await.unwrap().state
+}
+
+fn qemu_img_info(path: &Path) -> Value {
+    let output = std::process::Command::new("qemu-img")
+        .args(["info", "-U", "--output=json"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// Runs one qemu-io command on a qcow2 file; a `read -P` whose pattern does not match fails
+/// (qemu-io itself exits 0 then and only says so).
+fn qemu_io(path: &Path, command: &str) -> bool {
+    let output = std::process::Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", command])
+        .arg(path)
+        .output()
+        .unwrap();
+    output.status.success()
+        && !String::from_utf8_lossy(&output.stdout).contains("Pattern verification failed")
+}
+
+fn state_files(driver: &QemuDriver) -> Vec<String> {
+    let mut names: Vec<_> = std::fs::read_dir(driver.state_dir())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| !name.ends_with(".log"))
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn a_deployed_vee_is_a_named_daemon_that_pauses_and_resumes() {
+    require_qemu!();
+    let shared = Scene::new();
+    let driver = host(shared.path(), "h1");
+    let spec = tiny(1, shared.path());
+
+    let started = Instant::now();
+    driver.deploy(&spec).await.unwrap();
+    let deploy_ms = started.elapsed().as_millis();
+
+    let status = driver.status(&spec.vee).await.unwrap();
+    assert_eq!(status.state, InstanceState::Running);
+    assert_eq!((status.cpus, status.memory_mb), (1, 64));
+    let pid = driver.pid(&spec.vee).unwrap();
+    let args = cmdline(pid);
+    assert_eq!(arg_after(&args, "-name").as_deref(), Some("vee-00000001"));
+    assert_eq!(arg_after(&args, "-m").as_deref(), Some("128M"));
+    assert_eq!(arg_after(&args, "-smp").as_deref(), Some("1,maxcpus=2"));
+    if driver.accel() == Accel::Tcg {
+        assert_eq!(arg_after(&args, "-accel").as_deref(), Some("tcg"));
+        assert_eq!(arg_after(&args, "-cpu").as_deref(), Some("max"));
+    }
+    let ps = std::process::Command::new("ps")
+        .args(["-o", "args=", "-p", &pid.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&ps.stdout).contains("-name vee-00000001"),
+        "ps shows {:?}",
+        String::from_utf8_lossy(&ps.stdout)
+    );
+    // Daemonized: neither our child nor in our session, so it outlives the agent's process
+    // and a signal to the agent's terminal.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let own = std::fs::read_to_string("/proc/self/stat").unwrap();
+    assert_ne!(
+        stat_field(&stat, 1).unwrap(),
+        std::process::id().to_string()
+    );
+    assert_ne!(stat_field(&stat, 3), stat_field(&own, 3), "session");
+    assert_ne!(stat_field(&stat, 2), stat_field(&own, 2), "process group");
+    assert!(console_path(&spec.vee_dir).exists());
+    assert_eq!(
+        qemu_img_info(&disk_path(&spec.vee_dir, "vda"))["virtual-size"],
+        1 << 30
+    );
+    // The firmware's boot costs CPU time, counted in clock ticks of 10 ms.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while driver.status(&spec.vee).await.unwrap().cpu_time_ms == 0 {
+        assert!(Instant::now() < deadline, "the guest never used CPU time");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let started = Instant::now();
+    driver.pause(&spec.vee).await.unwrap();
+    let pause_ms = started.elapsed().as_secs_f64() * 1000.0;
+    assert_eq!(state_of(&driver, &spec.vee).await, InstanceState::Paused);
+    assert_eq!(run_status(&driver, &spec.vee).await, "paused");
+    // Paused is where pause leaves it; a second pause changes nothing.
+    driver.pause(&spec.vee).await.unwrap();
+    let started = Instant::now();
+    driver.resume(&spec.vee).await.unwrap();
+    let resume_ms = started.elapsed().as_secs_f64() * 1000.0;
+    assert_eq!(state_of(&driver, &spec.vee).await, InstanceState::Running);
+    assert_eq!(run_status(&driver, &spec.vee).await, "running");
+    eprintln!("qemu: deploy {deploy_ms} ms, pause {pause_ms:.1} ms, resume {resume_ms:.1} ms");
+
+    assert!(matches!(
+        driver.deploy(&spec).await,
+        Err(DriverError::AlreadyExists(_))
+    ));
+    driver.destroy(&spec.vee).await.unwrap();
+    assert!(!proc_alive(pid));
+    driver.destroy(&spec.vee).await.unwrap();
+    assert!(matches!(
+        driver.status(&spec.vee).await,
+        Err(DriverError::NoSuchInstance(_))
+    ));
+    assert!(driver.list().await.unwrap().is_empty());
+    assert!(
+        state_files(&driver).is_empty(),
+        "{:?}",
+        state_files(&driver)
+    );
+    assert!(disk_path(&spec.vee_dir, "vda").exists(), "disks are kept");
+}
+
+#[tokio::test]
+async fn suspend_frees_the_host_and_restore_brings_the_same_machine_back() {
+    require_qemu!();
+    let shared = Scene::new();
+    let driver = host(shared.path(), "h1");
+    let spec = tiny(2, shared.path());
+    driver.deploy(&spec).await.unwrap();
+    // A plugged vCPU and a balloon target must survive the trip through the file.
+    driver.resize(&spec.vee, 2, 96).await.unwrap();
+    let old_pid = driver.pid(&spec.vee).unwrap();
+    let memory_file = spec.vee_dir.join("memory");
+
+    let started = Instant::now();
+    driver.suspend(&spec.vee, &memory_file).await.unwrap();
+    let suspend_ms = started.elapsed().as_millis();
+    assert!(!proc_alive(old_pid), "suspend ends the process");
+    assert!(std::fs::metadata(&memory_file).unwrap().len() > 0);
+    assert!(driver.list().await.unwrap().is_empty());
+    assert!(
+        state_files(&driver).is_empty(),
+        "{:?}",
+        state_files(&driver)
+    );
+
+    let started = Instant::now();
+    driver.restore(&spec, &memory_file).await.unwrap();
+    let restore_ms = started.elapsed().as_millis();
+    let new_pid = driver.pid(&spec.vee).unwrap();
+    assert_ne!(new_pid, old_pid);
+    let status = driver.status(&spec.vee).await.unwrap();
+    assert_eq!(status.state, InstanceState::Running);
+    assert_eq!((status.cpus, status.memory_mb), (2, 96));
+    assert_eq!(run_status(&driver, &spec.vee).await, "running");
+    let qmp = driver.qmp(&spec.vee).await.unwrap();
+    assert_eq!(qmp.execute(&QueryCpusFast).await.unwrap().len(), 2);
+    eprintln!("qemu: suspend {suspend_ms} ms, restore {restore_ms} ms (128 MB idle guest)");
+
+    // A suspend of a paused VEE works too, and the restored one runs.
+    driver.pause(&spec.vee).await.unwrap();
+    driver.suspend(&spec.vee, &memory_file).await.unwrap();
+    driver.restore(&spec, &memory_file).await.unwrap();
+    assert_eq!(state_of(&driver, &spec.vee).await, InstanceState::Running);
+    driver.destroy(&spec.vee).await.unwrap();
+
+    let missing = shared.path().join("no-such-memory");
+    assert!(matches!(
+        driver.restore(&spec, &missing).await,
+        Err(DriverError::MissingFile(path)) if path == missing
+    ));
+    assert!(driver.list().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn shutdown_forces_a_guest_that_ignores_acpi_after_the_deadline() {
+    require_qemu!();
+    let shared = Scene::new();
+    let driver = host(shared.path(), "h1");
+    let spec = tiny(3, shared.path());
+    driver.deploy(&spec).await.unwrap();
+    let pid = driver.pid(&spec.vee).unwrap();
+
+    let deadline = Duration::from_millis(400);
+    let started = Instant::now();
+    driver.shutdown(&spec.vee, deadline).await.unwrap();
+    // Firmware alone does not power off on ACPI: the driver waited, then forced it.
+    assert!(started.elapsed() >= deadline);
+    assert!(!proc_alive(pid));
+    assert!(matches!(
+        driver.status(&spec.vee).await,
+        Err(DriverError::NoSuchInstance(_))
+    ));
+    assert!(matches!(
+        driver.shutdown(&spec.vee, deadline).await,
+        Err(DriverError::NoSuchInstance(_))
+    ));
+    assert!(disk_path(&spec.vee_dir, "vda").exists());
+    // The VEE boots again from its own disk.
+    let started = Instant::now();
+    driver.deploy(&spec).await.unwrap();
+    eprintln!(
+        "qemu: deploy with its disk already there (start, QMP ready, balloon) {} ms",
+        started.elapsed().as_millis()
+    );
+    assert_eq!(state_of(&driver, &spec.vee).await, InstanceState::Running);
+    driver.destroy(&spec.vee).await.unwrap();
+}
+
+#[tokio::test]
+async fn resize_moves_the_balloon_and_plugs_vcpus_live() {
+    require_qemu!();
+    let shared = Scene::new();
+    let driver = host(shared.path(), "h1");
+    let spec = tiny(4, shared.path());
+    driver.deploy(&spec).await.unwrap();
+    let pid = driver.pid(&spec.vee).unwrap();
+    let qmp = driver.qmp(&spec.vee).await.unwrap();
+    // QEMU has the maximum; the guest's balloon driver gives back the rest (no guest here,
+    // so `actual` stays where the firmware left it).
+    assert_eq!(qmp.execute(&QueryBalloon).await.unwrap().actual, 128 << 20);
+
+    driver.resize(&spec.vee, 2, 128).await.unwrap();
+    let status = driver.status(&spec.vee).await.unwrap();
+    assert_eq!((status.cpus, status.memory_mb), (2, 128));
+    assert_eq!(qmp.execute(&QueryCpusFast).await.unwrap().len(), 2);
+    assert_eq!(driver.pid(&spec.vee), Some(pid), "the same process");
+    driver.resize(&spec.vee, 2, 48).await.unwrap();
+    assert_eq!(driver.status(&spec.vee).await.unwrap().memory_mb, 48);
+
+    for (cpu, memory_mb) in [(3, 64), (0, 64), (1, 129), (1, 0)] {
+        assert!(
+            matches!(
+                driver.resize(&spec.vee, cpu, memory_mb).await,
+                Err(DriverError::Invalid { .. })
+            ),
+            "{cpu} vCPUs, {memory_mb} MB"
+        );
+    }
+    // Unplugging needs a guest that takes part in ACPI CPU hotplug; firmware alone does not.
+    assert!(matches!(
+        driver.resize(&spec.vee, 1, 48).await,
+        Err(DriverError::Failed { op: "resize", .. })
+    ));
+    assert_eq!(driver.status(&spec.vee).await.unwrap().cpus, 2);
+    driver.destroy(&spec.vee).await.unwrap();
+
+    let mut two = tiny(5, shared.path());
+    two.cpu = 2;
+    driver.deploy(&two).await.unwrap();
+    assert!(matches!(
+        driver.resize(&two.vee, 1, 64).await,
+        Err(DriverError::Unsupported(_))
+    ));
+    driver.destroy(&two.vee).await.unwrap();
+}
+
+#[tokio::test]
+async fn clones_keep_the_guests_writes_and_export_flattens_them() {
+    require_qemu!();
+    let shared = Scene::new();
+    let driver = host(shared.path(), "h1");
+    let images = shared.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let base = images.join("base.qcow2");
+    let created = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&base)
+        .arg("64M")
+        .status()
+        .unwrap();
+    assert!(created.success());
+    assert!(qemu_io(&base, "write -P 0x11 0 64k"));
+    let mut spec = tiny(6, shared.path());
+    spec.disks = vec![DiskPlan {
+        size_gb: Some(1),
+        ..clone_of("vda", &base)
+    }];
+    spec.ovf_env = Some("<Environment ve:vee=\"vee-00000006\"/>".into());
+
+    driver.deploy(&spec).await.unwrap();
+    let disk = disk_path(&spec.vee_dir, "vda");
+    let info = qemu_img_info(&disk);
+    assert_eq!(info["backing-filename"], base.to_str().unwrap());
+    assert_eq!(info["virtual-size"], 1 << 30, "size_gb grows the clone");
+    // The context disk is the last drive, read-only, and holds the document.
+    let qmp = driver.qmp(&spec.vee).await.unwrap();
+    let block = qmp.execute_value("query-block", Value::Null).await.unwrap();
+    let drives: Vec<&str> = block
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|drive| drive["device"].as_str().unwrap())
+        .collect();
+    assert_eq!(drives, ["drive-vda", "drive-context"]);
+    assert_eq!(block[1]["inserted"]["ro"], true);
+    let document = std::process::Command::new("mtype")
+        .arg("-i")
+        .arg(context_image_path(&spec.vee_dir))
+        .arg("::/ovf-env.xml")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&document.stdout),
+        spec.ovf_env.clone().unwrap()
+    );
+    // A running VEE's disk is locked by its QEMU.
+    let out = shared.path().join("exports").join("vda.qcow2");
+    assert!(driver
+        .export_disk(&spec.vee_dir, "vda", &out)
+        .await
+        .is_err());
+    driver.destroy(&spec.vee).await.unwrap();
+
+    // The guest writes to its clone; a redeploy keeps the clone, not a fresh copy.
+    assert!(qemu_io(&disk, "write -P 0x22 64k 64k"));
+    driver.deploy(&spec).await.unwrap();
+    driver.shutdown(&spec.vee, Duration::ZERO).await.unwrap();
+    assert!(qemu_io(&disk, "read -P 0x22 64k 64k"));
+
+    driver
+        .export_disk(&spec.vee_dir, "vda", &out)
+        .await
+        .unwrap();
+    let exported = qemu_img_info(&out);
+    assert!(exported.get("backing-filename").is_none(), "{exported}");
+    assert!(qemu_io(&out, "read -P 0x11 0 64k"), "the image's data");
+    assert!(qemu_io(&out, "read -P 0x22 64k 64k"), "the guest's data");
+    assert!(matches!(
+        driver.export_disk(&spec.vee_dir, "vdz", &out).await,
+        Err(DriverError::MissingFile(_))
+    ));
+}
+
+#[tokio::test]
+async fn live_migration_moves_a_running_vee_to_another_driver() {
+    require_qemu!();
+    let shared = Scene::new();
+    let source = host(shared.path(), "h1");
+    let target = host(shared.path(), "h2");
+    let spec = tiny(7, shared.path());
+    source.deploy(&spec).await.unwrap();
+    source.resize(&spec.vee, 2, 80).await.unwrap();
+    let source_pid = source.pid(&spec.vee).unwrap();
+
+    let uri = target.prepare_incoming(&spec).await.unwrap();
+    assert!(uri.starts_with("tcp:127.0.0.1:"), "{uri}");
+    assert_eq!(state_of(&target, &spec.vee).await, InstanceState::Incoming);
+    // Nothing has arrived yet: there is nothing to complete.
+    assert!(matches!(
+        target.complete_incoming(&spec.vee).await,
+        Err(DriverError::WrongState { .. })
+    ));
+
+    let started = Instant::now();
+    source.migrate_out(&spec.vee, &uri).await.unwrap();
+    let migrate_ms = started.elapsed().as_millis();
+    assert!(!proc_alive(source_pid));
+    assert!(source.list().await.unwrap().is_empty());
+    let stats = source.last_migration(&spec.vee).unwrap();
+    assert!(stats.total_ms >= stats.downtime_ms, "{stats:?}");
+
+    target.complete_incoming(&spec.vee).await.unwrap();
+    let status = target.status(&spec.vee).await.unwrap();
+    assert_eq!(status.state, InstanceState::Running);
+    assert_eq!((status.cpus, status.memory_mb), (2, 80));
+    assert_ne!(target.pid(&spec.vee), Some(source_pid));
+    let qmp = target.qmp(&spec.vee).await.unwrap();
+    assert_eq!(qmp.execute(&QueryCpusFast).await.unwrap().len(), 2);
+    eprintln!(
+        "qemu: live migration of a 128 MB idle guest: {} ms total, {} ms downtime \
+         (migrate_out took {migrate_ms} ms)",
+        stats.total_ms, stats.downtime_ms
+    );
+    assert!(matches!(
+        source.migrate_out(&spec.vee, &uri).await,
+        Err(DriverError::NoSuchInstance(_))
+    ));
+    assert!(matches!(
+        target.migrate_out(&spec.vee, "file:/tmp/x").await,
+        Err(DriverError::Invalid { .. })
+    ));
+    target.destroy(&spec.vee).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_new_driver_adopts_the_running_vees_and_forgets_dead_ones() {
+    require_qemu!();
+    let shared = Scene::new();
+    let first = host(shared.path(), "h1");
+    let alive = tiny(8, shared.path());
+    let doomed = tiny(9, shared.path());
+    first.deploy(&alive).await.unwrap();
+    first.deploy(&doomed).await.unwrap();
+    let pid = first.pid(&alive.vee).unwrap();
+    let doomed_pid = first.pid(&doomed.vee).unwrap();
+    drop(first);
+    // One process dies while no driver watches.
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &doomed_pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    while proc_alive(doomed_pid) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let second = host(shared.path(), "h1");
+    let listed = second.list().await.unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].vee, alive.vee);
+    assert_eq!(listed[0].state, InstanceState::Running);
+    assert_eq!(second.pid(&alive.vee), Some(pid));
+    assert!(matches!(
+        second.status(&doomed.vee).await,
+        Err(DriverError::NoSuchInstance(_))
+    ));
+    second.pause(&alive.vee).await.unwrap();
+    assert_eq!(run_status(&second, &alive.vee).await, "paused");
+    second.resume(&alive.vee).await.unwrap();
+    assert_eq!(state_of(&second, &alive.vee).await, InstanceState::Running);
+    assert_eq!(second.pid(&alive.vee), Some(pid), "the same process");
+
+    // A process that dies under a running driver is reported gone, and its files go.
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    while proc_alive(pid) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(second.list().await.unwrap().is_empty());
+    assert!(
+        state_files(&second).is_empty(),
+        "{:?}",
+        state_files(&second)
+    );
+    second.destroy(&alive.vee).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_deploy_with_a_missing_image_fails_before_starting_anything() {
+    // No QEMU needed: the driver checks sources before it starts a process.
+    let shared = Scene::new();
+    let driver = host(shared.path(), "h1");
+    let missing: PathBuf = shared.path().join("images").join("missing.qcow2");
+    let mut spec = tiny(10, shared.path());
+    spec.disks = vec![blank("vdb", 1), clone_of("vda", &missing)];
+    assert!(matches!(
+        driver.deploy(&spec).await,
+        Err(DriverError::MissingFile(path)) if path == missing
+    ));
+    assert!(driver.list().await.unwrap().is_empty());
+    assert!(
+        !disk_path(&spec.vee_dir, "vdb").exists(),
+        "nothing half made"
+    );
+    assert!(state_files(&driver).is_empty());
+    assert!(matches!(
+        driver.prepare_incoming(&spec).await,
+        Err(DriverError::MissingFile(_))
+    ));
+}
