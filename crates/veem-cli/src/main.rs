@@ -67,6 +67,31 @@ pub enum Command {
     Serve(node::ServeArgs),
     /// Run a host agent as its own process, connected to a VEEM
     Agent(node::AgentArgs),
+    /// Build veem's test guest
+    #[command(subcommand)]
+    Guest(GuestCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GuestCommand {
+    /// Build the test guest from Debian packages as one bootable qcow2 disk
+    Build(GuestBuildArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GuestBuildArgs {
+    /// The qcow2 file to write
+    #[arg(long)]
+    pub out: std::path::PathBuf,
+    /// The disk's size in MiB
+    #[arg(long, default_value_t = veem_guest::DEFAULT_SIZE_MB)]
+    pub size_mb: u32,
+    /// Keep the intermediate files here (default: a temporary directory)
+    #[arg(long)]
+    pub work_dir: Option<std::path::PathBuf>,
+    /// Where downloaded packages are kept (default: $XDG_CACHE_HOME/veem/guest)
+    #[arg(long)]
+    pub cache_dir: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -97,7 +122,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Host(command) => sm::run_host(&cli.global, command).await,
         Command::Serve(args) => node::serve(args).await,
         Command::Agent(args) => node::agent(args).await,
+        Command::Guest(GuestCommand::Build(args)) => build_guest(args).await,
     }
+}
+
+async fn build_guest(args: GuestBuildArgs) -> anyhow::Result<()> {
+    let options = veem_guest::BuildOptions {
+        out: args.out,
+        work_dir: args.work_dir,
+        size_mb: args.size_mb,
+        cache_dir: args.cache_dir,
+    };
+    let image = tokio::task::spawn_blocking(move || veem_guest::build(&options))
+        .await
+        .map_err(|error| anyhow::anyhow!("the guest build stopped: {error}"))?
+        .map_err(|error| anyhow::Error::new(error).context("cannot build the test guest"))?;
+    println!(
+        "{} (kernel {}, {} bytes)",
+        image.path.display(),
+        image.kernel_version,
+        image.size_bytes
+    );
+    Ok(())
 }
 
 /// Prints `error: <message>` and, when one helps, a `hint:` line on standard error.
