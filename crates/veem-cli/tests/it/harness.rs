@@ -38,14 +38,32 @@ pub fn veem_bin() -> &'static str {
 /// Options of a test server.
 pub struct Setup {
     pub placement: &'static str,
-    /// Each host: (name, cpus, memory_mb, extra TOML lines for its `[host.sim]`).
+    pub driver: Hypervisor,
+    /// Each host: (name, cpus, memory_mb, extra TOML lines for its `[host.sim]` or `[host.qemu]`).
     pub hosts: Vec<(&'static str, u32, u64, &'static str)>,
+}
+
+/// The hypervisor driver of a test server's hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hypervisor {
+    Sim,
+    Qemu,
+}
+
+impl Hypervisor {
+    pub fn name(self) -> &'static str {
+        match self {
+            Hypervisor::Sim => "sim",
+            Hypervisor::Qemu => "qemu",
+        }
+    }
 }
 
 impl Default for Setup {
     fn default() -> Self {
         Self {
             placement: "pack",
+            driver: Hypervisor::Sim,
             hosts: vec![
                 ("h1", 8, 16384, ""),
                 ("h2", 8, 16384, ""),
@@ -60,6 +78,30 @@ impl Server {
         Self::start_with(Setup::default()).await
     }
 
+    /// A server whose three hosts run `driver`, with the bootable test guest uploaded by the
+    /// admin as the shared image `tiny`. `None` (said loudly) where QEMU is not installed.
+    pub async fn start_on(driver: Hypervisor) -> Option<Self> {
+        let server = Self::start_with(Setup {
+            driver,
+            ..Setup::default()
+        })
+        .await;
+        let image = match driver {
+            Hypervisor::Sim => write_file(
+                server.dir.path(),
+                "tiny.img",
+                b"a sim image stands in for the guest",
+            ),
+            Hypervisor::Qemu => guest_image()?,
+        };
+        server
+            .ops
+            .push_image("tiny", &image, None)
+            .await
+            .expect("the guest image uploads");
+        Some(server)
+    }
+
     pub async fn start_with(setup: Setup) -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let port = free_port();
@@ -72,11 +114,12 @@ impl Server {
             setup.placement
         );
         for (name, cpus, memory_mb, sim) in &setup.hosts {
+            let driver = setup.driver.name();
             config.push_str(&format!(
-                "\n[[host]]\nname = \"{name}\"\ndriver = \"sim\"\ncpus = {cpus}\nmemory_mb = {memory_mb}\n"
+                "\n[[host]]\nname = \"{name}\"\ndriver = \"{driver}\"\ncpus = {cpus}\nmemory_mb = {memory_mb}\n"
             ));
             if !sim.is_empty() {
-                config.push_str(&format!("[host.sim]\n{sim}\n"));
+                config.push_str(&format!("[host.{driver}]\n{sim}\n"));
             }
         }
         let config_path = dir.path().join("veem.toml");
@@ -157,6 +200,108 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// Whether QEMU is here; where it is not, says so loudly (CI installs it, so it never skips there).
+pub fn qemu_available() -> bool {
+    let found = Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        eprintln!("SKIPPED: qemu-system-x86_64 is not installed; run scripts/install-deps");
+    }
+    found
+}
+
+/// The bootable test guest, built once (by `veem guest build`) and shared by every test process.
+pub fn guest_image() -> Option<PathBuf> {
+    if !qemu_available() {
+        return None;
+    }
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let image = dir.join("veem-test-guest.qcow2");
+    let lock = dir.join("veem-test-guest.lock");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        if image.exists() {
+            return Some(image);
+        }
+        // One process builds; the others wait for the image to appear.
+        if std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&lock)
+            .is_ok()
+        {
+            let tmp = dir.join(format!("veem-test-guest.{}.qcow2", std::process::id()));
+            let out = Command::new(veem_bin())
+                .args(["guest", "build", "--out"])
+                .arg(&tmp)
+                .output()
+                .expect("veem guest build runs");
+            if !out.status.success() {
+                let _ = std::fs::remove_file(&lock);
+                panic!(
+                    "veem guest build failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::fs::rename(&tmp, &image).expect("the guest image moves into place");
+            let _ = std::fs::remove_file(&lock);
+            return Some(image);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "waited 10 minutes for another test to build the guest"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// On QEMU, waits until the guest of `id` printed its ready marker on its serial console (kept
+/// in the VEE's directory); on sim there is no guest to wait for.
+pub async fn wait_guest_ready(s: &Server, driver: Hypervisor, id: &str) {
+    if driver == Hypervisor::Sim {
+        return;
+    }
+    let console = s.data_dir().join("vees").join(id).join("console.log");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(&console).unwrap_or_default();
+        if text.contains(veem_guest::READY_MARKER) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{id} did not boot: {text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Reads a file out of a guest disk image (qcow2, FAT), without mounting it.
+pub fn read_guest_file(image: &Path, path: &str) -> String {
+    let raw = image.with_extension("raw");
+    let status = Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(image)
+        .arg(&raw)
+        .status()
+        .expect("qemu-img runs");
+    assert!(status.success(), "qemu-img convert {}", image.display());
+    let out = Command::new("mtype")
+        .arg("-i")
+        .arg(&raw)
+        .arg(format!("::{path}"))
+        .output()
+        .expect("mtype runs");
+    let _ = std::fs::remove_file(&raw);
+    assert!(
+        out.status.success(),
+        "{path}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 pub fn small(name: &str) -> VeeDescriptor {

@@ -6,5 +6,6 @@ mod control;
 mod errors;
 mod harness;
 mod operators;
+mod qemu_guests;
 mod restart;
 mod use_cases;

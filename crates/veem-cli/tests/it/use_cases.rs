@@ -5,6 +5,48 @@ use veem_model::{ControlAction as A, DiskSource, DiskSpec, ImageName, InitModel,
 
 use crate::harness::*;
 
+/// Each use case runs on the sim driver and on real QEMU guests.
+macro_rules! on_every_driver {
+    ($($case:ident),* $(,)?) => {
+        $(
+            mod $case {
+                #[tokio::test]
+                async fn sim() {
+                    super::$case(crate::harness::Hypervisor::Sim).await
+                }
+                #[tokio::test]
+                async fn qemu() {
+                    super::$case(crate::harness::Hypervisor::Qemu).await
+                }
+            }
+        )*
+    };
+}
+
+on_every_driver!(
+    uc_2_2_1_simple_service_deployment,
+    uc_2_2_2_service_redeployment,
+    uc_2_2_3_service_component_replication,
+    uc_2_2_4_service_shutdown_keeps_the_disk_for_analysis,
+    uc_2_2_5_service_restart_with_a_patched_image,
+    uc_2_2_6_update_vees_memory_live,
+    uc_2_2_7_stopping_a_replicated_vee,
+    uc_2_2_8_restarting_a_stopped_vee_keeps_anti_affinity,
+    uc_2_2_9_removing_all_data_related_to_a_service,
+);
+
+/// Uploads an image as sm-a: a stand-in on sim, the bootable test guest on QEMU.
+async fn push(s: &Server, driver: Hypervisor, name: &str) -> Vec<u8> {
+    let bytes = match driver {
+        Hypervisor::Sim => format!("{name}: a stand-in image").into_bytes(),
+        Hypervisor::Qemu => std::fs::read(guest_image().expect("QEMU is here")).expect("the guest"),
+    };
+    s.a.push_image_bytes(name, bytes.clone())
+        .await
+        .expect("upload");
+    bytes
+}
+
 fn with_image(name: &str, image: &str) -> veem_model::VeeDescriptor {
     let mut d = small(name);
     d.disks.push(DiskSpec {
@@ -25,12 +67,11 @@ fn db(name: &str, image: &str) -> veem_model::VeeDescriptor {
     d
 }
 
-#[tokio::test]
-async fn uc_2_2_1_simple_service_deployment() {
-    let s = Server::start().await;
-    s.a.push_image_bytes("web-v1", b"web image v1".to_vec())
-        .await
-        .expect("upload");
+async fn uc_2_2_1_simple_service_deployment(driver: Hypervisor) {
+    let Some(s) = Server::start_on(driver).await else {
+        return;
+    };
+    push(&s, driver, "web-v1").await;
     let id = init_one(&s.a, with_image("web", "web-v1")).await;
     assert_eq!(state_of(&s.a, &id).await, VmiState::Defined);
     let submitted = s.a.submit(std::slice::from_ref(&id)).await.expect("submit");
@@ -47,22 +88,17 @@ async fn uc_2_2_1_simple_service_deployment() {
     assert_eq!(host.used.cpus, 1);
 }
 
-#[tokio::test]
-async fn uc_2_2_2_service_redeployment() {
-    let s = Server::start().await;
-    s.a.push_image_bytes("web-v1", b"v1".to_vec())
-        .await
-        .expect("upload");
+async fn uc_2_2_2_service_redeployment(driver: Hypervisor) {
+    let Some(s) = Server::start_on(driver).await else {
+        return;
+    };
+    push(&s, driver, "web-v1").await;
     let old = init_one(&s.a, with_image("web", "web-v1")).await;
     ctl_ok(&s.a, A::Activate, &[&old]).await;
 
     // Two new images: the database now runs in a component of its own.
-    s.a.push_image_bytes("web-v2", b"v2".to_vec())
-        .await
-        .expect("upload");
-    s.a.push_image_bytes("db-v1", b"db".to_vec())
-        .await
-        .expect("upload");
+    push(&s, driver, "web-v2").await;
+    push(&s, driver, "db-v1").await;
     let new_db = init_one(&s.a, db("db", "db-v1")).await;
     let new_web = init_one(&s.a, with_image("web", "web-v2")).await;
     // Ordered: the database first, then the web tier that needs it, then the old one goes.
@@ -88,12 +124,11 @@ async fn uc_2_2_2_service_redeployment() {
     assert_eq!(state_of(&s.a, &old).await, VmiState::Destroyed);
 }
 
-#[tokio::test]
-async fn uc_2_2_3_service_component_replication() {
-    let s = Server::start().await;
-    s.a.push_image_bytes("db-v1", b"db master image".to_vec())
-        .await
-        .expect("upload");
+async fn uc_2_2_3_service_component_replication(driver: Hypervisor) {
+    let Some(s) = Server::start_on(driver).await else {
+        return;
+    };
+    push(&s, driver, "db-v1").await;
     let original = init_one(&s.a, db("db", "db-v1")).await;
     ctl_ok(&s.a, A::Activate, &[&original]).await;
     let replica = init_one(&s.a, db("db-replica", "db-v1")).await;
@@ -112,16 +147,17 @@ async fn uc_2_2_3_service_component_replication() {
     );
 }
 
-#[tokio::test]
-async fn uc_2_2_4_service_shutdown_keeps_the_disk_for_analysis() {
-    let s = Server::start().await;
-    let image = b"compromised service image".to_vec();
-    s.a.push_image_bytes("web-v1", image.clone())
-        .await
-        .expect("upload");
+async fn uc_2_2_4_service_shutdown_keeps_the_disk_for_analysis(driver: Hypervisor) {
+    let Some(s) = Server::start_on(driver).await else {
+        return;
+    };
+    let image = push(&s, driver, "web-v1").await;
     let web = init_one(&s.a, with_image("web", "web-v1")).await;
     let dbv = init_one(&s.a, with_image("db", "web-v1")).await;
     ctl_ok(&s.a, A::Activate, &[&web, &dbv]).await;
+    // The guests write to their disks at boot; let them.
+    wait_guest_ready(&s, driver, &web).await;
+    wait_guest_ready(&s, driver, &dbv).await;
 
     // Immediately: DESTROY ends both at once; the disks stay until purge.
     ctl_ok(&s.a, A::Destroy, &[&web]).await;
@@ -133,9 +169,18 @@ async fn uc_2_2_4_service_shutdown_keeps_the_disk_for_analysis() {
     for id in [&web, &dbv] {
         let out = s.dir.path().join(format!("{id}-vda.qcow2"));
         let n = s.a.download_disk(id, "vda", &out).await.expect("download");
-        assert_eq!(n as usize, std::fs::read(&out).expect("downloaded").len());
-        // The sim driver's clone is a copy of the image: the owners get its bytes.
-        assert_eq!(std::fs::read(&out).expect("downloaded"), image);
+        let bytes = std::fs::read(&out).expect("downloaded");
+        assert_eq!(n as usize, bytes.len());
+        match driver {
+            // The sim driver's clone is a copy of the image: the owners get its bytes.
+            Hypervisor::Sim => assert_eq!(bytes, image),
+            // A standalone qcow2 holding what the guest wrote.
+            Hypervisor::Qemu => {
+                assert!(bytes.starts_with(b"QFI\xfb"), "a qcow2");
+                let log = read_guest_file(&out, "/veem/boot.log");
+                assert!(log.starts_with("boot 1"), "the guest's own write: {log:?}");
+            }
+        }
     }
     // Not while it runs.
     let running = init_one(&s.a, with_image("x", "web-v1")).await;
@@ -147,19 +192,16 @@ async fn uc_2_2_4_service_shutdown_keeps_the_disk_for_analysis() {
     assert_eq!(err.code(), Some("wrong_state"));
 }
 
-#[tokio::test]
-async fn uc_2_2_5_service_restart_with_a_patched_image() {
-    let s = Server::start().await;
-    s.a.push_image_bytes("web-v1", b"v1".to_vec())
-        .await
-        .expect("upload");
+async fn uc_2_2_5_service_restart_with_a_patched_image(driver: Hypervisor) {
+    let Some(s) = Server::start_on(driver).await else {
+        return;
+    };
+    push(&s, driver, "web-v1").await;
     let old = init_one(&s.a, with_image("web", "web-v1")).await;
     ctl_ok(&s.a, A::Activate, &[&old]).await;
     ctl_ok(&s.a, A::Destroy, &[&old]).await;
     // The patched version is uploaded and put into use at once.
-    s.a.push_image_bytes("web-v1-patched", b"v1 patched".to_vec())
-        .await
-        .expect("upload");
+    push(&s, driver, "web-v1-patched").await;
     let new = init_one(&s.a, with_image("web", "web-v1-patched")).await;
     ctl_ok(&s.a, A::Activate, &[&new]).await;
     assert_eq!(state_of(&s.a, &new).await, VmiState::Active);
@@ -170,12 +212,11 @@ async fn uc_2_2_5_service_restart_with_a_patched_image() {
     s.a.delete_image("web-v1").await.expect("no longer in use");
 }
 
-#[tokio::test]
-async fn uc_2_2_6_update_vees_memory_live() {
-    let s = Server::start().await;
-    s.a.push_image_bytes("db-v1", b"db".to_vec())
-        .await
-        .expect("upload");
+async fn uc_2_2_6_update_vees_memory_live(driver: Hypervisor) {
+    let Some(s) = Server::start_on(driver).await else {
+        return;
+    };
+    push(&s, driver, "db-v1").await;
     let original = init_one(&s.a, db("db", "db-v1")).await;
     let replica = init_one(&s.a, db("db-replica", "db-v1")).await;
     ctl_ok(&s.a, A::Activate, &[&original, &replica]).await;
@@ -291,12 +332,11 @@ async fn a_raise_the_host_cannot_hold_is_refused_not_overbooked() {
     );
 }
 
-#[tokio::test]
-async fn uc_2_2_7_stopping_a_replicated_vee() {
-    let s = Server::start().await;
-    s.a.push_image_bytes("db-v1", b"db".to_vec())
-        .await
-        .expect("upload");
+async fn uc_2_2_7_stopping_a_replicated_vee(driver: Hypervisor) {
+    let Some(s) = Server::start_on(driver).await else {
+        return;
+    };
+    push(&s, driver, "db-v1").await;
     let original = init_one(&s.a, db("db", "db-v1")).await;
     let replica = init_one(&s.a, db("db-replica", "db-v1")).await;
     ctl_ok(&s.a, A::Activate, &[&original, &replica]).await;
@@ -312,12 +352,11 @@ async fn uc_2_2_7_stopping_a_replicated_vee() {
     assert_eq!(h.used.memory_mb, 0);
 }
 
-#[tokio::test]
-async fn uc_2_2_8_restarting_a_stopped_vee_keeps_anti_affinity() {
-    let s = Server::start().await;
-    s.a.push_image_bytes("db-v1", b"db".to_vec())
-        .await
-        .expect("upload");
+async fn uc_2_2_8_restarting_a_stopped_vee_keeps_anti_affinity(driver: Hypervisor) {
+    let Some(s) = Server::start_on(driver).await else {
+        return;
+    };
+    push(&s, driver, "db-v1").await;
     let original = init_one(&s.a, db("db", "db-v1")).await;
     let replica = init_one(&s.a, db("db-replica", "db-v1")).await;
     ctl_ok(&s.a, A::Activate, &[&original, &replica]).await;
@@ -339,12 +378,11 @@ async fn uc_2_2_8_restarting_a_stopped_vee_keeps_anti_affinity() {
     assert_ne!(get(&s.a, &replica).await.host, o.host);
 }
 
-#[tokio::test]
-async fn uc_2_2_9_removing_all_data_related_to_a_service() {
-    let s = Server::start().await;
-    s.a.push_image_bytes("web-v1", b"web".to_vec())
-        .await
-        .expect("upload");
+async fn uc_2_2_9_removing_all_data_related_to_a_service(driver: Hypervisor) {
+    let Some(s) = Server::start_on(driver).await else {
+        return;
+    };
+    push(&s, driver, "web-v1").await;
     let ids = init(&s.a, InitModel::Besteffort, 3, with_image("web", "web-v1")).await;
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     ctl_ok(&s.a, A::Activate, &refs).await;

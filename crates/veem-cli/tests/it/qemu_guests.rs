@@ -1,0 +1,178 @@
+//! What only real guests can show: their own writes, their boots, their processes.
+
+use std::path::Path;
+
+use veem_api::MigrateRequest;
+use veem_model::{ControlAction as A, DiskSource, DiskSpec, ImageName, VeeDescriptor, VmiState};
+
+use crate::harness::*;
+
+fn guest(name: &str) -> VeeDescriptor {
+    let mut d = small(name);
+    d.disks.push(DiskSpec {
+        source: Some(DiskSource::Image(ImageName::new("tiny").expect("valid"))),
+        size_gb: None,
+        target: Some("vda".into()),
+        clone: true,
+    });
+    d
+}
+
+/// Shuts the VEE down, downloads its first disk and reads a file the guest wrote there.
+async fn read_after_shutdown(s: &Server, id: &str, path: &str) -> String {
+    ctl_ok(&s.a, A::Shutdown, &[id]).await;
+    let out = s.dir.path().join(format!("{id}.qcow2"));
+    s.a.download_disk(id, "vda", &out).await.expect("download");
+    read_guest_file(&out, path)
+}
+
+/// The QEMU process running a VEE of this server: its command line carries `-name <vee id>`
+/// (ids repeat across the tests' servers, so the server's data directory must appear too).
+fn qemu_pid(s: &Server, id: &str) -> Option<u32> {
+    let data_dir = s.data_dir().to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline =
+                std::fs::read(Path::new("/proc").join(pid.to_string()).join("cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let named = args
+                .windows(2)
+                .any(|w| w[0] == b"-name" && w[1] == id.as_bytes());
+            let ours = args
+                .iter()
+                .any(|a| String::from_utf8_lossy(a).contains(&data_dir));
+            (named && ours).then_some(pid)
+        })
+}
+
+#[tokio::test]
+async fn context_properties_reach_the_guest() {
+    let Some(s) = Server::start_on(Hypervisor::Qemu).await else {
+        return;
+    };
+    let mut d = guest("db");
+    d.context
+        .properties
+        .insert("db_host".into(), "10.0.0.2".into());
+    d.context
+        .properties
+        .insert("motto".into(), "<quoted & escaped>".into());
+    let id = init_one(&s.a, d).await;
+    ctl_ok(&s.a, A::Activate, &[&id]).await;
+    wait_guest_ready(&s, Hypervisor::Qemu, &id).await;
+    let env = read_after_shutdown(&s, &id, "/veem/ovf-env.xml").await;
+    assert!(env.contains(&id), "the VEE's own id: {env}");
+    assert!(env.contains("db_host") && env.contains("10.0.0.2"), "{env}");
+    assert!(env.contains("&lt;quoted &amp; escaped&gt;"), "{env}");
+}
+
+#[tokio::test]
+async fn suspend_frees_the_host_and_activate_resumes_the_same_guest() {
+    let Some(s) = Server::start_on(Hypervisor::Qemu).await else {
+        return;
+    };
+    let id = init_one(&s.a, guest("sleeper")).await;
+    ctl_ok(&s.a, A::Activate, &[&id]).await;
+    wait_guest_ready(&s, Hypervisor::Qemu, &id).await;
+    let pid = qemu_pid(&s, &id).expect("a QEMU runs the VEE");
+    ctl_ok(&s.a, A::Suspend, &[&id]).await;
+    assert_eq!(get(&s.a, &id).await.host, None);
+    assert!(
+        qemu_pid(&s, &id).is_none(),
+        "no process while SUSPENDED (was {pid})"
+    );
+    let hosts = s.ops.list_hosts().await.expect("hosts");
+    assert!(
+        hosts.hosts.iter().all(|h| h.used.cpus == 0),
+        "the host is freed"
+    );
+    ctl_ok(&s.a, A::Activate, &[&id]).await;
+    assert!(qemu_pid(&s, &id).is_some());
+    let log = read_after_shutdown(&s, &id, "/veem/boot.log").await;
+    assert_eq!(
+        log.lines().count(),
+        1,
+        "restored, not booted again: {log:?}"
+    );
+}
+
+#[tokio::test]
+async fn live_migration_moves_a_running_guest_without_a_reboot() {
+    let Some(s) = Server::start_on(Hypervisor::Qemu).await else {
+        return;
+    };
+    let id = init_one(&s.a, guest("traveller")).await;
+    ctl_ok(&s.a, A::Activate, &[&id]).await;
+    wait_guest_ready(&s, Hypervisor::Qemu, &id).await;
+    let before = get(&s.a, &id).await;
+    let old_pid = qemu_pid(&s, &id).expect("running");
+    let moved = s
+        .ops
+        .migrate_vee(
+            &id,
+            &MigrateRequest {
+                host: None,
+                live: Some(true),
+            },
+        )
+        .await
+        .expect("migrated");
+    assert_eq!(moved.state, VmiState::Active);
+    assert_ne!(moved.host, before.host);
+    let new_pid = qemu_pid(&s, &id).expect("running on its new host");
+    assert_ne!(new_pid, old_pid, "a new process on the new host");
+    let log = read_after_shutdown(&s, &id, "/veem/boot.log").await;
+    assert_eq!(
+        log.lines().count(),
+        1,
+        "moved while running, never rebooted: {log:?}"
+    );
+}
+
+#[tokio::test]
+async fn kill_9_of_the_server_leaves_guests_running_and_readopted() {
+    let Some(mut s) = Server::start_on(Hypervisor::Qemu).await else {
+        return;
+    };
+    let running = init_one(&s.a, guest("runner")).await;
+    let paused = init_one(&s.a, guest("napper")).await;
+    ctl_ok(&s.a, A::Activate, &[&running, &paused]).await;
+    ctl_ok(&s.a, A::Pause, &[&paused]).await;
+    let pids = (
+        qemu_pid(&s, &running).expect("running"),
+        qemu_pid(&s, &paused).expect("running"),
+    );
+    s.kill9();
+    assert_eq!(
+        (qemu_pid(&s, &running), qemu_pid(&s, &paused)),
+        (Some(pids.0), Some(pids.1)),
+        "guests outlive the VEEM"
+    );
+    s.restart().await;
+    assert_eq!(state_of(&s.a, &running).await, VmiState::Active);
+    assert_eq!(state_of(&s.a, &paused).await, VmiState::Paused);
+    ctl_ok(&s.a, A::Activate, &[&paused]).await;
+    ctl_ok(&s.a, A::Pause, &[&paused]).await;
+    assert_eq!(
+        (qemu_pid(&s, &running), qemu_pid(&s, &paused)),
+        (Some(pids.0), Some(pids.1)),
+        "the same processes, re-adopted"
+    );
+    // A guest whose process died while the VEEM was down is reported, never silently lost.
+    s.kill9();
+    std::process::Command::new("kill")
+        .args(["-9", &pids.0.to_string()])
+        .status()
+        .expect("kill");
+    s.restart().await;
+    let v = get(&s.a, &running).await;
+    assert_eq!(
+        (v.state, v.veem_state),
+        (VmiState::Destroyed, veem_model::VeemState::Failed)
+    );
+    assert!(v.last_error.is_some_and(|e| e.contains("gone")));
+    ctl_ok(&s.a, A::Destroy, &[&paused]).await;
+}
