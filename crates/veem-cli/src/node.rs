@@ -86,20 +86,24 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         LogFormat::Text
     });
     let name = HostId::new(&args.name).context("--name")?;
+    // Absolute: QEMU is handed paths below it and does not start where the agent did.
+    std::fs::create_dir_all(&args.state_dir)
+        .with_context(|| format!("cannot create --state-dir {}", args.state_dir.display()))?;
+    let state_dir = std::fs::canonicalize(&args.state_dir)
+        .with_context(|| format!("cannot resolve --state-dir {}", args.state_dir.display()))?;
     let driver: Arc<dyn Driver> = match args.driver {
         AgentDriver::Sim => {
             let config: SimConfig =
                 toml::from_str(&args.sim).context("--sim is not valid sim settings")?;
             Arc::new(
-                SimDriver::new(config, args.state_dir.clone())
-                    .context("cannot start the sim driver")?,
+                SimDriver::new(config, state_dir.clone()).context("cannot start the sim driver")?,
             )
         }
         AgentDriver::Qemu => {
             let config: QemuConfig =
                 toml::from_str(&args.qemu).context("--qemu is not valid qemu settings")?;
             Arc::new(
-                QemuDriver::new(config, args.state_dir.clone())
+                QemuDriver::new(config, state_dir.clone())
                     .context("cannot start the qemu driver")?,
             )
         }

@@ -31,12 +31,16 @@ pub use veem::Veem;
 pub async fn start(config: &Config) -> anyhow::Result<Veem> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
-    let db = config.data_dir.join("veem.db");
+    // Absolute from here on: paths are handed to agents and to QEMU, which does not start where
+    // veem did (it changes to / when it daemonizes).
+    let data_dir = std::fs::canonicalize(&config.data_dir)
+        .with_context(|| format!("cannot resolve data_dir {}", config.data_dir.display()))?;
+    let db = data_dir.join("veem.db");
     let store = veem_store::SqliteStore::open(&db)
         .with_context(|| format!("cannot open the store {}", db.display()))?;
     let core = veem::CoreConfig {
         site: config.site.clone(),
-        data_dir: config.data_dir.clone(),
+        data_dir: data_dir.clone(),
         policy: config.placement,
         shutdown_deadline: Duration::from_millis(config.shutdown_deadline_ms),
         agent_timeout: Duration::from_millis(config.agent_timeout_ms),
@@ -50,7 +54,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Veem> {
     };
     let veem = Veem::open(core, Arc::new(store))?;
     for host in &config.hosts {
-        let state_dir = config.data_dir.join("hosts").join(host.name.as_str());
+        let state_dir = data_dir.join("hosts").join(host.name.as_str());
         let driver: Arc<dyn Driver> = match host.driver {
             DriverKind::Sim => Arc::new(
                 SimDriver::new(host.sim.clone(), state_dir).with_context(|| {

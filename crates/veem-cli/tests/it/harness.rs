@@ -106,11 +106,10 @@ impl Server {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let port = free_port();
         let mut config = format!(
-            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nplacement = \"{}\"\nshutdown_deadline_ms = 2000\nhealth_interval_ms = 200\n\n\
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"data\"\nplacement = \"{}\"\nshutdown_deadline_ms = 2000\nhealth_interval_ms = 200\n\n\
              [[principal]]\nname = \"sm-a\"\ntoken = \"{TOKEN_A}\"\n\n\
              [[principal]]\nname = \"sm-b\"\ntoken = \"{TOKEN_B}\"\n\n\
              [[principal]]\nname = \"ops\"\ntoken = \"{TOKEN_OPS}\"\nadmin = true\n",
-            dir.path().join("data").display(),
             setup.placement
         );
         for (name, cpus, memory_mb, sim) in &setup.hosts {
@@ -148,7 +147,9 @@ impl Server {
             .append(true)
             .open(self.dir.path().join("veem.log"))
             .expect("log file");
+        // Started in its directory with a relative data_dir, as an operator might.
         let child = Command::new(veem_bin())
+            .current_dir(self.dir.path())
             .args(["serve", "--config"])
             .arg(&self.config)
             .env("RUST_LOG", "info")
