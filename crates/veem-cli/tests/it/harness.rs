@@ -200,7 +200,29 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();
+        // Guests outlive the VEEM by design; a finished test ends its own.
+        for pid in processes_mentioning(&self.data_dir()) {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
     }
+}
+
+/// Processes whose command line mentions `path` (the QEMUs of one test server).
+pub fn processes_mentioning(path: &Path) -> Vec<u32> {
+    let needle = path.to_string_lossy().into_owned();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            String::from_utf8_lossy(&cmdline)
+                .contains(&needle)
+                .then_some(pid)
+        })
+        .collect()
 }
 
 /// Whether QEMU is here; where it is not, says so loudly (CI installs it, so it never skips there).
