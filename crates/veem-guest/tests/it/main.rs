@@ -6,6 +6,7 @@ mod iso;
 mod qemu;
 
 use std::fs;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -31,8 +32,9 @@ struct Built {
 fn guest() -> Option<&'static Built> {
     static BUILT: OnceLock<Built> = OnceLock::new();
     if !qemu_is_installed() {
-        eprintln!(
-            "\n\n=== SKIPPED: qemu-system-x86_64 is not installed; run scripts/install-deps ===\n\n"
+        // Straight to stderr: libtest would hide an eprintln! of a passing test.
+        let _ = std::io::stderr().write_all(
+            b"\n=== SKIPPED: qemu-system-x86_64 is not installed; run scripts/install-deps ===\n",
         );
         return None;
     }
