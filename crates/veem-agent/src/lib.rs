@@ -14,6 +14,7 @@ mod fsutil;
 pub mod qemu;
 pub mod sim;
 pub mod uplink;
+mod vee_locks;
 
 pub use agent::Agent;
 pub use driver::{check_disk_target, disk_path, Driver, DriverError};

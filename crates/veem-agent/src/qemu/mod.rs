@@ -49,6 +49,7 @@ use machine::{Drive, InstancePaths, Launch};
 use qmp::{QmpClient, QmpError};
 
 use crate::driver::check_disk_target;
+use crate::vee_locks::{VeeGuard, VeeLocks};
 use crate::{fsutil, Driver, DriverError};
 
 const MIB: u64 = 1 << 20;
@@ -102,8 +103,6 @@ impl Instance {
     }
 }
 
-type VeeLocks = Mutex<HashMap<VeeId, Arc<tokio::sync::Mutex<()>>>>;
-
 /// The qemu driver. See the module documentation.
 pub struct QemuDriver {
     config: QemuConfig,
@@ -138,7 +137,7 @@ impl QemuDriver {
             cpu_model,
             clock_ticks: process::clock_ticks(),
             instances: Mutex::new(HashMap::new()),
-            vee_locks: Mutex::new(HashMap::new()),
+            vee_locks: VeeLocks::default(),
             migrations: Mutex::new(HashMap::new()),
             state_dir,
         };
@@ -249,36 +248,12 @@ impl QemuDriver {
     }
 
     async fn lock_vee(&self, vee: &VeeId) -> VeeGuard<'_> {
-        let lock = Arc::clone(
-            self.vee_locks
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .entry(vee.clone())
-                .or_default(),
-        );
-        VeeGuard {
-            locks: &self.vee_locks,
-            vee: vee.clone(),
-            _held: lock.lock_owned().await,
-        }
+        self.vee_locks.lock(vee).await
     }
 
     /// The VEE's lock if no operation holds it now.
     fn try_lock_vee(&self, vee: &VeeId) -> Option<VeeGuard<'_>> {
-        let lock = Arc::clone(
-            self.vee_locks
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .entry(vee.clone())
-                .or_default(),
-        );
-        let held = lock.try_lock_owned().ok();
-        let guard = VeeGuard {
-            locks: &self.vee_locks,
-            vee: vee.clone(),
-            _held: held?,
-        };
-        Some(guard)
+        self.vee_locks.try_lock(vee)
     }
 
     /// Fails if the VEE runs here; forgets a recorded instance whose process died. Called with
@@ -708,26 +683,6 @@ impl QemuDriver {
         }
         let state = self.live_state(instance).await?;
         Ok(Some(self.status_of(instance, state)))
-    }
-}
-
-/// Holds one VEE's operation lock; drops the lock's map entry when nobody else waits for it.
-struct VeeGuard<'a> {
-    locks: &'a VeeLocks,
-    vee: VeeId,
-    _held: tokio::sync::OwnedMutexGuard<()>,
-}
-
-impl Drop for VeeGuard<'_> {
-    fn drop(&mut self) {
-        let mut locks = self.locks.lock().unwrap_or_else(PoisonError::into_inner);
-        // Two owners: the map and the guard we still hold. More means someone is waiting.
-        if locks
-            .get(&self.vee)
-            .is_some_and(|lock| Arc::strong_count(lock) == 2)
-        {
-            locks.remove(&self.vee);
-        }
     }
 }
 

@@ -31,6 +31,7 @@ pub use config::{FaultSpec, LatencyConfig, SimConfig, FAULT_OPS};
 use journal::{Change, Journal};
 
 use crate::driver::check_disk_target;
+use crate::vee_locks::{VeeGuard, VeeLocks};
 use crate::{disk_path, fsutil, Driver, DriverError};
 
 /// Share of its vCPUs a running simulated guest keeps busy, in percent.
@@ -136,8 +137,6 @@ struct MemoryImage {
     memory_mb: u64,
 }
 
-type VeeLocks = Mutex<HashMap<VeeId, Arc<tokio::sync::Mutex<()>>>>;
-
 /// The simulated driver. See the module documentation.
 pub struct SimDriver {
     latency: LatencyConfig,
@@ -174,7 +173,7 @@ impl SimDriver {
             state_dir,
             instances: Mutex::new(instances),
             journal: Arc::new(tokio::sync::Mutex::new(journal)),
-            vee_locks: Mutex::new(HashMap::new()),
+            vee_locks: VeeLocks::default(),
         })
     }
 
@@ -264,18 +263,7 @@ impl SimDriver {
     }
 
     async fn lock_vee(&self, vee: &VeeId) -> VeeGuard<'_> {
-        let lock = {
-            let mut locks = self
-                .vee_locks
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            Arc::clone(locks.entry(vee.clone()).or_default())
-        };
-        VeeGuard {
-            locks: &self.vee_locks,
-            vee: vee.clone(),
-            _held: lock.lock_owned().await,
-        }
+        self.vee_locks.lock(vee).await
     }
 
     /// Starts an operation on one VEE: waits for its turn, takes the configured time and
@@ -363,26 +351,6 @@ impl SimDriver {
             }
         }
         Ok(())
-    }
-}
-
-/// Holds one VEE's operation lock; drops the lock's map entry when nobody else waits for it.
-struct VeeGuard<'a> {
-    locks: &'a VeeLocks,
-    vee: VeeId,
-    _held: tokio::sync::OwnedMutexGuard<()>,
-}
-
-impl Drop for VeeGuard<'_> {
-    fn drop(&mut self) {
-        let mut locks = self.locks.lock().unwrap_or_else(PoisonError::into_inner);
-        // Two owners: the map and the guard we still hold. More means someone is waiting.
-        if locks
-            .get(&self.vee)
-            .is_some_and(|lock| Arc::strong_count(lock) == 2)
-        {
-            locks.remove(&self.vee);
-        }
     }
 }
 
@@ -742,8 +710,8 @@ mod tests {
             .is_err());
         drop(first);
         let second = second.await;
-        assert_eq!(driver.vee_locks.lock().unwrap().len(), 1);
+        assert_eq!(driver.vee_locks.len(), 1);
         drop(second);
-        assert!(driver.vee_locks.lock().unwrap().is_empty());
+        assert_eq!(driver.vee_locks.len(), 0);
     }
 }

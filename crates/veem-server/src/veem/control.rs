@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use tokio::sync::OwnedMutexGuard;
 use veem_api::agent::{AgentRequest, AgentResponse};
 use veem_api::{Order, PatchApplied};
 use veem_model::{
@@ -145,6 +146,25 @@ impl Veem {
             Transition::Shutdown => self.shutdown(seq, &record).await,
             Transition::Destroy => self.destroy(seq, &record).await,
         }
+    }
+
+    /// Takes a VEE's action lock (waiting for the action under way, if any) and reads the
+    /// record under it, so nothing else changes it until the guard drops.
+    async fn lock_vee(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<(u64, OwnedMutexGuard<()>, VeeRecord), CoreError> {
+        let (seq, _) = self.lookup(caller, id)?;
+        let gone = || CoreError::NotFound(format!("no VEE {id}"));
+        let guard = self.op_lock(seq).ok_or_else(gone)?.lock_owned().await;
+        let record = self
+            .state()
+            .vees
+            .get(&seq)
+            .map(|s| s.record.clone())
+            .ok_or_else(gone)?;
+        Ok((seq, guard, record))
     }
 
     fn memory_file(&self, id: &VeeId) -> PathBuf {
@@ -307,17 +327,7 @@ impl Veem {
         cpu: Option<u32>,
         memory_mb: Option<u64>,
     ) -> Result<(VeeRecord, PatchApplied), CoreError> {
-        let (seq, _) = self.lookup(caller, id)?;
-        let lock = self
-            .op_lock(seq)
-            .ok_or_else(|| CoreError::NotFound(format!("no VEE {id}")))?;
-        let _guard = lock.lock_owned().await;
-        let record = self
-            .state()
-            .vees
-            .get(&seq)
-            .map(|s| s.record.clone())
-            .ok_or_else(|| CoreError::NotFound(format!("no VEE {id}")))?;
+        let (seq, _guard, record) = self.lock_vee(caller, id).await?;
         let d = &record.descriptor;
         let new_cpu = cpu.unwrap_or(d.cpu);
         let new_memory = memory_mb.unwrap_or(d.memory_mb);
@@ -415,17 +425,7 @@ impl Veem {
         let to = to
             .map(|h| HostId::new(h).map_err(|e| CoreError::malformed("host", e.to_string())))
             .transpose()?;
-        let (seq, _) = self.lookup(caller, id)?;
-        let lock = self
-            .op_lock(seq)
-            .ok_or_else(|| CoreError::NotFound(format!("no VEE {id}")))?;
-        let _guard = lock.lock_owned().await;
-        let record = self
-            .state()
-            .vees
-            .get(&seq)
-            .map(|s| s.record.clone())
-            .ok_or_else(|| CoreError::NotFound(format!("no VEE {id}")))?;
+        let (seq, _guard, record) = self.lock_vee(caller, id).await?;
         if record.state != VmiState::Active {
             return Err(CoreError::WrongState(format!(
                 "VEE {id} is {}; only an ACTIVE VEE migrates",
@@ -512,17 +512,7 @@ impl Veem {
     /// Purge: destroys the VEE if needed and removes every byte stored for it. Its id is never
     /// reused: the id counter does not go back.
     pub async fn purge(&self, caller: &Caller, id: &str) -> Result<(), CoreError> {
-        let (seq, _) = self.lookup(caller, id)?;
-        let lock = self
-            .op_lock(seq)
-            .ok_or_else(|| CoreError::NotFound(format!("no VEE {id}")))?;
-        let _guard = lock.lock_owned().await;
-        let record = self
-            .state()
-            .vees
-            .get(&seq)
-            .map(|s| s.record.clone())
-            .ok_or_else(|| CoreError::NotFound(format!("no VEE {id}")))?;
+        let (seq, _guard, record) = self.lock_vee(caller, id).await?;
         if record.state != VmiState::Destroyed {
             self.destroy(seq, &record).await?;
         }
