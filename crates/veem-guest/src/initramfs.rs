@@ -4,7 +4,9 @@
 
 use crate::cpio::Archive;
 use crate::kernel::GuestModules;
-use crate::{BOOT_LOG_PATH, BOOT_MARKER, OVF_ENV_PATH, POWEROFF_MARKER, READY_MARKER};
+use crate::{
+    BOOT_LOG_PATH, BOOT_MARKER, HEARTBEAT_MARKER, OVF_ENV_PATH, POWEROFF_MARKER, READY_MARKER,
+};
 
 /// The busybox applets `/init` and the handler call, as links in `/bin` (no `--install` at
 /// boot: every process start counts under TCG).
@@ -138,7 +140,14 @@ until ls -l /proc/$acpid/fd 2>/dev/null | grep -q /dev/input/event || [ $tries -
 	tries=$((tries + 1))
 done
 echo "{READY_MARKER}"
-while :; do sleep 3600; done
+# A heartbeat on the console: it stops while the VEE is PAUSED, and carries the memory the
+# guest sees (MemTotal follows the balloon), so both can be checked from outside.
+beat=0
+while :; do
+	beat=$((beat + 1))
+	echo "{HEARTBEAT_MARKER} $beat $(grep MemTotal /proc/meminfo)"
+	sleep 0.2
+done
 "#
     )
 }
@@ -198,7 +207,12 @@ mod tests {
             .find(&format!("echo \"{READY_MARKER}\""))
             .expect("the ready marker");
         assert!(recorded < booted && booted < context && context < ready);
-        assert!(script.trim_end().ends_with("while :; do sleep 3600; done"));
+        let heartbeat = script.find(HEARTBEAT_MARKER).expect("the heartbeat");
+        assert!(ready < heartbeat);
+        assert!(
+            script.trim_end().ends_with("done"),
+            "the heartbeat loop never ends"
+        );
     }
 
     #[test]

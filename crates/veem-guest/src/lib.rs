@@ -49,6 +49,9 @@ pub const BOOT_MARKER: &str = "VEEM-GUEST-BOOTED";
 /// Printed once the context is copied and the guest listens to the ACPI power button.
 pub const READY_MARKER: &str = "VEEM-GUEST-READY";
 /// Printed when the power button was pressed, just before the guest powers off.
+/// Printed on the serial console every 200 ms once ready, with the guest's `MemTotal` line:
+/// the beat stops while the VEE is paused, and the memory follows a live resize.
+pub const HEARTBEAT_MARKER: &str = "VEEM-GUEST-ALIVE";
 pub const POWEROFF_MARKER: &str = "VEEM-GUEST-POWEROFF";
 /// On the guest's disk (FAT, from its root): one line per boot, `boot <n> <UTC time> uptime
 /// <seconds>`.

@@ -245,8 +245,14 @@ pub fn guest_image() -> Option<PathBuf> {
         return None;
     }
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let image = dir.join("veem-test-guest.qcow2");
-    let lock = dir.join("veem-test-guest.lock");
+    // Keyed by the veem binary that builds it: a rebuilt veem may build a different guest.
+    let built = std::fs::metadata(veem_bin())
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs());
+    let image = dir.join(format!("veem-test-guest-{built}.qcow2"));
+    let lock = dir.join(format!("veem-test-guest-{built}.lock"));
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         if image.exists() {

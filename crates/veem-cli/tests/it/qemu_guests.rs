@@ -176,3 +176,113 @@ async fn kill_9_of_the_server_leaves_guests_running_and_readopted() {
     assert!(v.last_error.is_some_and(|e| e.contains("gone")));
     ctl_ok(&s.a, A::Destroy, &[&paused]).await;
 }
+
+/// The guest's serial console so far.
+fn console(s: &Server, id: &str) -> String {
+    std::fs::read_to_string(s.data_dir().join("vees").join(id).join("console.log"))
+        .unwrap_or_default()
+}
+
+/// The `MemTotal` (kB) of the guest's newest heartbeat, once there is one.
+async fn heartbeat_mem_kb(s: &Server, id: &str) -> u64 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let text = console(s, id);
+        let last = text
+            .lines()
+            .rev()
+            .find(|l| l.starts_with(veem_guest::HEARTBEAT_MARKER));
+        if let Some(kb) = last
+            .and_then(|l| l.split_whitespace().rev().nth(1))
+            .and_then(|n| n.parse().ok())
+        {
+            return kb;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no heartbeat from {id}: {text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn pause_really_stops_the_guests_cpus() {
+    let Some(s) = Server::start_on(Hypervisor::Qemu).await else {
+        return;
+    };
+    let id = init_one(&s.a, guest("ticker")).await;
+    ctl_ok(&s.a, A::Activate, &[&id]).await;
+    heartbeat_mem_kb(&s, &id).await;
+    ctl_ok(&s.a, A::Pause, &[&id]).await;
+    let paused_at = console(&s, &id).len();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(
+        console(&s, &id).len(),
+        paused_at,
+        "no heartbeat while PAUSED"
+    );
+    ctl_ok(&s.a, A::Activate, &[&id]).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while console(&s, &id).len() == paused_at {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the guest never ran again"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_live_memory_raise_is_seen_by_the_guest_in_the_same_process() {
+    let Some(s) = Server::start_on(Hypervisor::Qemu).await else {
+        return;
+    };
+    let mut d = guest("grower");
+    d.memory_mb = 256;
+    d.memory_max_mb = Some(1024);
+    let id = init_one(&s.a, d).await;
+    ctl_ok(&s.a, A::Activate, &[&id]).await;
+    let pid = qemu_pid(&s, &id).expect("running");
+    // The balloon takes the guest down to 256 MB after boot; wait until the guest sees it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let before = loop {
+        let kb = heartbeat_mem_kb(&s, &id).await;
+        if kb < 400 * 1024 {
+            break kb;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the guest still sees {kb} kB, not about 256 MB"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let patched =
+        s.a.patch_vee(
+            &id,
+            &veem_api::PatchRequest {
+                memory_mb: Some(768),
+                cpu: None,
+            },
+        )
+        .await
+        .expect("raised live");
+    assert_eq!(patched.applied, veem_api::PatchApplied::Live);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let kb = heartbeat_mem_kb(&s, &id).await;
+        if kb > before + 400 * 1024 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the guest still sees {kb} kB after the raise"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        qemu_pid(&s, &id),
+        Some(pid),
+        "the same QEMU process: no restart"
+    );
+}
