@@ -104,12 +104,6 @@ impl VeeRecord {
         }
     }
 
-    /// Whether the VEE holds (or has reserved) resources on its host: what capacity and
-    /// anti-affinity count.
-    pub fn holds_host(&self) -> bool {
-        self.host.is_some()
-    }
-
     /// Puts the VEE at rest in a state: no action under way.
     pub fn settle(&mut self, state: VmiState, veem_state: VeemState) {
         self.state = state;

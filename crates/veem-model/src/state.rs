@@ -63,17 +63,6 @@ impl VmiState {
         VmiState::Destroyed,
     ];
 
-    /// Whether a VEE in this state holds resources on a host (and so counts for capacity and
-    /// anti-affinity). INITIAL holds them only once placed, which the record's host tells.
-    pub fn holds_host(self) -> bool {
-        match self {
-            VmiState::Active | VmiState::Paused => true,
-            VmiState::Initial | VmiState::Defined | VmiState::Suspended | VmiState::Destroyed => {
-                false
-            }
-        }
-    }
-
     pub fn as_str(self) -> &'static str {
         match self {
             VmiState::Initial => "INITIAL",
