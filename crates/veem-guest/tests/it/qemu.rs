@@ -1,12 +1,13 @@
 //! A QEMU process for the tests: the serial console read line by line, and the power button
-//! pressed over QMP (a few lines of it: the test needs only `system_powerdown`).
+//! pressed over QMP (`system_powerdown`, through the qemu driver's client).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
+
+use veem_agent::qemu::qmp::{QmpClient, SystemPowerdown};
 
 pub const QEMU: &str = "qemu-system-x86_64";
 
@@ -153,19 +154,19 @@ impl Vm {
     /// itself; the time that took.
     pub fn power_down(&mut self, timeout: Duration) -> Duration {
         let pressed = Instant::now();
-        let stream = UnixStream::connect(&self.qmp_socket).expect("QEMU's QMP socket");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("a read timeout");
-        let mut writer = stream.try_clone().expect("a second handle");
-        let mut reader = BufReader::new(stream);
-        let greeting = next_reply(&mut reader);
-        assert!(greeting.get("QMP").is_some(), "{greeting}");
-        for command in ["qmp_capabilities", "system_powerdown"] {
-            writeln!(writer, "{{\"execute\": \"{command}\"}}").expect("send to QMP");
-            let reply = next_reply(&mut reader);
-            assert!(reply.get("return").is_some(), "{command}: {reply}");
-        }
+        // Through veem's own QMP client: QMP lives in the qemu driver only.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(async {
+            let qmp = QmpClient::connect(&self.qmp_socket, Duration::from_secs(10))
+                .await
+                .expect("QEMU's QMP socket");
+            qmp.execute(&SystemPowerdown)
+                .await
+                .expect("system_powerdown");
+        });
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().expect("QEMU's status") {
@@ -188,18 +189,6 @@ impl Vm {
 
     pub fn serial(&self) -> String {
         self.serial.clone()
-    }
-}
-
-/// The next QMP message that is not an event.
-fn next_reply(reader: &mut BufReader<UnixStream>) -> serde_json::Value {
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).expect("a QMP message");
-        let message: serde_json::Value = serde_json::from_str(&line).expect("QMP speaks JSON");
-        if message.get("event").is_none() {
-            return message;
-        }
     }
 }
 
