@@ -93,7 +93,13 @@ impl Agent {
                 .await
                 .map(|uri| AgentResponse::Incoming { uri }),
             AgentRequest::MigrateOut { vee, uri } => {
-                driver.migrate_out(&vee, &uri).await.map(|()| done())
+                driver
+                    .migrate_out(&vee, &uri)
+                    .await
+                    .map(|stats| AgentResponse::Migrated {
+                        total_ms: stats.total_ms,
+                        downtime_ms: stats.downtime_ms,
+                    })
             }
             AgentRequest::CompleteIncoming { vee } => {
                 driver.complete_incoming(&vee).await.map(|()| done())

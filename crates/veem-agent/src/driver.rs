@@ -6,6 +6,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use veem_api::agent::{AgentError, AgentErrorKind, DeploySpec, InstanceState, InstanceStatus};
 use veem_model::VeeId;
 
@@ -76,11 +77,21 @@ pub trait Driver: Send + Sync + 'static {
     /// [`Driver::migrate_out`] on the source host sends to.
     async fn prepare_incoming(&self, spec: &DeploySpec) -> Result<String, DriverError>;
 
-    /// Sends a running or paused VEE to `uri`; the instance here ends when this returns `Ok`.
-    async fn migrate_out(&self, vee: &VeeId, uri: &str) -> Result<(), DriverError>;
+    /// Sends a running or paused VEE to `uri`; the instance here ends when this returns `Ok`,
+    /// with the migration's figures.
+    async fn migrate_out(&self, vee: &VeeId, uri: &str) -> Result<MigrationStats, DriverError>;
 
     /// Lets an instance that received its migration run.
     async fn complete_incoming(&self, vee: &VeeId) -> Result<(), DriverError>;
+}
+
+/// A live migration sent from this host, as its hypervisor measured it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationStats {
+    /// From the start of the migration to its completion.
+    pub total_ms: u64,
+    /// How long the guest was stopped at the end, while its last state was copied.
+    pub downtime_ms: u64,
 }
 
 /// Why a driver could not do what was asked.
@@ -163,6 +174,20 @@ impl DriverError {
 /// `<vee_dir>/disks/<target>.qcow2`.
 pub fn disk_path(vee_dir: &Path, target: &str) -> PathBuf {
     vee_dir.join("disks").join(format!("{target}.qcow2"))
+}
+
+/// Checks that the kernel and initrd of a direct kernel boot are there, so a missing file is
+/// named rather than left to the hypervisor's own message.
+pub fn check_boot_files(spec: &DeploySpec) -> Result<(), DriverError> {
+    let Some(boot) = &spec.boot else {
+        return Ok(());
+    };
+    for file in std::iter::once(&boot.kernel).chain(&boot.initrd) {
+        if !file.is_file() {
+            return Err(DriverError::MissingFile(file.clone()));
+        }
+    }
+    Ok(())
 }
 
 /// Checks that a disk target is a plain name, so [`disk_path`] stays inside the VEE's directory.

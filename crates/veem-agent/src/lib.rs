@@ -17,5 +17,5 @@ pub mod uplink;
 mod vee_locks;
 
 pub use agent::Agent;
-pub use driver::{check_disk_target, disk_path, Driver, DriverError};
+pub use driver::{check_disk_target, disk_path, Driver, DriverError, MigrationStats};
 pub use qemu::{QemuConfig, QemuDriver};

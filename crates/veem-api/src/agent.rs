@@ -34,6 +34,17 @@ pub struct DeploySpec {
     pub ovf_env: Option<String>,
     /// The VEE's directory: its disks, saved memory and context disk live below it.
     pub vee_dir: PathBuf,
+    /// Direct kernel boot; `None` boots the first disk through the firmware.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<Box<BootPlan>>,
+}
+
+/// A kernel (and initrd) the hypervisor loads itself, resolved to files on shared storage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootPlan {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,8 +72,10 @@ pub enum InstanceState {
     Paused,
     /// Waiting for an incoming migration.
     Incoming,
-    /// The guest powered off or its process ended.
-    Stopped,
+    /// The guest powered itself off; its process waits, holding no running guest, to be ended.
+    PoweredOff,
+    /// The guest panicked or the hypervisor hit an internal error; its process waits to be ended.
+    Crashed,
 }
 
 /// What a host observes of one of its VEEs.
@@ -74,6 +87,43 @@ pub struct InstanceStatus {
     pub memory_mb: u64,
     /// CPU time the VEE used since it started on this host.
     pub cpu_time_ms: u64,
+    /// I/O on each of the VEE's disks, by target, since its instance started on this host (a
+    /// restore or an incoming migration starts again from zero). The qemu driver reads QEMU's
+    /// block statistics (`query-blockstats`) and leaves out the context disk it adds itself;
+    /// the sim driver makes figures up. Empty from an agent that predates these figures.
+    #[serde(default)]
+    pub disks: Vec<DiskCounters>,
+    /// Traffic on each of the VEE's NICs, by target, as the guest sees it (`rx` is what it
+    /// received), since its instance started on this host. Only NICs the host can count are
+    /// listed: a qemu user-mode (slirp) NIC has no counters QEMU reports, so a qemu VEE whose
+    /// NICs are all user-mode has none here; a tap NIC is counted by the host kernel. The sim
+    /// driver makes figures up. Empty from an agent that predates these figures.
+    #[serde(default)]
+    pub nics: Vec<NicCounters>,
+}
+
+/// What one disk of a VEE has done since its instance started on this host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskCounters {
+    /// The disk's target, as in [`DiskPlan::target`].
+    pub target: String,
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    pub read_ops: u64,
+    pub write_ops: u64,
+    pub flush_ops: u64,
+}
+
+/// What one NIC of a VEE has carried since its instance started on this host, from the
+/// guest's side: `rx` is what the guest received, `tx` what it sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NicCounters {
+    /// The NIC's target, as in [`NicPlan::target`].
+    pub target: String,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_packets: u64,
 }
 
 /// A request from the VEEM to a host agent.
@@ -184,10 +234,25 @@ pub struct AgentError {
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum AgentResponse {
     Done,
-    Status { status: InstanceStatus },
-    List { instances: Vec<InstanceStatus> },
-    Incoming { uri: String },
-    Error { error: AgentError },
+    Status {
+        status: InstanceStatus,
+    },
+    List {
+        instances: Vec<InstanceStatus>,
+    },
+    Incoming {
+        uri: String,
+    },
+    /// The answer to [`AgentRequest::MigrateOut`]: the migration as the source hypervisor
+    /// measured it, from its start to its completion and how long the guest was stopped.
+    /// An agent that predates it answers `Done`.
+    Migrated {
+        total_ms: u64,
+        downtime_ms: u64,
+    },
+    Error {
+        error: AgentError,
+    },
 }
 
 /// One frame on a remote agent's WebSocket. The server sends `Request`s; the agent answers each

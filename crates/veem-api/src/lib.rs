@@ -135,6 +135,9 @@ pub struct VeeView {
     pub pending_reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// Times the VEEM booted the VEE again after its instance died, since its last ACTIVATE.
+    #[serde(default)]
+    pub restarts: u32,
     pub created_ms: u64,
     pub updated_ms: u64,
 }

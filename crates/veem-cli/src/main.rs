@@ -92,6 +92,10 @@ pub struct GuestBuildArgs {
     /// Where downloaded packages are kept (default: $XDG_CACHE_HOME/veem/guest)
     #[arg(long)]
     pub cache_dir: Option<std::path::PathBuf>,
+    /// Also write the kernel and initramfs into this directory (`vmlinuz`, `initrd.img`), for
+    /// a descriptor's direct kernel boot
+    #[arg(long)]
+    pub boot_files: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -132,6 +136,7 @@ async fn build_guest(args: GuestBuildArgs) -> anyhow::Result<()> {
         work_dir: args.work_dir,
         size_mb: args.size_mb,
         cache_dir: args.cache_dir,
+        boot_files_dir: args.boot_files,
     };
     let image = tokio::task::spawn_blocking(move || veem_guest::build(&options))
         .await
@@ -143,6 +148,14 @@ async fn build_guest(args: GuestBuildArgs) -> anyhow::Result<()> {
         image.kernel_version,
         image.size_bytes
     );
+    if let Some((kernel, initrd)) = &image.boot_files {
+        println!(
+            "{} and {} (kernel command line: {})",
+            kernel.display(),
+            initrd.display(),
+            veem_guest::KERNEL_COMMAND_LINE
+        );
+    }
     Ok(())
 }
 

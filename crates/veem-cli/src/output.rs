@@ -175,6 +175,22 @@ pub fn vee_detail(vee: &VeeView) -> String {
     if let Some(error) = &vee.last_error {
         rows.push(("last error", error.clone()));
     }
+    if d.restart_attempts > 0 {
+        rows.push((
+            "restarts",
+            format!("{} of {}", vee.restarts, d.restart_attempts),
+        ));
+    }
+    if let Some(boot) = &d.boot {
+        let mut text = format!("kernel {}", boot.kernel);
+        if let Some(initrd) = &boot.initrd {
+            text.push_str(&format!(", initrd {initrd}"));
+        }
+        if !boot.cmdline.is_empty() {
+            text.push_str(&format!(", cmdline {:?}", boot.cmdline));
+        }
+        rows.push(("boot", text));
+    }
     rows.push(("created", fmt_time(vee.created_ms)));
     rows.push(("updated", fmt_time(vee.updated_ms)));
     pairs(&rows)
@@ -437,6 +453,7 @@ mod tests {
             tags: vec!["database".into()],
             pending_reason: None,
             last_error: None,
+            restarts: 0,
             created_ms: 0,
             updated_ms: 1_700_000_000_000,
         }

@@ -379,7 +379,7 @@ pub async fn run_host(global: &GlobalArgs, command: HostCommand) -> anyhow::Resu
 /// What `vee init` sends: a JSON request, or an OVF envelope with its query.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InitBody {
-    Json(InitializeRequest),
+    Json(Box<InitializeRequest>),
     Ovf { envelope: String, query: OvfQuery },
 }
 
@@ -404,11 +404,11 @@ pub fn prepare_init(args: &InitArgs) -> anyhow::Result<InitBody> {
     };
     add_missing(&mut descriptor.tags, &args.tags);
     add_missing(&mut descriptor.anti_affinity, &args.anti_affinity);
-    Ok(InitBody::Json(InitializeRequest {
+    Ok(InitBody::Json(Box::new(InitializeRequest {
         model,
         count: args.count,
         descriptor,
-    }))
+    })))
 }
 
 /// The descriptor the quick flags describe (tags are added by the caller, as for a file).
@@ -658,7 +658,7 @@ mod tests {
 
     fn json_request(args: &[&str]) -> InitializeRequest {
         match prepare_init(&init_args(args)).expect("a request") {
-            InitBody::Json(request) => request,
+            InitBody::Json(request) => *request,
             other => panic!("expected json, got {other:?}"),
         }
     }

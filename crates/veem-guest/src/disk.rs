@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use crate::tools::{MCOPY, MFORMAT, MMD, QEMU_IMG, SYSLINUX};
-use crate::{io_error, GuestError, KERNEL_COMMAND_LINE};
+use crate::{io_error, GuestError, INITRD_FILE, KERNEL_COMMAND_LINE, KERNEL_FILE};
 
 const SECTOR: u64 = 512;
 /// A geometry for mformat that divides every whole number of MiB: 64 heads × 32 sectors.
@@ -16,10 +16,6 @@ const SECTORS_PER_TRACK: u64 = 32;
 /// The volume's serial number, fixed so the same packages make the same image.
 const VOLUME_SERIAL: &str = "7665656d";
 const VOLUME_LABEL: &str = "VEEM-TINY";
-
-/// The file names on the FAT root that syslinux.cfg points at.
-pub(crate) const KERNEL_FILE: &str = "vmlinuz";
-pub(crate) const INITRD_FILE: &str = "initrd.img";
 
 /// syslinux boots the one entry at once: no prompt, no wait.
 pub(crate) fn syslinux_config() -> String {

@@ -5,15 +5,21 @@
 use crate::cpio::Archive;
 use crate::kernel::GuestModules;
 use crate::{
-    BOOT_LOG_PATH, BOOT_MARKER, HEARTBEAT_MARKER, OVF_ENV_PATH, POWEROFF_MARKER, READY_MARKER,
+    BOOT_LOG_PATH, BOOT_MARKER, HEARTBEAT_MARKER, OVF_ENV_PATH, POWEROFF_AFTER_PROPERTY,
+    POWEROFF_MARKER, READY_MARKER,
 };
 
 /// The busybox applets `/init` and the handler call, as links in `/bin` (no `--install` at
 /// boot: every process start counts under TCG).
 const APPLETS: &[&str] = &[
     "acpid", "cat", "cp", "cut", "date", "grep", "insmod", "ls", "mkdir", "mount", "poweroff",
-    "sh", "sleep", "sync", "umount", "wc",
+    "sed", "sh", "sleep", "sync", "umount", "wc",
 ];
+
+/// The power-button handler, where acpid's built-in action table looks for it.
+const POWER_BUTTON_HANDLER: &str = "/etc/acpi/PWRF/00000080";
+/// The context's `ovf-env.xml`, kept in the initramfs for the whole boot.
+const CONTEXT_COPY: &str = "/etc/ovf-env.xml";
 
 /// Where `/init` mounts the guest's own disk and, briefly, a candidate context disk.
 const DISK_MOUNT: &str = "/disk";
@@ -54,9 +60,8 @@ pub(crate) fn build(busybox: &[u8], modules: &GuestModules) -> Vec<u8> {
             &module.bytes,
         );
     }
-    // acpid runs `<conf dir>/PWRF/00000080` for the power button (its built-in action table).
     archive.file(
-        "etc/acpi/PWRF/00000080",
+        &POWER_BUTTON_HANDLER[1..],
         0o755,
         power_button_handler().as_bytes(),
     );
@@ -111,7 +116,11 @@ if mount -t vfat /dev/vda {DISK_MOUNT}; then
 	fi
 	read -r uptime idle < /proc/uptime
 	echo "boot $boot $(date -u +%Y-%m-%dT%H:%M:%SZ) uptime $uptime" >> {DISK_MOUNT}/{BOOT_LOG_PATH}
+	# A plain sync leaves the write in QEMU's hands without a flush, and a qcow2 overlay keeps
+	# its new cluster mappings in memory until one: a guest killed then would lose the boot.
+	# fsync on a vfat file flushes the device.
 	sync
+	sync {DISK_MOUNT}/{BOOT_LOG_PATH}
 else
 	echo "veem-guest: cannot mount /dev/vda: this boot is not recorded"
 fi
@@ -124,8 +133,11 @@ for device in /dev/vd[b-z] /dev/vd[b-z][0-9] /dev/sr[0-9]; do
 	found=
 	if [ -f {CONTEXT_MOUNT}/ovf-env.xml ]; then
 		found=$device
+		cp {CONTEXT_MOUNT}/ovf-env.xml {CONTEXT_COPY}
 		if [ $boot -gt 0 ]; then
 			cp {CONTEXT_MOUNT}/ovf-env.xml {DISK_MOUNT}/{OVF_ENV_PATH}
+			sync
+			sync {DISK_MOUNT}/{OVF_ENV_PATH}
 		fi
 	fi
 	umount {CONTEXT_MOUNT}
@@ -140,6 +152,11 @@ until ls -l /proc/$acpid/fd 2>/dev/null | grep -q /dev/input/event || [ $tries -
 	tries=$((tries + 1))
 done
 echo "{READY_MARKER}"
+# A guest that powers itself off, when its context asks for it (after that many seconds).
+poweroff_after=$(sed -n 's/.*key="{POWEROFF_AFTER_PROPERTY}"[^>]*value="\([0-9.]*\)".*/\1/p' {CONTEXT_COPY} 2>/dev/null)
+if [ -n "$poweroff_after" ]; then
+	(sleep "$poweroff_after"; {POWER_BUTTON_HANDLER}) &
+fi
 # A heartbeat on the console: it stops while the VEE is PAUSED, and carries the memory the
 # guest sees (MemTotal follows the balloon), so both can be checked from outside.
 beat=0

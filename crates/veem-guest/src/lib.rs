@@ -3,7 +3,8 @@
 //! busybox initramfs. At every boot the guest prints [`BOOT_MARKER`] on its serial console,
 //! appends a line to [`BOOT_LOG_PATH`] on its own disk, copies the `ovf-env.xml` of a context
 //! disk (another virtio disk, or a CD on virtio-scsi; vfat or ISO 9660) to [`OVF_ENV_PATH`],
-//! prints [`READY_MARKER`], and powers off cleanly on the ACPI power button. [`build`] writes
+//! prints [`READY_MARKER`], and powers off cleanly on the ACPI power button (or by itself, when
+//! its context sets [`POWEROFF_AFTER_PROPERTY`]). [`build`] writes
 //! it as a qcow2 file (`veem guest build --out PATH`).
 //!
 //! It must never download anything but Debian packages, and only through apt
@@ -48,11 +49,15 @@ use std::path::{Path, PathBuf};
 pub const BOOT_MARKER: &str = "VEEM-GUEST-BOOTED";
 /// Printed once the context is copied and the guest listens to the ACPI power button.
 pub const READY_MARKER: &str = "VEEM-GUEST-READY";
-/// Printed when the power button was pressed, just before the guest powers off.
 /// Printed on the serial console every 200 ms once ready, with the guest's `MemTotal` line:
 /// the beat stops while the VEE is paused, and the memory follows a live resize.
 pub const HEARTBEAT_MARKER: &str = "VEEM-GUEST-ALIVE";
+/// Printed when the power button was pressed, just before the guest powers off.
 pub const POWEROFF_MARKER: &str = "VEEM-GUEST-POWEROFF";
+/// A context property: when the VEE's `ovf-env.xml` sets it to a number of seconds, the guest
+/// powers itself off (as on the power button) that long after it is ready, at every boot. It
+/// stands for a guest whose own user shuts it down.
+pub const POWEROFF_AFTER_PROPERTY: &str = "veem.guest.poweroff_after_s";
 /// On the guest's disk (FAT, from its root): one line per boot, `boot <n> <UTC time> uptime
 /// <seconds>`.
 pub const BOOT_LOG_PATH: &str = "veem/boot.log";
@@ -83,7 +88,16 @@ pub struct BuildOptions {
     /// Where downloaded .debs are kept; `None`: [`default_cache_dir`], or no cache at all
     /// when there is no home directory.
     pub cache_dir: Option<PathBuf>,
+    /// Also write the kernel and the initramfs here, as [`KERNEL_FILE`] and [`INITRD_FILE`],
+    /// for direct kernel boot (with [`KERNEL_COMMAND_LINE`] and the disk as the VEE's first).
+    pub boot_files_dir: Option<PathBuf>,
 }
+
+/// The kernel's file name in [`BuildOptions::boot_files_dir`], and on the disk's FAT root
+/// where syslinux finds it.
+pub const KERNEL_FILE: &str = "vmlinuz";
+/// The initramfs's file name in [`BuildOptions::boot_files_dir`] and on the disk's FAT root.
+pub const INITRD_FILE: &str = "initrd.img";
 
 impl BuildOptions {
     pub fn new(out: impl Into<PathBuf>) -> Self {
@@ -92,6 +106,7 @@ impl BuildOptions {
             work_dir: None,
             size_mb: DEFAULT_SIZE_MB,
             cache_dir: None,
+            boot_files_dir: None,
         }
     }
 }
@@ -114,6 +129,8 @@ pub struct GuestImage {
     pub size_bytes: u64,
     /// The packages it was built from: the kernel's, then busybox's.
     pub packages: Vec<Package>,
+    /// The kernel and the initramfs, when [`BuildOptions::boot_files_dir`] asked for them.
+    pub boot_files: Option<(PathBuf, PathBuf)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -238,13 +255,23 @@ pub fn build(options: &BuildOptions) -> Result<GuestImage, GuestError> {
         package: busybox_package.name.clone(),
         what: "bin/busybox".to_owned(),
     })?;
-    let initrd = work_dir.join(disk::INITRD_FILE);
+    let initrd = work_dir.join(INITRD_FILE);
     fs::write(&initrd, initramfs::build(&busybox, &modules)).map_err(io_error("write", &initrd))?;
 
     tracing::info!(kernel = %kernel.version, "writing the disk");
     let raw = work_dir.join("disk.raw");
     disk::write_raw(&raw, options.size_mb, &kernel.vmlinuz, &initrd, &work_dir)?;
     disk::convert_to_qcow2(&raw, &options.out)?;
+    let boot_files = match &options.boot_files_dir {
+        Some(dir) => {
+            fs::create_dir_all(dir).map_err(io_error("create", dir))?;
+            let (kernel_out, initrd_out) = (dir.join(KERNEL_FILE), dir.join(INITRD_FILE));
+            fs::copy(&kernel.vmlinuz, &kernel_out).map_err(io_error("write", &kernel_out))?;
+            fs::copy(&initrd, &initrd_out).map_err(io_error("write", &initrd_out))?;
+            Some((kernel_out, initrd_out))
+        }
+        None => None,
+    };
     if options.work_dir.is_none() {
         // The temporary directory goes anyway; the 128 MiB raw disk should not wait for it.
         let _ = fs::remove_file(&raw);
@@ -257,6 +284,7 @@ pub fn build(options: &BuildOptions) -> Result<GuestImage, GuestError> {
         kernel_version: kernel.version,
         size_bytes,
         packages: vec![kernel_package, busybox_package],
+        boot_files,
     })
 }
 

@@ -52,6 +52,36 @@ pub struct VeeDescriptor {
     /// Prefix of the VEE's monitoring FQNs; the VEE id when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fqn_prefix: Option<String>,
+    /// How many times the VEEM boots the VEE again from its own disks when its instance dies
+    /// (the hypervisor process ended or the guest crashed) before recording it FAILED. The
+    /// count starts again at each ACTIVATE from DEFINED. A guest that powers itself off is not
+    /// a failure: it becomes DEFINED.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub restart_attempts: u32,
+    /// Direct kernel boot: the hypervisor loads this kernel (and initrd) itself. Without it
+    /// the VEE boots its first disk through the firmware, as a cloud image expects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<KernelBoot>,
+}
+
+/// A kernel and initrd for direct kernel boot, each an image or URL like a disk source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelBoot {
+    pub kernel: DiskSource,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<DiskSource>,
+    /// The kernel command line.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cmdline: String,
+}
+
+/// The most restarts a descriptor may ask for: beyond a few, a VEE that keeps dying needs an
+/// operator, not another boot.
+pub const MAX_RESTART_ATTEMPTS: u32 = 100;
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -196,6 +226,8 @@ impl VeeDescriptor {
             raw: String::new(),
             context: Context::default(),
             fqn_prefix: None,
+            restart_attempts: 0,
+            boot: None,
         }
     }
 
@@ -252,6 +284,24 @@ impl VeeDescriptor {
                         "must be between memory_mb ({}) and {MAX_MEMORY_MB}, not {max}",
                         self.memory_mb
                     ),
+                ));
+            }
+        }
+        if self.restart_attempts > MAX_RESTART_ATTEMPTS {
+            return Err(DescriptorError::new(
+                "restart_attempts",
+                format!(
+                    "must be at most {MAX_RESTART_ATTEMPTS}, not {}",
+                    self.restart_attempts
+                ),
+            ));
+        }
+        if let Some(boot) = &self.boot {
+            // The command line reaches QEMU as one argument; a NUL would cut it short.
+            if boot.cmdline.len() > 4096 || boot.cmdline.contains('\0') {
+                return Err(DescriptorError::new(
+                    "boot.cmdline",
+                    "must be at most 4096 characters, without NUL",
                 ));
             }
         }
@@ -388,6 +438,25 @@ mod tests {
     }
 
     #[test]
+    fn direct_boot_and_restarts_round_trip() {
+        let json = r#"{"cpu":1,"memory_mb":64,"restart_attempts":2,
+            "boot":{"kernel":"image:vmlinuz","initrd":"file:///srv/initrd.img","cmdline":"console=ttyS0"}}"#;
+        let d = parse(json).expect("valid");
+        assert_eq!(d.restart_attempts, 2);
+        let boot = d.boot.clone().expect("a boot section");
+        assert_eq!(boot.kernel.to_string(), "image:vmlinuz");
+        assert_eq!(
+            boot.initrd.map(|i| i.to_string()).as_deref(),
+            Some("file:///srv/initrd.img")
+        );
+        assert_eq!(boot.cmdline, "console=ttyS0");
+        let again = parse(&serde_json::to_string(&d).expect("serializes")).expect("valid");
+        assert_eq!(again, d);
+        let plain = serde_json::to_value(VeeDescriptor::minimal(1, 64)).expect("serializes");
+        assert!(plain.get("restart_attempts").is_none() && plain.get("boot").is_none());
+    }
+
+    #[test]
     fn targets_are_filled_in_order() {
         let d = parse(r#"{"cpu":1,"memory_mb":64,"disks":[{"size_gb":1},{"size_gb":2}],"nics":[{"network":"n"}]}"#)
             .expect("valid");
@@ -427,6 +496,22 @@ mod tests {
             (
                 r#"{"cpu":1,"memory_mb":64,"fqn_prefix":"a..b"}"#,
                 "fqn_prefix",
+            ),
+            (
+                r#"{"cpu":1,"memory_mb":64,"restart_attempts":101}"#,
+                "restart_attempts",
+            ),
+            (
+                r#"{"cpu":1,"memory_mb":64,"boot":{"initrd":"image:i"}}"#,
+                "boot",
+            ),
+            (
+                r#"{"cpu":1,"memory_mb":64,"boot":{"kernel":"ftp://k"}}"#,
+                "boot.kernel",
+            ),
+            (
+                r#"{"cpu":1,"memory_mb":64,"boot":{"kernel":"image:k","cmdline":"a\u0000b"}}"#,
+                "boot.cmdline",
             ),
         ];
         for (json, field) in cases {

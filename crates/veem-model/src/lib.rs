@@ -11,7 +11,8 @@ mod record;
 mod state;
 
 pub use descriptor::{
-    Context, DescriptorError, DiskSource, DiskSpec, NicSpec, VeeDescriptor, MAX_CPUS, MAX_MEMORY_MB,
+    Context, DescriptorError, DiskSource, DiskSpec, KernelBoot, NicSpec, VeeDescriptor, MAX_CPUS,
+    MAX_MEMORY_MB,
 };
 pub use ids::{HostId, IdError, ImageName, Principal, VeeId};
 pub use record::{Generated, ImageFormat, ImageRecord, NicAddress, Phase, VeeEvent, VeeRecord};

@@ -67,6 +67,10 @@ pub struct VeeRecord {
     /// Whether saved memory exists for a SUSPENDED VEE to be restored from.
     #[serde(default)]
     pub has_saved_memory: bool,
+    /// Restarts after a dead instance since the last ACTIVATE from DEFINED (see
+    /// `VeeDescriptor::restart_attempts`).
+    #[serde(default)]
+    pub restarts: u32,
     /// What the VEEM chose at initialization (MACs, addresses).
     #[serde(default)]
     pub generated: Generated,
@@ -97,6 +101,7 @@ impl VeeRecord {
             pending_reason: None,
             last_error: None,
             has_saved_memory: false,
+            restarts: 0,
             generated: Generated::default(),
             created_ms: now_ms,
             updated_ms: now_ms,

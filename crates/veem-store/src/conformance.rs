@@ -12,8 +12,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use veem_model::{
     Context, DiskSource, DiskSpec, Generated, HostId, ImageFormat, ImageName, ImageRecord,
-    InitModel, NicAddress, NicSpec, Phase, Principal, VeeDescriptor, VeeEvent, VeeId, VeeRecord,
-    VeemState, VmiState,
+    InitModel, KernelBoot, NicAddress, NicSpec, Phase, Principal, VeeDescriptor, VeeEvent, VeeId,
+    VeeRecord, VeemState, VmiState,
 };
 
 use crate::{Change, Snapshot, Store, StoreError, FIRST_VEE_SEQ};
@@ -153,6 +153,12 @@ pub fn rich_record(seq: u64) -> VeeRecord {
             ovf_env: None,
         },
         fqn_prefix: Some("tid.customers.EasyJet.services.Web.replicas.1".to_owned()),
+        restart_attempts: 3,
+        boot: Some(KernelBoot {
+            kernel: DiskSource::Image(ImageName::new("vmlinuz").expect("valid image name")),
+            initrd: Some(DiskSource::Url("file:///srv/initrd.img".to_owned())),
+            cmdline: "console=ttyS0 root=/dev/vda1 quiet=\"yes\"".to_owned(),
+        }),
     };
     VeeRecord {
         id: VeeId::from_seq(seq),
@@ -167,6 +173,7 @@ pub fn rich_record(seq: u64) -> VeeRecord {
         pending_reason: Some("waiting for 2 cpus".to_owned()),
         last_error: Some("boot of host-0 failed: no disk".to_owned()),
         has_saved_memory: true,
+        restarts: 2,
         generated: Generated {
             nics: vec![
                 NicAddress {

@@ -13,7 +13,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use veem_api::agent::DeploySpec;
+use veem_api::agent::{BootPlan, DeploySpec};
 
 use super::config::Accel;
 
@@ -118,6 +118,8 @@ pub struct Launch<'a> {
     pub paths: &'a InstancePaths,
     /// `-incoming` (`defer`, `tcp:host:port`), for a restore or an incoming migration.
     pub incoming: Option<&'a str>,
+    /// Direct kernel boot instead of the firmware booting the first disk.
+    pub boot: Option<&'a BootPlan>,
 }
 
 /// The arguments of `qemu-system-x86_64` (without the program name) for one VEE.
@@ -154,6 +156,20 @@ pub fn command_line(launch: &Launch<'_>) -> Vec<OsString> {
     // `-D`, QEMU points its stderr at /dev/null.
     args.push("-D").push(launch.paths.log.as_os_str());
     args.push("-daemonize");
+    // A guest that powers itself off (or panics, reported through pvpanic) leaves its process
+    // waiting instead of ending it, so the agent can tell a clean power-off from a crash and the
+    // VEEM can record the right state; the agent ends the process.
+    args.push("-action").push("shutdown=pause,panic=pause");
+    args.push("-device").push("pvpanic");
+    if let Some(boot) = launch.boot {
+        args.push("-kernel").push(boot.kernel.as_os_str());
+        if let Some(initrd) = &boot.initrd {
+            args.push("-initrd").push(initrd.as_os_str());
+        }
+        if !boot.cmdline.is_empty() {
+            args.push("-append").push(boot.cmdline.as_str());
+        }
+    }
     for drive in launch.drives {
         let mut drive_opts = opts("if=none,file=", &drive.path);
         drive_opts.push(format!(
@@ -231,6 +247,7 @@ mod tests {
             hypervisor: None,
             raw: String::new(),
             ovf_env: None,
+            boot: None,
             vee_dir: "/shared/vees/vee-00000007".into(),
         }
     }
@@ -287,7 +304,15 @@ mod tests {
             nics: &[("eth0".into(), Some("52:54:00:00:00:01".into()))],
             paths: &paths,
             incoming: Some("defer"),
+            boot: Some(&BootPlan {
+                kernel: "/images/vmlinuz".into(),
+                initrd: Some("/images/initrd.img".into()),
+                cmdline: "console=ttyS0 quiet".into(),
+            }),
         });
+        assert_eq!(following(&args, "-kernel"), ["/images/vmlinuz"]);
+        assert_eq!(following(&args, "-initrd"), ["/images/initrd.img"]);
+        assert_eq!(following(&args, "-append"), ["console=ttyS0 quiet"]);
         assert_eq!(following(&args, "-name"), ["vee-00000007"]);
         assert_eq!(following(&args, "-accel"), ["tcg"]);
         assert_eq!(following(&args, "-cpu"), ["max"]);
@@ -306,6 +331,7 @@ mod tests {
         assert_eq!(
             following(&args, "-device"),
             [
+                "pvpanic",
                 "virtio-blk-pci,drive=drive-vda,id=disk-vda,serial=vda",
                 "virtio-blk-pci,drive=drive-context,id=disk-context,serial=context",
                 "virtio-net-pci,netdev=net-eth0,id=nic-eth0,mac=52:54:00:00:00:01",
@@ -322,7 +348,7 @@ mod tests {
             ]
         );
         assert!(!args.contains(&"-no-reboot".to_owned()));
-        assert!(!args.contains(&"-no-shutdown".to_owned()));
+        assert_eq!(following(&args, "-action"), ["shutdown=pause,panic=pause"]);
     }
 
     #[test]

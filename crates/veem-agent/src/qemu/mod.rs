@@ -25,8 +25,13 @@
 //! - `spec.raw` is never passed to QEMU (it would let a descriptor run anything as the
 //!   agent); it is only logged. Every NIC is a user-mode (slirp) virtio NIC for now.
 //! - CPU time is the QEMU process's user + system time, TCG's translation work included.
+//! - Disk figures are QEMU's block statistics of each disk, taken with the run state (one
+//!   `query-blockstats` per instance, sent alongside `query-status`); the context disk is not
+//!   reported. NIC figures stay empty: a user-mode NIC has no counters QEMU reports. Tap NICs
+//!   will be read from the host kernel with [`read_tap_counters`].
 
 mod config;
+mod counters;
 mod disks;
 mod machine;
 mod process;
@@ -38,19 +43,20 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use veem_api::agent::{DeploySpec, InstanceState, InstanceStatus};
+use veem_api::agent::{DeploySpec, DiskCounters, InstanceState, InstanceStatus};
 use veem_model::VeeId;
 
 pub use config::{detect_accel, resolve_accel, Accel, AccelChoice, QemuConfig};
+pub use counters::read_tap_counters;
 pub use disks::{context_image_path, CONTEXT_LABEL, CONTEXT_TARGET};
 pub use machine::{console_path, shape_path, MachineShape, PluggedCpu};
 
 use machine::{Drive, InstancePaths, Launch};
 use qmp::{QmpClient, QmpError};
 
-use crate::driver::check_disk_target;
+use crate::driver::{check_boot_files, check_disk_target};
 use crate::vee_locks::{VeeGuard, VeeLocks};
-use crate::{fsutil, Driver, DriverError};
+use crate::{fsutil, Driver, DriverError, MigrationStats};
 
 const MIB: u64 = 1 << 20;
 /// How long QEMU gets to end after `quit` before it is killed.
@@ -62,15 +68,6 @@ const MIGRATION_POLL: Duration = Duration::from_millis(5);
 const MAX_SOCKET_PATH: usize = 107;
 /// QMP ids of the vCPUs a resize plugs start with this.
 const PLUGGED_CPU_PREFIX: &str = "vcpu";
-
-/// The last live migration of a VEE sent from this host, as QEMU measured it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MigrationStats {
-    /// From the start of the migration to its completion.
-    pub total_ms: u64,
-    /// How long the guest was stopped at the end.
-    pub downtime_ms: u64,
-}
 
 /// What the state directory records of one instance, in `<vee>.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -378,6 +375,7 @@ impl QemuDriver {
             nics: &nics,
             paths: &paths,
             incoming,
+            boot: record.spec.boot.as_deref(),
         });
         tracing::debug!(vee = %spec.vee, ?args, "starting qemu");
         let started =
@@ -655,7 +653,30 @@ impl QemuDriver {
         Ok(shape)
     }
 
-    fn status_of(&self, instance: &Instance, state: InstanceState) -> InstanceStatus {
+    /// Waits until the guest has powered off (or its process is gone) or `deadline` has
+    /// passed; answers whether it did.
+    async fn wait_powered_off(&self, instance: &Instance, deadline: Duration) -> bool {
+        let until = Instant::now() + deadline;
+        loop {
+            match self.live_state(instance).await {
+                Ok(InstanceState::PoweredOff) => return true,
+                Ok(_) => {}
+                Err(_) if !instance.is_alive() => return true,
+                Err(e) => tracing::debug!(vee = %instance.vee, error = %e, "polling a power-off"),
+            }
+            if Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(self.poll()).await;
+        }
+    }
+
+    fn status_of(
+        &self,
+        instance: &Instance,
+        state: InstanceState,
+        disks: Vec<DiskCounters>,
+    ) -> InstanceStatus {
         let shape = instance.shape();
         InstanceStatus {
             vee: instance.vee.clone(),
@@ -663,6 +684,28 @@ impl QemuDriver {
             cpus: shape.cpus(),
             memory_mb: shape.memory_mb,
             cpu_time_ms: process::cpu_time_ms(instance.pid, self.clock_ticks).unwrap_or(0),
+            disks,
+            // User-mode NICs have no counters; see the module documentation.
+            nics: Vec::new(),
+        }
+    }
+
+    /// The counters of the instance's disks. A failure leaves them out rather than failing the
+    /// status: the VEEM's view of the instance matters more than one round of figures.
+    async fn disk_counters(&self, instance: &Instance) -> Vec<DiskCounters> {
+        let stats = match self.connect(instance).await {
+            Ok(qmp) => qmp
+                .execute(&qmp::QueryBlockstats)
+                .await
+                .map_err(|e| qmp_failed("query disk statistics", e)),
+            Err(e) => Err(e),
+        };
+        match stats {
+            Ok(stats) => counters::disk_counters(&stats),
+            Err(e) => {
+                tracing::warn!(vee = %instance.vee, error = %e, "no disk figures for a vee");
+                Vec::new()
+            }
         }
     }
 
@@ -681,8 +724,9 @@ impl QemuDriver {
             }
             return Ok(None);
         }
-        let state = self.live_state(instance).await?;
-        Ok(Some(self.status_of(instance, state)))
+        // Both queries go out at once on the one connection: a list costs no extra round trip.
+        let (state, disks) = tokio::join!(self.live_state(instance), self.disk_counters(instance));
+        Ok(Some(self.status_of(instance, state?, disks)))
     }
 }
 
@@ -691,7 +735,8 @@ fn instance_state(run_state: &str) -> InstanceState {
     match run_state {
         "running" => InstanceState::Running,
         "inmigrate" => InstanceState::Incoming,
-        "shutdown" | "guest-panicked" | "internal-error" => InstanceState::Stopped,
+        "shutdown" => InstanceState::PoweredOff,
+        "guest-panicked" | "internal-error" => InstanceState::Crashed,
         // paused, postmigrate, finish-migrate, prelaunch, suspended, io-error, save-vm...:
         // the guest does not run and the process holds its memory.
         _ => InstanceState::Paused,
@@ -780,6 +825,7 @@ fn check_spec(spec: &DeploySpec) -> Result<(), DriverError> {
     for disk in &spec.disks {
         check_disk_target(&disk.target)?;
     }
+    check_boot_files(spec)?;
     if !spec.raw.is_empty() {
         tracing::info!(vee = %spec.vee, raw = %spec.raw, "the qemu driver ignores raw hypervisor settings");
     }
@@ -927,9 +973,8 @@ impl Driver for QemuDriver {
                 .map_err(|e| qmp_failed("shutdown", e)),
             Err(e) => Err(e),
         };
-        let vee_text = vee.as_str();
         let powered_off = match asked {
-            Ok(_) => process::wait_gone(instance.pid, vee_text, deadline, self.poll()).await,
+            Ok(_) => self.wait_powered_off(&instance, deadline).await,
             Err(e) => {
                 tracing::warn!(%vee, error = %e, "could not ask the guest to power off");
                 false
@@ -937,8 +982,9 @@ impl Driver for QemuDriver {
         };
         if !powered_off {
             tracing::info!(%vee, ?deadline, "the guest did not power off in time; forcing it");
-            self.end_process(&instance).await;
         }
+        // A guest that powered off leaves its process waiting (`-action shutdown=pause`).
+        self.end_process(&instance).await;
         self.forget(&instance).await
     }
 
@@ -1040,7 +1086,7 @@ impl Driver for QemuDriver {
         }))
     }
 
-    async fn migrate_out(&self, vee: &VeeId, uri: &str) -> Result<(), DriverError> {
+    async fn migrate_out(&self, vee: &VeeId, uri: &str) -> Result<MigrationStats, DriverError> {
         let _guard = self.lock_vee(vee).await;
         check_migration_uri(uri)?;
         let instance = self.existing(vee)?;
@@ -1075,7 +1121,8 @@ impl Driver for QemuDriver {
             .unwrap_or_else(PoisonError::into_inner)
             .insert(vee.clone(), stats);
         self.end_process(&instance).await;
-        self.forget(&instance).await
+        self.forget(&instance).await?;
+        Ok(stats)
     }
 
     async fn complete_incoming(&self, vee: &VeeId) -> Result<(), DriverError> {
@@ -1093,10 +1140,10 @@ impl Driver for QemuDriver {
                         .map_err(|e| qmp_failed("complete_incoming", e))?;
                     return Ok(());
                 }
-                InstanceState::Stopped => {
+                state @ (InstanceState::PoweredOff | InstanceState::Crashed) => {
                     return Err(DriverError::WrongState {
                         vee: vee.clone(),
-                        state: InstanceState::Stopped,
+                        state,
                         op: "complete_incoming",
                     });
                 }
@@ -1149,8 +1196,9 @@ mod tests {
             ("postmigrate", InstanceState::Paused),
             ("prelaunch", InstanceState::Paused),
             ("inmigrate", InstanceState::Incoming),
-            ("shutdown", InstanceState::Stopped),
-            ("internal-error", InstanceState::Stopped),
+            ("shutdown", InstanceState::PoweredOff),
+            ("guest-panicked", InstanceState::Crashed),
+            ("internal-error", InstanceState::Crashed),
         ];
         for (run_state, expected) in cases {
             assert_eq!(instance_state(run_state), expected, "{run_state}");

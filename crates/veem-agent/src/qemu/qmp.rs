@@ -404,6 +404,34 @@ pub struct MigrateSetParameters {
 }
 command!(MigrateSetParameters, "migrate-set-parameters", Empty);
 
+/// The I/O statistics of every block backend (every `-drive`), counted since QEMU started.
+#[derive(Debug, Serialize)]
+pub struct QueryBlockstats;
+command!(QueryBlockstats, "query-blockstats", Vec<BlockStats>);
+
+/// One block backend's statistics; QEMU also reports its nodes (`parent`, `backing`), which
+/// count the same requests again lower in the stack and are left unread.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BlockStats {
+    /// The backend's name: the `id` of its `-drive`; empty or absent for an unnamed one.
+    pub device: Option<String>,
+    /// The QOM path of the device the backend feeds (`/machine/peripheral/<id>/...`).
+    pub qdev: Option<String>,
+    pub node_name: Option<String>,
+    pub stats: BlockDeviceStats,
+}
+
+/// The counters of one block backend that veem reports (QEMU has many more).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct BlockDeviceStats {
+    pub rd_bytes: u64,
+    pub wr_bytes: u64,
+    pub rd_operations: u64,
+    pub wr_operations: u64,
+    pub flush_operations: u64,
+}
+
 /// Sets the balloon's target: the guest's memory size, in bytes.
 #[derive(Debug, Serialize)]
 pub struct Balloon {

@@ -209,6 +209,7 @@ mod tests {
             hypervisor: None,
             raw: String::new(),
             ovf_env: None,
+            boot: None,
             vee_dir: format!("/shared/vees/vee-{seq}").into(),
         };
         SimInstance::new(&spec, state, Some(seq * 100), 1_000)

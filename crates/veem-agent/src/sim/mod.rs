@@ -14,6 +14,9 @@
 //! is one small append to a file that is already open, and a deploy touches the VEE's
 //! directory only to create its disks or its context file. The boot identity lives in the
 //! journal; only a migration puts it in the VEE's directory, for the destination host to read.
+//!
+//! What no record can observe is made up, deterministically: CPU time from a fixed load, disk
+//! and NIC figures from the CPU time, and a migration's figures from its configured latency.
 
 mod config;
 mod journal;
@@ -24,18 +27,30 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use veem_api::agent::{DeploySpec, InstanceState, InstanceStatus};
+use veem_api::agent::{DeploySpec, DiskCounters, InstanceState, InstanceStatus, NicCounters};
 use veem_model::VeeId;
 
 pub use config::{FaultSpec, LatencyConfig, SimConfig, FAULT_OPS};
 use journal::{Change, Journal};
 
-use crate::driver::check_disk_target;
+use crate::driver::{check_boot_files, check_disk_target};
 use crate::vee_locks::{VeeGuard, VeeLocks};
-use crate::{disk_path, fsutil, Driver, DriverError};
+use crate::{disk_path, fsutil, Driver, DriverError, MigrationStats};
 
 /// Share of its vCPUs a running simulated guest keeps busy, in percent.
 const LOAD_PERCENT: u64 = 25;
+/// A simulated guest's made-up I/O, per millisecond of the CPU time it used: on each disk one
+/// block read, a block write every 4 ms and a flush every 64 ms; on each NIC a full-size frame
+/// received every 2 ms and a small one sent every 4 ms. Tied to CPU time, the figures grow only
+/// while the guest runs, follow its size, start from zero on each host like a real instance's,
+/// and are the same for the same CPU time.
+const SIM_BLOCK_BYTES: u64 = 4096;
+const SIM_CPU_MS_PER_WRITE: u64 = 4;
+const SIM_CPU_MS_PER_FLUSH: u64 = 64;
+const SIM_RX_FRAME_BYTES: u64 = 1500;
+const SIM_CPU_MS_PER_RX_FRAME: u64 = 2;
+const SIM_TX_FRAME_BYTES: u64 = 400;
+const SIM_CPU_MS_PER_TX_FRAME: u64 = 4;
 /// The file in a VEE's directory that carries its boot identity to a migration's destination:
 /// `migrate_out` writes it, `complete_incoming` reads and removes it.
 const BOOT_ID_FILE: &str = "sim-boot-id";
@@ -96,13 +111,50 @@ impl SimInstance {
     }
 
     fn status_at(&self, now_ms: u64) -> InstanceStatus {
+        let cpu_time_ms = self.cpu_time_at(now_ms);
         InstanceStatus {
             vee: self.vee.clone(),
             state: self.state,
             cpus: self.cpus,
             memory_mb: self.memory_mb,
-            cpu_time_ms: self.cpu_time_at(now_ms),
+            cpu_time_ms,
+            disks: self.simulated_disks(cpu_time_ms),
+            nics: self.simulated_nics(cpu_time_ms),
         }
+    }
+
+    /// Made-up disk figures (see [`SIM_BLOCK_BYTES`]) for each disk of the spec.
+    fn simulated_disks(&self, cpu_time_ms: u64) -> Vec<DiskCounters> {
+        let writes = cpu_time_ms / SIM_CPU_MS_PER_WRITE;
+        self.spec
+            .disks
+            .iter()
+            .map(|plan| DiskCounters {
+                target: plan.target.clone(),
+                read_bytes: cpu_time_ms.saturating_mul(SIM_BLOCK_BYTES),
+                write_bytes: writes.saturating_mul(SIM_BLOCK_BYTES),
+                read_ops: cpu_time_ms,
+                write_ops: writes,
+                flush_ops: cpu_time_ms / SIM_CPU_MS_PER_FLUSH,
+            })
+            .collect()
+    }
+
+    /// Made-up NIC figures (see [`SIM_BLOCK_BYTES`]) for each NIC of the spec.
+    fn simulated_nics(&self, cpu_time_ms: u64) -> Vec<NicCounters> {
+        let received = cpu_time_ms / SIM_CPU_MS_PER_RX_FRAME;
+        let sent = cpu_time_ms / SIM_CPU_MS_PER_TX_FRAME;
+        self.spec
+            .nics
+            .iter()
+            .map(|plan| NicCounters {
+                target: plan.target.clone(),
+                rx_bytes: received.saturating_mul(SIM_RX_FRAME_BYTES),
+                tx_bytes: sent.saturating_mul(SIM_TX_FRAME_BYTES),
+                rx_packets: received,
+                tx_packets: sent,
+            })
+            .collect()
     }
 
     /// The boot identity of an instance past `Incoming`, which always has one.
@@ -187,13 +239,23 @@ impl SimDriver {
         self.instance(vee).and_then(|instance| instance.boot_id)
     }
 
-    /// Plays a guest that powers itself off: the instance stays, `Stopped`, until the VEEM
+    /// Plays a guest that powers itself off: the instance stays, `PoweredOff`, until the VEEM
     /// destroys or shuts it down.
     pub async fn simulate_guest_poweroff(&self, vee: &VeeId) -> Result<(), DriverError> {
+        self.simulate_guest_end(vee, InstanceState::PoweredOff)
+            .await
+    }
+
+    /// Plays a guest that panics: the instance stays, `Crashed`, until the VEEM destroys it.
+    pub async fn simulate_guest_panic(&self, vee: &VeeId) -> Result<(), DriverError> {
+        self.simulate_guest_end(vee, InstanceState::Crashed).await
+    }
+
+    async fn simulate_guest_end(&self, vee: &VeeId, end: InstanceState) -> Result<(), DriverError> {
         let _guard = self.lock_vee(vee).await;
         let mut instance = self.existing(vee)?;
         instance.stop_clock(now_ms());
-        instance.state = InstanceState::Stopped;
+        instance.state = end;
         self.commit(instance).await
     }
 
@@ -400,6 +462,7 @@ impl Driver for SimDriver {
             .enter("deploy", &spec.vee, Some(&spec.name), delay)
             .await?;
         self.refuse_existing(&spec.vee)?;
+        check_boot_files(spec)?;
         self.create_disks(spec).await?;
         if let Some(ovf_env) = &spec.ovf_env {
             let path = spec.vee_dir.join("context").join("ovf-env.xml");
@@ -602,10 +665,9 @@ impl Driver for SimDriver {
         ))
     }
 
-    async fn migrate_out(&self, vee: &VeeId, uri: &str) -> Result<(), DriverError> {
-        let _guard = self
-            .enter("migrate_out", vee, None, self.latency.for_op("migrate_out"))
-            .await?;
+    async fn migrate_out(&self, vee: &VeeId, uri: &str) -> Result<MigrationStats, DriverError> {
+        let transfer = self.latency.for_op("migrate_out");
+        let _guard = self.enter("migrate_out", vee, None, transfer).await?;
         if !uri.starts_with(URI_SCHEME) {
             return Err(DriverError::Invalid {
                 what: "migration uri",
@@ -623,7 +685,13 @@ impl Driver for SimDriver {
         let boot_id = instance.known_boot_id("migrate_out")?;
         let boot_id_file = instance.spec.vee_dir.join(BOOT_ID_FILE);
         fsutil::write_atomic(&boot_id_file, boot_id.to_string().as_bytes()).await?;
-        self.forget(vee).await
+        self.forget(vee).await?;
+        // The configured transfer time is the whole migration; the sim has no stop-and-copy
+        // phase, so no downtime.
+        Ok(MigrationStats {
+            total_ms: u64::try_from(transfer.as_millis()).unwrap_or(u64::MAX),
+            downtime_ms: 0,
+        })
     }
 
     async fn complete_incoming(&self, vee: &VeeId) -> Result<(), DriverError> {
@@ -667,6 +735,7 @@ mod tests {
             hypervisor: None,
             raw: String::new(),
             ovf_env: None,
+            boot: None,
             vee_dir: "/shared/vee-00000001".into(),
         }
     }
@@ -684,6 +753,60 @@ mod tests {
         assert_eq!(instance.cpu_time_at(61_000), 3_000);
         // A clock that went backwards does not make time negative.
         assert_eq!(instance.cpu_time_at(0), 2_000);
+    }
+
+    #[test]
+    fn device_figures_follow_cpu_time_for_each_disk_and_nic() {
+        let mut spec = spec(2);
+        spec.disks = ["vda", "vdb"]
+            .map(|target| veem_api::agent::DiskPlan {
+                target: target.into(),
+                source: None,
+                source_format: None,
+                size_gb: Some(1),
+                clone: false,
+            })
+            .into();
+        spec.nics = vec![veem_api::agent::NicPlan {
+            target: "eth0".into(),
+            network: "lan".into(),
+            mac: None,
+        }];
+        let mut instance = SimInstance::new(&spec, InstanceState::Running, Some(9), 1_000);
+        let fresh = instance.status_at(1_000);
+        assert!(fresh
+            .disks
+            .iter()
+            .all(|d| d.read_bytes == 0 && d.write_ops == 0));
+        // 2 vCPUs at 25% for 256 s: 128 s of CPU.
+        let status = instance.status_at(257_000);
+        assert_eq!(status.cpu_time_ms, 128_000);
+        let targets: Vec<&str> = status.disks.iter().map(|d| d.target.as_str()).collect();
+        assert_eq!(targets, ["vda", "vdb"]);
+        assert_eq!(
+            status.disks[0],
+            DiskCounters {
+                target: "vda".into(),
+                read_bytes: 128_000 * 4096,
+                write_bytes: 32_000 * 4096,
+                read_ops: 128_000,
+                write_ops: 32_000,
+                flush_ops: 2_000,
+            }
+        );
+        assert_eq!(
+            status.nics,
+            [NicCounters {
+                target: "eth0".into(),
+                rx_bytes: 64_000 * 1500,
+                tx_bytes: 32_000 * 400,
+                rx_packets: 64_000,
+                tx_packets: 32_000,
+            }]
+        );
+        // A paused guest does no I/O.
+        instance.stop_clock(257_000);
+        assert_eq!(instance.status_at(900_000).disks, status.disks);
     }
 
     #[test]

@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
-use veem_agent::sim::{FaultSpec, SimConfig};
+use veem_agent::sim::{FaultSpec, LatencyConfig, SimConfig};
 use veem_agent::Agent;
-use veem_api::agent::{AgentErrorKind, AgentRequest, AgentResponse, InstanceState};
+use veem_api::agent::{AgentErrorKind, AgentFrame, AgentRequest, AgentResponse, InstanceState};
 use veem_model::HostId;
 
 use crate::common::{blank, clone_of, host, spec, vee};
@@ -33,7 +33,15 @@ fn hello_names_the_host_its_driver_and_capacity() {
 #[tokio::test]
 async fn requests_reach_the_driver_and_answer_in_kind() {
     let shared = tempfile::tempdir().unwrap();
-    let agent = agent_on(shared.path(), SimConfig::default());
+    let migrate_ms = 20;
+    let config = SimConfig {
+        latency_ms: LatencyConfig {
+            migrate: migrate_ms,
+            ..LatencyConfig::default()
+        },
+        ..SimConfig::default()
+    };
+    let agent = agent_on(shared.path(), config);
     let mut web = spec(1, "web", shared.path());
     web.disks = vec![blank("vda", 4)];
 
@@ -47,6 +55,8 @@ async fn requests_reach_the_driver_and_answer_in_kind() {
         AgentResponse::Status { status } => {
             assert_eq!(status.vee, vee(1));
             assert_eq!(status.state, InstanceState::Paused);
+            let targets: Vec<&str> = status.disks.iter().map(|d| d.target.as_str()).collect();
+            assert_eq!(targets, ["vda"]);
         }
         other => panic!("expected a status, got {other:?}"),
     }
@@ -81,7 +91,13 @@ async fn requests_reach_the_driver_and_answer_in_kind() {
     let moved = agent
         .handle(AgentRequest::MigrateOut { vee: vee(1), uri })
         .await;
-    assert_eq!(moved, AgentResponse::Done);
+    assert_eq!(
+        moved,
+        AgentResponse::Migrated {
+            total_ms: migrate_ms,
+            downtime_ms: 0
+        }
+    );
     let completed = target
         .handle(AgentRequest::CompleteIncoming { vee: vee(1) })
         .await;
@@ -167,4 +183,22 @@ async fn driver_errors_become_error_responses_of_the_right_kind() {
         AgentResponse::Done,
         "destroy is idempotent"
     );
+}
+
+#[test]
+fn a_status_from_an_agent_without_device_figures_still_parses() {
+    let frame = r#"{"frame": "response", "id": 4, "response": {"result": "list", "instances": [
+        {"vee": "vee-00000001", "state": "running", "cpus": 1, "memory_mb": 64, "cpu_time_ms": 5}
+    ]}}"#;
+    match serde_json::from_str::<AgentFrame>(frame).unwrap() {
+        AgentFrame::Response {
+            response: AgentResponse::List { instances },
+            ..
+        } => {
+            assert_eq!(instances.len(), 1);
+            assert_eq!(instances[0].cpu_time_ms, 5);
+            assert!(instances[0].disks.is_empty() && instances[0].nics.is_empty());
+        }
+        other => panic!("expected a list, got {other:?}"),
+    }
 }

@@ -26,6 +26,7 @@ pub fn spec(seq: u64, name: &str, shared: &Path) -> DeploySpec {
         hypervisor: None,
         raw: String::new(),
         ovf_env: None,
+        boot: None,
     }
 }
 

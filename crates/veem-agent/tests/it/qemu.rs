@@ -9,7 +9,7 @@ use serde_json::Value;
 use veem_agent::qemu::qmp::{QueryBalloon, QueryCpusFast, QueryStatus};
 use veem_agent::qemu::{console_path, context_image_path, Accel, QemuConfig, QemuDriver};
 use veem_agent::{disk_path, Driver, DriverError};
-use veem_api::agent::{DeploySpec, DiskPlan, InstanceState};
+use veem_api::agent::{DeploySpec, DiskPlan, InstanceState, NicPlan};
 use veem_model::VeeId;
 
 use crate::common::{blank, clone_of, vee};
@@ -106,6 +106,7 @@ fn tiny(seq: u64, shared: &Path) -> DeploySpec {
         hypervisor: None,
         raw: String::new(),
         ovf_env: None,
+        boot: None,
     }
 }
 
@@ -497,12 +498,17 @@ async fn live_migration_moves_a_running_vee_to_another_driver() {
     ));
 
     let started = Instant::now();
-    source.migrate_out(&spec.vee, &uri).await.unwrap();
+    let stats = source.migrate_out(&spec.vee, &uri).await.unwrap();
     let migrate_ms = started.elapsed().as_millis();
     assert!(!proc_alive(source_pid));
     assert!(source.list().await.unwrap().is_empty());
-    let stats = source.last_migration(&spec.vee).unwrap();
+    assert_eq!(source.last_migration(&spec.vee), Some(stats));
+    assert!(stats.total_ms > 0, "{stats:?}");
     assert!(stats.total_ms >= stats.downtime_ms, "{stats:?}");
+    assert!(
+        u128::from(stats.total_ms) <= migrate_ms + 1,
+        "{stats:?} in {migrate_ms} ms"
+    );
 
     target.complete_incoming(&spec.vee).await.unwrap();
     let status = target.status(&spec.vee).await.unwrap();
@@ -525,6 +531,47 @@ async fn live_migration_moves_a_running_vee_to_another_driver() {
         Err(DriverError::Invalid { .. })
     ));
     target.destroy(&spec.vee).await.unwrap();
+}
+
+#[tokio::test]
+async fn status_counts_the_io_of_each_disk_of_the_vee() {
+    require_qemu!();
+    let shared = Scene::new();
+    let driver = host(shared.path(), "h1");
+    let mut spec = tiny(11, shared.path());
+    spec.disks.push(blank("vdb", 1));
+    spec.nics = vec![NicPlan {
+        target: "eth0".into(),
+        network: "lan".into(),
+        mac: None,
+    }];
+    spec.ovf_env = Some("<Environment/>".into());
+    driver.deploy(&spec).await.unwrap();
+
+    // SeaBIOS reads the first disk's boot sector soon after the start.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let status = driver.status(&spec.vee).await.unwrap();
+        if status.disks.first().is_some_and(|vda| vda.read_bytes > 0) || Instant::now() > deadline {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let targets: Vec<&str> = status.disks.iter().map(|d| d.target.as_str()).collect();
+    assert_eq!(targets, ["vda", "vdb"], "the context disk is not the vee's");
+    let vda = &status.disks[0];
+    assert!(vda.read_bytes >= 512, "the boot sector was read: {vda:?}");
+    assert!(vda.read_ops >= 1, "{vda:?}");
+    assert!(status.nics.is_empty(), "a user-mode nic has no counters");
+    let listed = driver.list().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    let listed_targets: Vec<&str> = listed[0].disks.iter().map(|d| d.target.as_str()).collect();
+    assert_eq!(listed_targets, targets);
+    assert!(
+        listed[0].disks[0].read_bytes >= vda.read_bytes,
+        "counters only grow"
+    );
+    driver.destroy(&spec.vee).await.unwrap();
 }
 
 #[tokio::test]

@@ -545,17 +545,17 @@ async fn the_journal_stays_bounded_by_the_live_instances() {
 }
 
 #[tokio::test]
-async fn a_guest_that_powers_off_is_stopped_until_destroyed() {
+async fn a_guest_that_powers_off_is_powered_off_until_destroyed() {
     let shared = tempfile::tempdir().unwrap();
     let driver = host(shared.path(), "h1", SimConfig::default());
     let web = spec(1, "web", shared.path());
     driver.deploy(&web).await.unwrap();
     driver.simulate_guest_poweroff(&web.vee).await.unwrap();
-    assert_eq!(state_of(&driver, 1).await, InstanceState::Stopped);
+    assert_eq!(state_of(&driver, 1).await, InstanceState::PoweredOff);
     assert!(matches!(
         driver.resume(&web.vee).await,
         Err(DriverError::WrongState {
-            state: InstanceState::Stopped,
+            state: InstanceState::PoweredOff,
             op: "resume",
             ..
         })

@@ -14,7 +14,7 @@ use axum::routing::get;
 use axum::Router;
 use tokio::sync::{mpsc, oneshot, Barrier};
 use veem_agent::uplink::{self, UplinkError};
-use veem_agent::{Agent, Driver, DriverError};
+use veem_agent::{Agent, Driver, DriverError, MigrationStats};
 use veem_api::agent::{
     AgentErrorKind, AgentFrame, AgentRequest, AgentResponse, DeploySpec, InstanceState,
     InstanceStatus,
@@ -69,6 +69,8 @@ impl Driver for PairedDriver {
             cpus: 1,
             memory_mb: 256,
             cpu_time_ms: 0,
+            disks: vec![],
+            nics: vec![],
         })
     }
     async fn list(&self) -> Result<Vec<InstanceStatus>, DriverError> {
@@ -80,7 +82,7 @@ impl Driver for PairedDriver {
     async fn prepare_incoming(&self, _: &DeploySpec) -> Result<String, DriverError> {
         Err(DriverError::Unsupported("prepare_incoming"))
     }
-    async fn migrate_out(&self, _: &VeeId, _: &str) -> Result<(), DriverError> {
+    async fn migrate_out(&self, _: &VeeId, _: &str) -> Result<MigrationStats, DriverError> {
         Err(DriverError::Unsupported("migrate_out"))
     }
     async fn complete_incoming(&self, _: &VeeId) -> Result<(), DriverError> {

@@ -239,7 +239,18 @@ pub fn qemu_available() -> bool {
     found
 }
 
-/// The bootable test guest, built once (by `veem guest build`) and shared by every test process.
+/// The test guest's kernel and initramfs, for direct kernel boot: built with [`guest_image`].
+pub fn guest_boot_files() -> Option<(PathBuf, PathBuf)> {
+    let image = guest_image()?;
+    let dir = image.with_extension("boot");
+    Some((
+        dir.join(veem_guest::KERNEL_FILE),
+        dir.join(veem_guest::INITRD_FILE),
+    ))
+}
+
+/// The bootable test guest, built once (by `veem guest build`) and shared by every test process;
+/// its kernel and initramfs are beside it, in `<image>.boot/`.
 pub fn guest_image() -> Option<PathBuf> {
     if !qemu_available() {
         return None;
@@ -269,6 +280,8 @@ pub fn guest_image() -> Option<PathBuf> {
             let out = Command::new(veem_bin())
                 .args(["guest", "build", "--out"])
                 .arg(&tmp)
+                .arg("--boot-files")
+                .arg(image.with_extension("boot"))
                 .output()
                 .expect("veem guest build runs");
             if !out.status.success() {

@@ -67,7 +67,16 @@ async fn hosts_show_capacity_use_and_vees_and_a_disabled_host_takes_no_new_vees(
 
 #[tokio::test]
 async fn an_admin_migrates_a_running_vee_live_within_the_rules() {
-    let s = Server::start().await;
+    let migrate = "latency_ms = { migrate = 40 }";
+    let s = Server::start_with(Setup {
+        hosts: vec![
+            ("h1", 8, 16384, migrate),
+            ("h2", 8, 16384, migrate),
+            ("h3", 8, 16384, migrate),
+        ],
+        ..Setup::default()
+    })
+    .await;
     let mut d = small("db");
     d.tags = vec!["database".into()];
     d.anti_affinity = vec!["database".into()];
@@ -112,6 +121,20 @@ async fn an_admin_migrates_a_running_vee_live_within_the_rules() {
         .find(|h| Some(&h.id) == first.host.as_ref())
         .expect("listed");
     assert!(!old.vees.contains(&ids[0]), "the old host is freed");
+    // The VEE's history says where it went and what the move cost, as the source measured it
+    // (the sim's transfer is its configured latency, with no downtime).
+    let events = s.a.vee_events(&ids[0]).await.expect("events");
+    let notes: Vec<&str> = events
+        .events
+        .iter()
+        .filter_map(|e| e.detail.as_deref())
+        .collect();
+    let expected = format!(
+        "migrated from {} to {} in 40 ms (downtime 0 ms)",
+        first.host.as_ref().expect("placed"),
+        moved.host.as_ref().expect("placed")
+    );
+    assert!(notes.contains(&expected.as_str()), "{notes:?}");
     ctl_ok(&s.a, A::Pause, &[&ids[0]]).await;
 }
 

@@ -2,8 +2,11 @@
 
 use std::path::Path;
 
-use veem_api::MigrateRequest;
-use veem_model::{ControlAction as A, DiskSource, DiskSpec, ImageName, VeeDescriptor, VmiState};
+use veem_api::{MigrateRequest, VeeView};
+use veem_model::{
+    ControlAction as A, DiskSource, DiskSpec, ImageName, KernelBoot, VeeDescriptor, VeemState,
+    VmiState,
+};
 
 use crate::harness::*;
 
@@ -21,9 +24,49 @@ fn guest(name: &str) -> VeeDescriptor {
 /// Shuts the VEE down, downloads its first disk and reads a file the guest wrote there.
 async fn read_after_shutdown(s: &Server, id: &str, path: &str) -> String {
     ctl_ok(&s.a, A::Shutdown, &[id]).await;
+    read_from_disk(s, id, path).await
+}
+
+/// Downloads the first disk of a VEE that holds no host and reads a file the guest wrote there.
+async fn read_from_disk(s: &Server, id: &str, path: &str) -> String {
     let out = s.dir.path().join(format!("{id}.qcow2"));
-    s.a.download_disk(id, "vda", &out).await.expect("download");
+    s.a.download_disk(id, "vda", &out)
+        .await
+        .expect("the disk downloads");
     read_guest_file(&out, path)
+}
+
+/// The command line of a QEMU process.
+fn qemu_args(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap_or_default()
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+/// Waits until the VEE's view satisfies `done`.
+async fn wait_until(s: &Server, id: &str, what: &str, done: impl Fn(&VeeView) -> bool) -> VeeView {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let v = get(&s.a, id).await;
+        if done(&v) {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{id} never {what}: {v:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+fn kill_9(pid: u32) {
+    let status = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -9 {pid}");
 }
 
 /// The QEMU process running a VEE of this server: its command line carries `-name <vee id>`
@@ -163,10 +206,7 @@ async fn kill_9_of_the_server_leaves_guests_running_and_readopted() {
     );
     // A guest whose process died while the VEEM was down is reported, never silently lost.
     s.kill9();
-    std::process::Command::new("kill")
-        .args(["-9", &pids.0.to_string()])
-        .status()
-        .expect("kill");
+    kill_9(pids.0);
     s.restart().await;
     let v = get(&s.a, &running).await;
     assert_eq!(
@@ -175,6 +215,159 @@ async fn kill_9_of_the_server_leaves_guests_running_and_readopted() {
     );
     assert!(v.last_error.is_some_and(|e| e.contains("gone")));
     ctl_ok(&s.a, A::Destroy, &[&paused]).await;
+}
+
+#[tokio::test]
+async fn a_guest_that_powers_itself_off_becomes_defined_and_boots_again() {
+    let Some(s) = Server::start_on(Hypervisor::Qemu).await else {
+        return;
+    };
+    let mut d = guest("quitter");
+    // The guest's own user shuts it down a moment after it is up, at every boot.
+    d.context
+        .properties
+        .insert(veem_guest::POWEROFF_AFTER_PROPERTY.into(), "0.5".into());
+    let id = init_one(&s.a, d).await;
+    ctl_ok(&s.a, A::Activate, &[&id]).await;
+    let v = wait_until(&s, &id, "became DEFINED", |v| v.state == VmiState::Defined).await;
+    assert_eq!((v.veem_state, v.host), (VeemState::Stopped, None));
+    assert_eq!(v.last_error, None, "a clean power-off is no failure");
+    assert!(
+        console(&s, &id).contains(veem_guest::POWEROFF_MARKER),
+        "the guest powered off cleanly"
+    );
+    assert!(qemu_pid(&s, &id).is_none(), "its process is ended");
+    let hosts = s.ops.list_hosts().await.expect("hosts");
+    assert!(
+        hosts.hosts.iter().all(|h| h.used.cpus == 0),
+        "the host is freed"
+    );
+    let events = s.a.vee_events(&id).await.expect("events").events;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.detail.as_deref() == Some("the guest powered itself off")),
+        "{events:?}"
+    );
+    // ACTIVATE boots it again from its own disk (and it powers itself off again).
+    ctl_ok(&s.a, A::Activate, &[&id]).await;
+    wait_until(&s, &id, "became DEFINED again", |v| {
+        v.state == VmiState::Defined
+    })
+    .await;
+    let log = read_from_disk(&s, &id, "/veem/boot.log").await;
+    assert_eq!(log.lines().count(), 2, "two boots of its own disk: {log:?}");
+}
+
+#[tokio::test]
+async fn a_dead_guest_boots_again_from_its_disks_as_often_as_its_policy_allows() {
+    let Some(s) = Server::start_on(Hypervisor::Qemu).await else {
+        return;
+    };
+    let mut d = guest("phoenix");
+    d.restart_attempts = 1;
+    let id = init_one(&s.a, d).await;
+    ctl_ok(&s.a, A::Activate, &[&id]).await;
+    wait_guest_ready(&s, Hypervisor::Qemu, &id).await;
+    let first = qemu_pid(&s, &id).expect("running");
+    kill_9(first);
+    let v = wait_until(&s, &id, "was restarted", |v| {
+        v.restarts == 1 && v.state == VmiState::Active
+    })
+    .await;
+    assert!(
+        v.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("its process is gone") && e.contains("restart 1 of 1")),
+        "{v:?}"
+    );
+    let second = qemu_pid(&s, &id).expect("running again");
+    assert_ne!(second, first);
+    // Its own disk, booted again: the guest counts this boot as its second.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !console(&s, &id).contains(&format!("{} boot=2", veem_guest::BOOT_MARKER)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no second boot: {}",
+            console(&s, &id)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // The restart budget is spent: the next death is a failure, with the disks kept.
+    kill_9(second);
+    let v = wait_until(&s, &id, "FAILED", |v| v.state == VmiState::Destroyed).await;
+    assert_eq!(v.veem_state, VeemState::Failed);
+    assert!(
+        v.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("after 1 restarts")),
+        "{v:?}"
+    );
+    // The disks are kept.
+    let log = read_from_disk(&s, &id, "/veem/boot.log").await;
+    assert_eq!(
+        log.lines().count(),
+        2,
+        "two boots of the same disk: {log:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_descriptor_may_boot_a_kernel_directly() {
+    let Some(s) = Server::start_on(Hypervisor::Qemu).await else {
+        return;
+    };
+    let (kernel, initrd) = guest_boot_files().expect("built with the guest");
+    s.a.push_image("guest-kernel", &kernel, None)
+        .await
+        .expect("kernel uploads");
+    s.a.push_image("guest-initrd", &initrd, None)
+        .await
+        .expect("initrd uploads");
+    let mut d = guest("direct");
+    d.boot = Some(KernelBoot {
+        kernel: DiskSource::Image(ImageName::new("guest-kernel").expect("valid")),
+        initrd: Some(DiskSource::Image(
+            ImageName::new("guest-initrd").expect("valid"),
+        )),
+        cmdline: veem_guest::KERNEL_COMMAND_LINE.to_owned(),
+    });
+    let id = init_one(&s.a, d).await;
+    ctl_ok(&s.a, A::Activate, &[&id]).await;
+    wait_guest_ready(&s, Hypervisor::Qemu, &id).await;
+    let args = qemu_args(qemu_pid(&s, &id).expect("running"));
+    let after = |flag: &str| {
+        args.windows(2)
+            .find(|w| w[0] == flag)
+            .map(|w| w[1].clone())
+            .unwrap_or_default()
+    };
+    assert!(after("-kernel").ends_with("guest-kernel"), "{args:?}");
+    assert!(after("-initrd").ends_with("guest-initrd"), "{args:?}");
+    assert_eq!(after("-append"), veem_guest::KERNEL_COMMAND_LINE);
+    let log = read_after_shutdown(&s, &id, "/veem/boot.log").await;
+    assert_eq!(
+        log.lines().count(),
+        1,
+        "it booted and recorded it on its disk: {log:?}"
+    );
+
+    // A kernel image that is not there fails that deployment by name; nothing is lost.
+    let mut d = guest("no-kernel");
+    d.boot = Some(KernelBoot {
+        kernel: DiskSource::Image(ImageName::new("missing-kernel").expect("valid")),
+        initrd: None,
+        cmdline: String::new(),
+    });
+    let id = init_one(&s.a, d).await;
+    let answer = ctl(&s.a, A::Activate, &[&id]).await;
+    let v = wait_until(&s, &id, "was refused", |v| v.state == VmiState::Defined).await;
+    assert!(
+        v.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("missing-kernel") && e.contains("boot kernel")),
+        "{answer:?} {v:?}"
+    );
 }
 
 /// The guest's serial console so far.

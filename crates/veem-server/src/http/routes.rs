@@ -64,6 +64,7 @@ fn view(record: &VeeRecord, site: &str) -> VeeView {
         tags: record.descriptor.tags.clone(),
         pending_reason: record.pending_reason.clone(),
         last_error: record.last_error.clone(),
+        restarts: record.restarts,
         created_ms: record.created_ms,
         updated_ms: record.updated_ms,
     }

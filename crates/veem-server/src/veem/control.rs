@@ -477,31 +477,48 @@ impl Veem {
                 vee: record.id.clone(),
                 uri,
             };
-            if let Err(e) = agent_result(&from, self.inner.hosts.call(&from, out).await) {
-                let _ = self
-                    .inner
-                    .hosts
-                    .call(
-                        &dest,
-                        AgentRequest::Destroy {
-                            vee: record.id.clone(),
-                        },
-                    )
-                    .await;
-                return Err(e);
-            }
+            let moved = match agent_result(&from, self.inner.hosts.call(&from, out).await) {
+                Ok(moved) => moved,
+                Err(e) => {
+                    let _ = self
+                        .inner
+                        .hosts
+                        .call(
+                            &dest,
+                            AgentRequest::Destroy {
+                                vee: record.id.clone(),
+                            },
+                        )
+                        .await;
+                    return Err(e);
+                }
+            };
             let complete = AgentRequest::CompleteIncoming {
                 vee: record.id.clone(),
             };
-            agent_result(&dest, self.inner.hosts.call(&dest, complete).await).map(|_| ())
+            agent_result(&dest, self.inner.hosts.call(&dest, complete).await).map(|_| moved)
         };
-        if let Err(e) = steps.await {
-            undo(self);
-            return Err(e);
-        }
+        let moved = match steps.await {
+            Ok(moved) => moved,
+            Err(e) => {
+                undo(self);
+                return Err(e);
+            }
+        };
+        // Tools parse this note: keep its words and their order.
+        let note = match moved {
+            AgentResponse::Migrated {
+                total_ms,
+                downtime_ms,
+            } => format!(
+                "migrated from {from} to {dest} in {total_ms} ms (downtime {downtime_ms} ms)"
+            ),
+            // An agent that predates migration figures answers `Done`.
+            _ => format!("migrated from {from} to {dest}"),
+        };
         let d = dest.clone();
         let updated = self
-            .update(seq, Some(format!("migrated from {from} to {dest}")), |r| {
+            .update(seq, Some(note), |r| {
                 r.host = Some(d);
             })
             .await?;

@@ -209,20 +209,17 @@ impl Veem {
                 }
                 (VmiState::Initial, _) => continue,
                 (_, Some(InstanceState::Incoming)) => continue,
-                _ => {
-                    let note = format!(
-                        "its instance on {host} is gone ({}); disks kept",
-                        observed.map_or("no process".into(), |s| format!("{s:?}").to_lowercase())
-                    );
-                    tracing::warn!(vee = %record.id, %host, "{note}");
+                (VmiState::Active | VmiState::Paused, Some(InstanceState::PoweredOff)) => {
+                    // Not a failure: the guest's own power-off ends the VEE as SHUTDOWN would.
+                    self.end_instance(host, &record.id).await;
                     self.state().cluster.release(&record.id);
-                    self.update(seq, Some(note.clone()), |r| {
-                        r.settle(VmiState::Destroyed, VeemState::Failed);
+                    self.update(seq, Some("the guest powered itself off".into()), |r| {
+                        r.settle(VmiState::Defined, VeemState::Stopped);
                         r.host = None;
-                        r.last_error = Some(note);
                     })
                     .await
                 }
+                _ => self.instance_died(seq, &record, host, observed).await,
             };
             if let Err(e) = result {
                 tracing::error!(vee = %record.id, error = %e, "cannot record what the host reports");
@@ -237,6 +234,74 @@ impl Veem {
                     .call(host, AgentRequest::Destroy { vee })
                     .await;
             }
+        }
+    }
+
+    /// A VEE that should run on `host` has no live instance there: its process is gone or its
+    /// guest crashed. It boots again from its own disks while its descriptor allows restarts,
+    /// else it is FAILED, never silently lost.
+    async fn instance_died(
+        &self,
+        seq: u64,
+        record: &VeeRecord,
+        host: &HostId,
+        observed: Option<InstanceState>,
+    ) -> Result<VeeRecord, CoreError> {
+        let cause = match observed {
+            None => "its process is gone".to_owned(),
+            Some(InstanceState::Crashed) => "its guest crashed".to_owned(),
+            Some(other) => format!("its instance is {other:?}").to_lowercase(),
+        };
+        if observed.is_some() {
+            self.end_instance(host, &record.id).await;
+        }
+        self.state().cluster.release(&record.id);
+        let allowed = record.descriptor.restart_attempts;
+        if record.restarts < allowed {
+            let attempt = record.restarts + 1;
+            let note = format!(
+                "{cause} on {host}; booting it again from its disks (restart {attempt} of {allowed})"
+            );
+            tracing::warn!(vee = %record.id, %host, "{note}");
+            let updated = self
+                .update(seq, Some(note.clone()), |r| {
+                    r.state = VmiState::Initial;
+                    r.veem_state = VeemState::Pending;
+                    r.phase = Some(Phase::Placing);
+                    r.host = None;
+                    r.restarts = attempt;
+                    r.has_saved_memory = false;
+                    r.last_error = Some(note);
+                })
+                .await?;
+            self.state().pending.insert(seq);
+            self.wake_placer();
+            return Ok(updated);
+        }
+        let note = if allowed == 0 {
+            format!("{cause} on {host}; disks kept")
+        } else {
+            format!("{cause} on {host} after {allowed} restarts; disks kept")
+        };
+        tracing::warn!(vee = %record.id, %host, "{note}");
+        self.update(seq, Some(note.clone()), |r| {
+            r.settle(VmiState::Destroyed, VeemState::Failed);
+            r.host = None;
+            r.last_error = Some(note);
+        })
+        .await
+    }
+
+    /// Ends what is left of an instance on its host; a host that cannot is told again by the
+    /// next reconciliation, which ends instances the VEEM does not place there.
+    async fn end_instance(&self, host: &HostId, vee: &VeeId) {
+        let answer = self
+            .inner
+            .hosts
+            .call(host, AgentRequest::Destroy { vee: vee.clone() })
+            .await;
+        if let AgentResponse::Error { error } = answer {
+            tracing::warn!(%vee, %host, error = %error.message, "cannot end the instance");
         }
     }
 

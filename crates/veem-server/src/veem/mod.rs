@@ -245,7 +245,11 @@ impl Veem {
             record: record.clone(),
             expected_generation: old.generation,
         }];
-        if record.state != old.state || record.veem_state != old.veem_state {
+        // A move between hosts (a migration) is history too, with the same state at both ends.
+        if record.state != old.state
+            || record.veem_state != old.veem_state
+            || record.host != old.host
+        {
             changes.push(Change::AppendEvent(VeeEvent {
                 vee: record.id.clone(),
                 t_ms: now,

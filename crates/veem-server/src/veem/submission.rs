@@ -3,10 +3,10 @@
 use std::path::PathBuf;
 
 use tokio::sync::OwnedMutexGuard;
-use veem_api::agent::{AgentRequest, DeploySpec, DiskPlan, NicPlan};
+use veem_api::agent::{AgentRequest, BootPlan, DeploySpec, DiskPlan, NicPlan};
 use veem_model::{
-    DiskSource, HostId, InitModel, Phase, VeeDescriptor, VeeEvent, VeeId, VeeRecord, VeemState,
-    VmiState,
+    DiskSource, HostId, ImageFormat, InitModel, Phase, VeeDescriptor, VeeEvent, VeeId, VeeRecord,
+    VeemState, VmiState,
 };
 use veem_placement::PlacementError;
 use veem_store::Change;
@@ -171,6 +171,7 @@ impl Veem {
                                 r.reserved = false;
                                 r.pending_reason = None;
                                 r.last_error = None;
+                                r.restarts = 0;
                             });
                         (change, Some(host))
                     }
@@ -181,6 +182,7 @@ impl Veem {
                             r.phase = Some(Phase::Placing);
                             r.pending_reason = Some(u.reason);
                             r.last_error = None;
+                            r.restarts = 0;
                         });
                         (change, None)
                     }
@@ -313,31 +315,11 @@ impl Veem {
             let target = disk.target.clone().unwrap_or_default();
             let (source, source_format) = match &disk.source {
                 None => (None, None),
-                Some(DiskSource::Image(name)) => {
-                    let image = self.resolve_image(&record.owner, name).ok_or_else(|| {
-                        CoreError::NotFound(format!(
-                            "image {name} (disk {target}) is not in {}'s image store nor among the shared images",
-                            record.owner
-                        ))
-                    })?;
-                    (Some(self.image_path(&image.owner, &image.name)), Some(image.format))
+                Some(source) => {
+                    let (path, format) =
+                        self.resolve_source(record, source, &format!("disk {target}"))?;
+                    (Some(path), format)
                 }
-                Some(DiskSource::Url(url)) => match url.strip_prefix("file://") {
-                    Some(path) => {
-                        let path = PathBuf::from(path);
-                        if !path.is_file() {
-                            return Err(CoreError::NotFound(format!(
-                                "disk {target}: {url} does not exist"
-                            )));
-                        }
-                        (Some(path), None)
-                    }
-                    None => {
-                        return Err(CoreError::DeploymentFailed(format!(
-                            "disk {target}: http(s) sources are not fetched by this version of veem; upload the image and use image:<name>"
-                        )))
-                    }
-                },
             };
             disks.push(DiskPlan {
                 target,
@@ -373,6 +355,17 @@ impl Veem {
             )),
             (None, true) => None,
         };
+        let boot = match &d.boot {
+            None => None,
+            Some(boot) => Some(Box::new(BootPlan {
+                kernel: self.resolve_source(record, &boot.kernel, "boot kernel")?.0,
+                initrd: match &boot.initrd {
+                    Some(initrd) => Some(self.resolve_source(record, initrd, "boot initrd")?.0),
+                    None => None,
+                },
+                cmdline: boot.cmdline.clone(),
+            })),
+        };
         Ok(DeploySpec {
             vee: record.id.clone(),
             name: d.name.clone(),
@@ -386,6 +379,40 @@ impl Veem {
             raw: d.raw.clone(),
             ovf_env,
             vee_dir: self.vee_dir(&record.id),
+            boot,
         })
+    }
+
+    /// The file behind an image or URL the VEE's descriptor names for `what` (e.g. `disk vda`),
+    /// and its format when the image store knows it.
+    fn resolve_source(
+        &self,
+        record: &VeeRecord,
+        source: &DiskSource,
+        what: &str,
+    ) -> Result<(PathBuf, Option<ImageFormat>), CoreError> {
+        match source {
+            DiskSource::Image(name) => {
+                let image = self.resolve_image(&record.owner, name).ok_or_else(|| {
+                    CoreError::NotFound(format!(
+                        "image {name} ({what}) is not in {}'s image store nor among the shared images",
+                        record.owner
+                    ))
+                })?;
+                Ok((self.image_path(&image.owner, &image.name), Some(image.format)))
+            }
+            DiskSource::Url(url) => match url.strip_prefix("file://") {
+                Some(path) => {
+                    let path = PathBuf::from(path);
+                    if !path.is_file() {
+                        return Err(CoreError::NotFound(format!("{what}: {url} does not exist")));
+                    }
+                    Ok((path, None))
+                }
+                None => Err(CoreError::DeploymentFailed(format!(
+                    "{what}: http(s) sources are not fetched by this version of veem; upload the image and use image:<name>"
+                ))),
+            },
+        }
     }
 }
