@@ -41,6 +41,9 @@ pub struct Setup {
     pub driver: Hypervisor,
     /// Each host: (name, cpus, memory_mb, extra TOML lines for its `[host.sim]` or `[host.qemu]`).
     pub hosts: Vec<(&'static str, u32, u64, &'static str)>,
+    /// How often the server checks its hosts: short in tests, so what a host reports (a dead
+    /// guest) is seen soon.
+    pub health_interval_ms: u64,
 }
 
 /// The hypervisor driver of a test server's hosts.
@@ -64,6 +67,7 @@ impl Default for Setup {
         Self {
             placement: "pack",
             driver: Hypervisor::Sim,
+            health_interval_ms: 200,
             hosts: vec![
                 ("h1", 8, 16384, ""),
                 ("h2", 8, 16384, ""),
@@ -81,11 +85,17 @@ impl Server {
     /// A server whose three hosts run `driver`, with the bootable test guest uploaded by the
     /// admin as the shared image `tiny`. `None` (said loudly) where QEMU is not installed.
     pub async fn start_on(driver: Hypervisor) -> Option<Self> {
-        let server = Self::start_with(Setup {
+        Self::start_with_guest(Setup {
             driver,
             ..Setup::default()
         })
-        .await;
+        .await
+    }
+
+    /// [`Server::start_on`] with more to choose.
+    pub async fn start_with_guest(setup: Setup) -> Option<Self> {
+        let driver = setup.driver;
+        let server = Self::start_with(setup).await;
         let image = match driver {
             Hypervisor::Sim => write_file(
                 server.dir.path(),
@@ -106,11 +116,11 @@ impl Server {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let port = free_port();
         let mut config = format!(
-            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"data\"\nplacement = \"{}\"\nshutdown_deadline_ms = 2000\nhealth_interval_ms = 200\n\n\
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"data\"\nplacement = \"{}\"\nshutdown_deadline_ms = 2000\nhealth_interval_ms = {}\n\n\
              [[principal]]\nname = \"sm-a\"\ntoken = \"{TOKEN_A}\"\n\n\
              [[principal]]\nname = \"sm-b\"\ntoken = \"{TOKEN_B}\"\n\n\
              [[principal]]\nname = \"ops\"\ntoken = \"{TOKEN_OPS}\"\nadmin = true\n",
-            setup.placement
+            setup.placement, setup.health_interval_ms
         );
         for (name, cpus, memory_mb, sim) in &setup.hosts {
             let driver = setup.driver.name();
