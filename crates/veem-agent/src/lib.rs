@@ -9,8 +9,10 @@
 //! shared storage and belong to the server.
 
 mod agent;
+mod command;
 mod driver;
 mod fsutil;
+pub mod hostnet;
 pub mod qemu;
 pub mod sim;
 pub mod uplink;

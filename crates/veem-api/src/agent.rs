@@ -94,9 +94,8 @@ pub struct InstanceStatus {
     #[serde(default)]
     pub disks: Vec<DiskCounters>,
     /// Traffic on each of the VEE's NICs, by target, as the guest sees it (`rx` is what it
-    /// received), since its instance started on this host. Only NICs the host can count are
-    /// listed: a qemu user-mode (slirp) NIC has no counters QEMU reports, so a qemu VEE whose
-    /// NICs are all user-mode has none here; a tap NIC is counted by the host kernel. The sim
+    /// received), since its instance started on this host. The qemu driver reads the host
+    /// kernel's counters of each NIC's tap (a NIC whose tap cannot be read is left out); the sim
     /// driver makes figures up. Empty from an agent that predates these figures.
     #[serde(default)]
     pub nics: Vec<NicCounters>,

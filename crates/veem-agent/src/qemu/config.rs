@@ -13,6 +13,8 @@ pub struct QemuConfig {
     pub binary: PathBuf,
     /// `qemu-img`, which creates, inspects and exports disks.
     pub qemu_img: PathBuf,
+    /// iproute2's `ip`, which brings NICs' taps up.
+    pub ip: PathBuf,
     pub accel: AccelChoice,
     /// The machine type (`-machine`).
     pub machine: String,
@@ -41,6 +43,7 @@ impl Default for QemuConfig {
         Self {
             binary: PathBuf::from("qemu-system-x86_64"),
             qemu_img: PathBuf::from("qemu-img"),
+            ip: PathBuf::from("ip"),
             accel: AccelChoice::Auto,
             machine: "q35".to_owned(),
             cpu_model: None,

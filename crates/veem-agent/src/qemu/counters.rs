@@ -1,9 +1,8 @@
 //! What a VEE's devices have done, as the host can count it: disk I/O from QEMU's block
 //! statistics, NIC traffic from the host kernel's counters of a tap device.
 //!
-//! A user-mode (slirp) NIC, which every qemu NIC is for now, has no counters: QEMU reports none
-//! over QMP for it, and it has no host interface. Tap NICs, which the virtual LANs bring, are
-//! counted by the host kernel, which [`read_tap_counters`] reads.
+//! QEMU reports no NIC counters over QMP; every NIC is a tap device, which the host kernel
+//! counts and [`read_tap_counters`] reads.
 
 use std::path::Path;
 

@@ -3,14 +3,13 @@
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
 use veem_api::agent::{DeploySpec, DiskPlan};
 use veem_model::ImageFormat;
 
 use super::machine::Drive;
 use crate::driver::check_disk_target;
-use crate::{disk_path, fsutil, DriverError};
+use crate::{command, disk_path, fsutil, DriverError};
 
 const GIB: u64 = 1 << 30;
 /// The context disk: a small FAT file system, like a floppy that fits an OVF environment.
@@ -387,27 +386,7 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let output = tokio::process::Command::new(program)
-        .args(args)
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(|e| DriverError::Failed {
-            op,
-            reason: format!("cannot run {}: {e}", program.display()),
-        })?;
-    if output.status.success() {
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-    } else {
-        Err(DriverError::Failed {
-            op,
-            reason: format!(
-                "{} {}: {}",
-                program.display(),
-                output.status,
-                String::from_utf8_lossy(&output.stderr).trim()
-            ),
-        })
-    }
+    let mut command = tokio::process::Command::new(program);
+    command.args(args).env("MTOOLS_SKIP_CHECK", "1");
+    command::output(op, command).await
 }

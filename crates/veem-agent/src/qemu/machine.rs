@@ -104,6 +104,14 @@ pub fn shape_path(vee_dir: &Path) -> PathBuf {
     vee_dir.join("qemu-machine.json")
 }
 
+/// A NIC of one QEMU start: the host's side of it is the tap device `tap`, which QEMU makes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NicTap {
+    pub target: String,
+    pub mac: Option<String>,
+    pub tap: String,
+}
+
 /// Everything one QEMU start depends on.
 #[derive(Debug, Clone)]
 pub struct Launch<'a> {
@@ -113,8 +121,8 @@ pub struct Launch<'a> {
     pub machine: &'a str,
     pub cpu_model: &'a str,
     pub drives: &'a [Drive],
-    /// One user-mode NIC per entry: (target, MAC address).
-    pub nics: &'a [(String, Option<String>)],
+    /// One NIC per entry, on its tap device.
+    pub nics: &'a [NicTap],
     pub paths: &'a InstancePaths,
     /// `-incoming` (`defer`, `tcp:host:port`), for a restore or an incoming migration.
     pub incoming: Option<&'a str>,
@@ -184,10 +192,14 @@ pub fn command_line(launch: &Launch<'_>) -> Vec<OsString> {
             target = drive.target
         ));
     }
-    for (target, mac) in launch.nics {
-        args.push("-netdev").push(format!("user,id=net-{target}"));
+    for nic in launch.nics {
+        let target = &nic.target;
+        args.push("-netdev").push(format!(
+            "tap,id=net-{target},ifname={},script=no,downscript=no",
+            nic.tap
+        ));
         let mut device = format!("virtio-net-pci,netdev=net-{target},id=nic-{target}");
-        if let Some(mac) = mac {
+        if let Some(mac) = &nic.mac {
             device.push_str(&format!(",mac={mac}"));
         }
         args.push("-device").push(device);
@@ -301,7 +313,11 @@ mod tests {
             machine: "q35",
             cpu_model: "max",
             drives: &drives,
-            nics: &[("eth0".into(), Some("52:54:00:00:00:01".into()))],
+            nics: &[NicTap {
+                target: "eth0".into(),
+                mac: Some("52:54:00:00:00:01".into()),
+                tap: "vt70a1b2c".into(),
+            }],
             paths: &paths,
             incoming: Some("defer"),
             boot: Some(&BootPlan {
@@ -338,6 +354,10 @@ mod tests {
                 "virtio-balloon-pci,id=balloon",
                 "max-x86_64-cpu,id=vcpu1,core-id=1,socket-id=0,thread-id=0",
             ]
+        );
+        assert_eq!(
+            following(&args, "-netdev"),
+            ["tap,id=net-eth0,ifname=vt70a1b2c,script=no,downscript=no"]
         );
         let chardevs = following(&args, "-chardev");
         assert_eq!(

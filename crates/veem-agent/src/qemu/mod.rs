@@ -23,12 +23,14 @@
 //!   vCPUs, memory) travels in `<vee_dir>/qemu-machine.json`, since a migration needs the same
 //!   devices on both ends.
 //! - `spec.raw` is never passed to QEMU (it would let a descriptor run anything as the
-//!   agent); it is only logged. Every NIC is a user-mode (slirp) virtio NIC for now.
+//!   agent); it is only logged.
+//! - Every NIC is a virtio NIC on a tap device QEMU makes (named per launch, kept in the
+//!   instance's record, brought up by [`crate::hostnet`]); QEMU removes it when it ends.
 //! - CPU time is the QEMU process's user + system time, TCG's translation work included.
 //! - Disk figures are QEMU's block statistics of each disk, taken with the run state (one
 //!   `query-blockstats` per instance, sent alongside `query-status`); the context disk is not
-//!   reported. NIC figures stay empty: a user-mode NIC has no counters QEMU reports. Tap NICs
-//!   will be read from the host kernel with [`read_tap_counters`].
+//!   reported. NIC figures are the host kernel's counters of each NIC's tap, seen from the
+//!   guest ([`read_tap_counters`]).
 
 mod config;
 mod counters;
@@ -43,7 +45,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use veem_api::agent::{DeploySpec, DiskCounters, InstanceState, InstanceStatus};
+use veem_api::agent::{DeploySpec, DiskCounters, InstanceState, InstanceStatus, NicCounters};
 use veem_model::VeeId;
 
 pub use config::{detect_accel, resolve_accel, Accel, AccelChoice, QemuConfig};
@@ -51,12 +53,12 @@ pub use counters::read_tap_counters;
 pub use disks::{context_image_path, CONTEXT_LABEL, CONTEXT_TARGET};
 pub use machine::{console_path, shape_path, MachineShape, PluggedCpu};
 
-use machine::{Drive, InstancePaths, Launch};
+use machine::{Drive, InstancePaths, Launch, NicTap};
 use qmp::{QmpClient, QmpError};
 
 use crate::driver::{check_boot_files, check_disk_target};
 use crate::vee_locks::{VeeGuard, VeeLocks};
-use crate::{fsutil, Driver, DriverError, MigrationStats};
+use crate::{fsutil, hostnet, Driver, DriverError, MigrationStats};
 
 const MIB: u64 = 1 << 20;
 /// How long QEMU gets to end after `quit` before it is killed.
@@ -64,6 +66,8 @@ const QUIT_GRACE: Duration = Duration::from_secs(3);
 /// How often a migration's progress is looked at: often, since it is what a suspend or a
 /// live migration waits for.
 const MIGRATION_POLL: Duration = Duration::from_millis(5);
+/// Where the host kernel shows each interface's counters.
+const SYS_CLASS_NET: &str = "/sys/class/net";
 /// The longest path a Unix socket can have (`sun_path` less its terminating NUL).
 const MAX_SOCKET_PATH: usize = 107;
 /// QMP ids of the vCPUs a resize plugs start with this.
@@ -74,6 +78,9 @@ const PLUGGED_CPU_PREFIX: &str = "vcpu";
 struct InstanceRecord {
     spec: DeploySpec,
     shape: MachineShape,
+    /// The NICs as this process has them: each one's tap is named at launch.
+    #[serde(default)]
+    nics: Vec<NicTap>,
 }
 
 /// One QEMU process this driver runs or adopted.
@@ -355,16 +362,22 @@ impl QemuDriver {
         // only sometimes, and a stale pid file would name a stranger.
         fsutil::remove_if_present(&paths.pid).await?;
         fsutil::remove_if_present(&paths.qmp).await?;
+        let nics = spec
+            .nics
+            .iter()
+            .enumerate()
+            .map(|(index, nic)| NicTap {
+                target: nic.target.clone(),
+                mac: nic.mac.clone(),
+                tap: hostnet::tap_name(&spec.vee, index),
+            })
+            .collect();
         let record = InstanceRecord {
             spec: spec.clone(),
             shape,
+            nics,
         };
         write_json(&paths.record, &record).await?;
-        let nics: Vec<(String, Option<String>)> = spec
-            .nics
-            .iter()
-            .map(|nic| (nic.target.clone(), nic.mac.clone()))
-            .collect();
         let args = machine::command_line(&Launch {
             vee: spec.vee.as_str(),
             shape: &record.shape,
@@ -372,7 +385,7 @@ impl QemuDriver {
             machine: &self.config.machine,
             cpu_model: &self.cpu_model,
             drives,
-            nics: &nics,
+            nics: &record.nics,
             paths: &paths,
             incoming,
             boot: record.spec.boot.as_deref(),
@@ -394,7 +407,7 @@ impl QemuDriver {
             record: Mutex::new(record),
             qmp: tokio::sync::Mutex::new(None),
         });
-        if let Err(e) = self.connect(&instance).await {
+        if let Err(e) = self.connect_and_plug(&instance).await {
             self.end_process(&instance).await;
             remove_instance_files(&instance.paths)?;
             return Err(e);
@@ -403,6 +416,21 @@ impl QemuDriver {
         self.instances()
             .insert(spec.vee.clone(), Arc::clone(&instance));
         Ok(instance)
+    }
+
+    /// Connects to a QEMU just started and brings its NICs' taps up.
+    async fn connect_and_plug(&self, instance: &Instance) -> Result<(), DriverError> {
+        self.connect(instance).await?;
+        let taps: Vec<String> = instance
+            .record()
+            .nics
+            .iter()
+            .map(|n| n.tap.clone())
+            .collect();
+        for tap in taps {
+            hostnet::set_up(&self.config.ip, &tap).await?;
+        }
+        Ok(())
     }
 
     /// Like [`Self::launch`], then runs `setup` on the new instance; if that fails the
@@ -685,9 +713,25 @@ impl QemuDriver {
             memory_mb: shape.memory_mb,
             cpu_time_ms: process::cpu_time_ms(instance.pid, self.clock_ticks).unwrap_or(0),
             disks,
-            // User-mode NICs have no counters; see the module documentation.
-            nics: Vec::new(),
+            nics: self.nic_counters(instance),
         }
+    }
+
+    /// The counters of the instance's NICs, from their taps. A tap that cannot be read is left
+    /// out, as a disk is in [`Self::disk_counters`].
+    fn nic_counters(&self, instance: &Instance) -> Vec<NicCounters> {
+        instance
+            .record()
+            .nics
+            .iter()
+            .filter_map(|nic| {
+                read_tap_counters(Path::new(SYS_CLASS_NET), &nic.tap, &nic.target)
+                    .inspect_err(|e| {
+                        tracing::warn!(vee = %instance.vee, error = %e, "no nic figures for a vee")
+                    })
+                    .ok()
+            })
+            .collect()
     }
 
     /// The counters of the instance's disks. A failure leaves them out rather than failing the

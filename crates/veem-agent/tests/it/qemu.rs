@@ -533,8 +533,30 @@ async fn live_migration_moves_a_running_vee_to_another_driver() {
     target.destroy(&spec.vee).await.unwrap();
 }
 
+/// The tap of the VEE's first NIC: the interface whose name QEMU's command line gives.
+fn tap_of(driver: &QemuDriver, vee: &VeeId) -> String {
+    let pid = driver.pid(vee).expect("running");
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    String::from_utf8_lossy(&cmdline)
+        .split('\0')
+        .find_map(|arg| {
+            arg.strip_prefix("tap,")
+                .and_then(|rest| rest.split(',').find_map(|kv| kv.strip_prefix("ifname=")))
+                .map(str::to_owned)
+        })
+        .expect("a tap netdev")
+}
+
+fn run_ip(args: &[&str]) {
+    let status = std::process::Command::new("ip")
+        .args(args)
+        .status()
+        .unwrap();
+    assert!(status.success(), "ip {args:?}");
+}
+
 #[tokio::test]
-async fn status_counts_the_io_of_each_disk_of_the_vee() {
+async fn status_counts_the_io_of_each_disk_and_nic_of_the_vee() {
     require_qemu!();
     let shared = Scene::new();
     let driver = host(shared.path(), "h1");
@@ -562,7 +584,27 @@ async fn status_counts_the_io_of_each_disk_of_the_vee() {
     let vda = &status.disks[0];
     assert!(vda.read_bytes >= 512, "the boot sector was read: {vda:?}");
     assert!(vda.read_ops >= 1, "{vda:?}");
-    assert!(status.nics.is_empty(), "a user-mode nic has no counters");
+    // The NIC is a tap on the host: what the host sends into it, the guest receives. An
+    // address on the tap and a datagram to its peer make the kernel ask for the peer's MAC
+    // address on the tap (ARP).
+    let tap = tap_of(&driver, &spec.vee);
+    let host_ip = format!("10.254.{}.1", 11);
+    run_ip(&["addr", "add", &format!("{host_ip}/30"), "dev", &tap]);
+    let socket = std::net::UdpSocket::bind(format!("{host_ip}:0")).unwrap();
+    let _ = socket.send_to(b"hello", "10.254.11.2:9");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let eth0 = loop {
+        let status = driver.status(&spec.vee).await.unwrap();
+        let eth0 = status.nics.iter().find(|n| n.target == "eth0").cloned();
+        if eth0.as_ref().is_some_and(|n| n.rx_packets > 0) || Instant::now() > deadline {
+            break eth0.expect("the nic's tap is counted");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        eth0.rx_packets >= 1 && eth0.rx_bytes >= 42,
+        "the ARP request arrived: {eth0:?}"
+    );
     let listed = driver.list().await.unwrap();
     assert_eq!(listed.len(), 1);
     let listed_targets: Vec<&str> = listed[0].disks.iter().map(|d| d.target.as_str()).collect();
