@@ -104,6 +104,7 @@ impl Agent {
             AgentRequest::CompleteIncoming { vee } => {
                 driver.complete_incoming(&vee).await.map(|()| done())
             }
+            AgentRequest::RemoveLan { lan } => driver.remove_lan(&lan).await.map(|()| done()),
         };
         outcome.unwrap_or_else(|error| {
             let error = error.to_wire();

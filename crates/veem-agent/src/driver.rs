@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use veem_api::agent::{AgentError, AgentErrorKind, DeploySpec, InstanceState, InstanceStatus};
+use veem_api::agent::{
+    AgentError, AgentErrorKind, DeploySpec, InstanceState, InstanceStatus, LanPlan,
+};
 use veem_model::VeeId;
 
 /// A hypervisor as the agent sees it: one instance per VEE, driven by the host-agent protocol.
@@ -83,6 +85,10 @@ pub trait Driver: Send + Sync + 'static {
 
     /// Lets an instance that received its migration run.
     async fn complete_incoming(&self, vee: &VeeId) -> Result<(), DriverError>;
+
+    /// Takes a virtual LAN down on this host (its bridge and VXLAN device); `Ok` also when the
+    /// host never had it. The VEEM asks only once no VEE is on the LAN.
+    async fn remove_lan(&self, lan: &LanPlan) -> Result<(), DriverError>;
 }
 
 /// A live migration sent from this host, as its hypervisor measured it.

@@ -8,10 +8,13 @@
 
 use std::path::Path;
 
+use veem_api::agent::LanPlan;
 use veem_model::VeeId;
 
 use crate::{command, DriverError};
 
+/// Where the host kernel lists its interfaces.
+pub const SYS_CLASS_NET: &str = "/sys/class/net";
 /// Linux's longest interface name (`IFNAMSIZ` less its terminating NUL).
 pub const MAX_INTERFACE_NAME: usize = 15;
 
@@ -39,6 +42,27 @@ pub async fn set_up(ip: &Path, interface: &str) -> Result<(), DriverError> {
     let mut command = tokio::process::Command::new(ip);
     command.args(["link", "set", "dev", interface, "up"]);
     command::output("bring a tap up", command).await.map(drop)
+}
+
+/// The VXLAN device that joins a LAN's bridge to the other machines' (`vx` for `vb`).
+pub fn vxlan_name(lan: &LanPlan) -> String {
+    match lan.bridge.strip_prefix("vb") {
+        Some(rest) => format!("vx{rest}"),
+        None => format!("vx{:x}", lan.vni),
+    }
+}
+
+/// Removes a LAN's bridge and VXLAN device from this host, if it has them.
+pub async fn remove_lan(ip: &Path, lan: &LanPlan) -> Result<(), DriverError> {
+    for interface in [vxlan_name(lan), lan.bridge.clone()] {
+        if !Path::new(SYS_CLASS_NET).join(&interface).exists() {
+            continue;
+        }
+        let mut command = tokio::process::Command::new(ip);
+        command.args(["link", "del", "dev", &interface]);
+        command::output("remove a lan", command).await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

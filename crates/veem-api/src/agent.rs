@@ -63,6 +63,23 @@ pub struct NicPlan {
     pub target: String,
     pub network: String,
     pub mac: Option<String>,
+    /// The virtual LAN the NIC is plugged into; `None`: a NIC on no network the VEEM knows,
+    /// plugged into nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lan: Option<LanPlan>,
+}
+
+/// A virtual LAN as a host builds it: a Linux bridge of this name on every host, joined across
+/// machines by VXLAN with network identifier `vni`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LanPlan {
+    /// The bridge's interface name (at most 15 characters), the same on every host.
+    pub bridge: String,
+    pub vni: u32,
+    /// On a public network, the hosts' address on it in CIDR form (`10.77.0.1/24`), so they
+    /// reach its VEEs; `None` on a private network, which nothing outside it reaches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_address: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -183,6 +200,11 @@ pub enum AgentRequest {
     CompleteIncoming {
         vee: VeeId,
     },
+    /// Take a virtual LAN down on this host (its network was deleted): its bridge and VXLAN
+    /// device go. `Ok` also when the host never had it.
+    RemoveLan {
+        lan: LanPlan,
+    },
 }
 
 impl AgentRequest {
@@ -203,6 +225,7 @@ impl AgentRequest {
             AgentRequest::PrepareIncoming { .. } => "prepare_incoming",
             AgentRequest::MigrateOut { .. } => "migrate_out",
             AgentRequest::CompleteIncoming { .. } => "complete_incoming",
+            AgentRequest::RemoveLan { .. } => "remove_lan",
         }
     }
 }

@@ -436,6 +436,7 @@ fn descriptor_from_flags(args: &InitArgs) -> anyhow::Result<VeeDescriptor> {
         .map(|network| NicSpec {
             network: network.clone(),
             target: None,
+            ip: None,
         })
         .collect();
     Ok(descriptor)

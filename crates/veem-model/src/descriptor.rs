@@ -10,6 +10,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::ImageName;
+use crate::network::MAX_NICS;
 
 /// No host we know of has more; larger numbers are typos, not requests.
 pub const MAX_CPUS: u32 = 1024;
@@ -108,9 +109,14 @@ fn default_clone() -> bool {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NicSpec {
+    /// The network's name: the caller's own network of that name, else a public one. A name no
+    /// such network has leaves the NIC unattached (it gets a MAC address, no IP address).
     pub network: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// A chosen address in the network's range; the VEEM chooses one when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<std::net::Ipv4Addr>,
 }
 
 /// Contextualization: becomes the `ovf-env.xml` on an extra disk of the VEE.
@@ -341,6 +347,12 @@ impl VeeDescriptor {
             }
             disk.target = Some(target.clone());
             targets.push(target);
+        }
+        if self.nics.len() > MAX_NICS {
+            return Err(DescriptorError::new(
+                "nics",
+                format!("at most {MAX_NICS} NICs, not {}", self.nics.len()),
+            ));
         }
         let mut nic_targets = Vec::new();
         for (i, nic) in self.nics.iter_mut().enumerate() {

@@ -7,6 +7,7 @@
 
 mod descriptor;
 mod ids;
+mod network;
 mod record;
 mod state;
 
@@ -15,6 +16,7 @@ pub use descriptor::{
     MAX_MEMORY_MB,
 };
 pub use ids::{HostId, IdError, ImageName, Principal, VeeId};
+pub use network::{mac_address, AddressPool, Ipv4Cidr, Network, MAX_NICS, MAX_PREFIX, MIN_PREFIX};
 pub use record::{Generated, ImageFormat, ImageRecord, NicAddress, Phase, VeeEvent, VeeRecord};
 pub use state::{
     apply, ControlAction, InitModel, Step, Transition, VeemState, VmiState, WrongState,

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use roxmltree::Node;
-use veem_model::{DiskSpec, NicSpec};
+use veem_model::{DiskSpec, NicSpec, MAX_NICS};
 
 use crate::package::{source_from_href, Configurations, Package};
 use crate::units::{bytes_per_unit, round_up, MIB};
@@ -31,8 +31,6 @@ pub(crate) struct Hardware {
 
 /// veem names disks vda to vdz.
 const MAX_DISKS: usize = 26;
-/// More than any hypervisor veem drives can plug in; also keeps hostile envelopes cheap.
-const MAX_NICS: usize = 64;
 
 /// CIM resource types veem maps.
 const CPU: u32 = 3;
@@ -611,6 +609,7 @@ fn nic(item: &Merged<'_>, package: &Package) -> Result<NicSpec, OvfError> {
             )
         })?,
         target: None,
+        ip: None,
     })
 }
 

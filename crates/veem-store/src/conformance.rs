@@ -135,10 +135,12 @@ pub fn rich_record(seq: u64) -> VeeRecord {
             NicSpec {
                 network: "public".to_owned(),
                 target: Some("eth0".to_owned()),
+                ip: Some(std::net::Ipv4Addr::new(10, 77, 0, 9)),
             },
             NicSpec {
                 network: "private".to_owned(),
                 target: Some("eth1".to_owned()),
+                ip: None,
             },
         ],
         hypervisor: Some("kvm".to_owned()),

@@ -45,7 +45,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use veem_api::agent::{DeploySpec, DiskCounters, InstanceState, InstanceStatus, NicCounters};
+use veem_api::agent::{
+    DeploySpec, DiskCounters, InstanceState, InstanceStatus, LanPlan, NicCounters,
+};
 use veem_model::VeeId;
 
 pub use config::{detect_accel, resolve_accel, Accel, AccelChoice, QemuConfig};
@@ -66,8 +68,6 @@ const QUIT_GRACE: Duration = Duration::from_secs(3);
 /// How often a migration's progress is looked at: often, since it is what a suspend or a
 /// live migration waits for.
 const MIGRATION_POLL: Duration = Duration::from_millis(5);
-/// Where the host kernel shows each interface's counters.
-const SYS_CLASS_NET: &str = "/sys/class/net";
 /// The longest path a Unix socket can have (`sun_path` less its terminating NUL).
 const MAX_SOCKET_PATH: usize = 107;
 /// QMP ids of the vCPUs a resize plugs start with this.
@@ -725,7 +725,7 @@ impl QemuDriver {
             .nics
             .iter()
             .filter_map(|nic| {
-                read_tap_counters(Path::new(SYS_CLASS_NET), &nic.tap, &nic.target)
+                read_tap_counters(Path::new(hostnet::SYS_CLASS_NET), &nic.tap, &nic.target)
                     .inspect_err(|e| {
                         tracing::warn!(vee = %instance.vee, error = %e, "no nic figures for a vee")
                     })
@@ -1225,6 +1225,10 @@ impl Driver for QemuDriver {
             }
             tokio::time::sleep(MIGRATION_POLL).await;
         }
+    }
+
+    async fn remove_lan(&self, lan: &LanPlan) -> Result<(), DriverError> {
+        hostnet::remove_lan(&self.config.ip, lan).await
     }
 }
 

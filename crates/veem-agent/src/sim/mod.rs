@@ -27,7 +27,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use veem_api::agent::{DeploySpec, DiskCounters, InstanceState, InstanceStatus, NicCounters};
+use veem_api::agent::{
+    DeploySpec, DiskCounters, InstanceState, InstanceStatus, LanPlan, NicCounters,
+};
 use veem_model::VeeId;
 
 pub use config::{FaultSpec, LatencyConfig, SimConfig, FAULT_OPS};
@@ -716,6 +718,11 @@ impl Driver for SimDriver {
         }
         Ok(())
     }
+
+    /// Simulated hosts build no LANs: a sim NIC is plugged into nothing.
+    async fn remove_lan(&self, _lan: &LanPlan) -> Result<(), DriverError> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -771,6 +778,7 @@ mod tests {
             target: "eth0".into(),
             network: "lan".into(),
             mac: None,
+            lan: None,
         }];
         let mut instance = SimInstance::new(&spec, InstanceState::Running, Some(9), 1_000);
         let fresh = instance.status_at(1_000);

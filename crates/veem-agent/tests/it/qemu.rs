@@ -566,6 +566,7 @@ async fn status_counts_the_io_of_each_disk_and_nic_of_the_vee() {
         target: "eth0".into(),
         network: "lan".into(),
         mac: None,
+        lan: None,
     }];
     spec.ovf_env = Some("<Environment/>".into());
     driver.deploy(&spec).await.unwrap();

@@ -88,6 +88,9 @@ impl Driver for PairedDriver {
     async fn complete_incoming(&self, _: &VeeId) -> Result<(), DriverError> {
         Err(DriverError::Unsupported("complete_incoming"))
     }
+    async fn remove_lan(&self, _: &veem_api::agent::LanPlan) -> Result<(), DriverError> {
+        Err(DriverError::Unsupported("remove_lan"))
+    }
 }
 
 fn agent() -> Arc<Agent> {

@@ -344,6 +344,7 @@ impl Veem {
                     target,
                     network: n.network.clone(),
                     mac,
+                    lan: None,
                 }
             })
             .collect();
