@@ -199,7 +199,9 @@ impl DescriptorError {
     }
 }
 
-fn check_word(field: String, text: &str) -> Result<(), DescriptorError> {
+/// Checks a name the descriptor and its neighbours use as a word (a tag, a network's name):
+/// 1 to 64 of letters, digits, `.`, `_`, `-` and `:`.
+pub fn check_word(field: String, text: &str) -> Result<(), DescriptorError> {
     let ok = !text.is_empty()
         && text.len() <= 64
         && text

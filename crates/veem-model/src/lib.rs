@@ -12,8 +12,8 @@ mod record;
 mod state;
 
 pub use descriptor::{
-    Context, DescriptorError, DiskSource, DiskSpec, KernelBoot, NicSpec, VeeDescriptor, MAX_CPUS,
-    MAX_MEMORY_MB,
+    check_word, Context, DescriptorError, DiskSource, DiskSpec, KernelBoot, NicSpec, VeeDescriptor,
+    MAX_CPUS, MAX_MEMORY_MB,
 };
 pub use ids::{HostId, IdError, ImageName, Principal, VeeId};
 pub use network::{mac_address, AddressPool, Ipv4Cidr, Network, MAX_NICS, MAX_PREFIX, MIN_PREFIX};

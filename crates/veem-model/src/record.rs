@@ -28,8 +28,13 @@ pub struct NicAddress {
     pub target: String,
     pub network: String,
     pub mac: String,
+    /// The NIC's address on its network; `None` for a NIC on no network the VEEM knows, which
+    /// is plugged into nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<String>,
+    /// The id of the network the address is on (names may be reused after a delete).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_id: Option<u32>,
 }
 
 /// What the VEEM chose for a VEE at initialization: the paper's "VEE initialization values".

@@ -12,11 +12,13 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use veem_model::{
     Context, DiskSource, DiskSpec, Generated, HostId, ImageFormat, ImageName, ImageRecord,
-    InitModel, KernelBoot, NicAddress, NicSpec, Phase, Principal, VeeDescriptor, VeeEvent, VeeId,
-    VeeRecord, VeemState, VmiState,
+    InitModel, Ipv4Cidr, KernelBoot, Network, NicAddress, NicSpec, Phase, Principal, VeeDescriptor,
+    VeeEvent, VeeId, VeeRecord, VeemState, VmiState,
 };
 
-use crate::{Change, Snapshot, Store, StoreError, FIRST_VEE_SEQ};
+use crate::{
+    Change, Snapshot, Store, StoreError, FIRST_NETWORK_ID, FIRST_VEE_SEQ, NETWORK_ID_LIMIT,
+};
 
 /// One property: panics if `store` (fresh and empty) breaks it.
 pub type Property = fn(&dyn Store);
@@ -65,6 +67,22 @@ pub const PROPERTIES: &[(&str, Property)] = &[
     (
         "images_are_put_replaced_deleted_and_listed",
         images_are_put_replaced_deleted_and_listed,
+    ),
+    (
+        "networks_round_trip_in_id_order",
+        networks_round_trip_in_id_order,
+    ),
+    (
+        "a_taken_network_name_fails_the_whole_batch",
+        a_taken_network_name_fails_the_whole_batch,
+    ),
+    (
+        "networks_are_deleted_and_their_ids_never_reused",
+        networks_are_deleted_and_their_ids_never_reused,
+    ),
+    (
+        "network_ids_stay_below_the_vxlan_limit",
+        network_ids_stay_below_the_vxlan_limit,
     ),
 ];
 
@@ -183,12 +201,14 @@ pub fn rich_record(seq: u64) -> VeeRecord {
                     network: "public".to_owned(),
                     mac: "52:54:00:12:34:56".to_owned(),
                     ip: Some("192.0.2.10".to_owned()),
+                    network_id: Some(7),
                 },
                 NicAddress {
                     target: "eth1".to_owned(),
                     network: "private".to_owned(),
                     mac: "52:54:00:12:34:57".to_owned(),
                     ip: None,
+                    network_id: None,
                 },
             ],
         },
@@ -240,6 +260,28 @@ pub fn image(owner: &str, name: &str, size_bytes: u64) -> ImageRecord {
     }
 }
 
+/// A private network of `owner` on 10.10.0.0/24, made at time 7.
+pub fn network(id: u32, owner: &str, name: &str) -> Network {
+    Network {
+        id,
+        owner: principal(owner),
+        name: name.to_owned(),
+        cidr: Ipv4Cidr::parse("10.10.0.0/24").expect("a valid test range"),
+        public: false,
+        created_ms: 7,
+    }
+}
+
+/// A public network with every field away from [`network`]'s.
+pub fn public_network(id: u32, owner: &str, name: &str) -> Network {
+    Network {
+        cidr: Ipv4Cidr::parse("172.16.128.0/17").expect("a valid test range"),
+        public: true,
+        created_ms: 1_700_000_000_789,
+        ..network(id, owner, name)
+    }
+}
+
 /// The CAS update of `record` to its next generation, after `edit`.
 pub fn update(record: &VeeRecord, edit: impl FnOnce(&mut VeeRecord)) -> (VeeRecord, Change) {
     let mut next = record.clone();
@@ -288,6 +330,8 @@ pub fn a_fresh_store_is_empty(store: &dyn Store) {
         vees: vec![],
         images: vec![],
         next_vee_seq: FIRST_VEE_SEQ,
+        networks: vec![],
+        next_network_id: FIRST_NETWORK_ID,
     };
     assert_eq!(load(store), empty);
     assert_eq!(events(store, &VeeId::from_seq(FIRST_VEE_SEQ)), vec![]);
@@ -447,6 +491,8 @@ pub fn a_failing_change_rolls_back_the_whole_batch(store: &dyn Store) {
             Change::AppendEvent(event(&existing.id, 10, VmiState::Defined)),
             Change::PutImage(image("alice", "tiny", 100)),
             Change::PutImage(image("alice", "doomed", 100)),
+            Change::InsertNetwork(network(FIRST_NETWORK_ID, "alice", "lan")),
+            Change::InsertNetwork(network(FIRST_NETWORK_ID + 1, "alice", "doomed")),
         ],
     );
     let snapshot_before = load(store);
@@ -464,6 +510,10 @@ pub fn a_failing_change_rolls_back_the_whole_batch(store: &dyn Store) {
         Change::DeleteImage {
             owner: principal("alice"),
             name: ImageName::new("doomed").expect("valid name"),
+        },
+        Change::InsertNetwork(public_network(FIRST_NETWORK_ID + 5, "bob", "lan")),
+        Change::DeleteNetwork {
+            id: FIRST_NETWORK_ID + 1,
         },
     ];
     let (_, stale_update) = update(&existing, |r| r.state = VmiState::Paused);
@@ -492,6 +542,20 @@ pub fn a_failing_change_rolls_back_the_whole_batch(store: &dyn Store) {
                 VmiState::Active,
             )),
         ),
+        (
+            "a taken network name",
+            Change::InsertNetwork(network(FIRST_NETWORK_ID + 9, "alice", "lan")),
+        ),
+        (
+            "a reused network id",
+            Change::InsertNetwork(network(FIRST_NETWORK_ID + 5, "carol", "lan")),
+        ),
+        (
+            "a delete of a missing network",
+            Change::DeleteNetwork {
+                id: FIRST_NETWORK_ID + 50,
+            },
+        ),
     ];
     for (what, tail) in failing_tails {
         let mut batch = good_changes.clone();
@@ -519,6 +583,14 @@ pub fn a_failing_change_rolls_back_the_whole_batch(store: &dyn Store) {
         snapshot.images,
         vec![image("alice", "tiny", 200), image("bob", "new", 1)]
     );
+    assert_eq!(
+        snapshot.networks,
+        vec![
+            network(FIRST_NETWORK_ID, "alice", "lan"),
+            public_network(FIRST_NETWORK_ID + 5, "bob", "lan")
+        ]
+    );
+    assert_eq!(snapshot.next_network_id, FIRST_NETWORK_ID + 6);
     assert_eq!(events(store, &existing.id).len(), 2);
 }
 
@@ -740,4 +812,178 @@ pub fn images_are_put_replaced_deleted_and_listed(store: &dyn Store) {
     let snapshot = load(store);
     assert_eq!(snapshot.vees, vec![]);
     assert_eq!(snapshot.next_vee_seq, FIRST_VEE_SEQ);
+    assert_eq!(snapshot.networks, vec![]);
+    assert_eq!(snapshot.next_network_id, FIRST_NETWORK_ID);
+}
+
+pub fn networks_round_trip_in_id_order(store: &dyn Store) {
+    // Owners and names sort the other way round from ids: the order must come from the id.
+    let first = public_network(FIRST_NETWORK_ID, "zoe", "z-lan \"quoted\" — ünïcode");
+    let second = network(FIRST_NETWORK_ID + 1, "bob", "b-lan");
+    let third = network(FIRST_NETWORK_ID + 2, "alice", "a-lan");
+    // The same name for another owner is another network.
+    let fourth = public_network(FIRST_NETWORK_ID + 3, "alice", "b-lan");
+    commit(
+        store,
+        &[
+            Change::InsertNetwork(first.clone()),
+            Change::InsertNetwork(second.clone()),
+        ],
+    );
+    commit(
+        store,
+        &[
+            Change::InsertNetwork(third.clone()),
+            Change::InsertNetwork(fourth.clone()),
+        ],
+    );
+    let snapshot = load(store);
+    assert_eq!(snapshot.networks, vec![first, second, third, fourth]);
+    assert_eq!(snapshot.next_network_id, FIRST_NETWORK_ID + 4);
+    assert_eq!(
+        (snapshot.vees, snapshot.images, snapshot.next_vee_seq),
+        (vec![], vec![], FIRST_VEE_SEQ),
+        "networks leave VEEs, images and the VEE counter alone"
+    );
+}
+
+pub fn a_taken_network_name_fails_the_whole_batch(store: &dyn Store) {
+    let lan = network(FIRST_NETWORK_ID, "alice", "lan");
+    commit(store, &[Change::InsertNetwork(lan.clone())]);
+    let before = load(store);
+
+    let twin = public_network(FIRST_NETWORK_ID + 1, "alice", "lan");
+    let err = commit_err(
+        store,
+        &[
+            Change::InsertVee(plain_record(FIRST_VEE_SEQ)),
+            Change::PutImage(image("alice", "tiny", 1)),
+            Change::InsertNetwork(network(FIRST_NETWORK_ID + 1, "bob", "lan")),
+            Change::InsertNetwork(network(FIRST_NETWORK_ID + 2, "alice", "lan")),
+        ],
+    );
+    assert!(
+        matches!(&err, StoreError::NetworkNameTaken { owner, name } if owner.as_str() == "alice" && name == "lan"),
+        "{err:?}"
+    );
+    assert_eq!(load(store), before, "nothing of the batch is stored");
+
+    // Two networks of one name in one batch collide too.
+    let err = commit_err(
+        store,
+        &[
+            Change::InsertNetwork(network(FIRST_NETWORK_ID + 1, "bob", "lan")),
+            Change::InsertNetwork(public_network(FIRST_NETWORK_ID + 2, "bob", "lan")),
+        ],
+    );
+    assert!(
+        matches!(&err, StoreError::NetworkNameTaken { owner, .. } if owner.as_str() == "bob"),
+        "{err:?}"
+    );
+    assert_eq!(load(store), before);
+
+    // Once deleted, the name is free again (under a new id).
+    commit(
+        store,
+        &[
+            Change::DeleteNetwork { id: lan.id },
+            Change::InsertNetwork(twin.clone()),
+        ],
+    );
+    let snapshot = load(store);
+    assert_eq!(snapshot.networks, vec![twin]);
+    assert_eq!(snapshot.next_network_id, FIRST_NETWORK_ID + 2);
+}
+
+pub fn networks_are_deleted_and_their_ids_never_reused(store: &dyn Store) {
+    let a = network(FIRST_NETWORK_ID, "alice", "a");
+    let b = public_network(FIRST_NETWORK_ID + 1, "alice", "b");
+    let c = network(FIRST_NETWORK_ID + 2, "bob", "c");
+    commit(
+        store,
+        &[
+            Change::InsertNetwork(a.clone()),
+            Change::InsertNetwork(b.clone()),
+            Change::InsertNetwork(c.clone()),
+        ],
+    );
+    commit(store, &[Change::DeleteNetwork { id: c.id }]);
+    let snapshot = load(store);
+    assert_eq!(snapshot.networks, vec![a.clone(), b.clone()]);
+    assert_eq!(
+        snapshot.next_network_id,
+        FIRST_NETWORK_ID + 3,
+        "deleting the newest network leaves the counter alone"
+    );
+
+    let err = commit_err(store, &[Change::DeleteNetwork { id: c.id }]);
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+    let err = commit_err(store, &[Change::InsertNetwork(c.clone())]);
+    assert!(
+        matches!(err, StoreError::NetworkIdReused(id) if id == c.id),
+        "a deleted id is not handed out again: {err:?}"
+    );
+    let err = commit_err(
+        store,
+        &[Change::InsertNetwork(network(a.id, "carol", "fresh"))],
+    );
+    assert!(
+        matches!(err, StoreError::NetworkIdReused(id) if id == a.id),
+        "an id in use: {err:?}"
+    );
+    let err = commit_err(store, &[Change::InsertNetwork(network(0, "carol", "zero"))]);
+    assert!(
+        matches!(err, StoreError::NetworkIdReused(0)),
+        "ids start at {FIRST_NETWORK_ID}: {err:?}"
+    );
+
+    // Skipping ahead is allowed; within one batch each insert raises the counter for the next.
+    let ahead = network(FIRST_NETWORK_ID + 10, "carol", "ahead");
+    let behind = network(FIRST_NETWORK_ID + 9, "carol", "behind");
+    let err = commit_err(
+        store,
+        &[
+            Change::InsertNetwork(ahead.clone()),
+            Change::InsertNetwork(behind),
+        ],
+    );
+    assert!(matches!(err, StoreError::NetworkIdReused(_)), "{err:?}");
+    assert_eq!(load(store).next_network_id, FIRST_NETWORK_ID + 3);
+
+    // Insert and delete in one batch still consume the id; deletes leave VEE ids alone.
+    commit(
+        store,
+        &[
+            Change::InsertNetwork(ahead.clone()),
+            Change::DeleteNetwork { id: ahead.id },
+            Change::DeleteNetwork { id: a.id },
+        ],
+    );
+    let snapshot = load(store);
+    assert_eq!(snapshot.networks, vec![b]);
+    assert_eq!(snapshot.next_network_id, FIRST_NETWORK_ID + 11);
+    assert_eq!(snapshot.next_vee_seq, FIRST_VEE_SEQ);
+}
+
+pub fn network_ids_stay_below_the_vxlan_limit(store: &dyn Store) {
+    for beyond in [NETWORK_ID_LIMIT, u32::MAX] {
+        let err = commit_err(
+            store,
+            &[Change::InsertNetwork(network(beyond, "alice", "far"))],
+        );
+        assert!(
+            matches!(err, StoreError::InvalidChange(_)),
+            "id {beyond}: {err:?}"
+        );
+    }
+    assert_eq!(load(store).next_network_id, FIRST_NETWORK_ID);
+
+    let last = network(NETWORK_ID_LIMIT - 1, "alice", "last");
+    commit(store, &[Change::InsertNetwork(last.clone())]);
+    let snapshot = load(store);
+    assert_eq!(snapshot.networks, vec![last]);
+    assert_eq!(
+        snapshot.next_network_id, NETWORK_ID_LIMIT,
+        "every id is handed out"
+    );
 }

@@ -6,12 +6,13 @@
 //! atomically and durably, read a VEE's history. It is synchronous; the server calls it from
 //! `spawn_blocking`. This is the only crate of veem that knows SQL: nothing outside it builds a
 //! query, and nothing inside it decides what a change means (that is the VEEM's job; the store
-//! checks only the invariants it owns: generations, id reuse, existence).
+//! checks only the invariants it owns: generations, id reuse, existence, and a network's name
+//! being unique per owner).
 //!
 //! The conformance suite is compiled always (it is small and has no extra dependencies), so a
 //! backend living in another crate, or a fake store in a test, can run it too.
 
-use veem_model::{ImageName, ImageRecord, Principal, VeeEvent, VeeId, VeeRecord};
+use veem_model::{ImageName, ImageRecord, Network, Principal, VeeEvent, VeeId, VeeRecord};
 
 pub mod conformance;
 mod sqlite;
@@ -21,10 +22,17 @@ pub use sqlite::{SqliteStore, SCHEMA_VERSION};
 /// The sequence number of the first VEE id a fresh store hands out (`vee-00000001`).
 pub const FIRST_VEE_SEQ: u64 = 1;
 
+/// The id of the first network a fresh store hands out.
+pub const FIRST_NETWORK_ID: u32 = 1;
+
+/// Network ids stay below this: a network's id is its VXLAN network identifier, 24 bits wide.
+/// A store whose network counter reached it has no id left to hand out.
+pub const NETWORK_ID_LIMIT: u32 = 1 << 24;
+
 /// veem's persistence, as the VEEM needs it. Implementations are shared between threads.
 pub trait Store: Send + Sync + 'static {
     /// Everything the VEEM needs at start: all VEEs (not purged) ordered by id sequence, all
-    /// images ordered by owner then name, and the id counter.
+    /// images ordered by owner then name, all networks ordered by id, and the id counters.
     fn load(&self) -> Result<Snapshot, StoreError>;
 
     /// Applies the changes in ONE transaction, all or nothing, in order; durable on disk when it
@@ -48,6 +56,10 @@ pub struct Snapshot {
     pub images: Vec<ImageRecord>,
     /// The sequence number the next new VEE id must have at least.
     pub next_vee_seq: u64,
+    /// Every network, ordered by id.
+    pub networks: Vec<Network>,
+    /// The id the next new network must have at least; [`NETWORK_ID_LIMIT`] when none is left.
+    pub next_network_id: u32,
 }
 
 /// One change of a [`Store::commit`] batch.
@@ -72,6 +84,14 @@ pub enum Change {
         owner: Principal,
         name: ImageName,
     },
+    /// A new network. Its id must be >= the stored network counter and below
+    /// [`NETWORK_ID_LIMIT`]; the counter becomes id+1. Ids are never reused, also after delete.
+    /// Its (owner, name) must be free: uniqueness among public networks is the VEEM's to check.
+    InsertNetwork(Network),
+    /// Removes the network; the network counter is untouched.
+    DeleteNetwork {
+        id: u32,
+    },
 }
 
 /// Why a store operation failed. Every error of `commit` leaves the store as it was.
@@ -87,6 +107,12 @@ pub enum StoreError {
     /// An insert whose id's sequence is below the counter, or whose id exists.
     #[error("VEE id {0} was already handed out")]
     IdReused(VeeId),
+    /// A network insert whose id is below the network counter, or whose id exists.
+    #[error("network id {0} was already handed out")]
+    NetworkIdReused(u32),
+    /// A network insert whose owner already has a network of that name.
+    #[error("{owner} already has a network named {name:?}")]
+    NetworkNameTaken { owner: Principal, name: String },
     /// A purge, delete or event of something the store does not hold.
     #[error("{0} not found")]
     NotFound(String),

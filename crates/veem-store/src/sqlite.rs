@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use rusqlite::{ffi, params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use serde::Serialize;
-use veem_model::{ImageName, ImageRecord, Principal, VeeEvent, VeeId, VeeRecord};
+use veem_model::{ImageName, ImageRecord, Network, Principal, VeeEvent, VeeId, VeeRecord};
 
-use crate::{Change, Snapshot, Store, StoreError};
+use crate::{Change, Snapshot, Store, StoreError, NETWORK_ID_LIMIT};
 
 /// The schema, one step per version: step `i` takes a database from `user_version` i to i+1.
 /// Steps are only ever appended; a released step is never edited.
@@ -47,12 +47,23 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (owner, name)
     ) STRICT;
     INSERT INTO meta (key, value) VALUES ('next_vee_seq', 1); -- FIRST_VEE_SEQ",
+    // Version 2: virtual LANs. The id is the rowid (a network's id is a small integer); the
+    // UNIQUE constraint is what refuses a second network of one name for one owner.
+    "CREATE TABLE networks (
+        id     INTEGER PRIMARY KEY NOT NULL,
+        owner  TEXT NOT NULL,
+        name   TEXT NOT NULL,
+        record TEXT NOT NULL,
+        UNIQUE (owner, name)
+    ) STRICT;
+    INSERT INTO meta (key, value) VALUES ('next_network_id', 1); -- FIRST_NETWORK_ID",
 ];
 
 /// The schema version this code writes: the number of migration steps.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 
 const NEXT_VEE_SEQ_KEY: &str = "next_vee_seq";
+const NEXT_NETWORK_ID_KEY: &str = "next_network_id";
 
 /// How long a statement waits for another process's lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -155,7 +166,7 @@ fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
 impl Store for SqliteStore {
     fn load(&self) -> Result<Snapshot, StoreError> {
         let mut connection = self.connection();
-        // One read transaction, so the three reads see the same commit.
+        // One read transaction, so the reads see the same commit.
         let tx = connection.transaction().map_err(backend)?;
         let vees = {
             let mut statement = tx
@@ -195,12 +206,35 @@ impl Store for SqliteStore {
             })
             .collect::<Result<Vec<_>, _>>()?
         };
+        let networks = {
+            let mut statement = tx
+                .prepare_cached("SELECT id, owner, name, record FROM networks ORDER BY id")
+                .map_err(backend)?;
+            let rows = statement
+                .query_map([], |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, String>(3)?,
+                    ))
+                })
+                .map_err(backend)?;
+            rows.map(|row| {
+                let (id, owner, name, json) = row.map_err(read_error)?;
+                decode_network(id, &owner, &name, &json)
+            })
+            .collect::<Result<Vec<_>, _>>()?
+        };
         let next_vee_seq = read_next_vee_seq(&tx)?;
+        let next_network_id = read_next_network_id(&tx)?;
         tx.commit().map_err(backend)?;
         Ok(Snapshot {
             vees,
             images,
             next_vee_seq,
+            networks,
+            next_network_id,
         })
     }
 
@@ -214,11 +248,11 @@ impl Store for SqliteStore {
         let tx = connection
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(backend)?;
-        let mut counter = Counter::default();
+        let mut counters = Counters::default();
         for change in changes {
-            apply(&tx, &mut counter, change)?;
+            apply(&tx, &mut counters, change)?;
         }
-        counter.save(&tx)?;
+        counters.save(&tx)?;
         // An error return drops `tx`, which rolls the whole batch back.
         tx.commit().map_err(backend)
     }
@@ -243,19 +277,53 @@ impl Store for SqliteStore {
     }
 }
 
-/// The id counter during one commit: read on the first insert, written once at the end.
-#[derive(Default)]
+/// The id counters during one commit.
+struct Counters {
+    vee_seq: Counter,
+    network_id: Counter,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Self {
+            vee_seq: Counter::new(NEXT_VEE_SEQ_KEY, read_next_vee_seq),
+            network_id: Counter::new(NEXT_NETWORK_ID_KEY, |tx| {
+                read_next_network_id(tx).map(u64::from)
+            }),
+        }
+    }
+}
+
+impl Counters {
+    fn save(&self, tx: &Transaction<'_>) -> Result<(), StoreError> {
+        self.vee_seq.save(tx)?;
+        self.network_id.save(tx)
+    }
+}
+
+/// One counter of `meta` during one commit: read on the first insert, written once at the end.
 struct Counter {
+    key: &'static str,
+    read: fn(&Transaction<'_>) -> Result<u64, StoreError>,
     loaded: Option<u64>,
     changed: bool,
 }
 
 impl Counter {
+    fn new(key: &'static str, read: fn(&Transaction<'_>) -> Result<u64, StoreError>) -> Self {
+        Self {
+            key,
+            read,
+            loaded: None,
+            changed: false,
+        }
+    }
+
     fn get(&mut self, tx: &Transaction<'_>) -> Result<u64, StoreError> {
         match self.loaded {
             Some(next) => Ok(next),
             None => {
-                let next = read_next_vee_seq(tx)?;
+                let next = (self.read)(tx)?;
                 self.loaded = Some(next);
                 Ok(next)
             }
@@ -271,31 +339,43 @@ impl Counter {
         let (Some(next), true) = (self.loaded, self.changed) else {
             return Ok(());
         };
-        let next = to_sql_int("next VEE sequence", next)?;
+        let next = to_sql_int(self.key, next)?;
         tx.prepare_cached("UPDATE meta SET value = ?1 WHERE key = ?2")
-            .and_then(|mut statement| statement.execute(params![next, NEXT_VEE_SEQ_KEY]))
+            .and_then(|mut statement| statement.execute(params![next, self.key]))
             .map_err(backend)?;
         Ok(())
     }
 }
 
-fn read_next_vee_seq(tx: &Transaction<'_>) -> Result<u64, StoreError> {
+fn read_counter(tx: &Transaction<'_>, key: &str, what: &str) -> Result<i64, StoreError> {
     let stored: Option<i64> = tx
         .prepare_cached("SELECT value FROM meta WHERE key = ?1")
-        .and_then(|mut statement| {
-            statement
-                .query_row([NEXT_VEE_SEQ_KEY], |row| row.get(0))
-                .optional()
-        })
+        .and_then(|mut statement| statement.query_row([key], |row| row.get(0)).optional())
         .map_err(read_error)?;
-    let stored = stored.ok_or_else(|| StoreError::Corrupt("the id counter is missing".into()))?;
+    stored.ok_or_else(|| StoreError::Corrupt(format!("the {what} is missing")))
+}
+
+fn read_next_vee_seq(tx: &Transaction<'_>) -> Result<u64, StoreError> {
+    let stored = read_counter(tx, NEXT_VEE_SEQ_KEY, "id counter")?;
     u64::try_from(stored)
         .map_err(|_| StoreError::Corrupt(format!("the id counter is negative: {stored}")))
 }
 
-fn apply(tx: &Transaction<'_>, counter: &mut Counter, change: &Change) -> Result<(), StoreError> {
+fn read_next_network_id(tx: &Transaction<'_>) -> Result<u32, StoreError> {
+    let stored = read_counter(tx, NEXT_NETWORK_ID_KEY, "network id counter")?;
+    u32::try_from(stored)
+        .ok()
+        .filter(|&next| next <= NETWORK_ID_LIMIT)
+        .ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "the network id counter {stored} is outside 0..={NETWORK_ID_LIMIT}"
+            ))
+        })
+}
+
+fn apply(tx: &Transaction<'_>, counters: &mut Counters, change: &Change) -> Result<(), StoreError> {
     match change {
-        Change::InsertVee(record) => insert_vee(tx, counter, record),
+        Change::InsertVee(record) => insert_vee(tx, &mut counters.vee_seq, record),
         Change::UpdateVee {
             record,
             expected_generation,
@@ -304,6 +384,8 @@ fn apply(tx: &Transaction<'_>, counter: &mut Counter, change: &Change) -> Result
         Change::AppendEvent(event) => append_event(tx, event),
         Change::PutImage(image) => put_image(tx, image),
         Change::DeleteImage { owner, name } => delete_image(tx, owner, name),
+        Change::InsertNetwork(network) => insert_network(tx, &mut counters.network_id, network),
+        Change::DeleteNetwork { id } => delete_network(tx, *id),
     }
 }
 
@@ -475,6 +557,64 @@ fn delete_image(
     Ok(())
 }
 
+fn insert_network(
+    tx: &Transaction<'_>,
+    counter: &mut Counter,
+    network: &Network,
+) -> Result<(), StoreError> {
+    if network.id >= NETWORK_ID_LIMIT {
+        return Err(StoreError::InvalidChange(format!(
+            "network id {} is not below {NETWORK_ID_LIMIT}, the VXLAN identifiers",
+            network.id
+        )));
+    }
+    if u64::from(network.id) < counter.get(tx)? {
+        return Err(StoreError::NetworkIdReused(network.id));
+    }
+    let json = to_json(network)?;
+    let result = tx
+        .prepare_cached("INSERT INTO networks (id, owner, name, record) VALUES (?1, ?2, ?3, ?4)")
+        .and_then(|mut statement| {
+            statement.execute(params![
+                network.id,
+                network.owner.as_str(),
+                network.name,
+                json
+            ])
+        });
+    match result {
+        Ok(_) => {}
+        // Only a counter that fell behind its rows (a database edited by hand) gets here.
+        Err(rusqlite::Error::SqliteFailure(failure, _))
+            if failure.extended_code == ffi::SQLITE_CONSTRAINT_PRIMARYKEY =>
+        {
+            return Err(StoreError::NetworkIdReused(network.id));
+        }
+        Err(rusqlite::Error::SqliteFailure(failure, _))
+            if failure.extended_code == ffi::SQLITE_CONSTRAINT_UNIQUE =>
+        {
+            return Err(StoreError::NetworkNameTaken {
+                owner: network.owner.clone(),
+                name: network.name.clone(),
+            });
+        }
+        Err(err) => return Err(backend(err)),
+    }
+    counter.set(u64::from(network.id) + 1);
+    Ok(())
+}
+
+fn delete_network(tx: &Transaction<'_>, id: u32) -> Result<(), StoreError> {
+    let deleted = tx
+        .prepare_cached("DELETE FROM networks WHERE id = ?1")
+        .and_then(|mut statement| statement.execute([id]))
+        .map_err(backend)?;
+    if deleted == 0 {
+        return Err(StoreError::NotFound(format!("network {id}")));
+    }
+    Ok(())
+}
+
 /// The values of a VEE row that need converting before SQLite takes them.
 struct VeeColumns {
     generation: i64,
@@ -536,6 +676,24 @@ fn decode_image(owner: &str, name: &str, json: &str) -> Result<ImageRecord, Stor
     Ok(image)
 }
 
+fn decode_network(id: i64, owner: &str, name: &str, json: &str) -> Result<Network, StoreError> {
+    let network: Network = serde_json::from_str(json)
+        .map_err(|err| StoreError::Corrupt(format!("network row {id}: {err}")))?;
+    // The columns are what the unique constraints check; they must agree with the record.
+    if i64::from(network.id) != id || network.owner.as_str() != owner || network.name != name {
+        return Err(StoreError::Corrupt(format!(
+            "network row {id} ({owner}/{name}) holds the record of network {} ({}/{})",
+            network.id, network.owner, network.name
+        )));
+    }
+    if network.id >= NETWORK_ID_LIMIT {
+        return Err(StoreError::Corrupt(format!(
+            "network row {id} has an id beyond the VXLAN identifiers"
+        )));
+    }
+    Ok(network)
+}
+
 fn decode_event(vee: &VeeId, json: &str) -> Result<VeeEvent, StoreError> {
     let event: VeeEvent = serde_json::from_str(json)
         .map_err(|err| StoreError::Corrupt(format!("event of VEE {vee}: {err}")))?;
@@ -565,7 +723,7 @@ fn read_error(err: rusqlite::Error) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{conformance, FIRST_VEE_SEQ};
+    use crate::{conformance, FIRST_NETWORK_ID, FIRST_VEE_SEQ};
 
     fn store_file() -> (tempfile::TempDir, std::path::PathBuf) {
         let dir = tempfile::tempdir().expect("a temporary folder");
@@ -620,6 +778,107 @@ mod tests {
             assert_eq!(snapshot.next_vee_seq, FIRST_VEE_SEQ + 1);
         }
         assert_eq!(user_version(&path), i64::from(SCHEMA_VERSION));
+    }
+
+    /// A database as veem wrote it before networks: schema version 1, holding a VEE with
+    /// events, an image, and a VEE counter ahead of the VEE.
+    fn write_version_1_database(path: &Path) -> (VeeRecord, VeeEvent, ImageRecord) {
+        let record = conformance::rich_record(FIRST_VEE_SEQ + 2);
+        let event = conformance::event(&record.id, 9, veem_model::VmiState::Defined);
+        let image = conformance::image("alice", "tiny", 1);
+        let connection = Connection::open(path).expect("open raw");
+        connection
+            .execute_batch(MIGRATIONS[0])
+            .expect("the version 1 schema");
+        connection
+            .pragma_update(None, "user_version", 1)
+            .expect("set user_version");
+        connection
+            .execute_batch("UPDATE meta SET value = 40 WHERE key = 'next_vee_seq'")
+            .expect("advance the counter");
+        connection
+            .execute(
+                "INSERT INTO vees (id, seq, owner, state, host, generation, created_ms, updated_ms, record)
+                 VALUES (?1, ?2, 'alice', 'initial', 'host-1', 1, 0, 0, ?3)",
+                params![record.id.as_str(), record.id.seq() as i64, to_json(&record).expect("json")],
+            )
+            .expect("a version 1 VEE");
+        connection
+            .execute(
+                "INSERT INTO vee_events (vee, t_ms, event) VALUES (?1, 9, ?2)",
+                params![record.id.as_str(), to_json(&event).expect("json")],
+            )
+            .expect("a version 1 event");
+        connection
+            .execute(
+                "INSERT INTO images (owner, name, record) VALUES ('alice', 'tiny', ?1)",
+                [to_json(&image).expect("json")],
+            )
+            .expect("a version 1 image");
+        (record, event, image)
+    }
+
+    #[test]
+    fn a_version_1_database_migrates_and_keeps_its_data() {
+        let (_dir, path) = store_file();
+        let (record, event, image) = write_version_1_database(&path);
+
+        let store = SqliteStore::open(&path).expect("open migrates");
+        assert_eq!(user_version(&path), i64::from(SCHEMA_VERSION));
+        let snapshot = store.load().expect("load");
+        assert_eq!(snapshot.vees, vec![record.clone()]);
+        assert_eq!(snapshot.images, vec![image]);
+        assert_eq!(snapshot.next_vee_seq, 40);
+        assert_eq!(snapshot.networks, vec![]);
+        assert_eq!(snapshot.next_network_id, FIRST_NETWORK_ID);
+        assert_eq!(store.events(&record.id).expect("events"), vec![event]);
+
+        let lan = conformance::network(FIRST_NETWORK_ID, "alice", "lan");
+        store
+            .commit(&[Change::InsertNetwork(lan.clone())])
+            .expect("the migrated database takes networks");
+        drop(store);
+        let snapshot = SqliteStore::open(&path)
+            .expect("reopen")
+            .load()
+            .expect("load");
+        assert_eq!(snapshot.networks, vec![lan]);
+        assert_eq!(snapshot.next_network_id, FIRST_NETWORK_ID + 1);
+        assert_eq!(snapshot.vees, vec![record]);
+    }
+
+    #[test]
+    fn a_failing_second_step_leaves_a_version_1_database_as_it_was() {
+        let (_dir, path) = store_file();
+        let (record, _, _) = write_version_1_database(&path);
+        Connection::open(&path)
+            .expect("open raw")
+            .execute_batch("CREATE TABLE networks (x INTEGER)")
+            .expect("create clashing table");
+
+        let err = SqliteStore::open(&path).expect_err("the clash must fail migration");
+        assert!(
+            matches!(err, StoreError::Migration { version: 2, .. }),
+            "{err:?}"
+        );
+        assert_eq!(user_version(&path), 1);
+        let connection = Connection::open(&path).expect("open raw");
+        let network_counters: i64 = connection
+            .query_row(
+                "SELECT count(*) FROM meta WHERE key = 'next_network_id'",
+                [],
+                |row| row.get(0),
+            )
+            .expect("query meta");
+        assert_eq!(network_counters, 0, "the failed step is rolled back whole");
+        let vees: i64 = connection
+            .query_row(
+                "SELECT count(*) FROM vees WHERE id = ?1",
+                [record.id.as_str()],
+                |row| row.get(0),
+            )
+            .expect("query vees");
+        assert_eq!(vees, 1);
     }
 
     #[test]
@@ -678,6 +937,14 @@ mod tests {
             "UPDATE images SET record = 'garbage'",
             "UPDATE meta SET value = -1 WHERE key = 'next_vee_seq'",
             "DELETE FROM meta",
+            "UPDATE networks SET record = 'garbage'",
+            "UPDATE networks SET id = 99",
+            "UPDATE networks SET owner = 'bob'",
+            "UPDATE networks SET name = 'other'",
+            "UPDATE networks SET record = replace(record, '172.16.128.0/17', '172.16.128.1/17')",
+            "UPDATE meta SET value = 16777217 WHERE key = 'next_network_id'",
+            "UPDATE meta SET value = -1 WHERE key = 'next_network_id'",
+            "DELETE FROM meta WHERE key = 'next_network_id'",
         ];
         for sql in cases {
             let store = SqliteStore::open_in_memory().expect("open");
@@ -685,12 +952,40 @@ mod tests {
                 .commit(&[
                     Change::InsertVee(conformance::rich_record(FIRST_VEE_SEQ)),
                     Change::PutImage(conformance::image("alice", "tiny", 1)),
+                    Change::InsertNetwork(conformance::public_network(
+                        FIRST_NETWORK_ID,
+                        "alice",
+                        "lan",
+                    )),
                 ])
                 .expect("seed");
             store.connection().execute_batch(sql).expect(sql);
             let err = store.load().expect_err(sql);
             assert!(matches!(err, StoreError::Corrupt(_)), "{sql}: {err:?}");
         }
+    }
+
+    #[test]
+    fn a_network_counter_behind_its_rows_still_refuses_a_taken_id() {
+        let store = SqliteStore::open_in_memory().expect("open");
+        let lan = conformance::network(FIRST_NETWORK_ID + 4, "alice", "lan");
+        store
+            .commit(&[Change::InsertNetwork(lan.clone())])
+            .expect("seed");
+        store
+            .connection()
+            .execute_batch("UPDATE meta SET value = 1 WHERE key = 'next_network_id'")
+            .expect("set the counter back by hand");
+        let err = store
+            .commit(&[Change::InsertNetwork(conformance::network(
+                lan.id, "bob", "other",
+            ))])
+            .expect_err("the id is in use");
+        assert!(
+            matches!(err, StoreError::NetworkIdReused(id) if id == lan.id),
+            "{err:?}"
+        );
+        assert_eq!(store.load().expect("load").networks, vec![lan]);
     }
 
     #[test]

@@ -8,8 +8,8 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
 
 use veem_model::{VeeId, VmiState};
-use veem_store::conformance::{event, rich_record};
-use veem_store::{Change, SqliteStore, Store, FIRST_VEE_SEQ};
+use veem_store::conformance::{event, network, rich_record};
+use veem_store::{Change, SqliteStore, Store, FIRST_NETWORK_ID, FIRST_VEE_SEQ};
 
 const CHILD_DB_VAR: &str = "VEEM_STORE_CRASH_CHILD_DB";
 const CHILD_TEST: &str = "crash::writer_child_commits_until_killed";
@@ -23,6 +23,12 @@ fn batch_vee(batch: u64, i: u64) -> VeeId {
     VeeId::from_seq(FIRST_VEE_SEQ + batch * VEES_PER_BATCH + i)
 }
 
+/// Each batch also makes one network.
+fn batch_network(batch: u64) -> veem_model::Network {
+    let id = FIRST_NETWORK_ID + u32::try_from(batch).expect("batches stay below MAX_BATCHES");
+    network(id, "alice", &format!("lan-{batch}"))
+}
+
 fn batch_changes(batch: u64) -> Vec<Change> {
     (0..VEES_PER_BATCH)
         .flat_map(|i| {
@@ -33,6 +39,7 @@ fn batch_changes(batch: u64) -> Vec<Change> {
                 Change::AppendEvent(event(&batch_vee(batch, i), batch, VmiState::Defined)),
             ]
         })
+        .chain([Change::InsertNetwork(batch_network(batch))])
         .collect()
 }
 
@@ -124,6 +131,16 @@ fn acknowledged_batches_survive_sigkill() {
         snapshot.next_vee_seq,
         FIRST_VEE_SEQ + stored,
         "the counter matches the stored VEEs"
+    );
+    assert_eq!(
+        snapshot.networks,
+        (0..stored_batches).map(batch_network).collect::<Vec<_>>(),
+        "each stored batch's network, and no other"
+    );
+    assert_eq!(
+        u64::from(snapshot.next_network_id),
+        u64::from(FIRST_NETWORK_ID) + stored_batches,
+        "the network counter matches the stored networks"
     );
     for (batch, vees) in (0..).zip(snapshot.vees.chunks(VEES_PER_BATCH as usize)) {
         for (i, vee) in (0..).zip(vees) {

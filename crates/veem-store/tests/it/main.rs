@@ -6,8 +6,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use veem_model::VmiState;
-use veem_store::conformance::{self, event, image, plain_record, rich_record};
-use veem_store::{Change, SqliteStore, Store, FIRST_VEE_SEQ};
+use veem_store::conformance::{
+    self, event, image, network, plain_record, public_network, rich_record,
+};
+use veem_store::{Change, SqliteStore, Store, FIRST_NETWORK_ID, FIRST_VEE_SEQ};
 
 #[cfg(unix)]
 mod crash;
@@ -48,6 +50,9 @@ fn everything_committed_is_there_after_reopening() {
         event(&rich.id, 1, VmiState::Initial),
         event(&rich.id, 2, VmiState::Active),
     ];
+    let lan = public_network(FIRST_NETWORK_ID, "alice", "lan");
+    let deleted_lan = network(FIRST_NETWORK_ID + 1, "bob", "lan");
+    let kept_lan = network(FIRST_NETWORK_ID + 2, "bob", "kept");
     {
         let store = SqliteStore::open(&path).expect("open");
         store
@@ -57,6 +62,8 @@ fn everything_committed_is_there_after_reopening() {
                 Change::InsertVee(plain.clone()),
                 Change::AppendEvent(events[0].clone()),
                 Change::PutImage(image("alice", "tiny", 10)),
+                Change::InsertNetwork(lan.clone()),
+                Change::InsertNetwork(deleted_lan.clone()),
             ])
             .expect("first batch");
         store
@@ -64,6 +71,8 @@ fn everything_committed_is_there_after_reopening() {
                 update,
                 Change::PurgeVee(purged.id.clone()),
                 Change::AppendEvent(events[1].clone()),
+                Change::InsertNetwork(kept_lan.clone()),
+                Change::DeleteNetwork { id: deleted_lan.id },
             ])
             .expect("second batch");
     }
@@ -73,7 +82,37 @@ fn everything_committed_is_there_after_reopening() {
     assert_eq!(snapshot.vees, vec![rich.clone(), updated]);
     assert_eq!(snapshot.images, vec![image("alice", "tiny", 10)]);
     assert_eq!(snapshot.next_vee_seq, FIRST_VEE_SEQ + 3);
+    assert_eq!(snapshot.networks, vec![lan, kept_lan]);
+    assert_eq!(snapshot.next_network_id, FIRST_NETWORK_ID + 3);
     assert_eq!(store.events(&rich.id).expect("events"), events);
+}
+
+#[test]
+fn the_network_counter_never_goes_down_across_reopening() {
+    let (_dir, path) = temp_db();
+    let newest = network(FIRST_NETWORK_ID + 6, "alice", "newest");
+    {
+        let store = SqliteStore::open(&path).expect("open");
+        store
+            .commit(&[Change::InsertNetwork(newest.clone())])
+            .expect("insert");
+        // Deleting the only, newest network leaves no row that remembers its id.
+        store
+            .commit(&[Change::DeleteNetwork { id: newest.id }])
+            .expect("delete");
+    }
+
+    let store = SqliteStore::open(&path).expect("reopen");
+    let snapshot = store.load().expect("load");
+    assert_eq!(snapshot.networks, vec![]);
+    assert_eq!(snapshot.next_network_id, FIRST_NETWORK_ID + 7);
+    let err = store
+        .commit(&[Change::InsertNetwork(newest.clone())])
+        .expect_err("a deleted id stays used after reopening");
+    assert!(
+        matches!(err, veem_store::StoreError::NetworkIdReused(id) if id == newest.id),
+        "{err:?}"
+    );
 }
 
 /// Also the measurement quoted in the crate's report: the time is printed, not asserted.
