@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::hostnet::VxlanConfig;
+
 /// How the qemu driver runs QEMU. Every field has a default, so an empty table is valid.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -13,7 +15,8 @@ pub struct QemuConfig {
     pub binary: PathBuf,
     /// `qemu-img`, which creates, inspects and exports disks.
     pub qemu_img: PathBuf,
-    /// iproute2's `ip`, which brings NICs' taps up.
+    /// iproute2's `ip`, which builds the virtual LANs and plugs NICs' taps into them
+    /// (iproute2's `bridge` is taken from beside it).
     pub ip: PathBuf,
     pub accel: AccelChoice,
     /// The machine type (`-machine`).
@@ -36,6 +39,10 @@ pub struct QemuConfig {
     pub migration_listen_address: String,
     /// How long a guest may take to release a vCPU that is unplugged.
     pub cpu_unplug_timeout_ms: u64,
+    /// How this machine's virtual LANs reach the other machines of the site
+    /// (`[host.qemu.vxlan]`). Needed only for a site of several machines: hosts on one
+    /// machine share the LANs' bridges. Without it a LAN stays on this machine.
+    pub vxlan: Option<VxlanConfig>,
 }
 
 impl Default for QemuConfig {
@@ -54,6 +61,7 @@ impl Default for QemuConfig {
             migration_max_bandwidth_mib_s: 1024,
             migration_listen_address: "127.0.0.1".to_owned(),
             cpu_unplug_timeout_ms: 5_000,
+            vxlan: None,
         }
     }
 }
@@ -182,5 +190,18 @@ mod tests {
         assert_eq!(config, QemuConfig::default());
         let tcg: QemuConfig = serde_json::from_str(r#"{"accel": "tcg", "machine": "pc"}"#).unwrap();
         assert_eq!((tcg.accel, tcg.machine.as_str()), (AccelChoice::Tcg, "pc"));
+    }
+
+    #[test]
+    fn a_vxlan_table_joins_the_machine_to_its_peers() {
+        let config: QemuConfig = serde_json::from_str(
+            r#"{"vxlan": {"local": "192.168.0.1", "peers": ["192.168.0.2"]}}"#,
+        )
+        .unwrap();
+        let vxlan = config.vxlan.unwrap();
+        assert_eq!(vxlan.local, "192.168.0.1");
+        assert_eq!(vxlan.peers, ["192.168.0.2"]);
+        assert_eq!(vxlan.port, 4789);
+        assert!(serde_json::from_str::<QemuConfig>(r#"{"vxlan": {"peers": []}}"#).is_err());
     }
 }

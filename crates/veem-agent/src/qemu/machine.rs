@@ -110,6 +110,10 @@ pub struct NicTap {
     pub target: String,
     pub mac: Option<String>,
     pub tap: String,
+    /// The MTU of the NIC's LAN when it is not Ethernet's (a LAN joined by VXLAN), told to
+    /// the guest (`host_mtu`) so it sends no frame the LAN would drop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
 }
 
 /// Everything one QEMU start depends on.
@@ -201,6 +205,9 @@ pub fn command_line(launch: &Launch<'_>) -> Vec<OsString> {
         let mut device = format!("virtio-net-pci,netdev=net-{target},id=nic-{target}");
         if let Some(mac) = &nic.mac {
             device.push_str(&format!(",mac={mac}"));
+        }
+        if let Some(mtu) = nic.mtu {
+            device.push_str(&format!(",host_mtu={mtu}"));
         }
         args.push("-device").push(device);
     }
@@ -313,11 +320,20 @@ mod tests {
             machine: "q35",
             cpu_model: "max",
             drives: &drives,
-            nics: &[NicTap {
-                target: "eth0".into(),
-                mac: Some("52:54:00:00:00:01".into()),
-                tap: "vt70a1b2c".into(),
-            }],
+            nics: &[
+                NicTap {
+                    target: "eth0".into(),
+                    mac: Some("52:54:00:00:00:01".into()),
+                    tap: "vt70a1b2c".into(),
+                    mtu: None,
+                },
+                NicTap {
+                    target: "eth1".into(),
+                    mac: None,
+                    tap: "vt70b3d4e".into(),
+                    mtu: Some(1450),
+                },
+            ],
             paths: &paths,
             incoming: Some("defer"),
             boot: Some(&BootPlan {
@@ -351,13 +367,17 @@ mod tests {
                 "virtio-blk-pci,drive=drive-vda,id=disk-vda,serial=vda",
                 "virtio-blk-pci,drive=drive-context,id=disk-context,serial=context",
                 "virtio-net-pci,netdev=net-eth0,id=nic-eth0,mac=52:54:00:00:00:01",
+                "virtio-net-pci,netdev=net-eth1,id=nic-eth1,host_mtu=1450",
                 "virtio-balloon-pci,id=balloon",
                 "max-x86_64-cpu,id=vcpu1,core-id=1,socket-id=0,thread-id=0",
             ]
         );
         assert_eq!(
             following(&args, "-netdev"),
-            ["tap,id=net-eth0,ifname=vt70a1b2c,script=no,downscript=no"]
+            [
+                "tap,id=net-eth0,ifname=vt70a1b2c,script=no,downscript=no",
+                "tap,id=net-eth1,ifname=vt70b3d4e,script=no,downscript=no",
+            ]
         );
         let chardevs = following(&args, "-chardev");
         assert_eq!(

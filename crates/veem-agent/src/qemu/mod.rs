@@ -25,7 +25,13 @@
 //! - `spec.raw` is never passed to QEMU (it would let a descriptor run anything as the
 //!   agent); it is only logged.
 //! - Every NIC is a virtio NIC on a tap device QEMU makes (named per launch, kept in the
-//!   instance's record, brought up by [`crate::hostnet`]); QEMU removes it when it ends.
+//!   instance's record); QEMU removes it when it ends. A NIC on a virtual LAN has the LAN built
+//!   (or checked) on this host before QEMU starts and its tap plugged into the LAN's bridge
+//!   right after ([`crate::hostnet`]); a NIC on no LAN is only brought up. A restore and an
+//!   incoming migration launch the same way, so the new taps join the same bridges; a live
+//!   migration's end needs nothing more, since QEMU announces the guest's MAC addresses
+//!   from the destination when it resumes there. On a LAN joined by VXLAN the guest is told
+//!   the LAN's smaller MTU (`host_mtu`).
 //! - CPU time is the QEMU process's user + system time, TCG's translation work included.
 //! - Disk figures are QEMU's block statistics of each disk, taken with the run state (one
 //!   `query-blockstats` per instance, sent alongside `query-status`); the context disk is not
@@ -59,6 +65,7 @@ use machine::{Drive, InstancePaths, Launch, NicTap};
 use qmp::{QmpClient, QmpError};
 
 use crate::driver::{check_boot_files, check_disk_target};
+use crate::hostnet::{HostNet, LanLink};
 use crate::vee_locks::{VeeGuard, VeeLocks};
 use crate::{fsutil, hostnet, Driver, DriverError, MigrationStats};
 
@@ -110,6 +117,7 @@ impl Instance {
 /// The qemu driver. See the module documentation.
 pub struct QemuDriver {
     config: QemuConfig,
+    hostnet: HostNet,
     accel: Accel,
     cpu_model: String,
     state_dir: PathBuf,
@@ -136,6 +144,7 @@ impl QemuDriver {
             None => accel.default_cpu_model().to_owned(),
         };
         let driver = Self {
+            hostnet: HostNet::new(&config.ip),
             config,
             accel,
             cpu_model,
@@ -357,6 +366,7 @@ impl QemuDriver {
                 ),
             });
         }
+        let lans = self.ensure_lans(spec).await?;
         fsutil::create_parent(&paths.console).await?;
         // Leftovers of a process that was killed: QEMU would refuse an existing socket path
         // only sometimes, and a stale pid file would name a stranger.
@@ -365,11 +375,16 @@ impl QemuDriver {
         let nics = spec
             .nics
             .iter()
+            .zip(&lans)
             .enumerate()
-            .map(|(index, nic)| NicTap {
+            .map(|(index, (nic, lan))| NicTap {
                 target: nic.target.clone(),
                 mac: nic.mac.clone(),
                 tap: hostnet::tap_name(&spec.vee, index),
+                mtu: lan
+                    .as_ref()
+                    .map(|lan| lan.mtu)
+                    .filter(|mtu| *mtu != hostnet::ETHERNET_MTU),
             })
             .collect();
         let record = InstanceRecord {
@@ -407,7 +422,7 @@ impl QemuDriver {
             record: Mutex::new(record),
             qmp: tokio::sync::Mutex::new(None),
         });
-        if let Err(e) = self.connect_and_plug(&instance).await {
+        if let Err(e) = self.connect_and_plug(&instance, &lans).await {
             self.end_process(&instance).await;
             remove_instance_files(&instance.paths)?;
             return Err(e);
@@ -418,8 +433,39 @@ impl QemuDriver {
         Ok(instance)
     }
 
-    /// Connects to a QEMU just started and brings its NICs' taps up.
-    async fn connect_and_plug(&self, instance: &Instance) -> Result<(), DriverError> {
+    /// Builds (or checks) the LAN of each of the spec's NICs on this host; answers, NIC by
+    /// NIC, the LAN it joins (`None`: a NIC on no LAN). Each LAN is ensured once.
+    async fn ensure_lans(&self, spec: &DeploySpec) -> Result<Vec<Option<LanLink>>, DriverError> {
+        let mut ensured: Vec<LanLink> = Vec::new();
+        let mut lans = Vec::with_capacity(spec.nics.len());
+        for nic in &spec.nics {
+            let Some(plan) = &nic.lan else {
+                lans.push(None);
+                continue;
+            };
+            let lan = match ensured.iter().find(|lan| lan.bridge == plan.bridge) {
+                Some(lan) => lan.clone(),
+                None => {
+                    let lan = self
+                        .hostnet
+                        .ensure_lan(plan, self.config.vxlan.as_ref())
+                        .await?;
+                    ensured.push(lan.clone());
+                    lan
+                }
+            };
+            lans.push(Some(lan));
+        }
+        Ok(lans)
+    }
+
+    /// Connects to a QEMU just started and plugs its NICs' taps into their LANs (`lans`, NIC
+    /// by NIC, as [`Self::ensure_lans`] answered).
+    async fn connect_and_plug(
+        &self,
+        instance: &Instance,
+        lans: &[Option<LanLink>],
+    ) -> Result<(), DriverError> {
         self.connect(instance).await?;
         let taps: Vec<String> = instance
             .record()
@@ -427,8 +473,8 @@ impl QemuDriver {
             .iter()
             .map(|n| n.tap.clone())
             .collect();
-        for tap in taps {
-            hostnet::set_up(&self.config.ip, &tap).await?;
+        for (tap, lan) in taps.iter().zip(lans) {
+            self.hostnet.plug(tap, lan.as_ref()).await?;
         }
         Ok(())
     }
@@ -1228,7 +1274,7 @@ impl Driver for QemuDriver {
     }
 
     async fn remove_lan(&self, lan: &LanPlan) -> Result<(), DriverError> {
-        hostnet::remove_lan(&self.config.ip, lan).await
+        self.hostnet.remove_lan(lan).await
     }
 }
 

@@ -1,5 +1,6 @@
 //! Integration tests of veem-agent: the sim driver through the `Driver` trait, the `Agent`'s
-//! dispatch, and the uplink against a WebSocket server started in the test.
+//! dispatch, the uplink against a WebSocket server started in the test, the qemu driver on
+//! real QEMU, and virtual LANs on the real kernel.
 
 // The helpers of a test binary are test code too; clippy's allow-unwrap-in-tests only sees
 // `#[test]` functions.
@@ -7,6 +8,7 @@
 
 mod agent;
 mod common;
+mod hostnet;
 mod qemu;
 mod sim;
 mod uplink;

@@ -13,6 +13,7 @@ use veem_api::agent::{DeploySpec, DiskPlan, InstanceState, NicPlan};
 use veem_model::VeeId;
 
 use crate::common::{blank, clone_of, vee};
+use crate::hostnet::{can_change_network, ipv6_disabled, master_of, private_lan, Links};
 
 fn qemu_installed() -> bool {
     std::process::Command::new("qemu-system-x86_64")
@@ -695,4 +696,121 @@ async fn a_deploy_with_a_missing_image_fails_before_starting_anything() {
         driver.prepare_incoming(&spec).await,
         Err(DriverError::MissingFile(_))
     ));
+}
+
+#[tokio::test]
+async fn nics_on_a_lan_are_plugged_into_its_bridge_on_every_host_of_the_machine() {
+    require_qemu!();
+    if !can_change_network() {
+        return;
+    }
+    let shared = Scene::new();
+    let lan = private_lan();
+    let _links = Links::of_lan(&lan);
+    let bridge = lan.bridge.as_str();
+    let on_lan = |target: &str| NicPlan {
+        target: target.into(),
+        network: "db".into(),
+        mac: None,
+        lan: Some(lan.clone()),
+    };
+    let h1 = host(shared.path(), "h1");
+    let h2 = host(shared.path(), "h2");
+    let mut web = tiny(12, shared.path());
+    web.nics = vec![on_lan("eth0")];
+    let mut db = tiny(13, shared.path());
+    db.nics = vec![
+        NicPlan {
+            target: "eth0".into(),
+            network: "outside".into(),
+            mac: None,
+            lan: None,
+        },
+        on_lan("eth1"),
+    ];
+    // Two host agents of one machine deploy onto the same LAN at once: one bridge.
+    let (a, b) = tokio::join!(h1.deploy(&web), h2.deploy(&db));
+    a.unwrap();
+    b.unwrap();
+
+    let web_tap = tap_of(&h1, &web.vee);
+    let db_taps = taps_of(&h2, &db.vee);
+    assert_eq!(db_taps.len(), 2);
+    for tap in [&web_tap, &db_taps[1]] {
+        assert_eq!(master_of(tap).as_deref(), Some(bridge), "{tap}");
+    }
+    assert_eq!(
+        master_of(&db_taps[0]),
+        None,
+        "a nic on no lan is plugged into nothing"
+    );
+    for tap in [&web_tap, &db_taps[0], &db_taps[1]] {
+        assert!(tap_is_up(tap), "{tap}");
+        if Path::new("/proc/sys/net/ipv6").exists() {
+            assert!(ipv6_disabled(tap), "the host does not speak on {tap}");
+        }
+    }
+    if Path::new("/proc/sys/net/ipv6").exists() {
+        assert!(ipv6_disabled(bridge));
+    }
+    let no_address = std::process::Command::new("ip")
+        .args(["-o", "addr", "show", "dev", bridge])
+        .output()
+        .unwrap();
+    assert!(
+        no_address.stdout.is_empty(),
+        "a private lan's bridge has no address"
+    );
+
+    // A live migration's destination plugs its own tap into the same bridge.
+    let uri = h1.prepare_incoming(&db).await.unwrap();
+    let incoming_taps = taps_of(&h1, &db.vee);
+    assert_ne!(incoming_taps, db_taps);
+    assert_eq!(master_of(&incoming_taps[1]).as_deref(), Some(bridge));
+    assert_eq!(master_of(&incoming_taps[0]), None);
+    h2.migrate_out(&db.vee, &uri).await.unwrap();
+    h1.complete_incoming(&db.vee).await.unwrap();
+    assert!(
+        !Path::new("/sys/class/net").join(&db_taps[1]).exists(),
+        "the source's tap went with its qemu"
+    );
+    let mut ports: Vec<String> = std::fs::read_dir(format!("/sys/class/net/{bridge}/brif"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    ports.sort();
+    let mut expected = vec![web_tap.clone(), incoming_taps[1].clone()];
+    expected.sort();
+    assert_eq!(ports, expected);
+
+    h1.destroy(&web.vee).await.unwrap();
+    h1.destroy(&db.vee).await.unwrap();
+    for tap in [&web_tap, &incoming_taps[0], &incoming_taps[1]] {
+        assert!(!Path::new("/sys/class/net").join(tap).exists(), "{tap}");
+    }
+    assert!(
+        Path::new("/sys/class/net").join(bridge).exists(),
+        "a lan outlives its vees until the veem removes it"
+    );
+    h1.remove_lan(&lan).await.unwrap();
+    assert!(!Path::new("/sys/class/net").join(bridge).exists());
+    h2.remove_lan(&lan).await.unwrap();
+}
+
+/// The taps of all the VEE's NICs, in order, as QEMU's command line names them.
+fn taps_of(driver: &QemuDriver, vee: &VeeId) -> Vec<String> {
+    let pid = driver.pid(vee).expect("running");
+    cmdline(pid)
+        .iter()
+        .filter_map(|arg| {
+            arg.strip_prefix("tap,")
+                .and_then(|rest| rest.split(',').find_map(|kv| kv.strip_prefix("ifname=")))
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+fn tap_is_up(tap: &str) -> bool {
+    let flags = std::fs::read_to_string(format!("/sys/class/net/{tap}/flags")).unwrap();
+    u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).unwrap() & 1 == 1
 }
