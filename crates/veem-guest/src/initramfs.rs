@@ -5,16 +5,25 @@
 use crate::cpio::Archive;
 use crate::kernel::GuestModules;
 use crate::{
-    BOOT_LOG_PATH, BOOT_MARKER, HEARTBEAT_MARKER, OVF_ENV_PATH, POWEROFF_AFTER_PROPERTY,
-    POWEROFF_MARKER, READY_MARKER,
+    BENCH_DONE_MARKER, BENCH_LOG_PATH, BENCH_PING_PROPERTY, BENCH_SEND_PROPERTY, BOOT_LOG_PATH,
+    BOOT_MARKER, DEFAULT_NIC_PREFIX, DISCARD_PORT, ECHO_PORT, HEARTBEAT_MARKER, NIC_IP_SUFFIX,
+    NIC_MAC_SUFFIX, NIC_PREFIX_SUFFIX, NIC_PROPERTY_PREFIX, OVF_ENV_PATH, POWEROFF_AFTER_PROPERTY,
+    POWEROFF_MARKER, PROBE_BUDGET_MS, PROBE_LOG_PATH, PROBE_PROPERTY, READY_MARKER,
 };
 
-/// The busybox applets `/init` and the handler call, as links in `/bin` (no `--install` at
-/// boot: every process start counts under TCG).
+/// The busybox applets `/init`, its network functions and the handler call, as links in
+/// `/bin` (no `--install` at boot: every process start counts under TCG).
 const APPLETS: &[&str] = &[
-    "acpid", "cat", "cp", "cut", "date", "grep", "insmod", "ls", "mkdir", "mount", "poweroff",
-    "sed", "sh", "sleep", "sync", "umount", "wc",
+    "acpid", "cat", "cp", "cut", "date", "dd", "grep", "insmod", "ip", "ls", "mkdir", "mount",
+    "nc", "ping", "poweroff", "sed", "sh", "sleep", "sync", "timeout", "tr", "umount", "wc",
 ];
+
+/// The shell functions of the guest's network (`network.sh`), before its `@NAME@` words are
+/// replaced.
+const NETWORK_FUNCTIONS: &str = include_str!("network.sh");
+
+/// Where `/init` keeps the context's properties, one `key value` a line.
+const PROPERTIES: &str = "/etc/ovf-properties";
 
 /// The power-button handler, where acpid's built-in action table looks for it.
 const POWER_BUTTON_HANDLER: &str = "/etc/acpi/PWRF/00000080";
@@ -73,16 +82,40 @@ pub(crate) fn build(busybox: &[u8], modules: &GuestModules) -> Vec<u8> {
     archive.finish()
 }
 
+/// The network functions `/init` defines, with veem's keys, paths and markers in place.
+pub(crate) fn network_functions() -> String {
+    let sed_literal = |text: &str| text.replace('.', "\\.");
+    [
+        ("@NIC_PROPERTY_PREFIX_RE@", sed_literal(NIC_PROPERTY_PREFIX)),
+        ("@NIC_MAC_SUFFIX_RE@", sed_literal(NIC_MAC_SUFFIX)),
+        ("@NIC_PROPERTY_PREFIX@", NIC_PROPERTY_PREFIX.to_owned()),
+        ("@NIC_IP_SUFFIX@", NIC_IP_SUFFIX.to_owned()),
+        ("@NIC_PREFIX_SUFFIX@", NIC_PREFIX_SUFFIX.to_owned()),
+        ("@DEFAULT_NIC_PREFIX@", DEFAULT_NIC_PREFIX.to_string()),
+        ("@PROBE_BUDGET_MS@", PROBE_BUDGET_MS.to_string()),
+        ("@DISK_MOUNT@", DISK_MOUNT.to_owned()),
+        ("@PROBE_LOG_PATH@", PROBE_LOG_PATH.to_owned()),
+        ("@BENCH_LOG_PATH@", BENCH_LOG_PATH.to_owned()),
+        ("@BENCH_DONE_MARKER@", BENCH_DONE_MARKER.to_owned()),
+    ]
+    .iter()
+    .fold(NETWORK_FUNCTIONS.to_owned(), |text, (word, value)| {
+        text.replace(word, value)
+    })
+}
+
 /// PID 1: `always` modules, then `for_virtio_scsi` ones if the machine has a virtio-scsi
 /// controller. It never exits: the kernel would panic. Shell built-ins where they do: every
 /// process started costs a few milliseconds under TCG.
 pub(crate) fn init_script(always: &[String], for_virtio_scsi: &[String]) -> String {
     let always = always.join(" ");
     let for_virtio_scsi = for_virtio_scsi.join(" ");
+    let network_functions = network_functions();
     format!(
         r#"#!/bin/sh
 # PID 1 of veem's test guest, written by the veem-guest crate.
 export PATH=/bin
+{network_functions}
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
@@ -144,6 +177,17 @@ for device in /dev/vd[b-z] /dev/vd[b-z][0-9] /dev/sr[0-9]; do
 	[ -n "$found" ] && echo "veem-guest: context from $found" && break
 done
 sync
+properties={PROPERTIES}
+: > $properties
+[ -f {CONTEXT_COPY} ] && read_properties {CONTEXT_COPY} > $properties
+
+# The network: the NICs the context names, an echo and a discard service on every address,
+# then the probes, recorded before ready so that a guest shut down after it has them on disk.
+ip link set lo up
+configure_nics
+nc -ll -p {ECHO_PORT} -e /bin/cat < /dev/null &
+nc -ll -p {DISCARD_PORT} -e /bin/sh -c 'cat > /dev/null' < /dev/null &
+probes=$(property {PROBE_PROPERTY}) && probe_all "$probes"
 
 # Ready means the power button is heard: acpid has opened the input devices.
 tries=0
@@ -153,9 +197,14 @@ until ls -l /proc/$acpid/fd 2>/dev/null | grep -q /dev/input/event || [ $tries -
 done
 echo "{READY_MARKER}"
 # A guest that powers itself off, when its context asks for it (after that many seconds).
-poweroff_after=$(sed -n 's/.*key="{POWEROFF_AFTER_PROPERTY}"[^>]*value="\([0-9.]*\)".*/\1/p' {CONTEXT_COPY} 2>/dev/null)
+poweroff_after=$(property {POWEROFF_AFTER_PROPERTY})
 if [ -n "$poweroff_after" ]; then
 	(sleep "$poweroff_after"; {POWER_BUTTON_HANDLER}) &
+fi
+bench_send=$(property {BENCH_SEND_PROPERTY})
+bench_ping=$(property {BENCH_PING_PROPERTY})
+if [ -n "$bench_send$bench_ping" ]; then
+	bench "$bench_send" "$bench_ping" < /dev/null &
 fi
 # A heartbeat on the console: it stops while the VEE is PAUSED, and carries the memory the
 # guest sees (MemTotal follows the balloon), so both can be checked from outside.
@@ -229,6 +278,279 @@ mod tests {
         assert!(
             script.trim_end().ends_with("done"),
             "the heartbeat loop never ends"
+        );
+    }
+
+    #[test]
+    fn init_brings_the_network_up_and_records_the_probes_before_ready_and_benches_after() {
+        let script = init_script(&[], &[]);
+        let position = |text: &str| {
+            script
+                .find(text)
+                .unwrap_or_else(|| panic!("{text} is missing from /init"))
+        };
+        let context = position(&format!("/disk/{OVF_ENV_PATH}"));
+        let properties = position(&format!("read_properties {CONTEXT_COPY} > $properties"));
+        let loopback = position("ip link set lo up");
+        let nics = position("\nconfigure_nics\n");
+        let echo = position("nc -ll -p 7 -e /bin/cat < /dev/null &");
+        let discard = position("nc -ll -p 9 -e /bin/sh -c 'cat > /dev/null' < /dev/null &");
+        let probes = position("probes=$(property veem.probe) && probe_all \"$probes\"");
+        let ready = position(&format!("echo \"{READY_MARKER}\""));
+        let bench = position("bench \"$bench_send\" \"$bench_ping\" < /dev/null &");
+        let heartbeat = position(&format!("echo \"{HEARTBEAT_MARKER}"));
+        assert!(context < properties && properties < loopback && loopback < nics);
+        assert!(nics < echo && echo < discard && discard < probes && probes < ready);
+        assert!(ready < bench && bench < heartbeat);
+        for applet in ["ip", "nc", "ping", "dd", "timeout", "tr", "sed", "sync"] {
+            assert!(APPLETS.contains(&applet), "{applet} is not linked");
+        }
+    }
+
+    #[test]
+    fn the_network_functions_have_every_word_replaced() {
+        let functions = network_functions();
+        assert!(!functions.contains('@'), "{functions}");
+        assert!(functions.contains(
+            "sed -n 's/^veem\\.nic\\.\\(.*\\)\\.mac \\(.*\\)$/\\1=\\2/p' \"$properties\""
+        ));
+        assert!(functions.contains("record \"/disk/veem/probe.log\" \"$target $result\""));
+        assert!(functions.contains("record \"/disk/veem/bench.log\" \"$line\""));
+        assert!(functions.contains("echo \"VEEM-GUEST-BENCH-DONE\""));
+    }
+
+    /// Runs `test` with the network functions defined, under the build machine's `sh`, in
+    /// `dir` (also its `TMPDIR`); its standard output.
+    fn run_network_functions(dir: &std::path::Path, test: &str) -> String {
+        let script = format!(
+            "{}\nproperties={}/properties\nboot=1\n{test}\n",
+            network_functions(),
+            dir.display()
+        );
+        let output = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .current_dir(dir)
+            .env("TMPDIR", dir)
+            .output()
+            .expect("sh runs");
+        assert!(
+            output.status.success(),
+            "{test}\nfailed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).expect("text")
+    }
+
+    /// A clock the fakes move on (`advance MS`), for `now_ms`, and a record of log lines.
+    const FAKE_CLOCK: &str = r#"
+echo 0 > clock
+now_ms() { cat clock; }
+advance() { echo $(($(cat clock) + $1)) > clock; }
+sleep() { advance 300; }
+timeout() { shift; "$@"; }
+record() { echo "$1: $2" >> recorded; }
+"#;
+
+    #[test]
+    fn properties_are_read_whatever_the_prefix_and_the_layout() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        std::fs::write(
+            dir.path().join("ovf-env.xml"),
+            "<?xml version=\"1.0\"?>\n<Environment xmlns:oe=\"x\" oe:id=\"vee-1\">\n\
+             <PropertySection>\n\
+             \t<oe:Property oe:key=\"veem.nic.eth0.mac\" oe:value=\"02:00:00:00:00:0A\"/>\
+             <Property ovfenv:key=\"veem.probe\" ovfenv:value=\"10.0.0.1:7,10.0.0.9:7\"/>\n\
+             <Property\n  ovfenv:key=\"greeting\"\n  ovfenv:value=\"hello there\"/>\n\
+             <Property ovfenv:key=\"empty\" ovfenv:value=\"\"/>\
+             </PropertySection></Environment>",
+        )
+        .expect("write ovf-env.xml");
+        let output = run_network_functions(
+            dir.path(),
+            r#"read_properties ovf-env.xml > "$properties"
+property veem.nic.eth0.mac
+property veem.probe
+property greeting
+property empty && echo "(empty)"
+property veem.nic || echo "no veem.nic"
+property PropertySection || echo "no section""#,
+        );
+        assert_eq!(
+            output,
+            "02:00:00:00:00:0A\n10.0.0.1:7,10.0.0.9:7\nhello there\n\n(empty)\n\
+             no veem.nic\nno section\n"
+        );
+    }
+
+    #[test]
+    fn an_interface_is_found_by_its_mac_in_any_case() {
+        let mut addresses = Vec::new();
+        for entry in std::fs::read_dir("/sys/class/net")
+            .expect("sysfs")
+            .flatten()
+        {
+            let address = std::fs::read_to_string(entry.path().join("address"))
+                .unwrap_or_default()
+                .trim()
+                .to_owned();
+            addresses.push((entry.file_name().into_string().expect("a name"), address));
+        }
+        let unique = addresses.iter().find(|(_, address)| {
+            addresses
+                .iter()
+                .filter(|(_, other)| other == address)
+                .count()
+                == 1
+        });
+        let Some((name, address)) = unique else {
+            panic!("no interface with a MAC of its own here: {addresses:?}");
+        };
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let output = run_network_functions(
+            dir.path(),
+            &format!(
+                "interface_with_mac {}\ninterface_with_mac 02:ff:ff:ff:ff:fe || echo none",
+                address.to_uppercase()
+            ),
+        );
+        assert_eq!(output, format!("{name}\nnone\n"));
+    }
+
+    #[test]
+    fn nics_are_configured_by_mac_with_their_address_and_prefix() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        std::fs::write(
+            dir.path().join("properties"),
+            "veem.nic.eth0.mac 02:00:00:00:00:0a\nveem.nic.eth0.ip 10.10.0.2\n\
+             veem.nic.eth0.prefix 16\nveem.nic.eth1.mac 02:00:00:00:00:0b\n\
+             veem.nic.eth1.ip 10.20.0.2\nveem.nic.gone.mac 02:00:00:00:00:99\n\
+             veem.nic.bare.mac 02:00:00:00:00:0c\nveem.probe 10.10.0.1:7\n",
+        )
+        .expect("write the properties");
+        let output = run_network_functions(
+            dir.path(),
+            &format!(
+                "{FAKE_CLOCK}
+interface_with_mac() {{
+	case $1 in
+	02:00:00:00:00:0a) echo ens4;;
+	02:00:00:00:00:0b) echo ens3;;
+	02:00:00:00:00:0c) echo ens5;;
+	*) return 1;;
+	esac
+}}
+ip() {{ echo \"ip $*\" >> commands; }}
+configure_nics
+cat commands"
+            ),
+        );
+        assert_eq!(
+            output,
+            "veem-guest: eth0 ens4 10.10.0.2/16\n\
+             veem-guest: eth1 ens3 10.20.0.2/24\n\
+             veem-guest: cannot configure gone: no interface has MAC 02:00:00:00:00:99\n\
+             veem-guest: cannot configure bare: its context has no veem.nic.bare.ip\n\
+             ip addr add 10.10.0.2/16 dev ens4\nip link set ens4 up\n\
+             ip addr add 10.20.0.2/24 dev ens3\nip link set ens3 up\n"
+        );
+    }
+
+    #[test]
+    fn a_probe_retries_until_its_peer_answers_and_gives_up_within_its_budget() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        // The peer at .1 refuses twice (its echo service is starting), then echoes; .99 is
+        // absent: each attempt waits out the one-second connect timeout.
+        let output = run_network_functions(
+            dir.path(),
+            &format!(
+                "{FAKE_CLOCK}
+echo 0 > refused
+nc() {{
+	shift 2
+	echo \"$1:$2\" >> attempts
+	case $1 in
+	10.0.0.1)
+		refused=$(cat refused)
+		if [ $refused -lt 2 ]; then echo $((refused + 1)) > refused; advance 5; return 1; fi
+		advance 20; cat;;
+	*) advance 1000; return 1;;
+	esac
+}}
+probe_all 10.0.0.1:7,10.0.0.99:7
+echo \"took $(cat clock)\"
+cat attempts recorded"
+            ),
+        );
+        let lines: Vec<&str> = output.lines().collect();
+        let took: u32 = lines[2]
+            .strip_prefix("took ")
+            .and_then(|ms| ms.parse().ok())
+            .expect("the time taken");
+        assert_eq!(
+            lines[..2],
+            [
+                "veem-guest: probe 10.0.0.1:7 ok",
+                "veem-guest: probe 10.0.0.99:7 fail"
+            ]
+        );
+        let attempts = |target: &str| lines.iter().filter(|line| **line == target).count();
+        assert_eq!(attempts("10.0.0.1:7"), 3);
+        assert!(attempts("10.0.0.99:7") >= 2, "{output}");
+        let absent_took = took - (2 * 5 + 20 + 2 * 300);
+        assert!(absent_took <= PROBE_BUDGET_MS, "{output}");
+        assert_eq!(
+            lines[lines.len() - 2..],
+            [
+                "/disk/veem/probe.log: 10.0.0.1:7 ok",
+                "/disk/veem/probe.log: 10.0.0.99:7 fail"
+            ]
+        );
+    }
+
+    #[test]
+    fn benches_record_their_measures_or_their_failures_then_say_done() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let output = run_network_functions(
+            dir.path(),
+            &format!(
+                "{FAKE_CLOCK}
+dd() {{
+	head -c 3000000 /dev/zero
+	echo \"${{3#count=}}+0 records in\" >&2
+	echo \"${{3#count=}}+0 records out\" >&2
+}}
+nc() {{ shift 2; [ $1 = 10.0.0.1 ] || return 1; advance 1234; wc -c > received; }}
+ping() {{
+	[ $8 = 10.0.0.1 ] || return 1
+	printf 'PING 10.0.0.1 (10.0.0.1): 56 data bytes\\n\\n--- 10.0.0.1 ping statistics ---\\n'
+	printf '20 packets transmitted, 20 packets received, 0%% packet loss\\n'
+	printf 'round-trip min/avg/max = 0.512/1.250/3.100 ms\\n'
+}}
+bench 10.0.0.1:9:8 10.0.0.1
+bench 10.0.0.99:9:8 10.0.0.99
+bench '' 10.0.0.1
+cat received recorded"
+            ),
+        );
+        assert_eq!(
+            output.lines().collect::<Vec<_>>(),
+            [
+                "veem-guest: bench send 10.0.0.1:9 8388608 1234",
+                "veem-guest: bench ping 10.0.0.1 min/avg/max 0.512/1.250/3.100 ms",
+                BENCH_DONE_MARKER,
+                "veem-guest: bench send 10.0.0.99:9 fail",
+                "veem-guest: bench ping 10.0.0.99 fail",
+                BENCH_DONE_MARKER,
+                "veem-guest: bench ping 10.0.0.1 min/avg/max 0.512/1.250/3.100 ms",
+                BENCH_DONE_MARKER,
+                "3000000",
+                "/disk/veem/bench.log: send 10.0.0.1:9 8388608 1234",
+                "/disk/veem/bench.log: ping 10.0.0.1 min/avg/max 0.512/1.250/3.100 ms",
+                "/disk/veem/bench.log: send 10.0.0.99:9 fail",
+                "/disk/veem/bench.log: ping 10.0.0.99 fail",
+                "/disk/veem/bench.log: ping 10.0.0.1 min/avg/max 0.512/1.250/3.100 ms",
+            ]
         );
     }
 

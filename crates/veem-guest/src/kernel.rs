@@ -14,8 +14,8 @@ use crate::{io_error, GuestError};
 /// What the guest always loads from the cloud kernel's modules, in load order; their
 /// dependencies are added before them. `virtio_ring` first: the other virtio modules need it.
 ///
-/// - virtio: the PCI transport, disks (virtio-blk), the balloon for live memory changes, and
-///   the console;
+/// - virtio: the PCI transport, disks (virtio-blk), the balloon for live memory changes, the
+///   console, and NICs (virtio-net, which needs `net_failover` and `failover`);
 /// - the ACPI power button and evdev, through which busybox `acpid` hears it;
 /// - vfat (with the code pages its default mount options need) and iso9660, the file
 ///   systems a context disk may have.
@@ -26,6 +26,7 @@ pub(crate) const GUEST_MODULES: &[&str] = &[
     "virtio_blk",
     "virtio_balloon",
     "virtio_console",
+    "virtio_net",
     "button",
     "evdev",
     "fat",

@@ -3,9 +3,28 @@
 //! busybox initramfs. At every boot the guest prints [`BOOT_MARKER`] on its serial console,
 //! appends a line to [`BOOT_LOG_PATH`] on its own disk, copies the `ovf-env.xml` of a context
 //! disk (another virtio disk, or a CD on virtio-scsi; vfat or ISO 9660) to [`OVF_ENV_PATH`],
-//! prints [`READY_MARKER`], and powers off cleanly on the ACPI power button (or by itself, when
-//! its context sets [`POWEROFF_AFTER_PROPERTY`]). [`build`] writes
-//! it as a qcow2 file (`veem guest build --out PATH`).
+//! configures the network its context describes, probes the peers it names, prints
+//! [`READY_MARKER`], and powers off cleanly on the ACPI power button (or by itself, when its
+//! context sets [`POWEROFF_AFTER_PROPERTY`]). [`build`] writes it as a qcow2 file
+//! (`veem guest build --out PATH`).
+//!
+//! The network, from the context's properties (`<Property oe:key=.. oe:value=../>`, whatever
+//! the namespace prefix):
+//! - each `veem.nic.<target>.mac` ([`NIC_PROPERTY_PREFIX`], [`NIC_MAC_SUFFIX`]) names a NIC
+//!   by its MAC (any case): the guest finds the interface with that address, whatever the
+//!   kernel called it, gives it `veem.nic.<target>.ip` / `veem.nic.<target>.prefix`
+//!   ([`NIC_IP_SUFFIX`], [`NIC_PREFIX_SUFFIX`]; the prefix defaults to
+//!   [`DEFAULT_NIC_PREFIX`]), brings it up, and prints `veem-guest: <target> <interface>
+//!   <ip>/<prefix>`. A NIC it cannot configure is reported as `veem-guest: cannot ...`.
+//! - it always serves TCP echo on port [`ECHO_PORT`] and a TCP discard sink on
+//!   [`DISCARD_PORT`], on every address, one connection after another or several at once;
+//! - before [`READY_MARKER`], for each `ip:port` of [`PROBE_PROPERTY`] (comma-separated), it
+//!   sends a line to that echo service and appends `ip:port ok` (the line came back) or
+//!   `ip:port fail` to [`PROBE_LOG_PATH`], retrying for about [`PROBE_BUDGET_MS`]: a peer
+//!   must be serving by then;
+//! - after [`READY_MARKER`], in the background: [`BENCH_SEND_PROPERTY`] and
+//!   [`BENCH_PING_PROPERTY`] measure the network into [`BENCH_LOG_PATH`], then
+//!   [`BENCH_DONE_MARKER`] is printed.
 //!
 //! It must never download anything but Debian packages, and only through apt
 //! (`apt-get download`, from the machine's own apt sources); never need a loop mount or a
@@ -20,12 +39,13 @@
 //!   yet, `apt-get update -qq` runs once); each .deb is kept in the cache
 //!   ([`default_cache_dir`]) under its version, so a rebuild downloads nothing until Debian
 //!   moves on. Unpacked with `dpkg-deb -x`.
-//! - Kernel modules (virtio, the ACPI button, evdev, vfat, iso9660, ...: the cloud kernel
-//!   builds them as modules) are loaded by `/init` with busybox `insmod`, each after what its
-//!   `.modinfo` says it depends on (the package has no `modules.dep`); the SCSI stack only
-//!   when the machine has a virtio-scsi controller. Compressed modules (`.ko.xz`, `.ko.zst`)
-//!   are decompressed at build time with the `xz`/`zstd` tools, as busybox `insmod` reads
-//!   only plain ones (bookworm's cloud kernel ships them uncompressed).
+//! - Kernel modules (virtio, virtio-net, the ACPI button, evdev, vfat, iso9660, ...: the
+//!   cloud kernel builds them as modules) are loaded by `/init` with busybox `insmod`, each
+//!   after what its `.modinfo` says it depends on (the package has no `modules.dep`); the
+//!   SCSI stack only when the machine has a virtio-scsi controller. Compressed modules
+//!   (`.ko.xz`, `.ko.zst`) are decompressed at build time with the `xz`/`zstd` tools, as
+//!   busybox `insmod` reads only plain ones (bookworm's cloud kernel ships them
+//!   uncompressed).
 //! - The initramfs is a newc cpio archive written here, uncompressed. busybox `acpid` runs
 //!   `/etc/acpi/PWRF/00000080` on the power button: sync, unmount, `poweroff -f`.
 //! - The disk: a FAT file system over the whole disk (no partition table) made with mtools,
@@ -58,6 +78,52 @@ pub const POWEROFF_MARKER: &str = "VEEM-GUEST-POWEROFF";
 /// powers itself off (as on the power button) that long after it is ready, at every boot. It
 /// stands for a guest whose own user shuts it down.
 pub const POWEROFF_AFTER_PROPERTY: &str = "veem.guest.poweroff_after_s";
+/// A context property: with [`NIC_MAC_SUFFIX`], [`NIC_IP_SUFFIX`] or [`NIC_PREFIX_SUFFIX`]
+/// around a NIC's target (`eth0`, `eth1`, ...: a name on the host's side, which the guest's
+/// interface need not have), the keys `veem.nic.<target>.mac` (`02:00:00:00:00:40`),
+/// `veem.nic.<target>.ip` (`10.10.0.2`) and `veem.nic.<target>.prefix` (`24`). See
+/// [`nic_property`].
+pub const NIC_PROPERTY_PREFIX: &str = "veem.nic.";
+/// The NIC's MAC address: how the guest finds the interface, in any case.
+pub const NIC_MAC_SUFFIX: &str = ".mac";
+/// The NIC's IPv4 address, without prefix.
+pub const NIC_IP_SUFFIX: &str = ".ip";
+/// The NIC's network prefix length; [`DEFAULT_NIC_PREFIX`] when the property is absent.
+pub const NIC_PREFIX_SUFFIX: &str = ".prefix";
+/// The prefix length of a NIC whose context gives none.
+pub const DEFAULT_NIC_PREFIX: u8 = 24;
+/// A context property: `ip:port` targets, comma-separated (`10.10.0.1:7,10.10.0.3:7`), each
+/// probed before the guest is ready; see [`PROBE_LOG_PATH`].
+pub const PROBE_PROPERTY: &str = "veem.probe";
+/// How long the guest keeps trying one probe target before it records `fail`: ARP and the
+/// peer's echo service may need a moment, but a missing peer must not hold the boot up for
+/// long. An attempt takes at most 2 s (1 s to connect), and none starts in the last second
+/// of the budget: an absent address fails after about 2.3 s, a peer that refuses after about
+/// 2 s, one that accepts but never echoes after at most about 4 s.
+pub const PROBE_BUDGET_MS: u32 = 3000;
+/// A context property, `ip:port:megabytes` (`10.10.0.1:9:8`): once ready, the guest sends
+/// that many MiB of zeros over TCP to the address (a [`DISCARD_PORT`] of a peer) and records
+/// the time in [`BENCH_LOG_PATH`].
+pub const BENCH_SEND_PROPERTY: &str = "veem.bench.send";
+/// A context property, an IPv4 address: once ready (and after [`BENCH_SEND_PROPERTY`]), the
+/// guest pings it 20 times, 200 ms apart, and records the round-trip times in
+/// [`BENCH_LOG_PATH`].
+pub const BENCH_PING_PROPERTY: &str = "veem.bench.ping";
+/// The TCP echo service every guest runs on all its addresses (what a probe talks to).
+pub const ECHO_PORT: u16 = 7;
+/// The TCP discard service every guest runs on all its addresses: each connection's data
+/// is read and thrown away (what [`BENCH_SEND_PROPERTY`] sends to).
+pub const DISCARD_PORT: u16 = 9;
+/// Printed when the benchmarks the context asked for are done and recorded; never printed
+/// when it asked for none.
+pub const BENCH_DONE_MARKER: &str = "VEEM-GUEST-BENCH-DONE";
+/// On the guest's disk: one line per probe, `<ip>:<port> ok` or `<ip>:<port> fail`, appended
+/// at every boot (see [`probe_results`]), flushed to the disk before [`READY_MARKER`].
+pub const PROBE_LOG_PATH: &str = "veem/probe.log";
+/// On the guest's disk, appended at every boot and flushed before [`BENCH_DONE_MARKER`]:
+/// `send <ip>:<port> <bytes> <milliseconds>`, `ping <ip> min/avg/max <min>/<avg>/<max> ms`,
+/// or `send <ip>:<port> fail`, `ping <ip> fail` (see [`bench_results`]).
+pub const BENCH_LOG_PATH: &str = "veem/bench.log";
 /// On the guest's disk (FAT, from its root): one line per boot, `boot <n> <UTC time> uptime
 /// <seconds>`.
 pub const BOOT_LOG_PATH: &str = "veem/boot.log";
@@ -296,6 +362,101 @@ pub fn boot_count(boot_log: &str) -> usize {
         .count()
 }
 
+/// The key of one of a NIC's context properties: `suffix` is [`NIC_MAC_SUFFIX`],
+/// [`NIC_IP_SUFFIX`] or [`NIC_PREFIX_SUFFIX`]; `nic_property("eth0", NIC_IP_SUFFIX)` is
+/// `veem.nic.eth0.ip`.
+pub fn nic_property(target: &str, suffix: &str) -> String {
+    format!("{NIC_PROPERTY_PREFIX}{target}{suffix}")
+}
+
+/// One line of a guest's [`PROBE_LOG_PATH`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeResult {
+    /// `ip:port`, as the context gave it.
+    pub target: String,
+    /// Whether the line sent came back.
+    pub ok: bool,
+}
+
+/// The probes a guest's [`PROBE_LOG_PATH`] records, oldest first; lines of another shape
+/// are left out.
+pub fn probe_results(probe_log: &str) -> Vec<ProbeResult> {
+    probe_log
+        .lines()
+        .filter_map(|line| {
+            let (target, result) = line.split_once(' ')?;
+            let ok = match result {
+                "ok" => true,
+                "fail" => false,
+                _ => return None,
+            };
+            Some(ProbeResult {
+                target: target.to_owned(),
+                ok,
+            })
+        })
+        .collect()
+}
+
+/// One line of a guest's [`BENCH_LOG_PATH`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum BenchResult {
+    /// [`BENCH_SEND_PROPERTY`]: `bytes` sent to `target` (`ip:port`), all of them taken by
+    /// the peer, in `millis` (from the first byte to the peer's close).
+    Send {
+        target: String,
+        bytes: u64,
+        millis: u64,
+    },
+    /// [`BENCH_PING_PROPERTY`]: the round-trip times to `target`, in milliseconds.
+    Ping {
+        target: String,
+        min_ms: f64,
+        avg_ms: f64,
+        max_ms: f64,
+    },
+    /// A benchmark (`send` or `ping`) that could not reach `target`, or not finish.
+    Failed { kind: String, target: String },
+}
+
+/// The results a guest's [`BENCH_LOG_PATH`] records, oldest first; lines of another shape
+/// are left out.
+pub fn bench_results(bench_log: &str) -> Vec<BenchResult> {
+    bench_log.lines().filter_map(bench_result).collect()
+}
+
+fn bench_result(line: &str) -> Option<BenchResult> {
+    let fields: Vec<&str> = line.split(' ').collect();
+    match fields.as_slice() {
+        [kind @ ("send" | "ping"), target, "fail"] => Some(BenchResult::Failed {
+            kind: (*kind).to_owned(),
+            target: (*target).to_owned(),
+        }),
+        ["send", target, bytes, millis] => Some(BenchResult::Send {
+            target: (*target).to_owned(),
+            bytes: bytes.parse().ok()?,
+            millis: millis.parse().ok()?,
+        }),
+        ["ping", target, "min/avg/max", times, "ms"] => {
+            let times: Vec<f64> = times
+                .split('/')
+                .map(str::parse)
+                .collect::<Result<_, _>>()
+                .ok()?;
+            let [min_ms, avg_ms, max_ms] = times.as_slice() else {
+                return None;
+            };
+            Some(BenchResult::Ping {
+                target: (*target).to_owned(),
+                min_ms: *min_ms,
+                avg_ms: *avg_ms,
+                max_ms: *max_ms,
+            })
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -331,5 +492,62 @@ mod tests {
         ] {
             assert!(words.contains(&needed), "{needed} is missing");
         }
+    }
+
+    #[test]
+    fn nic_keys_are_built_around_the_target() {
+        assert_eq!(nic_property("eth0", NIC_MAC_SUFFIX), "veem.nic.eth0.mac");
+        assert_eq!(nic_property("eth1", NIC_IP_SUFFIX), "veem.nic.eth1.ip");
+        assert_eq!(
+            nic_property("lan", NIC_PREFIX_SUFFIX),
+            "veem.nic.lan.prefix"
+        );
+    }
+
+    #[test]
+    fn probe_lines_are_read_back_and_others_left_out() {
+        let log = "10.10.0.1:7 ok\n10.10.0.99:7 fail\ngarbage\n10.10.0.1:7 maybe\n";
+        assert_eq!(
+            probe_results(log),
+            [
+                ProbeResult {
+                    target: "10.10.0.1:7".to_owned(),
+                    ok: true
+                },
+                ProbeResult {
+                    target: "10.10.0.99:7".to_owned(),
+                    ok: false
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn bench_lines_are_read_back_and_others_left_out() {
+        let log = "send 10.10.0.1:9 8388608 1234\n\
+                   ping 10.10.0.1 min/avg/max 0.512/1.250/3.100 ms\n\
+                   send 10.10.0.99:9 fail\n\
+                   ping 10.10.0.1 min/avg/max 1/2 ms\n\
+                   send 10.10.0.1:9 lots 12\n";
+        assert_eq!(
+            bench_results(log),
+            [
+                BenchResult::Send {
+                    target: "10.10.0.1:9".to_owned(),
+                    bytes: 8_388_608,
+                    millis: 1234
+                },
+                BenchResult::Ping {
+                    target: "10.10.0.1".to_owned(),
+                    min_ms: 0.512,
+                    avg_ms: 1.25,
+                    max_ms: 3.1
+                },
+                BenchResult::Failed {
+                    kind: "send".to_owned(),
+                    target: "10.10.0.99:9".to_owned()
+                },
+            ]
+        );
     }
 }

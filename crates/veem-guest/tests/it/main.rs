@@ -3,6 +3,7 @@
 //! power button over QMP. What the guest did is read back from its disk, without mounting.
 
 mod iso;
+mod network;
 mod qemu;
 
 use std::fs;
@@ -103,9 +104,55 @@ fn raw_copy(disk: &Path) -> PathBuf {
 }
 
 fn boot_log(disk: &Path) -> String {
+    disk_file(disk, veem_guest::BOOT_LOG_PATH)
+}
+
+/// A text file on a (stopped) guest's disk, `path` from its root.
+fn disk_file(disk: &Path, path: &str) -> String {
     let raw = raw_copy(disk);
-    let log = run("mtype", &["-i", path_str(&raw), "::/veem/boot.log"]);
-    String::from_utf8(log).expect("the boot log is text")
+    let text = run("mtype", &["-i", path_str(&raw), &format!("::/{path}")]);
+    String::from_utf8(text).unwrap_or_else(|_| panic!("{path} is text"))
+}
+
+/// A small vfat context disk holding `ovf_env` as `ovf-env.xml`, as veem makes for a VEE.
+fn vfat_context(dir: &Path, ovf_env: &str) -> PathBuf {
+    let source = dir.join("ovf-env.xml");
+    fs::write(&source, ovf_env).expect("write ovf-env.xml");
+    let context = dir.join("context.img");
+    run(
+        "mformat",
+        &[
+            "-C",
+            "-f",
+            "1440",
+            "-v",
+            "CONTEXT",
+            "-i",
+            path_str(&context),
+            "::",
+        ],
+    );
+    run(
+        "mcopy",
+        &[
+            "-i",
+            path_str(&context),
+            path_str(&source),
+            "::/ovf-env.xml",
+        ],
+    );
+    context
+}
+
+/// What a guest's console must never say: a missing program, a step of `/init` that failed,
+/// a panic.
+fn assert_no_complaints(serial: &str) {
+    for complaint in ["not found", "veem-guest: cannot", "can't", "Kernel panic"] {
+        assert!(
+            !serial.contains(complaint),
+            "the guest complained ({complaint}):\n{serial}"
+        );
+    }
 }
 
 /// Boots the disk (and any other devices), waits for both markers, then presses the power
@@ -122,12 +169,7 @@ fn boot_and_power_down(disk: &Path, devices: &[String], dir: &Path) -> String {
         serial.contains(POWEROFF_MARKER),
         "the guest's handler ran:\n{serial}"
     );
-    for complaint in ["not found", "veem-guest: cannot", "can't", "Kernel panic"] {
-        assert!(
-            !serial.contains(complaint),
-            "the guest complained ({complaint}):\n{serial}"
-        );
-    }
+    assert_no_complaints(&serial);
     serial
 }
 
@@ -263,31 +305,7 @@ fn the_ovf_env_of_a_vfat_context_disk_is_copied_onto_the_guest_disk() {
     let Some(built) = guest() else { return };
     let dir = tempfile::tempdir().expect("a temp dir");
     let disk = overlay(built, dir.path());
-    let source = dir.path().join("ovf-env.xml");
-    fs::write(&source, OVF_ENV).expect("write ovf-env.xml");
-    let context = dir.path().join("context.img");
-    run(
-        "mformat",
-        &[
-            "-C",
-            "-f",
-            "1440",
-            "-v",
-            "CONTEXT",
-            "-i",
-            path_str(&context),
-            "::",
-        ],
-    );
-    run(
-        "mcopy",
-        &[
-            "-i",
-            path_str(&context),
-            path_str(&source),
-            "::/ovf-env.xml",
-        ],
-    );
+    let context = vfat_context(dir.path(), OVF_ENV);
     assert_context_is_copied(&virtio_disk(&context), "/dev/vdb", dir.path(), &disk);
 }
 
