@@ -203,6 +203,37 @@ pub struct ImageList {
     pub images: Vec<ImageView>,
 }
 
+/// `POST /networks`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkRequest {
+    pub name: String,
+    /// IPv4 in CIDR form, e.g. `10.10.0.0/24`.
+    pub cidr: String,
+    #[serde(default)]
+    pub public: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkView {
+    pub name: String,
+    pub owner: String,
+    pub cidr: String,
+    pub public: bool,
+    /// The hosts' address on a public network (they reach its VEEs through it); `null` on a
+    /// private one, which nothing outside it reaches.
+    pub host_address: Option<String>,
+    /// Addresses held by VEEs, and those still free for VEEs.
+    pub addresses_used: u64,
+    pub addresses_free: u64,
+    pub created_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkList {
+    pub networks: Vec<NetworkView>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Resources {
     pub cpus: u32,

@@ -26,9 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context as _};
 use harness::{ctl, ctl_ok, get, init, init_one, processes_mentioning, Hypervisor, Server, Setup};
 use veem_api::MigrateRequest;
-use veem_model::{
-    ControlAction, DiskSource, DiskSpec, ImageName, InitModel, VeeDescriptor, VmiState,
-};
+use veem_model::{ControlAction, InitModel, VeeDescriptor, VmiState};
 
 /// How often a console is read for a marker: the resolution of the boot figures, the same for
 /// veem and the bare QEMU.
@@ -42,10 +40,6 @@ const FLEET_LIMIT: Duration = Duration::from_secs(900);
 /// The machine options the bare QEMU copies from veem's command line.
 const MACHINE_OPTIONS: [&str; 5] = ["-machine", "-accel", "-cpu", "-m", "-smp"];
 
-/// veem's own default: the tests' harness checks hosts more often, which costs a little CPU
-/// that a measurement of an operator's setup should not pay.
-const VEEM_HEALTH_INTERVAL_MS: u64 = 1_000;
-
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
@@ -53,14 +47,8 @@ fn env_or(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn main() -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(run())
-}
-
-async fn run() -> anyhow::Result<()> {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
     let runs = env_or("VEEM_BENCH_RUNS", 10).max(1);
     let control_runs = env_or("VEEM_BENCH_CONTROL_RUNS", 10).max(1);
     let suspends = env_or("VEEM_BENCH_SUSPENDS", 5).max(1);
@@ -68,13 +56,7 @@ async fn run() -> anyhow::Result<()> {
     let fleet = env_or("VEEM_BENCH_FLEET", 12);
     let load_before = load_average();
 
-    let Some(server) = Server::start_with_guest(Setup {
-        driver: Hypervisor::Qemu,
-        health_interval_ms: VEEM_HEALTH_INTERVAL_MS,
-        ..Setup::default()
-    })
-    .await
-    else {
+    let Some(server) = Server::start_for_bench().await else {
         println!("SKIPPED: qemu-system-x86_64 is not installed; run scripts/install-deps");
         return Ok(());
     };
@@ -377,14 +359,7 @@ fn median(samples: &[Duration]) -> Duration {
 fn guest_descriptor(name: &str, memory_mb: u64) -> VeeDescriptor {
     let mut d = VeeDescriptor::minimal(1, memory_mb);
     d.name = name.to_owned();
-    d.disks.push(DiskSpec {
-        source: Some(DiskSource::Image(
-            ImageName::new("tiny").expect("a constant valid image name"),
-        )),
-        size_gb: None,
-        target: Some("vda".into()),
-        clone: true,
-    });
+    d.disks.push(harness::tiny_disk());
     d
 }
 
@@ -859,7 +834,7 @@ async fn start_fleet(image: &Path, count: usize) -> anyhow::Result<Fleet> {
     let server = Server::start_with(Setup {
         driver: Hypervisor::Qemu,
         hosts: vec![("h1", 64, 65536, "")],
-        health_interval_ms: VEEM_HEALTH_INTERVAL_MS,
+        health_interval_ms: harness::VEEM_HEALTH_INTERVAL_MS,
         ..Setup::default()
     })
     .await;

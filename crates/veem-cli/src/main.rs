@@ -63,6 +63,9 @@ pub enum Command {
     /// Inspect, disable and enable physical hosts (admin)
     #[command(subcommand)]
     Host(sm::HostCommand),
+    /// Create, list and delete networks (virtual LANs)
+    #[command(subcommand)]
+    Net(sm::NetCommand),
     /// Run the VEEM: the VMI over HTTP, placement, and the config's in-process hosts
     Serve(node::ServeArgs),
     /// Run a host agent as its own process, connected to a VEEM
@@ -124,6 +127,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Vee(command) => sm::run_vee(&cli.global, command).await,
         Command::Image(command) => sm::run_image(&cli.global, command).await,
         Command::Host(command) => sm::run_host(&cli.global, command).await,
+        Command::Net(command) => sm::run_net(&cli.global, command).await,
         Command::Serve(args) => node::serve(args).await,
         Command::Agent(args) => node::agent(args).await,
         Command::Guest(GuestCommand::Build(args)) => build_guest(args).await,

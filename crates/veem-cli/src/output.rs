@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 
 use serde::Serialize;
-use veem_api::{HostView, ImageView, InitializeResponse, VeeView};
+use veem_api::{HostView, ImageView, InitializeResponse, NetworkView, VeeView};
 use veem_model::{DiskSource, VeeEvent};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -287,6 +287,24 @@ pub fn image_table(images: &[ImageView]) -> Table {
             fmt_bytes(image.size_bytes),
             image.owner.clone(),
             fmt_time(image.created_ms),
+        ]);
+    }
+    table
+}
+
+pub fn network_table(networks: &[NetworkView]) -> Table {
+    let mut table = Table::new(&[
+        "NAME", "OWNER", "CIDR", "PUBLIC", "HOSTS AT", "USED", "FREE",
+    ]);
+    for network in networks {
+        table.row(vec![
+            network.name.clone(),
+            network.owner.clone(),
+            network.cidr.clone(),
+            if network.public { "yes" } else { "no" }.to_owned(),
+            or_dash(network.host_address.as_deref()),
+            network.addresses_used.to_string(),
+            network.addresses_free.to_string(),
         ]);
     }
     table

@@ -9,7 +9,7 @@ use anyhow::{anyhow, bail, Context};
 use clap::{ArgGroup, Args, Subcommand, ValueEnum};
 use serde::Serialize;
 use veem_api::{
-    InitializeRequest, ItemFailure, MigrateRequest, Order, PatchApplied, PatchRequest,
+    InitializeRequest, ItemFailure, MigrateRequest, NetworkView, Order, PatchApplied, PatchRequest,
     UpdateStateRequest, VeeList,
 };
 use veem_client::{Client, ClientError, ListQuery, OvfQuery};
@@ -174,6 +174,26 @@ pub enum ImageCommand {
     /// Show one image
     Get { name: String },
     /// Remove an image no VEE depends on
+    Rm { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NetCommand {
+    /// Create a network of yours (a virtual LAN); VEEs get addresses from its range
+    Create {
+        name: String,
+        /// IPv4 range in CIDR form, e.g. 10.10.0.0/24 (the first address is the hosts')
+        #[arg(long)]
+        cidr: String,
+        /// Every principal may attach, and the hosts reach its VEEs (admin)
+        #[arg(long)]
+        public: bool,
+    },
+    /// List your networks and the public ones
+    Ls,
+    /// Show the network a NIC of yours attaches to by this name
+    Get { name: String },
+    /// Delete a network no VEE holds an address on
     Rm { name: String },
 }
 
@@ -352,6 +372,44 @@ pub async fn run_image(global: &GlobalArgs, command: ImageCommand) -> anyhow::Re
                 OutputFormat::Table => emit(&format!("deleted image {name}\n")),
             }
         }
+    }
+}
+
+pub async fn run_net(global: &GlobalArgs, command: NetCommand) -> anyhow::Result<()> {
+    let format = global.output;
+    let client = connect(global)?;
+    let shown = |networks: &[NetworkView]| output::network_table(networks).render();
+    match command {
+        NetCommand::Create { name, cidr, public } => {
+            let network = client.create_network(&name, &cidr, public).await?;
+            show(format, &network, || shown(std::slice::from_ref(&network)))
+        }
+        NetCommand::Ls => {
+            let list = client.list_networks().await?;
+            show(format, &list, || shown(&list.networks))
+        }
+        NetCommand::Get { name } => {
+            let network = client.get_network(&name).await?;
+            show(format, &network, || shown(std::slice::from_ref(&network)))
+        }
+        NetCommand::Rm { name } => {
+            client.delete_network(&name).await?;
+            show(format, &serde_json::json!({ "deleted": name }), || {
+                format!("deleted network {name}\n")
+            })
+        }
+    }
+}
+
+/// Prints `value` as JSON, or the table `table` renders.
+fn show<T: serde::Serialize>(
+    format: OutputFormat,
+    value: &T,
+    table: impl FnOnce() -> String,
+) -> anyhow::Result<()> {
+    match format {
+        OutputFormat::Json => emit(&to_json(value)?),
+        OutputFormat::Table => emit(&table()),
     }
 }
 

@@ -20,8 +20,9 @@ use tokio::io::AsyncWriteExt;
 use tokio_util::io::ReaderStream;
 use veem_api::{
     EventList, HostList, HostView, ImageList, ImageView, InitializeRequest, InitializeResponse,
-    MigrateRequest, PatchRequest, PatchResponse, SubmitRequest, SubmitResponse, UpdateStateRequest,
-    UpdateStateResponse, VeeList, VeeView, BASE_PATH,
+    MigrateRequest, NetworkList, NetworkRequest, NetworkView, PatchRequest, PatchResponse,
+    SubmitRequest, SubmitResponse, UpdateStateRequest, UpdateStateResponse, VeeList, VeeView,
+    BASE_PATH,
 };
 use veem_model::{InitModel, VmiState};
 
@@ -348,6 +349,37 @@ impl Client {
 
     pub async fn delete_image(&self, name: &str) -> Result<(), ClientError> {
         self.send(self.http.delete(self.url(&["images", name])))
+            .await
+            .map(drop)
+    }
+
+    /// Creates a network (a virtual LAN) of the caller's; `public` ones are admin-only.
+    pub async fn create_network(
+        &self,
+        name: &str,
+        cidr: &str,
+        public: bool,
+    ) -> Result<NetworkView, ClientError> {
+        let body = NetworkRequest {
+            name: name.to_owned(),
+            cidr: cidr.to_owned(),
+            public,
+        };
+        self.call(self.http.post(self.url(&["networks"])).json(&body))
+            .await
+    }
+
+    /// The caller's networks and the public ones.
+    pub async fn list_networks(&self) -> Result<NetworkList, ClientError> {
+        self.call(self.get(&["networks"])).await
+    }
+
+    pub async fn get_network(&self, name: &str) -> Result<NetworkView, ClientError> {
+        self.call(self.get(&["networks", name])).await
+    }
+
+    pub async fn delete_network(&self, name: &str) -> Result<(), ClientError> {
+        self.send(self.http.delete(self.url(&["networks", name])))
             .await
             .map(drop)
     }

@@ -82,7 +82,9 @@ impl From<WrongState> for CoreError {
 impl From<veem_store::StoreError> for CoreError {
     fn from(e: veem_store::StoreError) -> Self {
         match e {
-            veem_store::StoreError::Conflict { .. } => CoreError::Conflict(e.to_string()),
+            veem_store::StoreError::Conflict { .. }
+            | veem_store::StoreError::NetworkNameTaken { .. }
+            | veem_store::StoreError::NetworkIdReused(_) => CoreError::Conflict(e.to_string()),
             other => CoreError::internal("the store failed", other),
         }
     }

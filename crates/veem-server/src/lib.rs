@@ -45,6 +45,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Veem> {
         shutdown_deadline: Duration::from_millis(config.shutdown_deadline_ms),
         agent_timeout: Duration::from_millis(config.agent_timeout_ms),
         health_interval: Duration::from_millis(config.health_interval_ms),
+        lan_key: veem::lan_key(&data_dir),
         admins: config
             .principals
             .iter()

@@ -124,3 +124,65 @@ fn serve_with_a_bad_config_says_what_is_wrong() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn the_cli_makes_lists_and_removes_networks() {
+    let s = Server::start().await;
+    let made = json(&veem(
+        &s,
+        TOKEN_A,
+        &[
+            "-o",
+            "json",
+            "net",
+            "create",
+            "private",
+            "--cidr",
+            "10.10.0.0/24",
+        ],
+    ));
+    assert_eq!(made["cidr"], "10.10.0.0/24");
+    let init = json(&veem(
+        &s,
+        TOKEN_A,
+        &[
+            "-o",
+            "json",
+            "vee",
+            "init",
+            "--cpu",
+            "1",
+            "--memory-mb",
+            "64",
+            "--nic",
+            "private",
+        ],
+    ));
+    assert_eq!(init["vees"][0]["generated"]["nics"][0]["ip"], "10.10.0.2");
+    let table = veem(&s, TOKEN_A, &["net", "ls"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.contains("private") && text.contains("10.10.0.0/24"),
+        "{text}"
+    );
+    let refused = veem(&s, TOKEN_A, &["net", "rm", "private"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("in_use"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let public = veem(
+        &s,
+        TOKEN_A,
+        &[
+            "net",
+            "create",
+            "public",
+            "--cidr",
+            "10.77.0.0/24",
+            "--public",
+        ],
+    );
+    assert!(!public.status.success(), "public networks are admin-only");
+}

@@ -392,6 +392,8 @@ async fn the_openapi_document_covers_every_route() {
         "/images",
         "/images/{name}",
         "/images/{name}/data",
+        "/networks",
+        "/networks/{name}",
         "/hosts",
     ] {
         assert!(paths.contains_key(path), "{path} is documented");

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use veem_api::{InitializeRequest, UpdateStateRequest, UpdateStateResponse, VeeView};
 use veem_client::Client;
-use veem_model::{ControlAction, InitModel, VeeDescriptor, VmiState};
+use veem_model::{
+    ControlAction, DiskSource, DiskSpec, ImageName, InitModel, NicSpec, VeeDescriptor, VmiState,
+};
 
 pub const TOKEN_A: &str = "token-sm-a";
 pub const TOKEN_B: &str = "token-sm-b";
@@ -214,6 +216,26 @@ impl Drop for Server {
         for pid in processes_mentioning(&self.data_dir()) {
             let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
         }
+        // So do the LANs on the host: this server's bridges and VXLAN devices (their names
+        // carry its key).
+        if let Ok(data_dir) = std::fs::canonicalize(self.data_dir()) {
+            let key = format!("{:06x}", veem_server::veem::lan_key(&data_dir));
+            let ours = |name: &str| {
+                (name.starts_with("vb") || name.starts_with("vx")) && name[2..].starts_with(&key)
+            };
+            for entry in std::fs::read_dir("/sys/class/net")
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if ours(&name) {
+                    let _ = Command::new("ip")
+                        .args(["link", "del", "dev", &name])
+                        .status();
+                }
+            }
+        }
     }
 }
 
@@ -329,6 +351,47 @@ pub async fn wait_guest_ready(s: &Server, driver: Hypervisor, id: &str) {
         assert!(Instant::now() < deadline, "{id} did not boot: {text}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// veem's own default health interval, for measurements of a setup as an operator runs it.
+#[allow(dead_code)] // the benches' (they include this file)
+pub const VEEM_HEALTH_INTERVAL_MS: u64 = 1_000;
+
+impl Server {
+    /// Three qemu hosts with the test guest uploaded, checked as often as veem's default
+    /// (the tests check more often, which costs a little CPU a measurement should not pay).
+    #[allow(dead_code)] // the benches' (they include this file)
+    pub async fn start_for_bench() -> Option<Self> {
+        Self::start_with_guest(Setup {
+            driver: Hypervisor::Qemu,
+            health_interval_ms: VEEM_HEALTH_INTERVAL_MS,
+            ..Setup::default()
+        })
+        .await
+    }
+}
+
+/// The VEE's first disk: a copy-on-write clone of the shared test guest `tiny`.
+pub fn tiny_disk() -> DiskSpec {
+    DiskSpec {
+        source: Some(DiskSource::Image(
+            ImageName::new("tiny").expect("a constant valid image name"),
+        )),
+        size_gb: None,
+        target: Some("vda".into()),
+        clone: true,
+    }
+}
+
+/// NICs on these networks, each with the address it asks for, if any.
+pub fn nics(on: &[(&str, Option<&str>)]) -> Vec<NicSpec> {
+    on.iter()
+        .map(|(network, ip)| NicSpec {
+            network: (*network).to_owned(),
+            target: None,
+            ip: ip.map(|ip| ip.parse().expect("an IPv4 address")),
+        })
+        .collect()
 }
 
 /// Reads a file out of a guest disk image (qcow2, FAT), without mounting it.

@@ -4,20 +4,14 @@ use std::path::Path;
 
 use veem_api::{MigrateRequest, VeeView};
 use veem_model::{
-    ControlAction as A, DiskSource, DiskSpec, ImageName, KernelBoot, VeeDescriptor, VeemState,
-    VmiState,
+    ControlAction as A, DiskSource, ImageName, KernelBoot, VeeDescriptor, VeemState, VmiState,
 };
 
 use crate::harness::*;
 
 fn guest(name: &str) -> VeeDescriptor {
     let mut d = small(name);
-    d.disks.push(DiskSpec {
-        source: Some(DiskSource::Image(ImageName::new("tiny").expect("valid"))),
-        size_gb: None,
-        target: Some("vda".into()),
-        clone: true,
-    });
+    d.disks.push(tiny_disk());
     d
 }
 

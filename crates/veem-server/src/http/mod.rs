@@ -50,6 +50,14 @@ pub fn router(state: AppState) -> Router {
                 .delete(routes::delete_image),
         )
         .route("/images/{name}/data", get(routes::image_data))
+        .route(
+            "/networks",
+            get(routes::list_networks).post(routes::create_network),
+        )
+        .route(
+            "/networks/{name}",
+            get(routes::get_network).delete(routes::delete_network),
+        )
         .route("/hosts", get(routes::list_hosts))
         .route("/hosts/{id}", axum::routing::patch(routes::patch_host))
         .route("/agents/connect", get(agents::connect))

@@ -12,8 +12,9 @@ use serde::de::DeserializeOwned;
 use tokio_util::io::ReaderStream;
 use veem_api::{
     EventList, HostList, HostView, ImageList, ImageView, InitializeRequest, InitializeResponse,
-    InitializedVee, ItemFailure, MigrateRequest, PatchRequest, PatchResponse, Resources,
-    SubmitRequest, SubmitResponse, UpdateStateRequest, UpdateStateResponse, VeeList, VeeView,
+    InitializedVee, ItemFailure, MigrateRequest, NetworkList, NetworkRequest, NetworkView,
+    PatchRequest, PatchResponse, Resources, SubmitRequest, SubmitResponse, UpdateStateRequest,
+    UpdateStateResponse, VeeList, VeeView,
 };
 use veem_model::{DescriptorError, ImageRecord, InitModel, VeeId, VeeRecord, VmiState};
 
@@ -21,7 +22,7 @@ use super::problem::ApiError;
 use super::{Admin, AppState};
 use crate::auth::Caller;
 use crate::error::CoreError;
-use crate::veem::{BatchOutcome, ListFilter};
+use crate::veem::{BatchOutcome, ListFilter, NetworkInfo};
 
 type ApiResult<T> = Result<T, ApiError>;
 
@@ -455,6 +456,63 @@ pub async fn delete_image(
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
     state.veem.delete_image(&caller, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn network_view(info: &NetworkInfo) -> NetworkView {
+    let network = &info.network;
+    NetworkView {
+        name: network.name.clone(),
+        owner: network.owner.to_string(),
+        cidr: network.cidr.to_string(),
+        public: network.public,
+        host_address: network
+            .public
+            .then(|| network.cidr.host_address().to_string()),
+        addresses_used: info.held as u64,
+        addresses_free: u64::from(info.free),
+        created_ms: network.created_ms,
+    }
+}
+
+pub async fn create_network(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<NetworkView>)> {
+    let request: NetworkRequest = parse_json(&body, false)?;
+    let info = state
+        .veem
+        .create_network(&caller, &request.name, &request.cidr, request.public)
+        .await?;
+    Ok((StatusCode::CREATED, Json(network_view(&info))))
+}
+
+pub async fn list_networks(State(state): State<AppState>, caller: Caller) -> Json<NetworkList> {
+    Json(NetworkList {
+        networks: state
+            .veem
+            .list_networks(&caller)
+            .iter()
+            .map(network_view)
+            .collect(),
+    })
+}
+
+pub async fn get_network(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Json<NetworkView>> {
+    Ok(Json(network_view(&state.veem.get_network(&caller, &name)?)))
+}
+
+pub async fn delete_network(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    state.veem.delete_network(&caller, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -547,6 +547,7 @@ impl Veem {
         state.vees.remove(&seq);
         state.pending.remove(&seq);
         state.cluster.release(&record.id);
+        state.networks.release(&record);
         Ok(())
     }
 

@@ -30,7 +30,10 @@ use crate::hosts::Hosts;
 mod control;
 mod hosts;
 mod images;
+mod networks;
 mod submission;
+
+pub use networks::{lan_key, NetworkInfo};
 
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -48,6 +51,8 @@ pub struct CoreConfig {
     pub shutdown_deadline: Duration,
     pub agent_timeout: Duration,
     pub health_interval: Duration,
+    /// Names this VEEM's LANs on hosts apart from another VEEM's ([`lan_key`]).
+    pub lan_key: u32,
     /// Principals with the admin role: their images are shared with all.
     pub admins: Vec<Principal>,
 }
@@ -82,6 +87,7 @@ struct State {
     images: BTreeMap<(Principal, ImageName), ImageRecord>,
     /// VEEs waiting for placement, oldest first.
     pending: BTreeSet<u64>,
+    networks: networks::Networks,
 }
 
 /// A staged change of one VEE: the record as it will be, and what to store.
@@ -162,6 +168,8 @@ impl Veem {
     /// [`Veem::connect_host`]; [`Veem::start_background`] starts the placement and health loops.
     pub fn open(config: CoreConfig, store: Arc<dyn Store>) -> Result<Self, CoreError> {
         let snapshot = store.load()?;
+        let networks =
+            networks::Networks::load(snapshot.networks, snapshot.next_network_id, &snapshot.vees);
         let mut vees = BTreeMap::new();
         let mut pending = BTreeSet::new();
         for record in snapshot.vees {
@@ -184,6 +192,7 @@ impl Veem {
             cluster: Cluster::new(config.policy),
             images,
             pending,
+            networks,
         };
         Ok(Self {
             inner: Arc::new(Inner {
@@ -285,6 +294,12 @@ impl Veem {
             records.push(s.record);
         }
         Ok(records)
+    }
+
+    /// Commits changes that are no VEE's (networks, images) in one transaction.
+    async fn commit_changes(&self, changes: Vec<Change>) -> Result<(), CoreError> {
+        self.inner.committer.commit(changes).await?;
+        Ok(())
     }
 
     /// Stages and commits one VEE's change.

@@ -46,13 +46,28 @@ impl Veem {
                     )
                 })
                 .collect();
+            let ids: Vec<VeeId> = records.iter().map(|r| r.id.clone()).collect();
+            let addresses = state
+                .networks
+                .allocate(&caller.principal, &descriptor, &ids)?;
+            for (record, nics) in records.iter_mut().zip(addresses) {
+                record.generated.nics = nics;
+            }
             let mut reserved = Vec::new();
             if model == InitModel::Twophase {
                 let batch = records
                     .iter()
                     .map(|r| (r.id.clone(), demand_of(r)))
                     .collect();
-                let hosts = state.cluster.place_all(batch).map_err(placement_error)?;
+                let hosts = match state.cluster.place_all(batch) {
+                    Ok(hosts) => hosts,
+                    Err(e) => {
+                        for record in &records {
+                            state.networks.release(record);
+                        }
+                        return Err(placement_error(e));
+                    }
+                };
                 for (record, host) in records.iter_mut().zip(hosts) {
                     record.host = Some(host);
                     record.reserved = true;
@@ -86,6 +101,9 @@ impl Veem {
             let mut state = self.state();
             for id in &reserved {
                 state.cluster.release(id);
+            }
+            for record in &records {
+                state.networks.release(record);
             }
             return Err(e);
         }
@@ -329,31 +347,33 @@ impl Veem {
                 clone: disk.clone,
             });
         }
-        let nics = d
-            .nics
-            .iter()
-            .map(|n| {
-                let target = n.target.clone().unwrap_or_default();
-                let mac = record
-                    .generated
-                    .nics
-                    .iter()
-                    .find(|g| g.target == target)
-                    .map(|g| g.mac.clone());
-                NicPlan {
-                    target,
-                    network: n.network.clone(),
-                    mac,
-                    lan: None,
+        let mut properties = d.context.properties.clone();
+        let mut nics = Vec::with_capacity(d.nics.len());
+        for n in &d.nics {
+            let target = n.target.clone().unwrap_or_default();
+            let chosen = record.generated.nics.iter().find(|g| g.target == target);
+            let network = chosen
+                .and_then(|g| g.network_id)
+                .and_then(|id| self.network(id));
+            if let (Some(chosen), Some(network)) = (chosen, &network) {
+                // The guest learns its addresses from its context (see the veem-guest crate).
+                let key = |what: &str| format!("veem.nic.{target}.{what}");
+                properties.insert(key("mac"), chosen.mac.clone());
+                if let Some(ip) = &chosen.ip {
+                    properties.insert(key("ip"), ip.clone());
+                    properties.insert(key("prefix"), network.cidr.prefix().to_string());
                 }
-            })
-            .collect();
-        let ovf_env = match (&d.context.ovf_env, d.context.properties.is_empty()) {
+            }
+            nics.push(NicPlan {
+                target,
+                network: n.network.clone(),
+                mac: chosen.map(|g| g.mac.clone()),
+                lan: network.as_ref().map(|network| self.lan_plan(network)),
+            });
+        }
+        let ovf_env = match (&d.context.ovf_env, properties.is_empty()) {
             (Some(doc), _) => Some(doc.clone()),
-            (None, false) => Some(veem_ovf::write_ovf_env(
-                record.id.as_str(),
-                &d.context.properties,
-            )),
+            (None, false) => Some(veem_ovf::write_ovf_env(record.id.as_str(), &properties)),
             (None, true) => None,
         };
         let boot = match &d.boot {
