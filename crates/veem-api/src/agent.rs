@@ -116,6 +116,19 @@ pub struct InstanceStatus {
     /// driver makes figures up. Empty from an agent that predates these figures.
     #[serde(default)]
     pub nics: Vec<NicCounters>,
+    /// What the guest's own agent reported since the last status the host gave (its KPIs,
+    /// through a virtio-serial channel), oldest first: each report is given once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agent_reports: Vec<AgentReport>,
+}
+
+/// One report of a guest's agent: named figures, as the guest said them at `t_ms`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentReport {
+    pub t_ms: u64,
+    /// (metric, value) as the guest wrote them (`uptime_s`, `12.5`): the VEEM names them
+    /// `<fqn_prefix>.agent.<metric>`, the value a number when it reads as one.
+    pub measurements: Vec<(String, String)>,
 }
 
 /// What one disk of a VEE has done since its instance started on this host.

@@ -7,6 +7,7 @@
 
 mod descriptor;
 mod ids;
+mod monitoring;
 mod network;
 mod record;
 mod state;
@@ -16,6 +17,11 @@ pub use descriptor::{
     MAX_CPUS, MAX_MEMORY_MB,
 };
 pub use ids::{HostId, IdError, ImageName, Principal, VeeId};
+pub use monitoring::{
+    active_ms_within, check_fqn, AccountingListener, AccountingRecord, EventError, EventType,
+    Measurement, MeasurementValue, MonitoringEvent, MonitoringSubscription,
+    MAX_ACCOUNTING_INTERVAL_MS, MIN_ACCOUNTING_INTERVAL_MS,
+};
 pub use network::{mac_address, AddressPool, Ipv4Cidr, Network, MAX_NICS, MAX_PREFIX, MIN_PREFIX};
 pub use record::{Generated, ImageFormat, ImageRecord, NicAddress, Phase, VeeEvent, VeeRecord};
 pub use state::{

@@ -760,6 +760,8 @@ impl QemuDriver {
             cpu_time_ms: process::cpu_time_ms(instance.pid, self.clock_ticks).unwrap_or(0),
             disks,
             nics: self.nic_counters(instance),
+            // The guest agent's channel comes with the monitoring work.
+            agent_reports: Vec::new(),
         }
     }
 

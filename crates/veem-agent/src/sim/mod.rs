@@ -122,6 +122,8 @@ impl SimInstance {
             cpu_time_ms,
             disks: self.simulated_disks(cpu_time_ms),
             nics: self.simulated_nics(cpu_time_ms),
+            // A simulated guest runs no agent.
+            agent_reports: Vec::new(),
         }
     }
 

@@ -71,6 +71,7 @@ impl Driver for PairedDriver {
             cpu_time_ms: 0,
             disks: vec![],
             nics: vec![],
+            agent_reports: vec![],
         })
     }
     async fn list(&self) -> Result<Vec<InstanceStatus>, DriverError> {
