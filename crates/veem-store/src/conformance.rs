@@ -11,8 +11,9 @@ use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use veem_model::{
-    Context, DiskSource, DiskSpec, Generated, HostId, ImageFormat, ImageName, ImageRecord,
-    InitModel, Ipv4Cidr, KernelBoot, Network, NicAddress, NicSpec, Phase, Principal, VeeDescriptor,
+    AccountingListener, AccountingRecord, Context, DiskSource, DiskSpec, EventType, Generated,
+    HostId, ImageFormat, ImageName, ImageRecord, InitModel, Ipv4Cidr, KernelBoot,
+    MonitoringSubscription, Network, NicAddress, NicSpec, Phase, Principal, VeeDescriptor,
     VeeEvent, VeeId, VeeRecord, VeemState, VmiState,
 };
 
@@ -83,6 +84,30 @@ pub const PROPERTIES: &[(&str, Property)] = &[
     (
         "network_ids_stay_below_the_vxlan_limit",
         network_ids_stay_below_the_vxlan_limit,
+    ),
+    (
+        "listeners_are_put_replaced_removed_and_listed",
+        listeners_are_put_replaced_removed_and_listed,
+    ),
+    (
+        "accounting_comes_back_by_time_then_owner",
+        accounting_comes_back_by_time_then_owner,
+    ),
+    (
+        "accounting_ranges_include_from_and_exclude_to",
+        accounting_ranges_include_from_and_exclude_to,
+    ),
+    (
+        "listeners_and_accounting_need_their_vee",
+        listeners_and_accounting_need_their_vee,
+    ),
+    (
+        "purge_removes_the_vees_listeners_and_accounting",
+        purge_removes_the_vees_listeners_and_accounting,
+    ),
+    (
+        "subscriptions_are_put_replaced_removed_and_listed",
+        subscriptions_are_put_replaced_removed_and_listed,
     ),
 ];
 
@@ -194,6 +219,7 @@ pub fn rich_record(seq: u64) -> VeeRecord {
         last_error: Some("boot of host-0 failed: no disk".to_owned()),
         has_saved_memory: true,
         restarts: 2,
+        monitoring_token: Some("0123456789abcdef0123456789abcdef".to_owned()),
         generated: Generated {
             nics: vec![
                 NicAddress {
@@ -282,6 +308,48 @@ pub fn public_network(id: u32, owner: &str, name: &str) -> Network {
     }
 }
 
+/// A listener of `owner` on `vee`, every `interval_ms`, registered at time 5.
+pub fn listener(owner: &str, vee: &VeeId, interval_ms: u64) -> AccountingListener {
+    AccountingListener {
+        owner: principal(owner),
+        vee: vee.clone(),
+        callback: format!("https://{owner}.example/accounting?vee={vee}&q=\"ü\""),
+        interval_ms,
+        registered_ms: 5,
+    }
+}
+
+/// What `vee` used in `[t0, t0 + 1000)`: ACTIVE on host-1 the whole time.
+pub fn accounting_record(vee: &VeeId, t0: u64) -> AccountingRecord {
+    AccountingRecord {
+        vee: vee.clone(),
+        t0,
+        dt: 1_000,
+        state: VmiState::Active,
+        host: Some(host("host-1")),
+        cpu: 2,
+        memory_mb: 1_024,
+        cpu_time_ms: t0 % 977,
+        active_ms: 1_000,
+    }
+}
+
+/// `record`, as stored for (sent to) `owner`.
+pub fn accounted(owner: &str, record: AccountingRecord) -> (Principal, AccountingRecord) {
+    (principal(owner), record)
+}
+
+/// A subscription of `owner` to `types`, made at time 11.
+pub fn subscription(id: &str, owner: &str, types: &[EventType]) -> MonitoringSubscription {
+    MonitoringSubscription {
+        id: id.to_owned(),
+        owner: principal(owner),
+        callback: format!("https://{owner}.example/events/{id}"),
+        types: types.to_vec(),
+        created_ms: 11,
+    }
+}
+
 /// The CAS update of `record` to its next generation, after `edit`.
 pub fn update(record: &VeeRecord, edit: impl FnOnce(&mut VeeRecord)) -> (VeeRecord, Change) {
     let mut next = record.clone();
@@ -318,6 +386,22 @@ fn events(store: &dyn Store, vee: &VeeId) -> Vec<VeeEvent> {
     store.events(vee).expect("events")
 }
 
+fn accounting(store: &dyn Store, vee: &VeeId, from_ms: u64, to_ms: u64) -> Vec<AccountingRecord> {
+    store
+        .accounting(vee, from_ms, to_ms)
+        .unwrap_or_else(|err| panic!("accounting of {vee} in [{from_ms}, {to_ms}): {err:?}"))
+        .into_iter()
+        .map(|(_, record)| record)
+        .collect()
+}
+
+/// All the accounting of `vee`, with owners.
+fn all_accounting(store: &dyn Store, vee: &VeeId) -> Vec<(Principal, AccountingRecord)> {
+    store
+        .accounting(vee, 0, u64::MAX)
+        .unwrap_or_else(|err| panic!("accounting of {vee}: {err:?}"))
+}
+
 fn seqs(snapshot: &Snapshot) -> Vec<u64> {
     snapshot.vees.iter().map(|vee| vee.id.seq()).collect()
 }
@@ -332,9 +416,15 @@ pub fn a_fresh_store_is_empty(store: &dyn Store) {
         next_vee_seq: FIRST_VEE_SEQ,
         networks: vec![],
         next_network_id: FIRST_NETWORK_ID,
+        listeners: vec![],
+        subscriptions: vec![],
     };
     assert_eq!(load(store), empty);
     assert_eq!(events(store, &VeeId::from_seq(FIRST_VEE_SEQ)), vec![]);
+    assert_eq!(
+        all_accounting(store, &VeeId::from_seq(FIRST_VEE_SEQ)),
+        vec![]
+    );
     commit(store, &[]);
     assert_eq!(load(store), empty, "an empty commit changes nothing");
 }
@@ -493,10 +583,17 @@ pub fn a_failing_change_rolls_back_the_whole_batch(store: &dyn Store) {
             Change::PutImage(image("alice", "doomed", 100)),
             Change::InsertNetwork(network(FIRST_NETWORK_ID, "alice", "lan")),
             Change::InsertNetwork(network(FIRST_NETWORK_ID + 1, "alice", "doomed")),
+            Change::PutListener(listener("alice", &existing.id, 1_000)),
+            Change::AppendAccounting(vec![accounted(
+                "alice",
+                accounting_record(&existing.id, 10),
+            )]),
+            Change::PutSubscription(subscription("sub-old", "alice", &[])),
         ],
     );
     let snapshot_before = load(store);
     let events_before = events(store, &existing.id);
+    let accounting_before = all_accounting(store, &existing.id);
 
     let newcomer = plain_record(FIRST_VEE_SEQ + 3);
     let (_, good_update) = update(&existing, |r| r.state = VmiState::Active);
@@ -514,6 +611,20 @@ pub fn a_failing_change_rolls_back_the_whole_batch(store: &dyn Store) {
         Change::InsertNetwork(public_network(FIRST_NETWORK_ID + 5, "bob", "lan")),
         Change::DeleteNetwork {
             id: FIRST_NETWORK_ID + 1,
+        },
+        Change::PutListener(listener("bob", &existing.id, 2_000)),
+        Change::PutListener(listener("bob", &newcomer.id, 3_000)),
+        Change::RemoveListener {
+            owner: principal("alice"),
+            vee: existing.id.clone(),
+        },
+        Change::AppendAccounting(vec![
+            accounted("alice", accounting_record(&existing.id, 50)),
+            accounted("bob", accounting_record(&newcomer.id, 60)),
+        ]),
+        Change::PutSubscription(subscription("sub-new", "bob", &[EventType::State])),
+        Change::RemoveSubscription {
+            id: "sub-old".to_owned(),
         },
     ];
     let (_, stale_update) = update(&existing, |r| r.state = VmiState::Paused);
@@ -556,6 +667,27 @@ pub fn a_failing_change_rolls_back_the_whole_batch(store: &dyn Store) {
                 id: FIRST_NETWORK_ID + 50,
             },
         ),
+        (
+            "a listener of a missing VEE",
+            Change::PutListener(listener("bob", &VeeId::from_seq(FIRST_VEE_SEQ + 70), 1_000)),
+        ),
+        (
+            "accounting of a missing VEE",
+            Change::AppendAccounting(vec![
+                accounted("carol", accounting_record(&existing.id, 70)),
+                accounted(
+                    "carol",
+                    accounting_record(&VeeId::from_seq(FIRST_VEE_SEQ + 80), 70),
+                ),
+            ]),
+        ),
+        (
+            "an accounting time beyond a signed 64-bit integer",
+            Change::AppendAccounting(vec![accounted(
+                "carol",
+                accounting_record(&existing.id, u64::MAX),
+            )]),
+        ),
     ];
     for (what, tail) in failing_tails {
         let mut batch = good_changes.clone();
@@ -572,6 +704,11 @@ pub fn a_failing_change_rolls_back_the_whole_batch(store: &dyn Store) {
         );
         assert_eq!(events(store, &existing.id), events_before, "after {what}");
         assert_eq!(events(store, &newcomer.id), vec![], "after {what}");
+        assert_eq!(
+            all_accounting(store, &existing.id),
+            accounting_before,
+            "after {what}"
+        );
     }
 
     // The same batch without the failing change is valid: it was the tail that undid it.
@@ -592,6 +729,28 @@ pub fn a_failing_change_rolls_back_the_whole_batch(store: &dyn Store) {
     );
     assert_eq!(snapshot.next_network_id, FIRST_NETWORK_ID + 6);
     assert_eq!(events(store, &existing.id).len(), 2);
+    assert_eq!(
+        snapshot.listeners,
+        vec![
+            listener("bob", &existing.id, 2_000),
+            listener("bob", &newcomer.id, 3_000)
+        ]
+    );
+    assert_eq!(
+        snapshot.subscriptions,
+        vec![subscription("sub-new", "bob", &[EventType::State])]
+    );
+    assert_eq!(
+        all_accounting(store, &existing.id),
+        vec![
+            accounted("alice", accounting_record(&existing.id, 10)),
+            accounted("alice", accounting_record(&existing.id, 50))
+        ]
+    );
+    assert_eq!(
+        all_accounting(store, &newcomer.id),
+        vec![accounted("bob", accounting_record(&newcomer.id, 60))]
+    );
 }
 
 pub fn the_id_counter_only_grows_and_ids_are_never_reused(store: &dyn Store) {
@@ -985,5 +1144,404 @@ pub fn network_ids_stay_below_the_vxlan_limit(store: &dyn Store) {
     assert_eq!(
         snapshot.next_network_id, NETWORK_ID_LIMIT,
         "every id is handed out"
+    );
+}
+
+pub fn listeners_are_put_replaced_removed_and_listed(store: &dyn Store) {
+    // 100000000 sorts before 99999999 as text: the order must come from the VEE's sequence.
+    let [nine, big, bigger] = [9, 99_999_999, 100_000_000].map(plain_record);
+    commit(
+        store,
+        &[
+            Change::InsertVee(nine.clone()),
+            Change::InsertVee(big.clone()),
+            Change::InsertVee(bigger.clone()),
+            Change::PutListener(listener("bob", &bigger.id, 1_000)),
+            Change::PutListener(listener("alice", &big.id, 1_000)),
+        ],
+    );
+    commit(
+        store,
+        &[
+            Change::PutListener(listener("carol", &nine.id, 100)),
+            Change::PutListener(listener("alice", &bigger.id, 200)),
+            Change::PutListener(listener("bob", &nine.id, 300)),
+        ],
+    );
+    assert_eq!(
+        load(store).listeners,
+        vec![
+            listener("bob", &nine.id, 300),
+            listener("carol", &nine.id, 100),
+            listener("alice", &big.id, 1_000),
+            listener("alice", &bigger.id, 200),
+            listener("bob", &bigger.id, 1_000),
+        ],
+        "listeners are listed by VEE sequence, then owner"
+    );
+
+    // Registering again replaces, in place: one listener per principal and VEE.
+    let replacement = AccountingListener {
+        callback: "http://other.example/".to_owned(),
+        interval_ms: 86_400_000,
+        registered_ms: 1_700_000_000_000,
+        ..listener("bob", &nine.id, 0)
+    };
+    commit(store, &[Change::PutListener(replacement.clone())]);
+    let remove_carols = Change::RemoveListener {
+        owner: principal("carol"),
+        vee: nine.id.clone(),
+    };
+    commit(store, std::slice::from_ref(&remove_carols));
+    let expected = vec![
+        replacement,
+        listener("alice", &big.id, 1_000),
+        listener("alice", &bigger.id, 200),
+        listener("bob", &bigger.id, 1_000),
+    ];
+    assert_eq!(load(store).listeners, expected);
+
+    // Removing what is not there is no error: a listener gone already, a principal that never
+    // listened, a VEE that never existed.
+    commit(
+        store,
+        &[
+            remove_carols,
+            Change::RemoveListener {
+                owner: principal("alice"),
+                vee: nine.id.clone(),
+            },
+            Change::RemoveListener {
+                owner: principal("alice"),
+                vee: VeeId::from_seq(FIRST_VEE_SEQ + 1),
+            },
+        ],
+    );
+    assert_eq!(load(store).listeners, expected);
+
+    // Remove then put in one batch: the put wins, as the changes apply in order.
+    commit(
+        store,
+        &[
+            Change::RemoveListener {
+                owner: principal("alice"),
+                vee: big.id.clone(),
+            },
+            Change::PutListener(listener("alice", &big.id, 5_000)),
+            Change::RemoveListener {
+                owner: principal("bob"),
+                vee: bigger.id.clone(),
+            },
+        ],
+    );
+    let snapshot = load(store);
+    assert_eq!(
+        snapshot.listeners,
+        vec![
+            expected[0].clone(),
+            listener("alice", &big.id, 5_000),
+            listener("alice", &bigger.id, 200),
+        ]
+    );
+    assert_eq!(
+        snapshot.vees,
+        vec![nine, big, bigger],
+        "listeners leave VEEs alone"
+    );
+}
+
+pub fn accounting_comes_back_by_time_then_owner(store: &dyn Store) {
+    let a = plain_record(FIRST_VEE_SEQ);
+    let b = plain_record(FIRST_VEE_SEQ + 1);
+    commit(
+        store,
+        &[Change::InsertVee(a.clone()), Change::InsertVee(b.clone())],
+    );
+    let at = |t0| accounting_record(&a.id, t0);
+    // Two records of one owner and time: they keep the order they were appended in.
+    let half = AccountingRecord {
+        dt: 500,
+        state: VmiState::Paused,
+        host: None,
+        cpu: 4,
+        memory_mb: 4_096,
+        cpu_time_ms: 123,
+        active_ms: 0,
+        ..at(2_000)
+    };
+    let quarter = AccountingRecord {
+        dt: 250,
+        ..at(2_000)
+    };
+    commit(
+        store,
+        &[
+            Change::AppendAccounting(vec![
+                accounted("bob", at(3_000)),
+                accounted("alice", at(1_000)),
+                accounted("bob", accounting_record(&b.id, 1_000)),
+            ]),
+            Change::AppendAccounting(vec![accounted("alice", half.clone())]),
+        ],
+    );
+    commit(
+        store,
+        &[
+            Change::AppendAccounting(vec![]),
+            Change::AppendAccounting(vec![
+                accounted("carol", at(2_000)),
+                accounted("alice", at(3_000)),
+                accounted("bob", at(1_000)),
+                accounted("alice", quarter.clone()),
+            ]),
+        ],
+    );
+    assert_eq!(
+        all_accounting(store, &a.id),
+        vec![
+            accounted("alice", at(1_000)),
+            accounted("bob", at(1_000)),
+            accounted("alice", half),
+            accounted("alice", quarter),
+            accounted("carol", at(2_000)),
+            accounted("alice", at(3_000)),
+            accounted("bob", at(3_000)),
+        ]
+    );
+    assert_eq!(
+        all_accounting(store, &b.id),
+        vec![accounted("bob", accounting_record(&b.id, 1_000))]
+    );
+    assert_eq!(
+        all_accounting(store, &VeeId::from_seq(FIRST_VEE_SEQ + 2)),
+        vec![]
+    );
+    let snapshot = load(store);
+    assert_eq!(
+        (snapshot.vees, snapshot.listeners),
+        (vec![a, b], vec![]),
+        "accounting leaves VEEs and listeners alone"
+    );
+}
+
+pub fn accounting_ranges_include_from_and_exclude_to(store: &dyn Store) {
+    let a = plain_record(FIRST_VEE_SEQ);
+    let b = plain_record(FIRST_VEE_SEQ + 1);
+    // The latest time a store must keep, with every other number at its edge too.
+    let last = AccountingRecord {
+        vee: a.id.clone(),
+        t0: i64::MAX as u64,
+        dt: 0,
+        state: VmiState::Suspended,
+        host: None,
+        cpu: u32::MAX,
+        memory_mb: i64::MAX as u64,
+        cpu_time_ms: i64::MAX as u64,
+        active_ms: 0,
+    };
+    let times = [0, 999, 1_000, 1_001, 1_999, 2_000];
+    let mut records: Vec<_> = times
+        .iter()
+        .map(|&t0| accounted("alice", accounting_record(&a.id, t0)))
+        .collect();
+    records.push(accounted("alice", last.clone()));
+    records.push(accounted("alice", accounting_record(&b.id, 1_000)));
+    commit(
+        store,
+        &[
+            Change::InsertVee(a.clone()),
+            Change::InsertVee(b.clone()),
+            Change::AppendAccounting(records),
+        ],
+    );
+    let t0s = |from, to| -> Vec<u64> {
+        accounting(store, &a.id, from, to)
+            .iter()
+            .map(|record| record.t0)
+            .collect()
+    };
+    let top = i64::MAX as u64;
+    let none: Vec<u64> = vec![];
+    assert_eq!(t0s(1_000, 2_000), vec![1_000, 1_001, 1_999]);
+    assert_eq!(t0s(999, 1_001), vec![999, 1_000]);
+    assert_eq!(t0s(0, 1), vec![0]);
+    assert_eq!(t0s(1_000, 1_000), none, "an empty range");
+    assert_eq!(t0s(2_000, 1_000), none, "a backward range");
+    assert_eq!(t0s(0, 0), none);
+    assert_eq!(
+        t0s(0, u64::MAX),
+        vec![0, 999, 1_000, 1_001, 1_999, 2_000, top]
+    );
+    assert_eq!(t0s(2_000, u64::MAX), vec![2_000, top]);
+    assert_eq!(t0s(2_001, top), none);
+    assert_eq!(t0s(top, top + 1), vec![top]);
+    assert_eq!(t0s(top + 1, u64::MAX), none);
+    assert_eq!(t0s(u64::MAX, u64::MAX), none);
+    assert_eq!(
+        accounting(store, &a.id, top, u64::MAX),
+        vec![last],
+        "numbers at the edge come back whole"
+    );
+    assert_eq!(
+        accounting(store, &b.id, 0, u64::MAX),
+        vec![accounting_record(&b.id, 1_000)],
+        "a VEE's range holds only its own records"
+    );
+}
+
+pub fn listeners_and_accounting_need_their_vee(store: &dyn Store) {
+    let present = plain_record(FIRST_VEE_SEQ);
+    let purged = plain_record(FIRST_VEE_SEQ + 1);
+    let never = VeeId::from_seq(FIRST_VEE_SEQ + 2);
+    commit(
+        store,
+        &[
+            Change::InsertVee(present.clone()),
+            Change::InsertVee(purged.clone()),
+            Change::PurgeVee(purged.id.clone()),
+        ],
+    );
+    for missing in [&purged.id, &never] {
+        let err = commit_err(
+            store,
+            &[
+                Change::PutListener(listener("alice", &present.id, 1_000)),
+                Change::PutListener(listener("alice", missing, 1_000)),
+            ],
+        );
+        assert!(
+            matches!(&err, StoreError::NotFound(what) if what.contains(missing.as_str())),
+            "a listener of {missing}: {err:?}"
+        );
+        let err = commit_err(
+            store,
+            &[Change::AppendAccounting(vec![
+                accounted("alice", accounting_record(&present.id, 1)),
+                accounted("alice", accounting_record(missing, 2)),
+                accounted("alice", accounting_record(&present.id, 3)),
+            ])],
+        );
+        assert!(
+            matches!(&err, StoreError::NotFound(what) if what.contains(missing.as_str())),
+            "accounting of {missing}: {err:?}"
+        );
+        assert_eq!(all_accounting(store, missing), vec![]);
+    }
+    assert_eq!(
+        load(store).listeners,
+        vec![],
+        "the failed batches left nothing"
+    );
+    assert_eq!(all_accounting(store, &present.id), vec![]);
+}
+
+pub fn purge_removes_the_vees_listeners_and_accounting(store: &dyn Store) {
+    let doomed = rich_record(FIRST_VEE_SEQ);
+    let survivor = plain_record(FIRST_VEE_SEQ + 1);
+    let records = |vee: &VeeId| {
+        vec![
+            accounted("alice", accounting_record(vee, 1_000)),
+            accounted("bob", accounting_record(vee, 1_000)),
+            accounted("alice", accounting_record(vee, 2_000)),
+        ]
+    };
+    commit(
+        store,
+        &[
+            Change::InsertVee(doomed.clone()),
+            Change::InsertVee(survivor.clone()),
+            Change::PutListener(listener("alice", &doomed.id, 1_000)),
+            Change::PutListener(listener("bob", &doomed.id, 1_000)),
+            Change::PutListener(listener("alice", &survivor.id, 1_000)),
+            Change::AppendAccounting(records(&doomed.id)),
+            Change::AppendAccounting(records(&survivor.id)),
+            Change::PutSubscription(subscription("sub-1", "alice", &[EventType::State])),
+        ],
+    );
+    commit(store, &[Change::PurgeVee(doomed.id.clone())]);
+
+    let snapshot = load(store);
+    assert_eq!(snapshot.vees, vec![survivor.clone()]);
+    assert_eq!(
+        snapshot.listeners,
+        vec![listener("alice", &survivor.id, 1_000)]
+    );
+    assert_eq!(
+        snapshot.subscriptions,
+        vec![subscription("sub-1", "alice", &[EventType::State])],
+        "subscriptions belong to principals, not VEEs"
+    );
+    assert_eq!(all_accounting(store, &doomed.id), vec![]);
+    assert_eq!(all_accounting(store, &survivor.id), records(&survivor.id));
+
+    // A VEE made and purged in one batch leaves nothing behind either.
+    let brief = plain_record(FIRST_VEE_SEQ + 2);
+    commit(
+        store,
+        &[
+            Change::InsertVee(brief.clone()),
+            Change::PutListener(listener("carol", &brief.id, 100)),
+            Change::AppendAccounting(records(&brief.id)),
+            Change::PurgeVee(brief.id.clone()),
+        ],
+    );
+    assert_eq!(
+        load(store).listeners,
+        vec![listener("alice", &survivor.id, 1_000)]
+    );
+    assert_eq!(all_accounting(store, &brief.id), vec![]);
+}
+
+pub fn subscriptions_are_put_replaced_removed_and_listed(store: &dyn Store) {
+    let probes = subscription("sub-b", "alice", &[EventType::Probe, EventType::Hardware]);
+    let everything = subscription("sub-a", "bob", &[]);
+    let all_types = subscription("sub-c \"ü\"", "alice", &EventType::ALL);
+    commit(
+        store,
+        &[
+            Change::PutSubscription(probes.clone()),
+            Change::PutSubscription(everything.clone()),
+        ],
+    );
+    commit(store, &[Change::PutSubscription(all_types.clone())]);
+    assert_eq!(
+        load(store).subscriptions,
+        vec![everything.clone(), probes, all_types.clone()],
+        "subscriptions are listed by id"
+    );
+
+    let replacement = MonitoringSubscription {
+        owner: principal("carol"),
+        callback: "http://carol.example/".to_owned(),
+        types: vec![EventType::State],
+        created_ms: 1_700_000_000_000,
+        ..subscription("sub-b", "alice", &[])
+    };
+    commit(store, &[Change::PutSubscription(replacement.clone())]);
+    assert_eq!(
+        load(store).subscriptions,
+        vec![everything, replacement.clone(), all_types.clone()]
+    );
+
+    let remove_a = Change::RemoveSubscription {
+        id: "sub-a".to_owned(),
+    };
+    commit(store, std::slice::from_ref(&remove_a));
+    // Removing what is not there is no error.
+    commit(
+        store,
+        &[
+            remove_a,
+            Change::RemoveSubscription {
+                id: "never".to_owned(),
+            },
+        ],
+    );
+    let snapshot = load(store);
+    assert_eq!(snapshot.subscriptions, vec![replacement, all_types]);
+    assert_eq!(
+        (snapshot.vees, snapshot.listeners, snapshot.next_vee_seq),
+        (vec![], vec![], FIRST_VEE_SEQ),
+        "subscriptions leave VEEs and listeners alone"
     );
 }

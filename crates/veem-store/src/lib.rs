@@ -3,16 +3,19 @@
 //!
 //! The VEEM keeps its whole state in memory and writes every change through a `Store` before it
 //! acknowledges it, so a `Store` is small: load everything at start, commit a batch of changes
-//! atomically and durably, read a VEE's history. It is synchronous; the server calls it from
-//! `spawn_blocking`. This is the only crate of veem that knows SQL: nothing outside it builds a
-//! query, and nothing inside it decides what a change means (that is the VEEM's job; the store
-//! checks only the invariants it owns: generations, id reuse, existence, and a network's name
-//! being unique per owner).
+//! atomically and durably, read a VEE's history and its accounting. It is synchronous; the server
+//! calls it from `spawn_blocking`. This is the only crate of veem that knows SQL: nothing outside
+//! it builds a query, and nothing inside it decides what a change means (that is the VEEM's job;
+//! the store checks only the invariants it owns: generations, id reuse, existence, a network's
+//! name being unique per owner, and one accounting listener per principal and VEE).
 //!
 //! The conformance suite is compiled always (it is small and has no extra dependencies), so a
 //! backend living in another crate, or a fake store in a test, can run it too.
 
-use veem_model::{ImageName, ImageRecord, Network, Principal, VeeEvent, VeeId, VeeRecord};
+use veem_model::{
+    AccountingListener, AccountingRecord, ImageName, ImageRecord, MonitoringSubscription, Network,
+    Principal, VeeEvent, VeeId, VeeRecord,
+};
 
 pub mod conformance;
 mod sqlite;
@@ -32,7 +35,9 @@ pub const NETWORK_ID_LIMIT: u32 = 1 << 24;
 /// veem's persistence, as the VEEM needs it. Implementations are shared between threads.
 pub trait Store: Send + Sync + 'static {
     /// Everything the VEEM needs at start: all VEEs (not purged) ordered by id sequence, all
-    /// images ordered by owner then name, all networks ordered by id, and the id counters.
+    /// images ordered by owner then name, all networks ordered by id, the id counters, the
+    /// accounting listeners and the monitoring subscriptions. Not the accounting records: they
+    /// are history, read with [`Store::accounting`].
     fn load(&self) -> Result<Snapshot, StoreError>;
 
     /// Applies the changes in ONE transaction, all or nothing, in order; durable on disk when it
@@ -42,6 +47,16 @@ pub trait Store: Send + Sync + 'static {
     /// A VEE's recorded state changes, oldest (first appended) first; empty for a VEE the store
     /// does not know (never created, or purged).
     fn events(&self, vee: &VeeId) -> Result<Vec<VeeEvent>, StoreError>;
+
+    /// The accounting records of `vee` whose `t0` is in `[from_ms, to_ms)`, each with the
+    /// principal it was for, ordered by `t0`, then principal, then the order of appending;
+    /// empty for a VEE the store does not know.
+    fn accounting(
+        &self,
+        vee: &VeeId,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> Result<Vec<(Principal, AccountingRecord)>, StoreError>;
 
     /// A short name for logs: "sqlite".
     fn backend(&self) -> &'static str;
@@ -60,6 +75,10 @@ pub struct Snapshot {
     pub networks: Vec<Network>,
     /// The id the next new network must have at least; [`NETWORK_ID_LIMIT`] when none is left.
     pub next_network_id: u32,
+    /// Every accounting listener, ordered by its VEE's `id.seq()`, then owner.
+    pub listeners: Vec<AccountingListener>,
+    /// Every monitoring subscription, ordered by id.
+    pub subscriptions: Vec<MonitoringSubscription>,
 }
 
 /// One change of a [`Store::commit`] batch.
@@ -74,7 +93,8 @@ pub enum Change {
         record: VeeRecord,
         expected_generation: u64,
     },
-    /// Removes the VEE and all its events; the id counter is untouched.
+    /// Removes the VEE with all its events, accounting listeners and accounting records; the id
+    /// counter is untouched.
     PurgeVee(VeeId),
     /// Records a state change of an existing VEE.
     AppendEvent(VeeEvent),
@@ -91,6 +111,23 @@ pub enum Change {
     /// Removes the network; the network counter is untouched.
     DeleteNetwork {
         id: u32,
+    },
+    /// Inserts or replaces the listener of (`owner`, `vee`); the VEE must exist.
+    PutListener(AccountingListener),
+    /// Removes the listener of (`owner`, `vee`); nothing if there is none.
+    RemoveListener {
+        owner: Principal,
+        vee: VeeId,
+    },
+    /// Appends accounting records, each with the principal it was for (the listener's owner);
+    /// every record's VEE must exist, and its times and amounts must fit a signed 64-bit
+    /// integer. Meant for large batches: the server writes thousands of records a second.
+    AppendAccounting(Vec<(Principal, AccountingRecord)>),
+    /// Inserts or replaces the subscription with this id.
+    PutSubscription(MonitoringSubscription),
+    /// Removes the subscription with this id; nothing if there is none.
+    RemoveSubscription {
+        id: String,
     },
 }
 
@@ -113,7 +150,8 @@ pub enum StoreError {
     /// A network insert whose owner already has a network of that name.
     #[error("{owner} already has a network named {name:?}")]
     NetworkNameTaken { owner: Principal, name: String },
-    /// A purge, delete or event of something the store does not hold.
+    /// A purge, delete, event, listener or accounting record of something the store does not
+    /// hold.
     #[error("{0} not found")]
     NotFound(String),
     /// A change the store refuses on its face: a wrong generation, a number out of range.

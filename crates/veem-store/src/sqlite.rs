@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use rusqlite::{ffi, params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use serde::Serialize;
-use veem_model::{ImageName, ImageRecord, Network, Principal, VeeEvent, VeeId, VeeRecord};
+use veem_model::{
+    AccountingListener, AccountingRecord, HostId, ImageName, ImageRecord, MonitoringSubscription,
+    Network, Principal, VeeEvent, VeeId, VeeRecord, VmiState,
+};
 
 use crate::{Change, Snapshot, Store, StoreError, NETWORK_ID_LIMIT};
 
@@ -57,6 +60,37 @@ const MIGRATIONS: &[&str] = &[
         UNIQUE (owner, name)
     ) STRICT;
     INSERT INTO meta (key, value) VALUES ('next_network_id', 1); -- FIRST_NETWORK_ID",
+    // Version 3: accounting and monitoring. Listeners and accounting records belong to a VEE and
+    // go with it (the cascades). Accounting records are the one table that grows without bound,
+    // a row per listener per interval, so they are plain columns instead of JSON: a third of the
+    // size and nothing to encode on the hot path. Their index serves the range query by
+    // (vee, t0) and carries the owner (and, implicitly, the rowid) so that reading it in order
+    // is the query's order and needs no sort. It comes last so that a failing step is easy to
+    // provoke in tests.
+    "CREATE TABLE accounting_listeners (
+        vee    TEXT NOT NULL REFERENCES vees (id) ON DELETE CASCADE,
+        owner  TEXT NOT NULL,
+        record TEXT NOT NULL,
+        PRIMARY KEY (vee, owner)
+    ) STRICT;
+    CREATE TABLE monitoring_subscriptions (
+        id     TEXT PRIMARY KEY NOT NULL,
+        owner  TEXT NOT NULL,
+        record TEXT NOT NULL
+    ) STRICT;
+    CREATE TABLE accounting_records (
+        vee         TEXT NOT NULL REFERENCES vees (id) ON DELETE CASCADE,
+        t0          INTEGER NOT NULL,
+        owner       TEXT NOT NULL,
+        dt          INTEGER NOT NULL,
+        state       TEXT NOT NULL,
+        host        TEXT,
+        cpu         INTEGER NOT NULL,
+        memory_mb   INTEGER NOT NULL,
+        cpu_time_ms INTEGER NOT NULL,
+        active_ms   INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX accounting_records_by_vee ON accounting_records (vee, t0, owner);",
 ];
 
 /// The schema version this code writes: the number of migration steps.
@@ -64,6 +98,14 @@ pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 
 const NEXT_VEE_SEQ_KEY: &str = "next_vee_seq";
 const NEXT_NETWORK_ID_KEY: &str = "next_network_id";
+
+/// A VEE's accounting records with `t0` in an inclusive range, in the order `accounting`
+/// promises (the rowid is the order of appending).
+const ACCOUNTING_RANGE_QUERY: &str =
+    "SELECT owner, t0, dt, state, host, cpu, memory_mb, cpu_time_ms, active_ms
+     FROM accounting_records
+     WHERE vee = ?1 AND t0 BETWEEN ?2 AND ?3
+     ORDER BY t0, owner, rowid";
 
 /// How long a statement waits for another process's lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -168,64 +210,57 @@ impl Store for SqliteStore {
         let mut connection = self.connection();
         // One read transaction, so the reads see the same commit.
         let tx = connection.transaction().map_err(backend)?;
-        let vees = {
-            let mut statement = tx
-                .prepare_cached("SELECT id, generation, record FROM vees ORDER BY seq")
-                .map_err(backend)?;
-            let rows = statement
-                .query_map([], |row| {
-                    Ok((
-                        row.get::<_, String>(0)?,
-                        row.get::<_, i64>(1)?,
-                        row.get::<_, String>(2)?,
-                    ))
-                })
-                .map_err(backend)?;
-            rows.map(|row| {
-                let (id, generation, json) = row.map_err(read_error)?;
-                decode_vee(&id, generation, &json)
-            })
-            .collect::<Result<Vec<_>, _>>()?
+        let three = |row: &rusqlite::Row<'_>| -> rusqlite::Result<(String, String, String)> {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
         };
-        let images = {
-            let mut statement = tx
-                .prepare_cached("SELECT owner, name, record FROM images ORDER BY owner, name")
-                .map_err(backend)?;
-            let rows = statement
-                .query_map([], |row| {
-                    Ok((
-                        row.get::<_, String>(0)?,
-                        row.get::<_, String>(1)?,
-                        row.get::<_, String>(2)?,
-                    ))
-                })
-                .map_err(backend)?;
-            rows.map(|row| {
-                let (owner, name, json) = row.map_err(read_error)?;
-                decode_image(&owner, &name, &json)
-            })
-            .collect::<Result<Vec<_>, _>>()?
-        };
-        let networks = {
-            let mut statement = tx
-                .prepare_cached("SELECT id, owner, name, record FROM networks ORDER BY id")
-                .map_err(backend)?;
-            let rows = statement
-                .query_map([], |row| {
-                    Ok((
-                        row.get::<_, i64>(0)?,
-                        row.get::<_, String>(1)?,
-                        row.get::<_, String>(2)?,
-                        row.get::<_, String>(3)?,
-                    ))
-                })
-                .map_err(backend)?;
-            rows.map(|row| {
-                let (id, owner, name, json) = row.map_err(read_error)?;
-                decode_network(id, &owner, &name, &json)
-            })
-            .collect::<Result<Vec<_>, _>>()?
-        };
+        let vees = load_all(
+            &tx,
+            "SELECT id, generation, record FROM vees ORDER BY seq",
+            |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, String>(2)?,
+                ))
+            },
+            |(id, generation, json)| decode_vee(&id, generation, &json),
+        )?;
+        let images = load_all(
+            &tx,
+            "SELECT owner, name, record FROM images ORDER BY owner, name",
+            three,
+            |(owner, name, json)| decode_image(&owner, &name, &json),
+        )?;
+        let networks = load_all(
+            &tx,
+            "SELECT id, owner, name, record FROM networks ORDER BY id",
+            |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, String>(3)?,
+                ))
+            },
+            |(id, owner, name, json)| decode_network(id, &owner, &name, &json),
+        )?;
+        // By the VEE's sequence, not its id: ids of more than eight digits sort wrong as text.
+        // The join is LEFT so that no row is left out, whatever the VEE table holds.
+        let listeners = load_all(
+            &tx,
+            "SELECT listener.vee, listener.owner, listener.record
+             FROM accounting_listeners AS listener
+             LEFT JOIN vees ON vees.id = listener.vee
+             ORDER BY vees.seq, listener.owner",
+            three,
+            |(vee, owner, json)| decode_listener(&vee, &owner, &json),
+        )?;
+        let subscriptions = load_all(
+            &tx,
+            "SELECT id, owner, record FROM monitoring_subscriptions ORDER BY id",
+            three,
+            |(id, owner, json)| decode_subscription(&id, &owner, &json),
+        )?;
         let next_vee_seq = read_next_vee_seq(&tx)?;
         let next_network_id = read_next_network_id(&tx)?;
         tx.commit().map_err(backend)?;
@@ -235,6 +270,8 @@ impl Store for SqliteStore {
             next_vee_seq,
             networks,
             next_network_id,
+            listeners,
+            subscriptions,
         })
     }
 
@@ -270,6 +307,45 @@ impl Store for SqliteStore {
             decode_event(vee, &json)
         })
         .collect()
+    }
+
+    fn accounting(
+        &self,
+        vee: &VeeId,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> Result<Vec<(Principal, AccountingRecord)>, StoreError> {
+        // Stored times fit an i64, so a range reaching beyond one is cut at i64::MAX, and the
+        // query takes the inclusive bound `to_ms - 1` so that `to_ms = u64::MAX` still finds a
+        // record at i64::MAX.
+        let (Ok(first), Some(last)) = (i64::try_from(from_ms), to_ms.checked_sub(1)) else {
+            return Ok(Vec::new());
+        };
+        let last = i64::try_from(last).unwrap_or(i64::MAX);
+        if first > last {
+            return Ok(Vec::new());
+        }
+        let connection = self.connection();
+        let mut statement = connection
+            .prepare_cached(ACCOUNTING_RANGE_QUERY)
+            .map_err(backend)?;
+        let rows = statement
+            .query_map(params![vee.as_str(), first, last], |row| {
+                Ok(AccountingRow {
+                    owner: row.get(0)?,
+                    t0: row.get(1)?,
+                    dt: row.get(2)?,
+                    state: row.get(3)?,
+                    host: row.get(4)?,
+                    cpu: row.get(5)?,
+                    memory_mb: row.get(6)?,
+                    cpu_time_ms: row.get(7)?,
+                    active_ms: row.get(8)?,
+                })
+            })
+            .map_err(backend)?;
+        rows.map(|row| row.map_err(read_error)?.decode(vee))
+            .collect()
     }
 
     fn backend(&self) -> &'static str {
@@ -386,6 +462,11 @@ fn apply(tx: &Transaction<'_>, counters: &mut Counters, change: &Change) -> Resu
         Change::DeleteImage { owner, name } => delete_image(tx, owner, name),
         Change::InsertNetwork(network) => insert_network(tx, &mut counters.network_id, network),
         Change::DeleteNetwork { id } => delete_network(tx, *id),
+        Change::PutListener(listener) => put_listener(tx, listener),
+        Change::RemoveListener { owner, vee } => remove_listener(tx, owner, vee),
+        Change::AppendAccounting(records) => append_accounting(tx, records),
+        Change::PutSubscription(subscription) => put_subscription(tx, subscription),
+        Change::RemoveSubscription { id } => remove_subscription(tx, id),
     }
 }
 
@@ -501,7 +582,7 @@ fn update_vee(
 }
 
 fn purge_vee(tx: &Transaction<'_>, id: &VeeId) -> Result<(), StoreError> {
-    // Its events go with it: `vee_events.vee` cascades on delete.
+    // Its events, listeners and accounting go with it: their `vee` columns cascade on delete.
     let deleted = tx
         .prepare_cached("DELETE FROM vees WHERE id = ?1")
         .and_then(|mut statement| statement.execute([id.as_str()]))
@@ -518,14 +599,18 @@ fn append_event(tx: &Transaction<'_>, event: &VeeEvent) -> Result<(), StoreError
     let result = tx
         .prepare_cached("INSERT INTO vee_events (vee, t_ms, event) VALUES (?1, ?2, ?3)")
         .and_then(|mut statement| statement.execute(params![event.vee.as_str(), t_ms, json]));
-    match result {
-        Ok(_) => Ok(()),
-        Err(rusqlite::Error::SqliteFailure(failure, _))
+    result.map(drop).map_err(|err| missing_vee(err, &event.vee))
+}
+
+/// A row that names a VEE the store does not hold fails its foreign key.
+fn missing_vee(err: rusqlite::Error, vee: &VeeId) -> StoreError {
+    match err {
+        rusqlite::Error::SqliteFailure(failure, _)
             if failure.extended_code == ffi::SQLITE_CONSTRAINT_FOREIGNKEY =>
         {
-            Err(StoreError::NotFound(format!("VEE {}", event.vee)))
+            StoreError::NotFound(format!("VEE {vee}"))
         }
-        Err(err) => Err(backend(err)),
+        other => backend(other),
     }
 }
 
@@ -615,6 +700,146 @@ fn delete_network(tx: &Transaction<'_>, id: u32) -> Result<(), StoreError> {
     Ok(())
 }
 
+fn put_listener(tx: &Transaction<'_>, listener: &AccountingListener) -> Result<(), StoreError> {
+    let json = to_json(listener)?;
+    tx.prepare_cached(
+        "INSERT INTO accounting_listeners (vee, owner, record) VALUES (?1, ?2, ?3)
+         ON CONFLICT (vee, owner) DO UPDATE SET record = excluded.record",
+    )
+    .and_then(|mut statement| {
+        statement.execute(params![
+            listener.vee.as_str(),
+            listener.owner.as_str(),
+            json
+        ])
+    })
+    .map(drop)
+    .map_err(|err| missing_vee(err, &listener.vee))
+}
+
+fn remove_listener(tx: &Transaction<'_>, owner: &Principal, vee: &VeeId) -> Result<(), StoreError> {
+    tx.prepare_cached("DELETE FROM accounting_listeners WHERE vee = ?1 AND owner = ?2")
+        .and_then(|mut statement| statement.execute([vee.as_str(), owner.as_str()]))
+        .map_err(backend)?;
+    Ok(())
+}
+
+/// One statement for the whole batch: thousands of rows cost thousands of executions of a
+/// compiled statement, not thousands of compilations.
+fn append_accounting(
+    tx: &Transaction<'_>,
+    records: &[(Principal, AccountingRecord)],
+) -> Result<(), StoreError> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let mut statement = tx
+        .prepare_cached(
+            "INSERT INTO accounting_records
+                 (vee, t0, owner, dt, state, host, cpu, memory_mb, cpu_time_ms, active_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )
+        .map_err(backend)?;
+    for (owner, record) in records {
+        // The message is made only on failure: this loop is the hot path.
+        let int = |what: &str, value: u64| {
+            i64::try_from(value).map_err(|_| {
+                StoreError::InvalidChange(format!(
+                    "accounting {what} {value} of VEE {} is too large to store",
+                    record.vee
+                ))
+            })
+        };
+        statement
+            .execute(params![
+                record.vee.as_str(),
+                int("t0", record.t0)?,
+                owner.as_str(),
+                int("dt", record.dt)?,
+                record.state.as_str(),
+                record.host.as_ref().map(|host| host.as_str()),
+                record.cpu,
+                int("memory_mb", record.memory_mb)?,
+                int("cpu_time_ms", record.cpu_time_ms)?,
+                int("active_ms", record.active_ms)?,
+            ])
+            .map_err(|err| missing_vee(err, &record.vee))?;
+    }
+    Ok(())
+}
+
+fn put_subscription(
+    tx: &Transaction<'_>,
+    subscription: &MonitoringSubscription,
+) -> Result<(), StoreError> {
+    let json = to_json(subscription)?;
+    tx.prepare_cached(
+        "INSERT INTO monitoring_subscriptions (id, owner, record) VALUES (?1, ?2, ?3)
+         ON CONFLICT (id) DO UPDATE SET owner = excluded.owner, record = excluded.record",
+    )
+    .and_then(|mut statement| {
+        statement.execute(params![subscription.id, subscription.owner.as_str(), json])
+    })
+    .map_err(backend)?;
+    Ok(())
+}
+
+fn remove_subscription(tx: &Transaction<'_>, id: &str) -> Result<(), StoreError> {
+    tx.prepare_cached("DELETE FROM monitoring_subscriptions WHERE id = ?1")
+        .and_then(|mut statement| statement.execute([id]))
+        .map_err(backend)?;
+    Ok(())
+}
+
+/// An `accounting_records` row as SQLite returns it, before its values are checked.
+struct AccountingRow {
+    owner: String,
+    t0: i64,
+    dt: i64,
+    state: String,
+    host: Option<String>,
+    cpu: i64,
+    memory_mb: i64,
+    cpu_time_ms: i64,
+    active_ms: i64,
+}
+
+impl AccountingRow {
+    fn decode(self, vee: &VeeId) -> Result<(Principal, AccountingRecord), StoreError> {
+        let corrupt = |what: &str| {
+            StoreError::Corrupt(format!(
+                "an accounting record of VEE {vee} at {} has {what}",
+                self.t0
+            ))
+        };
+        let number = |what: &str, value: i64| {
+            u64::try_from(value).map_err(|_| corrupt(&format!("{what} {value}")))
+        };
+        let owner = Principal::new(self.owner.as_str())
+            .map_err(|err| corrupt(&format!("an invalid owner: {err}")))?;
+        let host = self
+            .host
+            .as_deref()
+            .map(HostId::new)
+            .transpose()
+            .map_err(|err| corrupt(&format!("an invalid host: {err}")))?;
+        let state = VmiState::parse(&self.state)
+            .ok_or_else(|| corrupt(&format!("the unknown state {:?}", self.state)))?;
+        let record = AccountingRecord {
+            vee: vee.clone(),
+            t0: number("t0", self.t0)?,
+            dt: number("dt", self.dt)?,
+            state,
+            host,
+            cpu: u32::try_from(self.cpu).map_err(|_| corrupt(&format!("cpu {}", self.cpu)))?,
+            memory_mb: number("memory_mb", self.memory_mb)?,
+            cpu_time_ms: number("cpu_time_ms", self.cpu_time_ms)?,
+            active_ms: number("active_ms", self.active_ms)?,
+        };
+        Ok((owner, record))
+    }
+}
+
 /// The values of a VEE row that need converting before SQLite takes them.
 struct VeeColumns {
     generation: i64,
@@ -694,6 +919,36 @@ fn decode_network(id: i64, owner: &str, name: &str, json: &str) -> Result<Networ
     Ok(network)
 }
 
+fn decode_listener(vee: &str, owner: &str, json: &str) -> Result<AccountingListener, StoreError> {
+    let listener: AccountingListener = serde_json::from_str(json).map_err(|err| {
+        StoreError::Corrupt(format!("accounting listener row {vee}/{owner}: {err}"))
+    })?;
+    // The columns are the key that replaces and removes; they must agree with the record.
+    if listener.vee.as_str() != vee || listener.owner.as_str() != owner {
+        return Err(StoreError::Corrupt(format!(
+            "accounting listener row {vee}/{owner} holds the listener of {}/{}",
+            listener.vee, listener.owner
+        )));
+    }
+    Ok(listener)
+}
+
+fn decode_subscription(
+    id: &str,
+    owner: &str,
+    json: &str,
+) -> Result<MonitoringSubscription, StoreError> {
+    let subscription: MonitoringSubscription = serde_json::from_str(json)
+        .map_err(|err| StoreError::Corrupt(format!("subscription row {id:?}: {err}")))?;
+    if subscription.id != id || subscription.owner.as_str() != owner {
+        return Err(StoreError::Corrupt(format!(
+            "subscription row {id:?} of {owner} holds subscription {:?} of {}",
+            subscription.id, subscription.owner
+        )));
+    }
+    Ok(subscription)
+}
+
 fn decode_event(vee: &VeeId, json: &str) -> Result<VeeEvent, StoreError> {
     let event: VeeEvent = serde_json::from_str(json)
         .map_err(|err| StoreError::Corrupt(format!("event of VEE {vee}: {err}")))?;
@@ -704,6 +959,19 @@ fn decode_event(vee: &VeeId, json: &str) -> Result<VeeEvent, StoreError> {
         )));
     }
     Ok(event)
+}
+
+/// Runs a query without parameters and decodes each row: `read` takes its columns out,
+/// `decode` makes the stored value of them.
+fn load_all<R, T>(
+    tx: &rusqlite::Transaction<'_>,
+    sql: &str,
+    read: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<R>,
+    mut decode: impl FnMut(R) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    let mut statement = tx.prepare_cached(sql).map_err(backend)?;
+    let rows = statement.query_map([], read).map_err(backend)?;
+    rows.map(|row| decode(row.map_err(read_error)?)).collect()
 }
 
 fn backend(err: rusqlite::Error) -> StoreError {
@@ -881,6 +1149,158 @@ mod tests {
         assert_eq!(vees, 1);
     }
 
+    /// A database as veem wrote it before accounting and monitoring: schema version 2, holding
+    /// a VEE with an event, an image, a network, and both counters ahead of their rows.
+    fn write_version_2_database(path: &Path) -> (VeeRecord, VeeEvent, ImageRecord, Network) {
+        let record = conformance::rich_record(FIRST_VEE_SEQ + 2);
+        let event = conformance::event(&record.id, 9, VmiState::Defined);
+        let image = conformance::image("alice", "tiny", 1);
+        let lan = conformance::public_network(FIRST_NETWORK_ID + 3, "alice", "lan");
+        let connection = Connection::open(path).expect("open raw");
+        for step in &MIGRATIONS[..2] {
+            connection
+                .execute_batch(step)
+                .expect("the version 2 schema");
+        }
+        connection
+            .pragma_update(None, "user_version", 2)
+            .expect("set user_version");
+        connection
+            .execute_batch(
+                "UPDATE meta SET value = 40 WHERE key = 'next_vee_seq';
+                 UPDATE meta SET value = 9 WHERE key = 'next_network_id';",
+            )
+            .expect("advance the counters");
+        connection
+            .execute(
+                "INSERT INTO vees (id, seq, owner, state, host, generation, created_ms, updated_ms, record)
+                 VALUES (?1, ?2, 'alice', 'initial', 'host-1', 1, 0, 0, ?3)",
+                params![record.id.as_str(), record.id.seq() as i64, to_json(&record).expect("json")],
+            )
+            .expect("a version 2 VEE");
+        connection
+            .execute(
+                "INSERT INTO vee_events (vee, t_ms, event) VALUES (?1, 9, ?2)",
+                params![record.id.as_str(), to_json(&event).expect("json")],
+            )
+            .expect("a version 2 event");
+        connection
+            .execute(
+                "INSERT INTO images (owner, name, record) VALUES ('alice', 'tiny', ?1)",
+                [to_json(&image).expect("json")],
+            )
+            .expect("a version 2 image");
+        connection
+            .execute(
+                "INSERT INTO networks (id, owner, name, record) VALUES (?1, 'alice', 'lan', ?2)",
+                params![lan.id, to_json(&lan).expect("json")],
+            )
+            .expect("a version 2 network");
+        (record, event, image, lan)
+    }
+
+    #[test]
+    fn a_version_2_database_migrates_and_keeps_its_data() {
+        let (_dir, path) = store_file();
+        let (record, event, image, lan) = write_version_2_database(&path);
+
+        let store = SqliteStore::open(&path).expect("open migrates");
+        assert_eq!(user_version(&path), i64::from(SCHEMA_VERSION));
+        let snapshot = store.load().expect("load");
+        let kept = Snapshot {
+            vees: vec![record.clone()],
+            images: vec![image],
+            next_vee_seq: 40,
+            networks: vec![lan],
+            next_network_id: 9,
+            listeners: vec![],
+            subscriptions: vec![],
+        };
+        assert_eq!(snapshot, kept);
+        assert_eq!(store.events(&record.id).expect("events"), vec![event]);
+        assert_eq!(
+            store
+                .accounting(&record.id, 0, u64::MAX)
+                .expect("accounting"),
+            vec![]
+        );
+
+        let listener = conformance::listener("bob", &record.id, 1_000);
+        let accounted =
+            conformance::accounted("bob", conformance::accounting_record(&record.id, 7));
+        let subscription = conformance::subscription("sub-1", "bob", &[]);
+        store
+            .commit(&[
+                Change::PutListener(listener.clone()),
+                Change::AppendAccounting(vec![accounted.clone()]),
+                Change::PutSubscription(subscription.clone()),
+            ])
+            .expect("the migrated database takes accounting and monitoring");
+        drop(store);
+        let store = SqliteStore::open(&path).expect("reopen");
+        assert_eq!(
+            store.load().expect("load"),
+            Snapshot {
+                listeners: vec![listener],
+                subscriptions: vec![subscription],
+                ..kept
+            }
+        );
+        assert_eq!(
+            store
+                .accounting(&record.id, 0, u64::MAX)
+                .expect("accounting"),
+            vec![accounted]
+        );
+        // The new tables' foreign keys are enforced on the old VEE table: purge cascades.
+        store
+            .commit(&[Change::PurgeVee(record.id.clone())])
+            .expect("purge");
+        assert_eq!(store.load().expect("load").listeners, vec![]);
+        assert_eq!(
+            store
+                .accounting(&record.id, 0, u64::MAX)
+                .expect("accounting"),
+            vec![]
+        );
+    }
+
+    #[test]
+    fn a_failing_third_step_leaves_a_version_2_database_as_it_was() {
+        let (_dir, path) = store_file();
+        let (record, ..) = write_version_2_database(&path);
+        // The step's last table clashes, so its earlier tables must be rolled back.
+        Connection::open(&path)
+            .expect("open raw")
+            .execute_batch("CREATE TABLE accounting_records (x INTEGER)")
+            .expect("create clashing table");
+
+        let err = SqliteStore::open(&path).expect_err("the clash must fail migration");
+        assert!(
+            matches!(err, StoreError::Migration { version: 3, .. }),
+            "{err:?}"
+        );
+        assert_eq!(user_version(&path), 2);
+        let connection = Connection::open(&path).expect("open raw");
+        let step_3_tables: i64 = connection
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema
+                 WHERE name IN ('accounting_listeners', 'monitoring_subscriptions')",
+                [],
+                |row| row.get(0),
+            )
+            .expect("query schema");
+        assert_eq!(step_3_tables, 0, "the failed step is rolled back whole");
+        let vees: i64 = connection
+            .query_row(
+                "SELECT count(*) FROM vees WHERE id = ?1",
+                [record.id.as_str()],
+                |row| row.get(0),
+            )
+            .expect("query vees");
+        assert_eq!(vees, 1);
+    }
+
     #[test]
     fn a_database_from_a_newer_veem_is_refused_untouched() {
         let (_dir, path) = store_file();
@@ -933,7 +1353,7 @@ mod tests {
         let cases = [
             "UPDATE vees SET record = '{\"not\": \"a record\"}'",
             "UPDATE vees SET generation = 7",
-            "UPDATE vees SET id = 'vee-00000099'",
+            "UPDATE vees SET id = 'vee-00000099' WHERE seq = 1",
             "UPDATE images SET record = 'garbage'",
             "UPDATE meta SET value = -1 WHERE key = 'next_vee_seq'",
             "DELETE FROM meta",
@@ -945,6 +1365,11 @@ mod tests {
             "UPDATE meta SET value = 16777217 WHERE key = 'next_network_id'",
             "UPDATE meta SET value = -1 WHERE key = 'next_network_id'",
             "DELETE FROM meta WHERE key = 'next_network_id'",
+            "UPDATE accounting_listeners SET record = 'garbage'",
+            "UPDATE accounting_listeners SET owner = 'bob'",
+            "UPDATE monitoring_subscriptions SET record = '{}'",
+            "UPDATE monitoring_subscriptions SET id = 'sub-2'",
+            "UPDATE monitoring_subscriptions SET owner = 'bob'",
         ];
         for sql in cases {
             let store = SqliteStore::open_in_memory().expect("open");
@@ -957,6 +1382,14 @@ mod tests {
                         "alice",
                         "lan",
                     )),
+                    // On a VEE of its own: the first one's id is damaged, and the key cascades.
+                    Change::InsertVee(conformance::plain_record(FIRST_VEE_SEQ + 1)),
+                    Change::PutListener(conformance::listener(
+                        "alice",
+                        &VeeId::from_seq(FIRST_VEE_SEQ + 1),
+                        1_000,
+                    )),
+                    Change::PutSubscription(conformance::subscription("sub-1", "alice", &[])),
                 ])
                 .expect("seed");
             store.connection().execute_batch(sql).expect(sql);
@@ -1011,6 +1444,57 @@ mod tests {
     }
 
     #[test]
+    fn accounting_rows_that_do_not_decode_are_reported_as_corrupt() {
+        let cases = [
+            "UPDATE accounting_records SET owner = 'not a principal'",
+            "UPDATE accounting_records SET state = 'RUNNING'",
+            "UPDATE accounting_records SET host = '.hidden'",
+            "UPDATE accounting_records SET dt = -1",
+            "UPDATE accounting_records SET cpu = 4294967296",
+            "UPDATE accounting_records SET cpu_time_ms = -5",
+            "UPDATE accounting_records SET active_ms = -5",
+        ];
+        let record = conformance::plain_record(FIRST_VEE_SEQ);
+        for sql in cases {
+            let store = SqliteStore::open_in_memory().expect("open");
+            store
+                .commit(&[
+                    Change::InsertVee(record.clone()),
+                    Change::AppendAccounting(vec![conformance::accounted(
+                        "alice",
+                        conformance::accounting_record(&record.id, 5),
+                    )]),
+                ])
+                .expect("seed");
+            store.connection().execute_batch(sql).expect(sql);
+            let err = store.accounting(&record.id, 0, u64::MAX).expect_err(sql);
+            assert!(matches!(err, StoreError::Corrupt(_)), "{sql}: {err:?}");
+        }
+    }
+
+    /// The range query reads the index in its own order: no table scan, no sort, however many
+    /// records there are.
+    #[test]
+    fn the_accounting_range_query_reads_the_index_in_order() {
+        let store = SqliteStore::open_in_memory().expect("open");
+        let connection = store.connection();
+        let mut statement = connection
+            .prepare(&format!("EXPLAIN QUERY PLAN {ACCOUNTING_RANGE_QUERY}"))
+            .expect("prepare");
+        let plan: Vec<String> = statement
+            .query_map(params!["vee-00000001", 0, 10], |row| row.get(3))
+            .expect("explain")
+            .collect::<Result<_, _>>()
+            .expect("plan rows");
+        let plan = plan.join("\n");
+        assert!(
+            plan.contains("USING INDEX accounting_records_by_vee (vee=? AND t0>? AND t0<?)"),
+            "{plan}"
+        );
+        assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+    }
+
+    #[test]
     fn numbers_beyond_sqlite_integers_are_refused_without_a_trace() {
         let store = SqliteStore::open_in_memory().expect("open");
         let mut late = conformance::rich_record(FIRST_VEE_SEQ);
@@ -1025,6 +1509,42 @@ mod tests {
             assert!(matches!(err, StoreError::InvalidChange(_)), "{err:?}");
         }
         assert_eq!(store.load().expect("load").vees, vec![]);
+
+        let vee = conformance::plain_record(FIRST_VEE_SEQ);
+        store
+            .commit(&[Change::InsertVee(vee.clone())])
+            .expect("insert");
+        let record = conformance::accounting_record(&vee.id, 1);
+        for huge in [
+            AccountingRecord {
+                dt: u64::MAX,
+                ..record.clone()
+            },
+            AccountingRecord {
+                memory_mb: u64::MAX,
+                ..record.clone()
+            },
+            AccountingRecord {
+                cpu_time_ms: u64::MAX,
+                ..record.clone()
+            },
+            AccountingRecord {
+                active_ms: u64::MAX,
+                ..record.clone()
+            },
+        ] {
+            let err = store
+                .commit(&[Change::AppendAccounting(vec![
+                    conformance::accounted("alice", record.clone()),
+                    conformance::accounted("alice", huge),
+                ])])
+                .expect_err("out of range");
+            assert!(matches!(err, StoreError::InvalidChange(_)), "{err:?}");
+        }
+        assert_eq!(
+            store.accounting(&vee.id, 0, u64::MAX).expect("accounting"),
+            vec![]
+        );
     }
 
     #[test]

@@ -8,7 +8,9 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
 
 use veem_model::{VeeId, VmiState};
-use veem_store::conformance::{event, network, rich_record};
+use veem_store::conformance::{
+    accounted, accounting_record, event, listener, network, rich_record,
+};
 use veem_store::{Change, SqliteStore, Store, FIRST_NETWORK_ID, FIRST_VEE_SEQ};
 
 const CHILD_DB_VAR: &str = "VEEM_STORE_CRASH_CHILD_DB";
@@ -29,6 +31,13 @@ fn batch_network(batch: u64) -> veem_model::Network {
     network(id, "alice", &format!("lan-{batch}"))
 }
 
+/// Each batch also records some accounting of its VEEs, as the accounting writer would.
+fn batch_accounting(batch: u64) -> Vec<(veem_model::Principal, veem_model::AccountingRecord)> {
+    (0..VEES_PER_BATCH)
+        .map(|i| accounted("alice", accounting_record(&batch_vee(batch, i), batch)))
+        .collect()
+}
+
 fn batch_changes(batch: u64) -> Vec<Change> {
     (0..VEES_PER_BATCH)
         .flat_map(|i| {
@@ -37,9 +46,13 @@ fn batch_changes(batch: u64) -> Vec<Change> {
             [
                 Change::InsertVee(record),
                 Change::AppendEvent(event(&batch_vee(batch, i), batch, VmiState::Defined)),
+                Change::PutListener(listener("alice", &batch_vee(batch, i), 1_000)),
             ]
         })
-        .chain([Change::InsertNetwork(batch_network(batch))])
+        .chain([
+            Change::InsertNetwork(batch_network(batch)),
+            Change::AppendAccounting(batch_accounting(batch)),
+        ])
         .collect()
 }
 
@@ -151,6 +164,19 @@ fn acknowledged_batches_survive_sigkill() {
                 store.events(&vee.id).expect("events"),
                 vec![event(&vee.id, batch, VmiState::Defined)]
             );
+            assert_eq!(
+                store.accounting(&vee.id, 0, u64::MAX).expect("accounting"),
+                vec![accounted("alice", accounting_record(&vee.id, batch))]
+            );
         }
     }
+    assert_eq!(
+        snapshot.listeners,
+        snapshot
+            .vees
+            .iter()
+            .map(|vee| listener("alice", &vee.id, 1_000))
+            .collect::<Vec<_>>(),
+        "each stored VEE's listener, and no other"
+    );
 }

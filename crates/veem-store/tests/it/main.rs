@@ -5,9 +5,10 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use veem_model::VmiState;
+use veem_model::{EventType, VmiState};
 use veem_store::conformance::{
-    self, event, image, network, plain_record, public_network, rich_record,
+    self, accounted, accounting_record, event, image, listener, network, plain_record,
+    public_network, rich_record, subscription,
 };
 use veem_store::{Change, SqliteStore, Store, FIRST_NETWORK_ID, FIRST_VEE_SEQ};
 
@@ -53,6 +54,11 @@ fn everything_committed_is_there_after_reopening() {
     let lan = public_network(FIRST_NETWORK_ID, "alice", "lan");
     let deleted_lan = network(FIRST_NETWORK_ID + 1, "bob", "lan");
     let kept_lan = network(FIRST_NETWORK_ID + 2, "bob", "kept");
+    let accounting = vec![
+        accounted("bob", accounting_record(&rich.id, 1_000)),
+        accounted("alice", accounting_record(&rich.id, 2_000)),
+    ];
+    let watching = subscription("sub-1", "alice", &[EventType::Probe]);
     {
         let store = SqliteStore::open(&path).expect("open");
         store
@@ -64,6 +70,15 @@ fn everything_committed_is_there_after_reopening() {
                 Change::PutImage(image("alice", "tiny", 10)),
                 Change::InsertNetwork(lan.clone()),
                 Change::InsertNetwork(deleted_lan.clone()),
+                Change::PutListener(listener("alice", &rich.id, 1_000)),
+                Change::PutListener(listener("bob", &rich.id, 1_000)),
+                Change::PutListener(listener("alice", &purged.id, 1_000)),
+                Change::AppendAccounting(vec![
+                    accounting[1].clone(),
+                    accounted("alice", accounting_record(&purged.id, 1_000)),
+                ]),
+                Change::PutSubscription(watching.clone()),
+                Change::PutSubscription(subscription("sub-2", "bob", &[])),
             ])
             .expect("first batch");
         store
@@ -73,6 +88,15 @@ fn everything_committed_is_there_after_reopening() {
                 Change::AppendEvent(events[1].clone()),
                 Change::InsertNetwork(kept_lan.clone()),
                 Change::DeleteNetwork { id: deleted_lan.id },
+                Change::PutListener(listener("alice", &rich.id, 60_000)),
+                Change::RemoveListener {
+                    owner: veem_model::Principal::new("bob").expect("a valid principal"),
+                    vee: rich.id.clone(),
+                },
+                Change::AppendAccounting(vec![accounting[0].clone()]),
+                Change::RemoveSubscription {
+                    id: "sub-2".to_owned(),
+                },
             ])
             .expect("second batch");
     }
@@ -85,6 +109,21 @@ fn everything_committed_is_there_after_reopening() {
     assert_eq!(snapshot.networks, vec![lan, kept_lan]);
     assert_eq!(snapshot.next_network_id, FIRST_NETWORK_ID + 3);
     assert_eq!(store.events(&rich.id).expect("events"), events);
+    assert_eq!(
+        snapshot.listeners,
+        vec![listener("alice", &rich.id, 60_000)]
+    );
+    assert_eq!(snapshot.subscriptions, vec![watching]);
+    assert_eq!(
+        store.accounting(&rich.id, 0, u64::MAX).expect("accounting"),
+        accounting
+    );
+    assert_eq!(
+        store
+            .accounting(&purged.id, 0, u64::MAX)
+            .expect("accounting"),
+        vec![]
+    );
 }
 
 #[test]
@@ -143,6 +182,51 @@ fn ten_thousand_inserts_in_batches_of_one_hundred() {
         .iter()
         .zip(FIRST_VEE_SEQ..)
         .all(|(vee, seq)| vee.id.seq() == seq && *vee == rich_record(seq)));
+}
+
+/// The accounting writer's shape: one change of many records, on a durable file store. The time
+/// is printed, not asserted (`cargo bench -p veem-store` measures it properly).
+#[test]
+fn ten_thousand_accounting_records_in_one_change() {
+    const VEES: u64 = 100;
+    const RECORDS: u64 = 10_000;
+    let (_dir, path) = temp_db();
+    let store = SqliteStore::open(&path).expect("open");
+    let vees: Vec<_> = (0..VEES).map(|i| plain_record(FIRST_VEE_SEQ + i)).collect();
+    store
+        .commit(
+            &vees
+                .iter()
+                .map(|vee| Change::InsertVee(vee.clone()))
+                .collect::<Vec<_>>(),
+        )
+        .expect("insert the VEEs");
+    // As the ticks come: every VEE's record of one interval, then the next interval.
+    let records: Vec<_> = (0..RECORDS)
+        .map(|i| {
+            let vee = &vees[(i % VEES) as usize].id;
+            accounted("alice", accounting_record(vee, 1_000 * (i / VEES)))
+        })
+        .collect();
+    let change = [Change::AppendAccounting(records.clone())];
+
+    let started = Instant::now();
+    store.commit(&change).expect("append");
+    let elapsed = started.elapsed();
+    eprintln!("appended {RECORDS} accounting records in one change in {elapsed:?}");
+
+    let per_vee = RECORDS / VEES;
+    for (i, vee) in (0..).zip(&vees) {
+        let stored = store.accounting(&vee.id, 0, u64::MAX).expect("accounting");
+        let expected: Vec<_> = records
+            .iter()
+            .skip(i)
+            .step_by(VEES as usize)
+            .cloned()
+            .collect();
+        assert_eq!(stored.len() as u64, per_vee);
+        assert_eq!(stored, expected);
+    }
 }
 
 #[test]
