@@ -5,10 +5,11 @@
 use crate::cpio::Archive;
 use crate::kernel::GuestModules;
 use crate::{
-    BENCH_DONE_MARKER, BENCH_LOG_PATH, BENCH_PING_PROPERTY, BENCH_SEND_PROPERTY, BOOT_LOG_PATH,
-    BOOT_MARKER, DEFAULT_NIC_PREFIX, DISCARD_PORT, ECHO_PORT, HEARTBEAT_MARKER, NIC_IP_SUFFIX,
-    NIC_MAC_SUFFIX, NIC_PREFIX_SUFFIX, NIC_PROPERTY_PREFIX, OVF_ENV_PATH, POWEROFF_AFTER_PROPERTY,
-    POWEROFF_MARKER, PROBE_BUDGET_MS, PROBE_LOG_PATH, PROBE_PROPERTY, READY_MARKER,
+    AGENT_PORT_NAME, BENCH_DONE_MARKER, BENCH_LOG_PATH, BENCH_PING_PROPERTY, BENCH_SEND_PROPERTY,
+    BOOT_LOG_PATH, BOOT_MARKER, DEFAULT_NIC_PREFIX, DISCARD_PORT, ECHO_PORT, HEARTBEAT_MARKER,
+    KPI_INTERVAL_S, KPI_LINE_PREFIX, NIC_IP_SUFFIX, NIC_MAC_SUFFIX, NIC_PREFIX_SUFFIX,
+    NIC_PROPERTY_PREFIX, OVF_ENV_PATH, POWEROFF_AFTER_PROPERTY, POWEROFF_MARKER, PROBE_BUDGET_MS,
+    PROBE_LOG_PATH, PROBE_PROPERTY, READY_MARKER,
 };
 
 /// The busybox applets `/init`, its network functions and the handler call, as links in
@@ -21,6 +22,13 @@ const APPLETS: &[&str] = &[
 /// The shell functions of the guest's network (`network.sh`), before its `@NAME@` words are
 /// replaced.
 const NETWORK_FUNCTIONS: &str = include_str!("network.sh");
+
+/// The shell functions of the guest's own agent (`agent.sh`), before its `@NAME@` words are
+/// replaced.
+const AGENT_FUNCTIONS: &str = include_str!("agent.sh");
+
+/// Where the kernel lists the virtio-serial ports, each with its `name`.
+const VIRTIO_PORTS_DIR: &str = "/sys/class/virtio-ports";
 
 /// Where `/init` keeps the context's properties, one `key value` a line.
 const PROPERTIES: &str = "/etc/ovf-properties";
@@ -104,6 +112,19 @@ pub(crate) fn network_functions() -> String {
     })
 }
 
+/// The agent's functions `/init` defines, with the port's name and the line's format in place.
+pub(crate) fn agent_functions() -> String {
+    [
+        ("@AGENT_PORT_NAME@", AGENT_PORT_NAME.to_owned()),
+        ("@KPI_LINE_PREFIX@", KPI_LINE_PREFIX.to_owned()),
+        ("@KPI_INTERVAL_S@", KPI_INTERVAL_S.to_string()),
+    ]
+    .iter()
+    .fold(AGENT_FUNCTIONS.to_owned(), |text, (word, value)| {
+        text.replace(word, value)
+    })
+}
+
 /// PID 1: `always` modules, then `for_virtio_scsi` ones if the machine has a virtio-scsi
 /// controller. It never exits: the kernel would panic. Shell built-ins where they do: every
 /// process started costs a few milliseconds under TCG.
@@ -111,11 +132,13 @@ pub(crate) fn init_script(always: &[String], for_virtio_scsi: &[String]) -> Stri
     let always = always.join(" ");
     let for_virtio_scsi = for_virtio_scsi.join(" ");
     let network_functions = network_functions();
+    let agent_functions = agent_functions();
     format!(
         r#"#!/bin/sh
 # PID 1 of veem's test guest, written by the veem-guest crate.
 export PATH=/bin
 {network_functions}
+{agent_functions}
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
@@ -206,6 +229,8 @@ bench_ping=$(property {BENCH_PING_PROPERTY})
 if [ -n "$bench_send$bench_ping" ]; then
 	bench "$bench_send" "$bench_ping" < /dev/null &
 fi
+# The guest's own agent: its KPIs to the host, over virtio-serial.
+report_kpis {VIRTIO_PORTS_DIR} /proc < /dev/null &
 # A heartbeat on the console: it stops while the VEE is PAUSED, and carries the memory the
 # guest sees (MemTotal follows the balloon), so both can be checked from outside.
 beat=0
@@ -298,10 +323,11 @@ mod tests {
         let probes = position("probes=$(property veem.probe) && probe_all \"$probes\"");
         let ready = position(&format!("echo \"{READY_MARKER}\""));
         let bench = position("bench \"$bench_send\" \"$bench_ping\" < /dev/null &");
+        let agent = position("\nreport_kpis /sys/class/virtio-ports /proc < /dev/null &\n");
         let heartbeat = position(&format!("echo \"{HEARTBEAT_MARKER}"));
         assert!(context < properties && properties < loopback && loopback < nics);
         assert!(nics < echo && echo < discard && discard < probes && probes < ready);
-        assert!(ready < bench && bench < heartbeat);
+        assert!(ready < bench && bench < agent && agent < heartbeat);
         for applet in ["ip", "nc", "ping", "dd", "timeout", "tr", "sed", "sync"] {
             assert!(APPLETS.contains(&applet), "{applet} is not linked");
         }
@@ -551,6 +577,148 @@ cat received recorded"
                 "/disk/veem/bench.log: ping 10.0.0.99 fail",
                 "/disk/veem/bench.log: ping 10.0.0.1 min/avg/max 0.512/1.250/3.100 ms",
             ]
+        );
+    }
+
+    #[test]
+    fn the_agent_functions_have_every_word_replaced() {
+        let functions = agent_functions();
+        assert!(!functions.contains('@'), "{functions}");
+        assert!(functions.contains("if [ \"$name\" = \"org.veem.agent.0\" ]; then"));
+        assert!(functions.contains(
+            "echo \"VEEM-KPI uptime_s=$uptime mem_total_kb=$total mem_free_kb=$free load1=$load1\""
+        ));
+        assert!(functions.contains("\t\tsleep 2\n"));
+        let script = init_script(&[], &[]);
+        assert!(script.contains(&functions), "/init defines them");
+    }
+
+    /// Runs `test` with the agent's functions defined, under the build machine's `sh`, in
+    /// `dir`; its standard output.
+    fn run_agent_functions(dir: &std::path::Path, test: &str) -> String {
+        let script = format!("{}\n{test}\n", agent_functions());
+        let output = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .current_dir(dir)
+            .output()
+            .expect("sh runs");
+        assert!(
+            output.status.success(),
+            "{test}\nfailed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).expect("text")
+    }
+
+    /// A `/sys/class/virtio-ports` with these `(port, name)`s under `dir/ports`.
+    fn fake_ports(dir: &std::path::Path, ports: &[(&str, &str)]) {
+        std::fs::create_dir(dir.join("ports")).expect("the ports dir");
+        for (port, name) in ports {
+            let port = dir.join("ports").join(port);
+            std::fs::create_dir(&port).expect("a port dir");
+            std::fs::write(port.join("name"), format!("{name}\n")).expect("its name");
+        }
+    }
+
+    /// A `/proc` with what `kpi_line` reads, under `dir/proc`.
+    fn fake_proc(dir: &std::path::Path) {
+        let proc = dir.join("proc");
+        std::fs::create_dir(&proc).expect("the proc dir");
+        std::fs::write(proc.join("uptime"), "12.34 20.10\n").expect("uptime");
+        std::fs::write(proc.join("loadavg"), "0.08 0.03 0.01 1/61 245\n").expect("loadavg");
+        std::fs::write(
+            proc.join("meminfo"),
+            "MemTotal:         230012 kB\nMemFree:          190444 kB\n\
+             MemAvailable:     195000 kB\nBuffers:            1024 kB\n",
+        )
+        .expect("meminfo");
+    }
+
+    #[test]
+    fn the_agent_port_is_found_by_its_name_among_the_virtio_serial_ports() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        fake_ports(
+            dir.path(),
+            &[
+                ("vport0p1", "org.qemu.guest_agent.0"),
+                ("vport1p1", ""),
+                ("vport1p2", AGENT_PORT_NAME),
+            ],
+        );
+        let output = run_agent_functions(
+            dir.path(),
+            "agent_port ports\nagent_port nowhere || echo none",
+        );
+        assert_eq!(output, "/dev/vport1p2\nnone\n");
+    }
+
+    #[test]
+    fn a_kpi_line_carries_the_uptime_the_memory_and_the_load() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        fake_proc(dir.path());
+        let output = run_agent_functions(dir.path(), "kpi_line proc");
+        assert_eq!(
+            output,
+            "VEEM-KPI uptime_s=12.34 mem_total_kb=230012 mem_free_kb=190444 load1=0.08\n"
+        );
+        let keys: Vec<&str> = output
+            .trim_end()
+            .strip_prefix(&format!("{KPI_LINE_PREFIX} "))
+            .expect("the prefix and a space")
+            .split(' ')
+            .map(|pair| pair.split_once('=').expect("key=value").0)
+            .collect();
+        assert_eq!(keys, crate::KPI_KEYS);
+    }
+
+    #[test]
+    fn the_agent_writes_a_line_to_its_port_every_interval() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        fake_ports(
+            dir.path(),
+            &[("vport0p1", "other"), ("vport2p1", AGENT_PORT_NAME)],
+        );
+        fake_proc(dir.path());
+        // The port's device is a plain file here; three rounds, then the test ends.
+        let output = run_agent_functions(
+            dir.path(),
+            r#"agent_port() { echo "$PWD/vport"; }
+sleep() { echo "sleep $1" >> slept; [ $(wc -l < slept) -lt 3 ] || exit 0; }
+report_kpis ports proc"#,
+        );
+        let port = dir.path().join("vport").display().to_string();
+        assert_eq!(output, format!("veem-guest: KPIs every 2 s to {port}\n"));
+        let line = "VEEM-KPI uptime_s=12.34 mem_total_kb=230012 mem_free_kb=190444 load1=0.08\n";
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("vport")).expect("the port"),
+            line.repeat(3)
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("slept")).expect("the sleeps"),
+            "sleep 2\n".repeat(3)
+        );
+    }
+
+    #[test]
+    fn without_its_port_the_agent_says_so_once_and_ends() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        fake_ports(dir.path(), &[("vport0p1", "org.qemu.guest_agent.0")]);
+        fake_proc(dir.path());
+        let output = run_agent_functions(
+            dir.path(),
+            r#"sleep() { echo "sleep $1" >> slept; }
+report_kpis ports proc
+echo ended"#,
+        );
+        assert_eq!(
+            output,
+            "veem-guest: no virtio-serial port org.veem.agent.0, so no KPIs for the host\nended\n"
+        );
+        // It waited about a second for the port to appear.
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("slept")).expect("the waits"),
+            "sleep 0.1\n".repeat(9)
         );
     }
 

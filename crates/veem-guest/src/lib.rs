@@ -26,6 +26,17 @@
 //!   [`BENCH_PING_PROPERTY`] measure the network into [`BENCH_LOG_PATH`], then
 //!   [`BENCH_DONE_MARKER`] is printed.
 //!
+//! Its own agent: after [`READY_MARKER`], in the background, the guest writes one line of KPIs
+//! every [`KPI_INTERVAL_S`] seconds to the virtio-serial port named [`AGENT_PORT_NAME`]
+//! (QEMU: `-device virtio-serial-pci -chardev socket,id=agent,path=..,server=on,wait=off
+//! -device virtserialport,chardev=agent,name=org.veem.agent.0`), where the host's agent reads
+//! them; no network is involved. A line is [`KPI_LINE_PREFIX`] followed by ` key=value` pairs,
+//! keys of `[a-z0-9_]+`, values without spaces:
+//! `VEEM-KPI uptime_s=12.34 mem_total_kb=230012 mem_free_kb=190444 load1=0.08` (from
+//! `/proc/uptime`, `/proc/meminfo`, `/proc/loadavg`). A write waits at most a second for the
+//! host's side to listen, and the line is dropped otherwise. Without that port the guest says
+//! so once on its console and reports nothing.
+//!
 //! It must never download anything but Debian packages, and only through apt
 //! (`apt-get download`, from the machine's own apt sources); never need a loop mount or a
 //! running guest to build, nor root (except for `apt-get update` on a machine whose apt has no
@@ -129,6 +140,17 @@ pub const BENCH_LOG_PATH: &str = "veem/bench.log";
 pub const BOOT_LOG_PATH: &str = "veem/boot.log";
 /// On the guest's disk: the `ovf-env.xml` found on a context disk at the last boot.
 pub const OVF_ENV_PATH: &str = "veem/ovf-env.xml";
+/// The name of the virtio-serial port the guest's agent writes its KPIs to (QEMU's
+/// `virtserialport,name=`); the guest finds it by this name among its `/dev/vport*`.
+pub const AGENT_PORT_NAME: &str = "org.veem.agent.0";
+/// The first word of every KPI line on [`AGENT_PORT_NAME`], before its ` key=value` pairs.
+pub const KPI_LINE_PREFIX: &str = "VEEM-KPI";
+/// How often the guest's agent reports, in seconds.
+pub const KPI_INTERVAL_S: u32 = 2;
+/// The figures of every KPI line, in this order: seconds since boot (`/proc/uptime`, with
+/// hundredths), the memory the guest sees and how much of it is free (`MemTotal`, `MemFree`,
+/// in kB), and the one-minute load average.
+pub const KPI_KEYS: [&str; 4] = ["uptime_s", "mem_total_kb", "mem_free_kb", "load1"];
 /// The guest kernel's command line, also for booting its kernel directly. `swiotlb=noforce`
 /// lets QEMU's `maxmem` work, `memhp_default_state=online` puts hotplugged memory to use; the
 /// rest makes boot fast under TCG (no KASLR, crypto self-tests, PS/2 probing or mitigations:

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use veem_api::agent::{BootPlan, DeploySpec};
 
 use super::config::Accel;
+use super::guest_agent::AGENT_PORT_NAME;
 
 /// What a VEE's machine is made of beyond its spec; see the module documentation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,6 +78,8 @@ pub struct InstancePaths {
     pub record: PathBuf,
     pub pid: PathBuf,
     pub qmp: PathBuf,
+    /// The socket QEMU serves the guest agent's virtio-serial port on.
+    pub agent: PathBuf,
     pub log: PathBuf,
     pub console: PathBuf,
 }
@@ -88,6 +91,7 @@ impl InstancePaths {
             record: file("json"),
             pid: file("pid"),
             qmp: file("qmp"),
+            agent: file("agent"),
             log: file("log"),
             console: console_path(vee_dir),
         }
@@ -137,8 +141,9 @@ pub struct Launch<'a> {
 /// The arguments of `qemu-system-x86_64` (without the program name) for one VEE.
 ///
 /// The device order is fixed (disks in spec order, then the context disk the caller put last
-/// among the drives, then NICs, then the balloon) because a migration needs the same
-/// devices at the same PCI addresses on both ends.
+/// among the drives, then NICs, then the balloon, then the guest agent's virtio-serial
+/// controller and port, then the vCPUs plugged since boot) because a migration needs the
+/// same devices at the same PCI addresses on both ends.
 pub fn command_line(launch: &Launch<'_>) -> Vec<OsString> {
     let shape = launch.shape;
     let mut args = Args::default();
@@ -212,6 +217,17 @@ pub fn command_line(launch: &Launch<'_>) -> Vec<OsString> {
         args.push("-device").push(device);
     }
     args.push("-device").push("virtio-balloon-pci,id=balloon");
+    // The guest's own agent reports over virtio-serial: no network needed, and QEMU serves
+    // the host's end as a socket the driver reads.
+    args.push("-device")
+        .push("virtio-serial-pci,id=agent-serial");
+    args.push("-chardev").push(opts(
+        "socket,id=agent,server=on,wait=off,path=",
+        &launch.paths.agent,
+    ));
+    args.push("-device").push(format!(
+        "virtserialport,bus=agent-serial.0,chardev=agent,id=agent-port,name={AGENT_PORT_NAME}"
+    ));
     for cpu in &shape.plugged_cpus {
         let mut device = format!("{},id={}", cpu.driver, cpu.id);
         for (key, value) in &cpu.props {
@@ -369,6 +385,8 @@ mod tests {
                 "virtio-net-pci,netdev=net-eth0,id=nic-eth0,mac=52:54:00:00:00:01",
                 "virtio-net-pci,netdev=net-eth1,id=nic-eth1,host_mtu=1450",
                 "virtio-balloon-pci,id=balloon",
+                "virtio-serial-pci,id=agent-serial",
+                "virtserialport,bus=agent-serial.0,chardev=agent,id=agent-port,name=org.veem.agent.0",
                 "max-x86_64-cpu,id=vcpu1,core-id=1,socket-id=0,thread-id=0",
             ]
         );
@@ -385,6 +403,7 @@ mod tests {
             [
                 "file,id=console,append=on,path=/shared/vees/vee-00000007/console.log",
                 "socket,id=qmp,server=on,wait=off,path=/state/vee-00000007.qmp",
+                "socket,id=agent,server=on,wait=off,path=/state/vee-00000007.agent",
             ]
         );
         assert!(!args.contains(&"-no-reboot".to_owned()));

@@ -3,9 +3,10 @@
 //! Each VEE's QEMU is started with `-daemonize`, so it outlives the agent and the server; its
 //! command line carries `-name <vee id>`, so `ps` shows which VEE a process runs. Everything
 //! needed to find the VEEs again lives in the state directory: `<vee>.json` (the spec and the
-//! machine shape), `<vee>.pid` and `<vee>.qmp` written by QEMU, and `<vee>.log` with what QEMU
-//! said. A new driver on the same directory re-adopts every live process it finds there and
-//! forgets those that died. The serial console is appended to `<vee_dir>/console.log`.
+//! machine shape), `<vee>.pid`, `<vee>.qmp` and `<vee>.agent` written by QEMU, and `<vee>.log`
+//! with what QEMU said. A new driver on the same directory re-adopts every live process it
+//! finds there and forgets those that died. The serial console is appended to
+//! `<vee_dir>/console.log`.
 //!
 //! This is the only code in veem that speaks QMP ([`qmp`]). It never deletes a disk, and never
 //! passes anything from a descriptor to QEMU but the typed settings of its [`DeploySpec`].
@@ -37,10 +38,16 @@
 //!   `query-blockstats` per instance, sent alongside `query-status`); the context disk is not
 //!   reported. NIC figures are the host kernel's counters of each NIC's tap, seen from the
 //!   guest ([`read_tap_counters`]).
+//! - Every VEE has a virtio-serial port named [`AGENT_PORT_NAME`] for the guest's own agent,
+//!   served on the host as the socket `<vee>.agent`. A task per instance reads the guest's KPI
+//!   lines from it ([`parse_kpi_line`]) and keeps them until a status takes them
+//!   ([`InstanceStatus::agent_reports`]); it reconnects whenever the socket closes while QEMU
+//!   lives, and stops when the instance ends. A guest without an agent sends nothing.
 
 mod config;
 mod counters;
 mod disks;
+mod guest_agent;
 mod machine;
 mod process;
 pub mod qmp;
@@ -59,8 +66,12 @@ use veem_model::VeeId;
 pub use config::{detect_accel, resolve_accel, Accel, AccelChoice, QemuConfig};
 pub use counters::read_tap_counters;
 pub use disks::{context_image_path, CONTEXT_LABEL, CONTEXT_TARGET};
+pub use guest_agent::{
+    parse_kpi_line, AGENT_PORT_NAME, KPI_LINE_PREFIX, MAX_LINE_BYTES, MAX_PENDING_REPORTS,
+};
 pub use machine::{console_path, shape_path, MachineShape, PluggedCpu};
 
+use guest_agent::{PendingReports, ReportReader};
 use machine::{Drive, InstancePaths, Launch, NicTap};
 use qmp::{QmpClient, QmpError};
 
@@ -98,9 +109,63 @@ struct Instance {
     record: Mutex<InstanceRecord>,
     /// Connected on first use: an adopted instance may never need it.
     qmp: tokio::sync::Mutex<Option<Arc<QmpClient>>>,
+    /// What the guest's agent reported that no status has carried yet.
+    reports: Arc<PendingReports>,
+    /// Fills `reports` from the agent socket; started once QEMU runs, or when first needed
+    /// for an instance adopted outside a tokio runtime.
+    reader: Mutex<Reader>,
+}
+
+/// Where an instance's report reader is in its life.
+enum Reader {
+    NotStarted,
+    Running(ReportReader),
+    /// The instance ended: a status observed at the same time must not start another.
+    Stopped,
 }
 
 impl Instance {
+    fn new(vee: VeeId, pid: u32, paths: InstancePaths, record: InstanceRecord) -> Self {
+        Self {
+            reports: Arc::new(PendingReports::new(vee.clone())),
+            vee,
+            pid,
+            paths,
+            record: Mutex::new(record),
+            qmp: tokio::sync::Mutex::new(None),
+            reader: Mutex::new(Reader::NotStarted),
+        }
+    }
+
+    fn reader(&self) -> MutexGuard<'_, Reader> {
+        self.reader.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts reading the guest agent's reports unless a reader runs already or the instance
+    /// ended; does nothing outside a tokio runtime (the next status starts it).
+    fn read_reports(&self) {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        let mut reader = self.reader();
+        match &*reader {
+            Reader::Running(running) if !running.is_finished() => return,
+            Reader::Stopped => return,
+            Reader::NotStarted | Reader::Running(_) => {}
+        }
+        let (pid, vee) = (self.pid, self.vee.clone());
+        *reader = Reader::Running(ReportReader::spawn(
+            self.paths.agent.clone(),
+            Arc::clone(&self.reports),
+            move || process::is_qemu_of(pid, vee.as_str()),
+        ));
+    }
+
+    /// Stops the reader for good, closing its connection: the instance ends.
+    fn stop_reading_reports(&self) {
+        *self.reader() = Reader::Stopped;
+    }
+
     fn record(&self) -> MutexGuard<'_, InstanceRecord> {
         self.record.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -242,13 +307,8 @@ impl QemuDriver {
             match pid.filter(|pid| process::is_qemu_of(*pid, vee.as_str())) {
                 Some(pid) => {
                     tracing::info!(%vee, pid, "qemu driver adopted a running vee");
-                    let instance = Arc::new(Instance {
-                        vee: vee.clone(),
-                        pid,
-                        paths,
-                        record: Mutex::new(record),
-                        qmp: tokio::sync::Mutex::new(None),
-                    });
+                    let instance = Arc::new(Instance::new(vee.clone(), pid, paths, record));
+                    instance.read_reports();
                     self.instances().insert(vee, instance);
                 }
                 None => {
@@ -284,6 +344,7 @@ impl QemuDriver {
     /// Removes the instance from the table and its files from the state directory.
     async fn forget(&self, instance: &Instance) -> Result<(), DriverError> {
         self.instances().remove(&instance.vee);
+        instance.stop_reading_reports();
         *instance.qmp.lock().await = None;
         remove_instance_files(&instance.paths)
     }
@@ -357,14 +418,16 @@ impl QemuDriver {
         incoming: Option<&str>,
     ) -> Result<Arc<Instance>, DriverError> {
         let paths = self.paths(&spec.vee, &spec.vee_dir);
-        if paths.qmp.as_os_str().len() > MAX_SOCKET_PATH {
-            return Err(DriverError::Invalid {
-                what: "state directory",
-                reason: format!(
-                    "the qmp socket {} is longer than a unix socket path may be",
-                    paths.qmp.display()
-                ),
-            });
+        for (what, socket) in [("qmp", &paths.qmp), ("agent", &paths.agent)] {
+            if socket.as_os_str().len() > MAX_SOCKET_PATH {
+                return Err(DriverError::Invalid {
+                    what: "state directory",
+                    reason: format!(
+                        "the {what} socket {} is longer than a unix socket path may be",
+                        socket.display()
+                    ),
+                });
+            }
         }
         let lans = self.ensure_lans(spec).await?;
         fsutil::create_parent(&paths.console).await?;
@@ -372,6 +435,7 @@ impl QemuDriver {
         // only sometimes, and a stale pid file would name a stranger.
         fsutil::remove_if_present(&paths.pid).await?;
         fsutil::remove_if_present(&paths.qmp).await?;
+        fsutil::remove_if_present(&paths.agent).await?;
         let nics = spec
             .nics
             .iter()
@@ -415,18 +479,13 @@ impl QemuDriver {
                 return Err(e);
             }
         };
-        let instance = Arc::new(Instance {
-            vee: spec.vee.clone(),
-            pid,
-            paths,
-            record: Mutex::new(record),
-            qmp: tokio::sync::Mutex::new(None),
-        });
+        let instance = Arc::new(Instance::new(spec.vee.clone(), pid, paths, record));
         if let Err(e) = self.connect_and_plug(&instance, &lans).await {
             self.end_process(&instance).await;
             remove_instance_files(&instance.paths)?;
             return Err(e);
         }
+        instance.read_reports();
         tracing::info!(vee = %spec.vee, pid, incoming, "qemu started");
         self.instances()
             .insert(spec.vee.clone(), Arc::clone(&instance));
@@ -504,6 +563,7 @@ impl QemuDriver {
 
     /// Ends the process: `quit`, then SIGKILL if it is still there after a grace period.
     async fn end_process(&self, instance: &Instance) {
+        instance.stop_reading_reports();
         if !instance.is_alive() {
             return;
         }
@@ -760,8 +820,7 @@ impl QemuDriver {
             cpu_time_ms: process::cpu_time_ms(instance.pid, self.clock_ticks).unwrap_or(0),
             disks,
             nics: self.nic_counters(instance),
-            // The guest agent's channel comes with the monitoring work.
-            agent_reports: Vec::new(),
+            agent_reports: instance.reports.take(),
         }
     }
 
@@ -816,6 +875,8 @@ impl QemuDriver {
             }
             return Ok(None);
         }
+        // An instance adopted outside a runtime starts reading here.
+        instance.read_reports();
         // Both queries go out at once on the one connection: a list costs no extra round trip.
         let (state, disks) = tokio::join!(self.live_state(instance), self.disk_counters(instance));
         Ok(Some(self.status_of(instance, state?, disks)))
@@ -859,7 +920,7 @@ fn qmp_failed(op: &'static str, error: QmpError) -> DriverError {
 }
 
 fn remove_instance_files(paths: &InstancePaths) -> Result<(), DriverError> {
-    for path in [&paths.record, &paths.pid, &paths.qmp] {
+    for path in [&paths.record, &paths.pid, &paths.qmp, &paths.agent] {
         match std::fs::remove_file(path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

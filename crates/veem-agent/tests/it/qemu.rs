@@ -1,15 +1,18 @@
-//! The qemu driver on real QEMU. No guest OS is needed: a VM without a bootable disk still runs
-//! its firmware and answers QMP, so pause, suspend, restore and live migration all work on it.
-//! Each test skips, loudly, where `qemu-system-x86_64` is not installed (CI installs it).
+//! The qemu driver on real QEMU. Most tests need no guest OS: a VM without a bootable disk
+//! still runs its firmware and answers QMP, so pause, suspend, restore and live migration all
+//! work on it. What needs a guest (its own agent's reports) boots veem's test guest, built
+//! once per test binary. Each test skips, loudly, where `qemu-system-x86_64` is not installed
+//! (CI installs it).
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 use veem_agent::qemu::qmp::{QueryBalloon, QueryCpusFast, QueryStatus};
 use veem_agent::qemu::{console_path, context_image_path, Accel, QemuConfig, QemuDriver};
 use veem_agent::{disk_path, Driver, DriverError};
-use veem_api::agent::{DeploySpec, DiskPlan, InstanceState, NicPlan};
+use veem_api::agent::{AgentReport, DeploySpec, DiskPlan, InstanceState, NicPlan};
 use veem_model::VeeId;
 
 use crate::common::{blank, clone_of, vee};
@@ -813,4 +816,127 @@ fn taps_of(driver: &QemuDriver, vee: &VeeId) -> Vec<String> {
 fn tap_is_up(tap: &str) -> bool {
     let flags = std::fs::read_to_string(format!("/sys/class/net/{tap}/flags")).unwrap();
     u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).unwrap() & 1 == 1
+}
+
+/// veem's test guest (`veem_guest::build`), built on first use and kept for the test binary.
+fn test_guest() -> &'static Path {
+    static GUEST: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    let (_dir, image) = GUEST.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let options = veem_guest::BuildOptions::new(dir.path().join("guest.qcow2"));
+        let image = veem_guest::build(&options)
+            .unwrap_or_else(|error| panic!("the test guest builds: {error}"));
+        (dir, image.path)
+    });
+    image
+}
+
+fn unix_ms() -> u64 {
+    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    u64::try_from(since.as_millis()).unwrap()
+}
+
+/// The guest's uptime in a report, after checking the report is a whole KPI line.
+fn uptime_of(report: &AgentReport) -> f64 {
+    let keys: Vec<&str> = report
+        .measurements
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .collect();
+    assert_eq!(keys, veem_guest::KPI_KEYS, "{report:?}");
+    report.measurements[0].1.parse().unwrap()
+}
+
+/// Takes the reports of the VEE's statuses (from `list` when `listed`, else from `status`)
+/// until `count` have come; checks each came once, in order, stamped while it was waited for.
+async fn take_reports(
+    driver: &QemuDriver,
+    spec: &DeploySpec,
+    count: usize,
+    listed: bool,
+) -> Vec<AgentReport> {
+    let since_ms = unix_ms();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut reports: Vec<AgentReport> = Vec::new();
+    while reports.len() < count {
+        assert!(
+            Instant::now() < deadline,
+            "only {reports:?} came; console:\n{}",
+            std::fs::read_to_string(console_path(&spec.vee_dir)).unwrap_or_default()
+        );
+        let status = if listed {
+            let mut listed = driver.list().await.unwrap();
+            assert_eq!(listed.len(), 1);
+            listed.remove(0)
+        } else {
+            driver.status(&spec.vee).await.unwrap()
+        };
+        reports.extend(status.agent_reports);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let uptimes: Vec<f64> = reports.iter().map(uptime_of).collect();
+    assert!(
+        uptimes.windows(2).all(|pair| pair[0] < pair[1]),
+        "each report once, oldest first: {reports:?}"
+    );
+    assert!(
+        reports
+            .iter()
+            .all(|report| since_ms <= report.t_ms && report.t_ms <= unix_ms()),
+        "{reports:?}"
+    );
+    reports
+}
+
+#[tokio::test]
+async fn the_guest_agents_reports_come_once_each_across_an_adoption_and_a_live_migration() {
+    require_qemu!();
+    let image = test_guest();
+    let shared = Scene::new();
+    let first = host(shared.path(), "h1");
+    let mut spec = tiny(14, shared.path());
+    spec.memory_mb = 128;
+    spec.disks = vec![clone_of("vda", image)];
+    first.deploy(&spec).await.unwrap();
+    let socket = first.state_dir().join("vee-00000014.agent");
+    assert!(
+        socket.exists(),
+        "qemu serves the agent's port at {}",
+        socket.display()
+    );
+
+    let booted = take_reports(&first, &spec, 2, false).await;
+    let last_uptime = uptime_of(booted.last().unwrap());
+    // A list takes them too; what a status took is not given again.
+    let listed = take_reports(&first, &spec, 1, true).await;
+    assert!(
+        uptime_of(&listed[0]) > last_uptime,
+        "{booted:?} then {listed:?}"
+    );
+
+    // A new driver on the same state directory reads the same guest again.
+    drop(first);
+    let adopted = host(shared.path(), "h1");
+    let readopted = take_reports(&adopted, &spec, 2, true).await;
+    let last_uptime = uptime_of(readopted.last().unwrap());
+
+    // After a live migration the guest, the same one, reports through the destination's
+    // own socket; the source's reader went with its instance.
+    let target = host(shared.path(), "h2");
+    let uri = target.prepare_incoming(&spec).await.unwrap();
+    adopted.migrate_out(&spec.vee, &uri).await.unwrap();
+    target.complete_incoming(&spec.vee).await.unwrap();
+    let migrated = take_reports(&target, &spec, 2, false).await;
+    assert!(
+        uptime_of(&migrated[0]) > last_uptime,
+        "no reboot: {readopted:?} then {migrated:?}"
+    );
+    assert!(!socket.exists(), "the source's socket went with its qemu");
+
+    target.destroy(&spec.vee).await.unwrap();
+    assert!(
+        state_files(&target).is_empty(),
+        "{:?}",
+        state_files(&target)
+    );
 }

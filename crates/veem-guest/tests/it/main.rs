@@ -2,6 +2,7 @@
 //! veem's hosts run it: through SeaBIOS and syslinux from a virtio disk, stopped by the ACPI
 //! power button over QMP. What the guest did is read back from its disk, without mounting.
 
+mod agent;
 mod iso;
 mod network;
 mod qemu;

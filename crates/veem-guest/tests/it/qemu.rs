@@ -46,6 +46,28 @@ pub fn scsi_cd(image: &Path) -> Vec<String> {
     .to_vec()
 }
 
+/// QEMU arguments for the guest agent's channel: a virtio-serial port named
+/// [`veem_guest::AGENT_PORT_NAME`] whose host side is a Unix socket QEMU serves at `socket`,
+/// as veem's qemu driver gives every VEE.
+pub fn agent_port(socket: &Path) -> Vec<String> {
+    [
+        "-device",
+        "virtio-serial-pci",
+        "-chardev",
+        &format!(
+            "socket,id=agent,path={},server=on,wait=off",
+            socket.display()
+        ),
+        "-device",
+        &format!(
+            "virtserialport,chardev=agent,name={}",
+            veem_guest::AGENT_PORT_NAME
+        ),
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
 pub struct Vm {
     child: Child,
     started: Instant,
