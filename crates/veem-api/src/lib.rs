@@ -203,6 +203,50 @@ pub struct ImageList {
     pub images: Vec<ImageView>,
 }
 
+/// `POST /accounting/listeners`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenRequest {
+    pub ids: Vec<String>,
+    pub interval_ms: u64,
+    pub callback: String,
+}
+
+/// `POST /accounting/listeners/remove`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnlistenRequest {
+    pub ids: Vec<String>,
+}
+
+/// `GET /vees/{id}/accounting`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountingList {
+    pub records: Vec<veem_model::AccountingRecord>,
+}
+
+/// `POST /monitoring/subscriptions`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscribeRequest {
+    pub callback: String,
+    /// The event types wanted; all when empty or absent.
+    #[serde(default)]
+    pub types: Vec<veem_model::EventType>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscribeResponse {
+    pub id: String,
+}
+
+/// `POST /monitoring`'s answer (`202`): how many measurements were taken in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutMonitoringResponse {
+    pub events: usize,
+    pub measurements: usize,
+}
+
 /// `POST /networks`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

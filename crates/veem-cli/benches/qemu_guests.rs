@@ -560,9 +560,9 @@ impl Drop for BareQemu {
 }
 
 /// Boots the guest image in a QEMU of our own: the same machine options and guest devices as
-/// veem's command line (a qcow2 overlay on virtio-blk, the balloon, pvpanic), the console to a
-/// file, and nothing veem needs to manage it (no QMP socket, no pidfile, no daemonizing). The
-/// overlay is made before the clock starts.
+/// veem's command line (a qcow2 overlay on virtio-blk, the balloon, pvpanic, the agent's
+/// virtio-serial port), the console to a file, and nothing veem needs to manage it (no QMP
+/// socket, no pidfile, no daemonizing). The overlay is made before the clock starts.
 async fn bare_boot(
     image: &Path,
     scratch: &Path,
@@ -603,6 +603,13 @@ async fn bare_boot(
         "virtio-blk-pci,drive=drive-vda,id=disk-vda,serial=vda",
         "-device",
         "virtio-balloon-pci,id=balloon",
+        // The guest agent's channel, as veem gives it, with nobody reading.
+        "-device",
+        "virtio-serial-pci,id=agent-serial",
+        "-chardev",
+        "null,id=agent",
+        "-device",
+        "virtserialport,bus=agent-serial.0,chardev=agent,id=agent-port,name=org.veem.agent.0",
     ] {
         args.push(arg.into());
     }
@@ -835,6 +842,7 @@ async fn start_fleet(image: &Path, count: usize) -> anyhow::Result<Fleet> {
         driver: Hypervisor::Qemu,
         hosts: vec![("h1", 64, 65536, "")],
         health_interval_ms: harness::VEEM_HEALTH_INTERVAL_MS,
+        monitoring_interval_ms: 10_000,
         ..Setup::default()
     })
     .await;

@@ -5,7 +5,7 @@ use std::io::Write as _;
 
 use serde::Serialize;
 use veem_api::{HostView, ImageView, InitializeResponse, NetworkView, VeeView};
-use veem_model::{DiskSource, VeeEvent};
+use veem_model::{AccountingRecord, DiskSource, MeasurementValue, MonitoringEvent, VeeEvent};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OutputFormat {
@@ -290,6 +290,43 @@ pub fn image_table(images: &[ImageView]) -> Table {
         ]);
     }
     table
+}
+
+pub fn accounting_table(records: &[AccountingRecord]) -> Table {
+    let mut table = Table::new(&[
+        "FROM", "DT", "STATE", "HOST", "CPU", "MEM", "CPU TIME", "ACTIVE",
+    ]);
+    for r in records {
+        table.row(vec![
+            fmt_time(r.t0),
+            format!("{} ms", r.dt),
+            r.state.to_string(),
+            or_dash(r.host.as_ref().map(|h| h.as_str())),
+            r.cpu.to_string(),
+            fmt_mb(r.memory_mb),
+            format!("{} ms", r.cpu_time_ms),
+            format!("{} ms", r.active_ms),
+        ]);
+    }
+    table
+}
+
+/// One monitoring event on one line: time, type, VEE, then `fqn=value` pairs.
+pub fn event_line(event: &MonitoringEvent) -> String {
+    let mut line = format!(
+        "{} {:<8} {}",
+        fmt_time(event.t0),
+        event.kind.as_str(),
+        event.vee.as_ref().map_or("-", |v| v.as_str())
+    );
+    for m in &event.measurements {
+        let value = match &m.value {
+            MeasurementValue::Number(n) => n.to_string(),
+            MeasurementValue::Text(t) => t.clone(),
+        };
+        line.push_str(&format!(" {}={value}", m.fqn));
+    }
+    line
 }
 
 pub fn network_table(networks: &[NetworkView]) -> Table {

@@ -14,7 +14,7 @@ use veem_api::{
 };
 use veem_client::{Client, ClientError, ListQuery, OvfQuery};
 use veem_model::{
-    ControlAction, DiskSource, DiskSpec, InitModel, NicSpec, VeeDescriptor, VmiState,
+    ControlAction, DiskSource, DiskSpec, EventType, InitModel, NicSpec, VeeDescriptor, VmiState,
 };
 
 use crate::output::{self, emit, to_json, BatchRow, OutputFormat};
@@ -37,6 +37,31 @@ pub enum VeeCommand {
     Ls(LsArgs),
     /// Show a VEE's state changes
     Events { id: String },
+    /// Have VEEs' accounting sent to a URL every interval (registering again changes it)
+    Listen {
+        #[arg(required = true, value_name = "ID")]
+        ids: Vec<String>,
+        #[arg(long, value_name = "MS")]
+        interval_ms: u64,
+        /// Where the records are POSTed (a JSON array each time)
+        #[arg(long, value_name = "URL")]
+        callback: String,
+    },
+    /// Stop sending VEEs' accounting to you
+    Unlisten {
+        #[arg(required = true, value_name = "ID")]
+        ids: Vec<String>,
+    },
+    /// Show a VEE's accounting records (also those a listener could not be sent)
+    Accounting {
+        id: String,
+        /// From this time on (ms since the epoch)
+        #[arg(long)]
+        from: Option<u64>,
+        /// Until before this time (ms since the epoch)
+        #[arg(long)]
+        to: Option<u64>,
+    },
     /// Change memory or CPUs (live when the VEE runs and stays within its ceilings)
     Patch(PatchArgs),
     /// Move an ACTIVE VEE to another host without stopping it (admin)
@@ -289,6 +314,35 @@ pub async fn run_vee(global: &GlobalArgs, command: VeeCommand) -> anyhow::Result
                 OutputFormat::Table => emit(&output::event_table(&events.events).render()),
             }
         }
+        VeeCommand::Listen {
+            ids,
+            interval_ms,
+            callback,
+        } => {
+            let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+            connect(global)?
+                .listen(&ids, interval_ms, &callback)
+                .await?;
+            show(format, &serde_json::json!({ "listening": ids }), || {
+                format!(
+                    "{} sent to {callback} every {interval_ms} ms\n",
+                    ids.join(", ")
+                )
+            })
+        }
+        VeeCommand::Unlisten { ids } => {
+            let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+            connect(global)?.unlisten(&ids).await?;
+            show(format, &serde_json::json!({ "stopped": ids }), || {
+                format!("no more accounting of {} sent to you\n", ids.join(", "))
+            })
+        }
+        VeeCommand::Accounting { id, from, to } => {
+            let list = connect(global)?.vee_accounting(&id, from, to).await?;
+            show(format, &list, || {
+                output::accounting_table(&list.records).render()
+            })
+        }
         VeeCommand::Patch(args) => {
             let request = PatchRequest {
                 memory_mb: args.memory_mb,
@@ -373,6 +427,52 @@ pub async fn run_image(global: &GlobalArgs, command: ImageCommand) -> anyhow::Re
             }
         }
     }
+}
+
+/// `veem events --follow`: monitoring events as they come, one line each (JSON lines with
+/// `-o json`).
+pub async fn run_events(global: &GlobalArgs, args: EventsArgs) -> anyhow::Result<()> {
+    if !args.follow {
+        bail!(
+            "monitoring events are live: give --follow (a VEE's state history is `veem vee events ID`)"
+        );
+    }
+    let types: Vec<EventType> = args
+        .types
+        .iter()
+        .map(|t| {
+            EventType::ALL
+                .into_iter()
+                .find(|k| k.as_str().eq_ignore_ascii_case(t))
+                .ok_or_else(|| {
+                    anyhow::anyhow!("unknown event type {t:?}: use hardware, probe, agent or state")
+                })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let stream = connect(global)?.monitoring_stream().await?;
+    futures::pin_mut!(stream);
+    while let Some(event) = futures::StreamExt::next(&mut stream).await {
+        let event = event?;
+        if !types.is_empty() && !types.contains(&event.kind) {
+            continue;
+        }
+        let line = match global.output {
+            OutputFormat::Json => serde_json::to_string(&event)?,
+            OutputFormat::Table => output::event_line(&event),
+        };
+        println!("{line}");
+    }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Keep printing events as they come
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// Only these types (hardware, probe, agent, state); all when absent
+    #[arg(long = "type", value_name = "TYPE")]
+    pub types: Vec<String>,
 }
 
 pub async fn run_net(global: &GlobalArgs, command: NetCommand) -> anyhow::Result<()> {

@@ -8,6 +8,7 @@
 //! requests and answers, so tests through it see exactly what the server does.
 
 mod error;
+mod sse;
 
 use std::path::Path;
 use std::time::Duration;
@@ -19,12 +20,13 @@ use serde::de::DeserializeOwned;
 use tokio::io::AsyncWriteExt;
 use tokio_util::io::ReaderStream;
 use veem_api::{
-    EventList, HostList, HostView, ImageList, ImageView, InitializeRequest, InitializeResponse,
-    MigrateRequest, NetworkList, NetworkRequest, NetworkView, PatchRequest, PatchResponse,
-    SubmitRequest, SubmitResponse, UpdateStateRequest, UpdateStateResponse, VeeList, VeeView,
-    BASE_PATH,
+    AccountingList, EventList, HostList, HostView, ImageList, ImageView, InitializeRequest,
+    InitializeResponse, ListenRequest, MigrateRequest, NetworkList, NetworkRequest, NetworkView,
+    PatchRequest, PatchResponse, PutMonitoringResponse, SubmitRequest, SubmitResponse,
+    SubscribeRequest, SubscribeResponse, UnlistenRequest, UpdateStateRequest, UpdateStateResponse,
+    VeeList, VeeView, BASE_PATH,
 };
-use veem_model::{InitModel, VmiState};
+use veem_model::{EventType, InitModel, MonitoringEvent, VmiState};
 
 pub use error::ClientError;
 /// The wire types, so that a user of the client needs no second dependency to name them.
@@ -351,6 +353,120 @@ impl Client {
         self.send(self.http.delete(self.url(&["images", name])))
             .await
             .map(drop)
+    }
+
+    /// Registers the caller as the accounting listener of `ids`, sent every `interval_ms` to
+    /// `callback` (registering again changes the interval).
+    pub async fn listen(
+        &self,
+        ids: &[&str],
+        interval_ms: u64,
+        callback: &str,
+    ) -> Result<(), ClientError> {
+        let body = ListenRequest {
+            ids: ids.iter().map(|id| (*id).to_owned()).collect(),
+            interval_ms,
+            callback: callback.to_owned(),
+        };
+        self.send(self.post(&["accounting", "listeners"]).json(&body))
+            .await
+            .map(drop)
+    }
+
+    /// Stops the caller's accounting listeners of `ids`.
+    pub async fn unlisten(&self, ids: &[&str]) -> Result<(), ClientError> {
+        let body = UnlistenRequest {
+            ids: ids.iter().map(|id| (*id).to_owned()).collect(),
+        };
+        self.send(
+            self.post(&["accounting", "listeners", "remove"])
+                .json(&body),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// A VEE's accounting records with `t0` in `[from_ms, to_ms)`.
+    pub async fn vee_accounting(
+        &self,
+        id: &str,
+        from_ms: Option<u64>,
+        to_ms: Option<u64>,
+    ) -> Result<AccountingList, ClientError> {
+        let mut url = self.url(&["vees", id, "accounting"]);
+        {
+            let mut query = url.query_pairs_mut();
+            if let Some(from) = from_ms {
+                query.append_pair("from", &from.to_string());
+            }
+            if let Some(to) = to_ms {
+                query.append_pair("to", &to.to_string());
+            }
+        }
+        self.call(self.http.get(url)).await
+    }
+
+    /// PutMonitoringInformation.
+    pub async fn put_monitoring(
+        &self,
+        events: &[MonitoringEvent],
+    ) -> Result<PutMonitoringResponse, ClientError> {
+        self.call(self.post(&["monitoring"]).json(events)).await
+    }
+
+    /// Subscribes `callback` to the monitoring events the caller sees (all types when empty).
+    pub async fn subscribe(
+        &self,
+        callback: &str,
+        types: &[EventType],
+    ) -> Result<SubscribeResponse, ClientError> {
+        let body = SubscribeRequest {
+            callback: callback.to_owned(),
+            types: types.to_vec(),
+        };
+        self.call(self.post(&["monitoring", "subscriptions"]).json(&body))
+            .await
+    }
+
+    pub async fn unsubscribe(&self, id: &str) -> Result<(), ClientError> {
+        self.send(
+            self.http
+                .delete(self.url(&["monitoring", "subscriptions", id])),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// The live stream of monitoring events (`GET /monitoring/stream`, server-sent events), as
+    /// they come; it ends when the VEEM closes it.
+    pub async fn monitoring_stream(
+        &self,
+    ) -> Result<impl futures::Stream<Item = Result<MonitoringEvent, ClientError>>, ClientError>
+    {
+        let response = self.send(self.get(&["monitoring", "stream"])).await?;
+        let bytes = response.bytes_stream();
+        Ok(futures::stream::unfold(
+            (bytes, sse::Parser::default()),
+            |(mut bytes, mut parser)| async move {
+                loop {
+                    if let Some(message) = parser.next_message() {
+                        if message.event == "lagged" {
+                            continue;
+                        }
+                        let event = serde_json::from_str(&message.data)
+                            .map_err(|e| ClientError::Decode(format!("monitoring stream: {e}")));
+                        return Some((event, (bytes, parser)));
+                    }
+                    match bytes.next().await {
+                        Some(Ok(chunk)) => parser.feed(&chunk),
+                        Some(Err(e)) => {
+                            return Some((Err(ClientError::Transport(e)), (bytes, parser)))
+                        }
+                        None => return None,
+                    }
+                }
+            },
+        ))
     }
 
     /// Creates a network (a virtual LAN) of the caller's; `public` ones are admin-only.

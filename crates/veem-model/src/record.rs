@@ -76,6 +76,10 @@ pub struct VeeRecord {
     /// `VeeDescriptor::restart_attempts`).
     #[serde(default)]
     pub restarts: u32,
+    /// The token a probe or agent inside the VEE puts monitoring events with (it reaches the
+    /// guest in its context); never shown in the VEE's view.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitoring_token: Option<String>,
     /// What the VEEM chose at initialization (MACs, addresses).
     #[serde(default)]
     pub generated: Generated,
@@ -107,6 +111,7 @@ impl VeeRecord {
             last_error: None,
             has_saved_memory: false,
             restarts: 0,
+            monitoring_token: None,
             generated: Generated::default(),
             created_ms: now_ms,
             updated_ms: now_ms,

@@ -11,47 +11,18 @@ use veem_api::InitializeRequest;
 use veem_client::{Client, ListQuery};
 use veem_model::{InitModel, VeeDescriptor, VmiState};
 
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+#[path = "support.rs"]
+mod support;
 
-fn main() -> anyhow::Result<()> {
-    // `cargo bench` passes `--bench`; a plain run of this file does the same.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(run())
-}
+use support::env_or;
 
-async fn run() -> anyhow::Result<()> {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
     let vees = env_or("VEEM_BENCH_VEES", 10_000);
     let batch = env_or("VEEM_BENCH_BATCH", 100);
     let in_flight = env_or("VEEM_BENCH_IN_FLIGHT", 4);
-    let dir = tempfile::tempdir()?;
-    let mut config = format!(
-        "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n[[principal]]\nname = \"sm\"\ntoken = \"bench-token\"\n",
-        dir.path().display()
-    );
-    for h in 0..100 {
-        config.push_str(&format!(
-            "[[host]]\nname = \"h{h:03}\"\ndriver = \"sim\"\ncpus = 128\nmemory_mb = 262144\n"
-        ));
-    }
-    let config = veem_server::Config::parse(&config).map_err(anyhow::Error::msg)?;
-    let veem = veem_server::start(&config).await?;
-    let state = veem_server::http::AppState {
-        veem,
-        auth: Arc::new(veem_server::auth::Authenticator::new(
-            config.principals.clone(),
-        )),
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    tokio::spawn(async move { axum::serve(listener, veem_server::http::router(state)).await });
-    let client = Client::new(&url, "bench-token")?;
+    let (url, _dir) = support::start_veem(100).await?;
+    let client = Client::new(&url, support::TOKEN)?;
 
     let mut descriptor = VeeDescriptor::minimal(1, 512);
     descriptor.name = "bench".into();

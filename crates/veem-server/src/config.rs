@@ -29,6 +29,9 @@ pub struct Config {
     /// How often host health is checked and the placement queue retried.
     #[serde(default = "default_health_interval_ms")]
     pub health_interval_ms: u64,
+    /// How often the VEEM produces HARDWARE monitoring events of its ACTIVE VEEs.
+    #[serde(default = "default_monitoring_interval_ms")]
+    pub monitoring_interval_ms: u64,
     /// `text` (default) or `json` structured logs on stderr.
     #[serde(default)]
     pub log_format: LogFormat,
@@ -90,6 +93,9 @@ fn default_agent_timeout_ms() -> u64 {
 }
 fn default_health_interval_ms() -> u64 {
     1_000
+}
+fn default_monitoring_interval_ms() -> u64 {
+    10_000
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -13,6 +13,7 @@ pub mod error;
 pub mod hosts;
 pub mod http;
 mod images;
+pub mod push;
 pub mod veem;
 
 use std::sync::Arc;
@@ -46,6 +47,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Veem> {
         agent_timeout: Duration::from_millis(config.agent_timeout_ms),
         health_interval: Duration::from_millis(config.health_interval_ms),
         lan_key: veem::lan_key(&data_dir),
+        monitoring_interval: Duration::from_millis(config.monitoring_interval_ms.max(100)),
         admins: config
             .principals
             .iter()

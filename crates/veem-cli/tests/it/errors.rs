@@ -394,6 +394,13 @@ async fn the_openapi_document_covers_every_route() {
         "/images/{name}/data",
         "/networks",
         "/networks/{name}",
+        "/accounting/listeners",
+        "/accounting/listeners/remove",
+        "/vees/{id}/accounting",
+        "/monitoring",
+        "/monitoring/subscriptions",
+        "/monitoring/subscriptions/{id}",
+        "/monitoring/stream",
         "/hosts",
     ] {
         assert!(paths.contains_key(path), "{path} is documented");

@@ -4,6 +4,8 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use veem_api::{InitializeRequest, UpdateStateRequest, UpdateStateResponse, VeeView};
@@ -46,6 +48,8 @@ pub struct Setup {
     /// How often the server checks its hosts: short in tests, so what a host reports (a dead
     /// guest) is seen soon.
     pub health_interval_ms: u64,
+    /// How often the server makes HARDWARE events: short in tests, so they show soon.
+    pub monitoring_interval_ms: u64,
 }
 
 /// The hypervisor driver of a test server's hosts.
@@ -70,6 +74,7 @@ impl Default for Setup {
             placement: "pack",
             driver: Hypervisor::Sim,
             health_interval_ms: 200,
+            monitoring_interval_ms: 300,
             hosts: vec![
                 ("h1", 8, 16384, ""),
                 ("h2", 8, 16384, ""),
@@ -118,11 +123,11 @@ impl Server {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let port = free_port();
         let mut config = format!(
-            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"data\"\nplacement = \"{}\"\nshutdown_deadline_ms = 2000\nhealth_interval_ms = {}\n\n\
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"data\"\nplacement = \"{}\"\nshutdown_deadline_ms = 2000\nhealth_interval_ms = {}\nmonitoring_interval_ms = {}\n\n\
              [[principal]]\nname = \"sm-a\"\ntoken = \"{TOKEN_A}\"\n\n\
              [[principal]]\nname = \"sm-b\"\ntoken = \"{TOKEN_B}\"\n\n\
              [[principal]]\nname = \"ops\"\ntoken = \"{TOKEN_OPS}\"\nadmin = true\n",
-            setup.placement, setup.health_interval_ms
+            setup.placement, setup.health_interval_ms, setup.monitoring_interval_ms
         );
         for (name, cpus, memory_mb, sim) in &setup.hosts {
             let driver = setup.driver.name();
@@ -353,6 +358,91 @@ pub async fn wait_guest_ready(s: &Server, driver: Hypervisor, id: &str) {
     }
 }
 
+/// An HTTP listener of the test's own, standing for an SM's ReceiveAccountingInformation or
+/// monitoring callback: it keeps every POST body with the time it came, and answers 503 while
+/// told to be down.
+pub struct Listener {
+    pub url: String,
+    received: Arc<Mutex<Vec<(u64, serde_json::Value)>>>,
+    down: Arc<AtomicBool>,
+}
+
+impl Listener {
+    pub async fn start() -> Self {
+        let received: Arc<Mutex<Vec<(u64, serde_json::Value)>>> = Arc::default();
+        let down = Arc::new(AtomicBool::new(false));
+        let (r, d) = (received.clone(), down.clone());
+        let app = axum::Router::new().route(
+            "/push",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let (r, d) = (r.clone(), d.clone());
+                async move {
+                    if d.load(Ordering::SeqCst) {
+                        return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                    }
+                    let value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+                    r.lock().expect("not poisoned").push((wall_ms(), value));
+                    axum::http::StatusCode::NO_CONTENT
+                }
+            }),
+        );
+        let socket = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a loopback port");
+        let url = format!("http://{}/push", socket.local_addr().expect("bound"));
+        tokio::spawn(async move { axum::serve(socket, app).await });
+        Self {
+            url,
+            received,
+            down,
+        }
+    }
+
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    /// Every POST so far: (when it came, in ms since the epoch; its JSON body).
+    pub fn posts(&self) -> Vec<(u64, serde_json::Value)> {
+        self.received.lock().expect("not poisoned").clone()
+    }
+
+    /// The items of every POST so far, in the order they came, each with its arrival time.
+    pub fn items(&self) -> Vec<(u64, serde_json::Value)> {
+        self.posts()
+            .into_iter()
+            .flat_map(|(at, body)| match body {
+                serde_json::Value::Array(items) => items.into_iter().map(|i| (at, i)).collect(),
+                other => vec![(at, other)],
+            })
+            .collect()
+    }
+
+    /// Waits until `done` holds for the items, or fails after `limit`.
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        limit: Duration,
+        done: impl Fn(&[(u64, serde_json::Value)]) -> bool,
+    ) -> Vec<(u64, serde_json::Value)> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let items = self.items();
+            if done(&items) {
+                return items;
+            }
+            assert!(Instant::now() < deadline, "never {what}: {items:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+pub fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// veem's own default health interval, for measurements of a setup as an operator runs it.
 #[allow(dead_code)] // the benches' (they include this file)
 pub const VEEM_HEALTH_INTERVAL_MS: u64 = 1_000;
@@ -365,6 +455,7 @@ impl Server {
         Self::start_with_guest(Setup {
             driver: Hypervisor::Qemu,
             health_interval_ms: VEEM_HEALTH_INTERVAL_MS,
+            monitoring_interval_ms: 10_000,
             ..Setup::default()
         })
         .await

@@ -1,10 +1,12 @@
 //! End-to-end tests: a `veem` server process on loopback with sim hosts, driven only through
 //! `veem-client` (and the `veem` CLI), as a Service Manager would.
 
+mod accounting;
 mod cli;
 mod control;
 mod errors;
 mod harness;
+mod monitoring;
 mod networks;
 mod operators;
 mod qemu_guests;

@@ -474,3 +474,49 @@ async fn a_live_memory_raise_is_seen_by_the_guest_in_the_same_process() {
         "the same QEMU process: no restart"
     );
 }
+
+#[tokio::test]
+async fn the_guests_own_agent_reaches_the_sm_as_agent_events() {
+    let Some(s) = Server::start_on(Hypervisor::Qemu).await else {
+        return;
+    };
+    let listener = Listener::start().await;
+    s.a.subscribe(&listener.url, &[veem_model::EventType::Agent])
+        .await
+        .expect("subscribed");
+    let id = init_one(&s.a, guest("reporter")).await;
+    ctl_ok(&s.a, A::Activate, &[&id]).await;
+    let fqn = format!("{id}.agent.uptime_s");
+    let items = listener
+        .wait_for(
+            "two AGENT events",
+            std::time::Duration::from_secs(60),
+            |items| {
+                items
+                    .iter()
+                    .filter(|(_, e)| {
+                        e["measurements"]
+                            .as_array()
+                            .is_some_and(|ms| ms.iter().any(|m| m["fqn"] == fqn.as_str()))
+                    })
+                    .count()
+                    >= 2
+            },
+        )
+        .await;
+    let uptimes: Vec<f64> = items
+        .iter()
+        .filter(|(_, e)| e["vee"] == id.as_str() && e["type"] == "AGENT")
+        .filter_map(|(_, e)| {
+            e["measurements"]
+                .as_array()?
+                .iter()
+                .find(|m| m["fqn"] == fqn.as_str())?["value"]
+                .as_f64()
+        })
+        .collect();
+    assert!(
+        uptimes.windows(2).all(|w| w[1] > w[0]),
+        "the guest's uptime, rising: {uptimes:?}"
+    );
+}

@@ -14,7 +14,7 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use crate::auth::{Authenticator, Caller};
-use crate::veem::Veem;
+use crate::veem::{Putter, Veem};
 use problem::ApiError;
 
 #[derive(Clone)]
@@ -58,6 +58,16 @@ pub fn router(state: AppState) -> Router {
             "/networks/{name}",
             get(routes::get_network).delete(routes::delete_network),
         )
+        .route("/vees/{id}/accounting", get(routes::vee_accounting))
+        .route("/accounting/listeners", post(routes::listen))
+        .route("/accounting/listeners/remove", post(routes::unlisten))
+        .route("/monitoring", post(routes::put_monitoring))
+        .route("/monitoring/subscriptions", post(routes::subscribe))
+        .route(
+            "/monitoring/subscriptions/{id}",
+            axum::routing::delete(routes::unsubscribe),
+        )
+        .route("/monitoring/stream", get(routes::monitoring_stream))
         .route("/hosts", get(routes::list_hosts))
         .route("/hosts/{id}", axum::routing::patch(routes::patch_host))
         .route("/agents/connect", get(agents::connect))
@@ -70,26 +80,44 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+fn bearer(parts: &Parts) -> Result<&str, ApiError> {
+    let value = parts.headers.get(header::AUTHORIZATION).ok_or_else(|| {
+        ApiError::unauthenticated("no Authorization header; send 'Authorization: Bearer <token>'")
+    })?;
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| {
+            ApiError::unauthenticated("the Authorization header must be 'Bearer <token>'")
+        })
+}
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let value = parts.headers.get(header::AUTHORIZATION).ok_or_else(|| {
-            ApiError::unauthenticated(
-                "no Authorization header; send 'Authorization: Bearer <token>'",
-            )
-        })?;
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .ok_or_else(|| {
-                ApiError::unauthenticated("the Authorization header must be 'Bearer <token>'")
-            })?;
         state
             .auth
-            .authenticate(token)
+            .authenticate(bearer(parts)?)
+            .ok_or_else(|| ApiError::unauthenticated("unknown token"))
+    }
+}
+
+/// Who may put monitoring events: a principal, or a probe or agent with a VEE's monitoring
+/// token (`veem.monitoring.token` in the VEE's context).
+impl FromRequestParts<AppState> for Putter {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(parts)?;
+        if let Some(caller) = state.auth.authenticate(token) {
+            return Ok(Putter::Principal(caller));
+        }
+        state
+            .veem
+            .putter_of_token(token)
             .ok_or_else(|| ApiError::unauthenticated("unknown token"))
     }
 }

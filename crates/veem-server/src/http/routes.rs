@@ -6,23 +6,27 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::de::DeserializeOwned;
 use tokio_util::io::ReaderStream;
 use veem_api::{
-    EventList, HostList, HostView, ImageList, ImageView, InitializeRequest, InitializeResponse,
-    InitializedVee, ItemFailure, MigrateRequest, NetworkList, NetworkRequest, NetworkView,
-    PatchRequest, PatchResponse, Resources, SubmitRequest, SubmitResponse, UpdateStateRequest,
-    UpdateStateResponse, VeeList, VeeView,
+    AccountingList, EventList, HostList, HostView, ImageList, ImageView, InitializeRequest,
+    InitializeResponse, InitializedVee, ItemFailure, ListenRequest, MigrateRequest, NetworkList,
+    NetworkRequest, NetworkView, PatchRequest, PatchResponse, PutMonitoringResponse, Resources,
+    SubmitRequest, SubmitResponse, SubscribeRequest, SubscribeResponse, UnlistenRequest,
+    UpdateStateRequest, UpdateStateResponse, VeeList, VeeView,
 };
-use veem_model::{DescriptorError, ImageRecord, InitModel, VeeId, VeeRecord, VmiState};
+use veem_model::{
+    DescriptorError, ImageRecord, InitModel, MonitoringEvent, VeeId, VeeRecord, VmiState,
+};
 
 use super::problem::ApiError;
 use super::{Admin, AppState};
 use crate::auth::Caller;
 use crate::error::CoreError;
-use crate::veem::{BatchOutcome, ListFilter, NetworkInfo};
+use crate::veem::{BatchOutcome, ListFilter, NetworkInfo, Putter};
 
 type ApiResult<T> = Result<T, ApiError>;
 
@@ -327,6 +331,138 @@ pub async fn vee_events(
 ) -> ApiResult<Json<EventList>> {
     let events = state.veem.events(&caller, &id)?;
     Ok(Json(EventList { events }))
+}
+
+pub async fn vee_accounting(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult<Json<AccountingList>> {
+    let bound = |name: &str, default: u64| -> Result<u64, CoreError> {
+        match query.get(name) {
+            None => Ok(default),
+            Some(text) => text
+                .parse()
+                .map_err(|_| CoreError::malformed(name, format!("{text:?} is not milliseconds"))),
+        }
+    };
+    let from = bound("from", 0)?;
+    let to = bound("to", u64::MAX)?;
+    let records = state.veem.accounting_records(&caller, &id, from, to)?;
+    Ok(Json(AccountingList { records }))
+}
+
+pub async fn listen(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    let request: ListenRequest = parse_json(&body, false)?;
+    state
+        .veem
+        .listen(
+            &caller,
+            &request.ids,
+            request.interval_ms,
+            &request.callback,
+        )
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn unlisten(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    let request: UnlistenRequest = parse_json(&body, false)?;
+    state.veem.unlisten(&caller, &request.ids).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// PutMonitoringInformation: one event or a JSON array of events.
+pub async fn put_monitoring(
+    State(state): State<AppState>,
+    putter: Putter,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<PutMonitoringResponse>)> {
+    let many = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+    let events: Vec<MonitoringEvent> = if many {
+        parse_json(&body, false)?
+    } else {
+        vec![parse_json(&body, false)?]
+    };
+    let count = events.len();
+    let measurements = state.veem.put_monitoring(&putter, events)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(PutMonitoringResponse {
+            events: count,
+            measurements,
+        }),
+    ))
+}
+
+pub async fn subscribe(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<SubscribeResponse>)> {
+    let request: SubscribeRequest = parse_json(&body, false)?;
+    let subscription = state
+        .veem
+        .subscribe(&caller, &request.callback, request.types)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(SubscribeResponse {
+            id: subscription.id,
+        }),
+    ))
+}
+
+pub async fn unsubscribe(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    state.veem.unsubscribe(&caller, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The live stream of the events the caller sees, as server-sent events: each event's `event:`
+/// is its type and its `data:` the event's JSON. A reader that falls behind is told how many it
+/// missed (`event: lagged`).
+pub async fn monitoring_stream(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Sse<impl futures::Stream<Item = Result<SseEvent, std::convert::Infallible>>> {
+    let receiver = state.veem.monitoring_stream();
+    let stream = futures::stream::unfold(
+        (receiver, state.veem.clone(), caller),
+        |(mut receiver, veem, caller)| async move {
+            loop {
+                let event = match receiver.recv().await {
+                    Ok(routed) => {
+                        if !veem.sees_event(&caller, &routed) {
+                            continue;
+                        }
+                        let data = serde_json::to_string(&routed.event).unwrap_or_default();
+                        SseEvent::default()
+                            .event(routed.event.kind.as_str())
+                            .data(data)
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        SseEvent::default().event("lagged").data(missed.to_string())
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                };
+                return Some((Ok(event), (receiver, veem, caller)));
+            }
+        },
+    );
+    Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
 pub async fn patch_vee(

@@ -548,6 +548,11 @@ impl Veem {
         state.pending.remove(&seq);
         state.cluster.release(&record.id);
         state.networks.release(&record);
+        if let Some(token) = &record.monitoring_token {
+            state.monitoring_tokens.remove(token);
+        }
+        drop(state);
+        self.inner.accounting.forget(seq);
         Ok(())
     }
 

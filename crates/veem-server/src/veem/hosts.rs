@@ -114,6 +114,7 @@ impl Veem {
         listed_ms: u64,
         end_orphans: bool,
     ) {
+        self.observe_instances(instances);
         let (expected, orphans) = {
             let state = self.state();
             // Placement knows each host's VEEs: no need to look through every record.
@@ -311,6 +312,11 @@ impl Veem {
         tokio::spawn(async move { veem.placement_loop().await });
         let veem = self.clone();
         tokio::spawn(async move { veem.health_loop().await });
+        let veem = self.clone();
+        tokio::spawn(async move { veem.accounting_loop().await });
+        let veem = self.clone();
+        let interval = self.inner.config.monitoring_interval;
+        tokio::spawn(async move { veem.hardware_loop(interval).await });
     }
 
     async fn placement_loop(self) {

@@ -27,12 +27,15 @@ use crate::committer::Committer;
 use crate::error::CoreError;
 use crate::hosts::Hosts;
 
+mod accounting;
 mod control;
 mod hosts;
 mod images;
+mod monitoring;
 mod networks;
 mod submission;
 
+pub use monitoring::{Putter, Routed};
 pub use networks::{lan_key, NetworkInfo};
 
 pub fn now_ms() -> u64 {
@@ -53,6 +56,8 @@ pub struct CoreConfig {
     pub health_interval: Duration,
     /// Names this VEEM's LANs on hosts apart from another VEEM's ([`lan_key`]).
     pub lan_key: u32,
+    /// How often the VEEM produces HARDWARE events of its ACTIVE VEEs.
+    pub monitoring_interval: Duration,
     /// Principals with the admin role: their images are shared with all.
     pub admins: Vec<Principal>,
 }
@@ -88,6 +93,8 @@ struct State {
     /// VEEs waiting for placement, oldest first.
     pending: BTreeSet<u64>,
     networks: networks::Networks,
+    /// Each VEE's monitoring token (`veem.monitoring.token` in its context), to its number.
+    monitoring_tokens: std::collections::HashMap<String, u64>,
 }
 
 /// A staged change of one VEE: the record as it will be, and what to store.
@@ -120,6 +127,8 @@ struct Inner {
     state: Mutex<State>,
     hosts: Hosts,
     wake_placer: Notify,
+    accounting: accounting::Accounting,
+    hub: monitoring::Hub,
 }
 
 /// The VEEM. Cheap to clone; every clone is the same VEEM.
@@ -170,6 +179,13 @@ impl Veem {
         let snapshot = store.load()?;
         let networks =
             networks::Networks::load(snapshot.networks, snapshot.next_network_id, &snapshot.vees);
+        let accounting = accounting::Accounting::new(snapshot.listeners, &snapshot.vees);
+        let hub = monitoring::Hub::new(snapshot.subscriptions, config.admins.clone());
+        let monitoring_tokens = snapshot
+            .vees
+            .iter()
+            .filter_map(|r| Some((r.monitoring_token.clone()?, r.id.seq())))
+            .collect();
         let mut vees = BTreeMap::new();
         let mut pending = BTreeSet::new();
         for record in snapshot.vees {
@@ -193,6 +209,7 @@ impl Veem {
             images,
             pending,
             networks,
+            monitoring_tokens,
         };
         Ok(Self {
             inner: Arc::new(Inner {
@@ -202,6 +219,8 @@ impl Veem {
                 state: Mutex::new(state),
                 hosts,
                 wake_placer: Notify::new(),
+                accounting,
+                hub,
             }),
         })
     }
@@ -284,16 +303,44 @@ impl Veem {
             .flat_map(|s| s.changes.iter().cloned())
             .collect();
         self.inner.committer.commit(changes).await?;
-        let mut state = self.state();
         let mut records = Vec::with_capacity(staged.len());
-        for s in staged {
-            if let Some(slot) = state.vees.get_mut(&s.seq) {
-                slot.record = s.record.clone();
-                slot.changed.send_replace(s.record.generation);
+        let mut moved = Vec::new();
+        {
+            let mut state = self.state();
+            for s in &staged {
+                if let Some(slot) = state.vees.get_mut(&s.seq) {
+                    slot.record = s.record.clone();
+                    slot.changed.send_replace(s.record.generation);
+                }
+                records.push(s.record.clone());
+                for change in &s.changes {
+                    if let Change::AppendEvent(event) = change {
+                        moved.push((s.seq, s.record.clone(), event.clone()));
+                    }
+                }
             }
-            records.push(s.record);
         }
+        self.state_changed(moved);
         Ok(records)
+    }
+
+    /// What follows a VEE's change of state once it is durable: its ACTIVE time, its STATE
+    /// event, and at DESTROY its last accounting records.
+    fn state_changed(&self, moved: Vec<(u64, VeeRecord, VeeEvent)>) {
+        let mut events = Vec::new();
+        for (seq, record, event) in moved {
+            if event.from == Some(event.to) {
+                continue;
+            }
+            self.inner
+                .accounting
+                .state_changed(seq, event.to, event.t_ms);
+            events.push(monitoring::state_event(&record, event.to, event.t_ms));
+            if event.to == VmiState::Destroyed {
+                self.final_accounting(seq, event.t_ms);
+            }
+        }
+        self.publish(events);
     }
 
     /// Commits changes that are no VEE's (networks, images) in one transaction.

@@ -15,6 +15,9 @@ use super::*;
 use crate::auth::Caller;
 use crate::error::CoreError;
 
+/// The context property that carries a VEE's monitoring token.
+pub const MONITORING_TOKEN_PROPERTY: &str = "veem.monitoring.token";
+
 impl Veem {
     /// InitializeVEEs: defines `count` VEEs of `descriptor`. TWOPHASE also reserves a feasible
     /// placement for all of them, or defines nothing.
@@ -52,6 +55,11 @@ impl Veem {
                 .allocate(&caller.principal, &descriptor, &ids)?;
             for (record, nics) in records.iter_mut().zip(addresses) {
                 record.generated.nics = nics;
+                record.monitoring_token = Some(format!(
+                    "{:016x}{:016x}",
+                    rand::random::<u64>(),
+                    rand::random::<u64>()
+                ));
             }
             let mut reserved = Vec::new();
             if model == InitModel::Twophase {
@@ -107,10 +115,18 @@ impl Veem {
             }
             return Err(e);
         }
-        let mut state = self.state();
-        for r in &records {
-            state.vees.insert(r.id.seq(), Slot::new(r.clone()));
+        let mut events = Vec::with_capacity(records.len());
+        {
+            let mut state = self.state();
+            for r in &records {
+                state.vees.insert(r.id.seq(), Slot::new(r.clone()));
+                if let Some(token) = &r.monitoring_token {
+                    state.monitoring_tokens.insert(token.clone(), r.id.seq());
+                }
+                events.push(super::monitoring::state_event(r, VmiState::Defined, now));
+            }
         }
+        self.publish(events);
         Ok(records)
     }
 
@@ -348,6 +364,10 @@ impl Veem {
             });
         }
         let mut properties = d.context.properties.clone();
+        // A probe or agent in the guest puts monitoring events about this VEE with it.
+        if let Some(token) = &record.monitoring_token {
+            properties.insert(MONITORING_TOKEN_PROPERTY.to_owned(), token.clone());
+        }
         let mut nics = Vec::with_capacity(d.nics.len());
         for n in &d.nics {
             let target = n.target.clone().unwrap_or_default();
