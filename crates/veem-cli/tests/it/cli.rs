@@ -186,3 +186,41 @@ async fn the_cli_makes_lists_and_removes_networks() {
     );
     assert!(!public.status.success(), "public networks are admin-only");
 }
+
+#[tokio::test]
+async fn veem_events_follow_prints_events_as_they_come() {
+    use std::io::BufRead;
+    let s = Server::start().await;
+    let mut follower = Command::new(veem_bin())
+        .args(["-o", "json", "events", "--follow", "--type", "state"])
+        .env("VEEM_URL", &s.url)
+        .env("VEEM_TOKEN", TOKEN_A)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the CLI runs");
+    let stdout = follower.stdout.take().expect("piped");
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines_tx.send(line);
+        }
+    });
+    // The stream is open once the CLI has connected; a VEE made before that is not shown.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let line = loop {
+        let id = init_one(&s.a, small("followed")).await;
+        if let Ok(line) = lines_rx.recv_timeout(std::time::Duration::from_millis(500)) {
+            break (id, line);
+        }
+        assert!(std::time::Instant::now() < deadline, "no event printed");
+    };
+    let _ = follower.kill();
+    let _ = follower.wait();
+    let event: serde_json::Value = serde_json::from_str(&line.1).expect("a JSON line");
+    assert_eq!(event["type"], "STATE");
+    assert_eq!(event["measurements"][0]["value"], "DEFINED");
+    assert!(event["vee"].as_str().is_some_and(|v| v.starts_with("vee-")));
+}
