@@ -68,6 +68,9 @@ async fn an_active_vee_is_counted_active_on_its_host() {
     let web = init_one(&s.a, small("web")).await;
     ctl_ok(&s.a, A::Activate, &[&web]).await;
     let host = get(&s.a, &web).await.host.expect("placed");
+    // It ran before the registration, and a health check saw it; that CPU time is no
+    // interval's.
+    tokio::time::sleep(Duration::from_millis(600)).await;
     s.a.listen(&[&web], 300, &listener.url)
         .await
         .expect("registered");
@@ -83,6 +86,12 @@ async fn an_active_vee_is_counted_active_on_its_host() {
             field(&record, "active_ms"),
             300,
             "ACTIVE all along: {record}"
+        );
+        // A sim VEE uses 25% of its vCPU; the figures are up to one health check (200 ms) old,
+        // so an interval counts at most (300 + 200) ms of running.
+        assert!(
+            field(&record, "cpu_time_ms") <= (300 + 200) * 25 / 100,
+            "the CPU time of the interval only: {record}"
         );
     }
 }

@@ -276,14 +276,23 @@ impl Veem {
             .await?;
         let now = Instant::now();
         {
-            let mut book = self.inner.accounting.book();
-            for listener in listeners {
-                let key = (listener.owner.clone(), listener.vee.seq());
+            let accounting = &self.inner.accounting;
+            // Read before the book is taken: the scheduler takes the figures, then the book.
+            let cpu_times: Vec<Option<u64>> = listeners
+                .iter()
+                .map(|l| accounting.cpu_time_ms(l.vee.seq()))
+                .collect();
+            let mut book = accounting.book();
+            for (listener, cpu_time_ms) in listeners.into_iter().zip(cpu_times) {
+                let seq = listener.vee.seq();
+                let key = (listener.owner.clone(), seq);
                 let mut registration = Registration::new(listener, now, registered_ms);
-                // The first tick is one interval after this registration.
+                // The first tick is one interval after this registration, and counts the CPU
+                // time used from now on, not since the instance started.
                 registration.anchor = now;
                 registration.next_k = 1;
                 registration.due = now + Duration::from_millis(interval_ms);
+                registration.last_cpu_time_ms = cpu_time_ms;
                 book.insert(key, registration);
             }
         }
