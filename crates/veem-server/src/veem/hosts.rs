@@ -306,7 +306,8 @@ impl Veem {
         }
     }
 
-    /// Starts the background loops: placement of pending VEEs and host health.
+    /// Starts the background loops: placement of pending VEEs, host health, the accounting
+    /// scheduler and the HARDWARE events.
     pub fn start_background(&self) {
         let veem = self.clone();
         tokio::spawn(async move { veem.placement_loop().await });
