@@ -2,9 +2,10 @@
 //! VEE), sent what the VEE used at exactly their interval, and the figures that go into it.
 //!
 //! Timing: a listener's ticks fall at `registered + k * interval` on a monotonic clock, whether
-//! or not anything changed; one scheduler task sleeps until the earliest tick, builds the
-//! records of every tick that is due, and hands each callback its records of that moment in
-//! one push (a JSON array). A late tick is still sent, never skipped; after a restart of the
+//! or not anything changed (both clocks are read together at registration); one scheduler
+//! task wakes [`BUILD_LEAD`] before the earliest tick, builds the records of every tick then
+//! due, waits for the tick and hands each callback its records of that moment in one push (a
+//! JSON array). A late tick is still sent, never skipped; after a restart of the
 //! VEEM the ticks go on on the same grid (those that fell while it was down are not sent).
 //! Every record is also stored, so `GET /vees/{id}/accounting` reads what a listener could not
 //! be sent.
@@ -24,6 +25,9 @@ use super::monitoring::{hardware_event, Routed};
 use super::*;
 use crate::push::{check_callback, PushConfig, Pusher};
 
+/// How long before a tick its records are built, so that they go out at the tick itself. A
+/// state change within this lead shows in the next record.
+const BUILD_LEAD: Duration = Duration::from_millis(3);
 /// ACTIVE periods kept per VEE: enough for the longest interval.
 const ACTIVITY_KEPT_MS: u64 = MAX_ACCOUNTING_INTERVAL_MS + 60_000;
 
@@ -261,7 +265,9 @@ impl Veem {
             ));
         }
         let vees = self.lookup_all(caller, ids)?;
-        let registered_ms = now_ms();
+        // Both clocks are read at the same moment, before the commit (an fsync): the ticks fall
+        // on the registration's grid, as its `registered_ms` says, not a commit later.
+        let (now, registered_ms) = (Instant::now(), now_ms());
         let listeners: Vec<AccountingListener> = vees
             .into_iter()
             .map(|vee| AccountingListener {
@@ -274,7 +280,6 @@ impl Veem {
             .collect();
         self.commit_changes(listeners.iter().cloned().map(Change::PutListener).collect())
             .await?;
-        let now = Instant::now();
         {
             let accounting = &self.inner.accounting;
             // Read before the book is taken: the scheduler takes the figures, then the book.
@@ -355,8 +360,10 @@ impl Veem {
             let next = accounting.book().due.first().map(|(due, _)| *due);
             match next {
                 Some(due) => {
+                    // Woken a little early, the records are ready when their tick comes.
+                    let wake_at = due.checked_sub(BUILD_LEAD).unwrap_or(due);
                     tokio::select! {
-                        () = tokio::time::sleep_until(due.into()) => {}
+                        () = tokio::time::sleep_until(wake_at.into()) => {}
                         () = accounting.wake.notified() => continue,
                     }
                 }
@@ -366,18 +373,27 @@ impl Veem {
                 }
             }
             let woke = Instant::now();
-            let late = next.map_or(Duration::ZERO, |due| woke.saturating_duration_since(due));
-            self.send_due_records(woke);
+            let (outbox, last_due) = self.due_records(woke + BUILD_LEAD);
+            let built = woke.elapsed();
+            if let Some(last_due) = last_due {
+                tokio::time::sleep_until(last_due.into()).await;
+            }
+            let late = last_due.map_or(Duration::ZERO, |due| {
+                Instant::now().saturating_duration_since(due)
+            });
+            self.deliver(outbox);
             tracing::debug!(
+                built_us = built.as_micros() as u64,
                 late_us = late.as_micros() as u64,
-                took_us = woke.elapsed().as_micros() as u64,
                 "accounting tick sent"
             );
         }
     }
 
-    /// Builds and sends the records of every tick due at `now`.
-    fn send_due_records(&self, now: Instant) {
+    /// Builds the records of every tick due by `horizon`; answers them and the latest of
+    /// those ticks, which they are not to be sent before.
+    fn due_records(&self, horizon: Instant) -> (Outbox, Option<Instant>) {
+        let mut last_due = None;
         let accounting = &self.inner.accounting;
         let mut outbox = Outbox::default();
         {
@@ -386,10 +402,11 @@ impl Veem {
             let activity = accounting.activity();
             let mut book = accounting.book();
             while let Some((due, key)) = book.due.first().cloned() {
-                if due > now {
+                if due > horizon {
                     break;
                 }
                 book.due.pop_first();
+                last_due = Some(due);
                 let Some(slot) = state.vees.get(&key.1) else {
                     book.registrations.remove(&key);
                     continue;
@@ -414,7 +431,7 @@ impl Veem {
                 book.due.insert((next, key));
             }
         }
-        self.deliver(outbox);
+        (outbox, last_due)
     }
 
     /// Pushes each callback its records (one push each) and stores them all.
