@@ -445,9 +445,10 @@ async fn compare_boots(server: &Server, image: &Path, runs: usize) -> anyhow::Re
     let scratch = tempfile::tempdir()?;
     // The warm-up pair fills the page cache with QEMU, its firmware and the image for both
     // kinds alike, and shows the command line veem runs, which the bare QEMU copies.
-    let warm_up = veem_boot(server, "warm-up").await?;
+    let context = scratch.path().join("context.img");
+    let warm_up = veem_boot(server, "warm-up", Some(&context)).await?;
     let machine = machine_options(&warm_up.command_line)?;
-    let bare_command_line = bare_boot(image, scratch.path(), "warm-up", &machine)
+    let bare_command_line = bare_boot(image, &context, scratch.path(), "warm-up", &machine)
         .await?
         .command_line;
     let mut boots = Boots {
@@ -458,8 +459,15 @@ async fn compare_boots(server: &Server, image: &Path, runs: usize) -> anyhow::Re
         bare_command_line: bare_command_line.join(" "),
     };
     for run in 0..runs {
-        let veem = veem_boot(server, &format!("boot-{run}")).await?;
-        let bare = bare_boot(image, scratch.path(), &format!("boot-{run}"), &machine).await?;
+        let veem = veem_boot(server, &format!("boot-{run}"), None).await?;
+        let bare = bare_boot(
+            image,
+            &context,
+            scratch.path(),
+            &format!("boot-{run}"),
+            &machine,
+        )
+        .await?;
         eprintln!(
             "  run {run}: veem {} (console {}), bare {} (console {})",
             show(veem.times.booted),
@@ -482,7 +490,11 @@ struct Boot {
 
 /// Initializes a VEE (not timed), submits it and waits for its boot marker; then destroys and
 /// purges it and waits until its QEMU is gone, so the next boot has the machine to itself.
-async fn veem_boot(server: &Server, name: &str) -> anyhow::Result<Boot> {
+async fn veem_boot(
+    server: &Server,
+    name: &str,
+    keep_context: Option<&Path>,
+) -> anyhow::Result<Boot> {
     let id = init_one(&server.a, guest_descriptor(name, BOOT_MEMORY_MB)).await;
     let console = console_of(server, &id);
     let start = Instant::now();
@@ -503,6 +515,12 @@ async fn veem_boot(server: &Server, name: &str) -> anyhow::Result<Boot> {
                 .then_some(line)
         })
         .context("veem's QEMU is running")?;
+    if let Some(copy) = keep_context {
+        // Every VEE has a context disk (its monitoring token at least): the bare QEMU gets
+        // the same one, so both guests do the same work at boot.
+        let context = server.data_dir().join("vees").join(&id).join("context.img");
+        std::fs::copy(&context, copy).with_context(|| format!("copy {}", context.display()))?;
+    }
     ctl_ok(&server.a, ControlAction::Destroy, &[&id]).await;
     server.a.purge_vee(&id).await?;
     wait_no_qemu(server).await?;
@@ -560,11 +578,13 @@ impl Drop for BareQemu {
 }
 
 /// Boots the guest image in a QEMU of our own: the same machine options and guest devices as
-/// veem's command line (a qcow2 overlay on virtio-blk, the balloon, pvpanic, the agent's
-/// virtio-serial port), the console to a file, and nothing veem needs to manage it (no QMP
-/// socket, no pidfile, no daemonizing). The overlay is made before the clock starts.
+/// veem's command line (a qcow2 overlay on virtio-blk, a copy of a veem VEE's context disk, the
+/// balloon, pvpanic, the agent's virtio-serial port), the console to a file, and nothing veem
+/// needs to manage it (no QMP socket, no pidfile, no daemonizing). The overlay is made before
+/// the clock starts.
 async fn bare_boot(
     image: &Path,
+    context: &Path,
     scratch: &Path,
     name: &str,
     machine: &[String],
@@ -597,10 +617,15 @@ async fn bare_boot(
     let mut drive = OsString::from("if=none,file=");
     drive.push(&overlay);
     drive.push(",id=drive-vda,format=qcow2");
-    args.extend(["-drive".into(), drive]);
+    let mut context_drive = OsString::from("if=none,file=");
+    context_drive.push(context);
+    context_drive.push(",id=drive-context,format=raw,readonly=on");
+    args.extend(["-drive".into(), drive, "-drive".into(), context_drive]);
     for arg in [
         "-device",
         "virtio-blk-pci,drive=drive-vda,id=disk-vda,serial=vda",
+        "-device",
+        "virtio-blk-pci,drive=drive-context,id=disk-context,serial=context",
         "-device",
         "virtio-balloon-pci,id=balloon",
         // The guest agent's channel, as veem gives it, with nobody reading.
