@@ -34,12 +34,6 @@ const ACTIVITY_KEPT_MS: u64 = MAX_ACCOUNTING_INTERVAL_MS + 60_000;
 /// A VEE's ACTIVE periods, `(start, end)` (`end` `None` while ACTIVE), oldest first.
 type Periods = Vec<(u64, Option<u64>)>;
 
-/// What a host last reported of a VEE.
-#[derive(Debug, Clone)]
-pub(super) struct Observed {
-    pub(super) status: InstanceStatus,
-}
-
 struct Registration {
     listener: AccountingListener,
     /// The monotonic instant of `listener.registered_ms`.
@@ -119,7 +113,8 @@ pub(super) struct Accounting {
     book: Mutex<Book>,
     wake: Notify,
     pusher: Pusher<AccountingRecord>,
-    pub(super) observed: Mutex<HashMap<u64, Observed>>,
+    /// What hosts last reported of each VEE.
+    observed: Mutex<HashMap<u64, InstanceStatus>>,
     /// Each VEE's ACTIVE periods, `(start, end)`, newest last.
     activity: Mutex<HashMap<u64, Periods>>,
 }
@@ -156,7 +151,7 @@ impl Accounting {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn observed(&self) -> MutexGuard<'_, HashMap<u64, Observed>> {
+    fn observed(&self) -> MutexGuard<'_, HashMap<u64, InstanceStatus>> {
         self.observed
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -194,7 +189,7 @@ impl Accounting {
 
     /// The VEE's CPU time so far on its current instance, if a host reported it.
     fn cpu_time_ms(&self, seq: u64) -> Option<u64> {
-        self.observed().get(&seq).map(|o| o.status.cpu_time_ms)
+        self.observed().get(&seq).map(|status| status.cpu_time_ms)
     }
 }
 
@@ -289,14 +284,10 @@ impl Veem {
                 .collect();
             let mut book = accounting.book();
             for (listener, cpu_time_ms) in listeners.into_iter().zip(cpu_times) {
-                let seq = listener.vee.seq();
-                let key = (listener.owner.clone(), seq);
+                let key = (listener.owner.clone(), listener.vee.seq());
+                // Read at `registered_ms`, its first tick is one interval away; it counts the
+                // CPU time used from now on, not since the instance started.
                 let mut registration = Registration::new(listener, now, registered_ms);
-                // The first tick is one interval after this registration, and counts the CPU
-                // time used from now on, not since the instance started.
-                registration.anchor = now;
-                registration.next_k = 1;
-                registration.due = now + Duration::from_millis(interval_ms);
                 registration.last_cpu_time_ms = cpu_time_ms;
                 book.insert(key, registration);
             }
@@ -415,7 +406,7 @@ impl Veem {
                     continue;
                 };
                 let t0 = registration.t0();
-                let cpu_now = observed.get(&key.1).map(|o| o.status.cpu_time_ms);
+                let cpu_now = observed.get(&key.1).map(|status| status.cpu_time_ms);
                 let periods = activity.get(&key.1).map_or(&[][..], Vec::as_slice);
                 let record = record_of(
                     &slot.record,
@@ -531,12 +522,7 @@ impl Veem {
                 if !status.agent_reports.is_empty() {
                     agent.extend(monitoring::agent_events(&slot.record, status));
                 }
-                observed.insert(
-                    seq,
-                    Observed {
-                        status: status.clone(),
-                    },
-                );
+                observed.insert(seq, status.clone());
             }
         }
         self.publish(agent);
@@ -565,7 +551,7 @@ impl Veem {
                         last.remove(seq);
                         continue;
                     }
-                    let cpu = seen.status.cpu_time_ms;
+                    let cpu = seen.cpu_time_ms;
                     let (t0, cpu_before) = last
                         .get(seq)
                         .copied()
@@ -577,7 +563,7 @@ impl Veem {
                     };
                     events.push(hardware_event(
                         &slot.record,
-                        &seen.status,
+                        seen,
                         t0,
                         now.saturating_sub(t0),
                         used,

@@ -237,7 +237,7 @@ pub enum Putter {
 
 impl Veem {
     /// PutMonitoringInformation: checks every event (the first bad one fails the call, naming
-    /// it as `[i].field`) and that each is about one of the putter's VEEs, then publishes them.
+    /// it as `[i].field`), then that each is about one of the putter's VEEs, then publishes them.
     pub fn put_monitoring(
         &self,
         putter: &Putter,
@@ -252,12 +252,16 @@ impl Veem {
                 field.to_owned()
             }
         };
+        // Checked before the core's state is locked: a big array takes a while, and the lock
+        // is everyone's.
+        for (i, event) in events.iter().enumerate() {
+            event
+                .validate_put()
+                .map_err(|e| CoreError::malformed(at(i, &e.field), e.reason))?;
+        }
         {
             let state = self.state();
             for (i, event) in events.iter_mut().enumerate() {
-                event
-                    .validate_put()
-                    .map_err(|e| CoreError::malformed(at(i, &e.field), e.reason))?;
                 let owner = match (putter, &event.vee) {
                     (Putter::Vee { owner, vee }, None) => {
                         event.vee = Some(vee.clone());
