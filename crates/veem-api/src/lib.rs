@@ -43,7 +43,17 @@ pub mod code {
     pub const HOST_FAILED: &str = "host_failed";
     pub const CONFLICT: &str = "conflict";
     pub const INTERNAL: &str = "internal";
+    pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
+    pub const UNSUPPORTED_MEDIA_TYPE: &str = "unsupported_media_type";
+    pub const METHOD_NOT_ALLOWED: &str = "method_not_allowed";
 }
+
+/// The most VEE ids one call takes (SubmitVEEs, UpdateState, accounting listeners): a larger
+/// batch is refused before any work is done. A caller with more splits them.
+pub const MAX_IDS_PER_CALL: usize = 10_000;
+
+/// The largest JSON or OVF request body the VMI reads (images are streamed and not bound by it).
+pub const MAX_REQUEST_BODY_BYTES: usize = 1024 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

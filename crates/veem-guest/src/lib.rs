@@ -68,6 +68,7 @@ mod debian;
 mod disk;
 mod initramfs;
 mod kernel;
+pub mod testing;
 mod tools;
 
 use std::fs;

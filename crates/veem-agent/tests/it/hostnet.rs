@@ -23,12 +23,10 @@ pub fn can_change_network() -> bool {
         .arg("-V")
         .output()
         .is_ok_and(|output| output.status.success());
-    if !(root && ip) {
-        eprintln!(
-            "\n\n======== SKIPPED: changing the host's network needs root and iproute2 ========\n\n"
-        );
-    }
-    root && ip
+    veem_guest::testing::require(
+        root && ip,
+        "changing the host's network needs root and iproute2",
+    )
 }
 
 /// Returns from the test where it cannot change the host's network.
@@ -346,8 +344,7 @@ async fn vxlan_joins_a_lan_across_machines_and_keeps_lans_apart() {
         .arg("-V")
         .output()
         .is_ok_and(|o| o.status.success());
-    if !has_ping {
-        eprintln!("\n\n======== SKIPPED: ping is not installed (iputils-ping) ========\n\n");
+    if !veem_guest::testing::require(has_ping, "ping is not installed (iputils-ping)") {
         return;
     }
     let id = random_hex(6);

@@ -28,10 +28,10 @@ fn qemu_installed() -> bool {
 /// Returns from the test, saying so loudly, where QEMU is not installed.
 macro_rules! require_qemu {
     () => {
-        if !qemu_installed() {
-            eprintln!(
-                "\n\n======== SKIPPED: qemu-system-x86_64 is not installed; run scripts/install-deps ========\n\n"
-            );
+        if !veem_guest::testing::require(
+            qemu_installed(),
+            "qemu-system-x86_64 is not installed; run scripts/install-deps",
+        ) {
             return;
         }
     };

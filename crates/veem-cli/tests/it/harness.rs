@@ -262,7 +262,7 @@ pub fn processes_mentioning(path: &Path) -> Vec<u32> {
         .collect()
 }
 
-/// Whether QEMU is here; where it is not, says so loudly (CI installs it, so it never skips there).
+/// Whether QEMU is here; where it is not, a test fails in CI and skips loudly elsewhere.
 pub fn qemu_available() -> bool {
     let found = Command::new("qemu-system-x86_64")
         .arg("--version")
@@ -270,10 +270,10 @@ pub fn qemu_available() -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    if !found {
-        eprintln!("SKIPPED: qemu-system-x86_64 is not installed; run scripts/install-deps");
-    }
-    found
+    veem_guest::testing::require(
+        found,
+        "qemu-system-x86_64 is not installed; run scripts/install-deps",
+    )
 }
 
 /// The test guest's kernel and initramfs, for direct kernel boot: built with [`guest_image`].

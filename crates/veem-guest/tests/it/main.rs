@@ -8,7 +8,6 @@ mod network;
 mod qemu;
 
 use std::fs;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -33,11 +32,10 @@ struct Built {
 /// loud message, where QEMU is not installed.
 fn guest() -> Option<&'static Built> {
     static BUILT: OnceLock<Built> = OnceLock::new();
-    if !qemu_is_installed() {
-        // Straight to stderr: libtest would hide an eprintln! of a passing test.
-        let _ = std::io::stderr().write_all(
-            b"\n=== SKIPPED: qemu-system-x86_64 is not installed; run scripts/install-deps ===\n",
-        );
+    if !veem_guest::testing::require(
+        qemu_is_installed(),
+        "qemu-system-x86_64 is not installed; run scripts/install-deps",
+    ) {
         return None;
     }
     Some(BUILT.get_or_init(|| {

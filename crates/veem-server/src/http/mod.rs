@@ -23,9 +23,6 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
 }
 
-/// Descriptors and OVF envelopes larger than this are refused (images are streamed, unlimited).
-const BODY_LIMIT: usize = 16 * 1024 * 1024;
-
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/openapi.json", get(routes::openapi))
@@ -76,7 +73,9 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .nest(veem_api::BASE_PATH, api)
         .fallback(routes::not_found)
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        // Descriptors, envelopes and id lists; images are streamed and not bound by it.
+        .layer(DefaultBodyLimit::max(veem_api::MAX_REQUEST_BODY_BYTES))
+        .layer(axum::middleware::map_response(problem::for_rejections))
         .with_state(state)
 }
 
@@ -84,11 +83,13 @@ fn bearer(parts: &Parts) -> Result<&str, ApiError> {
     let value = parts.headers.get(header::AUTHORIZATION).ok_or_else(|| {
         ApiError::unauthenticated("no Authorization header; send 'Authorization: Bearer <token>'")
     })?;
+    // The scheme is case-insensitive (RFC 9110, section 11.1).
     value
         .to_str()
         .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
         .ok_or_else(|| {
             ApiError::unauthenticated("the Authorization header must be 'Bearer <token>'")
         })

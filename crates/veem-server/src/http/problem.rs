@@ -85,6 +85,46 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Answers the HTTP layer's own refusals (a body over the limit, an unreadable query string, a
+/// wrong method) as problem documents like every other error, so a client reads one format.
+pub async fn for_rejections(response: Response) -> Response {
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    if is_problem || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let code = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => veem_api::code::PAYLOAD_TOO_LARGE,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => veem_api::code::UNSUPPORTED_MEDIA_TYPE,
+        StatusCode::METHOD_NOT_ALLOWED => veem_api::code::METHOD_NOT_ALLOWED,
+        StatusCode::NOT_FOUND => veem_api::code::NOT_FOUND,
+        StatusCode::UNAUTHORIZED => veem_api::code::UNAUTHENTICATED,
+        StatusCode::FORBIDDEN => veem_api::code::ACCESS_DENIED,
+        s if s.is_server_error() => veem_api::code::INTERNAL,
+        _ => veem_api::code::MALFORMED_REQUEST,
+    };
+    // The refusal's own text says what was wrong (e.g. "length limit exceeded"); it is short.
+    let text = axum::body::to_bytes(response.into_body(), 4096)
+        .await
+        .unwrap_or_default();
+    let mut detail = String::from_utf8_lossy(&text).trim().to_owned();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        detail = format!(
+            "the request body is larger than {} bytes ({detail})",
+            veem_api::MAX_REQUEST_BODY_BYTES
+        );
+    }
+    ApiError {
+        status,
+        code,
+        detail,
+    }
+    .into_response()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

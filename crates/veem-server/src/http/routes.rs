@@ -49,6 +49,21 @@ fn parse_json<T: DeserializeOwned>(body: &[u8], descriptor: bool) -> Result<T, C
     })
 }
 
+/// Refuses a batch larger than [`veem_api::MAX_IDS_PER_CALL`] before any of it is looked at.
+fn check_batch(ids: &[String]) -> Result<(), CoreError> {
+    if ids.len() > veem_api::MAX_IDS_PER_CALL {
+        return Err(CoreError::malformed(
+            "ids",
+            format!(
+                "{} ids in one call; at most {} (split the batch)",
+                ids.len(),
+                veem_api::MAX_IDS_PER_CALL
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn view(record: &VeeRecord, site: &str) -> VeeView {
     VeeView {
         id: record.id.to_string(),
@@ -112,7 +127,7 @@ pub async fn not_found() -> ApiError {
 pub async fn method_not_allowed() -> ApiError {
     ApiError {
         status: StatusCode::METHOD_NOT_ALLOWED,
-        code: "method_not_allowed",
+        code: veem_api::code::METHOD_NOT_ALLOWED,
         detail: "this route does not take that method; see GET /vmi/v1/openapi.json".into(),
     }
 }
@@ -232,6 +247,7 @@ pub async fn submit(
     body: Bytes,
 ) -> ApiResult<Json<SubmitResponse>> {
     let request: SubmitRequest = parse_json(&body, false)?;
+    check_batch(&request.ids)?;
     let outcome = state.veem.submit(&caller, &request.ids).await;
     let (submitted, failed) = failures(outcome);
     Ok(Json(SubmitResponse { submitted, failed }))
@@ -243,6 +259,7 @@ pub async fn update_state(
     body: Bytes,
 ) -> ApiResult<Json<UpdateStateResponse>> {
     let request: UpdateStateRequest = parse_json(&body, false)?;
+    check_batch(&request.ids)?;
     let timeout_ms = request.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
     if timeout_ms > MAX_TIMEOUT_MS {
         return Err(CoreError::malformed(
@@ -359,6 +376,7 @@ pub async fn listen(
     body: Bytes,
 ) -> ApiResult<StatusCode> {
     let request: ListenRequest = parse_json(&body, false)?;
+    check_batch(&request.ids)?;
     state
         .veem
         .listen(
@@ -377,6 +395,7 @@ pub async fn unlisten(
     body: Bytes,
 ) -> ApiResult<StatusCode> {
     let request: UnlistenRequest = parse_json(&body, false)?;
+    check_batch(&request.ids)?;
     state.veem.unlisten(&caller, &request.ids).await?;
     Ok(StatusCode::NO_CONTENT)
 }

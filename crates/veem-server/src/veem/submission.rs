@@ -131,11 +131,15 @@ impl Veem {
     }
 
     /// SubmitVEEs: each DEFINED VEE is deployed now if placeable, else queued for placement.
+    /// The ids are a set: an id named twice is submitted once (and answered once).
     pub async fn submit(&self, caller: &Caller, ids: &[String]) -> BatchOutcome {
         let mut outcome = BatchOutcome::default();
         let mut held = Vec::with_capacity(ids.len());
+        let mut seen = BTreeSet::new();
         for id in ids {
             let locked = match self.lookup(caller, id) {
+                // Its lock is already held by this call: taking it again would wait forever.
+                Ok((seq, _)) if !seen.insert(seq) => continue,
                 Ok((seq, _)) => match self.op_lock(seq) {
                     Some(lock) => Ok((seq, lock.lock_owned().await)),
                     None => Err(CoreError::NotFound(format!("no VEE {id}"))),
