@@ -12,4 +12,5 @@ mod operators;
 mod qemu_guests;
 mod qemu_networks;
 mod restart;
+mod tls;
 mod use_cases;
