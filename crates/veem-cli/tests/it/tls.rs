@@ -73,7 +73,11 @@ async fn the_cli_works_over_https_with_the_site_ca() {
         .as_str()
         .expect("an id")
         .to_owned();
-    json(&veem(&s, Some(&ca), &["-o", "json", "vee", "ctl", "activate", &id]));
+    json(&veem(
+        &s,
+        Some(&ca),
+        &["-o", "json", "vee", "ctl", "activate", &id],
+    ));
     let listed = json(&veem(&s, Some(&ca), &["-o", "json", "vee", "ls"]));
     assert_eq!(listed["vees"][0]["state"], "ACTIVE", "{listed}");
 
