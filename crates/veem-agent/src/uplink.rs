@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{header, HeaderValue, Request};
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use veem_api::agent::{AgentError, AgentErrorKind, AgentFrame, AgentResponse};
 
 use crate::Agent;
@@ -45,6 +45,19 @@ pub enum UplinkError {
     InvalidToken,
     #[error("the server refused this agent (http status {status})")]
     Rejected { status: u16 },
+    #[error("cannot make the TLS configuration")]
+    Tls(#[source] veem_tls::TlsError),
+}
+
+/// How an agent proves itself to its VEEM: an admin's token, a client certificate (over
+/// `wss://`), or both.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    /// Sent as `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+    /// For `https://`/`wss://` servers: the roots that verify the server, and the client
+    /// certificate presented to it; `None`: the system's roots and no certificate.
+    pub tls: Option<Arc<veem_tls::rustls::ClientConfig>>,
 }
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -62,17 +75,50 @@ pub async fn run(
     agent: Arc<Agent>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), UplinkError> {
+    let credentials = Credentials {
+        token: Some(token.to_owned()),
+        tls: None,
+    };
+    run_with(server, &credentials, agent, shutdown).await
+}
+
+/// [`run`] with a choice of credentials: over `https://` (`wss://`) the server is verified and
+/// a client certificate may stand in for the token.
+pub async fn run_with(
+    server: &str,
+    credentials: &Credentials,
+    agent: Arc<Agent>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), UplinkError> {
     let url = connect_url(server)?;
-    let authorization =
-        HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| UplinkError::InvalidToken)?;
+    let authorization = credentials
+        .token
+        .as_ref()
+        .map(|token| {
+            HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| UplinkError::InvalidToken)
+        })
+        .transpose()?;
+    let connector = if url.starts_with("wss:") {
+        let tls = match &credentials.tls {
+            Some(tls) => tls.clone(),
+            None => Arc::new(veem_tls::client_config(None, None).map_err(UplinkError::Tls)?),
+        };
+        Connector::Rustls(tls)
+    } else {
+        Connector::Plain
+    };
     let mut shutdown = pin!(shutdown);
     let mut backoff = FIRST_BACKOFF;
     loop {
-        let request = connect_request(server, &url, &authorization)?;
+        let request = connect_request(server, &url, authorization.as_ref())?;
+        let connect = tokio_tungstenite::connect_async_tls_with_config(
+            request,
+            None,
+            false,
+            Some(connector.clone()),
+        );
         let attempt = async {
-            match tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(request))
-                .await
-            {
+            match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
                 Ok(connected) => connected.map(|(socket, _response)| socket),
                 Err(_elapsed) => Err(tungstenite::Error::Io(std::io::ErrorKind::TimedOut.into())),
             }
@@ -135,8 +181,8 @@ fn connect_url(server: &str) -> Result<String, UplinkError> {
         .ok_or_else(|| invalid("expected http://host:port"))?;
     let ws_scheme = match scheme {
         "http" | "ws" => "ws",
-        "https" | "wss" => return Err(invalid("TLS is not supported by this build")),
-        _ => return Err(invalid("the scheme must be http")),
+        "https" | "wss" => "wss",
+        _ => return Err(invalid("the scheme must be http or https")),
     };
     let rest = rest.trim_end_matches('/');
     if rest.is_empty() {
@@ -151,7 +197,7 @@ fn connect_url(server: &str) -> Result<String, UplinkError> {
 fn connect_request(
     server: &str,
     url: &str,
-    authorization: &HeaderValue,
+    authorization: Option<&HeaderValue>,
 ) -> Result<Request<()>, UplinkError> {
     let mut request = url
         .into_client_request()
@@ -159,9 +205,11 @@ fn connect_request(
             server: server.to_owned(),
             reason: e.to_string(),
         })?;
-    request
-        .headers_mut()
-        .insert(header::AUTHORIZATION, authorization.clone());
+    if let Some(authorization) = authorization {
+        request
+            .headers_mut()
+            .insert(header::AUTHORIZATION, authorization.clone());
+    }
     Ok(request)
 }
 
@@ -290,10 +338,14 @@ mod tests {
                 "ws://10.0.0.1:80/prefix",
                 "ws://10.0.0.1:80/prefix/vmi/v1/agents/connect",
             ),
+            (
+                "https://veem.example:7443",
+                "wss://veem.example:7443/vmi/v1/agents/connect",
+            ),
         ] {
             assert_eq!(connect_url(server).unwrap(), url);
         }
-        for bad in ["127.0.0.1:7070", "https://veem:443", "ftp://x", "http://"] {
+        for bad in ["127.0.0.1:7070", "ftp://x", "http://", "https://"] {
             assert!(
                 matches!(connect_url(bad), Err(UplinkError::InvalidServer { .. })),
                 "{bad}"

@@ -8,6 +8,7 @@
 
 mod node;
 mod output;
+mod setup;
 mod sm;
 
 use std::io::Write;
@@ -47,6 +48,9 @@ pub struct GlobalArgs {
     /// Bearer token naming the principal (an SM, a peer VEEM or an operator)
     #[arg(long, env = "VEEM_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
+    /// A CA (PEM) that verifies an https:// veem, besides the system's roots
+    #[arg(long, env = "VEEM_CA", global = true)]
+    pub ca: Option<std::path::PathBuf>,
     /// `table` for people, `json` (the API's own documents) for scripts
     #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table, global = true)]
     pub output: OutputFormat,
@@ -75,6 +79,12 @@ pub enum Command {
     /// Build veem's test guest
     #[command(subcommand)]
     Guest(GuestCommand),
+    /// Certificates of a site: its CA, the server's and the host agents'
+    #[command(subcommand)]
+    Tls(setup::TlsCommand),
+    /// Principals' tokens
+    #[command(subcommand)]
+    Token(setup::TokenCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -134,6 +144,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => node::serve(args).await,
         Command::Agent(args) => node::agent(args).await,
         Command::Guest(GuestCommand::Build(args)) => build_guest(args).await,
+        Command::Tls(command) => setup::run_tls(cli.global.output, command),
+        Command::Token(command) => setup::run_token(cli.global.output, command),
     }
 }
 
@@ -197,6 +209,9 @@ fn describe(error: &anyhow::Error) -> (String, Option<&'static str>) {
 
 fn hint_for(error: &ClientError) -> Option<&'static str> {
     match error {
+        ClientError::Transport(_) if error.to_string().contains("certificate") => Some(
+            "veem's certificate is not trusted here: pass the CA that signed it with --ca / VEEM_CA",
+        ),
         ClientError::Transport(_) => Some("is veem running there? check --url / VEEM_URL"),
         ClientError::InvalidUrl(_) => {
             Some("--url / VEEM_URL takes the address veem listens on, e.g. http://127.0.0.1:7070")
@@ -213,6 +228,7 @@ fn hint_for(error: &ClientError) -> Option<&'static str> {
             }
             _ => None,
         },
+        ClientError::Tls(_) => Some("--ca / VEEM_CA takes a PEM file of CA certificates"),
         ClientError::Decode(_) | ClientError::Io(_) => None,
     }
 }
@@ -272,6 +288,12 @@ mod tests {
         let cli = Cli::try_parse_from(["veem", "--output", "json", "host", "ls"])
             .expect("valid arguments");
         assert_eq!(cli.global.output, OutputFormat::Json);
+        let cli = Cli::try_parse_from(["veem", "vee", "ls", "--ca", "/etc/veem/ca.pem"])
+            .expect("valid arguments");
+        assert_eq!(
+            cli.global.ca.as_deref(),
+            Some(std::path::Path::new("/etc/veem/ca.pem"))
+        );
     }
 
     #[test]

@@ -28,12 +28,26 @@ pub enum AgentDriver {
 
 #[derive(Debug, Args)]
 pub struct AgentArgs {
-    /// The VEEM to connect to
+    /// The VEEM to connect to (https:// for wss:// with TLS)
     #[arg(long, env = "VEEM_SERVER", default_value = "http://127.0.0.1:7070")]
     pub server: String,
-    /// An admin principal's token
-    #[arg(long = "agent-token", env = "VEEM_AGENT_TOKEN")]
-    pub token: String,
+    /// An admin principal's token (over https, a client certificate may stand in for it)
+    #[arg(
+        long = "agent-token",
+        env = "VEEM_AGENT_TOKEN",
+        hide_env_values = true,
+        required_unless_present = "cert"
+    )]
+    pub token: Option<String>,
+    /// A CA (PEM) that verifies an https:// VEEM, besides the system's roots
+    #[arg(long, env = "VEEM_CA")]
+    pub ca: Option<PathBuf>,
+    /// This agent's client certificate (PEM), signed by the site's CA (`veem tls init --agent`)
+    #[arg(long, requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM)
+    #[arg(long, requires = "cert")]
+    pub key: Option<PathBuf>,
     /// This host's name, unique in the site
     #[arg(long)]
     pub name: String,
@@ -113,7 +127,18 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    veem_agent::uplink::run(&args.server, &args.token, agent, shutdown)
+    let identity = match (&args.cert, &args.key) {
+        (Some(cert), Some(key)) => {
+            Some(veem_tls::Identity::load(cert, key).context("--cert and --key")?)
+        }
+        _ => None,
+    };
+    let tls = veem_tls::client_config(args.ca.as_deref(), identity.as_ref()).context("--ca")?;
+    let credentials = veem_agent::uplink::Credentials {
+        token: args.token.clone(),
+        tls: Some(Arc::new(tls)),
+    };
+    veem_agent::uplink::run_with(&args.server, &credentials, agent, shutdown)
         .await
         .context("the agent stopped")?;
     Ok(())

@@ -257,7 +257,7 @@ pub fn connect(global: &GlobalArgs) -> anyhow::Result<Client> {
         .as_deref()
         .filter(|token| !token.is_empty())
         .ok_or_else(|| anyhow!("no token: pass --token or set VEEM_TOKEN"))?;
-    Ok(Client::new(&global.url, token)?)
+    Ok(Client::with_ca(&global.url, token, global.ca.as_deref())?)
 }
 
 pub async fn run_vee(global: &GlobalArgs, command: VeeCommand) -> anyhow::Result<()> {

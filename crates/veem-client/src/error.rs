@@ -30,6 +30,9 @@ pub enum ClientError {
     InvalidUrl(String),
     #[error("the token contains characters that an http header cannot carry")]
     InvalidToken,
+    /// The CA file given to verify the VEEM's certificate cannot be used.
+    #[error("{0}")]
+    Tls(#[source] veem_tls::TlsError),
 }
 
 impl ClientError {
@@ -50,7 +53,8 @@ impl ClientError {
             ClientError::Decode(_)
             | ClientError::Io(_)
             | ClientError::InvalidUrl(_)
-            | ClientError::InvalidToken => None,
+            | ClientError::InvalidToken
+            | ClientError::Tls(_) => None,
         }
     }
 }

@@ -90,13 +90,24 @@ pub struct Client {
 impl Client {
     /// `base_url` is where the VEEM listens (`http://127.0.0.1:7070`, possibly with a path prefix
     /// in front of `/vmi/v1`); `token` is the bearer token naming the principal. An empty token
-    /// sends no `Authorization` header, which the VEEM answers with `401`.
+    /// sends no `Authorization` header, which the VEEM answers with `401`. An `https://` VEEM
+    /// is verified against the system's roots.
     pub fn new(base_url: &str, token: &str) -> Result<Self, ClientError> {
+        Self::with_ca(base_url, token, None)
+    }
+
+    /// [`Client::new`], with an `https://` VEEM verified against the system's roots plus the
+    /// certificates of `ca_file` (a site's own CA, as `veem tls init` makes).
+    pub fn with_ca(
+        base_url: &str,
+        token: &str,
+        ca_file: Option<&Path>,
+    ) -> Result<Self, ClientError> {
         let mut base = Url::parse(base_url)
             .map_err(|error| ClientError::InvalidUrl(format!("{base_url:?}: {error}")))?;
-        if base.scheme() != "http" {
+        if !matches!(base.scheme(), "http" | "https") {
             return Err(ClientError::InvalidUrl(format!(
-                "{base_url:?}: only http:// is supported"
+                "{base_url:?}: the scheme must be http:// or https://"
             )));
         }
         base.set_query(None);
@@ -108,7 +119,9 @@ impl Client {
             value.set_sensitive(true);
             headers.insert(header::AUTHORIZATION, value);
         }
+        let tls = veem_tls::client_config(ca_file, None).map_err(ClientError::Tls)?;
         let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
             .default_headers(headers)
             .connect_timeout(CONNECT_TIMEOUT)
             .build()
@@ -669,8 +682,9 @@ mod tests {
     }
 
     #[test]
-    fn only_http_urls_are_accepted() {
-        for bad in ["", "127.0.0.1:7070", "ftp://x", "https://x", "not a url"] {
+    fn only_http_and_https_urls_are_accepted() {
+        assert!(Client::new("https://veem.example:7443", "t").is_ok());
+        for bad in ["", "127.0.0.1:7070", "ftp://x", "not a url"] {
             assert!(
                 matches!(Client::new(bad, "t"), Err(ClientError::InvalidUrl(_))),
                 "{bad:?} should be refused"
@@ -680,6 +694,10 @@ mod tests {
             Client::new("http://x", "bad\ntoken"),
             Err(ClientError::InvalidToken)
         ));
+        let error = Client::with_ca("https://x", "t", Some(Path::new("/nonexistent/ca.pem")))
+            .expect_err("no such CA file");
+        assert!(matches!(error, ClientError::Tls(_)));
+        assert!(error.to_string().contains("/nonexistent/ca.pem"), "{error}");
     }
 
     #[test]

@@ -1,6 +1,10 @@
-//! Bearer tokens to principals. Tokens come from the config file; comparison takes the same time
-//! whatever the token, so a caller cannot guess one byte at a time.
+//! Bearer tokens to principals. Tokens come from the config file, in clear (`token`) or as
+//! their SHA-256 (`token_sha256`); either way only digests are kept. A presented token is hashed
+//! once and compared with every principal's digest, each comparison taking the same time, so a
+//! caller cannot guess one byte at a time nor learn which principal came close.
 
+use rand::RngCore as _;
+use sha2::{Digest as _, Sha256};
 use veem_model::Principal;
 
 use crate::config::PrincipalConfig;
@@ -13,8 +17,11 @@ pub struct Caller {
 }
 
 pub struct Authenticator {
-    principals: Vec<PrincipalConfig>,
+    principals: Vec<([u8; 32], Caller)>,
 }
+
+/// Random bytes in a token made by [`new_token`]: 256 bits, beyond guessing.
+const NEW_TOKEN_BYTES: usize = 32;
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
@@ -23,21 +30,63 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The SHA-256 of a token, as `token_sha256` holds it.
+pub fn token_sha256(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// A `token_sha256` value: 64 hex digits (either case).
+pub fn parse_sha256_hex(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.as_bytes();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut digest = [0u8; 32];
+    for (byte, pair) in digest.iter_mut().zip(hex.chunks_exact(2)) {
+        let text = std::str::from_utf8(pair).ok()?;
+        *byte = u8::from_str_radix(text, 16).ok()?;
+    }
+    Some(digest)
+}
+
+/// A fresh token (256 bits of the OS's randomness, in hex: URL- and header-safe) and its
+/// `token_sha256`, for `veem token new`.
+pub fn new_token() -> (String, String) {
+    let mut bytes = [0u8; NEW_TOKEN_BYTES];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    let token = veem_tls::hex(&bytes);
+    let digest = veem_tls::hex(&token_sha256(&token));
+    (token, digest)
+}
+
 impl Authenticator {
+    /// The principals of a checked config ([`crate::Config::parse`] refuses any whose token
+    /// digest cannot be had, so none is left out here).
     pub fn new(principals: Vec<PrincipalConfig>) -> Self {
+        let principals = principals
+            .into_iter()
+            .filter_map(|p| {
+                let digest = p.token_digest().ok()?;
+                Some((
+                    digest,
+                    Caller {
+                        principal: p.name,
+                        admin: p.admin,
+                    },
+                ))
+            })
+            .collect();
         Self { principals }
     }
 
-    /// The caller a token names, if any. Every configured token is compared, so the time taken
-    /// does not tell which one came close.
+    /// The caller a token names, if any. Every principal is compared, so the time taken does
+    /// not tell which one came close.
     pub fn authenticate(&self, token: &str) -> Option<Caller> {
+        let presented = token_sha256(token);
         let mut found = None;
-        for p in &self.principals {
-            if constant_time_eq(p.token.as_bytes(), token.as_bytes()) {
-                found = Some(Caller {
-                    principal: p.name.clone(),
-                    admin: p.admin,
-                });
+        for (digest, caller) in &self.principals {
+            if constant_time_eq(digest, &presented) {
+                found = Some(caller.clone());
             }
         }
         found
@@ -48,23 +97,67 @@ impl Authenticator {
 mod tests {
     use super::*;
 
+    fn principal(
+        name: &str,
+        token: Option<&str>,
+        sha: Option<&str>,
+        admin: bool,
+    ) -> PrincipalConfig {
+        PrincipalConfig {
+            name: Principal::new(name).expect("valid"),
+            token: token.map(str::to_owned),
+            token_sha256: sha.map(str::to_owned),
+            admin,
+        }
+    }
+
     #[test]
     fn tokens_name_their_principal() {
         let auth = Authenticator::new(vec![
-            PrincipalConfig {
-                name: Principal::new("sm-a").expect("valid"),
-                token: "secret-a".into(),
-                admin: false,
-            },
-            PrincipalConfig {
-                name: Principal::new("ops").expect("valid"),
-                token: "secret-ops".into(),
-                admin: true,
-            },
+            principal("sm-a", Some("secret-a"), None, false),
+            principal("ops", Some("secret-ops"), None, true),
         ]);
         assert_eq!(auth.authenticate("secret-a").map(|c| c.admin), Some(false));
         assert_eq!(auth.authenticate("secret-ops").map(|c| c.admin), Some(true));
         assert_eq!(auth.authenticate("secret-"), None);
         assert_eq!(auth.authenticate(""), None);
+    }
+
+    #[test]
+    fn a_hashed_token_authenticates_and_a_wrong_one_does_not() {
+        let (token, digest) = new_token();
+        assert_eq!(token.len(), 2 * NEW_TOKEN_BYTES);
+        assert!(token.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(new_token().0, token, "each token is fresh");
+        let auth = Authenticator::new(vec![
+            principal("sm-a", None, Some(&digest.to_uppercase()), false),
+            principal("sm-b", Some("secret-b"), None, false),
+        ]);
+        let caller = auth.authenticate(&token).expect("the token's principal");
+        assert_eq!(caller.principal.as_str(), "sm-a");
+        assert_eq!(auth.authenticate(&token[..63]), None, "truncated");
+        assert_eq!(auth.authenticate(&digest), None, "the digest is no token");
+        assert_eq!(
+            auth.authenticate("secret-b")
+                .map(|c| c.principal.to_string()),
+            Some("sm-b".to_owned())
+        );
+    }
+
+    #[test]
+    fn sha256_hex_is_64_hex_digits() {
+        assert_eq!(
+            parse_sha256_hex("2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b"),
+            Some(token_sha256("secret"))
+        );
+        for bad in [
+            "",
+            "2bb8",
+            &"g".repeat(64),
+            &"0".repeat(65),
+            &"é".repeat(32),
+        ] {
+            assert_eq!(parse_sha256_hex(bad), None, "{bad}");
+        }
     }
 }

@@ -39,6 +39,32 @@ pub struct Config {
     pub principals: Vec<PrincipalConfig>,
     #[serde(default, rename = "host")]
     pub hosts: Vec<HostConfig>,
+    /// HTTPS on `listen`, client certificates of host agents, and extra roots for outgoing
+    /// https; absent: plain HTTP.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[tls]`: with `cert` and `key`, veem serves HTTPS only.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The server's PEM certificate chain.
+    pub cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub key: Option<PathBuf>,
+    /// Extra trust anchors for outgoing https (callbacks), besides the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// The CA whose client certificates authenticate host agents over `wss://` (default:
+    /// `ca_file`).
+    pub client_ca: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// The CA of agents' client certificates, if any.
+    pub fn client_ca(&self) -> Option<&Path> {
+        self.client_ca.as_deref().or(self.ca_file.as_deref())
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -53,9 +79,42 @@ pub enum LogFormat {
 #[serde(deny_unknown_fields)]
 pub struct PrincipalConfig {
     pub name: Principal,
-    pub token: String,
+    /// The bearer token, in clear; or else `token_sha256`.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// The SHA-256 of the bearer token (hex), so the config need not hold the token itself
+    /// (`veem token new` prints both).
+    #[serde(default)]
+    pub token_sha256: Option<String>,
     #[serde(default)]
     pub admin: bool,
+}
+
+impl PrincipalConfig {
+    /// The SHA-256 of this principal's token, from either form.
+    pub fn token_digest(&self) -> Result<[u8; 32], String> {
+        match (&self.token, &self.token_sha256) {
+            (Some(token), None) => {
+                if token.len() < 4 {
+                    return Err(format!(
+                        "principal {}: token must be at least 4 characters",
+                        self.name
+                    ));
+                }
+                Ok(crate::auth::token_sha256(token))
+            }
+            (None, Some(hex)) => crate::auth::parse_sha256_hex(hex).ok_or_else(|| {
+                format!(
+                    "principal {}: token_sha256 must be 64 hexadecimal digits",
+                    self.name
+                )
+            }),
+            _ => Err(format!(
+                "principal {}: give exactly one of token and token_sha256",
+                self.name
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -132,20 +191,20 @@ impl Config {
         let mut names = std::collections::HashSet::new();
         let mut tokens = std::collections::HashSet::new();
         for p in &self.principals {
-            if p.token.len() < 4 {
-                return Err(format!(
-                    "principal {}: token must be at least 4 characters",
-                    p.name
-                ));
-            }
+            let digest = p.token_digest()?;
             if !names.insert(&p.name) {
                 return Err(format!("principal {} is listed twice", p.name));
             }
-            if !tokens.insert(&p.token) {
+            if !tokens.insert(digest) {
                 return Err(format!(
                     "principal {}: its token is another principal's",
                     p.name
                 ));
+            }
+        }
+        if let Some(tls) = &self.tls {
+            if tls.cert.is_some() != tls.key.is_some() {
+                return Err("[tls]: cert and key go together".to_owned());
             }
         }
         let mut hosts = std::collections::HashSet::new();
@@ -191,6 +250,32 @@ memory_mb = 16384
         assert_eq!(config.principals[0].name.as_str(), "sm-a");
         assert_eq!(config.hosts[0].cpus, 8);
         assert_eq!(config.site, "local");
+        assert!(config.tls.is_none());
+    }
+
+    #[test]
+    fn tls_and_hashed_tokens_parse() {
+        let config = Config::parse(
+            r#"
+listen = "0.0.0.0:7443"
+data_dir = "/var/lib/veem"
+[tls]
+cert = "/etc/veem/server.pem"
+key = "/etc/veem/server.key"
+ca_file = "/etc/veem/ca.pem"
+[[principal]]
+name = "ops"
+token_sha256 = "2BB80D537B1DA3E38BD30361AA855686BDE0EACD7162FEF6A25FE97BF527A25B"
+admin = true
+"#,
+        )
+        .expect("valid");
+        let tls = config.tls.expect("[tls]");
+        assert_eq!(tls.client_ca(), Some(Path::new("/etc/veem/ca.pem")));
+        assert_eq!(
+            config.principals[0].token_digest(),
+            Ok(crate::auth::token_sha256("secret"))
+        );
     }
 
     #[test]
@@ -201,6 +286,11 @@ memory_mb = 16384
             ("[[principal]]\nname=\"a\"\ntoken=\"secret\"\n[[principal]]\nname=\"b\"\ntoken=\"secret\"\n", "another principal"),
             ("[[host]]\nname=\"h\"\ndriver=\"vmware\"\ncpus=1\nmemory_mb=1\n", "driver"),
             ("colour = \"red\"\n", "colour"),
+            ("[[principal]]\nname=\"a\"\n", "exactly one of token and token_sha256"),
+            ("[[principal]]\nname=\"a\"\ntoken=\"secret\"\ntoken_sha256=\"00\"\n", "exactly one"),
+            ("[[principal]]\nname=\"sm-x\"\ntoken_sha256=\"xyz\"\n", "principal sm-x: token_sha256 must be 64 hexadecimal"),
+            ("[[principal]]\nname=\"a\"\ntoken=\"secret\"\n[[principal]]\nname=\"b\"\ntoken_sha256=\"2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b\"\n", "another principal"),
+            ("[tls]\ncert=\"/x.pem\"\n", "cert and key go together"),
         ];
         for (extra, needle) in cases {
             let err = Config::parse(&format!("{base}{extra}")).expect_err(extra);

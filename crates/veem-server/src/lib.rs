@@ -54,6 +54,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Veem> {
             .filter(|p| p.admin)
             .map(|p| p.name.clone())
             .collect(),
+        callback_tls: callback_tls(config)?,
     };
     let veem = Veem::open(core, Arc::new(store))?;
     for host in &config.hosts {
@@ -83,8 +84,35 @@ pub async fn start(config: &Config) -> anyhow::Result<Veem> {
     Ok(veem)
 }
 
+/// How outgoing https (callbacks) verifies servers: the system's roots plus `[tls] ca_file`.
+fn callback_tls(config: &Config) -> anyhow::Result<Option<Arc<veem_tls::rustls::ClientConfig>>> {
+    let Some(ca_file) = config.tls.as_ref().and_then(|tls| tls.ca_file.as_deref()) else {
+        return Ok(None);
+    };
+    let tls = veem_tls::client_config(Some(ca_file), None)
+        .with_context(|| format!("[tls] ca_file {}", ca_file.display()))?;
+    Ok(Some(Arc::new(tls)))
+}
+
+/// The TLS side of the listener when `[tls]` gives a certificate and key: HTTPS only, with
+/// agents' client certificates verified against `client_ca` (default `ca_file`).
+fn server_tls(config: &Config) -> anyhow::Result<Option<veem_tls::Acceptor>> {
+    let Some(tls) = &config.tls else {
+        return Ok(None);
+    };
+    let (Some(cert), Some(key)) = (&tls.cert, &tls.key) else {
+        return Ok(None);
+    };
+    let identity = veem_tls::Identity::load(cert, key).context("[tls] cert and key")?;
+    let server = veem_tls::server_config(&identity, tls.client_ca())
+        .context("[tls] cannot make the server's TLS configuration")?;
+    Ok(Some(veem_tls::Acceptor::new(server)))
+}
+
 /// Runs the VEEM until SIGINT or SIGTERM.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
+    // Before anything starts: a bad certificate is the operator's to fix at once.
+    let tls = server_tls(&config)?;
     let veem = start(&config).await?;
     let state = http::AppState {
         veem,
@@ -93,11 +121,16 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    tracing::info!(listen = %config.listen, data_dir = %config.data_dir.display(), hosts = config.hosts.len(), "veem is serving the VMI");
-    axum::serve(listener, http::router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("the HTTP server failed")?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    if tls.is_none() && !config.listen.ip().is_loopback() {
+        tracing::warn!(
+            listen = %config.listen,
+            "plain HTTP on a non-loopback address: tokens, descriptors and disks cross the \
+             network in clear; give [tls] cert and key to serve HTTPS"
+        );
+    }
+    tracing::info!(listen = %config.listen, scheme, data_dir = %config.data_dir.display(), hosts = config.hosts.len(), "veem is serving the VMI");
+    http::listen::serve(listener, http::router(state), tls, shutdown_signal()).await;
     tracing::info!("veem stopped");
     Ok(())
 }

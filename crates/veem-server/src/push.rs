@@ -24,7 +24,7 @@ const DROP_WARNING_INTERVAL: Duration = Duration::from_secs(60);
 const MAX_ANSWER_READ: usize = 64 * 1024;
 
 /// Tuning of a [`Pusher`]; the defaults suit a VEEM in production.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct PushConfig {
     /// Most items sent in one POST.
     pub max_batch: usize,
@@ -38,6 +38,9 @@ pub struct PushConfig {
     pub backoff_max: Duration,
     /// A callback's worker whose queue stayed empty this long ends (its stats go with it).
     pub idle_ttl: Duration,
+    /// How `https://` callbacks are verified (the system's roots plus `[tls] ca_file`);
+    /// `None`: the system's roots alone.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Default for PushConfig {
@@ -49,6 +52,7 @@ impl Default for PushConfig {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(30),
             idle_ttl: Duration::from_secs(600),
+            tls: None,
         }
     }
 }
@@ -127,7 +131,13 @@ struct Callback<T> {
 
 impl<T: Serialize + Send + Sync + 'static> Pusher<T> {
     pub fn new(config: PushConfig) -> Self {
+        let tls = match &config.tls {
+            Some(tls) => rustls::ClientConfig::clone(tls),
+            None => veem_tls::client_config(None, None)
+                .expect("a client configuration without a CA file or certificate cannot fail"),
+        };
         let client = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
             .timeout(config.timeout)
             .connect_timeout(config.timeout)
             .no_proxy()
@@ -136,8 +146,8 @@ impl<T: Serialize + Send + Sync + 'static> Pusher<T> {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect(
-                "a client without proxies, TLS configuration or custom resolver has nothing that \
-                 can fail to build",
+                "a client without proxies or custom resolver, whose TLS configuration is a \
+                 rustls one, has nothing that can fail to build",
             );
         Pusher {
             inner: Arc::new(Inner {

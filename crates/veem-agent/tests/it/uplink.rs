@@ -324,7 +324,7 @@ async fn shutdown_ends_the_retries_of_an_unreachable_server() {
 
 #[tokio::test]
 async fn an_unusable_address_is_fatal() {
-    let (_stop, task) = spawn_uplink("https://veem.example".into(), TOKEN);
+    let (_stop, task) = spawn_uplink("ftp://veem.example".into(), TOKEN);
     let result = tokio::time::timeout(PATIENCE, task).await.unwrap().unwrap();
     assert!(
         matches!(result, Err(UplinkError::InvalidServer { .. })),

@@ -21,6 +21,8 @@ pub const TOKEN_OPS: &str = "token-ops";
 pub struct Server {
     pub dir: tempfile::TempDir,
     pub url: String,
+    /// The site's CA, when the server speaks HTTPS (`Setup::tls`).
+    pub ca: Option<PathBuf>,
     pub a: Client,
     pub b: Client,
     pub ops: Client,
@@ -50,6 +52,13 @@ pub struct Setup {
     pub health_interval_ms: u64,
     /// How often the server makes HARDWARE events: short in tests, so they show soon.
     pub monitoring_interval_ms: u64,
+    /// `Some(agents)`: HTTPS with the certificates `veem tls init` makes in `<dir>/tls`
+    /// (`ca_file` and the agents' client CA: its `ca.pem`), with client certificates for these
+    /// agents; `None`: plain HTTP.
+    pub tls: Option<Vec<&'static str>>,
+    /// More TOML appended to the config after its principals: tables only (another
+    /// `[[principal]]`, say).
+    pub extra_config: String,
 }
 
 /// The hypervisor driver of a test server's hosts.
@@ -80,8 +89,26 @@ impl Default for Setup {
                 ("h2", 8, 16384, ""),
                 ("h3", 8, 16384, ""),
             ],
+            tls: None,
+            extra_config: String::new(),
         }
     }
+}
+
+/// The site's certificates, made by the binary as an operator would: `veem tls init DIR`.
+pub fn tls_init(dir: &Path, agents: &[&str]) -> PathBuf {
+    let mut command = Command::new(veem_bin());
+    command.args(["tls", "init"]).arg(dir);
+    for agent in agents {
+        command.args(["--agent", agent]);
+    }
+    let out = command.output().expect("veem tls init runs");
+    assert!(
+        out.status.success(),
+        "veem tls init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir.to_owned()
 }
 
 impl Server {
@@ -129,6 +156,18 @@ impl Server {
              [[principal]]\nname = \"ops\"\ntoken = \"{TOKEN_OPS}\"\nadmin = true\n",
             setup.placement, setup.health_interval_ms, setup.monitoring_interval_ms
         );
+        config.push_str(&setup.extra_config);
+        let mut ca = None;
+        if let Some(agents) = &setup.tls {
+            let tls = tls_init(&dir.path().join("tls"), agents);
+            config.push_str(&format!(
+                "\n[tls]\ncert = \"{}\"\nkey = \"{}\"\nca_file = \"{}\"\n",
+                tls.join("server.pem").display(),
+                tls.join("server.key").display(),
+                tls.join("ca.pem").display()
+            ));
+            ca = Some(tls.join("ca.pem"));
+        }
         for (name, cpus, memory_mb, sim) in &setup.hosts {
             let driver = setup.driver.name();
             config.push_str(&format!(
@@ -140,12 +179,15 @@ impl Server {
         }
         let config_path = dir.path().join("veem.toml");
         std::fs::write(&config_path, config).expect("config written");
-        let url = format!("http://127.0.0.1:{port}");
+        let scheme = if ca.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://127.0.0.1:{port}");
+        let client = |token| Client::with_ca(&url, token, ca.as_deref()).expect("client");
         let mut server = Self {
-            a: Client::new(&url, TOKEN_A).expect("client"),
-            b: Client::new(&url, TOKEN_B).expect("client"),
-            ops: Client::new(&url, TOKEN_OPS).expect("client"),
+            a: client(TOKEN_A),
+            b: client(TOKEN_B),
+            ops: client(TOKEN_OPS),
             url,
+            ca,
             dir,
             child: None,
             config: config_path,
@@ -369,6 +411,19 @@ pub struct Listener {
 
 impl Listener {
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// A listener that speaks HTTPS with this certificate and key (a `veem tls init` site's
+    /// `server.pem`, which names 127.0.0.1), through the VEEM's own accept loop.
+    #[allow(dead_code)] // the tests', not the benches'
+    pub async fn start_https(cert: &Path, key: &Path) -> Self {
+        let identity = veem_tls::Identity::load(cert, key).expect("the listener's certificate");
+        let config = veem_tls::server_config(&identity, None).expect("a TLS configuration");
+        Self::start_with(Some(veem_tls::Acceptor::new(config))).await
+    }
+
+    async fn start_with(tls: Option<veem_tls::Acceptor>) -> Self {
         let received: Arc<Mutex<Vec<(u64, serde_json::Value)>>> = Arc::default();
         let down = Arc::new(AtomicBool::new(false));
         let (r, d) = (received.clone(), down.clone());
@@ -389,8 +444,14 @@ impl Listener {
         let socket = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("a loopback port");
-        let url = format!("http://{}/push", socket.local_addr().expect("bound"));
-        tokio::spawn(async move { axum::serve(socket, app).await });
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://{}/push", socket.local_addr().expect("bound"));
+        tokio::spawn(veem_server::http::listen::serve(
+            socket,
+            app,
+            tls,
+            std::future::pending(),
+        ));
         Self {
             url,
             received,

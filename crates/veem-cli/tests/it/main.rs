@@ -13,4 +13,5 @@ mod operators;
 mod qemu_guests;
 mod qemu_networks;
 mod restart;
+mod tls;
 mod use_cases;

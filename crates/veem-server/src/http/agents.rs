@@ -1,24 +1,58 @@
 //! `GET /vmi/v1/agents/connect`: where a remote host agent (`veem agent`) opens its WebSocket.
 //! The agent's first frame says who it is; then the VEEM sends requests and the agent answers.
+//! An agent proves it may connect with a client certificate of the site's client CA (verified
+//! in the TLS handshake, see `listen.rs`) or with an admin's bearer token.
 
 use std::sync::Arc;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::State;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::response::Response;
 use futures::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use veem_api::agent::AgentFrame;
 
+use super::problem::ApiError;
 use super::{Admin, AppState};
 use crate::hosts::{HostLink, RemoteLink};
 
+/// What lets a host agent in.
+pub(super) enum AgentCredential {
+    /// A client certificate the TLS handshake verified against the site's client CA.
+    Certificate(veem_tls::ClientCertificate),
+    /// An admin principal's bearer token.
+    Admin(crate::auth::Caller),
+}
+
+impl FromRequestParts<AppState> for AgentCredential {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if let Some(certificate) = parts.extensions.get::<veem_tls::ClientCertificate>() {
+            return Ok(AgentCredential::Certificate(certificate.clone()));
+        }
+        let Admin(caller) = Admin::from_request_parts(parts, state).await?;
+        Ok(AgentCredential::Admin(caller))
+    }
+}
+
 pub async fn connect(
     State(state): State<AppState>,
-    Admin(caller): Admin,
+    credential: AgentCredential,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    tracing::debug!(principal = %caller.principal, "agent connecting");
+    match &credential {
+        AgentCredential::Certificate(certificate) => {
+            tracing::debug!(
+                fingerprint = certificate.fingerprint(),
+                "agent connecting with a client certificate"
+            );
+        }
+        AgentCredential::Admin(caller) => {
+            tracing::debug!(principal = %caller.principal, "agent connecting with a token");
+        }
+    }
     upgrade.on_upgrade(move |socket| serve_agent(state, socket))
 }
 

@@ -2,6 +2,7 @@
 //! Handlers parse and check a request, call one method of the core, and map its result.
 
 mod agents;
+pub mod listen;
 pub mod problem;
 mod routes;
 

@@ -120,7 +120,11 @@ pub(super) struct Accounting {
 }
 
 impl Accounting {
-    pub(super) fn new(listeners: Vec<AccountingListener>, records: &[VeeRecord]) -> Self {
+    pub(super) fn new(
+        listeners: Vec<AccountingListener>,
+        records: &[VeeRecord],
+        push: PushConfig,
+    ) -> Self {
         let (now, now_ms) = (Instant::now(), now_ms());
         let mut book = Book::default();
         for listener in listeners {
@@ -139,7 +143,7 @@ impl Accounting {
         Self {
             book: Mutex::new(book),
             wake: Notify::new(),
-            pusher: Pusher::new(PushConfig::default()),
+            pusher: Pusher::new(push),
             observed: Mutex::new(HashMap::new()),
             activity: Mutex::new(activity),
         }

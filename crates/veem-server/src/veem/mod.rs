@@ -60,6 +60,9 @@ pub struct CoreConfig {
     pub monitoring_interval: Duration,
     /// Principals with the admin role: their images are shared with all.
     pub admins: Vec<Principal>,
+    /// How accounting and monitoring pushes verify `https://` callbacks (`[tls] ca_file`
+    /// added to the system's roots); `None`: the system's roots alone.
+    pub callback_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// One VEE in memory.
@@ -179,8 +182,13 @@ impl Veem {
         let snapshot = store.load()?;
         let networks =
             networks::Networks::load(snapshot.networks, snapshot.next_network_id, &snapshot.vees);
-        let accounting = accounting::Accounting::new(snapshot.listeners, &snapshot.vees);
-        let hub = monitoring::Hub::new(snapshot.subscriptions, config.admins.clone());
+        let push = crate::push::PushConfig {
+            tls: config.callback_tls.clone(),
+            ..crate::push::PushConfig::default()
+        };
+        let accounting =
+            accounting::Accounting::new(snapshot.listeners, &snapshot.vees, push.clone());
+        let hub = monitoring::Hub::new(snapshot.subscriptions, config.admins.clone(), push);
         let monitoring_tokens = snapshot
             .vees
             .iter()

@@ -40,7 +40,11 @@ pub(super) struct Hub {
 }
 
 impl Hub {
-    pub(super) fn new(subscriptions: Vec<MonitoringSubscription>, admins: Vec<Principal>) -> Self {
+    pub(super) fn new(
+        subscriptions: Vec<MonitoringSubscription>,
+        admins: Vec<Principal>,
+        push: PushConfig,
+    ) -> Self {
         let (stream, _) = broadcast::channel(STREAM_BACKLOG);
         Self {
             subscriptions: RwLock::new(
@@ -49,7 +53,7 @@ impl Hub {
                     .map(|s| (s.id.clone(), s))
                     .collect(),
             ),
-            pusher: Pusher::new(PushConfig::default()),
+            pusher: Pusher::new(push),
             stream,
             admins,
         }
