@@ -61,7 +61,9 @@ pub enum TlsError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path} exists: the directory already holds a site CA; move it away to make a new site")]
+    #[error(
+        "{path} exists: the directory already holds a site CA; move it away to make a new site"
+    )]
     SiteExists { path: PathBuf },
     #[error("{name:?} cannot name an agent: use letters, digits, '-', '_' and '.'")]
     BadAgentName { name: String },
