@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use veem_agent::sim::{SimConfig, SimDriver};
-use veem_agent::{Agent, Driver, QemuConfig, QemuDriver};
+use veem_agent::{Agent, Driver, Fetcher, QemuConfig, QemuDriver};
 use veem_model::HostId;
 use veem_server::config::LogFormat;
 
@@ -57,6 +57,12 @@ pub struct AgentArgs {
     /// Log lines as JSON
     #[arg(long)]
     pub log_json: bool,
+    /// The largest http(s) source this host fetches, in bytes (default 20 GiB)
+    #[arg(long, default_value_t = veem_agent::fetch::DEFAULT_FETCH_MAX_BYTES)]
+    pub fetch_max_bytes: u64,
+    /// A PEM file of CA certificates trusted, besides the system's roots, for https sources
+    #[arg(long)]
+    pub fetch_ca_file: Option<PathBuf>,
 }
 
 fn init_logs(format: LogFormat) {
@@ -108,7 +114,17 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
             )
         }
     };
-    let agent = Arc::new(Agent::new(name.clone(), driver, args.cpus, args.memory_mb));
+    let fetch = veem_agent::FetchConfig {
+        max_bytes: args.fetch_max_bytes,
+        ca_file: args.fetch_ca_file.clone(),
+        ..veem_agent::FetchConfig::default()
+    };
+    // The host's cache of http(s) sources, in its own state directory.
+    let fetcher = Fetcher::new(state_dir.join("cache"), fetch)
+        .context("cannot set up fetching of http(s) sources")?;
+    let agent = Arc::new(
+        Agent::new(name.clone(), driver, args.cpus, args.memory_mb).with_fetcher(Arc::new(fetcher)),
+    );
     tracing::info!(host = %name, server = %args.server, "agent starting");
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;

@@ -217,7 +217,9 @@ pub fn file_url_path(url: &str) -> Result<String, FileUrlError> {
     };
     let path = match rest.strip_prefix("//") {
         Some(authority_and_path) => {
-            let split = authority_and_path.find('/').unwrap_or(authority_and_path.len());
+            let split = authority_and_path
+                .find('/')
+                .unwrap_or(authority_and_path.len());
             let (host, path) = authority_and_path.split_at(split);
             if !host.is_empty() && !host.eq_ignore_ascii_case("localhost") {
                 return Err(FileUrlError::OtherHost(host.to_owned()));
@@ -683,8 +685,14 @@ mod tests {
             ("file://localhost/etc/passwd", "/etc/passwd"),
             ("file://LOCALHOST/etc/passwd", "/etc/passwd"),
             // Decoded, then resolved by the caller: the text is never what is judged.
-            ("file:///allowed/%2e%2e/etc/passwd", "/allowed/../etc/passwd"),
-            ("file:///allowed%2f..%2fetc/passwd", "/allowed/../etc/passwd"),
+            (
+                "file:///allowed/%2e%2e/etc/passwd",
+                "/allowed/../etc/passwd",
+            ),
+            (
+                "file:///allowed%2f..%2fetc/passwd",
+                "/allowed/../etc/passwd",
+            ),
             ("file:///srv/my%20disk.qcow2", "/srv/my disk.qcow2"),
         ];
         for (url, path) in ok {
@@ -693,8 +701,14 @@ mod tests {
         let long = format!("file:///{}", "a".repeat(MAX_FILE_PATH_BYTES));
         let refused = [
             ("http://x/y", FileUrlError::NotFile),
-            ("file://otherhost/x", FileUrlError::OtherHost("otherhost".into())),
-            ("file://127.0.0.1/etc/passwd", FileUrlError::OtherHost("127.0.0.1".into())),
+            (
+                "file://otherhost/x",
+                FileUrlError::OtherHost("otherhost".into()),
+            ),
+            (
+                "file://127.0.0.1/etc/passwd",
+                FileUrlError::OtherHost("127.0.0.1".into()),
+            ),
             ("file:etc/passwd", FileUrlError::NotAbsolute),
             ("file:", FileUrlError::NotAbsolute),
             ("file:///etc/passwd%00.qcow2", FileUrlError::Nul),
@@ -712,7 +726,13 @@ mod tests {
 
     #[test]
     fn every_file_form_is_a_url_the_vee_m_judges() {
-        for text in ["file:///etc/passwd", "FILE:///x", "file:/etc/passwd", "file://h/x", "file:"] {
+        for text in [
+            "file:///etc/passwd",
+            "FILE:///x",
+            "file:/etc/passwd",
+            "file://h/x",
+            "file:",
+        ] {
             let source = DiskSource::try_from(text.to_owned()).expect(text);
             assert!(source.is_file_url() && !source.is_http_url(), "{text}");
         }
@@ -722,8 +742,9 @@ mod tests {
 
     #[test]
     fn cdroms_are_read_only_media() {
-        let d = parse(r#"{"cpu":1,"memory_mb":64,"disks":[{"source":"image:iso","kind":"cdrom"}]}"#)
-            .expect("valid");
+        let d =
+            parse(r#"{"cpu":1,"memory_mb":64,"disks":[{"source":"image:iso","kind":"cdrom"}]}"#)
+                .expect("valid");
         assert_eq!(d.disks[0].kind, DiskKind::Cdrom);
         assert!(!d.disks[0].clone, "a cdrom is never a copy");
         let json = serde_json::to_value(&d).expect("serializes");
@@ -731,12 +752,27 @@ mod tests {
         let plain = parse(r#"{"cpu":1,"memory_mb":64,"disks":[{"size_gb":1}]}"#).expect("valid");
         assert_eq!(plain.disks[0].kind, DiskKind::Disk);
         let json = serde_json::to_value(&plain).expect("serializes");
-        assert!(json["disks"][0].get("kind").is_none(), "the default is not written");
+        assert!(
+            json["disks"][0].get("kind").is_none(),
+            "the default is not written"
+        );
         for (json, field) in [
-            (r#"{"cpu":1,"memory_mb":64,"disks":[{"kind":"cdrom","size_gb":1}]}"#, "disks[0].source"),
-            (r#"{"cpu":1,"memory_mb":64,"disks":[{"source":"image:i","kind":"cdrom","size_gb":1}]}"#, "disks[0].size_gb"),
-            (r#"{"cpu":1,"memory_mb":64,"disks":[{"source":"image:i","kind":"floppy"}]}"#, "disks[0].kind"),
-            (r#"{"cpu":1,"memory_mb":64,"disks":[{"source":"http://h/x","clone":false}]}"#, "disks[0].clone"),
+            (
+                r#"{"cpu":1,"memory_mb":64,"disks":[{"kind":"cdrom","size_gb":1}]}"#,
+                "disks[0].source",
+            ),
+            (
+                r#"{"cpu":1,"memory_mb":64,"disks":[{"source":"image:i","kind":"cdrom","size_gb":1}]}"#,
+                "disks[0].size_gb",
+            ),
+            (
+                r#"{"cpu":1,"memory_mb":64,"disks":[{"source":"image:i","kind":"floppy"}]}"#,
+                "disks[0].kind",
+            ),
+            (
+                r#"{"cpu":1,"memory_mb":64,"disks":[{"source":"http://h/x","clone":false}]}"#,
+                "disks[0].clone",
+            ),
         ] {
             let err = parse(json).expect_err(json);
             assert!(err.contains(field), "{json}: {err} should name {field}");

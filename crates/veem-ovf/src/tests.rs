@@ -307,7 +307,13 @@ fn disks_cdroms_and_nics() {
     assert_eq!(
         disks,
         vec![
-            (image("system.vmdk"), Some(1), Some("vda"), true, DiskKind::Disk),
+            (
+                image("system.vmdk"),
+                Some(1),
+                Some("vda"),
+                true,
+                DiskKind::Disk
+            ),
             (
                 Some(DiskSource::Url(
                     "https://images.example.com/data.qcow2".to_owned()
@@ -318,7 +324,13 @@ fn disks_cdroms_and_nics() {
                 DiskKind::Disk
             ),
             // The CD drive's medium: a read-only CD-ROM, never a copy nor a second hard disk.
-            (image("tools.iso"), None, Some("vdc"), false, DiskKind::Cdrom),
+            (
+                image("tools.iso"),
+                None,
+                Some("vdc"),
+                false,
+                DiskKind::Cdrom
+            ),
         ]
     );
     assert_eq!(d.nics.len(), 1);
@@ -330,9 +342,15 @@ fn disks_cdroms_and_nics() {
 fn a_dvd_drive_holding_a_disk_with_a_file_is_a_cdrom_and_one_without_media_is_ignored() {
     let product = r#"<ProductSection><Info>p</Info>
       <Property ovf:key="scratch" ovf:type="uint32" ovf:value="20"/></ProductSection>"#;
-    let items = item(10, 16, "<rasd:HostResource>ovf:/disk/system</rasd:HostResource>")
-        + &item(11, 15, "<rasd:HostResource>ovf:/disk/scratch</rasd:HostResource>")
-        + &disk_item(12, "ovf:/disk/scratch");
+    let items = item(
+        10,
+        16,
+        "<rasd:HostResource>ovf:/disk/system</rasd:HostResource>",
+    ) + &item(
+        11,
+        15,
+        "<rasd:HostResource>ovf:/disk/scratch</rasd:HostResource>",
+    ) + &disk_item(12, "ovf:/disk/scratch");
     let d = ok(&envelope(PACKAGE, &items, product));
     let disks: Vec<_> = d
         .disks

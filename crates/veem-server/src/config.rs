@@ -35,6 +35,18 @@ pub struct Config {
     /// `text` (default) or `json` structured logs on stderr.
     #[serde(default)]
     pub log_format: LogFormat,
+    /// Directories under which admins may name `file:` sources (disks, kernels, initrds);
+    /// none by default. `data_dir` and everything under it are refused whatever is listed.
+    #[serde(default)]
+    pub file_sources: Vec<PathBuf>,
+    /// The largest `http(s)://` source a host fetches, in bytes (default 20 GiB).
+    #[serde(default = "default_fetch_max_bytes")]
+    pub fetch_max_bytes: u64,
+    /// A PEM file of CA certificates that hosts trust, besides the system's roots, when they
+    /// fetch `https://` sources (a site's own CA). To be read from `[tls] ca_file` once the
+    /// server has a `[tls]` section.
+    #[serde(default)]
+    pub fetch_ca_file: Option<PathBuf>,
     #[serde(default, rename = "principal")]
     pub principals: Vec<PrincipalConfig>,
     #[serde(default, rename = "host")]
@@ -96,6 +108,9 @@ fn default_health_interval_ms() -> u64 {
 }
 fn default_monitoring_interval_ms() -> u64 {
     10_000
+}
+fn default_fetch_max_bytes() -> u64 {
+    veem_agent::fetch::DEFAULT_FETCH_MAX_BYTES
 }
 
 #[derive(Debug, thiserror::Error)]

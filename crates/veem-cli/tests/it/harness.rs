@@ -471,6 +471,7 @@ pub fn tiny_disk() -> DiskSpec {
         size_gb: None,
         target: Some("vda".into()),
         clone: true,
+        kind: veem_model::DiskKind::Disk,
     }
 }
 

@@ -60,6 +60,8 @@ pub struct CoreConfig {
     pub monitoring_interval: Duration,
     /// Principals with the admin role: their images are shared with all.
     pub admins: Vec<Principal>,
+    /// Which `file:` sources admins may name (the config's `file_sources`).
+    pub file_sources: crate::sources::FileSources,
 }
 
 /// One VEE in memory.
