@@ -472,7 +472,15 @@ impl VeeDescriptor {
             }
             let target = match &disk.target {
                 Some(t) => {
+                    // A disk's target names its file in the VEE's directory on the hosts
+                    // (`disks/<target>.qcow2`): a word that cannot be a hidden file nor `..`.
                     check_word(field("target"), t)?;
+                    if t.starts_with('.') || t.contains(':') {
+                        return Err(DescriptorError::new(
+                            field("target"),
+                            format!("{t:?} must not start with '.' nor hold ':'"),
+                        ));
+                    }
                     t.clone()
                 }
                 None => {
@@ -640,6 +648,18 @@ mod tests {
             (
                 r#"{"cpu":1,"memory_mb":64,"disks":[{"size_gb":1,"target":"vda"},{"size_gb":1,"target":"vda"}]}"#,
                 "disks[1].target",
+            ),
+            (
+                r#"{"cpu":1,"memory_mb":64,"disks":[{"size_gb":1,"target":".."}]}"#,
+                "disks[0].target",
+            ),
+            (
+                r#"{"cpu":1,"memory_mb":64,"disks":[{"size_gb":1,"target":"../../x"}]}"#,
+                "disks[0].target",
+            ),
+            (
+                r#"{"cpu":1,"memory_mb":64,"disks":[{"size_gb":1,"target":"c:d"}]}"#,
+                "disks[0].target",
             ),
             (
                 r#"{"cpu":1,"memory_mb":64,"nics":[{"network":"a b"}]}"#,

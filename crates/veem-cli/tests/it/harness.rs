@@ -50,6 +50,8 @@ pub struct Setup {
     pub health_interval_ms: u64,
     /// How often the server makes HARDWARE events: short in tests, so they show soon.
     pub monitoring_interval_ms: u64,
+    /// More top-level lines of the config (e.g. `file_sources = [...]`).
+    pub extra: String,
 }
 
 /// The hypervisor driver of a test server's hosts.
@@ -75,6 +77,7 @@ impl Default for Setup {
             driver: Hypervisor::Sim,
             health_interval_ms: 200,
             monitoring_interval_ms: 300,
+            extra: String::new(),
             hosts: vec![
                 ("h1", 8, 16384, ""),
                 ("h2", 8, 16384, ""),
@@ -129,6 +132,10 @@ impl Server {
              [[principal]]\nname = \"ops\"\ntoken = \"{TOKEN_OPS}\"\nadmin = true\n",
             setup.placement, setup.health_interval_ms, setup.monitoring_interval_ms
         );
+        if !setup.extra.is_empty() {
+            // Top-level keys go before the first table.
+            config.insert_str(0, &format!("{}\n", setup.extra));
+        }
         for (name, cpus, memory_mb, sim) in &setup.hosts {
             let driver = setup.driver.name();
             config.push_str(&format!(

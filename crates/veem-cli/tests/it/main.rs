@@ -2,6 +2,7 @@
 //! `veem-client` (and the `veem` CLI), as a Service Manager would.
 
 mod accounting;
+mod attacks_sources;
 mod cli;
 mod control;
 mod errors;
