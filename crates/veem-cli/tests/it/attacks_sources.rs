@@ -445,3 +445,148 @@ async fn http_sources_are_fetched_once_per_host_and_failures_name_the_url() {
         .collect();
     assert_eq!(names.len(), 1, "{names:?}");
 }
+
+/// The command line of a QEMU process.
+fn qemu_args(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap_or_default()
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_vee_whose_disk_is_an_http_url_boots_on_qemu_with_a_read_only_cdrom_beside_it() {
+    let Some(image) = guest_image() else {
+        return;
+    };
+    let web = FileServer::start(vec![(
+        "tiny.qcow2",
+        std::fs::read(&image).expect("the guest image"),
+    )])
+    .await;
+    let Some(s) = Server::start_on(Hypervisor::Qemu).await else {
+        return;
+    };
+    // A CD medium: any bytes will do to attach it; it is raw, as an ISO image is.
+    let medium = vec![0x5a_u8; 1 << 20];
+    s.a.push_image_bytes("medium", medium.clone())
+        .await
+        .expect("the medium uploads");
+    let url = format!("{}/tiny.qcow2", web.base);
+    let (status, body) = post(
+        &s,
+        TOKEN_A,
+        "vees/initialize",
+        &json!({"model": "BESTEFFORT", "count": 1, "descriptor": {
+            "name": "from-http", "cpu": 1, "memory_mb": 256,
+            "disks": [{"source": url, "size_gb": 2},
+                      {"source": "image:medium", "kind": "cdrom", "target": "cd"}]}}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["vees"][0]["id"].as_str().expect("an id").to_owned();
+    assert_eq!(body["vees"][0]["state"], "DEFINED");
+    let view = get(&s.a, &id).await;
+    assert_eq!(
+        view.descriptor.disks[1].kind,
+        veem_model::DiskKind::Cdrom,
+        "the descriptor keeps the kind"
+    );
+    ctl_ok(&s.a, A::Activate, &[&id]).await;
+    // It boots from its first disk (the boot order puts the CD second).
+    wait_guest_ready(&s, Hypervisor::Qemu, &id).await;
+    let vee_dir = s.data_dir().join("vees").join(&id);
+    let pids = processes_mentioning(&vee_dir);
+    assert_eq!(pids.len(), 1, "one QEMU");
+    let args = qemu_args(pids[0]).join(" ");
+    assert!(
+        args.contains("media=cdrom") && args.contains("scsi-cd,bus=scsi-cd.0"),
+        "{args}"
+    );
+    assert!(
+        args.contains("id=drive-cd,format=raw,readonly=on"),
+        "{args}"
+    );
+    assert!(
+        !args.contains("/cache/"),
+        "the VEE's disk is its own copy: {args}"
+    );
+    // The VEE's disk is a whole copy of the fetched image, with no backing file in the cache.
+    let disk = veem_agent::disk_path(&vee_dir, "vda");
+    let info = std::process::Command::new("qemu-img")
+        .args(["info", "-U", "--output=json"])
+        .arg(&disk)
+        .output()
+        .expect("qemu-img runs");
+    let info: Value = serde_json::from_slice(&info.stdout).expect("qemu-img JSON");
+    assert!(info.get("backing-filename").is_none(), "{info}");
+    assert_eq!(info["virtual-size"], 2u64 << 30, "size_gb grows the copy");
+    // The CD-ROM is never written and never downloadable as a disk of the VEE.
+    ctl_ok(&s.a, A::Shutdown, &[&id]).await;
+    let err =
+        s.a.download_disk(&id, "cd", &s.dir.path().join("cd.out"))
+            .await
+            .expect_err("a cdrom is not downloaded");
+    assert_eq!(err.status(), Some(400), "{err}");
+    let out = s.dir.path().join("medium.back");
+    s.a.image_data("medium", &out).await.expect("the medium");
+    assert_eq!(
+        std::fs::read(&out).expect("read"),
+        medium,
+        "the medium is unchanged"
+    );
+}
+
+#[tokio::test]
+async fn an_https_source_whose_certificate_the_host_does_not_trust_fails_clearly() {
+    // A TLS server with a self-signed certificate nobody trusts.
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).expect("a certificate");
+    let cert = rustls::pki_types::CertificateDer::from(certified.cert.der().to_vec());
+    let key = rustls::pki_types::PrivateKeyDer::try_from(certified.signing_key.serialize_der())
+        .expect("a key");
+    // ring is the workspace's provider; rustls marks its constructor deprecated only for
+    // lacking post-quantum key exchange, which a test server does not need.
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .expect("a server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let socket = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port");
+    let port = socket.local_addr().expect("bound").port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = socket.accept().await {
+            let acceptor = acceptor.clone();
+            // The handshake fails at the client's end; nothing more to serve.
+            tokio::spawn(async move { acceptor.accept(stream).await.map(drop) });
+        }
+    });
+    let s = Server::start().await;
+    let url = format!("https://127.0.0.1:{port}/tiny.qcow2");
+    let (status, body) = post(
+        &s,
+        TOKEN_A,
+        "vees/initialize",
+        &initialize_body(json!({"source": url})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["vees"][0]["id"].as_str().expect("an id").to_owned();
+    let r = ctl(&s.a, A::Activate, &[&id]).await;
+    assert_eq!(r.failed.len(), 1, "{r:?}");
+    let failed = &r.failed[0];
+    assert_eq!(failed.error, "deployment_failed", "{failed:?}");
+    assert!(
+        failed.detail.contains(&url) && failed.detail.to_lowercase().contains("certificate"),
+        "{}",
+        failed.detail
+    );
+    assert_eq!(state_of(&s.a, &id).await, VmiState::Defined);
+}
