@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use veem_api::agent::{
-    AgentError, AgentErrorKind, DeploySpec, InstanceState, InstanceStatus, LanPlan,
+    AgentError, AgentErrorKind, DeploySpec, InstanceState, InstanceStatus, LanPlan, SourcePlan,
 };
 use veem_model::VeeId;
 
@@ -134,6 +134,9 @@ pub enum DriverError {
     },
     #[error("i/o failed")]
     Io(#[from] io::Error),
+    /// An `http(s)://` source could not be fetched into the host's cache.
+    #[error(transparent)]
+    Fetch(#[from] crate::fetch::FetchError),
 }
 
 impl DriverError {
@@ -163,7 +166,8 @@ impl DriverError {
             | DriverError::Injected { .. }
             | DriverError::CorruptState { .. }
             | DriverError::File { .. }
-            | DriverError::Io(_) => AgentErrorKind::Failed,
+            | DriverError::Io(_)
+            | DriverError::Fetch(_) => AgentErrorKind::Failed,
         };
         let mut message = self.to_string();
         let mut cause = self.source();
@@ -188,12 +192,22 @@ pub fn check_boot_files(spec: &DeploySpec) -> Result<(), DriverError> {
     let Some(boot) = &spec.boot else {
         return Ok(());
     };
-    for file in std::iter::once(&boot.kernel).chain(&boot.initrd) {
+    for source in std::iter::once(&boot.kernel).chain(&boot.initrd) {
+        let file = local_source(source)?;
         if !file.is_file() {
-            return Err(DriverError::MissingFile(file.clone()));
+            return Err(DriverError::MissingFile(file.to_owned()));
         }
     }
     Ok(())
+}
+
+/// The local file of a source: a resolved file, or a fetched URL's cached copy. A URL the
+/// agent did not fetch is a mistake of the caller, named as such.
+pub fn local_source(source: &SourcePlan) -> Result<&Path, DriverError> {
+    source.local_path().ok_or_else(|| DriverError::Invalid {
+        what: "source",
+        reason: format!("{} was not fetched to this host", source.describe()),
+    })
 }
 
 /// Checks that a disk target is a plain name, so [`disk_path`] stays inside the VEE's directory.

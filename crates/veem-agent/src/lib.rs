@@ -11,6 +11,7 @@
 mod agent;
 mod command;
 mod driver;
+pub mod fetch;
 mod fsutil;
 pub mod hostnet;
 pub mod qemu;
@@ -20,4 +21,5 @@ mod vee_locks;
 
 pub use agent::Agent;
 pub use driver::{check_disk_target, disk_path, Driver, DriverError, MigrationStats};
+pub use fetch::{FetchConfig, FetchError, Fetcher};
 pub use qemu::{QemuConfig, QemuDriver};

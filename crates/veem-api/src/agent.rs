@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use veem_model::{HostId, ImageFormat, VeeId};
+use veem_model::{DiskKind, HostId, ImageFormat, VeeId};
 
 /// The first frame a remote agent sends: who it is and what it offers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,23 +39,68 @@ pub struct DeploySpec {
     pub boot: Option<Box<BootPlan>>,
 }
 
-/// A kernel (and initrd) the hypervisor loads itself, resolved to files on shared storage.
+/// A kernel (and initrd) the hypervisor loads itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BootPlan {
-    pub kernel: PathBuf,
-    pub initrd: Option<PathBuf>,
+    pub kernel: SourcePlan,
+    pub initrd: Option<SourcePlan>,
     pub cmdline: String,
+}
+
+/// Where a disk's (or a kernel's) bytes come from, as the VEEM hands it to a host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "from", rename_all = "snake_case")]
+pub enum SourcePlan {
+    /// A file the VEEM resolved and checked: an image of its store, or a `file:` source an
+    /// admin named under the config's `file_sources`, canonical (no symlink, no `..`).
+    File { path: PathBuf },
+    /// An `http(s)://` URL the host fetches into its own cache when it deploys the VEE.
+    Fetch {
+        url: String,
+        /// Where the host's cache holds it once fetched; set by the host's agent before its
+        /// driver sees the plan, never sent.
+        #[serde(skip)]
+        cached: Option<PathBuf>,
+    },
+}
+
+impl SourcePlan {
+    /// A file the VEEM resolved.
+    pub fn file(path: impl Into<PathBuf>) -> Self {
+        SourcePlan::File { path: path.into() }
+    }
+
+    /// The local file holding the bytes: the resolved file, or the host's cached copy of a
+    /// URL once fetched (`None` before).
+    pub fn local_path(&self) -> Option<&std::path::Path> {
+        match self {
+            SourcePlan::File { path } => Some(path),
+            SourcePlan::Fetch { cached, .. } => cached.as_deref(),
+        }
+    }
+
+    /// What to call it in a message: the file's path or the URL.
+    pub fn describe(&self) -> String {
+        match self {
+            SourcePlan::File { path } => path.display().to_string(),
+            SourcePlan::Fetch { url, .. } => url.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskPlan {
     pub target: String,
-    /// The resolved source image file; `None` for a blank disk.
-    pub source: Option<PathBuf>,
+    /// Where the disk's first contents come from; `None` for a blank disk.
+    pub source: Option<SourcePlan>,
     pub source_format: Option<ImageFormat>,
     pub size_gb: Option<u64>,
-    /// `true`: a copy-on-write copy in the VEE's directory; `false`: the source itself.
+    /// `true`: the VEE's own copy in its directory (copy-on-write over a file source; a whole
+    /// copy of a fetched one, which lives only in one host's cache); `false`: the source itself.
     pub clone: bool,
+    /// A hard disk, or a read-only CD-ROM whose medium is the source itself.
+    #[serde(default, skip_serializing_if = "DiskKind::is_disk")]
+    pub kind: DiskKind,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

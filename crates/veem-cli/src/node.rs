@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use veem_agent::sim::{SimConfig, SimDriver};
-use veem_agent::{Agent, Driver, QemuConfig, QemuDriver};
+use veem_agent::{Agent, Driver, Fetcher, QemuConfig, QemuDriver};
 use veem_model::HostId;
 use veem_server::config::LogFormat;
 
@@ -39,7 +39,7 @@ pub struct AgentArgs {
         required_unless_present = "cert"
     )]
     pub token: Option<String>,
-    /// A CA (PEM) that verifies an https:// VEEM, besides the system's roots
+    /// A CA (PEM) trusted besides the system's roots: for an https:// VEEM and https sources
     #[arg(long, env = "VEEM_CA")]
     pub ca: Option<PathBuf>,
     /// This agent's client certificate (PEM), signed by the site's CA (`veem tls init --agent`)
@@ -71,6 +71,9 @@ pub struct AgentArgs {
     /// Log lines as JSON
     #[arg(long)]
     pub log_json: bool,
+    /// The largest http(s) source this host fetches, in bytes (default 20 GiB)
+    #[arg(long, default_value_t = veem_agent::fetch::DEFAULT_FETCH_MAX_BYTES)]
+    pub fetch_max_bytes: u64,
 }
 
 fn init_logs(format: LogFormat) {
@@ -122,7 +125,18 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
             )
         }
     };
-    let agent = Arc::new(Agent::new(name.clone(), driver, args.cpus, args.memory_mb));
+    let fetch = veem_agent::FetchConfig {
+        max_bytes: args.fetch_max_bytes,
+        // `--ca`, the site's CA, is trusted for https sources too.
+        ca_file: args.ca.clone(),
+        ..veem_agent::FetchConfig::default()
+    };
+    // The host's cache of http(s) sources, in its own state directory.
+    let fetcher = Fetcher::new(state_dir.join("cache"), fetch)
+        .context("cannot set up fetching of http(s) sources")?;
+    let agent = Arc::new(
+        Agent::new(name.clone(), driver, args.cpus, args.memory_mb).with_fetcher(Arc::new(fetcher)),
+    );
     tracing::info!(host = %name, server = %args.server, "agent starting");
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;

@@ -586,6 +586,7 @@ fn descriptor_from_flags(args: &InitArgs) -> anyhow::Result<VeeDescriptor> {
             size_gb: None,
             target: None,
             clone: true,
+            kind: veem_model::DiskKind::Disk,
         })
         .collect();
     descriptor.nics = args

@@ -100,6 +100,29 @@ pub struct DiskSpec {
     /// `true`: the VEE gets its own copy-on-write copy; `false`: the source itself is used.
     #[serde(default = "default_clone")]
     pub clone: bool,
+    /// What the guest sees: a hard disk (the default) or a read-only CD-ROM drive holding the
+    /// source as its medium.
+    #[serde(default, skip_serializing_if = "DiskKind::is_disk")]
+    pub kind: DiskKind,
+}
+
+/// The device a disk of the descriptor becomes in the guest.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DiskKind {
+    /// A writable hard disk.
+    #[default]
+    Disk,
+    /// A read-only CD-ROM drive whose medium is the disk's source (an ISO image, say). It is
+    /// never written: it is attached from its source as it is, so it has no size of its own
+    /// and is never a copy (`clone` is `false`).
+    Cdrom,
+}
+
+impl DiskKind {
+    pub fn is_disk(&self) -> bool {
+        *self == DiskKind::Disk
+    }
 }
 
 fn default_clone() -> bool {
@@ -142,8 +165,97 @@ impl Context {
 pub enum DiskSource {
     /// `image:<name>`: an image of the caller's image store (or an admin's shared one).
     Image(ImageName),
-    /// `http://`, `https://` or `file://` URL, fetched at deployment.
+    /// `http://`, `https://` or `file:` URL, resolved at deployment.
     Url(String),
+}
+
+impl DiskSource {
+    /// Whether this is a `file:` URL, which names a file of the host itself.
+    pub fn is_file_url(&self) -> bool {
+        matches!(self, DiskSource::Url(url) if url.get(..5).is_some_and(|s| s.eq_ignore_ascii_case("file:")))
+    }
+
+    /// Whether this is an `http://` or `https://` URL, which the host fetches.
+    pub fn is_http_url(&self) -> bool {
+        matches!(self, DiskSource::Url(_)) && !self.is_file_url()
+    }
+}
+
+/// The longest path a `file:` source may name (Linux's `PATH_MAX`).
+pub const MAX_FILE_PATH_BYTES: usize = 4096;
+
+/// Why a `file:` URL names no local path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FileUrlError {
+    #[error("is not a file: URL")]
+    NotFile,
+    #[error("names a file of host {0:?}; only this machine's files (no host, or localhost) can be named")]
+    OtherHost(String),
+    #[error("has no absolute path")]
+    NotAbsolute,
+    #[error("has a bad percent-encoding")]
+    BadEscape,
+    #[error("holds a NUL byte")]
+    Nul,
+    #[error("is not UTF-8 once decoded")]
+    NotUtf8,
+    #[error("names a path longer than {MAX_FILE_PATH_BYTES} bytes")]
+    TooLong,
+    #[error("has a query or fragment")]
+    QueryOrFragment,
+}
+
+/// The local path a `file:` URL names (RFC 8089): `file:/p`, `file:///p` and
+/// `file://localhost/p` all name `/p`; any other host is refused. Percent-escapes are decoded
+/// (`%20` is a space, `%2e%2e` is `..`): the caller must resolve the result (`..` and
+/// symlinks) before judging it, never compare the text. NUL bytes, a query or fragment and
+/// over-long paths are refused.
+pub fn file_url_path(url: &str) -> Result<String, FileUrlError> {
+    let rest = match url.get(..5) {
+        Some(scheme) if scheme.eq_ignore_ascii_case("file:") => &url[5..],
+        _ => return Err(FileUrlError::NotFile),
+    };
+    let path = match rest.strip_prefix("//") {
+        Some(authority_and_path) => {
+            let split = authority_and_path
+                .find('/')
+                .unwrap_or(authority_and_path.len());
+            let (host, path) = authority_and_path.split_at(split);
+            if !host.is_empty() && !host.eq_ignore_ascii_case("localhost") {
+                return Err(FileUrlError::OtherHost(host.to_owned()));
+            }
+            path
+        }
+        None => rest,
+    };
+    if path.contains(['?', '#']) {
+        return Err(FileUrlError::QueryOrFragment);
+    }
+    if !path.starts_with('/') {
+        return Err(FileUrlError::NotAbsolute);
+    }
+    let bytes = path.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3).ok_or(FileUrlError::BadEscape)?;
+            let hex = std::str::from_utf8(hex).map_err(|_| FileUrlError::BadEscape)?;
+            let byte = u8::from_str_radix(hex, 16).map_err(|_| FileUrlError::BadEscape)?;
+            decoded.push(byte);
+            i += 3;
+        } else {
+            decoded.push(bytes[i]);
+            i += 1;
+        }
+    }
+    if decoded.contains(&0) {
+        return Err(FileUrlError::Nul);
+    }
+    if decoded.len() > MAX_FILE_PATH_BYTES {
+        return Err(FileUrlError::TooLong);
+    }
+    String::from_utf8(decoded).map_err(|_| FileUrlError::NotUtf8)
 }
 
 impl TryFrom<String> for DiskSource {
@@ -156,10 +268,15 @@ impl TryFrom<String> for DiskSource {
         }
         let lower = text.to_ascii_lowercase();
         let has_rest = |scheme: &str| text.len() > scheme.len();
-        for scheme in ["http://", "https://", "file://"] {
+        for scheme in ["http://", "https://"] {
             if lower.starts_with(scheme) && has_rest(scheme) {
                 return Ok(DiskSource::Url(text));
             }
+        }
+        // Every `file:` form (`file:/p`, `file:///p`, `file://host/p`) is kept as written, so
+        // the VEEM's file-source rules judge it and name it, rather than a parse error here.
+        if lower.starts_with("file:") {
+            return Ok(DiskSource::Url(text));
         }
         Err(format!(
             "disk source {text:?} must be 'image:<name>' or an http(s):// or file:// URL"
@@ -331,9 +448,39 @@ impl VeeDescriptor {
                     "a blank disk has no source to share; clone must be true",
                 ));
             }
+            if disk.kind == DiskKind::Cdrom {
+                if disk.source.is_none() {
+                    return Err(DescriptorError::new(
+                        field("source"),
+                        "a cdrom needs a source: its medium",
+                    ));
+                }
+                if disk.size_gb.is_some() {
+                    return Err(DescriptorError::new(
+                        field("size_gb"),
+                        "a cdrom is its medium as it is: it has no size of its own",
+                    ));
+                }
+                // A CD-ROM is never written, so it is never a copy: its medium is attached
+                // read-only as it is.
+                disk.clone = false;
+            } else if !disk.clone && disk.source.as_ref().is_some_and(DiskSource::is_http_url) {
+                return Err(DescriptorError::new(
+                    field("clone"),
+                    "an http(s) source is fetched into the host's cache and cannot be written in place; clone must be true",
+                ));
+            }
             let target = match &disk.target {
                 Some(t) => {
+                    // A disk's target names its file in the VEE's directory on the hosts
+                    // (`disks/<target>.qcow2`): a word that cannot be a hidden file nor `..`.
                     check_word(field("target"), t)?;
+                    if t.starts_with('.') || t.contains(':') {
+                        return Err(DescriptorError::new(
+                            field("target"),
+                            format!("{t:?} must not start with '.' nor hold ':'"),
+                        ));
+                    }
                     t.clone()
                 }
                 None => {
@@ -503,6 +650,18 @@ mod tests {
                 "disks[1].target",
             ),
             (
+                r#"{"cpu":1,"memory_mb":64,"disks":[{"size_gb":1,"target":".."}]}"#,
+                "disks[0].target",
+            ),
+            (
+                r#"{"cpu":1,"memory_mb":64,"disks":[{"size_gb":1,"target":"../../x"}]}"#,
+                "disks[0].target",
+            ),
+            (
+                r#"{"cpu":1,"memory_mb":64,"disks":[{"size_gb":1,"target":"c:d"}]}"#,
+                "disks[0].target",
+            ),
+            (
                 r#"{"cpu":1,"memory_mb":64,"nics":[{"network":"a b"}]}"#,
                 "nics[0].network",
             ),
@@ -534,6 +693,109 @@ mod tests {
                 err.contains(field),
                 "{json}: error {err:?} should name {field:?}"
             );
+        }
+    }
+
+    #[test]
+    fn file_urls_name_local_paths_only() {
+        let ok = [
+            ("file:///etc/passwd", "/etc/passwd"),
+            ("FILE:///etc/passwd", "/etc/passwd"),
+            ("file:/etc/passwd", "/etc/passwd"),
+            ("file://localhost/etc/passwd", "/etc/passwd"),
+            ("file://LOCALHOST/etc/passwd", "/etc/passwd"),
+            // Decoded, then resolved by the caller: the text is never what is judged.
+            (
+                "file:///allowed/%2e%2e/etc/passwd",
+                "/allowed/../etc/passwd",
+            ),
+            (
+                "file:///allowed%2f..%2fetc/passwd",
+                "/allowed/../etc/passwd",
+            ),
+            ("file:///srv/my%20disk.qcow2", "/srv/my disk.qcow2"),
+        ];
+        for (url, path) in ok {
+            assert_eq!(file_url_path(url).as_deref(), Ok(path), "{url}");
+        }
+        let long = format!("file:///{}", "a".repeat(MAX_FILE_PATH_BYTES));
+        let refused = [
+            ("http://x/y", FileUrlError::NotFile),
+            (
+                "file://otherhost/x",
+                FileUrlError::OtherHost("otherhost".into()),
+            ),
+            (
+                "file://127.0.0.1/etc/passwd",
+                FileUrlError::OtherHost("127.0.0.1".into()),
+            ),
+            ("file:etc/passwd", FileUrlError::NotAbsolute),
+            ("file:", FileUrlError::NotAbsolute),
+            ("file:///etc/passwd%00.qcow2", FileUrlError::Nul),
+            ("file:///x%zz", FileUrlError::BadEscape),
+            ("file:///x%2", FileUrlError::BadEscape),
+            ("file:///x%ff", FileUrlError::NotUtf8),
+            ("file:///x?y", FileUrlError::QueryOrFragment),
+            (long.as_str(), FileUrlError::TooLong),
+        ];
+        for (url, error) in refused {
+            assert_eq!(file_url_path(url), Err(error), "{url}");
+        }
+        assert_eq!(file_url_path("file:///a\0b"), Err(FileUrlError::Nul));
+    }
+
+    #[test]
+    fn every_file_form_is_a_url_the_vee_m_judges() {
+        for text in [
+            "file:///etc/passwd",
+            "FILE:///x",
+            "file:/etc/passwd",
+            "file://h/x",
+            "file:",
+        ] {
+            let source = DiskSource::try_from(text.to_owned()).expect(text);
+            assert!(source.is_file_url() && !source.is_http_url(), "{text}");
+        }
+        let http = DiskSource::try_from("HTTPS://example.com/x".to_owned()).expect("a URL");
+        assert!(http.is_http_url() && !http.is_file_url());
+    }
+
+    #[test]
+    fn cdroms_are_read_only_media() {
+        let d =
+            parse(r#"{"cpu":1,"memory_mb":64,"disks":[{"source":"image:iso","kind":"cdrom"}]}"#)
+                .expect("valid");
+        assert_eq!(d.disks[0].kind, DiskKind::Cdrom);
+        assert!(!d.disks[0].clone, "a cdrom is never a copy");
+        let json = serde_json::to_value(&d).expect("serializes");
+        assert_eq!(json["disks"][0]["kind"], "cdrom");
+        let plain = parse(r#"{"cpu":1,"memory_mb":64,"disks":[{"size_gb":1}]}"#).expect("valid");
+        assert_eq!(plain.disks[0].kind, DiskKind::Disk);
+        let json = serde_json::to_value(&plain).expect("serializes");
+        assert!(
+            json["disks"][0].get("kind").is_none(),
+            "the default is not written"
+        );
+        for (json, field) in [
+            (
+                r#"{"cpu":1,"memory_mb":64,"disks":[{"kind":"cdrom","size_gb":1}]}"#,
+                "disks[0].source",
+            ),
+            (
+                r#"{"cpu":1,"memory_mb":64,"disks":[{"source":"image:i","kind":"cdrom","size_gb":1}]}"#,
+                "disks[0].size_gb",
+            ),
+            (
+                r#"{"cpu":1,"memory_mb":64,"disks":[{"source":"image:i","kind":"floppy"}]}"#,
+                "disks[0].kind",
+            ),
+            (
+                r#"{"cpu":1,"memory_mb":64,"disks":[{"source":"http://h/x","clone":false}]}"#,
+                "disks[0].clone",
+            ),
+        ] {
+            let err = parse(json).expect_err(json);
+            assert!(err.contains(field), "{json}: {err} should name {field}");
         }
     }
 }

@@ -13,8 +13,8 @@ mod record;
 mod state;
 
 pub use descriptor::{
-    check_word, Context, DescriptorError, DiskSource, DiskSpec, KernelBoot, NicSpec, VeeDescriptor,
-    MAX_CPUS, MAX_MEMORY_MB,
+    check_word, file_url_path, Context, DescriptorError, DiskKind, DiskSource, DiskSpec,
+    FileUrlError, KernelBoot, NicSpec, VeeDescriptor, MAX_CPUS, MAX_FILE_PATH_BYTES, MAX_MEMORY_MB,
 };
 pub use ids::{HostId, IdError, ImageName, Principal, VeeId};
 pub use monitoring::{

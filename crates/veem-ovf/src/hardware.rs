@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use roxmltree::Node;
-use veem_model::{DiskSpec, NicSpec, MAX_NICS};
+use veem_model::{DiskKind, DiskSpec, NicSpec, MAX_NICS};
 
 use crate::package::{source_from_href, Configurations, Package};
 use crate::units::{bytes_per_unit, round_up, MIB};
@@ -427,11 +427,20 @@ fn map_item(
         }
         ETHERNET => nic(item, package).map(Device::Nic),
         DISK_DRIVE | LOGICAL_DISK => disk(item, package, properties).map(Device::Disk),
-        // A CD/DVD drive with media attached becomes one more disk: veem's descriptor has no
-        // read-only drive, and the guest reads an ISO image from a disk as well. An empty drive
-        // is ignored.
+        // A CD/DVD drive with media (a File of the envelope, directly or through a Disk)
+        // becomes a read-only CD-ROM holding it, never a hard disk. An empty drive, or one
+        // whose Disk has no File (no medium to hold), is ignored.
         CD_DRIVE | DVD_DRIVE => match item.field("HostResource") {
-            Some(_) => disk(item, package, properties).map(Device::Disk),
+            Some(_) => disk(item, package, properties).map(|disk| match disk.source {
+                Some(source) => Device::Disk(DiskSpec {
+                    source: Some(source),
+                    size_gb: None,
+                    target: None,
+                    clone: false,
+                    kind: DiskKind::Cdrom,
+                }),
+                None => Device::Ignored,
+            }),
             None => Ok(Device::Ignored),
         },
         // Controllers, USB, sound, video, serial ports...: the hypervisor driver provides its
@@ -500,6 +509,7 @@ fn disk(
         size_gb: Some(size_gb),
         target: None,
         clone: true,
+        kind: DiskKind::Disk,
     };
     let Some(resource) = item.field("HostResource") else {
         // A 2.x StorageItem may describe a blank disk by its size alone.
@@ -570,6 +580,7 @@ fn disk(
             size_gb: None,
             target: None,
             clone: true,
+            kind: DiskKind::Disk,
         });
     }
     Err(OvfError::invalid(

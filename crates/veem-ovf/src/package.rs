@@ -284,11 +284,14 @@ fn read_networks(
     Ok(Some(names))
 }
 
-/// A File's href as a disk source: a relative href is an image of the caller's store (its last
-/// path component when the href is a path), an http(s):// or file:// URL stays a URL.
+/// A File's href as a disk source: a relative href (or an absolute path without a scheme) is
+/// an image of the caller's store (its last path component when the href is a path), never a
+/// file of the host; an http(s):// URL stays a URL, and so does every `file:` form
+/// (`file:/p`, `file:///p`, `file://host/p`), so that the VEEM's file-source rules (admins
+/// only, under `file_sources`) judge it exactly as a JSON descriptor's.
 pub(crate) fn source_from_href(href: &str, path: &str) -> Result<DiskSource, OvfError> {
     let lower = href.to_ascii_lowercase();
-    if ["http://", "https://", "file://"]
+    if ["http://", "https://", "file:"]
         .iter()
         .any(|scheme| lower.starts_with(scheme))
     {
@@ -442,6 +445,21 @@ mod tests {
                 "HTTPS://example.com/x",
                 DiskSource::Url("HTTPS://example.com/x".to_owned()),
             ),
+            // Host files stay file: URLs, for the VEEM to judge; a bare path is an image name.
+            (
+                "file:///etc/passwd",
+                DiskSource::Url("file:///etc/passwd".to_owned()),
+            ),
+            (
+                "file:/etc/passwd",
+                DiskSource::Url("file:/etc/passwd".to_owned()),
+            ),
+            (
+                "FILE://localhost/etc/shadow",
+                DiskSource::Url("FILE://localhost/etc/shadow".to_owned()),
+            ),
+            ("/etc/passwd", image("passwd")),
+            ("../../../../etc/passwd", image("passwd")),
         ];
         for (href, source) in cases {
             assert_eq!(source_from_href(href, "F").expect(href), source, "{href}");

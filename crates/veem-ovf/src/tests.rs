@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use veem_model::{DiskSource, ImageName};
+use veem_model::{DiskKind, DiskSource, ImageName};
 
 use super::*;
 
@@ -294,26 +294,76 @@ fn disks_cdroms_and_nics() {
     let disks: Vec<_> = d
         .disks
         .iter()
-        .map(|d| (d.source.clone(), d.size_gb, d.target.as_deref(), d.clone))
+        .map(|d| {
+            (
+                d.source.clone(),
+                d.size_gb,
+                d.target.as_deref(),
+                d.clone,
+                d.kind,
+            )
+        })
         .collect();
     assert_eq!(
         disks,
         vec![
-            (image("system.vmdk"), Some(1), Some("vda"), true),
+            (
+                image("system.vmdk"),
+                Some(1),
+                Some("vda"),
+                true,
+                DiskKind::Disk
+            ),
             (
                 Some(DiskSource::Url(
                     "https://images.example.com/data.qcow2".to_owned()
                 )),
                 Some(8),
                 Some("vdb"),
-                true
+                true,
+                DiskKind::Disk
             ),
-            (image("tools.iso"), None, Some("vdc"), true),
+            // The CD drive's medium: a read-only CD-ROM, never a copy nor a second hard disk.
+            (
+                image("tools.iso"),
+                None,
+                Some("vdc"),
+                false,
+                DiskKind::Cdrom
+            ),
         ]
     );
     assert_eq!(d.nics.len(), 1);
     assert_eq!(d.nics[0].network, "VM-Network");
     assert_eq!(d.nics[0].target.as_deref(), Some("eth0"));
+}
+
+#[test]
+fn a_dvd_drive_holding_a_disk_with_a_file_is_a_cdrom_and_one_without_media_is_ignored() {
+    let product = r#"<ProductSection><Info>p</Info>
+      <Property ovf:key="scratch" ovf:type="uint32" ovf:value="20"/></ProductSection>"#;
+    let items = item(
+        10,
+        16,
+        "<rasd:HostResource>ovf:/disk/system</rasd:HostResource>",
+    ) + &item(
+        11,
+        15,
+        "<rasd:HostResource>ovf:/disk/scratch</rasd:HostResource>",
+    ) + &disk_item(12, "ovf:/disk/scratch");
+    let d = ok(&envelope(PACKAGE, &items, product));
+    let disks: Vec<_> = d
+        .disks
+        .iter()
+        .map(|d| (d.source.clone(), d.size_gb, d.kind, d.clone))
+        .collect();
+    assert_eq!(
+        disks,
+        vec![
+            (image("system.vmdk"), None, DiskKind::Cdrom, false),
+            (None, Some(20), DiskKind::Disk, true),
+        ]
+    );
 }
 
 #[test]

@@ -35,6 +35,13 @@ pub struct Config {
     /// `text` (default) or `json` structured logs on stderr.
     #[serde(default)]
     pub log_format: LogFormat,
+    /// Directories under which admins may name `file:` sources (disks, kernels, initrds);
+    /// none by default. `data_dir` and everything under it are refused whatever is listed.
+    #[serde(default)]
+    pub file_sources: Vec<PathBuf>,
+    /// The largest `http(s)://` source a host fetches, in bytes (default 20 GiB).
+    #[serde(default = "default_fetch_max_bytes")]
+    pub fetch_max_bytes: u64,
     #[serde(default, rename = "principal")]
     pub principals: Vec<PrincipalConfig>,
     #[serde(default, rename = "host")]
@@ -53,7 +60,8 @@ pub struct TlsConfig {
     pub cert: Option<PathBuf>,
     /// Its private key (PEM).
     pub key: Option<PathBuf>,
-    /// Extra trust anchors for outgoing https (callbacks), besides the system's roots.
+    /// Extra trust anchors for outgoing https (callbacks, and hosts fetching `https://`
+    /// sources), besides the system's roots.
     pub ca_file: Option<PathBuf>,
     /// The CA whose client certificates authenticate host agents over `wss://` (default:
     /// `ca_file`).
@@ -155,6 +163,9 @@ fn default_health_interval_ms() -> u64 {
 }
 fn default_monitoring_interval_ms() -> u64 {
     10_000
+}
+fn default_fetch_max_bytes() -> u64 {
+    veem_agent::fetch::DEFAULT_FETCH_MAX_BYTES
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -14,6 +14,7 @@ pub mod hosts;
 pub mod http;
 mod images;
 pub mod push;
+pub mod sources;
 pub mod veem;
 
 use std::sync::Arc;
@@ -21,7 +22,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use veem_agent::sim::SimDriver;
-use veem_agent::{Agent, Driver, QemuDriver};
+use veem_agent::{Agent, Driver, Fetcher, QemuDriver};
 
 pub use config::Config;
 use config::DriverKind;
@@ -55,28 +56,38 @@ pub async fn start(config: &Config) -> anyhow::Result<Veem> {
             .map(|p| p.name.clone())
             .collect(),
         callback_tls: callback_tls(config)?,
+        file_sources: sources::FileSources::new(&config.file_sources, &data_dir)
+            .map_err(anyhow::Error::msg)?,
+    };
+    // Hosts fetch https:// sources trusting what callbacks trust: the system's roots and
+    // `[tls] ca_file` (a site's own CA).
+    let fetch = veem_agent::FetchConfig {
+        max_bytes: config.fetch_max_bytes,
+        ca_file: config.tls.as_ref().and_then(|tls| tls.ca_file.clone()),
+        ..veem_agent::FetchConfig::default()
     };
     let veem = Veem::open(core, Arc::new(store))?;
     for host in &config.hosts {
         let state_dir = data_dir.join("hosts").join(host.name.as_str());
         let driver: Arc<dyn Driver> = match host.driver {
             DriverKind::Sim => Arc::new(
-                SimDriver::new(host.sim.clone(), state_dir).with_context(|| {
+                SimDriver::new(host.sim.clone(), state_dir.clone()).with_context(|| {
                     format!("cannot start the sim driver of host {}", host.name)
                 })?,
             ),
             DriverKind::Qemu => Arc::new(
-                QemuDriver::new(host.qemu.clone(), state_dir).with_context(|| {
+                QemuDriver::new(host.qemu.clone(), state_dir.clone()).with_context(|| {
                     format!("cannot start the qemu driver of host {}", host.name)
                 })?,
             ),
         };
-        let agent = Arc::new(Agent::new(
-            host.name.clone(),
-            driver,
-            host.cpus,
-            host.memory_mb,
-        ));
+        // The host's cache of http(s) sources, in its own state directory.
+        let fetcher = Fetcher::new(state_dir.join("cache"), fetch.clone())
+            .with_context(|| format!("cannot set up host {}'s fetching", host.name))?;
+        let agent = Arc::new(
+            Agent::new(host.name.clone(), driver, host.cpus, host.memory_mb)
+                .with_fetcher(Arc::new(fetcher)),
+        );
         let link: Arc<dyn HostLink> = Arc::new(InProcessLink(agent.clone()));
         veem.connect_host(agent.hello(), link).await?;
     }

@@ -158,6 +158,7 @@ pub fn rich_record(seq: u64) -> VeeRecord {
                 size_gb: Some(20),
                 target: Some("vda".to_owned()),
                 clone: true,
+                kind: veem_model::DiskKind::Disk,
             },
             DiskSpec {
                 source: Some(DiskSource::Url(
@@ -166,12 +167,14 @@ pub fn rich_record(seq: u64) -> VeeRecord {
                 size_gb: None,
                 target: Some("vdb".to_owned()),
                 clone: false,
+                kind: veem_model::DiskKind::Disk,
             },
             DiskSpec {
                 source: None,
                 size_gb: Some(1),
                 target: Some("vdc".to_owned()),
                 clone: true,
+                kind: veem_model::DiskKind::Disk,
             },
         ],
         nics: vec![

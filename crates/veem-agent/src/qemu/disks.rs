@@ -4,11 +4,11 @@
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
-use veem_api::agent::{DeploySpec, DiskPlan};
-use veem_model::ImageFormat;
+use veem_api::agent::{DeploySpec, DiskPlan, SourcePlan};
+use veem_model::{DiskKind, ImageFormat};
 
 use super::machine::Drive;
-use crate::driver::check_disk_target;
+use crate::driver::{check_disk_target, local_source};
 use crate::{command, disk_path, fsutil, DriverError};
 
 const GIB: u64 = 1 << 30;
@@ -34,29 +34,60 @@ fn source_note_path(vee_dir: &Path, target: &str) -> PathBuf {
 /// Creates the disks of `spec` that do not exist yet (an existing disk is the VEE's own, from
 /// an earlier run, and is kept) and answers the drives to attach, context disk last. Every
 /// source is checked before anything is created, so a refused deploy leaves nothing behind.
+///
+/// A clone of a file source is a qcow2 overlay on it; a clone of a fetched URL is a whole
+/// qcow2 copy of the host's cached file, since the cache is one host's and the VEE's disk
+/// lives on the site's shared storage. A cdrom's medium is attached read-only as it is.
 pub async fn prepare(qemu_img: &Path, spec: &DeploySpec) -> Result<Vec<Drive>, DriverError> {
     for plan in &spec.disks {
         check_plan(plan)?;
-        if let Some(source) = &plan.source {
-            if !fsutil::exists(source).await? {
-                return Err(DriverError::MissingFile(source.clone()));
-            }
+        let Some(source) = &plan.source else { continue };
+        let own_disk = plan.kind == DiskKind::Disk
+            && plan.clone
+            && fsutil::exists(&disk_path(&spec.vee_dir, &plan.target)).await?;
+        if own_disk {
+            continue;
+        }
+        let file = local_source(source)?;
+        if !fsutil::exists(file).await? {
+            return Err(DriverError::MissingFile(file.to_owned()));
         }
     }
     let mut drives = Vec::with_capacity(spec.disks.len() + 1);
     for plan in &spec.disks {
         let disk = disk_path(&spec.vee_dir, &plan.target);
         let note = source_note_path(&spec.vee_dir, &plan.target);
-        let drive = match (&plan.source, plan.clone) {
-            (Some(source), true) => {
+        let drive = match (&plan.source, plan.kind, plan.clone) {
+            (Some(source), DiskKind::Cdrom, _) => {
                 fsutil::remove_if_present(&note).await?;
-                let format = source_format(plan, source).await?;
+                cdrom_drive(plan, source).await?
+            }
+            (Some(source), DiskKind::Disk, true) => {
+                fsutil::remove_if_present(&note).await?;
                 if !fsutil::exists(&disk).await? {
-                    create_overlay(qemu_img, source, format, plan.size_gb, &disk).await?;
+                    let file = local_source(source)?;
+                    let format = source_format(plan, file).await?;
+                    match source {
+                        SourcePlan::File { .. } => {
+                            create_overlay(qemu_img, file, format, plan.size_gb, &disk).await?
+                        }
+                        SourcePlan::Fetch { .. } => {
+                            create_copy(qemu_img, file, format, plan.size_gb, &disk).await?
+                        }
+                    }
                 }
                 qcow2_drive(plan, disk)
             }
-            (Some(source), false) => {
+            (Some(source), DiskKind::Disk, false) => {
+                let SourcePlan::File { path: source } = source else {
+                    return Err(DriverError::Invalid {
+                        what: "disk source",
+                        reason: format!(
+                            "{}: a fetched source cannot be used in place",
+                            source.describe()
+                        ),
+                    });
+                };
                 let format = source_format(plan, source).await?;
                 if plan.size_gb.is_some() {
                     tracing::info!(
@@ -75,9 +106,10 @@ pub async fn prepare(qemu_img: &Path, spec: &DeploySpec) -> Result<Vec<Drive>, D
                     path: source.clone(),
                     format: format.as_str(),
                     read_only: false,
+                    cdrom: false,
                 }
             }
-            (None, _) => {
+            (None, _, _) => {
                 if !fsutil::exists(&disk).await? {
                     let size_gb = plan.size_gb.unwrap_or_default();
                     create_blank(qemu_img, size_gb, &disk).await?;
@@ -101,13 +133,18 @@ pub async fn existing(spec: &DeploySpec) -> Result<Vec<Drive>, DriverError> {
     let mut drives = Vec::with_capacity(spec.disks.len() + 1);
     for plan in &spec.disks {
         check_plan(plan)?;
-        let drive = match (&plan.source, plan.clone) {
-            (Some(source), false) => Drive {
-                target: plan.target.clone(),
-                path: source.clone(),
-                format: source_format(plan, source).await?.as_str(),
-                read_only: false,
-            },
+        let drive = match (&plan.source, plan.kind, plan.clone) {
+            (Some(source), DiskKind::Cdrom, _) => cdrom_drive(plan, source).await?,
+            (Some(source), DiskKind::Disk, false) => {
+                let source = local_source(source)?;
+                Drive {
+                    target: plan.target.clone(),
+                    path: source.to_owned(),
+                    format: source_format(plan, source).await?.as_str(),
+                    read_only: false,
+                    cdrom: false,
+                }
+            }
             _ => qcow2_drive(plan, disk_path(&spec.vee_dir, &plan.target)),
         };
         if !fsutil::exists(&drive.path).await? {
@@ -123,6 +160,18 @@ pub async fn existing(spec: &DeploySpec) -> Result<Vec<Drive>, DriverError> {
         drives.push(context_drive(image));
     }
     Ok(drives)
+}
+
+/// A cdrom: its medium, read-only, in its own format (an ISO image is raw).
+async fn cdrom_drive(plan: &DiskPlan, source: &SourcePlan) -> Result<Drive, DriverError> {
+    let medium = local_source(source)?;
+    Ok(Drive {
+        target: plan.target.clone(),
+        path: medium.to_owned(),
+        format: source_format(plan, medium).await?.as_str(),
+        read_only: true,
+        cdrom: true,
+    })
 }
 
 /// Writes a standalone qcow2 copy of a VEE's disk (its backing chain flattened) to `out`.
@@ -175,6 +224,12 @@ fn check_plan(plan: &DiskPlan) -> Result<(), DriverError> {
             reason: format!("{} has no size", plan.target),
         });
     }
+    if plan.source.is_none() && plan.kind == DiskKind::Cdrom {
+        return Err(DriverError::Invalid {
+            what: "cdrom",
+            reason: format!("{} has no medium", plan.target),
+        });
+    }
     Ok(())
 }
 
@@ -184,6 +239,7 @@ fn qcow2_drive(plan: &DiskPlan, path: PathBuf) -> Drive {
         path,
         format: "qcow2",
         read_only: false,
+        cdrom: false,
     }
 }
 
@@ -193,6 +249,7 @@ fn context_drive(path: PathBuf) -> Drive {
         path,
         format: "raw",
         read_only: true,
+        cdrom: false,
     }
 }
 
@@ -245,6 +302,59 @@ async fn create_overlay(
     fsutil::create_parent(disk).await?;
     let created = run("create disk", qemu_img, &args).await;
     finish_temp(created, &temp, disk).await
+}
+
+/// A whole qcow2 copy of `source` (no backing file), grown to `size_gb` when that is larger.
+async fn create_copy(
+    qemu_img: &Path,
+    source: &Path,
+    format: ImageFormat,
+    size_gb: Option<u64>,
+    disk: &Path,
+) -> Result<(), DriverError> {
+    fsutil::create_parent(disk).await?;
+    let temp = temp_beside(disk);
+    let copied = async {
+        run(
+            "copy disk",
+            qemu_img,
+            [
+                OsStr::new("convert"),
+                OsStr::new("-q"),
+                OsStr::new("-f"),
+                OsStr::new(format.as_str()),
+                OsStr::new("-O"),
+                OsStr::new("qcow2"),
+                source.as_os_str(),
+                temp.as_os_str(),
+            ],
+        )
+        .await?;
+        if let Some(size_gb) = size_gb {
+            // A size only grows the disk, as for an overlay.
+            if size_gb.saturating_mul(GIB)
+                > virtual_size(qemu_img, &temp, ImageFormat::Qcow2).await?
+            {
+                let size = format!("{size_gb}G");
+                run(
+                    "grow disk",
+                    qemu_img,
+                    [
+                        OsStr::new("resize"),
+                        OsStr::new("-q"),
+                        OsStr::new("-f"),
+                        OsStr::new("qcow2"),
+                        temp.as_os_str(),
+                        OsStr::new(&size),
+                    ],
+                )
+                .await?;
+            }
+        }
+        Ok(String::new())
+    }
+    .await;
+    finish_temp(copied, &temp, disk).await
 }
 
 async fn create_blank(qemu_img: &Path, size_gb: u64, disk: &Path) -> Result<(), DriverError> {

@@ -70,6 +70,8 @@ pub struct Drive {
     /// `qcow2` or `raw`.
     pub format: &'static str,
     pub read_only: bool,
+    /// A CD-ROM drive holding the file as its medium (read-only), not a virtio disk.
+    pub cdrom: bool,
 }
 
 /// Where one instance's files are.
@@ -179,27 +181,56 @@ pub fn command_line(launch: &Launch<'_>) -> Vec<OsString> {
     args.push("-action").push("shutdown=pause,panic=pause");
     args.push("-device").push("pvpanic");
     if let Some(boot) = launch.boot {
-        args.push("-kernel").push(boot.kernel.as_os_str());
-        if let Some(initrd) = &boot.initrd {
+        // The files were checked (and fetched) before launch: `check_boot_files`.
+        if let Some(kernel) = boot.kernel.local_path() {
+            args.push("-kernel").push(kernel.as_os_str());
+        }
+        if let Some(initrd) = boot.initrd.as_ref().and_then(|i| i.local_path()) {
             args.push("-initrd").push(initrd.as_os_str());
         }
         if !boot.cmdline.is_empty() {
             args.push("-append").push(boot.cmdline.as_str());
         }
     }
-    for drive in launch.drives {
+    // With a CD-ROM among the drives, the firmware is told the boot order: the descriptor's
+    // disks in their order (the context disk never), so a VEE whose first bootable medium
+    // is its CD boots from it (an installer on a blank disk). Without one, SeaBIOS's own
+    // order (the first disk) is kept, so nothing changes for a VEE without a CD.
+    let boot_order = launch.drives.iter().any(|d| d.cdrom);
+    for (index, drive) in launch.drives.iter().enumerate() {
         let mut drive_opts = opts("if=none,file=", &drive.path);
         drive_opts.push(format!(
-            ",id=drive-{},format={}{}",
+            ",id=drive-{},format={}{}{}",
             drive.target,
             drive.format,
-            if drive.read_only { ",readonly=on" } else { "" }
+            if drive.read_only || drive.cdrom {
+                ",readonly=on"
+            } else {
+                ""
+            },
+            if drive.cdrom { ",media=cdrom" } else { "" }
         ));
         args.push("-drive").push(drive_opts);
-        args.push("-device").push(format!(
-            "virtio-blk-pci,drive=drive-{target},id=disk-{target},serial={target}",
-            target = drive.target
-        ));
+        let bootindex = if boot_order && drive.target != super::disks::CONTEXT_TARGET {
+            format!(",bootindex={}", index + 1)
+        } else {
+            String::new()
+        };
+        if drive.cdrom {
+            // A SCSI CD-ROM on a virtio-scsi controller of its own: the same on every machine
+            // type, and SeaBIOS boots from it.
+            args.push("-device")
+                .push(format!("virtio-scsi-pci,id=scsi-{}", drive.target));
+            args.push("-device").push(format!(
+                "scsi-cd,bus=scsi-{target}.0,drive=drive-{target},id=disk-{target}{bootindex}",
+                target = drive.target
+            ));
+        } else {
+            args.push("-device").push(format!(
+                "virtio-blk-pci,drive=drive-{target},id=disk-{target},serial={target}{bootindex}",
+                target = drive.target
+            ));
+        }
     }
     for nic in launch.nics {
         let target = &nic.target;
@@ -267,6 +298,7 @@ fn opts(prefix: &str, path: &Path) -> OsString {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use veem_api::agent::SourcePlan;
     use veem_model::VeeId;
 
     fn spec() -> DeploySpec {
@@ -302,6 +334,57 @@ mod tests {
     }
 
     #[test]
+    fn a_cdrom_is_a_read_only_scsi_cd_and_the_boot_order_follows_the_disks() {
+        let spec = spec();
+        let shape = MachineShape::for_boot(&spec);
+        let paths = InstancePaths::new(Path::new("/state"), spec.vee.as_str(), &spec.vee_dir);
+        let drive = |target: &str, path: &str, format, cdrom| Drive {
+            target: target.into(),
+            path: path.into(),
+            format,
+            read_only: cdrom,
+            cdrom,
+        };
+        let drives = [
+            drive("vda", "/shared/blank.qcow2", "qcow2", false),
+            drive("vdb", "/images/installer.iso", "raw", true),
+            Drive {
+                read_only: true,
+                ..drive("context", "/shared/context.img", "raw", false)
+            },
+        ];
+        let args = line(&Launch {
+            vee: spec.vee.as_str(),
+            shape: &shape,
+            accel: Accel::Tcg,
+            machine: "q35",
+            cpu_model: "max",
+            drives: &drives,
+            nics: &[],
+            paths: &paths,
+            incoming: None,
+            boot: None,
+        });
+        assert_eq!(
+            following(&args, "-drive"),
+            [
+                "if=none,file=/shared/blank.qcow2,id=drive-vda,format=qcow2",
+                "if=none,file=/images/installer.iso,id=drive-vdb,format=raw,readonly=on,media=cdrom",
+                "if=none,file=/shared/context.img,id=drive-context,format=raw,readonly=on",
+            ]
+        );
+        assert_eq!(
+            following(&args, "-device")[1..5],
+            [
+                "virtio-blk-pci,drive=drive-vda,id=disk-vda,serial=vda,bootindex=1",
+                "virtio-scsi-pci,id=scsi-vdb",
+                "scsi-cd,bus=scsi-vdb.0,drive=drive-vdb,id=disk-vdb,bootindex=2",
+                "virtio-blk-pci,drive=drive-context,id=disk-context,serial=context",
+            ]
+        );
+    }
+
+    #[test]
     fn the_command_line_names_the_vee_and_carries_its_shape() {
         let spec = spec();
         let mut shape = MachineShape::for_boot(&spec);
@@ -321,12 +404,14 @@ mod tests {
                 path: "/shared/a,b.qcow2".into(),
                 format: "qcow2",
                 read_only: false,
+                cdrom: false,
             },
             Drive {
                 target: "context".into(),
                 path: "/shared/vees/vee-00000007/context.img".into(),
                 format: "raw",
                 read_only: true,
+                cdrom: false,
             },
         ];
         let args = line(&Launch {
@@ -353,13 +438,16 @@ mod tests {
             paths: &paths,
             incoming: Some("defer"),
             boot: Some(&BootPlan {
-                kernel: "/images/vmlinuz".into(),
-                initrd: Some("/images/initrd.img".into()),
+                kernel: SourcePlan::file("/images/vmlinuz"),
+                initrd: Some(SourcePlan::Fetch {
+                    url: "http://images.example/initrd.img".into(),
+                    cached: Some("/state/cache/0123".into()),
+                }),
                 cmdline: "console=ttyS0 quiet".into(),
             }),
         });
         assert_eq!(following(&args, "-kernel"), ["/images/vmlinuz"]);
-        assert_eq!(following(&args, "-initrd"), ["/images/initrd.img"]);
+        assert_eq!(following(&args, "-initrd"), ["/state/cache/0123"]);
         assert_eq!(following(&args, "-append"), ["console=ttyS0 quiet"]);
         assert_eq!(following(&args, "-name"), ["vee-00000007"]);
         assert_eq!(following(&args, "-accel"), ["tcg"]);

@@ -35,7 +35,7 @@ use veem_model::VeeId;
 pub use config::{FaultSpec, LatencyConfig, SimConfig, FAULT_OPS};
 use journal::{Change, Journal};
 
-use crate::driver::{check_boot_files, check_disk_target};
+use crate::driver::{check_boot_files, check_disk_target, local_source};
 use crate::vee_locks::{VeeGuard, VeeLocks};
 use crate::{disk_path, fsutil, Driver, DriverError, MigrationStats};
 
@@ -357,7 +357,7 @@ impl SimDriver {
         for plan in &spec.disks {
             check_disk_target(&plan.target)?;
             let needed = match (&plan.source, plan.clone) {
-                (Some(source), false) => source.clone(),
+                (Some(source), false) => local_source(source)?.to_owned(),
                 _ => disk_path(&spec.vee_dir, &plan.target),
             };
             if !fsutil::exists(&needed).await? {
@@ -372,9 +372,14 @@ impl SimDriver {
         for plan in &spec.disks {
             check_disk_target(&plan.target)?;
             match &plan.source {
+                // The VEE's own disk from an earlier run: its source is not read again.
+                Some(_)
+                    if plan.clone
+                        && fsutil::exists(&disk_path(&spec.vee_dir, &plan.target)).await? => {}
                 Some(source) => {
+                    let source = local_source(source)?;
                     if !fsutil::exists(source).await? {
-                        return Err(DriverError::MissingFile(source.clone()));
+                        return Err(DriverError::MissingFile(source.to_owned()));
                     }
                     if !plan.clone && source.to_str().is_none() {
                         return Err(DriverError::Invalid {
@@ -400,11 +405,12 @@ impl SimDriver {
                     fsutil::remove_if_present(&source_note).await?;
                     // An existing disk is the VEE's own, from an earlier run: keep it.
                     if !fsutil::exists(&disk).await? {
-                        fsutil::copy_atomic(source, &disk).await?;
+                        fsutil::copy_atomic(local_source(source)?, &disk).await?;
                     }
                 }
+                // A cdrom (never a clone) is read in place, as a disk used in place.
                 (Some(source), false) => {
-                    let text = source.to_str().unwrap_or_default();
+                    let text = local_source(source)?.to_str().unwrap_or_default();
                     fsutil::write_atomic(&source_note, text.as_bytes()).await?;
                 }
                 (None, _) => {
@@ -774,6 +780,7 @@ mod tests {
                 source_format: None,
                 size_gb: Some(1),
                 clone: false,
+                kind: veem_model::DiskKind::Disk,
             })
             .into();
         spec.nics = vec![veem_api::agent::NicPlan {

@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use veem_agent::sim::{SimConfig, SimDriver};
-use veem_api::agent::{DeploySpec, DiskPlan};
-use veem_model::VeeId;
+use veem_api::agent::{DeploySpec, DiskPlan, SourcePlan};
+use veem_model::{DiskKind, VeeId};
 
 pub fn vee(seq: u64) -> VeeId {
     VeeId::from_seq(seq)
@@ -33,10 +33,11 @@ pub fn spec(seq: u64, name: &str, shared: &Path) -> DeploySpec {
 pub fn clone_of(target: &str, source: &Path) -> DiskPlan {
     DiskPlan {
         target: target.to_owned(),
-        source: Some(source.to_owned()),
+        source: Some(SourcePlan::file(source)),
         source_format: None,
         size_gb: None,
         clone: true,
+        kind: DiskKind::Disk,
     }
 }
 
@@ -54,6 +55,7 @@ pub fn blank(target: &str, size_gb: u64) -> DiskPlan {
         source_format: None,
         size_gb: Some(size_gb),
         clone: false,
+        kind: DiskKind::Disk,
     }
 }
 

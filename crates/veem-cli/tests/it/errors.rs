@@ -288,6 +288,7 @@ async fn images_stream_in_and_out_and_cannot_go_while_used() {
         size_gb: None,
         target: None,
         clone: true,
+        kind: veem_model::DiskKind::Disk,
     });
     let id = init_one(&s.a, d).await;
     assert_eq!(
@@ -320,6 +321,7 @@ async fn a_missing_image_fails_that_deployment_with_not_found() {
         size_gb: None,
         target: None,
         clone: true,
+        kind: veem_model::DiskKind::Disk,
     });
     let id = init_one(&s.a, d).await;
     let ok = init_one(&s.a, small("fine")).await;

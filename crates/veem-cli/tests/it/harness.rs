@@ -59,6 +59,9 @@ pub struct Setup {
     /// More TOML appended to the config after its principals: tables only (another
     /// `[[principal]]`, say).
     pub extra_config: String,
+    /// More top-level lines of the config, each ending in a newline (e.g.
+    /// `file_sources = [...]\n`).
+    pub top_level_config: String,
 }
 
 /// The hypervisor driver of a test server's hosts.
@@ -84,6 +87,7 @@ impl Default for Setup {
             driver: Hypervisor::Sim,
             health_interval_ms: 200,
             monitoring_interval_ms: 300,
+            top_level_config: String::new(),
             hosts: vec![
                 ("h1", 8, 16384, ""),
                 ("h2", 8, 16384, ""),
@@ -168,6 +172,8 @@ impl Server {
             ));
             ca = Some(tls.join("ca.pem"));
         }
+        // Top-level keys go before the first table.
+        config.insert_str(0, &setup.top_level_config);
         for (name, cpus, memory_mb, sim) in &setup.hosts {
             let driver = setup.driver.name();
             config.push_str(&format!(
@@ -532,6 +538,7 @@ pub fn tiny_disk() -> DiskSpec {
         size_gb: None,
         target: Some("vda".into()),
         clone: true,
+        kind: veem_model::DiskKind::Disk,
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod accounting;
 mod attacks;
+mod attacks_sources;
 mod cli;
 mod control;
 mod errors;

@@ -54,6 +54,7 @@ fn with_image(name: &str, image: &str) -> veem_model::VeeDescriptor {
         size_gb: Some(1),
         target: Some("vda".into()),
         clone: true,
+        kind: veem_model::DiskKind::Disk,
     });
     d
 }

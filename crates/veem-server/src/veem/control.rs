@@ -7,7 +7,8 @@ use tokio::sync::OwnedMutexGuard;
 use veem_api::agent::{AgentRequest, AgentResponse};
 use veem_api::{Order, PatchApplied};
 use veem_model::{
-    apply, ControlAction, HostId, Phase, Transition, VeeId, VeeRecord, VeemState, VmiState,
+    apply, ControlAction, DiskKind, HostId, Phase, Transition, VeeId, VeeRecord, VeemState,
+    VmiState,
 };
 use veem_placement::PlacementError;
 use veem_store::Change;
@@ -571,15 +572,39 @@ impl Veem {
                 record.state
             )));
         }
-        if !record
+        let Some(spec) = record
             .descriptor
             .disks
             .iter()
-            .any(|d| d.target.as_deref() == Some(target))
-        {
+            .find(|d| d.target.as_deref() == Some(target))
+        else {
             return Err(CoreError::NotFound(format!(
                 "VEE {id} has no disk {target}"
             )));
+        };
+        if spec.kind == DiskKind::Cdrom {
+            // A CD-ROM is never written: it holds its medium as it is, nothing of the VEE's.
+            return Err(CoreError::malformed(
+                "target",
+                format!(
+                    "disk {target} of VEE {id} is a cdrom, never written; its medium is {}",
+                    spec.source
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_default()
+                ),
+            ));
+        }
+        if let (Some(source), false) = (&spec.source, spec.clone) {
+            // A disk used in place is its source: the download is the file itself, so the
+            // file-source rules hold here as at deployment (a VEE defined before them, a file
+            // swapped for a symlink since).
+            let owner_is_admin = self.inner.config.admins.contains(&record.owner);
+            self.inner.config.file_sources.resolve(
+                owner_is_admin,
+                source,
+                &format!("disk {target}"),
+            )?;
         }
         let vee_dir = self.vee_dir(&record.id);
         let disk = veem_agent::disk_path(&vee_dir, target);

@@ -63,6 +63,8 @@ pub struct CoreConfig {
     /// How accounting and monitoring pushes verify `https://` callbacks (`[tls] ca_file`
     /// added to the system's roots); `None`: the system's roots alone.
     pub callback_tls: Option<Arc<rustls::ClientConfig>>,
+    /// Which `file:` sources admins may name (the config's `file_sources`).
+    pub file_sources: crate::sources::FileSources,
 }
 
 /// One VEE in memory.

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use tokio::sync::OwnedMutexGuard;
-use veem_api::agent::{AgentRequest, BootPlan, DeploySpec, DiskPlan, NicPlan};
+use veem_api::agent::{AgentRequest, BootPlan, DeploySpec, DiskPlan, NicPlan, SourcePlan};
 use veem_model::{
     DiskSource, HostId, ImageFormat, InitModel, Phase, VeeDescriptor, VeeEvent, VeeId, VeeRecord,
     VeemState, VmiState,
@@ -34,6 +34,11 @@ impl Veem {
         descriptor
             .validate()
             .map_err(CoreError::MalformedDescriptor)?;
+        // A file: source is refused here, before anything is defined (see `sources`).
+        self.inner
+            .config
+            .file_sources
+            .check_descriptor(caller.admin, &descriptor)?;
         let now = now_ms();
         let (records, reserved, committed) = {
             let mut state = self.state();
@@ -365,6 +370,7 @@ impl Veem {
                 source_format,
                 size_gb: disk.size_gb,
                 clone: disk.clone,
+                kind: disk.kind,
             });
         }
         let mut properties = d.context.properties.clone();
@@ -428,14 +434,16 @@ impl Veem {
         })
     }
 
-    /// The file behind an image or URL the VEE's descriptor names for `what` (e.g. `disk vda`),
-    /// and its format when the image store knows it.
+    /// Where the bytes of an image or URL the VEE's descriptor names for `what` (e.g. `disk
+    /// vda`) come from, and their format when the image store knows it. A `file:` source is
+    /// judged again here, for the VEE's owner (see `sources`): the file may have changed since
+    /// the VEE was initialized.
     fn resolve_source(
         &self,
         record: &VeeRecord,
         source: &DiskSource,
         what: &str,
-    ) -> Result<(PathBuf, Option<ImageFormat>), CoreError> {
+    ) -> Result<(SourcePlan, Option<ImageFormat>), CoreError> {
         match source {
             DiskSource::Image(name) => {
                 let image = self.resolve_image(&record.owner, name).ok_or_else(|| {
@@ -444,20 +452,29 @@ impl Veem {
                         record.owner
                     ))
                 })?;
-                Ok((self.image_path(&image.owner, &image.name), Some(image.format)))
+                Ok((
+                    SourcePlan::file(self.image_path(&image.owner, &image.name)),
+                    Some(image.format),
+                ))
             }
-            DiskSource::Url(url) => match url.strip_prefix("file://") {
-                Some(path) => {
-                    let path = PathBuf::from(path);
-                    if !path.is_file() {
-                        return Err(CoreError::NotFound(format!("{what}: {url} does not exist")));
-                    }
-                    Ok((path, None))
+            DiskSource::Url(url) => {
+                let owner_is_admin = self.inner.config.admins.contains(&record.owner);
+                match self
+                    .inner
+                    .config
+                    .file_sources
+                    .resolve(owner_is_admin, source, what)?
+                {
+                    Some(path) => Ok((SourcePlan::file(path), None)),
+                    None => Ok((
+                        SourcePlan::Fetch {
+                            url: url.clone(),
+                            cached: None,
+                        },
+                        None,
+                    )),
                 }
-                None => Err(CoreError::DeploymentFailed(format!(
-                    "{what}: http(s) sources are not fetched by this version of veem; upload the image and use image:<name>"
-                ))),
-            },
+            }
         }
     }
 }
