@@ -587,6 +587,8 @@ mod tests {
             vees: vec!["vee-00000001".into()],
             last_seen_ms: 0,
             error: None,
+            since_ms: None,
+            reason: None,
         };
         assert_eq!(
             host_table(std::slice::from_ref(&host)).render(),

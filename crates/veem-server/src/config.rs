@@ -29,6 +29,10 @@ pub struct Config {
     /// How often host health is checked and the placement queue retried.
     #[serde(default = "default_health_interval_ms")]
     pub health_interval_ms: u64,
+    /// A host whose agent has not been heard for this long is down and its VEEs are moved to
+    /// other hosts (per their `restart_attempts`).
+    #[serde(default = "default_host_dead_after_ms")]
+    pub host_dead_after_ms: u64,
     /// How often the VEEM produces HARDWARE monitoring events of its ACTIVE VEEs.
     #[serde(default = "default_monitoring_interval_ms")]
     pub monitoring_interval_ms: u64,
@@ -94,6 +98,11 @@ fn default_agent_timeout_ms() -> u64 {
 fn default_health_interval_ms() -> u64 {
     1_000
 }
+fn default_host_dead_after_ms() -> u64 {
+    10_000
+}
+/// Below this, an agent's lease (half of it) leaves too little room for its heartbeats.
+const MIN_HOST_DEAD_AFTER_MS: u64 = 1_000;
 fn default_monitoring_interval_ms() -> u64 {
     10_000
 }
@@ -148,6 +157,11 @@ impl Config {
                 ));
             }
         }
+        if self.host_dead_after_ms < MIN_HOST_DEAD_AFTER_MS {
+            return Err(format!(
+                "host_dead_after_ms must be at least {MIN_HOST_DEAD_AFTER_MS}"
+            ));
+        }
         let mut hosts = std::collections::HashSet::new();
         for h in &self.hosts {
             if !hosts.insert(&h.name) {
@@ -191,6 +205,7 @@ memory_mb = 16384
         assert_eq!(config.principals[0].name.as_str(), "sm-a");
         assert_eq!(config.hosts[0].cpus, 8);
         assert_eq!(config.site, "local");
+        assert_eq!(config.host_dead_after_ms, 10_000);
     }
 
     #[test]
@@ -201,6 +216,7 @@ memory_mb = 16384
             ("[[principal]]\nname=\"a\"\ntoken=\"secret\"\n[[principal]]\nname=\"b\"\ntoken=\"secret\"\n", "another principal"),
             ("[[host]]\nname=\"h\"\ndriver=\"vmware\"\ncpus=1\nmemory_mb=1\n", "driver"),
             ("colour = \"red\"\n", "colour"),
+            ("host_dead_after_ms = 10\n", "host_dead_after_ms"),
         ];
         for (extra, needle) in cases {
             let err = Config::parse(&format!("{base}{extra}")).expect_err(extra);
