@@ -56,13 +56,26 @@ impl Veem {
             let _ = state.cluster.set_enabled(&host, false);
         }
         tracing::info!(%host, driver = %hello.driver, cpus = hello.cpus, memory_mb = hello.memory_mb, "host connected");
+        let fencing = match entry.lost {
+            Some(_) => Some(self.inner.hosts.moves().lock().await),
+            None => None,
+        };
         let reconciled = self.reconcile_host(&host).await;
-        // A lost host is fenced until now: it has ended every instance the VEEM moved away
-        // (reconciliation ends those before it takes anything the host says as truth).
-        if reconciled && entry.lost.is_some() && self.inner.hosts.clear_lost(&host, &link, now_ms())
-        {
-            tracing::info!(%host, "lost host is back; the instances moved away from it are ended");
+        if fencing.is_some() {
+            // A lost host is fenced until now: it has ended every instance the VEEM moved away
+            // (reconciliation ends those before it takes anything the host says as truth).
+            if reconciled {
+                if self.inner.hosts.clear_lost(&host, &link, now_ms()) {
+                    tracing::info!(%host, "lost host is back; the instances moved away from it are ended");
+                }
+            } else {
+                // Not fenced: it stays lost, and its next connection tries again.
+                tracing::warn!(%host, "cannot fence a lost host that came back; dropping its connection");
+                link.cut();
+                self.disconnect_host(&host, &link);
+            }
         }
+        drop(fencing);
         let accepts = self
             .inner
             .hosts
@@ -516,6 +529,10 @@ impl Veem {
             }
             let _ = self.state().cluster.set_enabled(&host, false);
         }
+        // A fence under way finishes first; the moves wait for the next tick.
+        let Ok(_moving) = self.inner.hosts.moves().try_lock() else {
+            return;
+        };
         for (host, lost) in self.inner.hosts.lost_unlinked() {
             self.evacuate(&host, &lost.reason).await;
         }
