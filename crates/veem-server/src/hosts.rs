@@ -234,10 +234,10 @@ pub struct Hosts {
     /// listening for agents): the silence of a host not heard since is counted from here, so a
     /// restart of the VEEM makes no host look dead.
     started: RwLock<Instant>,
-    /// Held while the VEEs of lost hosts are moved and while a lost host that came back is
-    /// fenced, so the two never interleave: a fence lists the host after every move it must
-    /// undo was recorded.
-    moves: tokio::sync::Mutex<()>,
+    /// One lock per host, held while the VEEs of that lost host are moved and while it is
+    /// fenced when it comes back, so the two never interleave: a fence lists the host after
+    /// every move it must undo was recorded.
+    moves: Mutex<BTreeMap<HostId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Hosts {
@@ -247,13 +247,18 @@ impl Hosts {
             timeout,
             dead_after,
             started: RwLock::new(Instant::now()),
-            moves: tokio::sync::Mutex::new(()),
+            moves: Mutex::new(BTreeMap::new()),
         }
     }
 
-    /// See the field: taken by the moves off lost hosts and by the fences of hosts back.
-    pub fn moves(&self) -> &tokio::sync::Mutex<()> {
-        &self.moves
+    /// The lock of `host` taken by the moves off it while lost and by its fence when back.
+    pub fn moves(&self, host: &HostId) -> Arc<tokio::sync::Mutex<()>> {
+        self.moves
+            .lock()
+            .expect("poisoned")
+            .entry(host.clone())
+            .or_default()
+            .clone()
     }
 
     /// Agents can reach this VEEM from now on: the silence of hosts not heard from since this

@@ -57,7 +57,7 @@ impl Veem {
         }
         tracing::info!(%host, driver = %hello.driver, cpus = hello.cpus, memory_mb = hello.memory_mb, "host connected");
         let fencing = match entry.lost {
-            Some(_) => Some(self.inner.hosts.moves().lock().await),
+            Some(_) => Some(self.inner.hosts.moves(&host).lock_owned().await),
             None => None,
         };
         let reconciled = self.reconcile_host(&host).await;
@@ -529,11 +529,11 @@ impl Veem {
             }
             let _ = self.state().cluster.set_enabled(&host, false);
         }
-        // A fence under way finishes first; the moves wait for the next tick.
-        let Ok(_moving) = self.inner.hosts.moves().try_lock() else {
-            return;
-        };
         for (host, lost) in self.inner.hosts.lost_unlinked() {
+            // A fence of that host under way finishes first; its moves wait for a later tick.
+            let Ok(_moving) = self.inner.hosts.moves(&host).try_lock_owned() else {
+                continue;
+            };
             self.evacuate(&host, &lost.reason).await;
         }
     }
