@@ -633,17 +633,24 @@ impl Veem {
         } else {
             record.restarts + 1
         };
-        let count = if never_ran {
-            "placing it again".to_owned()
+        let placed_note = |to: &HostId| {
+            if never_ran {
+                format!("{cause} before it finished booting; placed again on {to}")
+            } else {
+                format!("{cause}; restarted on {to}, restart {attempt} of {allowed}")
+            }
+        };
+        let waiting_note = if never_ran {
+            format!("{cause} before it finished booting; waiting for another host")
         } else {
-            format!("restart {attempt} of {allowed}")
+            format!("{cause}; waiting for another host, restart {attempt} of {allowed}")
         };
         let (staged, placed) = {
             let mut state = self.state();
             state.cluster.release(&record.id);
             match state.cluster.place(&record.id, demand_of(record)) {
                 Ok(to) => {
-                    let note = format!("{cause}; restarted on {to}, {count}");
+                    let note = placed_note(&to);
                     let h = to.clone();
                     let staged = Self::stage(&state, seq, Some(note.clone()), |r| {
                         r.state = VmiState::Initial;
@@ -662,7 +669,7 @@ impl Veem {
                         PlacementError::Unplaceable(u) => u.reason,
                         other => other.to_string(),
                     };
-                    let note = format!("{cause}; waiting for another host, {count}");
+                    let note = waiting_note;
                     let staged = Self::stage(&state, seq, Some(note.clone()), |r| {
                         r.state = VmiState::Initial;
                         r.veem_state = VeemState::Pending;
