@@ -5,6 +5,13 @@
 //! A request whose connection drops while it runs still runs to its end: a half-done deploy or
 //! migration is worse than an unanswered one, and the VEEM learns the outcome from `status` or
 //! `list` after the agent reconnects.
+//!
+//! The server's `Welcome` gives the agent a lease: once the agent has heard nothing from the
+//! server for longer (it was stopped, or the network cut it off), the server may have declared
+//! the host lost and restarted its VEEs elsewhere, so frames still queued on that connection
+//! may be stale (a deploy or a resume of a VEE that now runs on another host). The agent acts on
+//! none of them: it drops the connection and dials again, and the server ends what this host
+//! must no longer run before it trusts anything the host reports.
 
 use std::future::Future;
 use std::pin::{pin, Pin};
@@ -233,6 +240,9 @@ async fn serve<S: Future<Output = ()>>(
     }
     let (outbox, mut responses) = mpsc::channel::<AgentFrame>(OUTBOX);
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
+    // Until the server's `Welcome`, no lease (a server that predates leases sends none).
+    let mut lease: Option<Duration> = None;
+    let mut last_heard = Instant::now();
     loop {
         tokio::select! {
             () = &mut shutdown => {
@@ -251,17 +261,27 @@ async fn serve<S: Future<Output = ()>>(
                     return Ended::Dropped(format!("cannot ping: {e}"));
                 }
             }
-            message = stream.next() => match message {
-                None => return Ended::Dropped("the server closed the stream".to_owned()),
-                Some(Err(e)) => return Ended::Dropped(e.to_string()),
-                Some(Ok(Message::Close(_))) => {
-                    return Ended::Dropped("the server closed the connection".to_owned());
+            message = stream.next() => {
+                if let Some(stale) = lease_expired(lease, last_heard.elapsed()) {
+                    return Ended::Dropped(stale);
                 }
-                Some(Ok(Message::Text(text))) => dispatch(text.as_bytes(), agent, &outbox),
-                Some(Ok(Message::Binary(bytes))) => dispatch(&bytes, agent, &outbox),
-                // Pongs to the server's pings are sent by the WebSocket layer itself.
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-            },
+                last_heard = Instant::now();
+                match message {
+                    None => return Ended::Dropped("the server closed the stream".to_owned()),
+                    Some(Err(e)) => return Ended::Dropped(e.to_string()),
+                    Some(Ok(Message::Close(_))) => {
+                        return Ended::Dropped("the server closed the connection".to_owned());
+                    }
+                    Some(Ok(Message::Text(text))) => {
+                        lease = dispatch(text.as_bytes(), agent, &outbox).or(lease);
+                    }
+                    Some(Ok(Message::Binary(bytes))) => {
+                        lease = dispatch(&bytes, agent, &outbox).or(lease);
+                    }
+                    // Pongs to the server's pings are sent by the WebSocket layer itself.
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                }
+            }
         }
     }
 }
@@ -271,13 +291,35 @@ fn frame_message(frame: &AgentFrame) -> Message {
     Message::text(json)
 }
 
-/// Starts the task that answers one frame from the server.
-fn dispatch(bytes: &[u8], agent: &Arc<Agent>, outbox: &mpsc::Sender<AgentFrame>) {
+/// Why the connection must be dropped unread: the agent heard nothing from the server for
+/// longer than its lease, so what arrives now may have waited through a loss of this host.
+fn lease_expired(lease: Option<Duration>, silence: Duration) -> Option<String> {
+    let lease = lease?;
+    (silence > lease).then(|| {
+        format!(
+            "heard nothing from the server for {} ms, past the lease of {} ms: frames on this connection may be stale",
+            silence.as_millis(),
+            lease.as_millis()
+        )
+    })
+}
+
+/// Starts the task that answers one frame from the server; answers the lease a `Welcome`
+/// gives.
+fn dispatch(
+    bytes: &[u8],
+    agent: &Arc<Agent>,
+    outbox: &mpsc::Sender<AgentFrame>,
+) -> Option<Duration> {
     let (id, request) = match serde_json::from_slice::<AgentFrame>(bytes) {
         Ok(AgentFrame::Request { id, request }) => (id, Ok(request)),
+        Ok(AgentFrame::Welcome { lease_ms }) => {
+            tracing::debug!(lease_ms, "the server set this agent's lease");
+            return Some(Duration::from_millis(lease_ms));
+        }
         Ok(other) => {
             tracing::warn!(frame = ?other, "agent ignores a frame that is not a request");
-            return;
+            return None;
         }
         Err(e) => match unreadable_request_id(bytes) {
             // A request this agent cannot read (say, an operation it does not know) still gets
@@ -285,7 +327,7 @@ fn dispatch(bytes: &[u8], agent: &Arc<Agent>, outbox: &mpsc::Sender<AgentFrame>)
             Some(id) => (id, Err(e)),
             None => {
                 tracing::warn!(error = %e, "agent ignores an unreadable frame");
-                return;
+                return None;
             }
         },
     };
@@ -309,6 +351,7 @@ fn dispatch(bytes: &[u8], agent: &Arc<Agent>, outbox: &mpsc::Sender<AgentFrame>)
             tracing::info!(id, "response dropped: its connection is gone");
         }
     });
+    None
 }
 
 fn unreadable_request_id(bytes: &[u8]) -> Option<u64> {
@@ -351,6 +394,18 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn a_silence_past_the_lease_makes_the_connection_stale() {
+        let lease = Some(Duration::from_millis(5_000));
+        assert_eq!(lease_expired(None, Duration::from_secs(3600)), None);
+        assert_eq!(lease_expired(lease, Duration::from_millis(5_000)), None);
+        let stale = lease_expired(lease, Duration::from_millis(12_000)).expect("stale");
+        assert!(
+            stale.contains("12000 ms") && stale.contains("5000 ms"),
+            "{stale}"
+        );
     }
 
     #[test]

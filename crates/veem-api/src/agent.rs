@@ -336,11 +336,28 @@ pub enum AgentResponse {
 }
 
 /// One frame on a remote agent's WebSocket. The server sends `Request`s; the agent answers each
-/// with a `Response` carrying the same `id`. `Hello` is the agent's first frame.
+/// with a `Response` carrying the same `id`. `Hello` is the agent's first frame; `Welcome` the
+/// server's answer to it, before any request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "frame", rename_all = "snake_case")]
 pub enum AgentFrame {
-    Hello { hello: HostHello },
-    Request { id: u64, request: AgentRequest },
-    Response { id: u64, response: AgentResponse },
+    Hello {
+        hello: HostHello,
+    },
+    /// The server sends something (at least a WebSocket ping) more often than every
+    /// `lease_ms`. An agent that has heard nothing for longer may have been stopped or cut off
+    /// long enough to be declared lost, and its VEEs moved: what arrives after such a silence
+    /// may be stale, so the agent acts on none of it and connects again (the server then ends
+    /// what the host must no longer run before it trusts anything the host says).
+    Welcome {
+        lease_ms: u64,
+    },
+    Request {
+        id: u64,
+        request: AgentRequest,
+    },
+    Response {
+        id: u64,
+        response: AgentResponse,
+    },
 }

@@ -318,6 +318,13 @@ pub struct HostView {
     pub last_seen_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Since when the host is in its `state` (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_ms: Option<u64>,
+    /// Why a `down` host is down: disconnected, a failed health check, or lost (no answer
+    /// for `host_dead_after_ms`: its VEEs were moved to other hosts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -348,7 +348,9 @@ pub fn network_table(networks: &[NetworkView]) -> Table {
 }
 
 pub fn host_table(hosts: &[HostView]) -> Table {
-    let with_errors = hosts.iter().any(|h| h.error.is_some());
+    // A failed health check, else why a host is down (disconnected, lost).
+    let why = |h: &HostView| h.error.clone().or_else(|| h.reason.clone());
+    let with_errors = hosts.iter().any(|h| why(h).is_some());
     let mut headers = vec!["ID", "STATE", "DRIVER", "AGENT", "CPU", "MEM", "VEES"];
     if with_errors {
         headers.push("ERROR");
@@ -373,7 +375,7 @@ pub fn host_table(hosts: &[HostView]) -> Table {
             host.vees.len().to_string(),
         ];
         if with_errors {
-            row.push(or_dash(host.error.as_deref()));
+            row.push(or_dash(why(host).as_deref()));
         }
         table.row(row);
     }
@@ -587,6 +589,8 @@ mod tests {
             vees: vec!["vee-00000001".into()],
             last_seen_ms: 0,
             error: None,
+            since_ms: None,
+            reason: None,
         };
         assert_eq!(
             host_table(std::slice::from_ref(&host)).render(),
@@ -594,7 +598,7 @@ mod tests {
              h1  DISABLED  sim     in-process  2/8  1000 MiB/16 GiB  1\n"
         );
         host.error = Some("qmp socket closed".into());
-        let text = host_table(&[host]).render();
+        let text = host_table(std::slice::from_ref(&host)).render();
         assert!(
             text.starts_with(
                 "ID  STATE     DRIVER  AGENT       CPU  MEM              VEES  ERROR\n"
@@ -602,6 +606,12 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("  1     qmp socket closed\n"), "{text}");
+        // A lost host says why it is down.
+        host.error = None;
+        host.state = HostState::Down;
+        host.reason = Some("no answer for 10 s".into());
+        let text = host_table(&[host]).render();
+        assert!(text.ends_with("  1     no answer for 10 s\n"), "{text}");
     }
 
     #[test]

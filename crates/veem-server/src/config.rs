@@ -29,6 +29,10 @@ pub struct Config {
     /// How often host health is checked and the placement queue retried.
     #[serde(default = "default_health_interval_ms")]
     pub health_interval_ms: u64,
+    /// A host whose agent has not been heard for this long is down and its VEEs are moved to
+    /// other hosts (per their `restart_attempts`).
+    #[serde(default = "default_host_dead_after_ms")]
+    pub host_dead_after_ms: u64,
     /// How often the VEEM produces HARDWARE monitoring events of its ACTIVE VEEs.
     #[serde(default = "default_monitoring_interval_ms")]
     pub monitoring_interval_ms: u64,
@@ -161,6 +165,11 @@ fn default_agent_timeout_ms() -> u64 {
 fn default_health_interval_ms() -> u64 {
     1_000
 }
+fn default_host_dead_after_ms() -> u64 {
+    10_000
+}
+/// Below this, an agent's lease (half of it) leaves too little room for its heartbeats.
+const MIN_HOST_DEAD_AFTER_MS: u64 = 1_000;
 fn default_monitoring_interval_ms() -> u64 {
     10_000
 }
@@ -218,6 +227,11 @@ impl Config {
                 return Err("[tls]: cert and key go together".to_owned());
             }
         }
+        if self.host_dead_after_ms < MIN_HOST_DEAD_AFTER_MS {
+            return Err(format!(
+                "host_dead_after_ms must be at least {MIN_HOST_DEAD_AFTER_MS}"
+            ));
+        }
         let mut hosts = std::collections::HashSet::new();
         for h in &self.hosts {
             if !hosts.insert(&h.name) {
@@ -261,6 +275,7 @@ memory_mb = 16384
         assert_eq!(config.principals[0].name.as_str(), "sm-a");
         assert_eq!(config.hosts[0].cpus, 8);
         assert_eq!(config.site, "local");
+        assert_eq!(config.host_dead_after_ms, 10_000);
         assert!(config.tls.is_none());
     }
 
@@ -302,6 +317,7 @@ admin = true
             ("[[principal]]\nname=\"sm-x\"\ntoken_sha256=\"xyz\"\n", "principal sm-x: token_sha256 must be 64 hexadecimal"),
             ("[[principal]]\nname=\"a\"\ntoken=\"secret\"\n[[principal]]\nname=\"b\"\ntoken_sha256=\"2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b\"\n", "another principal"),
             ("[tls]\ncert=\"/x.pem\"\n", "cert and key go together"),
+            ("host_dead_after_ms = 10\n", "host_dead_after_ms"),
         ];
         for (extra, needle) in cases {
             let err = Config::parse(&format!("{base}{extra}")).expect_err(extra);

@@ -47,6 +47,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Veem> {
         shutdown_deadline: Duration::from_millis(config.shutdown_deadline_ms),
         agent_timeout: Duration::from_millis(config.agent_timeout_ms),
         health_interval: Duration::from_millis(config.health_interval_ms),
+        host_dead_after: Duration::from_millis(config.host_dead_after_ms),
         lan_key: veem::lan_key(&data_dir),
         monitoring_interval: Duration::from_millis(config.monitoring_interval_ms.max(100)),
         admins: config
@@ -132,6 +133,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
+    // Remote agents can reach this VEEM from now on: their silence counts from here.
+    state.veem.hosts().listening_from(std::time::Instant::now());
     let scheme = if tls.is_some() { "https" } else { "http" };
     if tls.is_none() && !config.listen.ip().is_loopback() {
         tracing::warn!(

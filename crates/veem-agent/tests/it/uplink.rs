@@ -298,6 +298,42 @@ async fn the_agent_reconnects_after_the_server_drops_it() {
 }
 
 #[tokio::test]
+async fn frames_after_a_silence_past_the_lease_are_not_acted_on_and_the_agent_redials() {
+    let mut server = start_server(TOKEN).await;
+    let (_stop, _task) = spawn_uplink(server.url.clone(), TOKEN);
+    let mut first = server.next_agent().await;
+    expect_hello(&mut first).await;
+    send(&mut first, &AgentFrame::Welcome { lease_ms: 300 }).await;
+    // Within the lease: answered.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let request = AgentRequest::Destroy { vee: vee(1) };
+    send(&mut first, &AgentFrame::Request { id: 1, request }).await;
+    assert_eq!(
+        next_frame(&mut first).await,
+        AgentFrame::Response {
+            id: 1,
+            response: AgentResponse::Done
+        }
+    );
+    // Silent past the lease (as when the agent was stopped, or the network cut off), then a
+    // request: it may have waited through a loss of this host, so it is not carried out.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let request = AgentRequest::Destroy { vee: vee(2) };
+    send(&mut first, &AgentFrame::Request { id: 2, request }).await;
+    loop {
+        match tokio::time::timeout(PATIENCE, first.recv()).await.unwrap() {
+            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+            Some(Ok(Message::Text(text))) => {
+                panic!("the agent acted on a stale frame: {}", text.as_str())
+            }
+            Some(Ok(_)) => continue,
+        }
+    }
+    let mut second = server.next_agent().await;
+    expect_hello(&mut second).await;
+}
+
+#[tokio::test]
 async fn a_rejected_token_is_fatal() {
     let server = start_server(TOKEN).await;
     let (_stop, task) = spawn_uplink(server.url.clone(), "wrong-token");

@@ -62,6 +62,8 @@ pub struct Setup {
     /// More top-level lines of the config, each ending in a newline (e.g.
     /// `file_sources = [...]\n`).
     pub top_level_config: String,
+    /// How long a host may be silent before it is lost and its VEEs move (veem's default).
+    pub host_dead_after_ms: u64,
 }
 
 /// The hypervisor driver of a test server's hosts.
@@ -88,6 +90,7 @@ impl Default for Setup {
             health_interval_ms: 200,
             monitoring_interval_ms: 300,
             top_level_config: String::new(),
+            host_dead_after_ms: 10_000,
             hosts: vec![
                 ("h1", 8, 16384, ""),
                 ("h2", 8, 16384, ""),
@@ -154,11 +157,14 @@ impl Server {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let port = free_port();
         let mut config = format!(
-            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"data\"\nplacement = \"{}\"\nshutdown_deadline_ms = 2000\nhealth_interval_ms = {}\nmonitoring_interval_ms = {}\n\n\
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"data\"\nplacement = \"{}\"\nshutdown_deadline_ms = 2000\nhealth_interval_ms = {}\nmonitoring_interval_ms = {}\nhost_dead_after_ms = {}\n\n\
              [[principal]]\nname = \"sm-a\"\ntoken = \"{TOKEN_A}\"\n\n\
              [[principal]]\nname = \"sm-b\"\ntoken = \"{TOKEN_B}\"\n\n\
              [[principal]]\nname = \"ops\"\ntoken = \"{TOKEN_OPS}\"\nadmin = true\n",
-            setup.placement, setup.health_interval_ms, setup.monitoring_interval_ms
+            setup.placement,
+            setup.health_interval_ms,
+            setup.monitoring_interval_ms,
+            setup.host_dead_after_ms
         );
         config.push_str(&setup.extra_config);
         let mut ca = None;
@@ -649,4 +655,162 @@ pub fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, bytes).expect("file written");
     path
+}
+
+/// A host agent as its own process (`veem agent --driver sim`), connected to a test server
+/// with the admin's token; its state directory (the sim driver's journal) is kept across
+/// restarts, as a machine's disk would be.
+pub struct RemoteAgent {
+    pub name: String,
+    pub state_dir: PathBuf,
+    server_url: String,
+    cpus: u32,
+    memory_mb: u64,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl RemoteAgent {
+    pub fn start(server: &Server, name: &str, cpus: u32, memory_mb: u64) -> Self {
+        let mut agent = Self {
+            name: name.to_owned(),
+            state_dir: server.dir.path().join(format!("agent-{name}")),
+            server_url: server.url.clone(),
+            cpus,
+            memory_mb,
+            log: server.dir.path().join(format!("agent-{name}.log")),
+            child: None,
+        };
+        agent.spawn();
+        agent
+    }
+
+    /// Starts the agent (again), on the same state directory.
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "{} is already running", self.name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("agent log file");
+        let child = Command::new(veem_bin())
+            .args([
+                "agent",
+                "--server",
+                &self.server_url,
+                "--agent-token",
+                TOKEN_OPS,
+            ])
+            .args(["--name", &self.name, "--driver", "sim"])
+            .args(["--cpus", &self.cpus.to_string()])
+            .args(["--memory-mb", &self.memory_mb.to_string()])
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("the agent starts");
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the agent runs").id()
+    }
+
+    /// SIGKILL: the agent ends at once; what its driver recorded stays in its state directory.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("kill -9");
+            child.wait().expect("reaped");
+        }
+    }
+
+    /// Sends a signal by name (`STOP`, `CONT`) to the agent process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{signal} {}", self.pid());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The sim driver's journal: see [`sim_journal`].
+    pub fn journal(&self) -> Vec<(String, String)> {
+        sim_journal(&self.state_dir)
+    }
+
+    /// The instances the agent's sim driver holds (runs, or keeps paused) by its journal.
+    pub fn instances(&self) -> std::collections::BTreeSet<String> {
+        sim_instances(&self.state_dir)
+    }
+}
+
+/// A sim driver's journal in `state_dir`, line by line: `("put", vee)` or `("remove", vee)`, in
+/// the order written (a torn last line left out, as the driver itself does).
+pub fn sim_journal(state_dir: &Path) -> Vec<(String, String)> {
+    let bytes = std::fs::read(state_dir.join("instances.journal")).unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes);
+    let complete = text.rsplit_once('\n').map_or("", |(whole, _)| whole);
+    complete
+        .lines()
+        .filter(|l| !l.is_empty())
+        .filter_map(|line| {
+            let value: serde_json::Value = serde_json::from_str(line).ok()?;
+            if let Some(vee) = value["put"]["vee"].as_str() {
+                Some(("put".to_owned(), vee.to_owned()))
+            } else {
+                Some(("remove".to_owned(), value["remove"].as_str()?.to_owned()))
+            }
+        })
+        .collect()
+}
+
+/// The instances a sim driver holds (runs, or keeps paused) by its journal in `state_dir`.
+pub fn sim_instances(state_dir: &Path) -> std::collections::BTreeSet<String> {
+    let mut live = std::collections::BTreeSet::new();
+    for (op, vee) in sim_journal(state_dir) {
+        if op == "put" {
+            live.insert(vee);
+        } else {
+            live.remove(&vee);
+        }
+    }
+    live
+}
+
+impl Drop for RemoteAgent {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Polls the server until `host` is in `state` (for at most `limit`); answers the host's view.
+pub async fn wait_host(
+    s: &Server,
+    host: &str,
+    state: veem_api::HostState,
+    limit: Duration,
+) -> veem_api::HostView {
+    let deadline = Instant::now() + limit;
+    loop {
+        let hosts = s.ops.list_hosts().await.expect("hosts");
+        if let Some(h) = hosts
+            .hosts
+            .iter()
+            .find(|h| h.id.as_str() == host && h.state == state)
+        {
+            return h.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{host} never became {state:?}: {hosts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

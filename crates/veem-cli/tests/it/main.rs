@@ -8,6 +8,7 @@ mod cli;
 mod control;
 mod errors;
 mod harness;
+mod hostloss;
 mod monitoring;
 mod networks;
 mod operators;

@@ -79,20 +79,55 @@ async fn serve_agent(state: AppState, socket: WebSocket) {
     let remote = Arc::new(RemoteLink::new(out_tx));
     let link: Arc<dyn HostLink> = remote.clone();
     let host = hello.name.clone();
-    let writer = tokio::spawn(async move {
-        while let Some(frame) = out_rx.recv().await {
-            let Ok(text) = serde_json::to_string(&frame) else {
-                continue;
-            };
-            if sink.send(Message::Text(text.into())).await.is_err() {
-                break;
+    // The agent's lease: half the silence after which this VEEM declares a host lost, so an
+    // agent cut off that long has noticed before its VEEs run elsewhere. Pings keep a healthy
+    // connection well within it.
+    let lease = state.veem.hosts().dead_after() / 2;
+    let welcome = AgentFrame::Welcome {
+        lease_ms: lease.as_millis() as u64,
+    };
+    let writer = {
+        let remote = remote.clone();
+        tokio::spawn(async move {
+            let mut ping = tokio::time::interval(lease / 4);
+            // Before any request: the agent learns its lease first.
+            if let Ok(text) = serde_json::to_string(&welcome) {
+                if sink.send(Message::Text(text.into())).await.is_err() {
+                    return;
+                }
             }
-        }
-    });
+            loop {
+                let message = tokio::select! {
+                    frame = out_rx.recv() => match frame.map(|f| serde_json::to_string(&f)) {
+                        Some(Ok(text)) => Message::Text(text.into()),
+                        Some(Err(_)) => continue,
+                        None => break,
+                    },
+                    _ = ping.tick() => Message::Ping(Default::default()),
+                    () = remote.cut_notified() => {
+                        let _ = sink.send(Message::Close(None)).await;
+                        break;
+                    }
+                };
+                if sink.send(message).await.is_err() {
+                    break;
+                }
+            }
+        })
+    };
     let reader = {
         let remote = remote.clone();
         async move {
-            while let Some(Ok(message)) = stream.next().await {
+            loop {
+                let message = tokio::select! {
+                    message = stream.next() => message,
+                    // A lost host's connection ends here: nothing it says counts any more.
+                    () = remote.cut_notified() => break,
+                };
+                let Some(Ok(message)) = message else {
+                    break;
+                };
+                remote.heard();
                 let Message::Text(text) = message else {
                     continue;
                 };

@@ -706,6 +706,8 @@ fn host_view(
             .unwrap_or_default(),
         last_seen_ms: entry.last_seen_ms,
         error: entry.error.clone(),
+        since_ms: Some(entry.since_ms),
+        reason: entry.reason(),
     }
 }
 

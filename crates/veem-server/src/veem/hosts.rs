@@ -1,7 +1,7 @@
 //! Hosts: connecting, reconciling the books with what hosts run, the placement and health loops.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use veem_api::agent::{AgentRequest, AgentResponse, InstanceState, InstanceStatus};
 use veem_model::{HostId, Phase, VeeId, VeeRecord, VeemState, VmiState};
@@ -24,7 +24,10 @@ impl Veem {
         link: Arc<dyn HostLink>,
     ) -> Result<(), CoreError> {
         let host = hello.name.clone();
-        let entry = self.inner.hosts.connect(hello.clone(), link, now_ms());
+        let entry = self
+            .inner
+            .hosts
+            .connect(hello.clone(), link.clone(), now_ms());
         {
             let mut state = self.state();
             state.cluster.upsert_host(
@@ -53,17 +56,38 @@ impl Veem {
             let _ = state.cluster.set_enabled(&host, false);
         }
         tracing::info!(%host, driver = %hello.driver, cpus = hello.cpus, memory_mb = hello.memory_mb, "host connected");
-        self.reconcile_host(&host).await;
-        let _ = self
-            .state()
-            .cluster
-            .set_enabled(&host, entry.accepts_vees());
+        let fencing = match entry.lost {
+            Some(_) => Some(self.inner.hosts.moves(&host).lock_owned().await),
+            None => None,
+        };
+        let reconciled = self.reconcile_host(&host).await;
+        if fencing.is_some() {
+            // A lost host is fenced until now: it has ended every instance the VEEM moved away
+            // (reconciliation ends those before it takes anything the host says as truth).
+            if reconciled {
+                if self.inner.hosts.clear_lost(&host, &link, now_ms()) {
+                    tracing::info!(%host, "lost host is back; the instances moved away from it are ended");
+                }
+            } else {
+                // Not fenced: it stays lost, and its next connection tries again.
+                tracing::warn!(%host, "cannot fence a lost host that came back; dropping its connection");
+                link.cut();
+                self.disconnect_host(&host, &link);
+            }
+        }
+        drop(fencing);
+        let accepts = self
+            .inner
+            .hosts
+            .get(&host)
+            .is_some_and(|e| e.accepts_vees());
+        let _ = self.state().cluster.set_enabled(&host, accepts);
         self.wake_placer();
         Ok(())
     }
 
     pub fn disconnect_host(&self, host: &HostId, link: &Arc<dyn HostLink>) {
-        if self.inner.hosts.disconnect(host, link) {
+        if self.inner.hosts.disconnect(host, link, now_ms()) {
             let _ = self.state().cluster.set_enabled(host, false);
             tracing::warn!(%host, "host disconnected");
         }
@@ -90,31 +114,34 @@ impl Veem {
         self.state().cluster.usage(host)
     }
 
-    /// Makes the books agree with what a host runs: instances it reports set the state of their
-    /// VEEs; VEEs it should run but does not are FAILED (never silently lost); instances the VEEM
-    /// does not know on that host are ended.
-    pub async fn reconcile_host(&self, host: &HostId) {
+    /// Makes the books agree with what a host runs: instances the VEEM does not place on that
+    /// host (moved away while it was lost, or never placed there) are ended first; then the
+    /// instances it reports set the state of their VEEs, and VEEs it should run but does not
+    /// are restarted or FAILED (never silently lost). Answers whether the host could be
+    /// listed.
+    pub async fn reconcile_host(&self, host: &HostId) -> bool {
         let listed_ms = now_ms();
         let instances = match self.inner.hosts.call(host, AgentRequest::List).await {
             AgentResponse::List { instances } => instances,
             other => {
                 tracing::warn!(%host, answer = ?other, "cannot list the host's instances");
-                return;
+                return false;
             }
         };
-        self.apply_observed(host, &instances, listed_ms, true).await;
+        self.apply_observed(host, &instances, listed_ms, true).await
     }
 
     /// `listed_ms` is when the host was asked: a record changed since then may be newer than
-    /// what the host said, and is left alone.
+    /// what the host said, and is left alone. With `end_orphans`, the instances the VEEM does
+    /// not place on `host` are ended before anything else: the fencing of a host that was lost
+    /// (see "Host loss" in ARCHITECTURE.md). Answers whether every such instance was ended.
     async fn apply_observed(
         &self,
         host: &HostId,
         instances: &[InstanceStatus],
         listed_ms: u64,
         end_orphans: bool,
-    ) {
-        self.observe_instances(instances);
+    ) -> bool {
         let (expected, orphans) = {
             let state = self.state();
             // Placement knows each host's VEEs: no need to look through every record.
@@ -142,6 +169,31 @@ impl Veem {
                 .collect();
             (expected, orphans)
         };
+        let mut fenced = true;
+        if end_orphans {
+            for vee in orphans {
+                tracing::warn!(%vee, %host, "ending an instance the VEEM does not place on this host");
+                let answer = self
+                    .inner
+                    .hosts
+                    .call(host, AgentRequest::Destroy { vee: vee.clone() })
+                    .await;
+                if let AgentResponse::Error { error } = answer {
+                    if error.kind != veem_api::agent::AgentErrorKind::NoSuchInstance {
+                        tracing::warn!(%vee, %host, error = %error.message, "cannot end the instance");
+                        fenced = false;
+                    }
+                }
+            }
+        }
+        // Only what the books place here is taken as truth: an instance moved away says
+        // nothing about its VEE.
+        let placed_here: Vec<InstanceStatus> = instances
+            .iter()
+            .filter(|i| expected.iter().any(|(_, r)| r.id == i.vee))
+            .cloned()
+            .collect();
+        self.observe_instances(&placed_here);
         for (seq, record) in expected {
             let Some(lock) = self.op_lock(seq) else {
                 continue;
@@ -226,16 +278,7 @@ impl Veem {
                 tracing::error!(vee = %record.id, error = %e, "cannot record what the host reports");
             }
         }
-        if end_orphans {
-            for vee in orphans {
-                tracing::warn!(%vee, %host, "ending an instance the VEEM does not place on this host");
-                let _ = self
-                    .inner
-                    .hosts
-                    .call(host, AgentRequest::Destroy { vee })
-                    .await;
-            }
-        }
+        fenced
     }
 
     /// A VEE that should run on `host` has no live instance there: its process is gone or its
@@ -306,13 +349,15 @@ impl Veem {
         }
     }
 
-    /// Starts the background loops: placement of pending VEEs, host health, the accounting
-    /// scheduler and the HARDWARE events.
+    /// Starts the background loops: placement of pending VEEs, host health, host loss, the
+    /// accounting scheduler and the HARDWARE events.
     pub fn start_background(&self) {
         let veem = self.clone();
         tokio::spawn(async move { veem.placement_loop().await });
         let veem = self.clone();
         tokio::spawn(async move { veem.health_loop().await });
+        let veem = self.clone();
+        tokio::spawn(async move { veem.loss_loop().await });
         let veem = self.clone();
         tokio::spawn(async move { veem.accounting_loop().await });
         let veem = self.clone();
@@ -403,44 +448,268 @@ impl Veem {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            for (host, entry) in self.inner.hosts.all() {
-                if entry.link.is_none() {
-                    continue;
-                }
-                let was_up = entry.error.is_none();
-                let listed_ms = now_ms();
-                let answer = tokio::time::timeout(
-                    Duration::from_secs(5),
-                    self.inner.hosts.call(&host, AgentRequest::List),
-                )
-                .await;
-                let (error, instances) = match answer {
-                    Ok(AgentResponse::List { instances }) => (None, Some(instances)),
-                    Ok(AgentResponse::Error { error }) => (Some(error.message), None),
-                    Ok(other) => (Some(format!("unexpected answer {other:?}")), None),
-                    Err(_) => (Some("did not answer a health check in 5 s".into()), None),
-                };
-                let accepts = self
-                    .inner
-                    .hosts
-                    .record_health(&host, error.clone(), now_ms());
-                let _ = self.state().cluster.set_enabled(&host, accepts);
-                if let Some(e) = &error {
-                    if was_up {
-                        tracing::warn!(%host, error = %e, "host is down");
-                    }
-                }
-                if let Some(instances) = instances {
-                    if !was_up {
-                        tracing::info!(%host, "host is up again");
-                        self.reconcile_host(&host).await;
-                        self.wake_placer();
-                    } else {
-                        self.apply_observed(&host, &instances, listed_ms, false)
-                            .await;
-                    }
-                }
+            // Concurrently: a silent host must not delay the others' checks.
+            let checks = self
+                .inner
+                .hosts
+                .all()
+                .into_iter()
+                // A lost host that reconnected is being reconciled by its connection.
+                .filter(|(_, entry)| entry.link.is_some() && entry.lost.is_none())
+                .map(|(host, entry)| self.check_host(host, entry));
+            futures::future::join_all(checks).await;
+        }
+    }
+
+    /// One health check: lists the host's instances and applies what it says.
+    async fn check_host(&self, host: HostId, entry: HostEntry) {
+        let was_up = entry.error.is_none();
+        let listed_ms = now_ms();
+        let answer = tokio::time::timeout(
+            Duration::from_secs(5),
+            self.inner.hosts.call(&host, AgentRequest::List),
+        )
+        .await;
+        let (error, instances) = match answer {
+            Ok(AgentResponse::List { instances }) => (None, Some(instances)),
+            Ok(AgentResponse::Error { error }) => (Some(error.message), None),
+            Ok(other) => (Some(format!("unexpected answer {other:?}")), None),
+            Err(_) => (Some("did not answer a health check in 5 s".into()), None),
+        };
+        let accepts = self
+            .inner
+            .hosts
+            .record_health(&host, error.clone(), now_ms());
+        let _ = self.state().cluster.set_enabled(&host, accepts);
+        if let Some(e) = &error {
+            if was_up {
+                tracing::warn!(%host, error = %e, "host is down");
             }
         }
+        if let Some(instances) = instances {
+            if !was_up {
+                tracing::info!(%host, "host is up again");
+                self.reconcile_host(&host).await;
+                self.wake_placer();
+            } else {
+                self.apply_observed(&host, &instances, listed_ms, false)
+                    .await;
+            }
+        }
+    }
+
+    /// Watches for lost hosts at every health interval, on its own: it waits on no host, so a
+    /// host that does not answer its health check cannot delay it.
+    async fn loss_loop(self) {
+        let mut tick = tokio::time::interval(self.inner.config.health_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.handle_host_loss().await;
+        }
+    }
+
+    /// Declares lost every host silent for `host_dead_after` (its link is cut, so nothing more
+    /// reaches it until it reconnects and is fenced), then moves the VEEs of lost hosts away.
+    /// Runs at every health tick: a VEE busy with an action when its host was lost is moved
+    /// once that action ends.
+    pub(super) async fn handle_host_loss(&self) {
+        let in_books: std::collections::BTreeSet<HostId> = self
+            .state()
+            .vees
+            .values()
+            .filter_map(|s| s.record.host.clone())
+            .collect();
+        let now = now_ms();
+        for (host, silence) in self.inner.hosts.newly_silent(in_books, Instant::now()) {
+            let reason = format!("no answer for {} s", silence.as_secs());
+            tracing::warn!(%host, %reason, "host lost; its VEEs move to other hosts");
+            if let Some(link) = self.inner.hosts.declare_lost(&host, reason, now) {
+                link.cut();
+            }
+            let _ = self.state().cluster.set_enabled(&host, false);
+        }
+        for (host, lost) in self.inner.hosts.lost_unlinked() {
+            // A fence of that host under way finishes first; its moves wait for a later tick.
+            let Ok(_moving) = self.inner.hosts.moves(&host).try_lock_owned() else {
+                continue;
+            };
+            self.evacuate(&host, &lost.reason).await;
+        }
+    }
+
+    /// Moves every VEE the books place on a lost host: a running (or paused, or booting) one
+    /// boots again elsewhere from its own disks while its descriptor allows restarts, else it
+    /// is FAILED; a reservation is released; a restore cut short leaves it SUSPENDED. A VEE with
+    /// an action under way is left to that action (its calls to the host fail now) and moved
+    /// at a later tick.
+    async fn evacuate(&self, host: &HostId, reason: &str) {
+        let on_host: Vec<u64> = self
+            .state()
+            .vees
+            .iter()
+            .filter(|(_, s)| s.record.host.as_ref() == Some(host))
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in on_host {
+            let Some(lock) = self.op_lock(seq) else {
+                continue;
+            };
+            let Ok(guard) = lock.try_lock_owned() else {
+                continue;
+            };
+            let Some(record) = self.state().vees.get(&seq).map(|s| s.record.clone()) else {
+                continue;
+            };
+            if record.host.as_ref() != Some(host) {
+                continue;
+            }
+            let cause = format!("host {host} lost ({reason})");
+            let result = match (record.state, record.reserved) {
+                (VmiState::Defined, true) => {
+                    self.state().cluster.release(&record.id);
+                    let note = format!("{cause}; its reservation there is released");
+                    self.update(seq, Some(note), |r| {
+                        r.host = None;
+                        r.reserved = false;
+                    })
+                    .await
+                }
+                (VmiState::Suspended, _) => {
+                    self.state().cluster.release(&record.id);
+                    self.update(
+                        seq,
+                        Some(format!("{cause}; restore interrupted, still suspended")),
+                        |r| {
+                            r.settle(VmiState::Suspended, VeemState::Suspended);
+                            r.host = None;
+                        },
+                    )
+                    .await
+                }
+                (VmiState::Initial | VmiState::Active | VmiState::Paused, _) => {
+                    self.restart_elsewhere(seq, &record, host, &cause, guard)
+                        .await
+                }
+                (VmiState::Defined | VmiState::Destroyed, _) => continue,
+            };
+            if let Err(e) = result {
+                tracing::error!(vee = %record.id, %host, error = %e, "cannot move a VEE off a lost host");
+            }
+        }
+    }
+
+    /// A VEE whose host was lost boots again from its own disks on another host, placed at
+    /// once (its event says where) or queued, while its descriptor allows restarts (one that
+    /// was still booting there never ran, so it counts none); else it is FAILED with the cause.
+    async fn restart_elsewhere(
+        &self,
+        seq: u64,
+        record: &VeeRecord,
+        lost: &HostId,
+        cause: &str,
+        guard: tokio::sync::OwnedMutexGuard<()>,
+    ) -> Result<VeeRecord, CoreError> {
+        let never_ran = record.state == VmiState::Initial;
+        let allowed = record.descriptor.restart_attempts;
+        if !never_ran && record.restarts >= allowed {
+            self.state().cluster.release(&record.id);
+            let note = if allowed == 0 {
+                format!("{cause}; disks kept")
+            } else {
+                format!("{cause} after {allowed} restarts; disks kept")
+            };
+            tracing::warn!(vee = %record.id, %lost, "{note}");
+            return self
+                .update(seq, Some(note.clone()), |r| {
+                    r.settle(VmiState::Destroyed, VeemState::Failed);
+                    r.host = None;
+                    r.last_error = Some(note);
+                })
+                .await;
+        }
+        let attempt = if never_ran {
+            record.restarts
+        } else {
+            record.restarts + 1
+        };
+        let placed_note = |to: &HostId| {
+            if never_ran {
+                format!("{cause} before it finished booting; placed again on {to}")
+            } else {
+                format!("{cause}; restarted on {to}, restart {attempt} of {allowed}")
+            }
+        };
+        let waiting_note = if never_ran {
+            format!("{cause} before it finished booting; waiting for another host")
+        } else {
+            format!("{cause}; waiting for another host, restart {attempt} of {allowed}")
+        };
+        let (staged, placed) = {
+            let mut state = self.state();
+            state.cluster.release(&record.id);
+            match state.cluster.place(&record.id, demand_of(record)) {
+                Ok(to) => {
+                    let note = placed_note(&to);
+                    let h = to.clone();
+                    let staged = Self::stage(&state, seq, Some(note.clone()), |r| {
+                        r.state = VmiState::Initial;
+                        r.veem_state = VeemState::Hold;
+                        r.phase = Some(Phase::Booting);
+                        r.host = Some(h);
+                        r.restarts = attempt;
+                        r.has_saved_memory = false;
+                        r.pending_reason = None;
+                        r.last_error = Some(note);
+                    });
+                    (staged, Some(to))
+                }
+                Err(e) => {
+                    let why = match e {
+                        PlacementError::Unplaceable(u) => u.reason,
+                        other => other.to_string(),
+                    };
+                    let note = waiting_note;
+                    let staged = Self::stage(&state, seq, Some(note.clone()), |r| {
+                        r.state = VmiState::Initial;
+                        r.veem_state = VeemState::Pending;
+                        r.phase = Some(Phase::Placing);
+                        r.host = None;
+                        r.restarts = attempt;
+                        r.has_saved_memory = false;
+                        r.pending_reason = Some(why);
+                        r.last_error = Some(note);
+                    });
+                    (staged, None)
+                }
+            }
+        };
+        let staged = staged.ok_or_else(|| {
+            CoreError::NotFound(format!("VEE {} was purged", VeeId::from_seq(seq)))
+        })?;
+        tracing::warn!(vee = %record.id, %lost, to = ?placed, "moving a VEE off a lost host");
+        let committed = self.commit(vec![staged]).await;
+        let updated = match committed {
+            Ok(mut records) => records.remove(0),
+            Err(e) => {
+                // Nothing changed: the VEE is still on the lost host, moved at the next tick.
+                if placed.is_some() {
+                    self.state().cluster.release(&record.id);
+                }
+                return Err(e);
+            }
+        };
+        match placed {
+            Some(to) => {
+                let veem = self.clone();
+                tokio::spawn(async move { veem.deploy(seq, to, guard, None).await });
+            }
+            None => {
+                self.state().pending.insert(seq);
+                drop(guard);
+                self.wake_placer();
+            }
+        }
+        Ok(updated)
     }
 }

@@ -54,6 +54,8 @@ pub struct CoreConfig {
     pub shutdown_deadline: Duration,
     pub agent_timeout: Duration,
     pub health_interval: Duration,
+    /// A host silent this long is lost: its VEEs are moved (see "Host loss" in ARCHITECTURE.md).
+    pub host_dead_after: Duration,
     /// Names this VEEM's LANs on hosts apart from another VEEM's ([`lan_key`]).
     pub lan_key: u32,
     /// How often the VEEM produces HARDWARE events of its ACTIVE VEEs.
@@ -211,7 +213,7 @@ impl Veem {
             .map(|i| ((i.owner.clone(), i.name.clone()), i))
             .collect();
         let committer = Committer::start(store.clone());
-        let hosts = Hosts::new(config.agent_timeout);
+        let hosts = Hosts::new(config.agent_timeout, config.host_dead_after);
         let state = State {
             vees,
             next_seq: snapshot.next_vee_seq.max(1),

@@ -320,6 +320,20 @@ impl Veem {
                 })
                 .await
             }
+            Err(e)
+                if self
+                    .inner
+                    .hosts
+                    .get(&host)
+                    .is_some_and(|h| h.lost.is_some()) =>
+            {
+                // The host was lost during the call: whether the instance started there is
+                // unknown. The VEE stays on that host in the books, so the host-loss loop places
+                // it again elsewhere (a restore stays SUSPENDED), and the fence ends whatever
+                // the host made of it if it comes back.
+                tracing::warn!(vee = %record.id, %host, error = %e, "host lost during the deployment; it is placed again");
+                Err(e)
+            }
             Err(e) => {
                 let failure = match (&e, &memory_file) {
                     (CoreError::NotFound(_), _) | (_, Some(_)) => e.clone(),
