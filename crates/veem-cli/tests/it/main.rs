@@ -9,6 +9,7 @@ mod harness;
 mod monitoring;
 mod networks;
 mod operators;
+mod purge;
 mod qemu_guests;
 mod qemu_networks;
 mod restart;

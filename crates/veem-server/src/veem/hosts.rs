@@ -54,6 +54,7 @@ impl Veem {
         }
         tracing::info!(%host, driver = %hello.driver, cpus = hello.cpus, memory_mb = hello.memory_mb, "host connected");
         self.reconcile_host(&host).await;
+        self.sweep_purged(&host).await;
         let _ = self
             .state()
             .cluster
