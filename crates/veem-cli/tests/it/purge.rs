@@ -44,14 +44,14 @@ fn is_the_stores(path: &str) -> bool {
 
 /// Asserts that nothing of `id` is left under `root`: no name holds it, no file but the store's
 /// holds its bytes, and nothing is new since `before` but the store's files and the (empty)
-/// folder of all VEEs.
+/// folders of all VEEs and of disk exports.
 fn assert_nothing_left_of(root: &Path, before: &BTreeSet<String>, id: &str) {
     let after = listing(root);
     let named: Vec<&String> = after.iter().filter(|p| p.contains(id)).collect();
     assert!(named.is_empty(), "{id} is still named in {named:?}");
     let new: Vec<&String> = after
         .difference(before)
-        .filter(|p| !is_the_stores(p) && p.as_str() != "vees")
+        .filter(|p| !is_the_stores(p) && !["vees", "exports"].contains(&p.as_str()))
         .collect();
     assert!(new.is_empty(), "new since before {id} was made: {new:?}");
     for path in after.iter().filter(|p| !is_the_stores(p)) {
@@ -141,7 +141,15 @@ async fn purge_leaves_nothing_on_any_host_the_vee_ran_on(driver: Hypervisor) {
         );
     }
 
+    // What a crash in the middle of a disk download leaves (the export is unlinked as soon as
+    // its download starts): the VEE's too.
+    let exports = data.join("exports");
+    std::fs::create_dir_all(&exports).expect("exports folder");
+    let leftover = exports.join(format!("{id}-vda-1.qcow2"));
+    std::fs::write(&leftover, id.as_bytes()).expect("a leftover export");
+
     s.a.purge_vee(&id).await.expect("purged");
+    assert!(!leftover.exists(), "the leftover export is gone");
     assert!(
         processes_mentioning(&data.join("vees").join(&id)).is_empty(),
         "no process of {id} is left"

@@ -3,9 +3,10 @@
 //!
 //! Timing: a listener's ticks fall at `registered + k * interval` on a monotonic clock, whether
 //! or not anything changed (both clocks are read together at registration); one scheduler
-//! task wakes [`BUILD_LEAD`] before the earliest tick, builds the records of every tick then
-//! due, waits for the tick and hands each callback its records of that moment in one push (a
-//! JSON array). A late tick is still sent, never skipped; after a restart of the
+//! task wakes a lead before the earliest tick (what storing the records takes, measured, plus
+//! [`SEND_GROUPING`]), builds the records of every tick then due and starts storing them; they
+//! wait for their tick and each callback gets its records of that moment in one push (a JSON
+//! array). A late tick is still sent, never skipped; after a restart of the
 //! VEEM the ticks go on on the same grid (those that fell while it was down are not sent).
 //!
 //! Durability (the accounting outbox): a record is stored before any listener can see it. The
@@ -39,9 +40,14 @@ use super::monitoring::{hardware_event, Routed};
 use super::*;
 use crate::push::{check_callback, PushConfig, Pusher, Receipts};
 
-/// How long before a tick its records are built, so that they go out at the tick itself. A
-/// state change within this lead shows in the next record.
-const BUILD_LEAD: Duration = Duration::from_millis(3);
+/// Ticks this close together go out in one push, at the later one. It is also the least lead
+/// with which records are built before their tick.
+const SEND_GROUPING: Duration = Duration::from_millis(3);
+/// The most by which records are built ahead of their tick, however slow storing them is: the
+/// state a record shows is the state this long before its tick, at worst.
+const MAX_STORE_LEAD: Duration = Duration::from_millis(30);
+/// What storing a tick's records is taken to cost until it was measured.
+const FIRST_STORE_ESTIMATE: Duration = Duration::from_millis(5);
 /// ACTIVE periods kept per VEE: enough for the longest interval.
 const ACTIVITY_KEPT_MS: u64 = MAX_ACCOUNTING_INTERVAL_MS + 60_000;
 
@@ -173,16 +179,35 @@ impl Receipts<Outgoing> for OutboxReceipts {
     }
 }
 
-/// Records of one moment on their way: stored first, then pushed, in the order made.
+/// Records on their way: stored first, then pushed, in the order made.
 struct Delivery {
-    entries: Vec<OutboxEntry>,
-    /// Resolves once `entries` are durable (with their records).
+    segments: Vec<Segment>,
+    /// Resolves once every segment's records are durable (with their outbox entries).
     durable: BoxFuture<'static, Result<(), CoreError>>,
     /// Whether `durable` is a commit of these records alone, which can be tried again without
     /// the VEEs purged meanwhile; a DESTROY's records share the DESTROY's commit instead.
     own_commit: bool,
-    /// Not sent before this: the tick they are for.
+}
+
+/// Records pushed together: the ticks within [`SEND_GROUPING`] of each other.
+struct Segment {
+    /// Not sent before this: the last of their ticks.
     not_before: Option<Instant>,
+    entries: Vec<OutboxEntry>,
+}
+
+/// The next estimate of a cost after `before`, when it cost `took`: a higher cost is taken at
+/// once; a lower one lowers the estimate by an eighth per measure, at most down to it.
+fn decaying_max(before: u64, took: u64) -> u64 {
+    took.max(before - before / 8)
+}
+
+/// Every entry of `segments`, in order.
+fn entries_of(segments: &[Segment]) -> Vec<OutboxEntry> {
+    segments
+        .iter()
+        .flat_map(|s| s.entries.iter().cloned())
+        .collect()
 }
 
 /// The changes that store `entries` and queue them in the outbox.
@@ -220,6 +245,8 @@ pub(super) struct Accounting {
     pending_deliveries: Mutex<Option<mpsc::UnboundedReceiver<Delivery>>>,
     /// What the outbox held at start, to push again first.
     backlog: Mutex<Vec<OutboxEntry>>,
+    /// How long storing a tick's records took lately, in µs: a decaying maximum.
+    store_us: AtomicU64,
     /// What hosts last reported of each VEE.
     observed: Mutex<HashMap<u64, InstanceStatus>>,
     /// Each VEE's ACTIVE periods, `(start, end)`, newest last.
@@ -261,6 +288,7 @@ impl Accounting {
             deliveries,
             pending_deliveries: Mutex::new(Some(pending_deliveries)),
             backlog: Mutex::new(outbox),
+            store_us: AtomicU64::new(FIRST_STORE_ESTIMATE.as_micros() as u64),
             observed: Mutex::new(HashMap::new()),
             activity: Mutex::new(activity),
         }
@@ -274,6 +302,22 @@ impl Accounting {
             owner: owner.clone(),
             record,
         }
+    }
+
+    /// How long before a tick its records are built: what storing them takes lately, plus
+    /// [`SEND_GROUPING`].
+    fn build_lead(&self) -> Duration {
+        let store = Duration::from_micros(self.store_us.load(Ordering::Relaxed));
+        SEND_GROUPING + store.min(MAX_STORE_LEAD)
+    }
+
+    /// Notes how long storing a tick's records took: the estimate follows a slower commit at
+    /// once and a faster one slowly.
+    fn note_store_time(&self, took: Duration) {
+        let took = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let before = self.store_us.load(Ordering::Relaxed);
+        self.store_us
+            .store(decaying_max(before, took), Ordering::Relaxed);
     }
 
     /// Hands records to the pusher, one push per callback, in the order given.
@@ -503,11 +547,11 @@ impl Veem {
         }
         loop {
             let next = accounting.book().due.first().map(|(due, _)| *due);
+            let lead = accounting.build_lead();
             match next {
                 Some(due) => {
-                    // Woken a little early, the records are ready (and stored) when their tick
-                    // comes.
-                    let wake_at = due.checked_sub(BUILD_LEAD).unwrap_or(due);
+                    // Woken early, the records are ready (and stored) when their tick comes.
+                    let wake_at = due.checked_sub(lead).unwrap_or(due);
                     tokio::select! {
                         () = tokio::time::sleep_until(wake_at.into()) => {}
                         () = accounting.wake.notified() => continue,
@@ -519,21 +563,22 @@ impl Veem {
                 }
             }
             let woke = Instant::now();
-            let made = self.make_due_records(woke + BUILD_LEAD);
+            let made = self.make_due_records(woke + lead);
             tracing::debug!(
                 records = made,
                 built_us = woke.elapsed().as_micros() as u64,
-                "accounting tick made"
+                lead_us = lead.as_micros() as u64,
+                "accounting records made"
             );
         }
     }
 
     /// Makes the records of every tick due by `horizon`, starts their commit and queues them
-    /// for delivery at the latest of those ticks; answers how many it made.
+    /// for delivery at their ticks; answers how many it made.
     fn make_due_records(&self, horizon: Instant) -> usize {
-        let mut last_due = None;
         let accounting = &self.inner.accounting;
-        let mut entries = Vec::new();
+        // Each segment with its first tick.
+        let mut segments: Vec<(Instant, Segment)> = Vec::new();
         let state = self.state();
         let observed = accounting.observed();
         let activity = accounting.activity();
@@ -543,7 +588,6 @@ impl Veem {
                 break;
             }
             book.due.pop_first();
-            last_due = Some(due);
             let Some(slot) = state.vees.get(&key.1) else {
                 book.registrations.remove(&key);
                 continue;
@@ -562,21 +606,52 @@ impl Veem {
                 &mut registration.last_cpu_time_ms,
                 periods,
             );
-            entries.push(accounting.entry(&key.0, &registration.listener.callback, record));
+            let entry = accounting.entry(&key.0, &registration.listener.callback, record);
+            match segments.last_mut() {
+                Some((first, segment)) if due <= *first + SEND_GROUPING => {
+                    segment.not_before = Some(due);
+                    segment.entries.push(entry);
+                }
+                _ => segments.push((
+                    due,
+                    Segment {
+                        not_before: Some(due),
+                        entries: vec![entry],
+                    },
+                )),
+            }
             registration.advance();
             let next = registration.due;
             book.due.insert((next, key));
         }
-        let made = entries.len();
+        let segments: Vec<Segment> = segments.into_iter().map(|(_, s)| s).collect();
+        let made = segments.iter().map(|s| s.entries.len()).sum();
         if made > 0 {
             // Queued under the book's lock, so that deliveries are in the order records were
             // made (a DESTROY's last records are queued under it too).
-            let durable = self.inner.committer.enqueue(storing(&entries));
+            let commit = self
+                .inner
+                .committer
+                .enqueue(storing(&entries_of(&segments)));
+            // Timed as soon as it is durable, whatever the delivery task is waiting for then.
+            let (asked, veem) = (Instant::now(), self.clone());
+            let durable = tokio::spawn(async move {
+                let outcome = commit.await;
+                if outcome.is_ok() {
+                    veem.inner.accounting.note_store_time(asked.elapsed());
+                }
+                outcome
+            });
             let _ = accounting.deliveries.send(Delivery {
-                entries,
-                durable: Box::pin(durable),
+                segments,
+                durable: Box::pin(async move {
+                    durable.await.unwrap_or_else(|e| {
+                        Err(CoreError::Internal(format!(
+                            "storing accounting records failed: {e}"
+                        )))
+                    })
+                }),
                 own_commit: true,
-                not_before: last_due,
             });
         }
         made
@@ -584,23 +659,28 @@ impl Veem {
 
     /// Pushes each delivery's records once they are durable and their tick has come, in order.
     async fn delivery_loop(self, mut deliveries: mpsc::UnboundedReceiver<Delivery>) {
+        let accounting = &self.inner.accounting;
         while let Some(delivery) = deliveries.recv().await {
             let Delivery {
-                mut entries,
+                mut segments,
                 durable,
                 own_commit,
-                not_before,
             } = delivery;
-            let stored = match durable.await {
-                Ok(()) => true,
+            let stored = match (durable.await, own_commit) {
+                (Ok(()), _) => true,
                 // A purge may land between a tick and its commit (the store refuses records of
                 // a VEE it no longer holds): once more without the purged VEEs.
-                Err(e) if own_commit => {
+                (Err(e), true) => {
                     tracing::debug!(error = %e, "storing accounting records again without purged VEEs");
                     {
                         let state = self.state();
-                        entries.retain(|e| state.vees.contains_key(&e.record.vee.seq()));
+                        for segment in &mut segments {
+                            segment
+                                .entries
+                                .retain(|e| state.vees.contains_key(&e.record.vee.seq()));
+                        }
                     }
+                    let entries = entries_of(&segments);
                     match self.inner.committer.commit(storing(&entries)).await {
                         Ok(()) => true,
                         Err(e) => {
@@ -610,17 +690,19 @@ impl Veem {
                     }
                 }
                 // The DESTROY failed, and its records with it.
-                Err(_) => false,
+                (Err(_), false) => false,
             };
             if !stored {
                 continue;
             }
-            if let Some(due) = not_before {
-                tokio::time::sleep_until(due.into()).await;
-                let late = Instant::now().saturating_duration_since(due);
-                tracing::debug!(late_us = late.as_micros() as u64, "accounting tick sent");
+            for segment in segments {
+                if let Some(due) = segment.not_before {
+                    tokio::time::sleep_until(due.into()).await;
+                    let late = Instant::now().saturating_duration_since(due);
+                    tracing::debug!(late_us = late.as_micros() as u64, "accounting tick sent");
+                }
+                accounting.push(segment.entries);
             }
-            self.inner.accounting.push(entries);
         }
     }
 
@@ -661,7 +743,10 @@ impl Veem {
         changes.extend(storing(&entries));
         let (durable, outcome) = oneshot::channel();
         let _ = accounting.deliveries.send(Delivery {
-            entries,
+            segments: vec![Segment {
+                not_before: None,
+                entries,
+            }],
             durable: Box::pin(async move {
                 outcome.await.unwrap_or_else(|_| {
                     Err(CoreError::Internal(
@@ -670,7 +755,6 @@ impl Veem {
                 })
             }),
             own_commit: false,
-            not_before: None,
         });
         Some(Closing {
             changes,
@@ -817,6 +901,18 @@ mod tests {
             assert!(Instant::now() < deadline, "timed out waiting for {what}");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    #[test]
+    fn the_store_estimate_follows_a_slow_commit_at_once_and_a_fast_one_slowly() {
+        assert_eq!(decaying_max(5_000, 20_000), 20_000);
+        assert_eq!(decaying_max(20_000, 1_000), 17_500);
+        let mut estimate = 20_000;
+        for _ in 0..40 {
+            estimate = decaying_max(estimate, 1_000);
+        }
+        assert_eq!(estimate, 1_000, "it comes down to what commits take");
+        assert_eq!(decaying_max(0, 0), 0);
     }
 
     #[tokio::test]

@@ -541,6 +541,7 @@ impl Veem {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(CoreError::internal("removing the VEE's files", e)),
         }
+        self.remove_exports_of(&record.id).await?;
         self.inner
             .committer
             .commit(vec![Change::PurgeVee(record.id.clone())])
@@ -557,6 +558,28 @@ impl Veem {
         }
         self.inner.accounting.forget(seq);
         self.purge_on_hosts(&record.id).await;
+        Ok(())
+    }
+
+    /// Removes the VEE's disk exports left in `data_dir/exports` (`<id>-<target>-<ms>.qcow2`):
+    /// one is unlinked as soon as its download starts, so only a crash leaves one behind.
+    async fn remove_exports_of(&self, vee: &VeeId) -> Result<(), CoreError> {
+        let exports = self.inner.config.data_dir.join("exports");
+        let mut entries = match tokio::fs::read_dir(&exports).await {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(CoreError::internal("listing the disk exports", e)),
+        };
+        let prefix = format!("{vee}-");
+        while let Some(entry) = entries
+            .next_entry()
+            .await
+            .map_err(|e| CoreError::internal("listing the disk exports", e))?
+        {
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                remove_file_if_present(&entry.path()).await?;
+            }
+        }
         Ok(())
     }
 
