@@ -94,9 +94,10 @@ pub fn check_callback(url: &str) -> Result<(), String> {
 /// What a [`Pusher`] tells its owner of the items it took, for an owner that keeps them
 /// durably until they are settled. Each item is settled once: delivered or dropped.
 pub trait Receipts<T>: Send + Sync + 'static {
-    /// A listener acknowledged `items` with a 2xx. The callback's next POST waits for the
-    /// returned future, so what a listener acknowledged can be recorded before anything more
-    /// goes to it: after a crash, only the last POST's items can reach it twice.
+    /// A listener acknowledged `items` with a 2xx. The next POST to the callback goes out at
+    /// once, the one after it waits for the returned future: one record is made while the next
+    /// POST is under way, and after a crash only the items of the last two POSTs (the one in
+    /// flight, the one acknowledged just before) can reach the listener twice.
     fn delivered(&self, callback: &str, items: Vec<Arc<T>>) -> BoxFuture<'static, ()>;
 
     /// `items` left the queue undelivered: the queue bound dropped them, they could not be
@@ -294,6 +295,8 @@ impl<T: Serialize + Send + Sync + 'static> Worker<T> {
     async fn run(self) {
         let stop = self.callback.stop.clone();
         let mut backoff = Backoff::new(self.config.backoff_min, self.config.backoff_max);
+        // The record of the last acknowledged POST, still being made.
+        let mut recording: Option<BoxFuture<'static, ()>> = None;
         while let Some(batch) = self.next_batch().await {
             let mut encoded = encode(&batch.items);
             if let Some(error) = &encoded.first_error {
@@ -306,7 +309,9 @@ impl<T: Serialize + Send + Sync + 'static> Worker<T> {
             }
             if encoded.sent == 0 {
                 let settled = lock(&self.callback.queue).delivered(&batch, &encoded);
-                self.report(settled, &stop).await;
+                if !self.report(settled, &mut recording, &stop).await {
+                    return;
+                }
                 continue;
             }
             let outcome = tokio::select! {
@@ -317,7 +322,7 @@ impl<T: Serialize + Send + Sync + 'static> Worker<T> {
                 Ok(()) => {
                     let settled = lock(&self.callback.queue).delivered(&batch, &encoded);
                     backoff.reset();
-                    if !self.report(settled, &stop).await {
+                    if !self.report(settled, &mut recording, &stop).await {
                         return;
                     }
                 }
@@ -334,9 +339,15 @@ impl<T: Serialize + Send + Sync + 'static> Worker<T> {
         }
     }
 
-    /// Tells the receipts what became of a batch, and waits until what was delivered is
-    /// recorded; `false` if the worker was stopped meanwhile.
-    async fn report(&self, settled: Settled<T>, stop: &CancellationToken) -> bool {
+    /// Tells the receipts what became of a batch; when it was delivered, waits until the
+    /// delivery before it is recorded (see [`Receipts::delivered`]). `false` if the worker was
+    /// stopped meanwhile.
+    async fn report(
+        &self,
+        settled: Settled<T>,
+        recording: &mut Option<BoxFuture<'static, ()>>,
+        stop: &CancellationToken,
+    ) -> bool {
         let Some(receipts) = &self.receipts else {
             return true;
         };
@@ -347,9 +358,12 @@ impl<T: Serialize + Send + Sync + 'static> Worker<T> {
             return true;
         }
         let recorded = receipts.delivered(&self.url, settled.delivered);
+        let Some(before) = recording.replace(recorded) else {
+            return true;
+        };
         tokio::select! {
             () = stop.cancelled() => false,
-            () = recorded => true,
+            () = before => true,
         }
     }
 
@@ -1018,23 +1032,29 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_next_post_waits_until_the_last_delivery_is_recorded() {
+    async fn the_post_after_next_waits_until_a_delivery_is_recorded() {
         let listener = Arc::new(Listener::default());
         let url = serve(listener.clone()).await;
         let noted = Noted::new(false);
         let pusher = Pusher::with_receipts(fast(), noted.clone());
         pusher.push(&url, vec![0, 1, 2]);
         wait_until("the first receipt", || noted.seen_delivered().len() == 1).await;
+        // The next POST goes out while the first is being recorded...
         pusher.push(&url, vec![3, 4]);
-        // Longer than a POST over loopback takes: the second waits for the first's record.
+        wait_until("the second receipt", || noted.seen_delivered().len() == 2).await;
+        // ...the one after waits for that record.
+        pusher.push(&url, vec![5]);
         tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(listener.posts(), vec![vec![0, 1, 2]]);
-        assert_eq!(pusher.stats(&url).unwrap().queued, 2);
+        assert_eq!(listener.posts(), vec![vec![0, 1, 2], vec![3, 4]]);
+        assert_eq!(pusher.stats(&url).unwrap().queued, 1);
 
         noted.open.send_replace(true);
-        wait_until("the second receipt", || noted.seen_delivered().len() == 2).await;
-        assert_eq!(listener.posts(), vec![vec![0, 1, 2], vec![3, 4]]);
-        assert_eq!(noted.seen_delivered(), vec![vec![0, 1, 2], vec![3, 4]]);
+        wait_until("the third receipt", || noted.seen_delivered().len() == 3).await;
+        assert_eq!(listener.posts(), vec![vec![0, 1, 2], vec![3, 4], vec![5]]);
+        assert_eq!(
+            noted.seen_delivered(),
+            vec![vec![0, 1, 2], vec![3, 4], vec![5]]
+        );
         assert_eq!(noted.seen_dropped(), Vec::<u32>::new());
     }
 

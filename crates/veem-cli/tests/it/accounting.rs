@@ -337,15 +337,17 @@ async fn a_kill_9_during_pushes_loses_no_record_a_listener_saw_and_repeats_none_
         })
         .await;
 
-    // The next POST is held unanswered. Each POST goes out only once the VEEM recorded the
-    // acknowledgement of the one before, so when it arrives, everything acknowledged so far is
-    // settled: the kill lands with one POST's records sent and not acknowledged.
+    // The next POST is held unanswered. A POST goes out once the acknowledgement of the POST
+    // before the last is recorded, and the last one's is being recorded meanwhile (a commit:
+    // milliseconds; a second is plenty). Then everything acknowledged is settled, and the kill
+    // lands with one POST's records sent and not acknowledged.
     listener.set_hold(true);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while listener.held().is_empty() {
         assert!(std::time::Instant::now() < deadline, "no POST came to hold");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    tokio::time::sleep(Duration::from_secs(1)).await;
     s.kill9();
     let acknowledged = listener.items();
     let unacknowledged = listener.held();

@@ -14,13 +14,14 @@
 //! outbox entry each, and handed to the pusher only once that is durable; a DESTROY's last
 //! records are committed in the DESTROY's own transaction. So whatever a listener received is
 //! readable with `GET /vees/{id}/accounting`, also after a kill -9. The pusher reports each
-//! POST a listener acknowledged, and those entries are settled (removed) before the next POST
-//! to that callback goes out; after a restart the entries left are pushed again, in order.
-//! Delivery is at least once: the records of the one POST per callback that was in flight at
-//! a crash (sent, its acknowledgement not yet recorded) can arrive twice, and a listener tells
-//! them apart by their (vee, t0). A record the push queue's bound drops is settled too (it is
-//! counted in the pusher's `dropped` and logged), so a dead listener does not grow the outbox
-//! without bound; it stays readable with GET like every record.
+//! POST a listener acknowledged, and those entries are settled (removed) while the next POST
+//! is under way, before the one after it goes out; after a restart the entries left are pushed
+//! again, in order. Delivery is at least once: the records of the last two POSTs to a callback
+//! before a crash (the one in flight, the one acknowledged just before whose settlement was not
+//! yet durable) can arrive twice, and a listener tells them apart by their (vee, t0). A record
+//! the push queue's bound drops is settled too (it is counted in the pusher's `dropped` and
+//! logged), so a dead listener does not grow the outbox without bound; it stays readable with
+//! GET like every record.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
