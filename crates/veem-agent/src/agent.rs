@@ -156,6 +156,11 @@ impl Agent {
                 driver.complete_incoming(&vee).await.map(|()| done())
             }
             AgentRequest::RemoveLan { lan } => driver.remove_lan(&lan).await.map(|()| done()),
+            AgentRequest::Purge { vee } => driver.purge(&vee).await.map(|()| done()),
+            AgentRequest::Traces => driver
+                .traces()
+                .await
+                .map(|vees| AgentResponse::Traces { vees }),
         };
         outcome.unwrap_or_else(|error| {
             let error = error.to_wire();

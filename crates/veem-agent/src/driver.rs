@@ -25,7 +25,8 @@ use veem_model::VeeId;
 /// Every call is made concurrently with others (for other VEEs, and possibly for the same one);
 /// a driver serializes what must be serialized. A call that returns `Ok` has taken effect and
 /// is recorded so that a restarted agent finds the instance again through [`Driver::list`].
-/// Disks are never deleted by a driver.
+/// Disks are never deleted by a driver; what it keeps of a VEE in its own state directory goes
+/// at [`Driver::purge`].
 #[async_trait::async_trait]
 pub trait Driver: Send + Sync + 'static {
     /// The driver's name as announced to the server: `"sim"`, `"qemu"`.
@@ -89,6 +90,15 @@ pub trait Driver: Send + Sync + 'static {
     /// Takes a virtual LAN down on this host (its bridge and VXLAN device); `Ok` also when the
     /// host never had it. The VEEM asks only once no VEE is on the LAN.
     async fn remove_lan(&self, lan: &LanPlan) -> Result<(), DriverError>;
+
+    /// Forgets a purged VEE: ends its instance if there is one and removes every byte this
+    /// driver keeps of it in its state directory (records, pid files, sockets, logs). `Ok`
+    /// also when there is nothing, so the VEEM can repeat it safely.
+    async fn purge(&self, vee: &VeeId) -> Result<(), DriverError>;
+
+    /// The VEEs this driver keeps anything of (an instance, or a file in its state directory),
+    /// ordered by id.
+    async fn traces(&self) -> Result<Vec<VeeId>, DriverError>;
 }
 
 /// A live migration sent from this host, as its hypervisor measured it.

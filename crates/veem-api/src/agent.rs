@@ -263,6 +263,15 @@ pub enum AgentRequest {
     RemoveLan {
         lan: LanPlan,
     },
+    /// The VEE was purged: end its instance here if there is one and remove every file this
+    /// host keeps of it (its records, pid file, sockets and logs). `Ok` also when the host has
+    /// nothing of it. The VEE's directory on shared storage is the VEEM's to remove.
+    Purge {
+        vee: VeeId,
+    },
+    /// Which VEEs this host keeps anything of: an instance or a file. Answered with
+    /// [`AgentResponse::Traces`]; the VEEM purges those it purged while the host was away.
+    Traces,
 }
 
 impl AgentRequest {
@@ -284,6 +293,8 @@ impl AgentRequest {
             AgentRequest::MigrateOut { .. } => "migrate_out",
             AgentRequest::CompleteIncoming { .. } => "complete_incoming",
             AgentRequest::RemoveLan { .. } => "remove_lan",
+            AgentRequest::Purge { .. } => "purge",
+            AgentRequest::Traces => "traces",
         }
     }
 }
@@ -329,6 +340,10 @@ pub enum AgentResponse {
     Migrated {
         total_ms: u64,
         downtime_ms: u64,
+    },
+    /// The answer to [`AgentRequest::Traces`], ordered by id.
+    Traces {
+        vees: Vec<VeeId>,
     },
     Error {
         error: AgentError,

@@ -4,8 +4,9 @@
 //!
 //! It must never block the VEEM: [`Pusher::push`] only appends to a bounded in-memory queue per
 //! callback, and one worker task per callback does the HTTP, so a slow or dead listener delays
-//! nobody but itself. It never persists anything (what is queued is lost on restart; the store
-//! keeps the accounting records) and never looks inside the items it carries.
+//! nobody but itself. It never persists anything and never looks inside the items it carries:
+//! what is queued is lost on restart, unless the owner keeps it and is told through
+//! [`Receipts`] which items were acknowledged or dropped (the accounting outbox does).
 
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
@@ -13,6 +14,7 @@ use std::hash::{BuildHasher as _, Hasher as _};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use futures::future::BoxFuture;
 use serde::Serialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -64,7 +66,7 @@ pub struct PushStats {
     pub queued: usize,
     /// Items a listener acknowledged with a 2xx.
     pub delivered: u64,
-    /// Items lost to the queue bound (or that could not be serialized).
+    /// Items lost to the queue bound (or that could not be serialized, or were forgotten).
     pub dropped: u64,
     /// POSTs that failed: non-2xx, connection error or timeout.
     pub failures: u64,
@@ -93,6 +95,22 @@ pub fn check_callback(url: &str) -> Result<(), String> {
     }
 }
 
+/// What a [`Pusher`] tells its owner of the items it took, for an owner that keeps them
+/// durably until they are settled. Each item is settled once: delivered or dropped.
+pub trait Receipts<T>: Send + Sync + 'static {
+    /// A listener acknowledged `items` with a 2xx. The next POST to the callback goes out at
+    /// once, the one after it waits for the returned future: one record is made while the next
+    /// POST is under way, and after a crash only the items of the last two POSTs (the one in
+    /// flight, the one acknowledged just before) can reach the listener twice.
+    fn delivered(&self, callback: &str, items: Vec<Arc<T>>) -> BoxFuture<'static, ()>;
+
+    /// `items` left the queue undelivered: the queue bound dropped them, they could not be
+    /// serialized, or [`Pusher::forget`] discarded them. They are counted in
+    /// [`PushStats::dropped`]. Called from [`Pusher::push`], which never waits: it must return
+    /// at once.
+    fn dropped(&self, callback: &str, items: Vec<Arc<T>>);
+}
+
 /// Sends items to HTTP callbacks without ever making the caller wait. Clones share the queues.
 pub struct Pusher<T> {
     inner: Arc<Inner<T>>,
@@ -112,6 +130,7 @@ struct Inner<T> {
     config: PushConfig,
     client: reqwest::Client,
     callbacks: Registry<T>,
+    receipts: Option<Arc<dyn Receipts<T>>>,
     /// Cancelled when the last `Pusher` goes, so that its workers do not outlive it.
     shutdown: CancellationToken,
 }
@@ -154,9 +173,19 @@ impl<T: Serialize + Send + Sync + 'static> Pusher<T> {
                 config,
                 client,
                 callbacks: Arc::new(Mutex::new(HashMap::new())),
+                receipts: None,
                 shutdown: CancellationToken::new(),
             }),
         }
+    }
+
+    /// A pusher that reports every item's fate to `receipts`.
+    pub fn with_receipts(config: PushConfig, receipts: Arc<dyn Receipts<T>>) -> Self {
+        let mut pusher = Self::new(config);
+        Arc::get_mut(&mut pusher.inner)
+            .expect("a pusher just made is not shared yet")
+            .receipts = Some(receipts);
+        pusher
     }
 
     /// Queues `items` for `callback` and returns at once; they are sent in order, in one POST
@@ -180,10 +209,10 @@ impl<T: Serialize + Send + Sync + 'static> Pusher<T> {
             .clone();
         let mut queue = lock(&entry.queue);
         let dropped = queue.append(items, config.max_queue.max(1));
-        let drop_warning = if dropped > 0 {
-            queue.note_drops(dropped, Instant::now())
-        } else {
+        let drop_warning = if dropped.is_empty() {
             None
+        } else {
+            queue.note_drops(dropped.len(), Instant::now())
         };
         if !queue.has_worker {
             queue.has_worker = self.spawn_worker(callback, &entry);
@@ -193,6 +222,7 @@ impl<T: Serialize + Send + Sync + 'static> Pusher<T> {
         // that its queue is still empty.
         drop(callbacks);
         entry.wake.notify_one();
+        self.report_dropped(callback, dropped);
         if let Some(unreported) = drop_warning {
             tracing::warn!(
                 callback,
@@ -211,10 +241,20 @@ impl<T: Serialize + Send + Sync + 'static> Pusher<T> {
             return 0;
         };
         entry.stop.cancel();
-        let mut queue = lock(&entry.queue);
-        let discarded = queue.items.len();
-        queue.drop_front(discarded);
-        discarded
+        let discarded = {
+            let mut queue = lock(&entry.queue);
+            let count = queue.items.len();
+            queue.drop_front(count)
+        };
+        let count = discarded.len();
+        self.report_dropped(callback, discarded);
+        count
+    }
+
+    fn report_dropped(&self, callback: &str, items: Vec<Arc<T>>) {
+        if let (Some(receipts), false) = (&self.inner.receipts, items.is_empty()) {
+            receipts.dropped(callback, items);
+        }
     }
 
     /// The counters of `callback`, or `None` if nothing was pushed to it since its worker last
@@ -245,6 +285,7 @@ impl<T: Serialize + Send + Sync + 'static> Pusher<T> {
             callbacks: self.inner.callbacks.clone(),
             client: self.inner.client.clone(),
             config: self.inner.config.clone(),
+            receipts: self.inner.receipts.clone(),
         };
         runtime.spawn(worker.run());
         true
@@ -257,24 +298,30 @@ struct Worker<T> {
     callbacks: Registry<T>,
     client: reqwest::Client,
     config: PushConfig,
+    receipts: Option<Arc<dyn Receipts<T>>>,
 }
 
 impl<T: Serialize + Send + Sync + 'static> Worker<T> {
     async fn run(self) {
         let stop = self.callback.stop.clone();
         let mut backoff = Backoff::new(self.config.backoff_min, self.config.backoff_max);
+        // The record of the last acknowledged POST, still being made.
+        let mut recording: Option<BoxFuture<'static, ()>> = None;
         while let Some(batch) = self.next_batch().await {
             let mut encoded = encode(&batch.items);
             if let Some(error) = &encoded.first_error {
                 tracing::error!(
                     callback = self.url,
-                    unserializable = encoded.unserializable,
+                    unserializable = encoded.unserializable.len(),
                     %error,
                     "items that cannot be serialized are dropped"
                 );
             }
             if encoded.sent == 0 {
-                lock(&self.callback.queue).delivered(&batch, &encoded);
+                let settled = lock(&self.callback.queue).delivered(&batch, &encoded);
+                if !self.report(settled, &mut recording, &stop).await {
+                    return;
+                }
                 continue;
             }
             let outcome = tokio::select! {
@@ -283,8 +330,11 @@ impl<T: Serialize + Send + Sync + 'static> Worker<T> {
             };
             match outcome {
                 Ok(()) => {
-                    lock(&self.callback.queue).delivered(&batch, &encoded);
+                    let settled = lock(&self.callback.queue).delivered(&batch, &encoded);
                     backoff.reset();
+                    if !self.report(settled, &mut recording, &stop).await {
+                        return;
+                    }
                 }
                 Err(error) => {
                     let delay = backoff.next_delay();
@@ -296,6 +346,34 @@ impl<T: Serialize + Send + Sync + 'static> Worker<T> {
                     }
                 }
             }
+        }
+    }
+
+    /// Tells the receipts what became of a batch; when it was delivered, waits until the
+    /// delivery before it is recorded (see [`Receipts::delivered`]). `false` if the worker was
+    /// stopped meanwhile.
+    async fn report(
+        &self,
+        settled: Settled<T>,
+        recording: &mut Option<BoxFuture<'static, ()>>,
+        stop: &CancellationToken,
+    ) -> bool {
+        let Some(receipts) = &self.receipts else {
+            return true;
+        };
+        if !settled.dropped.is_empty() {
+            receipts.dropped(&self.url, settled.dropped);
+        }
+        if settled.delivered.is_empty() {
+            return true;
+        }
+        let recorded = receipts.delivered(&self.url, settled.delivered);
+        let Some(before) = recording.replace(recorded) else {
+            return true;
+        };
+        tokio::select! {
+            () = stop.cancelled() => false,
+            () = before => true,
         }
     }
 
@@ -352,6 +430,12 @@ struct Queue<T> {
     last_drop_warning: Option<Instant>,
 }
 
+/// What became of a batch's items once its POST ended.
+struct Settled<T> {
+    delivered: Vec<Arc<T>>,
+    dropped: Vec<Arc<T>>,
+}
+
 /// The front of a queue, being sent.
 struct Batch<T> {
     items: Vec<Arc<T>>,
@@ -379,21 +463,26 @@ impl<T> Queue<T> {
         self.head_seq + self.items.len() as u64
     }
 
-    /// Appends one push and drops the oldest items beyond `max_queue`; returns how many.
-    fn append(&mut self, items: Vec<T>, max_queue: usize) -> usize {
+    /// Appends one push and drops the oldest items beyond `max_queue`; answers them.
+    fn append(&mut self, items: Vec<T>, max_queue: usize) -> Vec<Arc<T>> {
         if !self.items.is_empty() {
             self.push_starts.push_back(self.end_seq());
         }
         self.items.extend(items.into_iter().map(Arc::new));
         let excess = self.items.len().saturating_sub(max_queue);
-        self.drop_front(excess);
-        self.dropped += excess as u64;
-        excess
+        self.drop_front(excess)
     }
 
-    fn drop_front(&mut self, count: usize) {
+    /// Removes the `count` oldest items, counting them as dropped; answers them.
+    fn drop_front(&mut self, count: usize) -> Vec<Arc<T>> {
+        let dropped = self.remove_front(count);
+        self.dropped += dropped.len() as u64;
+        dropped
+    }
+
+    fn remove_front(&mut self, count: usize) -> Vec<Arc<T>> {
         let count = count.min(self.items.len());
-        self.items.drain(..count);
+        let removed = self.items.drain(..count).collect();
         self.head_seq += count as u64;
         while self
             .push_starts
@@ -402,6 +491,7 @@ impl<T> Queue<T> {
         {
             self.push_starts.pop_front();
         }
+        removed
     }
 
     /// Counts drops and says how many to log now, if the last warning is old enough.
@@ -443,12 +533,27 @@ impl<T> Queue<T> {
     }
 
     /// The listener acknowledged `batch`: its items leave the queue (those the bound did not
-    /// already drop while it was in flight).
-    fn delivered(&mut self, batch: &Batch<T>, encoded: &Encoded) {
+    /// already drop while it was in flight); answers those it took, the items that could not
+    /// be serialized apart.
+    fn delivered(&mut self, batch: &Batch<T>, encoded: &Encoded) -> Settled<T> {
         let still_queued = batch.end_seq.saturating_sub(self.head_seq);
-        self.drop_front(usize::try_from(still_queued).unwrap_or(usize::MAX));
+        let taken = self.remove_front(usize::try_from(still_queued).unwrap_or(usize::MAX));
         self.delivered += encoded.sent as u64;
-        self.dropped += encoded.unserializable as u64;
+        self.dropped += encoded.unserializable.len() as u64;
+        // The batch's items still queued are its last ones.
+        let first = batch.items.len() - taken.len();
+        let mut settled = Settled {
+            delivered: Vec::with_capacity(taken.len()),
+            dropped: Vec::new(),
+        };
+        for (index, item) in (first..).zip(taken) {
+            if encoded.unserializable.binary_search(&index).is_ok() {
+                settled.dropped.push(item);
+            } else {
+                settled.delivered.push(item);
+            }
+        }
+        settled
     }
 
     fn failed(&mut self, error: String) {
@@ -460,7 +565,8 @@ impl<T> Queue<T> {
 struct Encoded {
     json: Vec<u8>,
     sent: usize,
-    unserializable: usize,
+    /// The indices of the items that could not be serialized, ascending.
+    unserializable: Vec<usize>,
     first_error: Option<serde_json::Error>,
 }
 
@@ -470,11 +576,11 @@ fn encode<T: Serialize>(items: &[Arc<T>]) -> Encoded {
     let mut encoded = Encoded {
         json: Vec::with_capacity(2 + items.len() * 64),
         sent: 0,
-        unserializable: 0,
+        unserializable: Vec::new(),
         first_error: None,
     };
     encoded.json.push(b'[');
-    for item in items {
+    for (index, item) in items.iter().enumerate() {
         let mark = encoded.json.len();
         if encoded.sent > 0 {
             encoded.json.push(b',');
@@ -483,7 +589,7 @@ fn encode<T: Serialize>(items: &[Arc<T>]) -> Encoded {
             Ok(()) => encoded.sent += 1,
             Err(error) => {
                 encoded.json.truncate(mark);
-                encoded.unserializable += 1;
+                encoded.unserializable.push(index);
                 encoded.first_error.get_or_insert(error);
             }
         }
@@ -853,6 +959,16 @@ mod tests {
         Bad,
     }
 
+    impl Item {
+        /// The value sent, 0 for an item that cannot be.
+        fn value(&self) -> u32 {
+            match self {
+                Item::Good(n) => *n,
+                Item::Bad => 0,
+            }
+        }
+    }
+
     impl Serialize for Item {
         fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
             match self {
@@ -878,6 +994,146 @@ mod tests {
         assert_eq!(listener.posts(), vec![vec![1, 2]]);
         let stats = pusher.stats(&url).unwrap();
         assert_eq!((stats.dropped, stats.queued), (2, 0));
+    }
+
+    /// Receipts that note what was settled; while `open` is false, a delivery's record waits.
+    struct Noted {
+        delivered: Mutex<Vec<Vec<u32>>>,
+        dropped: Mutex<Vec<u32>>,
+        open: tokio::sync::watch::Sender<bool>,
+    }
+
+    impl Noted {
+        fn new(open: bool) -> Arc<Self> {
+            Arc::new(Noted {
+                delivered: Mutex::default(),
+                dropped: Mutex::default(),
+                open: tokio::sync::watch::Sender::new(open),
+            })
+        }
+
+        fn seen_delivered(&self) -> Vec<Vec<u32>> {
+            self.delivered.lock().unwrap().clone()
+        }
+
+        fn seen_dropped(&self) -> Vec<u32> {
+            self.dropped.lock().unwrap().clone()
+        }
+    }
+
+    impl Receipts<u32> for Noted {
+        fn delivered(&self, _: &str, items: Vec<Arc<u32>>) -> BoxFuture<'static, ()> {
+            self.delivered
+                .lock()
+                .unwrap()
+                .push(items.iter().map(|i| **i).collect());
+            let mut open = self.open.subscribe();
+            Box::pin(async move {
+                let _ = open.wait_for(|open| *open).await;
+            })
+        }
+
+        fn dropped(&self, _: &str, items: Vec<Arc<u32>>) {
+            self.dropped
+                .lock()
+                .unwrap()
+                .extend(items.iter().map(|i| **i));
+        }
+    }
+
+    #[tokio::test]
+    async fn the_post_after_next_waits_until_a_delivery_is_recorded() {
+        let listener = Arc::new(Listener::default());
+        let url = serve(listener.clone()).await;
+        let noted = Noted::new(false);
+        let pusher = Pusher::with_receipts(fast(), noted.clone());
+        pusher.push(&url, vec![0, 1, 2]);
+        wait_until("the first receipt", || noted.seen_delivered().len() == 1).await;
+        // The next POST goes out while the first is being recorded...
+        pusher.push(&url, vec![3, 4]);
+        wait_until("the second receipt", || noted.seen_delivered().len() == 2).await;
+        // ...the one after waits for that record.
+        pusher.push(&url, vec![5]);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(listener.posts(), vec![vec![0, 1, 2], vec![3, 4]]);
+        assert_eq!(pusher.stats(&url).unwrap().queued, 1);
+
+        noted.open.send_replace(true);
+        wait_until("the third receipt", || noted.seen_delivered().len() == 3).await;
+        assert_eq!(listener.posts(), vec![vec![0, 1, 2], vec![3, 4], vec![5]]);
+        assert_eq!(
+            noted.seen_delivered(),
+            vec![vec![0, 1, 2], vec![3, 4], vec![5]]
+        );
+        assert_eq!(noted.seen_dropped(), Vec::<u32>::new());
+    }
+
+    #[tokio::test]
+    async fn failed_posts_are_no_receipt_and_retries_are_reported_once() {
+        let listener = Arc::new(Listener {
+            fail_first: 2,
+            ..Listener::default()
+        });
+        let url = serve(listener.clone()).await;
+        let noted = Noted::new(true);
+        let pusher = Pusher::with_receipts(fast(), noted.clone());
+        pusher.push(&url, (0..5).collect());
+        pusher.push(&url, (5..8).collect());
+        wait_until("delivery", || delivered(&pusher, &url) == 8).await;
+        wait_until("the receipt", || noted.seen_delivered().concat().len() == 8).await;
+        assert_eq!(
+            noted.seen_delivered().concat(),
+            (0..8).collect::<Vec<u32>>()
+        );
+        assert_eq!(pusher.stats(&url).unwrap().failures, 2);
+    }
+
+    #[tokio::test]
+    async fn drops_at_the_bound_and_forgotten_items_are_reported_as_dropped() {
+        let url = format!("http://{}/cb", closed_port());
+        let noted = Noted::new(true);
+        let pusher = Pusher::with_receipts(
+            PushConfig {
+                max_queue: 10,
+                ..fast()
+            },
+            noted.clone(),
+        );
+        pusher.push(&url, (0..5).collect());
+        pusher.push(&url, (5..20).collect());
+        assert_eq!(noted.seen_dropped(), (0..10).collect::<Vec<u32>>());
+        pusher.push(&url, (20..25).collect());
+        assert_eq!(noted.seen_dropped(), (0..15).collect::<Vec<u32>>());
+        assert_eq!(pusher.stats(&url).unwrap().dropped, 15);
+        assert_eq!(pusher.forget(&url), 10);
+        assert_eq!(noted.seen_dropped(), (0..25).collect::<Vec<u32>>());
+        assert!(noted.seen_delivered().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_unserializable_item_is_reported_dropped_and_the_rest_delivered() {
+        struct Either(Noted);
+        impl Receipts<Item> for Either {
+            fn delivered(&self, url: &str, items: Vec<Arc<Item>>) -> BoxFuture<'static, ()> {
+                self.0
+                    .delivered(url, items.iter().map(|i| Arc::new(i.value())).collect())
+            }
+            fn dropped(&self, url: &str, items: Vec<Arc<Item>>) {
+                self.0
+                    .dropped(url, items.iter().map(|i| Arc::new(i.value())).collect());
+            }
+        }
+        let listener = Arc::new(Listener::default());
+        let url = serve(listener.clone()).await;
+        let noted = Arc::new(Either(Arc::into_inner(Noted::new(true)).unwrap()));
+        let pusher = Pusher::with_receipts(fast(), noted.clone());
+        pusher.push(
+            &url,
+            vec![Item::Good(1), Item::Bad, Item::Good(2), Item::Bad],
+        );
+        wait_until("the receipt", || !noted.0.seen_delivered().is_empty()).await;
+        assert_eq!(noted.0.seen_delivered(), vec![vec![1, 2]]);
+        assert_eq!(noted.0.seen_dropped(), vec![0, 0]);
     }
 
     #[test]
@@ -911,7 +1167,7 @@ mod tests {
     fn dropping_past_a_boundary_keeps_the_later_pushes_together() {
         let mut queue = Queue::new();
         queue.append(vec![0, 1, 2], 4);
-        assert_eq!(queue.append(vec![3, 4, 5], 4), 2);
+        assert_eq!(queue.append(vec![3, 4, 5], 4).len(), 2);
         let values: Vec<u32> = queue.items.iter().map(|i| **i).collect();
         assert_eq!(values, vec![2, 3, 4, 5]);
         // What is left of the first push, then the second push whole.

@@ -18,7 +18,8 @@ use veem_model::{
 };
 
 use crate::{
-    Change, Snapshot, Store, StoreError, FIRST_NETWORK_ID, FIRST_VEE_SEQ, NETWORK_ID_LIMIT,
+    Change, OutboxEntry, Snapshot, Store, StoreError, FIRST_NETWORK_ID, FIRST_VEE_SEQ,
+    NETWORK_ID_LIMIT,
 };
 
 /// One property: panics if `store` (fresh and empty) breaks it.
@@ -108,6 +109,22 @@ pub const PROPERTIES: &[(&str, Property)] = &[
     (
         "subscriptions_are_put_replaced_removed_and_listed",
         subscriptions_are_put_replaced_removed_and_listed,
+    ),
+    (
+        "the_outbox_comes_back_in_id_order_until_settled",
+        the_outbox_comes_back_in_id_order_until_settled,
+    ),
+    (
+        "outbox_entries_are_committed_with_their_records_or_not_at_all",
+        outbox_entries_are_committed_with_their_records_or_not_at_all,
+    ),
+    (
+        "outbox_entries_need_their_vee_and_a_free_id",
+        outbox_entries_need_their_vee_and_a_free_id,
+    ),
+    (
+        "purge_removes_the_vees_outbox_entries",
+        purge_removes_the_vees_outbox_entries,
     ),
 ];
 
@@ -342,6 +359,16 @@ pub fn accounted(owner: &str, record: AccountingRecord) -> (Principal, Accountin
     (principal(owner), record)
 }
 
+/// The outbox entry `id`: `record` still to be pushed to `owner`'s callback.
+pub fn outbox_entry(id: u64, owner: &str, record: AccountingRecord) -> OutboxEntry {
+    OutboxEntry {
+        id,
+        callback: format!("https://{owner}.example/accounting?q=\"ü\""),
+        owner: principal(owner),
+        record,
+    }
+}
+
 /// A subscription of `owner` to `types`, made at time 11.
 pub fn subscription(id: &str, owner: &str, types: &[EventType]) -> MonitoringSubscription {
     MonitoringSubscription {
@@ -405,6 +432,10 @@ fn all_accounting(store: &dyn Store, vee: &VeeId) -> Vec<(Principal, AccountingR
         .unwrap_or_else(|err| panic!("accounting of {vee}: {err:?}"))
 }
 
+fn outbox(store: &dyn Store) -> Vec<OutboxEntry> {
+    store.accounting_outbox().expect("the accounting outbox")
+}
+
 fn seqs(snapshot: &Snapshot) -> Vec<u64> {
     snapshot.vees.iter().map(|vee| vee.id.seq()).collect()
 }
@@ -423,6 +454,7 @@ pub fn a_fresh_store_is_empty(store: &dyn Store) {
         subscriptions: vec![],
     };
     assert_eq!(load(store), empty);
+    assert_eq!(outbox(store), vec![]);
     assert_eq!(events(store, &VeeId::from_seq(FIRST_VEE_SEQ)), vec![]);
     assert_eq!(
         all_accounting(store, &VeeId::from_seq(FIRST_VEE_SEQ)),
@@ -1547,4 +1579,210 @@ pub fn subscriptions_are_put_replaced_removed_and_listed(store: &dyn Store) {
         (vec![], vec![], FIRST_VEE_SEQ),
         "subscriptions leave VEEs and listeners alone"
     );
+}
+
+pub fn the_outbox_comes_back_in_id_order_until_settled(store: &dyn Store) {
+    let a = rich_record(FIRST_VEE_SEQ);
+    let b = plain_record(FIRST_VEE_SEQ + 1);
+    // Queued out of id order, over two commits, with numbers at the edge of what is stored.
+    let top = i64::MAX as u64;
+    let edge = AccountingRecord {
+        dt: top,
+        host: None,
+        state: VmiState::Destroyed,
+        cpu: u32::MAX,
+        memory_mb: top,
+        cpu_time_ms: top,
+        active_ms: 0,
+        ..accounting_record(&a.id, top)
+    };
+    let entries = [
+        outbox_entry(7, "bob", accounting_record(&b.id, 1_000)),
+        outbox_entry(3, "alice", accounting_record(&a.id, 1_000)),
+        outbox_entry(top, "alice", edge),
+        outbox_entry(5, "alice", accounting_record(&a.id, 2_000)),
+    ];
+    commit(
+        store,
+        &[
+            Change::InsertVee(a.clone()),
+            Change::InsertVee(b.clone()),
+            Change::QueueAccounting(entries[..2].to_vec()),
+        ],
+    );
+    commit(store, &[Change::QueueAccounting(entries[2..].to_vec())]);
+    let by_id = |ids: &[u64]| -> Vec<OutboxEntry> {
+        ids.iter()
+            .map(|id| {
+                entries
+                    .iter()
+                    .find(|e| e.id == *id)
+                    .expect("a queued id")
+                    .clone()
+            })
+            .collect()
+    };
+    assert_eq!(outbox(store), by_id(&[3, 5, 7, top]));
+    assert_eq!(
+        all_accounting(store, &a.id),
+        vec![],
+        "the outbox is not the accounting history"
+    );
+
+    // Settling removes those entries only; ids with no entry are ignored, and so are ids
+    // beyond what can be stored.
+    commit(store, &[Change::SettleAccounting(vec![5, 4, 3, u64::MAX])]);
+    assert_eq!(outbox(store), by_id(&[7, top]));
+    commit(store, &[Change::SettleAccounting(vec![5, 3])]);
+    assert_eq!(
+        outbox(store),
+        by_id(&[7, top]),
+        "settling again is no error"
+    );
+    commit(store, &[Change::SettleAccounting(vec![])]);
+    // A settled id is free again.
+    let again = outbox_entry(3, "carol", accounting_record(&b.id, 3_000));
+    commit(store, &[Change::QueueAccounting(vec![again.clone()])]);
+    let mut expected = vec![again];
+    expected.extend(by_id(&[7, top]));
+    assert_eq!(outbox(store), expected);
+    commit(store, &[Change::SettleAccounting(vec![3, 7, top])]);
+    assert_eq!(outbox(store), vec![]);
+    assert_eq!(
+        load(store).vees,
+        vec![a, b],
+        "settling touches nothing else"
+    );
+}
+
+pub fn outbox_entries_are_committed_with_their_records_or_not_at_all(store: &dyn Store) {
+    let vee = plain_record(FIRST_VEE_SEQ);
+    commit(store, &[Change::InsertVee(vee.clone())]);
+    let record = accounting_record(&vee.id, 1_000);
+    let (destroyed, destroy) = update(&vee, |r| r.state = VmiState::Destroyed);
+    // A DESTROY's last record goes with the state change: one transaction.
+    commit(
+        store,
+        &[
+            destroy,
+            Change::AppendAccounting(vec![accounted("alice", record.clone())]),
+            Change::QueueAccounting(vec![outbox_entry(1, "alice", record.clone())]),
+        ],
+    );
+    assert_eq!(load(store).vees, vec![destroyed.clone()]);
+    assert_eq!(
+        all_accounting(store, &vee.id),
+        vec![accounted("alice", record.clone())]
+    );
+    assert_eq!(
+        outbox(store),
+        vec![outbox_entry(1, "alice", record.clone())]
+    );
+
+    // A batch that fails after its outbox entries leaves none of them.
+    let later = accounting_record(&vee.id, 2_000);
+    let err = commit_err(
+        store,
+        &[
+            Change::AppendAccounting(vec![accounted("alice", later.clone())]),
+            Change::QueueAccounting(vec![outbox_entry(2, "alice", later.clone())]),
+            Change::SettleAccounting(vec![1]),
+            Change::UpdateVee {
+                record: destroyed.clone(),
+                expected_generation: vee.generation,
+            },
+        ],
+    );
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
+    assert_eq!(
+        all_accounting(store, &vee.id),
+        vec![accounted("alice", record.clone())]
+    );
+    assert_eq!(
+        outbox(store),
+        vec![outbox_entry(1, "alice", record)],
+        "neither the new entry nor the settlement"
+    );
+}
+
+pub fn outbox_entries_need_their_vee_and_a_free_id(store: &dyn Store) {
+    let present = plain_record(FIRST_VEE_SEQ);
+    let purged = plain_record(FIRST_VEE_SEQ + 1);
+    let never = VeeId::from_seq(FIRST_VEE_SEQ + 2);
+    commit(
+        store,
+        &[
+            Change::InsertVee(present.clone()),
+            Change::InsertVee(purged.clone()),
+            Change::PurgeVee(purged.id.clone()),
+            Change::QueueAccounting(vec![outbox_entry(
+                1,
+                "alice",
+                accounting_record(&present.id, 1),
+            )]),
+        ],
+    );
+    let kept = outbox(store);
+    for missing in [&purged.id, &never] {
+        let err = commit_err(
+            store,
+            &[Change::QueueAccounting(vec![
+                outbox_entry(2, "alice", accounting_record(&present.id, 2)),
+                outbox_entry(3, "alice", accounting_record(missing, 3)),
+            ])],
+        );
+        assert!(
+            matches!(&err, StoreError::NotFound(what) if what.contains(missing.as_str())),
+            "an outbox entry of {missing}: {err:?}"
+        );
+    }
+    let err = commit_err(
+        store,
+        &[Change::QueueAccounting(vec![
+            outbox_entry(2, "alice", accounting_record(&present.id, 2)),
+            outbox_entry(1, "bob", accounting_record(&present.id, 3)),
+        ])],
+    );
+    assert!(
+        matches!(&err, StoreError::InvalidChange(what) if what.contains('1')),
+        "a taken id: {err:?}"
+    );
+    let err = commit_err(
+        store,
+        &[Change::QueueAccounting(vec![outbox_entry(
+            u64::MAX,
+            "alice",
+            accounting_record(&present.id, 4),
+        )])],
+    );
+    assert!(matches!(err, StoreError::InvalidChange(_)), "{err:?}");
+    assert_eq!(outbox(store), kept, "the failed batches left nothing");
+}
+
+pub fn purge_removes_the_vees_outbox_entries(store: &dyn Store) {
+    let doomed = rich_record(FIRST_VEE_SEQ);
+    let survivor = plain_record(FIRST_VEE_SEQ + 1);
+    commit(
+        store,
+        &[
+            Change::InsertVee(doomed.clone()),
+            Change::InsertVee(survivor.clone()),
+            Change::QueueAccounting(vec![
+                outbox_entry(1, "alice", accounting_record(&doomed.id, 1_000)),
+                outbox_entry(2, "alice", accounting_record(&survivor.id, 1_000)),
+                outbox_entry(3, "bob", accounting_record(&doomed.id, 1_000)),
+            ]),
+        ],
+    );
+    commit(store, &[Change::PurgeVee(doomed.id.clone())]);
+    assert_eq!(
+        outbox(store),
+        vec![outbox_entry(
+            2,
+            "alice",
+            accounting_record(&survivor.id, 1_000)
+        )]
+    );
+    // Settling what went with the purge is no error.
+    commit(store, &[Change::SettleAccounting(vec![1, 3])]);
 }

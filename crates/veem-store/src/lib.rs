@@ -7,7 +7,8 @@
 //! calls it from `spawn_blocking`. This is the only crate of veem that knows SQL: nothing outside
 //! it builds a query, and nothing inside it decides what a change means (that is the VEEM's job;
 //! the store checks only the invariants it owns: generations, id reuse, existence, a network's
-//! name being unique per owner, and one accounting listener per principal and VEE).
+//! name being unique per owner, one accounting listener per principal and VEE, and one
+//! accounting outbox entry per id).
 //!
 //! The conformance suite is compiled always (it is small and has no extra dependencies), so a
 //! backend living in another crate, or a fake store in a test, can run it too.
@@ -58,8 +59,29 @@ pub trait Store: Send + Sync + 'static {
         to_ms: u64,
     ) -> Result<Vec<(Principal, AccountingRecord)>, StoreError>;
 
+    /// Every accounting outbox entry (records made for a listener and not yet settled: neither
+    /// acknowledged by it nor dropped), ordered by id, which is the order they were queued in.
+    /// Read once at start, to resume the pushes.
+    fn accounting_outbox(&self) -> Result<Vec<OutboxEntry>, StoreError>;
+
     /// A short name for logs: "sqlite".
     fn backend(&self) -> &'static str;
+}
+
+/// One accounting record still to be pushed to a listener's callback: the accounting outbox.
+/// The VEEM queues it in the same transaction as the record itself ([`Change::AppendAccounting`]
+/// and [`Change::QueueAccounting`] in one commit), and settles it once the listener
+/// acknowledged it ([`Change::SettleAccounting`]); what is left after a crash is pushed again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    /// Chosen by the VEEM, ascending in the order entries are queued; unique among the entries
+    /// stored (an id may be used again once its entry is settled).
+    pub id: u64,
+    /// Where the record goes: the listener's callback when the record was made.
+    pub callback: String,
+    /// The listener's principal.
+    pub owner: Principal,
+    pub record: AccountingRecord,
 }
 
 /// What [`Store::load`] returns.
@@ -93,8 +115,8 @@ pub enum Change {
         record: VeeRecord,
         expected_generation: u64,
     },
-    /// Removes the VEE with all its events, accounting listeners and accounting records; the id
-    /// counter is untouched.
+    /// Removes the VEE with all its events, accounting listeners, accounting records and
+    /// accounting outbox entries; the id counter is untouched.
     PurgeVee(VeeId),
     /// Records a state change of an existing VEE.
     AppendEvent(VeeEvent),
@@ -123,6 +145,13 @@ pub enum Change {
     /// every record's VEE must exist, and its times and amounts must fit a signed 64-bit
     /// integer. Meant for large batches: the server writes thousands of records a second.
     AppendAccounting(Vec<(Principal, AccountingRecord)>),
+    /// Queues accounting outbox entries: each id must be free, each record's VEE must exist,
+    /// and its times and amounts must fit a signed 64-bit integer. As hot as `AppendAccounting`,
+    /// which it goes with.
+    QueueAccounting(Vec<OutboxEntry>),
+    /// Removes the outbox entries with these ids: their records were acknowledged or dropped.
+    /// An id with no entry (settled already, or gone with its VEE's purge) is ignored.
+    SettleAccounting(Vec<u64>),
     /// Inserts or replaces the subscription with this id.
     PutSubscription(MonitoringSubscription),
     /// Removes the subscription with this id; nothing if there is none.
@@ -150,8 +179,8 @@ pub enum StoreError {
     /// A network insert whose owner already has a network of that name.
     #[error("{owner} already has a network named {name:?}")]
     NetworkNameTaken { owner: Principal, name: String },
-    /// A purge, delete, event, listener or accounting record of something the store does not
-    /// hold.
+    /// A purge, delete, event, listener, accounting record or outbox entry of something the
+    /// store does not hold.
     #[error("{0} not found")]
     NotFound(String),
     /// A change the store refuses on its face: a wrong generation, a number out of range.

@@ -12,7 +12,7 @@ use veem_model::{
     Network, Principal, VeeEvent, VeeId, VeeRecord, VmiState,
 };
 
-use crate::{Change, Snapshot, Store, StoreError, NETWORK_ID_LIMIT};
+use crate::{Change, OutboxEntry, Snapshot, Store, StoreError, NETWORK_ID_LIMIT};
 
 /// The schema, one step per version: step `i` takes a database from `user_version` i to i+1.
 /// Steps are only ever appended; a released step is never edited.
@@ -91,6 +91,25 @@ const MIGRATIONS: &[&str] = &[
         active_ms   INTEGER NOT NULL
     ) STRICT;
     CREATE INDEX accounting_records_by_vee ON accounting_records (vee, t0, owner);",
+    // Version 4: the accounting outbox, the records still to be pushed to listeners. Each row
+    // is a whole record beside its callback, so that resuming the pushes reads one table; the
+    // id (the rowid) is the VEEM's and gives the order. The index on `vee` keeps a purge's
+    // cascade from scanning the table.
+    "CREATE TABLE accounting_outbox (
+        id          INTEGER PRIMARY KEY NOT NULL,
+        vee         TEXT NOT NULL REFERENCES vees (id) ON DELETE CASCADE,
+        callback    TEXT NOT NULL,
+        owner       TEXT NOT NULL,
+        t0          INTEGER NOT NULL,
+        dt          INTEGER NOT NULL,
+        state       TEXT NOT NULL,
+        host        TEXT,
+        cpu         INTEGER NOT NULL,
+        memory_mb   INTEGER NOT NULL,
+        cpu_time_ms INTEGER NOT NULL,
+        active_ms   INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX accounting_outbox_by_vee ON accounting_outbox (vee);",
 ];
 
 /// The schema version this code writes: the number of migration steps.
@@ -348,6 +367,53 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    fn accounting_outbox(&self) -> Result<Vec<OutboxEntry>, StoreError> {
+        let connection = self.connection();
+        let mut statement = connection
+            .prepare_cached(
+                "SELECT id, vee, callback, owner, t0, dt, state, host, cpu, memory_mb,
+                        cpu_time_ms, active_ms
+                 FROM accounting_outbox ORDER BY id",
+            )
+            .map_err(backend)?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    AccountingRow {
+                        owner: row.get(3)?,
+                        t0: row.get(4)?,
+                        dt: row.get(5)?,
+                        state: row.get(6)?,
+                        host: row.get(7)?,
+                        cpu: row.get(8)?,
+                        memory_mb: row.get(9)?,
+                        cpu_time_ms: row.get(10)?,
+                        active_ms: row.get(11)?,
+                    },
+                ))
+            })
+            .map_err(backend)?;
+        rows.map(|row| {
+            let (id, vee, callback, row) = row.map_err(read_error)?;
+            let id = u64::try_from(id)
+                .map_err(|_| StoreError::Corrupt(format!("accounting outbox id {id}")))?;
+            let vee = VeeId::parse(&vee).map_err(|err| {
+                StoreError::Corrupt(format!("accounting outbox entry {id} names {vee:?}: {err}"))
+            })?;
+            let (owner, record) = row.decode(&vee)?;
+            Ok(OutboxEntry {
+                id,
+                callback,
+                owner,
+                record,
+            })
+        })
+        .collect()
+    }
+
     fn backend(&self) -> &'static str {
         "sqlite"
     }
@@ -465,6 +531,8 @@ fn apply(tx: &Transaction<'_>, counters: &mut Counters, change: &Change) -> Resu
         Change::PutListener(listener) => put_listener(tx, listener),
         Change::RemoveListener { owner, vee } => remove_listener(tx, owner, vee),
         Change::AppendAccounting(records) => append_accounting(tx, records),
+        Change::QueueAccounting(entries) => queue_accounting(tx, entries),
+        Change::SettleAccounting(ids) => settle_accounting(tx, ids),
         Change::PutSubscription(subscription) => put_subscription(tx, subscription),
         Change::RemoveSubscription { id } => remove_subscription(tx, id),
     }
@@ -764,6 +832,76 @@ fn append_accounting(
                 int("active_ms", record.active_ms)?,
             ])
             .map_err(|err| missing_vee(err, &record.vee))?;
+    }
+    Ok(())
+}
+
+/// One statement for the whole batch, as [`append_accounting`]: the outbox is as hot.
+fn queue_accounting(tx: &Transaction<'_>, entries: &[OutboxEntry]) -> Result<(), StoreError> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let mut statement = tx
+        .prepare_cached(
+            "INSERT INTO accounting_outbox
+                 (id, vee, callback, owner, t0, dt, state, host, cpu, memory_mb, cpu_time_ms,
+                  active_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        )
+        .map_err(backend)?;
+    for entry in entries {
+        let record = &entry.record;
+        let int = |what: &str, value: u64| {
+            i64::try_from(value).map_err(|_| {
+                StoreError::InvalidChange(format!(
+                    "accounting outbox {what} {value} of VEE {} is too large to store",
+                    record.vee
+                ))
+            })
+        };
+        let result = statement.execute(params![
+            int("id", entry.id)?,
+            record.vee.as_str(),
+            entry.callback,
+            entry.owner.as_str(),
+            int("t0", record.t0)?,
+            int("dt", record.dt)?,
+            record.state.as_str(),
+            record.host.as_ref().map(|host| host.as_str()),
+            record.cpu,
+            int("memory_mb", record.memory_mb)?,
+            int("cpu_time_ms", record.cpu_time_ms)?,
+            int("active_ms", record.active_ms)?,
+        ]);
+        match result {
+            Ok(_) => {}
+            Err(rusqlite::Error::SqliteFailure(failure, _))
+                if failure.extended_code == ffi::SQLITE_CONSTRAINT_PRIMARYKEY =>
+            {
+                return Err(StoreError::InvalidChange(format!(
+                    "accounting outbox entry {} is queued already",
+                    entry.id
+                )));
+            }
+            Err(err) => return Err(missing_vee(err, &record.vee)),
+        }
+    }
+    Ok(())
+}
+
+fn settle_accounting(tx: &Transaction<'_>, ids: &[u64]) -> Result<(), StoreError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let mut statement = tx
+        .prepare_cached("DELETE FROM accounting_outbox WHERE id = ?1")
+        .map_err(backend)?;
+    for &id in ids {
+        // An id beyond SQLite's integers was never stored: nothing to settle.
+        let Ok(id) = i64::try_from(id) else {
+            continue;
+        };
+        statement.execute([id]).map_err(backend)?;
     }
     Ok(())
 }
@@ -1299,6 +1437,123 @@ mod tests {
             )
             .expect("query vees");
         assert_eq!(vees, 1);
+    }
+
+    /// A database as veem wrote it before the accounting outbox: schema version 3, holding a
+    /// VEE with a listener and an accounting record.
+    fn write_version_3_database(path: &Path) -> (VeeRecord, (Principal, AccountingRecord)) {
+        let (record, ..) = write_version_2_database(path);
+        let connection = Connection::open(path).expect("open raw");
+        connection
+            .execute_batch(MIGRATIONS[2])
+            .expect("the version 3 schema");
+        connection
+            .pragma_update(None, "user_version", 3)
+            .expect("set user_version");
+        let accounted =
+            conformance::accounted("bob", conformance::accounting_record(&record.id, 7));
+        connection
+            .execute(
+                "INSERT INTO accounting_records
+                     (vee, t0, owner, dt, state, host, cpu, memory_mb, cpu_time_ms, active_ms)
+                 VALUES (?1, 7, 'bob', 1000, 'ACTIVE', 'host-1', 2, 1024, 7, 1000)",
+                [record.id.as_str()],
+            )
+            .expect("a version 3 accounting record");
+        (record, accounted)
+    }
+
+    #[test]
+    fn a_version_3_database_migrates_and_keeps_its_data() {
+        let (_dir, path) = store_file();
+        let (record, accounted) = write_version_3_database(&path);
+        let store = SqliteStore::open(&path).expect("open migrates");
+        assert_eq!(user_version(&path), i64::from(SCHEMA_VERSION));
+        assert_eq!(
+            store
+                .accounting(&record.id, 0, u64::MAX)
+                .expect("accounting"),
+            vec![accounted.clone()]
+        );
+        assert_eq!(store.accounting_outbox().expect("outbox"), vec![]);
+        let entry = conformance::outbox_entry(1, "bob", accounted.1);
+        store
+            .commit(&[Change::QueueAccounting(vec![entry.clone()])])
+            .expect("the migrated database takes outbox entries");
+        drop(store);
+        let store = SqliteStore::open(&path).expect("reopen");
+        assert_eq!(store.accounting_outbox().expect("outbox"), vec![entry]);
+        // The new table's foreign key is enforced on the old VEE table: purge cascades.
+        store
+            .commit(&[Change::PurgeVee(record.id.clone())])
+            .expect("purge");
+        assert_eq!(store.accounting_outbox().expect("outbox"), vec![]);
+    }
+
+    #[test]
+    fn a_failing_fourth_step_leaves_a_version_3_database_as_it_was() {
+        let (_dir, path) = store_file();
+        let (record, accounted) = write_version_3_database(&path);
+        // The step's index clashes, so its table must be rolled back.
+        Connection::open(&path)
+            .expect("open raw")
+            .execute_batch("CREATE TABLE accounting_outbox_by_vee (x INTEGER)")
+            .expect("create clashing table");
+        let err = SqliteStore::open(&path).expect_err("the clash must fail migration");
+        assert!(
+            matches!(err, StoreError::Migration { version: 4, .. }),
+            "{err:?}"
+        );
+        assert_eq!(user_version(&path), 3);
+        let connection = Connection::open(&path).expect("open raw");
+        let outbox_tables: i64 = connection
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE name = 'accounting_outbox'",
+                [],
+                |row| row.get(0),
+            )
+            .expect("query schema");
+        assert_eq!(outbox_tables, 0, "the failed step is rolled back whole");
+        let kept: i64 = connection
+            .query_row(
+                "SELECT count(*) FROM accounting_records WHERE vee = ?1 AND t0 = ?2",
+                params![record.id.as_str(), accounted.1.t0 as i64],
+                |row| row.get(0),
+            )
+            .expect("query accounting");
+        assert_eq!(kept, 1);
+    }
+
+    #[test]
+    fn outbox_rows_that_do_not_decode_are_reported_as_corrupt() {
+        for sql in [
+            "UPDATE accounting_outbox SET id = -1",
+            "UPDATE accounting_outbox SET vee = 'not a vee'",
+            "UPDATE accounting_outbox SET owner = 'not a principal'",
+            "UPDATE accounting_outbox SET state = 'RUNNING'",
+            "UPDATE accounting_outbox SET cpu_time_ms = -5",
+        ] {
+            let (_dir, path) = store_file();
+            let store = SqliteStore::open(&path).expect("open");
+            let record = conformance::plain_record(FIRST_VEE_SEQ);
+            store
+                .commit(&[
+                    Change::InsertVee(record.clone()),
+                    Change::QueueAccounting(vec![conformance::outbox_entry(
+                        1,
+                        "alice",
+                        conformance::accounting_record(&record.id, 5),
+                    )]),
+                ])
+                .expect("commit");
+            let connection = Connection::open(&path).expect("open raw");
+            connection
+                .pragma_update(None, "foreign_keys", "OFF")
+                .expect("foreign keys off");
+            connection.execute_batch(sql).expect(sql);
+            let err = store.accounting_outbox().expect_err(sql);
+            assert!(matches!(err, StoreError::Corrupt(_)), "{sql}: {err:?}");
+        }
     }
 
     #[test]

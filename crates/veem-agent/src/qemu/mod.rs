@@ -4,9 +4,9 @@
 //! command line carries `-name <vee id>`, so `ps` shows which VEE a process runs. Everything
 //! needed to find the VEEs again lives in the state directory: `<vee>.json` (the spec and the
 //! machine shape), `<vee>.pid`, `<vee>.qmp` and `<vee>.agent` written by QEMU, and `<vee>.log`
-//! with what QEMU said. A new driver on the same directory re-adopts every live process it
-//! finds there and forgets those that died. The serial console is appended to
-//! `<vee_dir>/console.log`.
+//! with what QEMU said (kept after the process ends, for a post-mortem, until the VEE is
+//! purged). A new driver on the same directory re-adopts every live process it finds there and
+//! forgets those that died. The serial console is appended to `<vee_dir>/console.log`.
 //!
 //! This is the only code in veem that speaks QMP ([`qmp`]). It never deletes a disk, and never
 //! passes anything from a descriptor to QEMU but the typed settings of its [`DeploySpec`].
@@ -919,6 +919,41 @@ fn qmp_failed(op: &'static str, error: QmpError) -> DriverError {
     DriverError::Failed { op, reason }
 }
 
+/// The VEE a state directory's file belongs to: `<vee>.<extension>`.
+fn vee_of_file(name: &std::ffi::OsStr) -> Option<VeeId> {
+    let (stem, _) = name.to_str()?.split_once('.')?;
+    VeeId::parse(stem).ok()
+}
+
+/// Removes every file of `vee` from the state directory.
+fn remove_files_of(state_dir: &Path, vee: &VeeId) -> Result<(), DriverError> {
+    let entries = std::fs::read_dir(state_dir).map_err(|e| DriverError::file(state_dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| DriverError::file(state_dir, e))?;
+        if vee_of_file(&entry.file_name()).as_ref() != Some(vee) {
+            continue;
+        }
+        let path = entry.path();
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(DriverError::file(&path, e)),
+        }
+    }
+    Ok(())
+}
+
+/// The VEEs the state directory has files of.
+fn vees_with_files(state_dir: &Path) -> Result<Vec<VeeId>, DriverError> {
+    let entries = std::fs::read_dir(state_dir).map_err(|e| DriverError::file(state_dir, e))?;
+    let mut vees = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| DriverError::file(state_dir, e))?;
+        vees.extend(vee_of_file(&entry.file_name()));
+    }
+    Ok(vees)
+}
+
 fn remove_instance_files(paths: &InstancePaths) -> Result<(), DriverError> {
     for path in [&paths.record, &paths.pid, &paths.qmp, &paths.agent] {
         match std::fs::remove_file(path) {
@@ -1336,6 +1371,42 @@ impl Driver for QemuDriver {
         }
     }
 
+    async fn purge(&self, vee: &VeeId) -> Result<(), DriverError> {
+        let _guard = self.lock_vee(vee).await;
+        if let Some(instance) = self.instance(vee) {
+            self.end_process(&instance).await;
+            self.forget(&instance).await?;
+        }
+        self.migrations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(vee);
+        // Every `<vee>.<anything>` of the state directory: the log that outlives the process,
+        // and whatever a killed agent left.
+        let state_dir = self.state_dir.clone();
+        let vee = vee.clone();
+        tokio::task::spawn_blocking(move || remove_files_of(&state_dir, &vee))
+            .await
+            .map_err(|e| DriverError::Failed {
+                op: "purge",
+                reason: e.to_string(),
+            })?
+    }
+
+    async fn traces(&self) -> Result<Vec<VeeId>, DriverError> {
+        let state_dir = self.state_dir.clone();
+        let mut vees = tokio::task::spawn_blocking(move || vees_with_files(&state_dir))
+            .await
+            .map_err(|e| DriverError::Failed {
+                op: "list traces",
+                reason: e.to_string(),
+            })??;
+        vees.extend(self.instances().keys().cloned());
+        vees.sort();
+        vees.dedup();
+        Ok(vees)
+    }
+
     async fn remove_lan(&self, lan: &LanPlan) -> Result<(), DriverError> {
         self.hostnet.remove_lan(lan).await
     }
@@ -1344,6 +1415,49 @@ impl Driver for QemuDriver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_purge_removes_every_file_of_its_vee_and_no_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = [
+            "vee-00000001.json",
+            "vee-00000001.pid",
+            "vee-00000001.qmp",
+            "vee-00000001.agent",
+            "vee-00000001.log",
+            "vee-00000002.log",
+            "vee-00000012.log",
+            "vee-00000001-old.log",
+            "notes.txt",
+        ];
+        for name in names {
+            std::fs::write(dir.path().join(name), name).unwrap();
+        }
+        let mut found = vees_with_files(dir.path()).unwrap();
+        found.sort();
+        found.dedup();
+        assert_eq!(
+            found,
+            vec![VeeId::from_seq(1), VeeId::from_seq(2), VeeId::from_seq(12)]
+        );
+        remove_files_of(dir.path(), &VeeId::from_seq(1)).unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "notes.txt",
+                "vee-00000001-old.log",
+                "vee-00000002.log",
+                "vee-00000012.log"
+            ]
+        );
+        // Nothing left of it: no error.
+        remove_files_of(dir.path(), &VeeId::from_seq(1)).unwrap();
+    }
 
     #[test]
     fn run_states_map_to_instance_states() {

@@ -9,7 +9,7 @@
 //! written to `instances.journal.tmp`, renamed over it) at every start and whenever it grows
 //! past [`COMPACT_FACTOR`] times the live instances plus [`COMPACT_SLACK`] lines.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -55,6 +55,9 @@ pub(super) struct Journal {
     /// A write failed part-way, so the file may end in a fragment that the next line would
     /// glue onto: it is rewritten from memory before anything else is appended.
     damaged: bool,
+    /// The VEEs the file has a line about, so that a purge knows whether it must be rewritten
+    /// to hold nothing of a VEE any more.
+    mentioned: HashSet<VeeId>,
 }
 
 impl Journal {
@@ -78,6 +81,7 @@ impl Journal {
             file,
             lines,
             damaged: false,
+            mentioned: instances.keys().cloned().collect(),
         };
         Ok((journal, instances))
     }
@@ -95,12 +99,28 @@ impl Journal {
             reason: e.to_string(),
         })?;
         line.push(b'\n');
+        let vee = match change {
+            Change::Put(instance) => &instance.vee,
+            Change::Remove(vee) => vee,
+        };
+        // Noted before the write: a line written in part mentions the VEE too.
+        self.mentioned.insert(vee.clone());
         if let Err(e) = self.file.write_all(&line) {
             self.damaged = true;
             return Err(DriverError::file(&self.path, e));
         }
         self.lines += 1;
         Ok(())
+    }
+
+    /// Whether the file has a line about `vee`.
+    pub(super) fn mentions(&self, vee: &VeeId) -> bool {
+        self.mentioned.contains(vee)
+    }
+
+    /// The VEEs the file has a line about.
+    pub(super) fn mentioned(&self) -> Vec<VeeId> {
+        self.mentioned.iter().cloned().collect()
     }
 
     /// Whether the journal should be rewritten before (or after) the next change: it has
@@ -113,12 +133,13 @@ impl Journal {
     /// journal stays in use.
     pub(super) fn compact<'a>(
         &mut self,
-        live: impl Iterator<Item = &'a SimInstance>,
+        live: impl Iterator<Item = &'a SimInstance> + Clone,
     ) -> Result<(), DriverError> {
-        let (file, lines) = write_compacted(&self.path, live)?;
+        let (file, lines) = write_compacted(&self.path, live.clone())?;
         self.file = file;
         self.lines = lines;
         self.damaged = false;
+        self.mentioned = live.map(|instance| instance.vee.clone()).collect();
         Ok(())
     }
 }

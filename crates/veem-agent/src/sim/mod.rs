@@ -728,6 +728,31 @@ impl Driver for SimDriver {
     }
 
     /// Simulated hosts build no LANs: a sim NIC is plugged into nothing.
+    async fn purge(&self, vee: &VeeId) -> Result<(), DriverError> {
+        let _guard = self.lock_vee(vee).await;
+        self.forget(vee).await?;
+        // The journal's lines about the VEE go too: it is rewritten without them.
+        let journal = Arc::clone(&self.journal).lock_owned().await;
+        if !journal.mentions(vee) {
+            return Ok(());
+        }
+        let live: Vec<SimInstance> = self.instances().values().cloned().collect();
+        let mut journal = journal;
+        tokio::task::spawn_blocking(move || journal.compact(live.iter()))
+            .await
+            .map_err(|e| DriverError::Failed {
+                op: "purge",
+                reason: e.to_string(),
+            })?
+    }
+
+    async fn traces(&self) -> Result<Vec<VeeId>, DriverError> {
+        // Every instance has a line in the journal, so the journal's VEEs are all there is.
+        let mut vees = self.journal.lock().await.mentioned();
+        vees.sort();
+        Ok(vees)
+    }
+
     async fn remove_lan(&self, _lan: &LanPlan) -> Result<(), DriverError> {
         Ok(())
     }

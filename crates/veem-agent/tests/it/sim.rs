@@ -793,3 +793,56 @@ async fn thousands_of_deploys_and_destroys_stay_cheap_and_survive_a_restart() {
         left.len(),
     );
 }
+
+#[tokio::test]
+async fn purge_ends_the_instance_and_leaves_no_byte_of_it_in_the_state_directory() {
+    let shared = tempfile::tempdir().unwrap();
+    let driver = host(shared.path(), "h1", SimConfig::default());
+    let doomed = spec(1, "doomed", shared.path());
+    let kept = spec(2, "kept", shared.path());
+    driver.deploy(&doomed).await.unwrap();
+    driver.deploy(&kept).await.unwrap();
+    driver.pause(&doomed.vee).await.unwrap();
+    assert_eq!(driver.traces().await.unwrap(), vec![vee(1), vee(2)]);
+
+    driver.purge(&doomed.vee).await.unwrap();
+    assert!(matches!(
+        driver.status(&doomed.vee).await,
+        Err(DriverError::NoSuchInstance(_))
+    ));
+    assert_eq!(driver.traces().await.unwrap(), vec![vee(2)]);
+    assert_eq!(state_dir_names(&driver), vec!["instances.journal"]);
+    let journal = std::fs::read_to_string(driver.state_dir().join("instances.journal")).unwrap();
+    assert!(!journal.contains(vee(1).as_str()), "{journal}");
+    assert!(journal.contains(vee(2).as_str()), "{journal}");
+    // Again, and of a VEE it never had: nothing to do, no error.
+    driver.purge(&doomed.vee).await.unwrap();
+    driver.purge(&vee(3)).await.unwrap();
+
+    // A VEE destroyed earlier is still a trace until purged; the other runs on.
+    driver.destroy(&kept.vee).await.unwrap();
+    assert_eq!(driver.traces().await.unwrap(), vec![vee(2)]);
+    driver.purge(&kept.vee).await.unwrap();
+    assert_eq!(driver.traces().await.unwrap(), vec![]);
+    let journal = std::fs::read_to_string(driver.state_dir().join("instances.journal")).unwrap();
+    assert_eq!(journal, "");
+}
+
+#[tokio::test]
+async fn a_restarted_driver_keeps_traces_of_live_instances_only() {
+    let shared = tempfile::tempdir().unwrap();
+    let driver = host(shared.path(), "h1", SimConfig::default());
+    driver
+        .deploy(&spec(1, "gone", shared.path()))
+        .await
+        .unwrap();
+    driver
+        .deploy(&spec(2, "live", shared.path()))
+        .await
+        .unwrap();
+    driver.destroy(&vee(1)).await.unwrap();
+    drop(driver);
+    // Opening compacts the journal: the destroyed VEE's lines are gone with it.
+    let driver = host(shared.path(), "h1", SimConfig::default());
+    assert_eq!(driver.traces().await.unwrap(), vec![vee(2)]);
+}

@@ -92,6 +92,12 @@ impl Driver for PairedDriver {
     async fn remove_lan(&self, _: &veem_api::agent::LanPlan) -> Result<(), DriverError> {
         Err(DriverError::Unsupported("remove_lan"))
     }
+    async fn purge(&self, _: &VeeId) -> Result<(), DriverError> {
+        Err(DriverError::Unsupported("purge"))
+    }
+    async fn traces(&self) -> Result<Vec<VeeId>, DriverError> {
+        Err(DriverError::Unsupported("traces"))
+    }
 }
 
 fn agent() -> Arc<Agent> {

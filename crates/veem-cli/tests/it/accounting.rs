@@ -305,3 +305,109 @@ async fn destroy_sends_a_last_record_and_purge_removes_them_all() {
         Some("not_found")
     );
 }
+
+/// The (vee, t0) of each item: a record's idempotency key for one listener.
+fn keys(items: &[(u64, Value)]) -> Vec<(String, u64)> {
+    items
+        .iter()
+        .map(|(_, r)| {
+            (
+                r["vee"].as_str().unwrap_or_default().to_owned(),
+                field(r, "t0"),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_kill_9_during_pushes_loses_no_record_a_listener_saw_and_repeats_none_it_acknowledged() {
+    let mut s = Server::start().await;
+    let listener = Listener::start().await;
+    let mut ids = Vec::new();
+    for n in 0..4 {
+        ids.push(init_one(&s.a, small(&format!("acct-{n}"))).await);
+    }
+    let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    s.a.listen(&id_refs, 150, &listener.url)
+        .await
+        .expect("registered");
+    listener
+        .wait_for("a few records of each", Duration::from_secs(10), |items| {
+            ids.iter().all(|id| records_of(items, id).len() >= 3)
+        })
+        .await;
+
+    // The next POST is held unanswered. A POST goes out once the acknowledgement of the POST
+    // before the last is recorded, and the last one's is being recorded meanwhile (a commit:
+    // milliseconds; a second is plenty). Then everything acknowledged is settled, and the kill
+    // lands with one POST's records sent and not acknowledged.
+    listener.set_hold(true);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while listener.held().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no POST came to hold");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    s.kill9();
+    let acknowledged = listener.items();
+    let unacknowledged = listener.held();
+    listener.set_hold(false);
+
+    // Everything the listener saw, acknowledged or not, was stored before it was sent.
+    let seen: Vec<(String, u64)> = keys(&acknowledged)
+        .into_iter()
+        .chain(keys(&unacknowledged))
+        .collect();
+    s.restart().await;
+    for id in &ids {
+        let stored: Vec<u64> =
+            s.a.vee_accounting(id, None, None)
+                .await
+                .expect("readable")
+                .records
+                .iter()
+                .map(|r| r.t0)
+                .collect();
+        for (vee, t0) in seen.iter().filter(|(vee, _)| vee == id) {
+            assert!(
+                stored.contains(t0),
+                "{vee} at {t0} reached the listener but is not stored: {stored:?}"
+            );
+        }
+    }
+
+    // The outbox resumes: the records the listener did not acknowledge come again, and new
+    // ones follow, on the same grid.
+    let restarted_at = wall_ms();
+    let after = listener
+        .wait_for(
+            "the unacknowledged records again, and new ones",
+            Duration::from_secs(20),
+            |items| {
+                let again = keys(&items[acknowledged.len()..]);
+                keys(&unacknowledged).iter().all(|k| again.contains(k))
+                    && ids.iter().all(|id| {
+                        records_of(&items[acknowledged.len()..], id)
+                            .iter()
+                            .any(|(at, _)| *at > restarted_at + 300)
+                    })
+            },
+        )
+        .await;
+    assert_eq!(
+        keys(&after[..acknowledged.len()]),
+        keys(&acknowledged),
+        "what came before the kill is as it was"
+    );
+    let later = keys(&after[acknowledged.len()..]);
+    for key in keys(&acknowledged) {
+        assert!(
+            !later.contains(&key),
+            "{key:?} was acknowledged before the kill and came again"
+        );
+    }
+    let mut unique = later.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), later.len(), "nothing twice after the restart");
+}

@@ -413,12 +413,16 @@ pub async fn wait_guest_ready(s: &Server, driver: Hypervisor, id: &str) {
 }
 
 /// An HTTP listener of the test's own, standing for an SM's ReceiveAccountingInformation or
-/// monitoring callback: it keeps every POST body with the time it came, and answers 503 while
-/// told to be down.
+/// monitoring callback: it keeps every POST body it acknowledged with the time it came, and
+/// answers 503 while told to be down. While told to hold, it keeps what comes apart
+/// ([`Listener::held`]) and answers nothing until released, so its sender never sees those
+/// acknowledged.
 pub struct Listener {
     pub url: String,
     received: Arc<Mutex<Vec<(u64, serde_json::Value)>>>,
     down: Arc<AtomicBool>,
+    hold: Arc<tokio::sync::watch::Sender<bool>>,
+    held: Arc<Mutex<Vec<(u64, serde_json::Value)>>>,
 }
 
 impl Listener {
@@ -437,17 +441,25 @@ impl Listener {
 
     async fn start_with(tls: Option<veem_tls::Acceptor>) -> Self {
         let received: Arc<Mutex<Vec<(u64, serde_json::Value)>>> = Arc::default();
+        let held: Arc<Mutex<Vec<(u64, serde_json::Value)>>> = Arc::default();
         let down = Arc::new(AtomicBool::new(false));
-        let (r, d) = (received.clone(), down.clone());
+        let hold = Arc::new(tokio::sync::watch::Sender::new(false));
+        let (r, d, h, k) = (received.clone(), down.clone(), hold.clone(), held.clone());
         let app = axum::Router::new().route(
             "/push",
             axum::routing::post(move |body: axum::body::Bytes| {
-                let (r, d) = (r.clone(), d.clone());
+                let (r, d, h, k) = (r.clone(), d.clone(), h.clone(), k.clone());
                 async move {
                     if d.load(Ordering::SeqCst) {
                         return axum::http::StatusCode::SERVICE_UNAVAILABLE;
                     }
                     let value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+                    let mut holding = h.subscribe();
+                    if *holding.borrow_and_update() {
+                        k.lock().expect("not poisoned").push((wall_ms(), value));
+                        let _ = holding.wait_for(|hold| !*hold).await;
+                        return axum::http::StatusCode::NO_CONTENT;
+                    }
                     r.lock().expect("not poisoned").push((wall_ms(), value));
                     axum::http::StatusCode::NO_CONTENT
                 }
@@ -468,6 +480,8 @@ impl Listener {
             url,
             received,
             down,
+            hold,
+            held,
         }
     }
 
@@ -475,20 +489,25 @@ impl Listener {
         self.down.store(down, Ordering::SeqCst);
     }
 
+    /// Holds every POST that comes from now on unanswered (`true`), or answers them (`false`).
+    pub fn set_hold(&self, hold: bool) {
+        self.hold.send_replace(hold);
+    }
+
+    /// The items of the POSTs that came while holding, each with its arrival time.
+    pub fn held(&self) -> Vec<(u64, serde_json::Value)> {
+        items_of(self.held.lock().expect("not poisoned").clone())
+    }
+
     /// Every POST so far: (when it came, in ms since the epoch; its JSON body).
     pub fn posts(&self) -> Vec<(u64, serde_json::Value)> {
         self.received.lock().expect("not poisoned").clone()
     }
 
-    /// The items of every POST so far, in the order they came, each with its arrival time.
+    /// The items of every POST acknowledged so far, in the order they came, each with its
+    /// arrival time.
     pub fn items(&self) -> Vec<(u64, serde_json::Value)> {
-        self.posts()
-            .into_iter()
-            .flat_map(|(at, body)| match body {
-                serde_json::Value::Array(items) => items.into_iter().map(|i| (at, i)).collect(),
-                other => vec![(at, other)],
-            })
-            .collect()
+        items_of(self.posts())
     }
 
     /// Waits until `done` holds for the items, or fails after `limit`.
@@ -508,6 +527,16 @@ impl Listener {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+fn items_of(posts: Vec<(u64, serde_json::Value)>) -> Vec<(u64, serde_json::Value)> {
+    posts
+        .into_iter()
+        .flat_map(|(at, body)| match body {
+            serde_json::Value::Array(items) => items.into_iter().map(|i| (at, i)).collect(),
+            other => vec![(at, other)],
+        })
+        .collect()
 }
 
 pub fn wall_ms() -> u64 {

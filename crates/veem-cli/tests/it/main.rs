@@ -12,6 +12,7 @@ mod hostloss;
 mod monitoring;
 mod networks;
 mod operators;
+mod purge;
 mod qemu_guests;
 mod qemu_networks;
 mod restart;

@@ -3,31 +3,52 @@
 //!
 //! Timing: a listener's ticks fall at `registered + k * interval` on a monotonic clock, whether
 //! or not anything changed (both clocks are read together at registration); one scheduler
-//! task wakes [`BUILD_LEAD`] before the earliest tick, builds the records of every tick then
-//! due, waits for the tick and hands each callback its records of that moment in one push (a
-//! JSON array). A late tick is still sent, never skipped; after a restart of the
+//! task wakes a lead before the earliest tick (what storing the records takes, measured, plus
+//! [`SEND_GROUPING`]), builds the records of every tick then due and starts storing them; they
+//! wait for their tick and each callback gets its records of that moment in one push (a JSON
+//! array). A late tick is still sent, never skipped; after a restart of the
 //! VEEM the ticks go on on the same grid (those that fell while it was down are not sent).
-//! Every record is also stored, so `GET /vees/{id}/accounting` reads what a listener could not
-//! be sent.
+//!
+//! Durability (the accounting outbox): a record is stored before any listener can see it. The
+//! records of a tick are committed (through the committer, as every change) together with one
+//! outbox entry each, and handed to the pusher only once that is durable; a DESTROY's last
+//! records are committed in the DESTROY's own transaction. So whatever a listener received is
+//! readable with `GET /vees/{id}/accounting`, also after a kill -9. The pusher reports each
+//! POST a listener acknowledged, and those entries are settled (removed) while the next POST
+//! is under way, before the one after it goes out; after a restart the entries left are pushed
+//! again, in order. Delivery is at least once: the records of the last two POSTs to a callback
+//! before a crash (the one in flight, the one acknowledged just before whose settlement was not
+//! yet durable) can arrive twice, and a listener tells them apart by their (vee, t0). A record
+//! the push queue's bound drops is settled too (it is counted in the pusher's `dropped` and
+//! logged), so a dead listener does not grow the outbox without bound; it stays readable with
+//! GET like every record.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
+use futures::future::BoxFuture;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, Notify};
 use veem_api::agent::InstanceStatus;
 use veem_model::{
     active_ms_within, AccountingListener, AccountingRecord, Principal, VeeId, VeeRecord, VmiState,
     MAX_ACCOUNTING_INTERVAL_MS, MIN_ACCOUNTING_INTERVAL_MS,
 };
-use veem_store::Change;
+use veem_store::{Change, OutboxEntry};
 
 use super::monitoring::{hardware_event, Routed};
 use super::*;
-use crate::push::{check_callback, PushConfig, Pusher};
+use crate::push::{check_callback, PushConfig, Pusher, Receipts};
 
-/// How long before a tick its records are built, so that they go out at the tick itself. A
-/// state change within this lead shows in the next record.
-const BUILD_LEAD: Duration = Duration::from_millis(3);
+/// Ticks this close together go out in one push, at the later one. It is also the least lead
+/// with which records are built before their tick.
+const SEND_GROUPING: Duration = Duration::from_millis(3);
+/// The most by which records are built ahead of their tick, however slow storing them is: the
+/// state a record shows is the state this long before its tick, at worst.
+const MAX_STORE_LEAD: Duration = Duration::from_millis(30);
+/// What storing a tick's records is taken to cost until it was measured.
+const FIRST_STORE_ESTIMATE: Duration = Duration::from_millis(5);
 /// ACTIVE periods kept per VEE: enough for the longest interval.
 const ACTIVITY_KEPT_MS: u64 = MAX_ACCOUNTING_INTERVAL_MS + 60_000;
 
@@ -108,11 +129,125 @@ impl Book {
     }
 }
 
+/// An accounting record on its way to a listener. Only the record is sent; the id of its
+/// outbox entry comes back with the pusher's receipt.
+struct Outgoing {
+    id: u64,
+    record: AccountingRecord,
+}
+
+impl Serialize for Outgoing {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.record.serialize(serializer)
+    }
+}
+
+fn ids(items: &[Arc<Outgoing>]) -> Vec<u64> {
+    items.iter().map(|item| item.id).collect()
+}
+
+/// Settles the outbox entries of what the pusher delivered or dropped.
+struct OutboxReceipts {
+    committer: Committer,
+}
+
+impl Receipts<Outgoing> for OutboxReceipts {
+    fn delivered(&self, callback: &str, items: Vec<Arc<Outgoing>>) -> BoxFuture<'static, ()> {
+        let settled = self
+            .committer
+            .enqueue(vec![Change::SettleAccounting(ids(&items))]);
+        let callback = callback.to_owned();
+        Box::pin(async move {
+            if let Err(e) = settled.await {
+                // Left in the outbox, they are sent again after a restart: at least once.
+                tracing::error!(callback, error = %e, "cannot settle delivered accounting records");
+            }
+        })
+    }
+
+    fn dropped(&self, callback: &str, items: Vec<Arc<Outgoing>>) {
+        let settled = self
+            .committer
+            .enqueue(vec![Change::SettleAccounting(ids(&items))]);
+        let callback = callback.to_owned();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(e) = settled.await {
+                    tracing::error!(callback, error = %e, "cannot settle dropped accounting records");
+                }
+            });
+        }
+    }
+}
+
+/// Records on their way: stored first, then pushed, in the order made.
+struct Delivery {
+    segments: Vec<Segment>,
+    /// Resolves once every segment's records are durable (with their outbox entries).
+    durable: BoxFuture<'static, Result<(), CoreError>>,
+    /// Whether `durable` is a commit of these records alone, which can be tried again without
+    /// the VEEs purged meanwhile; a DESTROY's records share the DESTROY's commit instead.
+    own_commit: bool,
+}
+
+/// Records pushed together: the ticks within [`SEND_GROUPING`] of each other.
+struct Segment {
+    /// Not sent before this: the last of their ticks.
+    not_before: Option<Instant>,
+    entries: Vec<OutboxEntry>,
+}
+
+/// The next estimate of a cost after `before`, when it cost `took`: a higher cost is taken at
+/// once; a lower one lowers the estimate by an eighth per measure, at most down to it.
+fn decaying_max(before: u64, took: u64) -> u64 {
+    took.max(before - before / 8)
+}
+
+/// Every entry of `segments`, in order.
+fn entries_of(segments: &[Segment]) -> Vec<OutboxEntry> {
+    segments
+        .iter()
+        .flat_map(|s| s.entries.iter().cloned())
+        .collect()
+}
+
+/// The changes that store `entries` and queue them in the outbox.
+fn storing(entries: &[OutboxEntry]) -> Vec<Change> {
+    vec![
+        Change::AppendAccounting(
+            entries
+                .iter()
+                .map(|e| (e.owner.clone(), e.record.clone()))
+                .collect(),
+        ),
+        Change::QueueAccounting(entries.to_vec()),
+    ]
+}
+
+/// A DESTROY's last records, made before its commit: the records and the listeners' removal go
+/// into the commit, and the records are pushed once it is durable.
+pub(super) struct Closing {
+    pub(super) changes: Vec<Change>,
+    /// The listeners taken out of the schedule, put back if the commit fails.
+    removed: Vec<(Key, Registration)>,
+    durable: oneshot::Sender<Result<(), CoreError>>,
+}
+
 /// Listeners, their schedule, and the figures records are made of.
 pub(super) struct Accounting {
     book: Mutex<Book>,
     wake: Notify,
-    pusher: Pusher<AccountingRecord>,
+    pusher: Pusher<Outgoing>,
+    /// The id of the next outbox entry.
+    next_entry: AtomicU64,
+    /// Records to store and push, in the order they were made; the delivery task takes the
+    /// receiving end when the background tasks start.
+    deliveries: mpsc::UnboundedSender<Delivery>,
+    pending_deliveries: Mutex<Option<mpsc::UnboundedReceiver<Delivery>>>,
+    /// What the outbox held at start, to push again first.
+    backlog: Mutex<Vec<OutboxEntry>>,
+    /// How long storing a tick's records took lately, in µs: a decaying maximum.
+    store_us: AtomicU64,
     /// What hosts last reported of each VEE.
     observed: Mutex<HashMap<u64, InstanceStatus>>,
     /// Each VEE's ACTIVE periods, `(start, end)`, newest last.
@@ -124,6 +259,8 @@ impl Accounting {
         listeners: Vec<AccountingListener>,
         records: &[VeeRecord],
         push: PushConfig,
+        outbox: Vec<OutboxEntry>,
+        committer: Committer,
     ) -> Self {
         let (now, now_ms) = (Instant::now(), now_ms());
         let mut book = Book::default();
@@ -140,12 +277,65 @@ impl Accounting {
             .filter(|r| r.state == VmiState::Active)
             .map(|r| (r.id.seq(), vec![(r.updated_ms, None)]))
             .collect();
+        let next_entry = outbox.iter().map(|e| e.id + 1).max().unwrap_or(1);
+        let (deliveries, pending_deliveries) = mpsc::unbounded_channel();
         Self {
             book: Mutex::new(book),
             wake: Notify::new(),
-            pusher: Pusher::new(push),
+            pusher: Pusher::with_receipts(
+                push,
+                Arc::new(OutboxReceipts { committer }),
+            ),
+            next_entry: AtomicU64::new(next_entry),
+            deliveries,
+            pending_deliveries: Mutex::new(Some(pending_deliveries)),
+            backlog: Mutex::new(outbox),
+            store_us: AtomicU64::new(FIRST_STORE_ESTIMATE.as_micros() as u64),
             observed: Mutex::new(HashMap::new()),
             activity: Mutex::new(activity),
+        }
+    }
+
+    /// The outbox entry of `record`, made for `owner`'s listener at `callback`.
+    fn entry(&self, owner: &Principal, callback: &str, record: AccountingRecord) -> OutboxEntry {
+        OutboxEntry {
+            id: self.next_entry.fetch_add(1, Ordering::Relaxed),
+            callback: callback.to_owned(),
+            owner: owner.clone(),
+            record,
+        }
+    }
+
+    /// How long before a tick its records are built: what storing them takes lately, plus
+    /// [`SEND_GROUPING`].
+    fn build_lead(&self) -> Duration {
+        let store = Duration::from_micros(self.store_us.load(Ordering::Relaxed));
+        SEND_GROUPING + store.min(MAX_STORE_LEAD)
+    }
+
+    /// Notes how long storing a tick's records took: the estimate follows a slower commit at
+    /// once and a faster one slowly.
+    fn note_store_time(&self, took: Duration) {
+        let took = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let before = self.store_us.load(Ordering::Relaxed);
+        self.store_us
+            .store(decaying_max(before, took), Ordering::Relaxed);
+    }
+
+    /// Hands records to the pusher, one push per callback, in the order given.
+    fn push(&self, entries: Vec<OutboxEntry>) {
+        let mut per_callback: HashMap<String, Vec<Outgoing>> = HashMap::new();
+        for entry in entries {
+            per_callback
+                .entry(entry.callback)
+                .or_default()
+                .push(Outgoing {
+                    id: entry.id,
+                    record: entry.record,
+                });
+        }
+        for (callback, items) in per_callback {
+            self.pusher.push(&callback, items);
         }
     }
 
@@ -224,23 +414,6 @@ fn record_of(
         memory_mb: record.descriptor.memory_mb,
         cpu_time_ms,
         active_ms: active_ms_within(periods, t0, t0 + dt),
-    }
-}
-
-/// The records of one moment: per callback to push, and all of them to store.
-#[derive(Default)]
-struct Outbox {
-    per_callback: HashMap<String, Vec<AccountingRecord>>,
-    stored: Vec<(Principal, AccountingRecord)>,
-}
-
-impl Outbox {
-    fn add(&mut self, owner: &Principal, callback: &str, record: AccountingRecord) {
-        self.per_callback
-            .entry(callback.to_owned())
-            .or_default()
-            .push(record.clone());
-        self.stored.push((owner.clone(), record));
     }
 }
 
@@ -348,15 +521,39 @@ impl Veem {
             .collect())
     }
 
-    /// The scheduler: sends every listener's records at its ticks.
+    /// The scheduler: sends every listener's records at its ticks. It also starts the delivery
+    /// task, which pushes what the outbox held at start first.
     pub(super) async fn accounting_loop(self) {
         let accounting = &self.inner.accounting;
+        let deliveries = accounting
+            .pending_deliveries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(deliveries) = deliveries {
+            let backlog = std::mem::take(
+                &mut *accounting
+                    .backlog
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
+            if !backlog.is_empty() {
+                tracing::info!(
+                    records = backlog.len(),
+                    "pushing the accounting outbox again"
+                );
+            }
+            accounting.push(backlog);
+            let veem = self.clone();
+            tokio::spawn(async move { veem.delivery_loop(deliveries).await });
+        }
         loop {
             let next = accounting.book().due.first().map(|(due, _)| *due);
+            let lead = accounting.build_lead();
             match next {
                 Some(due) => {
-                    // Woken a little early, the records are ready when their tick comes.
-                    let wake_at = due.checked_sub(BUILD_LEAD).unwrap_or(due);
+                    // Woken early, the records are ready (and stored) when their tick comes.
+                    let wake_at = due.checked_sub(lead).unwrap_or(due);
                     tokio::select! {
                         () = tokio::time::sleep_until(wake_at.into()) => {}
                         () = accounting.wake.notified() => continue,
@@ -368,147 +565,222 @@ impl Veem {
                 }
             }
             let woke = Instant::now();
-            let (outbox, last_due) = self.due_records(woke + BUILD_LEAD);
-            let built = woke.elapsed();
-            if let Some(last_due) = last_due {
-                tokio::time::sleep_until(last_due.into()).await;
-            }
-            let late = last_due.map_or(Duration::ZERO, |due| {
-                Instant::now().saturating_duration_since(due)
-            });
-            self.deliver(outbox);
+            let made = self.make_due_records(woke + lead);
             tracing::debug!(
-                built_us = built.as_micros() as u64,
-                late_us = late.as_micros() as u64,
-                "accounting tick sent"
+                records = made,
+                built_us = woke.elapsed().as_micros() as u64,
+                lead_us = lead.as_micros() as u64,
+                "accounting records made"
             );
         }
     }
 
-    /// Builds the records of every tick due by `horizon`; answers them and the latest of
-    /// those ticks, which they are not to be sent before.
-    fn due_records(&self, horizon: Instant) -> (Outbox, Option<Instant>) {
-        let mut last_due = None;
+    /// Makes the records of every tick due by `horizon`, starts their commit and queues them
+    /// for delivery at their ticks; answers how many it made.
+    fn make_due_records(&self, horizon: Instant) -> usize {
         let accounting = &self.inner.accounting;
-        let mut outbox = Outbox::default();
-        {
-            let state = self.state();
-            let observed = accounting.observed();
-            let activity = accounting.activity();
-            let mut book = accounting.book();
-            while let Some((due, key)) = book.due.first().cloned() {
-                if due > horizon {
-                    break;
-                }
-                book.due.pop_first();
-                last_due = Some(due);
-                let Some(slot) = state.vees.get(&key.1) else {
-                    book.registrations.remove(&key);
-                    continue;
-                };
-                let Some(registration) = book.registrations.get_mut(&key) else {
-                    continue;
-                };
-                let t0 = registration.t0();
-                let cpu_now = observed.get(&key.1).map(|status| status.cpu_time_ms);
-                let periods = activity.get(&key.1).map_or(&[][..], Vec::as_slice);
-                let record = record_of(
-                    &slot.record,
-                    t0,
-                    registration.listener.interval_ms,
-                    cpu_now,
-                    &mut registration.last_cpu_time_ms,
-                    periods,
-                );
-                outbox.add(&key.0, &registration.listener.callback, record);
-                registration.advance();
-                let next = registration.due;
-                book.due.insert((next, key));
+        // Each segment with its first tick.
+        let mut segments: Vec<(Instant, Segment)> = Vec::new();
+        let state = self.state();
+        let observed = accounting.observed();
+        let activity = accounting.activity();
+        let mut book = accounting.book();
+        while let Some((due, key)) = book.due.first().cloned() {
+            if due > horizon {
+                break;
             }
-        }
-        (outbox, last_due)
-    }
-
-    /// Pushes each callback its records (one push each) and stores them all.
-    fn deliver(&self, outbox: Outbox) {
-        let Outbox {
-            per_callback,
-            stored,
-        } = outbox;
-        for (callback, records) in per_callback {
-            self.inner.accounting.pusher.push(&callback, records);
-        }
-        if !stored.is_empty() {
-            let veem = self.clone();
-            tokio::spawn(async move { veem.store_accounting(stored).await });
-        }
-    }
-
-    /// Stores records, leaving out those of VEEs purged meanwhile (the store refuses records of
-    /// a VEE it no longer holds, and a purge may land between a tick and its write).
-    async fn store_accounting(&self, mut records: Vec<(Principal, AccountingRecord)>) {
-        for attempt in 1..=2 {
-            {
-                let state = self.state();
-                records.retain(|(_, r)| state.vees.contains_key(&r.vee.seq()));
-            }
-            if records.is_empty() {
-                return;
-            }
-            match self
-                .commit_changes(vec![Change::AppendAccounting(records.clone())])
-                .await
-            {
-                Ok(()) => return,
-                Err(e) if attempt == 1 => {
-                    tracing::debug!(error = %e, "storing accounting records again without purged VEEs")
-                }
-                Err(e) => tracing::error!(error = %e, "cannot store accounting records"),
-            }
-        }
-    }
-
-    /// DESTROY ends a VEE's accounting: each listener gets a last record, up to now, and is
-    /// removed.
-    pub(super) fn final_accounting(&self, seq: u64, t_ms: u64) {
-        let accounting = &self.inner.accounting;
-        let mut outbox = Outbox::default();
-        let mut removed = Vec::new();
-        {
-            let state = self.state();
-            let Some(slot) = state.vees.get(&seq) else {
-                return;
+            book.due.pop_first();
+            let Some(slot) = state.vees.get(&key.1) else {
+                book.registrations.remove(&key);
+                continue;
             };
-            let cpu_now = accounting.cpu_time_ms(seq);
-            let activity = accounting.activity();
-            let periods = activity.get(&seq).map_or(&[][..], Vec::as_slice);
-            let registrations = accounting.book().remove_vee(seq);
-            for (key, mut registration) in registrations {
-                let t0 = registration.t0();
-                let record = record_of(
-                    &slot.record,
-                    t0,
-                    t_ms.saturating_sub(t0),
-                    cpu_now,
-                    &mut registration.last_cpu_time_ms,
-                    periods,
-                );
-                outbox.add(&key.0, &registration.listener.callback, record);
-                removed.push(Change::RemoveListener {
-                    owner: key.0,
-                    vee: slot.record.id.clone(),
-                });
-            }
-        }
-        self.deliver(outbox);
-        if !removed.is_empty() {
-            let veem = self.clone();
-            tokio::spawn(async move {
-                if let Err(e) = veem.commit_changes(removed).await {
-                    tracing::error!(error = %e, "cannot remove the listeners of a destroyed VEE");
+            let Some(registration) = book.registrations.get_mut(&key) else {
+                continue;
+            };
+            let t0 = registration.t0();
+            let cpu_now = observed.get(&key.1).map(|status| status.cpu_time_ms);
+            let periods = activity.get(&key.1).map_or(&[][..], Vec::as_slice);
+            let record = record_of(
+                &slot.record,
+                t0,
+                registration.listener.interval_ms,
+                cpu_now,
+                &mut registration.last_cpu_time_ms,
+                periods,
+            );
+            let entry = accounting.entry(&key.0, &registration.listener.callback, record);
+            match segments.last_mut() {
+                Some((first, segment)) if due <= *first + SEND_GROUPING => {
+                    segment.not_before = Some(due);
+                    segment.entries.push(entry);
                 }
+                _ => segments.push((
+                    due,
+                    Segment {
+                        not_before: Some(due),
+                        entries: vec![entry],
+                    },
+                )),
+            }
+            registration.advance();
+            let next = registration.due;
+            book.due.insert((next, key));
+        }
+        let segments: Vec<Segment> = segments.into_iter().map(|(_, s)| s).collect();
+        let made = segments.iter().map(|s| s.entries.len()).sum();
+        if made > 0 {
+            // Queued under the book's lock, so that deliveries are in the order records were
+            // made (a DESTROY's last records are queued under it too).
+            let commit = self
+                .inner
+                .committer
+                .enqueue(storing(&entries_of(&segments)));
+            // Timed as soon as it is durable, whatever the delivery task is waiting for then.
+            let (asked, veem) = (Instant::now(), self.clone());
+            let durable = tokio::spawn(async move {
+                let outcome = commit.await;
+                if outcome.is_ok() {
+                    veem.inner.accounting.note_store_time(asked.elapsed());
+                }
+                outcome
+            });
+            let _ = accounting.deliveries.send(Delivery {
+                segments,
+                durable: Box::pin(async move {
+                    durable.await.unwrap_or_else(|e| {
+                        Err(CoreError::Internal(format!(
+                            "storing accounting records failed: {e}"
+                        )))
+                    })
+                }),
+                own_commit: true,
             });
         }
+        made
+    }
+
+    /// Pushes each delivery's records once they are durable and their tick has come, in order.
+    async fn delivery_loop(self, mut deliveries: mpsc::UnboundedReceiver<Delivery>) {
+        let accounting = &self.inner.accounting;
+        while let Some(delivery) = deliveries.recv().await {
+            let Delivery {
+                mut segments,
+                durable,
+                own_commit,
+            } = delivery;
+            let stored = match (durable.await, own_commit) {
+                (Ok(()), _) => true,
+                // A purge may land between a tick and its commit (the store refuses records of
+                // a VEE it no longer holds): once more without the purged VEEs.
+                (Err(e), true) => {
+                    tracing::debug!(error = %e, "storing accounting records again without purged VEEs");
+                    {
+                        let state = self.state();
+                        for segment in &mut segments {
+                            segment
+                                .entries
+                                .retain(|e| state.vees.contains_key(&e.record.vee.seq()));
+                        }
+                    }
+                    let entries = entries_of(&segments);
+                    match self.inner.committer.commit(storing(&entries)).await {
+                        Ok(()) => true,
+                        Err(e) => {
+                            tracing::error!(error = %e, records = entries.len(), "cannot store accounting records; they are not sent");
+                            false
+                        }
+                    }
+                }
+                // The DESTROY failed, and its records with it.
+                (Err(_), false) => false,
+            };
+            if !stored {
+                continue;
+            }
+            for segment in segments {
+                if let Some(due) = segment.not_before {
+                    tokio::time::sleep_until(due.into()).await;
+                    let late = Instant::now().saturating_duration_since(due);
+                    tracing::debug!(late_us = late.as_micros() as u64, "accounting tick sent");
+                }
+                accounting.push(segment.entries);
+            }
+        }
+    }
+
+    /// DESTROY ends a VEE's accounting: each listener gets a last record, up to `t_ms`, and is
+    /// removed. Made before the DESTROY is committed, whose transaction stores them; `record`
+    /// is the VEE as the DESTROY leaves it. `None` when the VEE has no listener.
+    pub(super) fn close_accounting(&self, record: &VeeRecord, t_ms: u64) -> Option<Closing> {
+        let accounting = &self.inner.accounting;
+        let seq = record.id.seq();
+        let cpu_now = accounting.cpu_time_ms(seq);
+        let activity = accounting.activity();
+        let periods = activity.get(&seq).map_or(&[][..], Vec::as_slice);
+        let mut book = accounting.book();
+        let removed = book.remove_vee(seq);
+        if removed.is_empty() {
+            return None;
+        }
+        let mut entries = Vec::with_capacity(removed.len());
+        let mut changes = Vec::with_capacity(removed.len() + 2);
+        for (key, registration) in &removed {
+            let t0 = registration.t0();
+            // A copy: the registration goes back unchanged if the DESTROY fails.
+            let mut last_cpu = registration.last_cpu_time_ms;
+            let last = record_of(
+                record,
+                t0,
+                t_ms.saturating_sub(t0),
+                cpu_now,
+                &mut last_cpu,
+                periods,
+            );
+            entries.push(accounting.entry(&key.0, &registration.listener.callback, last));
+            changes.push(Change::RemoveListener {
+                owner: key.0.clone(),
+                vee: record.id.clone(),
+            });
+        }
+        changes.extend(storing(&entries));
+        let (durable, outcome) = oneshot::channel();
+        let _ = accounting.deliveries.send(Delivery {
+            segments: vec![Segment {
+                not_before: None,
+                entries,
+            }],
+            durable: Box::pin(async move {
+                outcome.await.unwrap_or_else(|_| {
+                    Err(CoreError::Internal(
+                        "the DESTROY's commit was abandoned".into(),
+                    ))
+                })
+            }),
+            own_commit: false,
+        });
+        Some(Closing {
+            changes,
+            removed,
+            durable,
+        })
+    }
+
+    /// The DESTROY that made `closing` was committed (`Ok`) or not: its records are sent, or its
+    /// listeners go back on the schedule.
+    pub(super) fn closed_accounting(&self, closing: Closing, outcome: Result<(), CoreError>) {
+        let Closing {
+            removed, durable, ..
+        } = closing;
+        if outcome.is_err() {
+            let accounting = &self.inner.accounting;
+            let mut book = accounting.book();
+            for (key, registration) in removed {
+                book.insert(key, registration);
+            }
+            drop(book);
+            accounting.wake.notify_one();
+        }
+        let _ = durable.send(outcome);
     }
 
     /// Keeps what hosts report of their VEEs (for accounting and HARDWARE events) and publishes
@@ -577,5 +849,114 @@ impl Veem {
             }
             self.publish(events);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex as StdMutex;
+
+    use axum::routing::post;
+    use veem_store::conformance::{accounting_record, plain_record};
+    use veem_store::{SqliteStore, Store, FIRST_VEE_SEQ};
+
+    use super::*;
+
+    fn config(data_dir: &std::path::Path) -> CoreConfig {
+        CoreConfig {
+            site: "test".into(),
+            data_dir: data_dir.to_owned(),
+            policy: veem_placement::Policy::Pack,
+            shutdown_deadline: Duration::from_secs(1),
+            agent_timeout: Duration::from_secs(1),
+            health_interval: Duration::from_secs(60),
+            lan_key: 0,
+            monitoring_interval: Duration::from_secs(60),
+            admins: vec![],
+            host_dead_after: Duration::from_secs(10),
+            callback_tls: None,
+            file_sources: crate::sources::FileSources::new(&[], data_dir).expect("no sources"),
+        }
+    }
+
+    /// A listener on loopback that keeps the t0 of every record it acknowledged, in order.
+    async fn listener() -> (String, Arc<StdMutex<Vec<u64>>>) {
+        let got: Arc<StdMutex<Vec<u64>>> = Arc::default();
+        let sink = got.clone();
+        let app = axum::Router::new().route(
+            "/cb",
+            post(move |body: bytes::Bytes| {
+                let sink = sink.clone();
+                async move {
+                    let records: Vec<AccountingRecord> = serde_json::from_slice(&body).unwrap();
+                    sink.lock().unwrap().extend(records.iter().map(|r| r.t0));
+                    axum::http::StatusCode::NO_CONTENT
+                }
+            }),
+        );
+        let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/cb", socket.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(socket, app).await });
+        (url, got)
+    }
+
+    async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[test]
+    fn the_store_estimate_follows_a_slow_commit_at_once_and_a_fast_one_slowly() {
+        assert_eq!(decaying_max(5_000, 20_000), 20_000);
+        assert_eq!(decaying_max(20_000, 1_000), 17_500);
+        let mut estimate = 20_000;
+        for _ in 0..40 {
+            estimate = decaying_max(estimate, 1_000);
+        }
+        assert_eq!(estimate, 1_000, "it comes down to what commits take");
+        assert_eq!(decaying_max(0, 0), 0);
+    }
+
+    #[tokio::test]
+    async fn what_the_outbox_held_is_pushed_at_start_in_order_and_settled_once_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("veem.db")).unwrap());
+        let (url, got) = listener().await;
+        let vee = plain_record(FIRST_VEE_SEQ);
+        let owner = vee.owner.clone();
+        // As a VEEM killed before it could push them left them.
+        let entries: Vec<OutboxEntry> = [(4, 1_000), (5, 2_000), (9, 3_000)]
+            .into_iter()
+            .map(|(id, t0)| OutboxEntry {
+                id,
+                callback: url.clone(),
+                owner: owner.clone(),
+                record: accounting_record(&vee.id, t0),
+            })
+            .collect();
+        let mut changes = vec![Change::InsertVee(vee.clone())];
+        changes.extend(storing(&entries));
+        store.commit(&changes).unwrap();
+
+        let veem = Veem::open(config(dir.path()), store.clone()).unwrap();
+        assert_eq!(
+            veem.inner.accounting.next_entry.load(Ordering::Relaxed),
+            10,
+            "new entries take ids after the stored ones"
+        );
+        veem.start_background();
+        wait_until("the backlog", || got.lock().unwrap().len() >= 3).await;
+        assert_eq!(*got.lock().unwrap(), vec![1_000, 2_000, 3_000]);
+        wait_until("the outbox to be settled", || {
+            store.accounting_outbox().unwrap().is_empty()
+        })
+        .await;
+        // Records stay readable: the outbox is only what is still to send.
+        assert_eq!(store.accounting(&vee.id, 0, u64::MAX).unwrap().len(), 3);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(got.lock().unwrap().len(), 3, "each sent once");
     }
 }

@@ -527,8 +527,10 @@ impl Veem {
         Ok(updated)
     }
 
-    /// Purge: destroys the VEE if needed and removes every byte stored for it. Its id is never
-    /// reused: the id counter does not go back.
+    /// Purge: destroys the VEE if needed and removes every byte stored for it: its directory,
+    /// its records in the store, and what every host keeps of it (asked of each host that is
+    /// up now; a host that is not is cleaned when it connects again, see
+    /// [`Veem::sweep_purged`]). Its id is never reused: the id counter does not go back.
     pub async fn purge(&self, caller: &Caller, id: &str) -> Result<(), CoreError> {
         let (seq, _guard, record) = self.lock_vee(caller, id).await?;
         if record.state != VmiState::Destroyed {
@@ -540,21 +542,98 @@ impl Veem {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(CoreError::internal("removing the VEE's files", e)),
         }
+        self.remove_exports_of(&record.id).await?;
         self.inner
             .committer
             .commit(vec![Change::PurgeVee(record.id.clone())])
             .await?;
-        let mut state = self.state();
-        state.vees.remove(&seq);
-        state.pending.remove(&seq);
-        state.cluster.release(&record.id);
-        state.networks.release(&record);
-        if let Some(token) = &record.monitoring_token {
-            state.monitoring_tokens.remove(token);
+        {
+            let mut state = self.state();
+            state.vees.remove(&seq);
+            state.pending.remove(&seq);
+            state.cluster.release(&record.id);
+            state.networks.release(&record);
+            if let Some(token) = &record.monitoring_token {
+                state.monitoring_tokens.remove(token);
+            }
         }
-        drop(state);
         self.inner.accounting.forget(seq);
+        self.purge_on_hosts(&record.id).await;
         Ok(())
+    }
+
+    /// Removes the VEE's disk exports left in `data_dir/exports` (`<id>-<target>-<ms>.qcow2`):
+    /// one is unlinked as soon as its download starts, so only a crash leaves one behind.
+    async fn remove_exports_of(&self, vee: &VeeId) -> Result<(), CoreError> {
+        let exports = self.inner.config.data_dir.join("exports");
+        let mut entries = match tokio::fs::read_dir(&exports).await {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(CoreError::internal("listing the disk exports", e)),
+        };
+        let prefix = format!("{vee}-");
+        while let Some(entry) = entries
+            .next_entry()
+            .await
+            .map_err(|e| CoreError::internal("listing the disk exports", e))?
+        {
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                remove_file_if_present(&entry.path()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Asks every connected host, at once, to remove what it keeps of a purged VEE. A host that
+    /// fails keeps its traces until [`Veem::sweep_purged`] finds them.
+    async fn purge_on_hosts(&self, vee: &VeeId) {
+        let hosts: Vec<HostId> = self
+            .inner
+            .hosts
+            .all()
+            .into_iter()
+            .filter(|(_, entry)| entry.link.is_some())
+            .map(|(host, _)| host)
+            .collect();
+        let calls = hosts.into_iter().map(|host| async move {
+            let request = AgentRequest::Purge { vee: vee.clone() };
+            if let AgentResponse::Error { error } = self.inner.hosts.call(&host, request).await {
+                tracing::warn!(%vee, %host, error = %error.message, "cannot purge the VEE on a host; it is cleaned when the host connects again");
+            }
+        });
+        futures::future::join_all(calls).await;
+    }
+
+    /// Removes from `host` what it keeps of VEEs purged while it was away (or whose purge it
+    /// failed): a VEE the store no longer holds and whose id was handed out is purged. The
+    /// store's books are the durable record of what was purged, so nothing else is kept.
+    pub(super) async fn sweep_purged(&self, host: &HostId) {
+        let vees = match self.inner.hosts.call(host, AgentRequest::Traces).await {
+            AgentResponse::Traces { vees } => vees,
+            other => {
+                tracing::warn!(%host, answer = ?other, "cannot list what the host keeps of VEEs");
+                return;
+            }
+        };
+        let purged: Vec<VeeId> = {
+            let state = self.state();
+            vees.into_iter()
+                .filter(|vee| {
+                    vee.seq() < state.next_seq
+                        && state
+                            .vees
+                            .get(&vee.seq())
+                            .is_none_or(|slot| slot.record.id != *vee)
+                })
+                .collect()
+        };
+        for vee in purged {
+            tracing::info!(%vee, %host, "removing what the host kept of a purged VEE");
+            let request = AgentRequest::Purge { vee: vee.clone() };
+            if let AgentResponse::Error { error } = self.inner.hosts.call(host, request).await {
+                tracing::warn!(%vee, %host, error = %error.message, "cannot purge the VEE on the host");
+            }
+        }
     }
 
     /// Writes a standalone copy of a DEFINED or DESTROYED VEE's disk to a temporary file and

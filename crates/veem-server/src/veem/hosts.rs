@@ -76,6 +76,7 @@ impl Veem {
             }
         }
         drop(fencing);
+        self.sweep_purged(&host).await;
         let accepts = self
             .inner
             .hosts

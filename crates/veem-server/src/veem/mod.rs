@@ -190,8 +190,14 @@ impl Veem {
             tls: config.callback_tls.clone(),
             ..crate::push::PushConfig::default()
         };
-        let accounting =
-            accounting::Accounting::new(snapshot.listeners, &snapshot.vees, push.clone());
+        let committer = Committer::start(store.clone());
+        let accounting = accounting::Accounting::new(
+            snapshot.listeners,
+            &snapshot.vees,
+            push.clone(),
+            store.accounting_outbox()?,
+            committer.clone(),
+        );
         let hub = monitoring::Hub::new(snapshot.subscriptions, config.admins.clone(), push);
         let monitoring_tokens = snapshot
             .vees
@@ -212,7 +218,6 @@ impl Veem {
             .into_iter()
             .map(|i| ((i.owner.clone(), i.name.clone()), i))
             .collect();
-        let committer = Committer::start(store.clone());
         let hosts = Hosts::new(config.agent_timeout, config.host_dead_after);
         let state = State {
             vees,
@@ -310,11 +315,33 @@ impl Veem {
     /// Commits staged changes in one transaction and, once durable, makes them the truth in
     /// memory and wakes whoever waits on those VEEs.
     async fn commit(&self, staged: Vec<Staged>) -> Result<Vec<VeeRecord>, CoreError> {
-        let changes = staged
+        let mut changes: Vec<Change> = staged
             .iter()
             .flat_map(|s| s.changes.iter().cloned())
             .collect();
-        self.inner.committer.commit(changes).await?;
+        // A DESTROY's last accounting records are stored with it.
+        let closings: Vec<accounting::Closing> = staged
+            .iter()
+            .filter_map(|s| {
+                let t_ms = s.changes.iter().find_map(|change| match change {
+                    Change::AppendEvent(e)
+                        if e.to == VmiState::Destroyed && e.from != Some(VmiState::Destroyed) =>
+                    {
+                        Some(e.t_ms)
+                    }
+                    _ => None,
+                })?;
+                self.close_accounting(&s.record, t_ms)
+            })
+            .collect();
+        for closing in &closings {
+            changes.extend(closing.changes.iter().cloned());
+        }
+        let outcome = self.inner.committer.commit(changes).await;
+        for closing in closings {
+            self.closed_accounting(closing, outcome.clone());
+        }
+        outcome?;
         let mut records = Vec::with_capacity(staged.len());
         let mut moved = Vec::new();
         {
@@ -336,8 +363,8 @@ impl Veem {
         Ok(records)
     }
 
-    /// What follows a VEE's change of state once it is durable: its ACTIVE time, its STATE
-    /// event, and at DESTROY its last accounting records.
+    /// What follows a VEE's change of state once it is durable: its ACTIVE time and its STATE
+    /// event.
     fn state_changed(&self, moved: Vec<(u64, VeeRecord, VeeEvent)>) {
         let mut events = Vec::new();
         for (seq, record, event) in moved {
@@ -348,9 +375,6 @@ impl Veem {
                 .accounting
                 .state_changed(seq, event.to, event.t_ms);
             events.push(monitoring::state_event(&record, event.to, event.t_ms));
-            if event.to == VmiState::Destroyed {
-                self.final_accounting(seq, event.t_ms);
-            }
         }
         self.publish(events);
     }
