@@ -2,6 +2,8 @@
 //! Handlers parse and check a request, call one method of the core, and map its result.
 
 mod agents;
+#[cfg(test)]
+mod openapi_doc;
 pub mod problem;
 mod routes;
 
@@ -77,6 +79,7 @@ pub fn router(state: AppState) -> Router {
         .nest(veem_api::BASE_PATH, api)
         .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(problem::every_error_is_a_problem))
         .with_state(state)
 }
 

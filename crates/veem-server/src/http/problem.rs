@@ -1,7 +1,9 @@
 //! Errors as RFC 9457 problem documents. `status_of` is the one place that maps an error to an
 //! HTTP status.
 
+use axum::extract::Request;
 use axum::http::{header, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use veem_api::Problem;
 
@@ -83,6 +85,65 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// The code of an error answer that no handler made: one of axum's own rejections.
+fn code_of_status(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::UNAUTHORIZED => veem_api::code::UNAUTHENTICATED,
+        StatusCode::FORBIDDEN => veem_api::code::ACCESS_DENIED,
+        StatusCode::NOT_FOUND => veem_api::code::NOT_FOUND,
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::UPGRADE_REQUIRED => "upgrade_required",
+        s if s.is_server_error() => veem_api::code::INTERNAL,
+        _ => veem_api::code::MALFORMED_REQUEST,
+    }
+}
+
+/// The longest text of a plain error answer kept as a problem's `detail`.
+const PLAIN_DETAIL_LIMIT: usize = 4096;
+
+/// Middleware: an error answer that is not yet a problem document becomes one. Handlers answer
+/// with [`ApiError`]; what reaches a client without passing a handler (axum's rejections of a
+/// path that is not UTF-8, of a body over the limit, of a request to the agents' route that is
+/// no WebSocket upgrade) would otherwise be `text/plain`, which the contract does not allow.
+pub async fn every_error_is_a_problem(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, PLAIN_DETAIL_LIMIT)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let detail = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_lowercase()
+    } else {
+        text
+    };
+    let mut problem = ApiError {
+        status,
+        code: code_of_status(status),
+        detail,
+    }
+    .into_response();
+    // Keep what the rejection said beside its body (`Allow` of a 405, `WWW-Authenticate`).
+    let mut headers = parts.headers;
+    headers.remove(header::CONTENT_TYPE);
+    headers.remove(header::CONTENT_LENGTH);
+    for (name, value) in problem.headers() {
+        headers.insert(name.clone(), value.clone());
+    }
+    *problem.headers_mut() = headers;
+    problem
 }
 
 #[cfg(test)]

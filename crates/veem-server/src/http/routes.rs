@@ -135,6 +135,15 @@ pub async fn initialize(
     {
         ovf_request(&query, &body)?
     } else if content_type.starts_with("application/json") {
+        // The query is the OVF form's; silently ignoring it would let `?count=0` or
+        // `?model=TWOPHASE` look accepted while the body's values are used.
+        if let Some(key) = query.keys().next() {
+            return Err(CoreError::malformed(
+                key.clone(),
+                "query parameters go with an OVF envelope; a JSON body carries model and count itself",
+            )
+            .into());
+        }
         let request: InitializeRequest = parse_json(&body, true)?;
         (request.model, request.count, request.descriptor)
     } else {
