@@ -9,7 +9,7 @@
 # operations on VEEs that follow it (links). The query is dropped from JSON requests here; the
 # refusal itself is an e2e test (errors.rs, a_json_initialize_refuses_query_parameters).
 #
-# UpdateState's `timeout_ms` (documented up to 3,600,000 ms, 60,000 when absent) is set to at
+# UpdateState's `timeout_ms` (documented up to 3,600,000 ms, 60,000 when absent or null) is set to at
 # most 2,000 ms. An ACTIVATE of a VEE no host can take waits for placement until `timeout_ms`
 # runs out, which is right for an SM and would make a time-bounded fuzzing run wait a minute,
 # or an hour, on one request. A valid large value takes the same code path as 2,000, and values
@@ -29,7 +29,7 @@ def before_call(context, case, **kwargs):
     body = case.body
     if not (isinstance(body, dict) and case.path.endswith("/vees/update-state")):
         return
-    if "timeout_ms" not in body:
+    if body.get("timeout_ms") is None:  # absent or null: the server's default, 60,000
         body["timeout_ms"] = TIMEOUT_MS_WHILE_FUZZING
         return
     timeout = body["timeout_ms"]
