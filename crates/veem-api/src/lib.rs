@@ -330,4 +330,7 @@ pub struct HostView {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostList {
     pub hosts: Vec<HostView>,
+    /// With `?limit=`: the `after` of the next page, `null` on the last. Without: all hosts.
+    #[serde(default)]
+    pub next: Option<String>,
 }

@@ -408,3 +408,87 @@ async fn the_openapi_document_covers_every_route() {
         assert!(paths.contains_key(path), "{path} is documented");
     }
 }
+
+/// Found by the HTTP fuzzer (`scripts/fuzz-http`): answers no handler makes (axum's own
+/// rejections of a path that is not UTF-8, of a request to the agents' route that is no
+/// WebSocket upgrade) were `text/plain`; every error is a problem document with a code.
+#[tokio::test]
+async fn errors_no_handler_makes_are_problem_documents_too() {
+    let s = Server::start().await;
+    let cases = [
+        (&s.ops, Method::GET, "/vmi/v1/agents/connect", "upgrade"),
+        (&s.a, Method::GET, "/vmi/v1/vees/%FF", "UTF-8"),
+        (&s.a, Method::GET, "/vmi/v1/images/%FF%FE/data", "UTF-8"),
+        (&s.a, Method::DELETE, "/vmi/v1/networks/%C3%28", "UTF-8"),
+        (
+            &s.a,
+            Method::GET,
+            "/vmi/v1/vees/vee-00000001/disks/%FF",
+            "UTF-8",
+        ),
+    ];
+    for (client, method, path, says) in cases {
+        let (status, content_type, bytes) = client
+            .raw_request(method.clone(), path, None, vec![])
+            .await
+            .expect("answers");
+        assert_eq!(
+            (status, content_type.as_str()),
+            (400, "application/problem+json"),
+            "{method} {path}"
+        );
+        let problem: veem_api::Problem =
+            serde_json::from_slice(&bytes).expect("a problem document");
+        assert_eq!(
+            (problem.status, problem.code.as_str()),
+            (400, "malformed_request")
+        );
+        assert!(
+            problem.detail.contains(says),
+            "{path}: {:?} says {says}",
+            problem.detail
+        );
+    }
+}
+
+/// Found by the HTTP fuzzer: InitializeVEEs with a JSON body ignored its query, so
+/// `?count=0` or `?model=TWOPHASE` looked accepted while the body's values were used. The query
+/// is the OVF form's; with JSON it is refused, naming the parameter, and nothing is defined.
+#[tokio::test]
+async fn a_json_initialize_refuses_query_parameters() {
+    let s = Server::start().await;
+    let body = br#"{"model":"BESTEFFORT","descriptor":{"cpu":1,"memory_mb":64}}"#.to_vec();
+    for (query, names) in [
+        ("count=0", "count"),
+        ("model=TWOPHASE", "model"),
+        ("tags=web", "tags"),
+        ("colour=red", "colour"),
+    ] {
+        let path = format!("/vmi/v1/vees/initialize?{query}");
+        let (status, _, bytes) =
+            s.a.raw_request(Method::POST, &path, Some("application/json"), body.clone())
+                .await
+                .expect("answers");
+        let problem: veem_api::Problem =
+            serde_json::from_slice(&bytes).expect("a problem document");
+        assert_eq!((status, problem.code.as_str()), (400, "malformed_request"));
+        assert!(problem.detail.starts_with(names), "{query}: {problem:?}");
+    }
+    assert!(
+        s.a.list_all_vees(&Default::default())
+            .await
+            .expect("list")
+            .is_empty(),
+        "nothing defined"
+    );
+    let (status, _, _) =
+        s.a.raw_request(
+            Method::POST,
+            "/vmi/v1/vees/initialize",
+            Some("application/json"),
+            body,
+        )
+        .await
+        .expect("answers");
+    assert_eq!(status, 201, "the same body without a query defines a VEE");
+}

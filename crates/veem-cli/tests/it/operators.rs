@@ -289,3 +289,56 @@ async fn a_host_agent_runs_as_its_own_process_and_reconnects() {
     let _ = agent.kill();
     let _ = agent.wait();
 }
+
+/// The contract's `GET /hosts?limit=N&after=<host id>` pages like the VEE list; without a
+/// limit every host comes back, as the CLI expects.
+#[tokio::test]
+async fn hosts_page_by_id_with_limit_and_after() {
+    let s = Server::start().await;
+    let page = |query: &'static str| {
+        let ops = &s.ops;
+        async move {
+            let (status, _, body) = ops
+                .raw_request(
+                    reqwest::Method::GET,
+                    &format!("/vmi/v1/hosts{query}"),
+                    None,
+                    vec![],
+                )
+                .await
+                .expect("answers");
+            (
+                status,
+                serde_json::from_slice::<serde_json::Value>(&body).expect("JSON"),
+            )
+        }
+    };
+    let ids = |list: &serde_json::Value| -> Vec<String> {
+        list["hosts"]
+            .as_array()
+            .expect("hosts")
+            .iter()
+            .map(|h| h["id"].as_str().expect("an id").to_owned())
+            .collect()
+    };
+    let (status, all) = page("").await;
+    assert_eq!(
+        (status, ids(&all)),
+        (200, vec!["h1".into(), "h2".into(), "h3".into()])
+    );
+    assert!(all["next"].is_null());
+    let (_, first) = page("?limit=2").await;
+    assert_eq!(ids(&first), ["h1", "h2"]);
+    assert_eq!(first["next"], "h2");
+    let (_, second) = page("?limit=2&after=h2").await;
+    assert_eq!(ids(&second), ["h3"]);
+    assert!(second["next"].is_null());
+    for bad in ["?limit=0", "?limit=1001", "?after=..", "?colour=red"] {
+        let (status, problem) = page(bad).await;
+        assert_eq!(
+            (status, &problem["code"]),
+            (400, &serde_json::json!("malformed_request")),
+            "{bad}"
+        );
+    }
+}

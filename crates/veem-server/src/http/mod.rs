@@ -3,6 +3,8 @@
 
 mod agents;
 pub mod listen;
+#[cfg(test)]
+mod openapi_doc;
 pub mod problem;
 mod routes;
 

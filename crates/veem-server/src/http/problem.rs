@@ -85,44 +85,69 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Answers the HTTP layer's own refusals (a body over the limit, an unreadable query string, a
-/// wrong method) as problem documents like every other error, so a client reads one format.
+/// The code of an error answer that no handler made: one of axum's own rejections.
+fn code_of_status(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::UNAUTHORIZED => veem_api::code::UNAUTHENTICATED,
+        StatusCode::FORBIDDEN => veem_api::code::ACCESS_DENIED,
+        StatusCode::NOT_FOUND => veem_api::code::NOT_FOUND,
+        StatusCode::METHOD_NOT_ALLOWED => veem_api::code::METHOD_NOT_ALLOWED,
+        StatusCode::PAYLOAD_TOO_LARGE => veem_api::code::PAYLOAD_TOO_LARGE,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => veem_api::code::UNSUPPORTED_MEDIA_TYPE,
+        StatusCode::UPGRADE_REQUIRED => "upgrade_required",
+        s if s.is_server_error() => veem_api::code::INTERNAL,
+        _ => veem_api::code::MALFORMED_REQUEST,
+    }
+}
+
+/// The longest text of a plain error answer kept as a problem's `detail`.
+const PLAIN_DETAIL_LIMIT: usize = 4096;
+
+/// Answers the HTTP layer's own refusals as problem documents like every other error, so a
+/// client reads one format. Handlers answer with [`ApiError`]; what reaches a client without
+/// passing a handler (axum's rejections of a body over the limit, of an unreadable query string
+/// or a path that is not UTF-8, of a wrong method, of a request to the agents' route that is no
+/// WebSocket upgrade) would otherwise be `text/plain`, which the contract does not allow.
 pub async fn for_rejections(response: Response) -> Response {
     let status = response.status();
     let is_problem = response
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
-    if is_problem || !(status.is_client_error() || status.is_server_error()) {
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
         return response;
     }
-    let code = match status {
-        StatusCode::PAYLOAD_TOO_LARGE => veem_api::code::PAYLOAD_TOO_LARGE,
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => veem_api::code::UNSUPPORTED_MEDIA_TYPE,
-        StatusCode::METHOD_NOT_ALLOWED => veem_api::code::METHOD_NOT_ALLOWED,
-        StatusCode::NOT_FOUND => veem_api::code::NOT_FOUND,
-        StatusCode::UNAUTHORIZED => veem_api::code::UNAUTHENTICATED,
-        StatusCode::FORBIDDEN => veem_api::code::ACCESS_DENIED,
-        s if s.is_server_error() => veem_api::code::INTERNAL,
-        _ => veem_api::code::MALFORMED_REQUEST,
-    };
-    // The refusal's own text says what was wrong (e.g. "length limit exceeded"); it is short.
-    let text = axum::body::to_bytes(response.into_body(), 4096)
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, PLAIN_DETAIL_LIMIT)
         .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
         .unwrap_or_default();
-    let mut detail = String::from_utf8_lossy(&text).trim().to_owned();
+    let mut detail = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_lowercase()
+    } else {
+        text
+    };
     if status == StatusCode::PAYLOAD_TOO_LARGE {
         detail = format!(
             "the request body is larger than {} bytes ({detail})",
             veem_api::MAX_REQUEST_BODY_BYTES
         );
     }
-    ApiError {
+    let mut problem = ApiError {
         status,
-        code,
+        code: code_of_status(status),
         detail,
     }
-    .into_response()
+    .into_response();
+    // Keep what the rejection said beside its body (`Allow` of a 405, `WWW-Authenticate`).
+    let mut headers = parts.headers;
+    headers.remove(header::CONTENT_TYPE);
+    headers.remove(header::CONTENT_LENGTH);
+    for (name, value) in problem.headers() {
+        headers.insert(name.clone(), value.clone());
+    }
+    *problem.headers_mut() = headers;
+    problem
 }
 
 #[cfg(test)]

@@ -150,6 +150,15 @@ pub async fn initialize(
     {
         ovf_request(&query, &body)?
     } else if content_type.starts_with("application/json") {
+        // The query is the OVF form's; silently ignoring it would let `?count=0` or
+        // `?model=TWOPHASE` look accepted while the body's values are used.
+        if let Some(key) = query.keys().next() {
+            return Err(CoreError::malformed(
+                key.clone(),
+                "query parameters go with an OVF envelope; a JSON body carries model and count itself",
+            )
+            .into());
+        }
         let request: InitializeRequest = parse_json(&body, true)?;
         (request.model, request.count, request.descriptor)
     } else {
@@ -291,6 +300,15 @@ pub async fn get_vee(
     Ok(Json(view(&record, &state.veem.config().site)))
 }
 
+/// A list's `limit`: 1 to 1000.
+fn page_limit(value: &str) -> Result<usize, CoreError> {
+    value
+        .parse()
+        .ok()
+        .filter(|l| (1..=1000).contains(l))
+        .ok_or_else(|| CoreError::malformed("limit", "must be a number from 1 to 1000"))
+}
+
 pub async fn list_vees(
     State(state): State<AppState>,
     caller: Caller,
@@ -309,15 +327,7 @@ pub async fn list_vees(
                     })?)
             }
             "tag" => filter.tag = Some(value.clone()),
-            "limit" => {
-                filter.limit = value
-                    .parse()
-                    .ok()
-                    .filter(|l| (1..=1000).contains(l))
-                    .ok_or_else(|| {
-                        CoreError::malformed("limit", "must be a number from 1 to 1000")
-                    })?
-            }
+            "limit" => filter.limit = page_limit(value)?,
             "after" => {
                 filter.after = Some(
                     VeeId::parse(value)
@@ -711,15 +721,52 @@ fn host_view(
     }
 }
 
-pub async fn list_hosts(State(state): State<AppState>, _admin: Admin) -> Json<HostList> {
-    let hosts = state
+/// Every host by id; with `?limit=N&after=<host id>` a page of them, as the VEE list pages.
+pub async fn list_hosts(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult<Json<HostList>> {
+    let mut limit = None;
+    let mut after = None;
+    for (key, value) in &query {
+        match key.as_str() {
+            "limit" => limit = Some(page_limit(value)?),
+            "after" => {
+                after = Some(
+                    veem_model::HostId::new(value.as_str())
+                        .map_err(|e| CoreError::malformed("after", e.to_string()))?,
+                )
+            }
+            other => {
+                return Err(
+                    CoreError::malformed(other, "unknown query parameter (limit, after)").into(),
+                )
+            }
+        }
+    }
+    // `all` is in id order (a BTreeMap).
+    let mut hosts: Vec<_> = state
         .veem
         .hosts()
         .all()
-        .iter()
-        .map(|(id, entry)| host_view(&state, id, entry))
+        .into_iter()
+        .filter(|(id, _)| after.as_ref().is_none_or(|a| id > a))
         .collect();
-    Json(HostList { hosts })
+    let mut next = None;
+    if let Some(limit) = limit {
+        if hosts.len() > limit {
+            hosts.truncate(limit);
+            next = hosts.last().map(|(id, _)| id.to_string());
+        }
+    }
+    Ok(Json(HostList {
+        hosts: hosts
+            .iter()
+            .map(|(id, entry)| host_view(&state, id, entry))
+            .collect(),
+        next,
+    }))
 }
 
 #[derive(serde::Deserialize)]

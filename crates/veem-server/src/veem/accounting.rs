@@ -282,10 +282,7 @@ impl Accounting {
         Self {
             book: Mutex::new(book),
             wake: Notify::new(),
-            pusher: Pusher::with_receipts(
-                push,
-                Arc::new(OutboxReceipts { committer }),
-            ),
+            pusher: Pusher::with_receipts(push, Arc::new(OutboxReceipts { committer })),
             next_entry: AtomicU64::new(next_entry),
             deliveries,
             pending_deliveries: Mutex::new(Some(pending_deliveries)),
