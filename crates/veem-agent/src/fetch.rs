@@ -9,15 +9,24 @@
 //! - A download is refused as soon as its `Content-Length` or the bytes streamed pass
 //!   `max_bytes`; it fails when no byte came for `stall_timeout`; redirects are followed a few
 //!   times at most; TLS is verified against the system's roots and the configured CA file.
+//! - A host fetches from public addresses only: a URL whose host is, or resolves to, a
+//!   loopback, private, link-local (cloud metadata), shared, multicast or unspecified address is
+//!   refused before any connection, also when a redirect leads there, unless the address lies in
+//!   one of `allowed_networks` (the site's own image servers). Otherwise a tenant could make a
+//!   host fetch what only the host can reach (its agent's port, a metadata service, a database's
+//!   HTTP interface) and read it back by downloading the disk. Proxies from the environment are
+//!   not used, since the check must see the address actually connected to.
 //! - An entry, once whole, is used as it is: a URL is fetched once per host. Publish a changed
 //!   image under a new URL (a versioned name) for hosts to fetch it again. A VEE's disk made
 //!   from an entry is a whole copy (see the drivers), so removing entries never harms a VEE.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use ipnet::IpNet;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
@@ -37,6 +46,8 @@ pub struct FetchConfig {
     pub ca_file: Option<PathBuf>,
     /// How long a download may go without progress.
     pub stall_timeout: Duration,
+    /// Non-public networks the host may fetch from nevertheless (the config's `fetch_allow`).
+    pub allowed_networks: Vec<IpNet>,
 }
 
 impl Default for FetchConfig {
@@ -45,6 +56,7 @@ impl Default for FetchConfig {
             max_bytes: DEFAULT_FETCH_MAX_BYTES,
             ca_file: None,
             stall_timeout: DEFAULT_FETCH_STALL_TIMEOUT,
+            allowed_networks: Vec::new(),
         }
     }
 }
@@ -61,6 +73,11 @@ pub enum FetchError {
         "fetching {url}: it is larger than the {limit} bytes a host fetches (fetch_max_bytes)"
     )]
     TooLarge { url: String, limit: u64 },
+    #[error(
+        "fetching {url}: {address} is not a public address, and hosts fetch from others only \
+         under fetch_allow"
+    )]
+    NotPublic { url: String, address: IpAddr },
     #[error("fetching {url}: no data for {} s", after.as_secs())]
     Stalled { url: String, after: Duration },
     #[error("fetching {url}")]
@@ -104,8 +121,24 @@ pub struct Fetcher {
 impl Fetcher {
     /// A cache in `cache_dir` (created when first needed).
     pub fn new(cache_dir: PathBuf, config: FetchConfig) -> Result<Self, FetchError> {
+        let allowed = Arc::new(config.allowed_networks.clone());
+        let redirects_allowed = allowed.clone();
+        // A redirect to an address literal is judged here; one to a name, by the resolver.
+        let redirects = reqwest::redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() > MAX_REDIRECTS {
+                return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
+            }
+            match literal_address(attempt.url()) {
+                Some(address) if !may_fetch_from(address, &redirects_allowed) => attempt.error(
+                    format!("a redirect to {address}, which is not a public address"),
+                ),
+                _ => attempt.follow(),
+            }
+        });
         let mut builder = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS))
+            .redirect(redirects)
+            .dns_resolver(Arc::new(PublicResolver { allowed }))
+            .no_proxy()
             .connect_timeout(config.stall_timeout)
             .read_timeout(config.stall_timeout);
         if let Some(path) = &config.ca_file {
@@ -185,6 +218,18 @@ impl Fetcher {
             url: url.to_owned(),
             source,
         };
+        if let Some(address) = reqwest::Url::parse(url)
+            .ok()
+            .as_ref()
+            .and_then(literal_address)
+        {
+            if !may_fetch_from(address, &self.config.allowed_networks) {
+                return Err(FetchError::NotPublic {
+                    url: url.to_owned(),
+                    address,
+                });
+            }
+        }
         let mut response = self.client.get(url).send().await.map_err(request_error)?;
         if !response.status().is_success() {
             return Err(FetchError::Status {
@@ -247,9 +292,176 @@ impl Fetcher {
     }
 }
 
+/// The address a URL's host names literally (`http://10.0.0.1/`, `http://[::1]/`), if it does.
+fn literal_address(url: &reqwest::Url) -> Option<IpAddr> {
+    let host = url.host_str()?;
+    // An IPv6 literal keeps its brackets in a URL.
+    host.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
+        .parse()
+        .ok()
+}
+
+/// Whether a host may connect to `address` to fetch a source: a public address, or one of the
+/// allowed networks.
+pub fn may_fetch_from(address: IpAddr, allowed: &[IpNet]) -> bool {
+    is_public(address) || allowed.iter().any(|net| net.contains(&address))
+}
+
+/// Whether `address` is reachable from anywhere, as opposed to the host's own (loopback),
+/// its networks' (private, shared, link-local: where cloud metadata services answer) or
+/// nobody's (unspecified, multicast, broadcast, documentation, reserved). An IPv4 address
+/// written as IPv6 is judged as IPv4.
+pub fn is_public(address: IpAddr) -> bool {
+    match address {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            !(v4.is_unspecified()
+                || v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || v4.is_documentation()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b)) // shared address space (RFC 6598)
+                || (a == 192 && b == 0 && v4.octets()[2] == 0) // IETF protocol assignments
+                || (a == 198 && (b == 18 || b == 19)) // benchmarking (RFC 2544)
+                || a >= 240) // reserved
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            !(v6.is_unspecified()
+                || v6.is_loopback()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00 // unique local
+                || (first & 0xffc0) == 0xfe80 // link-local
+                || (first == 0x2001 && v6.segments()[1] == 0x0db8) // documentation
+                || (first == 0x0064 && v6.segments()[1] == 0xff9b)) // NAT64 of any IPv4
+        }
+    }
+}
+
+/// Resolves names as the system does and keeps only the addresses a host may fetch from, so a
+/// name that resolves to a loopback or private address is refused like the address itself.
+struct PublicResolver {
+    allowed: Arc<Vec<IpNet>>,
+}
+
+impl reqwest::dns::Resolve for PublicResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let allowed = self.allowed.clone();
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let resolved: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let refused: Vec<IpAddr> = resolved
+                .iter()
+                .map(SocketAddr::ip)
+                .filter(|ip| !may_fetch_from(*ip, &allowed))
+                .collect();
+            let usable: Vec<SocketAddr> = resolved
+                .into_iter()
+                .filter(|a| may_fetch_from(a.ip(), &allowed))
+                .collect();
+            if usable.is_empty() {
+                let refused: Vec<String> = refused.iter().map(ToString::to_string).collect();
+                return Err(format!(
+                    "{host} resolves to {}, which is not a public address, and hosts fetch \
+                     from others only under fetch_allow",
+                    refused.join(", ")
+                )
+                .into());
+            }
+            let addresses: reqwest::dns::Addrs = Box::new(usable.into_iter());
+            Ok(addresses)
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_public_addresses_are_fetched_from_unless_allowed() {
+        let refused = [
+            "127.0.0.1",
+            "127.8.9.10",
+            "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "0.1.2.3",
+            "224.0.0.1",
+            "255.255.255.255",
+            "192.0.2.1",
+            "198.18.0.1",
+            "240.0.0.1",
+            "::",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "fc00::1",
+            "ff02::1",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "2001:db8::1",
+            "64:ff9b::7f00:1",
+        ];
+        for address in refused {
+            let ip: IpAddr = address.parse().expect("an address");
+            assert!(!is_public(ip), "{address} must not count as public");
+            assert!(!may_fetch_from(ip, &[]), "{address}");
+        }
+        let public = [
+            "1.1.1.1",
+            "8.8.8.8",
+            "172.32.0.1",
+            "100.128.0.1",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+        ];
+        for address in public {
+            let ip: IpAddr = address.parse().expect("an address");
+            assert!(is_public(ip), "{address} is public");
+        }
+        let allowed: Vec<IpNet> = vec!["10.1.0.0/16".parse().expect("a network")];
+        assert!(may_fetch_from("10.1.2.3".parse().expect("ip"), &allowed));
+        assert!(!may_fetch_from("10.2.0.1".parse().expect("ip"), &allowed));
+    }
+
+    #[tokio::test]
+    async fn a_name_that_resolves_to_loopback_is_refused_by_the_resolver() {
+        use reqwest::dns::Resolve;
+        let resolver = PublicResolver {
+            allowed: Arc::new(Vec::new()),
+        };
+        let name: reqwest::dns::Name = "localhost".parse().expect("a name");
+        let error = match resolver.resolve(name).await {
+            Ok(_) => panic!("localhost must be refused"),
+            Err(error) => error.to_string(),
+        };
+        assert!(
+            error.contains("localhost resolves to") && error.contains("127.0.0.1"),
+            "{error}"
+        );
+        let allowed = PublicResolver {
+            allowed: Arc::new(vec!["127.0.0.0/8".parse().expect("a network")]),
+        };
+        let name: reqwest::dns::Name = "localhost".parse().expect("a name");
+        assert!(
+            allowed.resolve(name).await.is_ok(),
+            "allowed networks are resolved"
+        );
+    }
 
     #[test]
     fn entries_are_named_by_the_url_hash() {

@@ -74,6 +74,10 @@ pub struct AgentArgs {
     /// The largest http(s) source this host fetches, in bytes (default 20 GiB)
     #[arg(long, default_value_t = veem_agent::fetch::DEFAULT_FETCH_MAX_BYTES)]
     pub fetch_max_bytes: u64,
+    /// A non-public network this host may fetch http(s) sources from (repeatable), e.g.
+    /// 10.20.0.0/16; loopback, private and link-local addresses are refused otherwise
+    #[arg(long, value_name = "CIDR")]
+    pub fetch_allow: Vec<ipnet::IpNet>,
 }
 
 fn init_logs(format: LogFormat) {
@@ -129,6 +133,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         max_bytes: args.fetch_max_bytes,
         // `--ca`, the site's CA, is trusted for https sources too.
         ca_file: args.ca.clone(),
+        allowed_networks: args.fetch_allow.clone(),
         ..veem_agent::FetchConfig::default()
     };
     // The host's cache of http(s) sources, in its own state directory.

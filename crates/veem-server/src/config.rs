@@ -46,6 +46,11 @@ pub struct Config {
     /// The largest `http(s)://` source a host fetches, in bytes (default 20 GiB).
     #[serde(default = "default_fetch_max_bytes")]
     pub fetch_max_bytes: u64,
+    /// Networks that are not public but that hosts may fetch `http(s)://` sources from
+    /// nevertheless (the site's own image servers), e.g. `["10.20.0.0/16"]`; none by default:
+    /// loopback, private and link-local addresses are refused.
+    #[serde(default)]
+    pub fetch_allow: Vec<ipnet::IpNet>,
     #[serde(default, rename = "principal")]
     pub principals: Vec<PrincipalConfig>,
     #[serde(default, rename = "host")]

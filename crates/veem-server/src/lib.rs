@@ -65,6 +65,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Veem> {
     let fetch = veem_agent::FetchConfig {
         max_bytes: config.fetch_max_bytes,
         ca_file: config.tls.as_ref().and_then(|tls| tls.ca_file.clone()),
+        allowed_networks: config.fetch_allow.clone(),
         ..veem_agent::FetchConfig::default()
     };
     let veem = Veem::open(core, Arc::new(store))?;

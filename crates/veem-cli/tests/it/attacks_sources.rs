@@ -13,6 +13,8 @@ use crate::harness::*;
 
 /// Bytes no API answer may ever hold.
 const SECRET: &[u8] = b"VEEM-SECRET-HOST-FILE-7d1f0c";
+/// The tests' web servers listen on loopback, where hosts fetch from only when allowed.
+const LOOPBACK_FETCHES: &str = "fetch_allow = [\"127.0.0.0/8\"]\n";
 
 /// A host's files as the attacks aim at them: an allowed directory (holding a good image, a
 /// symlink out of it and one into the server's data_dir) and a secret outside it.
@@ -318,7 +320,8 @@ fn contains_secret(path: &Path) -> bool {
 }
 
 /// An HTTP server of the test's own: `/<name>` answers the bytes registered under that name
-/// (`/stream/<name>`: the same without a Content-Length), anything else 404; it counts GETs.
+/// (`/stream/<name>`: the same without a Content-Length; `/redirect/<host:port/path>`: a 302
+/// to `http://<host:port/path>`), anything else 404; it counts GETs.
 pub struct FileServer {
     pub base: String,
     pub gets: Arc<AtomicUsize>,
@@ -326,6 +329,11 @@ pub struct FileServer {
 
 impl FileServer {
     pub async fn start(files: Vec<(&'static str, Vec<u8>)>) -> Self {
+        Self::start_on("127.0.0.1", files).await
+    }
+
+    /// A server on one address of the loopback network (`127.0.0.2`, say).
+    pub async fn start_on(address: &str, files: Vec<(&'static str, Vec<u8>)>) -> Self {
         let files: Arc<Vec<(&'static str, Vec<u8>)>> = Arc::new(files);
         let gets = Arc::new(AtomicUsize::new(0));
         let (f, g) = (files.clone(), gets.clone());
@@ -335,6 +343,10 @@ impl FileServer {
                 use axum::response::IntoResponse;
                 gets.fetch_add(1, Ordering::SeqCst);
                 let path = uri.path().trim_start_matches('/');
+                if let Some(target) = path.strip_prefix("redirect/") {
+                    let to = format!("http://{target}");
+                    return axum::response::Redirect::to(&to).into_response();
+                }
                 let (streamed, name) = match path.strip_prefix("stream/") {
                     Some(name) => (true, name),
                     None => (false, path),
@@ -351,7 +363,7 @@ impl FileServer {
                 }
             }
         });
-        let socket = tokio::net::TcpListener::bind("127.0.0.1:0")
+        let socket = tokio::net::TcpListener::bind((address, 0))
             .await
             .expect("a loopback port");
         let base = format!("http://{}", socket.local_addr().expect("bound"));
@@ -371,7 +383,7 @@ async fn http_sources_are_fetched_once_per_host_and_failures_name_the_url() {
     // One host, so both VEEs share its cache; a 32 KiB fetch limit.
     let s = Server::start_with(Setup {
         hosts: vec![("h1", 8, 16384, "")],
-        top_level_config: "fetch_max_bytes = 32768\n".into(),
+        top_level_config: format!("fetch_max_bytes = 32768\n{LOOPBACK_FETCHES}"),
         ..Setup::default()
     })
     .await;
@@ -415,26 +427,11 @@ async fn http_sources_are_fetched_once_per_host_and_failures_name_the_url() {
         ),
     ];
     for (url, why) in cases {
-        let (status, body) = post(
-            &s,
-            TOKEN_A,
-            "vees/initialize",
-            &initialize_body(json!({"source": url})),
-        )
-        .await;
-        assert_eq!(status, 201, "{body}");
-        let id = body["vees"][0]["id"].as_str().expect("an id").to_owned();
-        let r = ctl(&s.a, A::Activate, &[&id]).await;
-        assert_eq!(r.failed.len(), 1, "{url}: {r:?}");
-        let failed = &r.failed[0];
-        assert_eq!(failed.error, "deployment_failed", "{url}: {failed:?}");
+        let detail = activation_failure(&s, &url).await;
         assert!(
-            failed.detail.contains(&url) && failed.detail.contains(why),
-            "{url}: {} should name the URL and say {why}",
-            failed.detail
+            detail.contains(&url) && detail.contains(why),
+            "{url}: {detail} should name the URL and say {why}"
         );
-        let v = get(&s.a, &id).await;
-        assert_eq!((v.state, v.host), (VmiState::Defined, None));
     }
     // Nothing partial is left in the host's cache.
     let cache = s.data_dir().join("hosts").join("h1").join("cache");
@@ -444,6 +441,108 @@ async fn http_sources_are_fetched_once_per_host_and_failures_name_the_url() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(names.len(), 1, "{names:?}");
+}
+
+/// Initializes one VEE of `TOKEN_A` with a disk from `url`, activates it, and returns the
+/// failure (which must be a `deployment_failed`) after checking the VEE went back to DEFINED.
+async fn activation_failure(s: &Server, url: &str) -> String {
+    let (status, body) = post(
+        s,
+        TOKEN_A,
+        "vees/initialize",
+        &initialize_body(json!({"source": url})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["vees"][0]["id"].as_str().expect("an id").to_owned();
+    let r = ctl(&s.a, A::Activate, &[&id]).await;
+    assert_eq!(r.failed.len(), 1, "{url}: {r:?}");
+    let failed = &r.failed[0];
+    assert_eq!(failed.error, "deployment_failed", "{url}: {failed:?}");
+    let v = get(&s.a, &id).await;
+    assert_eq!((v.state, v.host), (VmiState::Defined, None));
+    failed.detail.clone()
+}
+
+#[tokio::test]
+async fn hosts_never_fetch_from_loopback_private_or_link_local_addresses_unless_allowed() {
+    // A secret only the host can reach: a server on its loopback.
+    let inside = FileServer::start(vec![("secret", SECRET.to_vec())]).await;
+    let port = inside.base.rsplit(':').next().expect("a port").to_owned();
+    // A server on 127.0.0.2, the one network this site allows, that redirects inside.
+    let allowed = FileServer::start_on("127.0.0.2", vec![("ok.img", b"fine".to_vec())]).await;
+    let s = Server::start_with(Setup {
+        hosts: vec![("h1", 8, 16384, "")],
+        top_level_config: "fetch_allow = [\"127.0.0.2/32\"]\n".into(),
+        ..Setup::default()
+    })
+    .await;
+    let refused = [
+        (
+            format!("{}/secret", inside.base),
+            "127.0.0.1 is not a public address",
+        ),
+        (
+            format!("http://localhost:{port}/secret"),
+            "localhost resolves to",
+        ),
+        (
+            format!("http://[::1]:{port}/secret"),
+            "::1 is not a public address",
+        ),
+        (
+            format!("http://[::ffff:127.0.0.1]:{port}/secret"),
+            "is not a public address",
+        ),
+        (
+            format!("http://2130706433:{port}/secret"),
+            "127.0.0.1 is not a public address",
+        ),
+        (
+            "http://169.254.169.254/latest/meta-data/".to_owned(),
+            "169.254.169.254 is not a public address",
+        ),
+        (
+            "https://10.0.0.1/image.qcow2".to_owned(),
+            "10.0.0.1 is not a public address",
+        ),
+        (
+            "http://0.0.0.0:{port}/secret".replace("{port}", &port),
+            "0.0.0.0 is not a public address",
+        ),
+        (
+            format!("{}/redirect/127.0.0.1:{port}/secret", allowed.base),
+            "a redirect to 127.0.0.1",
+        ),
+    ];
+    for (url, why) in refused {
+        let detail = activation_failure(&s, &url).await;
+        assert!(detail.contains(why), "{url}: {detail} should say {why}");
+    }
+    assert_eq!(
+        inside.gets.load(Ordering::SeqCst),
+        0,
+        "nothing reached the inside server"
+    );
+    // The allowed network is fetched from.
+    let (status, body) = post(
+        &s,
+        TOKEN_A,
+        "vees/initialize",
+        &initialize_body(json!({"source": format!("{}/ok.img", allowed.base)})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["vees"][0]["id"].as_str().expect("an id").to_owned();
+    let r = ctl(&s.a, A::Activate, &[&id]).await;
+    assert!(r.failed.is_empty(), "{r:?}");
+    // Nothing of the refused fetches is in the host's cache, nothing secret anywhere.
+    let cache = s.data_dir().join("hosts").join("h1").join("cache");
+    assert_eq!(std::fs::read_dir(&cache).expect("the cache").count(), 1);
+    assert!(
+        !contains_secret(&s.data_dir()),
+        "the secret reached the site's files"
+    );
 }
 
 /// The command line of a QEMU process.
@@ -465,7 +564,13 @@ async fn a_vee_whose_disk_is_an_http_url_boots_on_qemu_with_a_read_only_cdrom_be
         std::fs::read(&image).expect("the guest image"),
     )])
     .await;
-    let Some(s) = Server::start_on(Hypervisor::Qemu).await else {
+    let Some(s) = Server::start_with_guest(Setup {
+        driver: Hypervisor::Qemu,
+        top_level_config: LOOPBACK_FETCHES.into(),
+        ..Setup::default()
+    })
+    .await
+    else {
         return;
     };
     // A CD medium: any bytes will do to attach it; it is raw, as an ISO image is.
@@ -568,25 +673,15 @@ async fn an_https_source_whose_certificate_the_host_does_not_trust_fails_clearly
             tokio::spawn(async move { acceptor.accept(stream).await.map(drop) });
         }
     });
-    let s = Server::start().await;
-    let url = format!("https://127.0.0.1:{port}/tiny.qcow2");
-    let (status, body) = post(
-        &s,
-        TOKEN_A,
-        "vees/initialize",
-        &initialize_body(json!({"source": url})),
-    )
+    let s = Server::start_with(Setup {
+        top_level_config: LOOPBACK_FETCHES.into(),
+        ..Setup::default()
+    })
     .await;
-    assert_eq!(status, 201, "{body}");
-    let id = body["vees"][0]["id"].as_str().expect("an id").to_owned();
-    let r = ctl(&s.a, A::Activate, &[&id]).await;
-    assert_eq!(r.failed.len(), 1, "{r:?}");
-    let failed = &r.failed[0];
-    assert_eq!(failed.error, "deployment_failed", "{failed:?}");
+    let url = format!("https://127.0.0.1:{port}/tiny.qcow2");
+    let detail = activation_failure(&s, &url).await;
     assert!(
-        failed.detail.contains(&url) && failed.detail.to_lowercase().contains("certificate"),
-        "{}",
-        failed.detail
+        detail.contains(&url) && detail.to_lowercase().contains("certificate"),
+        "{detail}"
     );
-    assert_eq!(state_of(&s.a, &id).await, VmiState::Defined);
 }
