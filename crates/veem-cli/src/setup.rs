@@ -143,7 +143,7 @@ struct TokenOutput {
 
 pub fn run_token(format: OutputFormat, command: TokenCommand) -> anyhow::Result<()> {
     let TokenCommand::New = command;
-    let (token, token_sha256) = veem_server::auth::new_token();
+    let (token, token_sha256) = veem_server::token::new_token();
     let output = TokenOutput {
         token,
         token_sha256,

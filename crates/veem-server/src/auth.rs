@@ -3,11 +3,10 @@
 //! once and compared with every principal's digest, each comparison taking the same time, so a
 //! caller cannot guess one byte at a time nor learn which principal came close.
 
-use rand::RngCore as _;
-use sha2::{Digest as _, Sha256};
 use veem_model::Principal;
 
 use crate::config::PrincipalConfig;
+use crate::token::token_sha256;
 
 /// Who is calling, as established by their token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,43 +19,11 @@ pub struct Authenticator {
     principals: Vec<([u8; 32], Caller)>,
 }
 
-/// Random bytes in a token made by [`new_token`]: 256 bits, beyond guessing.
-const NEW_TOKEN_BYTES: usize = 32;
-
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// The SHA-256 of a token, as `token_sha256` holds it.
-pub fn token_sha256(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
-}
-
-/// A `token_sha256` value: 64 hex digits (either case).
-pub fn parse_sha256_hex(hex: &str) -> Option<[u8; 32]> {
-    let hex = hex.as_bytes();
-    if hex.len() != 64 {
-        return None;
-    }
-    let mut digest = [0u8; 32];
-    for (byte, pair) in digest.iter_mut().zip(hex.chunks_exact(2)) {
-        let text = std::str::from_utf8(pair).ok()?;
-        *byte = u8::from_str_radix(text, 16).ok()?;
-    }
-    Some(digest)
-}
-
-/// A fresh token (256 bits of the OS's randomness, in hex: URL- and header-safe) and its
-/// `token_sha256`, for `veem token new`.
-pub fn new_token() -> (String, String) {
-    let mut bytes = [0u8; NEW_TOKEN_BYTES];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    let token = veem_tls::hex(&bytes);
-    let digest = veem_tls::hex(&token_sha256(&token));
-    (token, digest)
 }
 
 impl Authenticator {
@@ -125,10 +92,7 @@ mod tests {
 
     #[test]
     fn a_hashed_token_authenticates_and_a_wrong_one_does_not() {
-        let (token, digest) = new_token();
-        assert_eq!(token.len(), 2 * NEW_TOKEN_BYTES);
-        assert!(token.bytes().all(|b| b.is_ascii_hexdigit()));
-        assert_ne!(new_token().0, token, "each token is fresh");
+        let (token, digest) = crate::token::new_token();
         let auth = Authenticator::new(vec![
             principal("sm-a", None, Some(&digest.to_uppercase()), false),
             principal("sm-b", Some("secret-b"), None, false),
@@ -142,22 +106,5 @@ mod tests {
                 .map(|c| c.principal.to_string()),
             Some("sm-b".to_owned())
         );
-    }
-
-    #[test]
-    fn sha256_hex_is_64_hex_digits() {
-        assert_eq!(
-            parse_sha256_hex("2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b"),
-            Some(token_sha256("secret"))
-        );
-        for bad in [
-            "",
-            "2bb8",
-            &"g".repeat(64),
-            &"0".repeat(65),
-            &"é".repeat(32),
-        ] {
-            assert_eq!(parse_sha256_hex(bad), None, "{bad}");
-        }
     }
 }

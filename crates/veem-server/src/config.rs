@@ -118,9 +118,9 @@ impl PrincipalConfig {
                         self.name
                     ));
                 }
-                Ok(crate::auth::token_sha256(token))
+                Ok(crate::token::token_sha256(token))
             }
-            (None, Some(hex)) => crate::auth::parse_sha256_hex(hex).ok_or_else(|| {
+            (None, Some(hex)) => crate::token::parse_sha256_hex(hex).ok_or_else(|| {
                 format!(
                     "principal {}: token_sha256 must be 64 hexadecimal digits",
                     self.name
@@ -305,7 +305,7 @@ admin = true
         assert_eq!(tls.client_ca(), Some(Path::new("/etc/veem/ca.pem")));
         assert_eq!(
             config.principals[0].token_digest(),
-            Ok(crate::auth::token_sha256("secret"))
+            Ok(crate::token::token_sha256("secret"))
         );
     }
 

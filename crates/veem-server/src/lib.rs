@@ -15,6 +15,7 @@ pub mod http;
 mod images;
 pub mod push;
 pub mod sources;
+pub mod token;
 pub mod veem;
 
 use std::sync::Arc;
