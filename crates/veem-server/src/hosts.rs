@@ -413,10 +413,10 @@ impl Hosts {
         }
     }
 
-    pub fn set_disabled(&self, host: &HostId, disabled: bool) -> Option<HostEntry> {
+    pub fn set_disabled(&self, host: &HostId, disabled: bool, now_ms: u64) -> Option<HostEntry> {
         let mut entries = self.entries.write().expect("poisoned");
         let entry = entries.get_mut(host)?;
-        entry.change(now_ms(), |e| e.disabled = disabled);
+        entry.change(now_ms, |e| e.disabled = disabled);
         Some(entry.clone())
     }
 
@@ -435,10 +435,6 @@ impl Hosts {
             )),
         }
     }
-}
-
-fn now_ms() -> u64 {
-    crate::veem::now_ms()
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use veem_api::agent::{DiskCounters, NicCounters};
 
-use super::disks::CONTEXT_TARGET;
+use super::machine::CONTEXT_TARGET;
 use super::qmp::BlockStats;
 use crate::DriverError;
 

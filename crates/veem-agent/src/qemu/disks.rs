@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use veem_api::agent::{DeploySpec, DiskPlan, SourcePlan};
 use veem_model::{DiskKind, ImageFormat};
 
-use super::machine::Drive;
+use super::machine::{Drive, CONTEXT_TARGET};
 use crate::driver::{check_disk_target, local_source};
 use crate::{command, disk_path, fsutil, DriverError};
 
@@ -17,8 +17,6 @@ const CONTEXT_IMAGE_BYTES: u64 = 2 << 20;
 const CONTEXT_MAX_DOCUMENT_BYTES: usize = 1 << 20;
 /// The context disk's volume label, for a guest that looks for it by label.
 pub const CONTEXT_LABEL: &str = "CONTEXT";
-/// The target (and serial) of the context disk, always the last drive.
-pub const CONTEXT_TARGET: &str = "context";
 
 /// The context disk of a VEE.
 pub fn context_image_path(vee_dir: &Path) -> PathBuf {

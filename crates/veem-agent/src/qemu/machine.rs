@@ -61,6 +61,9 @@ pub struct PluggedCpu {
     pub props: BTreeMap<String, i64>,
 }
 
+/// The target (and serial) of the context disk, always the last drive and never booted from.
+pub const CONTEXT_TARGET: &str = "context";
+
 /// One virtio disk of the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Drive {
@@ -211,7 +214,7 @@ pub fn command_line(launch: &Launch<'_>) -> Vec<OsString> {
             if drive.cdrom { ",media=cdrom" } else { "" }
         ));
         args.push("-drive").push(drive_opts);
-        let bootindex = if boot_order && drive.target != super::disks::CONTEXT_TARGET {
+        let bootindex = if boot_order && drive.target != CONTEXT_TARGET {
             format!(",bootindex={}", index + 1)
         } else {
             String::new()

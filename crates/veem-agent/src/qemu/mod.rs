@@ -65,10 +65,11 @@ use veem_model::VeeId;
 
 pub use config::{detect_accel, resolve_accel, Accel, AccelChoice, QemuConfig};
 pub use counters::read_tap_counters;
-pub use disks::{context_image_path, CONTEXT_LABEL, CONTEXT_TARGET};
+pub use disks::{context_image_path, CONTEXT_LABEL};
 pub use guest_agent::{
     parse_kpi_line, AGENT_PORT_NAME, KPI_LINE_PREFIX, MAX_LINE_BYTES, MAX_PENDING_REPORTS,
 };
+pub use machine::CONTEXT_TARGET;
 pub use machine::{console_path, shape_path, MachineShape, PluggedCpu};
 
 use guest_agent::{PendingReports, ReportReader};

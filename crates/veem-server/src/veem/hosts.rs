@@ -100,7 +100,7 @@ impl Veem {
         let entry = self
             .inner
             .hosts
-            .set_disabled(&host, disabled)
+            .set_disabled(&host, disabled, now_ms())
             .ok_or_else(|| CoreError::NotFound(format!("no host {host}")))?;
         let _ = self
             .state()
