@@ -40,22 +40,24 @@ async fn send(
     (status, body["code"].as_str().map(str::to_owned))
 }
 
+/// POSTs `body` as `content_type` with sm-a's token.
+async fn post_as_a(
+    s: &Server,
+    path: &str,
+    content_type: &str,
+    body: Vec<u8>,
+) -> (StatusCode, Option<String>) {
+    let token = format!("Bearer {TOKEN_A}");
+    send(s, Method::POST, path, Some(&token), content_type, body).await
+}
+
 async fn post_json(
     s: &Server,
     path: &str,
     body: serde_json::Value,
 ) -> (StatusCode, Option<String>) {
-    let token = format!("Bearer {TOKEN_A}");
     let bytes = serde_json::to_vec(&body).expect("json");
-    send(
-        s,
-        Method::POST,
-        path,
-        Some(&token),
-        "application/json",
-        bytes,
-    )
-    .await
+    post_as_a(s, path, "application/json", bytes).await
 }
 
 async fn nothing_defined(s: &Server) {
@@ -88,12 +90,9 @@ async fn an_oversize_body_is_413_and_defines_nothing() {
         "<Envelope>{}</Envelope>",
         " ".repeat(veem_api::MAX_REQUEST_BODY_BYTES)
     );
-    let token = format!("Bearer {TOKEN_A}");
-    let (status, _) = send(
+    let (status, _) = post_as_a(
         &s,
-        Method::POST,
         "/vees/initialize",
-        Some(&token),
         "application/ovf+xml",
         envelope.into_bytes(),
     )
@@ -151,17 +150,14 @@ async fn absurd_counts_are_400_and_define_nothing() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "count {count}");
     }
     for count in ["0", "10001", "4294967296", "-1", "1e9", "many"] {
-        let token = format!("Bearer {TOKEN_A}");
         let envelope = std::fs::read(
             std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("../../../shared/testdata/ovf/govmomi/ttylinux.ovf"),
         )
         .expect("a testdata envelope");
-        let (status, _) = send(
+        let (status, _) = post_as_a(
             &s,
-            Method::POST,
             &format!("/vees/initialize?count={count}"),
-            Some(&token),
             "application/ovf+xml",
             envelope,
         )
@@ -180,25 +176,14 @@ async fn deep_json_and_xml_are_400() {
     let body = format!(
         r#"[{{"type":"PROBE","t0":1,"dt":0,"measurements":[{{"fqn":"a.b","value":{deep}}}]}}]"#
     );
-    let token = format!("Bearer {TOKEN_A}");
-    let (status, _) = send(
-        &s,
-        Method::POST,
-        "/monitoring",
-        Some(&token),
-        "application/json",
-        body.into_bytes(),
-    )
-    .await;
+    let (status, _) = post_as_a(&s, "/monitoring", "application/json", body.into_bytes()).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let body = format!(
         r#"{{"model":"BESTEFFORT","descriptor":{{"name":"x","cpu":1,"memory_mb":64,"context":{deep}}}}}"#
     );
-    let (status, code) = send(
+    let (status, code) = post_as_a(
         &s,
-        Method::POST,
         "/vees/initialize",
-        Some(&token),
         "application/json",
         body.into_bytes(),
     )
@@ -206,26 +191,16 @@ async fn deep_json_and_xml_are_400() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(code.as_deref(), Some("malformed_descriptor"));
     let body = format!(r#"{{"ids":{deep}}}"#);
-    let (status, _) = send(
-        &s,
-        Method::POST,
-        "/vees/submit",
-        Some(&token),
-        "application/json",
-        body.into_bytes(),
-    )
-    .await;
+    let (status, _) = post_as_a(&s, "/vees/submit", "application/json", body.into_bytes()).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let xml = format!(
         "<Envelope>{}{}</Envelope>",
         "<a>".repeat(50_000),
         "</a>".repeat(50_000)
     );
-    let (status, code) = send(
+    let (status, code) = post_as_a(
         &s,
-        Method::POST,
         "/vees/initialize",
-        Some(&token),
         "application/ovf+xml",
         xml.into_bytes(),
     )
@@ -233,11 +208,9 @@ async fn deep_json_and_xml_are_400() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(code.as_deref(), Some("malformed_descriptor"));
     let billion_laughs = r#"<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;">]><Envelope>&lol2;</Envelope>"#;
-    let (status, _) = send(
+    let (status, _) = post_as_a(
         &s,
-        Method::POST,
         "/vees/initialize",
-        Some(&token),
         "application/ovf+xml",
         billion_laughs.as_bytes().to_vec(),
     )
