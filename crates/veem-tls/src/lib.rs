@@ -232,6 +232,32 @@ impl ClientCertificate {
     pub fn fingerprint(&self) -> String {
         hex(&Sha256::digest(self.der.as_ref()))
     }
+
+    /// Whether the certificate was made for `name`: its subject's common name or one of its DNS
+    /// names is `name` (`veem tls init --agent h4` makes one whose common name is `h4`). A
+    /// host agent may connect only under a name its certificate holds, so one host's
+    /// certificate cannot pass for another host.
+    pub fn is_for(&self, name: &str) -> bool {
+        use x509_parser::prelude::{FromDer as _, GeneralName, X509Certificate};
+        let Ok((_, certificate)) = X509Certificate::from_der(self.der.as_ref()) else {
+            return false;
+        };
+        let common_name = certificate
+            .subject()
+            .iter_common_name()
+            .any(|cn| cn.as_str() == Ok(name));
+        let dns_name = certificate
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .is_some_and(|san| {
+                san.value
+                    .general_names
+                    .iter()
+                    .any(|general| matches!(general, GeneralName::DNSName(dns) if *dns == name))
+            });
+        common_name || dns_name
+    }
 }
 
 /// Lowercase hex of `bytes`.

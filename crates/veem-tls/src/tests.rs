@@ -192,6 +192,11 @@ async fn agents_present_certificates_of_the_site_ca_and_token_callers_none() {
         .expect("the handshake succeeds")
         .expect("a client certificate");
     assert_eq!(seen.fingerprint().len(), 64);
+    // It is h4's, and no other host's.
+    assert!(seen.is_for("h4"));
+    for other in ["h5", "h", "h44", "H4", ""] {
+        assert!(!seen.is_for(other), "{other:?}");
+    }
 
     // A caller with no certificate (a bearer token) is let in.
     let client = client_config(Some(&files.ca_cert), None).expect("a client config");

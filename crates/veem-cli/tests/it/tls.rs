@@ -134,7 +134,7 @@ async fn host_state(s: &Server, name: &str) -> Option<HostState> {
 }
 
 #[tokio::test]
-async fn a_remote_agent_connects_over_wss_with_its_client_certificate_and_another_cas_is_refused() {
+async fn a_remote_agent_connects_over_wss_with_its_client_certificate_and_no_other_does() {
     let s = https_server(vec!["h8"], false).await;
     let tls = s.dir.path().join("tls");
     let mut agent = spawn_agent(
@@ -150,6 +150,13 @@ async fn a_remote_agent_connects_over_wss_with_its_client_certificate_and_anothe
         "h9",
         &other.join("agent-h9.pem"),
         &other.join("agent-h9.key"),
+    );
+    // An agent of this site that claims to be another host: h8's certificate, as h7.
+    let mut impostor = spawn_agent(
+        &s,
+        "h7",
+        &tls.join("agent-h8.pem"),
+        &tls.join("agent-h8.key"),
     );
 
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -169,13 +176,18 @@ async fn a_remote_agent_connects_over_wss_with_its_client_certificate_and_anothe
     // By now the stranger has tried again and again (its backoff starts at 100 ms).
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(host_state(&s, "h9").await, None, "h9 never appears");
+    assert_eq!(host_state(&s, "h7").await, None, "h7 never appears");
+    assert!(
+        impostor.try_wait().expect("status").is_none(),
+        "the impostor is refused, not crashed"
+    );
     assert!(
         stranger.try_wait().expect("status").is_none(),
         "the refused agent keeps trying rather than dying"
     );
     let log = std::fs::read_to_string(s.dir.path().join("agent-h9.log")).unwrap_or_default();
     assert!(log.contains("cannot connect"), "{log}");
-    for child in [&mut agent, &mut stranger] {
+    for child in [&mut agent, &mut stranger, &mut impostor] {
         let _ = child.kill();
         let _ = child.wait();
     }

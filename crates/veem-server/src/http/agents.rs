@@ -53,10 +53,10 @@ pub async fn connect(
             tracing::debug!(principal = %caller.principal, "agent connecting with a token");
         }
     }
-    upgrade.on_upgrade(move |socket| serve_agent(state, socket))
+    upgrade.on_upgrade(move |socket| serve_agent(state, socket, credential))
 }
 
-async fn serve_agent(state: AppState, socket: WebSocket) {
+async fn serve_agent(state: AppState, socket: WebSocket, credential: AgentCredential) {
     let (mut sink, mut stream) = socket.split();
     let hello = loop {
         match stream.next().await {
@@ -75,6 +75,19 @@ async fn serve_agent(state: AppState, socket: WebSocket) {
             _ => return,
         }
     };
+    // A certificate is one host's: it may not connect under another host's name (an admin's
+    // token may, as the admin may do anything).
+    if let AgentCredential::Certificate(certificate) = &credential {
+        if !certificate.is_for(hello.name.as_str()) {
+            tracing::warn!(
+                host = %hello.name,
+                fingerprint = certificate.fingerprint(),
+                "refused an agent whose client certificate is not made for the host it claims to be"
+            );
+            let _ = sink.send(Message::Close(None)).await;
+            return;
+        }
+    }
     let (out_tx, mut out_rx) = mpsc::channel::<AgentFrame>(1024);
     let remote = Arc::new(RemoteLink::new(out_tx));
     let link: Arc<dyn HostLink> = remote.clone();
