@@ -518,6 +518,23 @@ impl Client {
         self.call(self.get(&["hosts"])).await
     }
 
+    /// One page of the site's hosts, by id, after `after` (admin); `next` names the page after.
+    pub async fn list_hosts_page(
+        &self,
+        limit: usize,
+        after: Option<&str>,
+    ) -> Result<HostList, ClientError> {
+        let mut url = self.url(&["hosts"]);
+        {
+            let mut query = url.query_pairs_mut();
+            query.append_pair("limit", &limit.to_string());
+            if let Some(after) = after {
+                query.append_pair("after", after);
+            }
+        }
+        self.call(self.http.get(url)).await
+    }
+
     /// Disables a host (it keeps its VEEs and takes no new ones) or enables it again (admin; a
     /// veem extension).
     pub async fn set_host_enabled(

@@ -266,6 +266,28 @@ impl Server {
         self.kill9();
         self.spawn().await;
     }
+
+    /// SIGTERM, as an operator stops it, and waits until it has exited.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            child.wait().expect("reaped");
+        }
+    }
+
+    /// Starts it again on its data directory after [`Server::stop`] or [`Server::kill9`];
+    /// returns once the VMI answers.
+    pub async fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the server still runs");
+        self.spawn().await;
+    }
+
+    /// The server process's id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
 }
 
 impl Drop for Server {
