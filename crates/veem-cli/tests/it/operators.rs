@@ -342,3 +342,36 @@ async fn hosts_page_by_id_with_limit_and_after() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_stopped_veem_started_again_finds_every_vee_where_it_was() {
+    let mut s = Server::start().await;
+    let ids = init(&s.a, InitModel::Besteffort, 12, small("kept")).await;
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    ctl_ok(&s.a, A::Activate, &refs).await;
+    let before: Vec<_> =
+        s.a.list_all_vees(&ListQuery::default())
+            .await
+            .expect("listed")
+            .into_iter()
+            .map(|v| (v.id, v.state, v.host))
+            .collect();
+    assert!(s.pid().is_some());
+    // SIGTERM, as an operator stops it: it exits, the sim instances outlive it.
+    s.stop();
+    assert_eq!(s.pid(), None);
+    assert!(
+        s.ops.list_hosts().await.is_err(),
+        "nothing answers while it is stopped"
+    );
+    s.start_again().await;
+    let after: Vec<_> =
+        s.a.list_all_vees(&ListQuery::default())
+            .await
+            .expect("listed")
+            .into_iter()
+            .map(|v| (v.id, v.state, v.host))
+            .collect();
+    assert_eq!(after, before, "same VEEs, same states, same hosts");
+    assert!(after.iter().all(|(_, state, _)| *state == VmiState::Active));
+}
