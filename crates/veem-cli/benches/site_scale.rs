@@ -183,20 +183,25 @@ async fn main() -> anyhow::Result<()> {
 
     // 4. restart.
     server.stop();
+    server.start_deadline = Duration::from_secs(900);
     let restart = Instant::now();
     server.start_again().await;
     let answering = restart.elapsed();
     wait_all_active(&server, vees, Duration::from_secs(600)).await?;
     let listed_active = restart.elapsed();
-    println!("restart: the VMI answers after {answering:?}, every VEE listed ACTIVE after {listed_active:?}");
+    server.wait_hosts_up().await;
+    let hosts_up = restart.elapsed();
+    wait_all_active(&server, vees, Duration::from_secs(600)).await?;
+    println!("restart: the VMI answers after {answering:?}, every VEE listed ACTIVE after {listed_active:?}, every host up (reconciled) after {hosts_up:?}");
 
     println!();
     println!("| figure ({hosts} sim hosts, {vees} VEEs) | measured | target |");
     println!("|---|---|---|");
     println!(
-        "| restart: SIGTERM, start, until the VMI answers / every VEE listed ACTIVE | {:.1} s / {:.1} s | ≤ 5 s |",
+        "| restart: SIGTERM, start, until the VMI answers / every VEE listed ACTIVE / every host reconciled | {:.1} s / {:.1} s / {:.1} s | ≤ 5 s |",
         answering.as_secs_f64(),
-        listed_active.as_secs_f64()
+        listed_active.as_secs_f64(),
+        hosts_up.as_secs_f64()
     );
     println!("| the server's RSS with {vees} VEEs | {rss:.0} MB | ≤ 600 MB |");
     println!("| initialize (batches of {batch}) + submit until all ACTIVE | {vees_per_s:.0} VEEs/s | ≥ 10,000 VEEs/s |");

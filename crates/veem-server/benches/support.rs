@@ -17,7 +17,9 @@ pub async fn start_veem(hosts: usize) -> anyhow::Result<(String, tempfile::TempD
         ));
     }
     let config = veem_server::Config::parse(&config).map_err(anyhow::Error::msg)?;
-    let veem = veem_server::start(&config).await?;
+    let started = veem_server::start(&config).await?;
+    started.hosts_connected.await?;
+    let veem = started.veem;
     let state = veem_server::http::AppState {
         veem,
         auth: Arc::new(veem_server::auth::Authenticator::new(

@@ -30,8 +30,17 @@ use config::DriverKind;
 use hosts::{HostLink, InProcessLink};
 pub use veem::Veem;
 
-/// Opens the store, starts the in-process host agents of the config and the background loops.
-pub async fn start(config: &Config) -> anyhow::Result<Veem> {
+/// A started VEEM and the connection of its in-process hosts, which runs behind it.
+pub struct Started {
+    pub veem: Veem,
+    /// Done once every in-process host of the config is connected and reconciled.
+    pub hosts_connected: tokio::task::JoinHandle<()>,
+}
+
+/// Opens the store, makes the in-process host agents of the config and starts the background
+/// loops. The VEEM can answer at once: its books are loaded; the hosts connect (each
+/// reconciled with what it runs) behind it, one after another, as remote agents do.
+pub async fn start(config: &Config) -> anyhow::Result<Started> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
     // Absolute from here on: paths are handed to agents and to QEMU, which does not start where
@@ -70,6 +79,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Veem> {
         ..veem_agent::FetchConfig::default()
     };
     let veem = Veem::open(core, Arc::new(store))?;
+    let mut in_process = Vec::with_capacity(config.hosts.len());
     for host in &config.hosts {
         let state_dir = data_dir.join("hosts").join(host.name.as_str());
         let driver: Arc<dyn Driver> = match host.driver {
@@ -92,10 +102,31 @@ pub async fn start(config: &Config) -> anyhow::Result<Veem> {
                 .with_fetcher(Arc::new(fetcher)),
         );
         let link: Arc<dyn HostLink> = Arc::new(InProcessLink(agent.clone()));
-        veem.connect_host(agent.hello(), link).await?;
+        in_process.push((agent.hello(), link));
     }
     veem.start_background();
-    Ok(veem)
+    let connecting = veem.clone();
+    let hosts_connected = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let count = in_process.len();
+        for (hello, link) in in_process {
+            let host = hello.name.clone();
+            if let Err(e) = connecting.connect_host(hello, link).await {
+                tracing::error!(%host, error = %e, "cannot add the host");
+            }
+        }
+        if count > 0 {
+            tracing::info!(
+                hosts = count,
+                took_ms = started.elapsed().as_millis() as u64,
+                "every in-process host is connected"
+            );
+        }
+    });
+    Ok(Started {
+        veem,
+        hosts_connected,
+    })
 }
 
 /// How outgoing https (callbacks) verifies servers: the system's roots plus `[tls] ca_file`.
@@ -127,7 +158,7 @@ fn server_tls(config: &Config) -> anyhow::Result<Option<veem_tls::Acceptor>> {
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     // Before anything starts: a bad certificate is the operator's to fix at once.
     let tls = server_tls(&config)?;
-    let veem = start(&config).await?;
+    let Started { veem, .. } = start(&config).await?;
     let state = http::AppState {
         veem,
         auth: Arc::new(auth::Authenticator::new(config.principals.clone())),

@@ -28,6 +28,10 @@ pub struct Server {
     pub ops: Client,
     child: Option<Child>,
     config: PathBuf,
+    /// The in-process hosts of its config.
+    hosts: Vec<String>,
+    /// How long a start may take until the VMI answers, and until its hosts are up.
+    pub start_deadline: Duration,
 }
 
 fn free_port() -> u16 {
@@ -203,9 +207,35 @@ impl Server {
             dir,
             child: None,
             config: config_path,
+            hosts: setup.hosts.iter().map(|h| h.0.to_owned()).collect(),
+            start_deadline: Duration::from_secs(30),
         };
         server.spawn().await;
+        server.wait_hosts_up().await;
         server
+    }
+
+    /// Waits until every host of the config is UP: they connect behind a VEEM that answers.
+    pub async fn wait_hosts_up(&self) {
+        let deadline = Instant::now() + self.start_deadline;
+        loop {
+            let hosts = self.ops.list_hosts().await.expect("hosts");
+            let up = |name: &String| {
+                hosts
+                    .hosts
+                    .iter()
+                    .any(|h| h.id.as_str() == name && h.state == veem_api::HostState::Up)
+            };
+            if self.hosts.iter().all(up) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the hosts did not come up: {}",
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -229,9 +259,9 @@ impl Server {
             .spawn()
             .expect("veem starts");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + self.start_deadline;
         loop {
-            if self.ops.list_hosts().await.is_ok() {
+            if self.ops.list_vees(&Default::default()).await.is_ok() {
                 return;
             }
             if let Some(status) = self
@@ -239,12 +269,12 @@ impl Server {
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!("veem exited at start ({status}): {}", self.log());
+                panic!("veem exited at start ({status}): {}", self.log_tail());
             }
             assert!(
                 Instant::now() < deadline,
                 "veem did not start: {}",
-                self.log()
+                self.log_tail()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -252,6 +282,13 @@ impl Server {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("veem.log")).unwrap_or_default()
+    }
+
+    /// The last 40 lines of the log, for a failure's message.
+    pub fn log_tail(&self) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
     /// SIGKILL: no chance to flush or say goodbye.
@@ -265,6 +302,7 @@ impl Server {
     pub async fn restart(&mut self) {
         self.kill9();
         self.spawn().await;
+        self.wait_hosts_up().await;
     }
 
     /// SIGTERM, as an operator stops it, and waits until it has exited.
@@ -278,7 +316,7 @@ impl Server {
     }
 
     /// Starts it again on its data directory after [`Server::stop`] or [`Server::kill9`];
-    /// returns once the VMI answers.
+    /// returns once the VMI answers (its hosts may still be connecting).
     pub async fn start_again(&mut self) {
         assert!(self.child.is_none(), "the server still runs");
         self.spawn().await;

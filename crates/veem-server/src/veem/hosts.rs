@@ -37,11 +37,12 @@ impl Veem {
                     memory_mb: hello.memory_mb,
                 },
             );
-            // Re-place the host's VEEs in the books before anything new lands there.
-            let on_host: Vec<VeeRecord> = state
-                .vees
-                .values()
-                .map(|s| &s.record)
+            // Re-place the host's VEEs in the books before anything new lands there (at its
+            // first connection; after that, placement keeps its allocations).
+            let waiting = state.awaiting_host.remove(&host).unwrap_or_default();
+            let on_host: Vec<VeeRecord> = waiting
+                .iter()
+                .filter_map(|seq| state.vees.get(seq).map(|s| &s.record))
                 .filter(|r| r.host.as_ref() == Some(&host))
                 .cloned()
                 .collect();

@@ -102,6 +102,10 @@ struct State {
     networks: networks::Networks,
     /// Each VEE's monitoring token (`veem.monitoring.token` in its context), to its number.
     monitoring_tokens: std::collections::HashMap<String, u64>,
+    /// The VEEs the store places on each host, from the records loaded at start, until that
+    /// host first connects and their allocations are restored: so a connecting host looks at
+    /// its own VEEs, not at every record (10,000 hosts times 200,000 records at start).
+    awaiting_host: std::collections::HashMap<HostId, Vec<u64>>,
 }
 
 /// A staged change of one VEE: the record as it will be, and what to store.
@@ -219,6 +223,13 @@ impl Veem {
             .map(|i| ((i.owner.clone(), i.name.clone()), i))
             .collect();
         let hosts = Hosts::new(config.agent_timeout, config.host_dead_after);
+        let mut awaiting_host: std::collections::HashMap<HostId, Vec<u64>> =
+            std::collections::HashMap::new();
+        for (seq, slot) in &vees {
+            if let Some(host) = &slot.record.host {
+                awaiting_host.entry(host.clone()).or_default().push(*seq);
+            }
+        }
         let state = State {
             vees,
             next_seq: snapshot.next_vee_seq.max(1),
@@ -227,6 +238,7 @@ impl Veem {
             pending,
             networks,
             monitoring_tokens,
+            awaiting_host,
         };
         Ok(Self {
             inner: Arc::new(Inner {
