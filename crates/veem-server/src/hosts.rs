@@ -153,6 +153,9 @@ pub struct HostEntry {
     pub lost: Option<Lost>,
     /// Since when the host is in its current state (ms since the epoch).
     pub since_ms: u64,
+    /// Connected, and its books not yet reconciled with what it runs: it takes no VEEs and
+    /// the health loop leaves it to its connection.
+    pub reconciling: bool,
 }
 
 /// Why and since when a host is lost.
@@ -180,11 +183,12 @@ impl HostEntry {
             heard: started,
             lost: None,
             since_ms: now_ms,
+            reconciling: false,
         }
     }
 
     pub fn state(&self) -> HostState {
-        if self.lost.is_some() || self.link.is_none() || self.error.is_some() {
+        if self.lost.is_some() || self.link.is_none() || self.error.is_some() || self.reconciling {
             HostState::Down
         } else if self.disabled {
             HostState::Disabled
@@ -199,6 +203,8 @@ impl HostEntry {
             Some(lost.reason.clone())
         } else if self.link.is_none() {
             Some("disconnected; its VEEs are kept while it may come back".to_owned())
+        } else if self.reconciling {
+            Some("connecting: the books are being reconciled with what it runs".to_owned())
         } else {
             self.error.clone()
         }
@@ -287,8 +293,19 @@ impl Hosts {
             e.link = Some(link);
             e.error = None;
             e.last_seen_ms = now_ms;
+            e.reconciling = true;
         });
         entry.clone()
+    }
+
+    /// The connection `link` of `host` has reconciled it: it may be up.
+    pub fn reconciled(&self, host: &HostId, link: &Arc<dyn HostLink>, now_ms: u64) {
+        let mut entries = self.entries.write().expect("poisoned");
+        if let Some(entry) = entries.get_mut(host) {
+            if entry.link.as_ref().is_some_and(|l| Arc::ptr_eq(l, link)) {
+                entry.change(now_ms, |e| e.reconciling = false);
+            }
+        }
     }
 
     /// Forgets a host's link if it is still `link` (a newer connection may have replaced it).
@@ -570,8 +587,15 @@ mod tests {
         assert!(!hosts.disconnect(&id("h1"), &old, 31));
         assert!(!hosts.clear_lost(&id("h1"), &old, 31));
         assert!(hosts.clear_lost(&id("h1"), &new, 32));
+        // Not lost any more, but up only once its connection has reconciled it.
         let entry = hosts.get(&id("h1")).unwrap();
-        assert_eq!((entry.state(), entry.since_ms), (HostState::Up, 32));
+        assert_eq!(entry.state(), HostState::Down);
+        assert!(entry.reason().is_some_and(|r| r.contains("reconciled")));
+        hosts.reconciled(&id("h1"), &old, 33);
+        assert_eq!(hosts.get(&id("h1")).unwrap().state(), HostState::Down);
+        hosts.reconciled(&id("h1"), &new, 34);
+        let entry = hosts.get(&id("h1")).unwrap();
+        assert_eq!((entry.state(), entry.since_ms), (HostState::Up, 34));
         assert!(entry.accepts_vees());
     }
 }

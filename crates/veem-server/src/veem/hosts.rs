@@ -78,6 +78,7 @@ impl Veem {
         }
         drop(fencing);
         self.sweep_purged(&host).await;
+        self.inner.hosts.reconciled(&host, &link, now_ms());
         let accepts = self
             .inner
             .hosts
@@ -456,8 +457,10 @@ impl Veem {
                 .hosts
                 .all()
                 .into_iter()
-                // A lost host that reconnected is being reconciled by its connection.
-                .filter(|(_, entry)| entry.link.is_some() && entry.lost.is_none())
+                // A host that (re)connected is being reconciled by its connection.
+                .filter(|(_, entry)| {
+                    entry.link.is_some() && entry.lost.is_none() && !entry.reconciling
+                })
                 .map(|(host, entry)| self.check_host(host, entry));
             futures::future::join_all(checks).await;
         }
