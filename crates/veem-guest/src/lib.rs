@@ -65,6 +65,10 @@
 //! - The disk: a FAT file system over the whole disk (no partition table) made with mtools,
 //!   with syslinux installed by its mtools-based installer, converted to qcow2 by `qemu-img`.
 //!   File times are `SOURCE_DATE_EPOCH` (2000-01-01), the volume serial number is fixed.
+//! - The installer ISO: `xorriso -as mkisofs` grafts isolinux (Debian's `isolinux` and
+//!   `syslinux-common`), the disk's syslinux config as `isolinux.cfg`, the kernel and the
+//!   initramfs into `/isolinux/`, with isolinux as the El Torito no-emulation boot image; file
+//!   and volume times are `SOURCE_DATE_EPOCH`.
 
 mod cpio;
 mod debian;
@@ -82,8 +86,8 @@ use std::path::{Path, PathBuf};
 pub use iso::{installer_iso_tools_installed, write_installer_iso};
 
 /// Printed on the serial console at every boot, followed by ` boot=<n>` (`n` the boot's
-/// number in [`BOOT_LOG_PATH`], 0 when the guest's disk could not be mounted), once the
-/// boot is recorded on the disk.
+/// number in [`BOOT_LOG_PATH`], 0 when the guest has no disk of its own it can write (booted
+/// from a CD) or could not mount it), once the boot is recorded on the disk.
 pub const BOOT_MARKER: &str = "VEEM-GUEST-BOOTED";
 /// Printed once the context is copied and the guest listens to the ACPI power button.
 pub const READY_MARKER: &str = "VEEM-GUEST-READY";
