@@ -111,6 +111,10 @@ pub struct GuestBuildArgs {
     /// a descriptor's direct kernel boot
     #[arg(long)]
     pub boot_files: Option<std::path::PathBuf>,
+    /// Also write the guest as a bootable installer ISO (isolinux, El Torito) at this path,
+    /// for a VEE that boots from its CD-ROM
+    #[arg(long)]
+    pub iso: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -156,6 +160,7 @@ async fn build_guest(args: GuestBuildArgs) -> anyhow::Result<()> {
         size_mb: args.size_mb,
         cache_dir: args.cache_dir,
         boot_files_dir: args.boot_files,
+        iso: args.iso,
     };
     let image = tokio::task::spawn_blocking(move || veem_guest::build(&options))
         .await
@@ -174,6 +179,9 @@ async fn build_guest(args: GuestBuildArgs) -> anyhow::Result<()> {
             initrd.display(),
             veem_guest::KERNEL_COMMAND_LINE
         );
+    }
+    if let Some(iso) = &image.iso {
+        println!("{} (installer ISO)", iso.display());
     }
     Ok(())
 }

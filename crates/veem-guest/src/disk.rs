@@ -86,9 +86,31 @@ pub(crate) fn write_raw(
     Ok(())
 }
 
-/// Converts the raw disk to qcow2 at `out`, through a file beside it renamed into place, so
-/// `out` is never a half-written image.
+/// Converts the raw disk to qcow2 at `out`.
 pub(crate) fn convert_to_qcow2(raw: &Path, out: &Path) -> Result<(), GuestError> {
+    write_into_place(out, |partial| {
+        QEMU_IMG.run(
+            [
+                "convert".as_ref(),
+                "-f".as_ref(),
+                "raw".as_ref(),
+                "-O".as_ref(),
+                "qcow2".as_ref(),
+                raw.as_os_str(),
+                partial.as_os_str(),
+            ],
+            None,
+        )?;
+        Ok(())
+    })
+}
+
+/// Has `write` make an image in a file beside `out`, then renames it into place, so `out` is
+/// never a half-written image.
+pub(crate) fn write_into_place(
+    out: &Path,
+    write: impl FnOnce(&Path) -> Result<(), GuestError>,
+) -> Result<(), GuestError> {
     let dir = match out.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
@@ -103,18 +125,7 @@ pub(crate) fn convert_to_qcow2(raw: &Path, out: &Path) -> Result<(), GuestError>
         .suffix(".partial")
         .tempfile_in(dir)
         .map_err(io_error("write in", dir))?;
-    QEMU_IMG.run(
-        [
-            "convert".as_ref(),
-            "-f".as_ref(),
-            "raw".as_ref(),
-            "-O".as_ref(),
-            "qcow2".as_ref(),
-            raw.as_os_str(),
-            partial.path().as_os_str(),
-        ],
-        None,
-    )?;
+    write(partial.path())?;
     // A temporary file is private to its owner; an image is for everyone to read.
     fs::set_permissions(partial.path(), fs::Permissions::from_mode(0o644))
         .map_err(io_error("set the mode of", partial.path()))?;

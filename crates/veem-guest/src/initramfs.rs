@@ -145,11 +145,15 @@ mount -t devtmpfs devtmpfs /dev
 for module in {always}; do
 	insmod /lib/modules/$module.ko || echo "veem-guest: cannot load $module"
 done
-# virtio-scsi (PCI 1af4:1004 or 1af4:1048) is how a CD reaches this kernel.
+# virtio-scsi (PCI 1af4:1004 or 1af4:1048) is how a CD reaches this kernel, virtio-blk
+# (1af4:1001 or 1af4:1042) how a disk does.
 for pci in /sys/bus/pci/devices/*; do
 	read -r vendor < $pci/vendor
 	read -r device < $pci/device
-	case $vendor:$device in 0x1af4:0x1004|0x1af4:0x1048) virtio_scsi=1;; esac
+	case $vendor:$device in
+	0x1af4:0x1004|0x1af4:0x1048) virtio_scsi=1;;
+	0x1af4:0x1001|0x1af4:0x1042) virtio_blk=1;;
+	esac
 done
 if [ -n "$virtio_scsi" ]; then
 	for module in {for_virtio_scsi}; do
@@ -160,11 +164,19 @@ fi
 acpid -f -c /etc/acpi -l /var/log/acpid.log &
 acpid=$!
 
-# The guest's own disk records every boot: boot <n> <date> uptime <seconds>.
-tries=0
-while [ ! -b /dev/vda ] && [ $tries -lt 100 ]; do sleep 0.02; tries=$((tries + 1)); done
+# The guest's own disk records every boot: boot <n> <date> uptime <seconds>. It is the first
+# disk, when that is writable: booted from a CD, the guest may have no disk, or only its
+# read-only context disk.
+own_disk=
+if [ -n "$virtio_blk" ]; then
+	tries=0
+	while [ ! -b /dev/vda ] && [ $tries -lt 100 ]; do sleep 0.02; tries=$((tries + 1)); done
+	[ -b /dev/vda ] && read -r read_only < /sys/block/vda/ro && [ "$read_only" = 0 ] && own_disk=/dev/vda
+fi
 boot=0
-if mount -t vfat /dev/vda {DISK_MOUNT}; then
+if [ -z "$own_disk" ]; then
+	echo "veem-guest: no disk of its own to write: this boot is not recorded"
+elif mount -t vfat $own_disk {DISK_MOUNT}; then
 	[ -d {DISK_MOUNT}/veem ] || mkdir {DISK_MOUNT}/veem
 	boot=1
 	if [ -f {DISK_MOUNT}/{BOOT_LOG_PATH} ]; then
@@ -183,8 +195,8 @@ fi
 echo "{BOOT_MARKER} boot=$boot"
 
 # The context: the first other disk or CD holding ovf-env.xml, copied onto the own disk.
-for device in /dev/vd[b-z] /dev/vd[b-z][0-9] /dev/sr[0-9]; do
-	[ -b "$device" ] || continue
+for device in /dev/vd[a-z] /dev/vd[a-z][0-9] /dev/sr[0-9]; do
+	[ -b "$device" ] && [ "$device" != "$own_disk" ] || continue
 	mount -o ro -t iso9660 "$device" {CONTEXT_MOUNT} 2>/dev/null || mount -o ro -t vfat "$device" {CONTEXT_MOUNT} 2>/dev/null || continue
 	found=
 	if [ -f {CONTEXT_MOUNT}/ovf-env.xml ]; then

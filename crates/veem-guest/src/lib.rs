@@ -6,7 +6,10 @@
 //! configures the network its context describes, probes the peers it names, prints
 //! [`READY_MARKER`], and powers off cleanly on the ACPI power button (or by itself, when its
 //! context sets [`POWEROFF_AFTER_PROPERTY`]). [`build`] writes it as a qcow2 file
-//! (`veem guest build --out PATH`).
+//! (`veem guest build --out PATH`), and, asked for it, as an installer ISO too
+//! ([`write_installer_iso`], `--iso PATH`): the same kernel and initramfs on a CD that
+//! isolinux boots. Booted from a CD with no disk of its own (or none it can write), the guest
+//! records no boot (`boot=0`) and does the rest as ever.
 //!
 //! The network, from the context's properties (`<Property oe:key=.. oe:value=../>`, whatever
 //! the namespace prefix):
@@ -62,11 +65,16 @@
 //! - The disk: a FAT file system over the whole disk (no partition table) made with mtools,
 //!   with syslinux installed by its mtools-based installer, converted to qcow2 by `qemu-img`.
 //!   File times are `SOURCE_DATE_EPOCH` (2000-01-01), the volume serial number is fixed.
+//! - The installer ISO: `xorriso -as mkisofs` grafts isolinux (Debian's `isolinux` and
+//!   `syslinux-common`), the disk's syslinux config as `isolinux.cfg`, the kernel and the
+//!   initramfs into `/isolinux/`, with isolinux as the El Torito no-emulation boot image; file
+//!   and volume times are `SOURCE_DATE_EPOCH`.
 
 mod cpio;
 mod debian;
 mod disk;
 mod initramfs;
+mod iso;
 mod kernel;
 pub mod testing;
 mod tools;
@@ -75,9 +83,11 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+pub use iso::{installer_iso_tools_installed, write_installer_iso};
+
 /// Printed on the serial console at every boot, followed by ` boot=<n>` (`n` the boot's
-/// number in [`BOOT_LOG_PATH`], 0 when the guest's disk could not be mounted), once the
-/// boot is recorded on the disk.
+/// number in [`BOOT_LOG_PATH`], 0 when the guest has no disk of its own it can write (booted
+/// from a CD) or could not mount it), once the boot is recorded on the disk.
 pub const BOOT_MARKER: &str = "VEEM-GUEST-BOOTED";
 /// Printed once the context is copied and the guest listens to the ACPI power button.
 pub const READY_MARKER: &str = "VEEM-GUEST-READY";
@@ -180,6 +190,8 @@ pub struct BuildOptions {
     /// Also write the kernel and the initramfs here, as [`KERNEL_FILE`] and [`INITRD_FILE`],
     /// for direct kernel boot (with [`KERNEL_COMMAND_LINE`] and the disk as the VEE's first).
     pub boot_files_dir: Option<PathBuf>,
+    /// Also write the installer ISO here ([`write_installer_iso`]).
+    pub iso: Option<PathBuf>,
 }
 
 /// The kernel's file name in [`BuildOptions::boot_files_dir`], and on the disk's FAT root
@@ -196,6 +208,7 @@ impl BuildOptions {
             size_mb: DEFAULT_SIZE_MB,
             cache_dir: None,
             boot_files_dir: None,
+            iso: None,
         }
     }
 }
@@ -220,6 +233,8 @@ pub struct GuestImage {
     pub packages: Vec<Package>,
     /// The kernel and the initramfs, when [`BuildOptions::boot_files_dir`] asked for them.
     pub boot_files: Option<(PathBuf, PathBuf)>,
+    /// The installer ISO, when [`BuildOptions::iso`] asked for it.
+    pub iso: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -361,6 +376,10 @@ pub fn build(options: &BuildOptions) -> Result<GuestImage, GuestError> {
         }
         None => None,
     };
+    if let Some(iso) = &options.iso {
+        tracing::info!("writing the installer ISO");
+        write_installer_iso(&kernel.vmlinuz, &initrd, iso)?;
+    }
     if options.work_dir.is_none() {
         // The temporary directory goes anyway; the 128 MiB raw disk should not wait for it.
         let _ = fs::remove_file(&raw);
@@ -374,6 +393,7 @@ pub fn build(options: &BuildOptions) -> Result<GuestImage, GuestError> {
         size_bytes,
         packages: vec![kernel_package, busybox_package],
         boot_files,
+        iso: options.iso.clone(),
     })
 }
 

@@ -1,8 +1,10 @@
-//! Running the machine's tools (apt, dpkg-deb, mtools, syslinux, qemu-img, xz): one place
+//! Running the machine's tools (apt, dpkg-deb, mtools, syslinux, qemu-img, xz, xorriso): one place
 //! that turns "not installed" into a hint and a failure into its standard error.
 
 use std::ffi::OsStr;
+use std::fs;
 use std::io;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
@@ -19,7 +21,7 @@ pub(crate) struct Tool {
     pub(crate) hint: &'static str,
 }
 
-const INSTALL_DEPS: &str = "run scripts/install-deps (as root)";
+pub(crate) const INSTALL_DEPS: &str = "run scripts/install-deps (as root)";
 const DEBIAN_ONLY: &str =
     "veem builds its test guest from Debian packages: build it on Debian or a derivative";
 
@@ -55,6 +57,10 @@ pub(crate) const QEMU_IMG: Tool = Tool {
     program: "qemu-img",
     hint: INSTALL_DEPS,
 };
+pub(crate) const XORRISO: Tool = Tool {
+    program: "xorriso",
+    hint: INSTALL_DEPS,
+};
 pub(crate) const XZ: Tool = Tool {
     program: "xz",
     hint: "install the Debian package xz-utils (the kernel's modules are xz-compressed)",
@@ -84,6 +90,16 @@ impl Tool {
             command: self.command_line(&args),
             status: output.status.to_string(),
             stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        })
+    }
+
+    /// Whether the program is on the `PATH`, as an executable file.
+    pub(crate) fn is_installed(self) -> bool {
+        std::env::var_os("PATH").is_some_and(|path| {
+            std::env::split_paths(&path).any(|dir| {
+                fs::metadata(dir.join(self.program))
+                    .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+            })
         })
     }
 
@@ -161,6 +177,13 @@ mod tests {
         );
         assert!(message.contains("exit status: 3"), "{message}");
         assert!(message.ends_with(": broken"), "{message}");
+    }
+
+    #[test]
+    fn a_program_on_the_path_is_installed_and_another_is_not() {
+        let tool = |program| Tool { program, hint: "" };
+        assert!(tool("sh").is_installed());
+        assert!(!tool("veem-no-such-program").is_installed());
     }
 
     #[test]

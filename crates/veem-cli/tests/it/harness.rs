@@ -454,16 +454,22 @@ pub fn guest_image() -> Option<PathBuf> {
     }
 }
 
-/// On QEMU, waits until the guest of `id` printed its ready marker on its serial console (kept
-/// in the VEE's directory); on sim there is no guest to wait for.
+/// The serial console of the guest of `id` so far (the qemu driver keeps it in the VEE's
+/// directory, across boots).
+pub fn console(s: &Server, id: &str) -> String {
+    std::fs::read_to_string(s.data_dir().join("vees").join(id).join("console.log"))
+        .unwrap_or_default()
+}
+
+/// On QEMU, waits until the guest of `id` printed its ready marker on its serial console;
+/// on sim there is no guest to wait for.
 pub async fn wait_guest_ready(s: &Server, driver: Hypervisor, id: &str) {
     if driver == Hypervisor::Sim {
         return;
     }
-    let console = s.data_dir().join("vees").join(id).join("console.log");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let text = std::fs::read_to_string(&console).unwrap_or_default();
+        let text = console(s, id);
         if text.contains(veem_guest::READY_MARKER) {
             return;
         }

@@ -4,6 +4,7 @@
 mod accounting;
 mod attacks;
 mod attacks_sources;
+mod cdrom_boot;
 mod cli;
 mod control;
 mod errors;

@@ -364,12 +364,6 @@ async fn a_descriptor_may_boot_a_kernel_directly() {
     );
 }
 
-/// The guest's serial console so far.
-fn console(s: &Server, id: &str) -> String {
-    std::fs::read_to_string(s.data_dir().join("vees").join(id).join("console.log"))
-        .unwrap_or_default()
-}
-
 /// The `MemTotal` (kB) of the guest's newest heartbeat, once there is one.
 async fn heartbeat_mem_kb(s: &Server, id: &str) -> u64 {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);

@@ -3,6 +3,7 @@
 //! power button over QMP. What the guest did is read back from its disk, without mounting.
 
 mod agent;
+mod installer;
 mod iso;
 mod network;
 mod qemu;
@@ -41,8 +42,12 @@ fn guest() -> Option<&'static Built> {
     Some(BUILT.get_or_init(|| {
         let dir = tempfile::tempdir().expect("a temp dir");
         let started = std::time::Instant::now();
-        let image = veem_guest::build(&BuildOptions::new(dir.path().join("tiny.qcow2")))
-            .unwrap_or_else(|error| panic!("the guest builds: {error}"));
+        let image = veem_guest::build(&BuildOptions {
+            // For the installer ISO's tests: they make it from these.
+            boot_files_dir: Some(dir.path().join("boot")),
+            ..BuildOptions::new(dir.path().join("tiny.qcow2"))
+        })
+        .unwrap_or_else(|error| panic!("the guest builds: {error}"));
         eprintln!(
             "built {} (kernel {}, {} bytes) in {:.1?}",
             image.path.display(),
@@ -157,7 +162,11 @@ fn assert_no_complaints(serial: &str) {
 /// Boots the disk (and any other devices), waits for both markers, then presses the power
 /// button and waits for QEMU to end by itself. Gives the serial console's text.
 fn boot_and_power_down(disk: &Path, devices: &[String], dir: &Path) -> String {
-    let mut vm = Vm::boot(disk, devices, dir);
+    power_down_when_ready(Vm::boot(disk, devices, dir))
+}
+
+/// [`boot_and_power_down`] for a machine already started.
+fn power_down_when_ready(mut vm: Vm) -> String {
     let booted = vm.wait_for(BOOT_MARKER, BOOT_TIMEOUT);
     let ready = vm.wait_for(READY_MARKER, BOOT_TIMEOUT);
     eprintln!("boot under TCG: {BOOT_MARKER} after {booted:.2?}, {READY_MARKER} after {ready:.2?}");

@@ -80,6 +80,17 @@ impl Vm {
     /// Boots `disk` (qcow2) as the first virtio disk, with `devices` (see [`virtio_disk`],
     /// [`scsi_cd`]), on q35 under TCG with 256 MiB, as veem's hosts run a VEE without KVM.
     pub fn boot(disk: &Path, devices: &[String], dir: &Path) -> Self {
+        let mut all = vec![
+            "-drive".to_owned(),
+            format!("file={},if=virtio,format=qcow2", disk.display()),
+        ];
+        all.extend_from_slice(devices);
+        Self::boot_devices(&all, dir)
+    }
+
+    /// Starts the machine [`Vm::boot`] does with only `devices`: the firmware boots what it
+    /// finds among them (an installer CD, say).
+    pub fn boot_devices(devices: &[String], dir: &Path) -> Self {
         let qmp_socket = dir.join("qmp.sock");
         let _ = std::fs::remove_file(&qmp_socket);
         let mut command = Command::new(QEMU);
@@ -97,9 +108,6 @@ impl Vm {
         command
             .arg("-qmp")
             .arg(format!("unix:{},server=on,wait=off", qmp_socket.display()));
-        command
-            .arg("-drive")
-            .arg(format!("file={},if=virtio,format=qcow2", disk.display()));
         command.args(devices);
         command
             .stdin(Stdio::null())
