@@ -1,44 +1,15 @@
 //! The cluster: hosts, what is allocated on them, and the operations that change it.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use veem_model::{HostId, VeeId};
 
 use crate::affinity::AffinityIndex;
 use crate::free_index::FreeIndex;
+use crate::host::Host;
 use crate::reason::{self, amount, count, unplaceable};
 use crate::{Capacity, Demand, HostUsage, PlacementError, Policy, Unplaceable};
-
-/// One physical host. Its slot (index in `Cluster::hosts`) never changes: hosts are never
-/// removed, only disabled.
-#[derive(Debug)]
-pub(crate) struct Host {
-    pub(crate) id: Arc<HostId>,
-    pub(crate) capacity: Capacity,
-    /// Sums of the demands placed here; wider than `Capacity` so restored overbooking cannot
-    /// overflow.
-    used_cpus: u64,
-    used_memory_mb: u64,
-    pub(crate) enabled: bool,
-    vees: BTreeSet<VeeId>,
-}
-
-impl Host {
-    /// What is left; zero, not negative, on a host overbooked by `restore`.
-    pub(crate) fn free(&self) -> Capacity {
-        let cpus = u64::from(self.capacity.cpus).saturating_sub(self.used_cpus);
-        Capacity {
-            cpus: u32::try_from(cpus).expect("free CPUs never exceed the capacity, a u32"),
-            memory_mb: self.capacity.memory_mb.saturating_sub(self.used_memory_mb),
-        }
-    }
-
-    fn fits(&self, need: Capacity) -> bool {
-        let free = self.free();
-        free.memory_mb >= need.memory_mb && free.cpus >= need.cpus
-    }
-}
 
 #[derive(Debug)]
 struct Placed {
@@ -92,14 +63,7 @@ impl Cluster {
         let slot = self.hosts.len();
         let id = Arc::new(host.clone());
         self.free.insert(capacity, &id, slot);
-        self.hosts.push(Host {
-            id,
-            capacity,
-            used_cpus: 0,
-            used_memory_mb: 0,
-            enabled: true,
-            vees: BTreeSet::new(),
-        });
+        self.hosts.push(Host::new(id, capacity));
         self.slots.insert(host, slot);
     }
 
@@ -288,13 +252,11 @@ impl Cluster {
             ))
             .into());
         }
-        self.update_host(slot, |host| {
-            host.used_cpus = (host.used_cpus - u64::from(old.cpus)) + u64::from(cpu);
-            host.used_memory_mb = host
-                .used_memory_mb
-                .saturating_sub(old.memory_mb)
-                .saturating_add(memory_mb);
-        });
+        let new = Capacity {
+            cpus: cpu,
+            memory_mb,
+        };
+        self.update_host(slot, |host| host.rebook(old, new));
         let placed = self
             .placements
             .get_mut(vee)
@@ -316,16 +278,7 @@ impl Cluster {
     }
 
     pub fn usage(&self, host: &HostId) -> Option<HostUsage> {
-        let host = &self.hosts[*self.slots.get(host)?];
-        Some(HostUsage {
-            capacity: host.capacity,
-            used: Capacity {
-                cpus: u32::try_from(host.used_cpus).unwrap_or(u32::MAX),
-                memory_mb: host.used_memory_mb,
-            },
-            enabled: host.enabled,
-            vees: host.vees.iter().cloned().collect(),
-        })
+        Some(self.hosts[*self.slots.get(host)?].usage())
     }
 
     /// Every known host, sorted.
@@ -383,11 +336,7 @@ impl Cluster {
     fn attach(&mut self, slot: usize, vee: VeeId, demand: Demand) {
         let need = demand.need();
         let entry = vee.clone();
-        self.update_host(slot, |host| {
-            host.used_cpus += u64::from(need.cpus);
-            host.used_memory_mb = host.used_memory_mb.saturating_add(need.memory_mb);
-            host.vees.insert(entry);
-        });
+        self.update_host(slot, |host| host.take(entry, need));
         self.affinity.add(slot, &demand);
         self.placements.insert(vee, Placed { slot, demand });
     }
@@ -395,11 +344,7 @@ impl Cluster {
     fn detach(&mut self, vee: &VeeId) -> Option<Placed> {
         let placed = self.placements.remove(vee)?;
         let need = placed.demand.need();
-        self.update_host(placed.slot, |host| {
-            host.used_cpus -= u64::from(need.cpus);
-            host.used_memory_mb = host.used_memory_mb.saturating_sub(need.memory_mb);
-            host.vees.remove(vee);
-        });
+        self.update_host(placed.slot, |host| host.give_back(vee, need));
         self.affinity.remove(placed.slot, &placed.demand);
         Some(placed)
     }

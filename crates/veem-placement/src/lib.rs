@@ -11,6 +11,7 @@
 mod affinity;
 mod cluster;
 mod free_index;
+mod host;
 mod reason;
 
 use std::fmt;

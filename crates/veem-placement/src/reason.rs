@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use crate::affinity::Conflicts;
-use crate::cluster::Host;
+use crate::host::Host;
 use crate::{Capacity, Demand, Unplaceable};
 
 /// Why no host can take `demand`: each host is counted under the first reason that excludes it

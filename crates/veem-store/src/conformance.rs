@@ -4,8 +4,9 @@
 //! A backend's tests call [`run_all`] with a function that makes a fresh, empty store, e.g.
 //! `run_all(&|| Box::new(SqliteStore::open_in_memory().expect("open")))`, or call the
 //! properties of [`PROPERTIES`] one by one. Each property gets its own fresh store. The module is
-//! always compiled (it needs nothing beyond the crate's own dependencies) so that stores in other
-//! crates can be held to the same contract; it is test support, which is why it asserts.
+//! public under the feature `conformance` (it needs nothing beyond the crate's own dependencies)
+//! so that stores in other crates can be held to the same contract; it is test support, which is
+//! why it asserts, and why it is off by default.
 
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};

@@ -1,5 +1,5 @@
-//! veem's persistence: the [`Store`] trait, its SQLite backend ([`SqliteStore`]), and the
-//! [`conformance`] suite that every backend must pass.
+//! veem's persistence: the [`Store`] trait, its SQLite backend ([`SqliteStore`]), and, under the
+//! cargo feature `conformance`, the `conformance` suite that every backend must pass.
 //!
 //! The VEEM keeps its whole state in memory and writes every change through a `Store` before it
 //! acknowledges it, so a `Store` is small: load everything at start, commit a batch of changes
@@ -10,14 +10,17 @@
 //! name being unique per owner, one accounting listener per principal and VEE, and one
 //! accounting outbox entry per id).
 //!
-//! The conformance suite is compiled always (it is small and has no extra dependencies), so a
-//! backend living in another crate, or a fake store in a test, can run it too.
+//! The conformance suite is test support, so it is compiled only for this crate's own tests and
+//! where the feature `conformance` asks for it: a backend living in another crate, or a test that
+//! borrows its sample records, enables the feature in its `[dev-dependencies]`, and release builds
+//! of the server do not carry it.
 
 use veem_model::{
     AccountingListener, AccountingRecord, ImageName, ImageRecord, MonitoringSubscription, Network,
     Principal, VeeEvent, VeeId, VeeRecord,
 };
 
+#[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 mod sqlite;
 
