@@ -18,6 +18,7 @@ use crate::auth::{Authenticator, Caller};
 use crate::error::CoreError;
 use crate::veem::{Putter, Veem};
 
+/// What every handler is given: the core, and the tokens' principals.
 #[derive(Clone)]
 pub struct AppState {
     pub veem: Veem,
