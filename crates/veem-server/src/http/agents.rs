@@ -13,8 +13,8 @@ use futures::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use veem_api::agent::AgentFrame;
 
+use super::common::{Admin, AppState};
 use super::problem::ApiError;
-use super::{Admin, AppState};
 use crate::hosts::{HostLink, RemoteLink};
 
 /// What lets a host agent in.
@@ -37,7 +37,7 @@ impl FromRequestParts<AppState> for AgentCredential {
     }
 }
 
-pub async fn connect(
+pub(super) async fn connect(
     State(state): State<AppState>,
     credential: AgentCredential,
     upgrade: WebSocketUpgrade,

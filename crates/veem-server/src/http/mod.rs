@@ -1,146 +1,97 @@
 //! The VMI over HTTP: the one place of veem that knows routes, headers and status codes.
 //! Handlers parse and check a request, call one method of the core, and map its result.
+//! `router` lists every route; the handlers live in one module per resource, and what they
+//! share (the state, who calls, body and page parsing) in `common.rs`.
 
+mod accounting;
 mod agents;
+mod common;
+mod hosts;
+mod images;
 pub mod listen;
+mod monitoring;
+mod networks;
 #[cfg(test)]
 mod openapi_doc;
 pub mod problem;
-mod routes;
+mod vees;
 
-use std::sync::Arc;
-
-use axum::extract::{DefaultBodyLimit, FromRequestParts};
-use axum::http::header;
-use axum::http::request::Parts;
-use axum::routing::{get, post};
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{delete, get, patch, post};
 use axum::Router;
 
-use crate::auth::{Authenticator, Caller};
-use crate::veem::{Putter, Veem};
+pub use common::AppState;
 use problem::ApiError;
 
-#[derive(Clone)]
-pub struct AppState {
-    pub veem: Veem,
-    pub auth: Arc<Authenticator>,
-}
+use crate::error::CoreError;
 
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
-        .route("/openapi.json", get(routes::openapi))
-        .route("/vees/initialize", post(routes::initialize))
-        .route("/vees/submit", post(routes::submit))
-        .route("/vees/update-state", post(routes::update_state))
-        .route("/vees", get(routes::list_vees))
+        .route("/openapi.json", get(openapi))
+        .route("/vees/initialize", post(vees::initialize))
+        .route("/vees/submit", post(vees::submit))
+        .route("/vees/update-state", post(vees::update_state))
+        .route("/vees", get(vees::list))
         .route(
             "/vees/{id}",
-            get(routes::get_vee)
-                .patch(routes::patch_vee)
-                .delete(routes::purge_vee),
+            get(vees::get).patch(vees::patch).delete(vees::purge),
         )
-        .route("/vees/{id}/events", get(routes::vee_events))
-        .route("/vees/{id}/migrate", post(routes::migrate_vee))
-        .route("/vees/{id}/disks/{target}", get(routes::download_disk))
-        .route("/images", get(routes::list_images))
+        .route("/vees/{id}/events", get(vees::events))
+        .route("/vees/{id}/migrate", post(vees::migrate))
+        .route("/vees/{id}/disks/{target}", get(vees::download_disk))
+        .route("/images", get(images::list))
         .route(
             "/images/{name}",
-            get(routes::get_image)
-                .put(routes::put_image)
-                .delete(routes::delete_image),
+            get(images::get).put(images::put).delete(images::delete),
         )
-        .route("/images/{name}/data", get(routes::image_data))
-        .route(
-            "/networks",
-            get(routes::list_networks).post(routes::create_network),
-        )
+        .route("/images/{name}/data", get(images::data))
+        .route("/networks", get(networks::list).post(networks::create))
         .route(
             "/networks/{name}",
-            get(routes::get_network).delete(routes::delete_network),
+            get(networks::get).delete(networks::delete),
         )
-        .route("/vees/{id}/accounting", get(routes::vee_accounting))
-        .route("/accounting/listeners", post(routes::listen))
-        .route("/accounting/listeners/remove", post(routes::unlisten))
-        .route("/monitoring", post(routes::put_monitoring))
-        .route("/monitoring/subscriptions", post(routes::subscribe))
+        .route("/vees/{id}/accounting", get(accounting::records))
+        .route("/accounting/listeners", post(accounting::listen))
+        .route("/accounting/listeners/remove", post(accounting::unlisten))
+        .route("/monitoring", post(monitoring::put))
+        .route("/monitoring/subscriptions", post(monitoring::subscribe))
         .route(
             "/monitoring/subscriptions/{id}",
-            axum::routing::delete(routes::unsubscribe),
+            delete(monitoring::unsubscribe),
         )
-        .route("/monitoring/stream", get(routes::monitoring_stream))
-        .route("/hosts", get(routes::list_hosts))
-        .route("/hosts/{id}", axum::routing::patch(routes::patch_host))
+        .route("/monitoring/stream", get(monitoring::stream))
+        .route("/hosts", get(hosts::list))
+        .route("/hosts/{id}", patch(hosts::patch))
         .route("/agents/connect", get(agents::connect))
-        .fallback(routes::not_found)
-        .method_not_allowed_fallback(routes::method_not_allowed);
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed);
     Router::new()
         .nest(veem_api::BASE_PATH, api)
-        .fallback(routes::not_found)
+        .fallback(not_found)
         // Descriptors, envelopes and id lists; images are streamed and not bound by it.
         .layer(DefaultBodyLimit::max(veem_api::MAX_REQUEST_BODY_BYTES))
         .layer(axum::middleware::map_response(problem::for_rejections))
         .with_state(state)
 }
 
-fn bearer(parts: &Parts) -> Result<&str, ApiError> {
-    let value = parts.headers.get(header::AUTHORIZATION).ok_or_else(|| {
-        ApiError::unauthenticated("no Authorization header; send 'Authorization: Bearer <token>'")
-    })?;
-    // The scheme is case-insensitive (RFC 9110, section 11.1).
-    value
-        .to_str()
-        .ok()
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim())
-        .ok_or_else(|| {
-            ApiError::unauthenticated("the Authorization header must be 'Bearer <token>'")
-        })
+/// The OpenAPI document of the routes above.
+async fn openapi() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("../openapi.json"),
+    )
 }
 
-impl FromRequestParts<AppState> for Caller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        state
-            .auth
-            .authenticate(bearer(parts)?)
-            .ok_or_else(|| ApiError::unauthenticated("unknown token"))
-    }
+async fn not_found() -> ApiError {
+    CoreError::NotFound("no such route; see GET /vmi/v1/openapi.json".into()).into()
 }
 
-/// Who may put monitoring events: a principal, or a probe or agent with a VEE's monitoring
-/// token (`veem.monitoring.token` in the VEE's context).
-impl FromRequestParts<AppState> for Putter {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer(parts)?;
-        if let Some(caller) = state.auth.authenticate(token) {
-            return Ok(Putter::Principal(caller));
-        }
-        state
-            .veem
-            .putter_of_token(token)
-            .ok_or_else(|| ApiError::unauthenticated("unknown token"))
-    }
-}
-
-/// A caller with the admin role.
-pub struct Admin(pub Caller);
-
-impl FromRequestParts<AppState> for Admin {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let caller = Caller::from_request_parts(parts, state).await?;
-        if caller.admin {
-            Ok(Admin(caller))
-        } else {
-            Err(ApiError::forbidden(&format!(
-                "{} is not an admin; this is an operator endpoint",
-                caller.principal
-            )))
-        }
+async fn method_not_allowed() -> ApiError {
+    ApiError {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        code: veem_api::code::METHOD_NOT_ALLOWED,
+        detail: "this route does not take that method; see GET /vmi/v1/openapi.json".into(),
     }
 }

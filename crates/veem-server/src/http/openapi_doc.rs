@@ -21,7 +21,8 @@ fn routed() -> BTreeSet<(String, String)> {
     let body = source
         .split_once("pub fn router(")
         .map(|(_, rest)| rest)
-        .and_then(|rest| rest.split_once("\nfn ").map(|(body, _)| body))
+        // The function ends at the first closing brace in the first column.
+        .and_then(|rest| rest.split_once("\n}\n").map(|(body, _)| body))
         .expect("mod.rs has fn router");
     let mut routes = BTreeSet::new();
     for segment in body.split(".route(").skip(1) {

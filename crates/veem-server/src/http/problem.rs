@@ -32,6 +32,9 @@ pub struct ApiError {
     pub detail: String,
 }
 
+/// What a handler answers: its body, or a problem.
+pub(super) type ApiResult<T> = Result<T, ApiError>;
+
 impl ApiError {
     pub fn unauthenticated(detail: &str) -> Self {
         Self {

@@ -1,0 +1,65 @@
+//! Accounting: `GET /vees/{id}/accounting` (a VEE's records, `?from=&to=` in ms),
+//! `POST /accounting/listeners` and `POST /accounting/listeners/remove`.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use veem_api::{AccountingList, ListenRequest, UnlistenRequest};
+
+use super::common::{check_batch, parse_json, AppState};
+use super::problem::ApiResult;
+use crate::auth::Caller;
+use crate::error::CoreError;
+
+pub(super) async fn records(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult<Json<AccountingList>> {
+    let bound = |name: &str, default: u64| -> Result<u64, CoreError> {
+        match query.get(name) {
+            None => Ok(default),
+            Some(text) => text
+                .parse()
+                .map_err(|_| CoreError::malformed(name, format!("{text:?} is not milliseconds"))),
+        }
+    };
+    let from = bound("from", 0)?;
+    let to = bound("to", u64::MAX)?;
+    let records = state.veem.accounting_records(&caller, &id, from, to)?;
+    Ok(Json(AccountingList { records }))
+}
+
+pub(super) async fn listen(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    let request: ListenRequest = parse_json(&body, false)?;
+    check_batch(&request.ids)?;
+    state
+        .veem
+        .listen(
+            &caller,
+            &request.ids,
+            request.interval_ms,
+            &request.callback,
+        )
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub(super) async fn unlisten(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    let request: UnlistenRequest = parse_json(&body, false)?;
+    check_batch(&request.ids)?;
+    state.veem.unlisten(&caller, &request.ids).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

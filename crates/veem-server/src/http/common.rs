@@ -1,0 +1,154 @@
+//! What the handlers of every resource share: the state they are given, who calls (a principal,
+//! an admin or a monitoring putter, from the bearer token), a JSON body parsed with the
+//! offending field named, the limits of a batch and of a page, and a file streamed back.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::FromRequestParts;
+use axum::http::header;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use tokio_util::io::ReaderStream;
+use veem_model::DescriptorError;
+
+use super::problem::{ApiError, ApiResult};
+use crate::auth::{Authenticator, Caller};
+use crate::error::CoreError;
+use crate::veem::{Putter, Veem};
+
+/// What every handler is given: the core, and the tokens' principals.
+#[derive(Clone)]
+pub struct AppState {
+    pub veem: Veem,
+    pub auth: Arc<Authenticator>,
+}
+
+fn bearer(parts: &Parts) -> Result<&str, ApiError> {
+    let value = parts.headers.get(header::AUTHORIZATION).ok_or_else(|| {
+        ApiError::unauthenticated("no Authorization header; send 'Authorization: Bearer <token>'")
+    })?;
+    // The scheme is case-insensitive (RFC 9110, section 11.1).
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+        .ok_or_else(|| {
+            ApiError::unauthenticated("the Authorization header must be 'Bearer <token>'")
+        })
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        state
+            .auth
+            .authenticate(bearer(parts)?)
+            .ok_or_else(|| ApiError::unauthenticated("unknown token"))
+    }
+}
+
+/// Who may put monitoring events: a principal, or a probe or agent with a VEE's monitoring
+/// token (`veem.monitoring.token` in the VEE's context).
+impl FromRequestParts<AppState> for Putter {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(parts)?;
+        if let Some(caller) = state.auth.authenticate(token) {
+            return Ok(Putter::Principal(caller));
+        }
+        state
+            .veem
+            .putter_of_token(token)
+            .ok_or_else(|| ApiError::unauthenticated("unknown token"))
+    }
+}
+
+/// A caller with the admin role.
+pub(super) struct Admin(pub(super) Caller);
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        if caller.admin {
+            Ok(Admin(caller))
+        } else {
+            Err(ApiError::forbidden(&format!(
+                "{} is not an admin; this is an operator endpoint",
+                caller.principal
+            )))
+        }
+    }
+}
+
+/// Parses a JSON body, naming the offending field when it does not fit.
+pub(super) fn parse_json<T: DeserializeOwned>(
+    body: &[u8],
+    descriptor: bool,
+) -> Result<T, CoreError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." { "body".to_owned() } else { path };
+        let reason = e.into_inner().to_string();
+        if descriptor {
+            CoreError::MalformedDescriptor(DescriptorError::new(field, reason))
+        } else {
+            CoreError::malformed(field, reason)
+        }
+    })
+}
+
+/// Refuses a batch larger than [`veem_api::MAX_IDS_PER_CALL`] before any of it is looked at.
+pub(super) fn check_batch(ids: &[String]) -> Result<(), CoreError> {
+    if ids.len() > veem_api::MAX_IDS_PER_CALL {
+        return Err(CoreError::malformed(
+            "ids",
+            format!(
+                "{} ids in one call; at most {} (split the batch)",
+                ids.len(),
+                veem_api::MAX_IDS_PER_CALL
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A list's `limit`: 1 to 1000.
+pub(super) fn page_limit(value: &str) -> Result<usize, CoreError> {
+    value
+        .parse()
+        .ok()
+        .filter(|l| (1..=1000).contains(l))
+        .ok_or_else(|| CoreError::malformed("limit", "must be a number from 1 to 1000"))
+}
+
+/// Streams a file; it is unlinked once open, so it goes away when the stream ends.
+pub(super) async fn stream_file(path: &std::path::Path, unlink: bool) -> ApiResult<Response> {
+    let file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| CoreError::internal("opening the file to send", e))?;
+    let len = file
+        .metadata()
+        .await
+        .map_err(|e| CoreError::internal("reading the file's size", e))?
+        .len();
+    if unlink {
+        let _ = tokio::fs::remove_file(path).await;
+    }
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (header::CONTENT_LENGTH, len.to_string()),
+        ],
+        Body::from_stream(ReaderStream::with_capacity(file, 256 * 1024)),
+    )
+        .into_response())
+}

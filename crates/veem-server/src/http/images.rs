@@ -1,0 +1,68 @@
+//! The image store: `GET /images`, `GET|PUT|DELETE /images/{name}` (an image is uploaded as a
+//! streamed body) and `GET /images/{name}/data`.
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::Json;
+use veem_api::{ImageList, ImageView};
+use veem_model::ImageRecord;
+
+use super::common::{stream_file, AppState};
+use super::problem::ApiResult;
+use crate::auth::Caller;
+
+fn view(image: &ImageRecord) -> ImageView {
+    ImageView {
+        name: image.name.to_string(),
+        format: image.format.as_str().to_owned(),
+        size_bytes: image.size_bytes,
+        owner: image.owner.to_string(),
+        created_ms: image.created_ms,
+    }
+}
+
+pub(super) async fn list(State(state): State<AppState>, caller: Caller) -> Json<ImageList> {
+    let images = state.veem.list_images(&caller);
+    Json(ImageList {
+        images: images.iter().map(view).collect(),
+    })
+}
+
+pub(super) async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Json<ImageView>> {
+    Ok(Json(view(&state.veem.get_image(&caller, &name)?)))
+}
+
+pub(super) async fn data(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    let image = state.veem.get_image(&caller, &name)?;
+    stream_file(&state.veem.image_path(&image.owner, &image.name), false).await
+}
+
+pub(super) async fn put(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    body: Body,
+) -> ApiResult<(StatusCode, Json<ImageView>)> {
+    let stream = body.into_data_stream();
+    let record = crate::images::put_image(&state.veem, &caller, &name, stream).await?;
+    Ok((StatusCode::CREATED, Json(view(&record))))
+}
+
+pub(super) async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    state.veem.delete_image(&caller, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,64 @@
+//! Virtual networks: `GET|POST /networks` and `GET|DELETE /networks/{name}`.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use veem_api::{NetworkList, NetworkRequest, NetworkView};
+
+use super::common::{parse_json, AppState};
+use super::problem::ApiResult;
+use crate::auth::Caller;
+use crate::veem::NetworkInfo;
+
+fn view(info: &NetworkInfo) -> NetworkView {
+    let network = &info.network;
+    NetworkView {
+        name: network.name.clone(),
+        owner: network.owner.to_string(),
+        cidr: network.cidr.to_string(),
+        public: network.public,
+        host_address: network
+            .public
+            .then(|| network.cidr.host_address().to_string()),
+        addresses_used: info.held as u64,
+        addresses_free: u64::from(info.free),
+        created_ms: network.created_ms,
+    }
+}
+
+pub(super) async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<NetworkView>)> {
+    let request: NetworkRequest = parse_json(&body, false)?;
+    let info = state
+        .veem
+        .create_network(&caller, &request.name, &request.cidr, request.public)
+        .await?;
+    Ok((StatusCode::CREATED, Json(view(&info))))
+}
+
+pub(super) async fn list(State(state): State<AppState>, caller: Caller) -> Json<NetworkList> {
+    Json(NetworkList {
+        networks: state.veem.list_networks(&caller).iter().map(view).collect(),
+    })
+}
+
+pub(super) async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Json<NetworkView>> {
+    Ok(Json(view(&state.veem.get_network(&caller, &name)?)))
+}
+
+pub(super) async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    state.veem.delete_network(&caller, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,349 @@
+//! The VEEs: `POST /vees/initialize` (a JSON descriptor or an OVF envelope), `POST /vees/submit`,
+//! `POST /vees/update-state`, `GET /vees` (paged), `GET|PATCH|DELETE /vees/{id}`,
+//! `GET /vees/{id}/events`, `POST /vees/{id}/migrate` and `GET /vees/{id}/disks/{target}`.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::Json;
+use veem_api::{
+    EventList, InitializeRequest, InitializeResponse, InitializedVee, ItemFailure, MigrateRequest,
+    PatchRequest, PatchResponse, SubmitRequest, SubmitResponse, UpdateStateRequest,
+    UpdateStateResponse, VeeList, VeeView,
+};
+use veem_model::{DescriptorError, InitModel, VeeDescriptor, VeeId, VeeRecord, VmiState};
+
+use super::common::{check_batch, page_limit, parse_json, stream_file, AppState};
+use super::problem::ApiResult;
+use crate::auth::Caller;
+use crate::error::CoreError;
+use crate::veem::{BatchOutcome, ListFilter};
+
+const DEFAULT_TIMEOUT_MS: u64 = 60_000;
+/// A longer wait would outlive any sensible HTTP client; ask again instead.
+const MAX_TIMEOUT_MS: u64 = 3_600_000;
+
+fn view(record: &VeeRecord, site: &str) -> VeeView {
+    VeeView {
+        id: record.id.to_string(),
+        name: record.descriptor.name.clone(),
+        owner: record.owner.to_string(),
+        state: record.state,
+        veem_state: record.veem_state,
+        phase: record.phase,
+        // A reservation is not a host the VEE holds: the contract shows `null` until deployed.
+        host: if record.reserved {
+            None
+        } else {
+            record.host.clone()
+        },
+        site: site.to_owned(),
+        descriptor: record.descriptor.clone(),
+        generated: record.generated.clone(),
+        tags: record.descriptor.tags.clone(),
+        pending_reason: record.pending_reason.clone(),
+        last_error: record.last_error.clone(),
+        restarts: record.restarts,
+        created_ms: record.created_ms,
+        updated_ms: record.updated_ms,
+    }
+}
+
+fn failures(outcome: BatchOutcome) -> (Vec<String>, Vec<ItemFailure>) {
+    let failed = outcome
+        .failed
+        .into_iter()
+        .map(|(id, e)| ItemFailure {
+            id,
+            error: e.code().to_owned(),
+            detail: e.to_string(),
+        })
+        .collect();
+    (outcome.ok, failed)
+}
+
+pub(super) async fn initialize(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<InitializeResponse>)> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .to_ascii_lowercase();
+    let (model, count, descriptor) = if content_type.starts_with("application/ovf+xml")
+        || content_type.starts_with("application/xml")
+        || content_type.starts_with("text/xml")
+    {
+        ovf_request(&query, &body)?
+    } else if content_type.starts_with("application/json") {
+        // The query is the OVF form's; silently ignoring it would let `?count=0` or
+        // `?model=TWOPHASE` look accepted while the body's values are used.
+        if let Some(key) = query.keys().next() {
+            return Err(CoreError::malformed(
+                key.clone(),
+                "query parameters go with an OVF envelope; a JSON body carries model and count itself",
+            )
+            .into());
+        }
+        let request: InitializeRequest = parse_json(&body, true)?;
+        (request.model, request.count, request.descriptor)
+    } else {
+        return Err(CoreError::malformed(
+            "Content-Type",
+            format!("{content_type:?} is neither application/json nor application/ovf+xml"),
+        )
+        .into());
+    };
+    let records = state
+        .veem
+        .initialize(&caller, model, count, descriptor)
+        .await?;
+    let vees = records
+        .iter()
+        .map(|r| InitializedVee {
+            id: r.id.to_string(),
+            state: r.state,
+            generated: r.generated.clone(),
+        })
+        .collect();
+    Ok((StatusCode::CREATED, Json(InitializeResponse { vees })))
+}
+
+/// An OVF envelope with its query: `?model=&count=&tags=&anti_affinity=&configuration=`.
+fn ovf_request(
+    query: &HashMap<String, String>,
+    body: &[u8],
+) -> Result<(InitModel, u32, VeeDescriptor), CoreError> {
+    for key in query.keys() {
+        if !["model", "count", "tags", "anti_affinity", "configuration"].contains(&key.as_str()) {
+            return Err(CoreError::malformed(
+                key.clone(),
+                "unknown query parameter (model, count, tags, anti_affinity, configuration)",
+            ));
+        }
+    }
+    let model = match query.get("model").map(|m| m.to_ascii_uppercase()) {
+        None => InitModel::Besteffort,
+        Some(m) if m == "BESTEFFORT" => InitModel::Besteffort,
+        Some(m) if m == "TWOPHASE" => InitModel::Twophase,
+        Some(m) => {
+            return Err(CoreError::malformed(
+                "model",
+                format!("{m:?} is neither BESTEFFORT nor TWOPHASE"),
+            ))
+        }
+    };
+    let count = match query.get("count") {
+        None => 1,
+        Some(c) => c
+            .parse()
+            .map_err(|_| CoreError::malformed("count", format!("{c:?} is not a number")))?,
+    };
+    let xml = std::str::from_utf8(body).map_err(|_| {
+        CoreError::MalformedDescriptor(DescriptorError::new(
+            "Envelope",
+            "the envelope is not UTF-8",
+        ))
+    })?;
+    let options = veem_ovf::ParseOptions {
+        configuration: query.get("configuration").cloned(),
+    };
+    let mut descriptor = veem_ovf::parse_envelope(xml, &options).map_err(|e| {
+        CoreError::MalformedDescriptor(DescriptorError::new(e.element(), e.to_string()))
+    })?;
+    let split = |key: &str| -> Vec<String> {
+        query
+            .get(key)
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for tag in split("tags") {
+        if !descriptor.tags.contains(&tag) {
+            descriptor.tags.push(tag);
+        }
+    }
+    for tag in split("anti_affinity") {
+        if !descriptor.anti_affinity.contains(&tag) {
+            descriptor.anti_affinity.push(tag);
+        }
+    }
+    Ok((model, count, descriptor))
+}
+
+pub(super) async fn submit(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Bytes,
+) -> ApiResult<Json<SubmitResponse>> {
+    let request: SubmitRequest = parse_json(&body, false)?;
+    check_batch(&request.ids)?;
+    let outcome = state.veem.submit(&caller, &request.ids).await;
+    let (submitted, failed) = failures(outcome);
+    Ok(Json(SubmitResponse { submitted, failed }))
+}
+
+pub(super) async fn update_state(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Bytes,
+) -> ApiResult<Json<UpdateStateResponse>> {
+    let request: UpdateStateRequest = parse_json(&body, false)?;
+    check_batch(&request.ids)?;
+    let timeout_ms = request.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
+    if timeout_ms > MAX_TIMEOUT_MS {
+        return Err(CoreError::malformed(
+            "timeout_ms",
+            format!("must be at most {MAX_TIMEOUT_MS}"),
+        )
+        .into());
+    }
+    let outcome = state
+        .veem
+        .update_state(
+            &caller,
+            request.order,
+            &request.ids,
+            request.action,
+            Duration::from_millis(timeout_ms),
+        )
+        .await;
+    let (applied, failed) = failures(outcome);
+    Ok(Json(UpdateStateResponse { applied, failed }))
+}
+
+pub(super) async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<VeeView>> {
+    let record = state.veem.get(&caller, &id)?;
+    Ok(Json(view(&record, &state.veem.config().site)))
+}
+
+pub(super) async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult<Json<VeeList>> {
+    let mut filter = ListFilter {
+        limit: 100,
+        ..ListFilter::default()
+    };
+    for (key, value) in &query {
+        match key.as_str() {
+            "state" => {
+                filter.state =
+                    Some(VmiState::parse(&value.to_ascii_uppercase()).ok_or_else(|| {
+                        CoreError::malformed("state", format!("{value:?} is not a VMI state"))
+                    })?)
+            }
+            "tag" => filter.tag = Some(value.clone()),
+            "limit" => filter.limit = page_limit(value)?,
+            "after" => {
+                filter.after = Some(
+                    VeeId::parse(value)
+                        .map_err(|e| CoreError::malformed("after", e.to_string()))?,
+                )
+            }
+            other => {
+                return Err(CoreError::malformed(
+                    other,
+                    "unknown query parameter (state, tag, limit, after)",
+                )
+                .into())
+            }
+        }
+    }
+    let (records, next) = state.veem.list(&caller, &filter);
+    let site = &state.veem.config().site;
+    Ok(Json(VeeList {
+        vees: records.iter().map(|r| view(r, site)).collect(),
+        next: next.map(|n| n.to_string()),
+    }))
+}
+
+pub(super) async fn events(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<EventList>> {
+    let events = state.veem.events(&caller, &id)?;
+    Ok(Json(EventList { events }))
+}
+
+pub(super) async fn patch(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<PatchResponse>> {
+    let request: PatchRequest = parse_json(&body, false)?;
+    if request.cpu.is_none() && request.memory_mb.is_none() {
+        return Err(CoreError::malformed("body", "give memory_mb, cpu or both").into());
+    }
+    let (record, applied) = state
+        .veem
+        .patch(&caller, &id, request.cpu, request.memory_mb)
+        .await?;
+    Ok(Json(PatchResponse {
+        vee: view(&record, &state.veem.config().site),
+        applied,
+    }))
+}
+
+pub(super) async fn migrate(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<VeeView>> {
+    let request: MigrateRequest = if body.is_empty() {
+        MigrateRequest::default()
+    } else {
+        parse_json(&body, false)?
+    };
+    if request.live == Some(false) {
+        return Err(CoreError::malformed(
+            "live",
+            "only live migration is offered; SUSPEND and ACTIVATE move a VEE with a pause",
+        )
+        .into());
+    }
+    let record = state
+        .veem
+        .migrate(&caller, &id, request.host.as_deref())
+        .await?;
+    Ok(Json(view(&record, &state.veem.config().site)))
+}
+
+pub(super) async fn purge(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    state.veem.purge(&caller, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub(super) async fn download_disk(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, target)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let path = state.veem.export_disk(&caller, &id, &target).await?;
+    stream_file(&path, true).await
+}
