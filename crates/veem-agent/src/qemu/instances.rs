@@ -1,17 +1,10 @@
 //! The instances: one QEMU process per active or paused VEE, from its launch to its end.
 //!
-//! This owns the [`QemuDriver`] and its table of instances, and everything a VEE's process
-//! needs whatever the operation: writing its record in the state directory, launching QEMU,
-//! adopting the processes a former agent left running, connecting to QMP, asking QEMU's run
-//! state, ending the process and forgetting it. Migration, hotplug and the figures of a status
-//! build on these verbs in their own modules; nothing here knows them.
-//!
-//! Every NIC is a virtio NIC on a tap device QEMU makes (named per launch, kept in the
-//! instance's record); QEMU removes it when it ends. A NIC on a virtual LAN has the LAN built
-//! (or checked) on this host before QEMU starts and its tap plugged into the LAN's bridge right
-//! after ([`crate::hostnet`]); a NIC on no LAN is only brought up. A restore and an incoming
-//! migration launch the same way, so the new taps join the same bridges. On a LAN joined by
-//! VXLAN the guest is told the LAN's smaller MTU (`host_mtu`).
+//! This owns the [`QemuDriver`] and its table of instances, and the verbs every operation on
+//! a VEE's process needs: adopting the processes a former agent left running, finding an
+//! instance, connecting to QMP, asking QEMU's run state, keeping the instance's record,
+//! ending the process and forgetting it. Launching, migration, hotplug and the figures of a
+//! status build on these verbs in their own modules; nothing here knows them.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -24,26 +17,24 @@ use veem_model::VeeId;
 
 use super::config::{resolve_accel, Accel, QemuConfig};
 use super::guest_agent::{PendingReports, ReportReader};
-use super::machine::{self, shape_path, Drive, InstancePaths, Launch, MachineShape, NicTap};
+use super::machine::{shape_path, InstancePaths, MachineShape, NicTap};
 use super::process;
 use super::qmp::{self, QmpClient, QmpError};
-use crate::driver::{check_boot_files, check_disk_target};
-use crate::hostnet::{self, HostNet, LanLink};
+use super::state_files::{remove_instance_files, write_json};
+use crate::hostnet::HostNet;
 use crate::vee_locks::{VeeGuard, VeeLocks};
-use crate::{fsutil, DriverError, MigrationStats};
+use crate::{DriverError, MigrationStats};
 
 /// A mebibyte: QEMU counts memory and bandwidth in bytes.
 pub(super) const MIB: u64 = 1 << 20;
 /// How long QEMU gets to end after `quit` before it is killed.
 const QUIT_GRACE: Duration = Duration::from_secs(3);
-/// The longest path a Unix socket can have (`sun_path` less its terminating NUL).
-const MAX_SOCKET_PATH: usize = 107;
 
 /// What the state directory records of one instance, in `<vee>.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct InstanceRecord {
-    spec: DeploySpec,
-    shape: MachineShape,
+    pub(super) spec: DeploySpec,
+    pub(super) shape: MachineShape,
     /// The NICs as this process has them: each one's tap is named at launch.
     #[serde(default)]
     pub(super) nics: Vec<NicTap>,
@@ -73,7 +64,7 @@ enum Reader {
 }
 
 impl Instance {
-    fn new(vee: VeeId, pid: u32, paths: InstancePaths, record: InstanceRecord) -> Self {
+    pub(super) fn new(vee: VeeId, pid: u32, paths: InstancePaths, record: InstanceRecord) -> Self {
         Self {
             reports: Arc::new(PendingReports::new(vee.clone())),
             vee,
@@ -131,8 +122,8 @@ impl Instance {
 pub struct QemuDriver {
     pub(super) config: QemuConfig,
     pub(super) hostnet: HostNet,
-    accel: Accel,
-    cpu_model: String,
+    pub(super) accel: Accel,
+    pub(super) cpu_model: String,
     state_dir: PathBuf,
     pub(super) clock_ticks: u64,
     instances: Mutex<HashMap<VeeId, Arc<Instance>>>,
@@ -199,7 +190,7 @@ impl QemuDriver {
         self.connect(&instance).await
     }
 
-    fn paths(&self, vee: &VeeId, vee_dir: &Path) -> InstancePaths {
+    pub(super) fn paths(&self, vee: &VeeId, vee_dir: &Path) -> InstancePaths {
         InstancePaths::new(&self.state_dir, vee.as_str(), vee_dir)
     }
 
@@ -350,159 +341,6 @@ impl QemuDriver {
         }
     }
 
-    /// Writes the record, starts QEMU and connects to it. On failure nothing of the instance
-    /// is left running or recorded.
-    pub(super) async fn launch(
-        &self,
-        spec: &DeploySpec,
-        shape: MachineShape,
-        drives: &[Drive],
-        incoming: Option<&str>,
-    ) -> Result<Arc<Instance>, DriverError> {
-        let paths = self.paths(&spec.vee, &spec.vee_dir);
-        for (what, socket) in [("qmp", &paths.qmp), ("agent", &paths.agent)] {
-            if socket.as_os_str().len() > MAX_SOCKET_PATH {
-                return Err(DriverError::Invalid {
-                    what: "state directory",
-                    reason: format!(
-                        "the {what} socket {} is longer than a unix socket path may be",
-                        socket.display()
-                    ),
-                });
-            }
-        }
-        let lans = self.ensure_lans(spec).await?;
-        fsutil::create_parent(&paths.console).await?;
-        // Leftovers of a process that was killed: QEMU would refuse an existing socket path
-        // only sometimes, and a stale pid file would name a stranger.
-        fsutil::remove_if_present(&paths.pid).await?;
-        fsutil::remove_if_present(&paths.qmp).await?;
-        fsutil::remove_if_present(&paths.agent).await?;
-        let nics = spec
-            .nics
-            .iter()
-            .zip(&lans)
-            .enumerate()
-            .map(|(index, (nic, lan))| NicTap {
-                target: nic.target.clone(),
-                mac: nic.mac.clone(),
-                tap: hostnet::tap_name(&spec.vee, index),
-                mtu: lan
-                    .as_ref()
-                    .map(|lan| lan.mtu)
-                    .filter(|mtu| *mtu != hostnet::ETHERNET_MTU),
-            })
-            .collect();
-        let record = InstanceRecord {
-            spec: spec.clone(),
-            shape,
-            nics,
-        };
-        write_json(&paths.record, &record).await?;
-        let args = machine::command_line(&Launch {
-            vee: spec.vee.as_str(),
-            shape: &record.shape,
-            accel: self.accel,
-            machine: &self.config.machine,
-            cpu_model: &self.cpu_model,
-            drives,
-            nics: &record.nics,
-            paths: &paths,
-            incoming,
-            boot: record.spec.boot.as_deref(),
-        });
-        tracing::debug!(vee = %spec.vee, ?args, "starting qemu");
-        let started =
-            process::start_daemon(&self.config.binary, &args, &paths.pid, &paths.log).await;
-        let pid = match started {
-            Ok(pid) => pid,
-            Err(e) => {
-                remove_instance_files(&paths)?;
-                return Err(e);
-            }
-        };
-        let instance = Arc::new(Instance::new(spec.vee.clone(), pid, paths, record));
-        if let Err(e) = self.connect_and_plug(&instance, &lans).await {
-            self.end_process(&instance).await;
-            remove_instance_files(&instance.paths)?;
-            return Err(e);
-        }
-        instance.read_reports();
-        tracing::info!(vee = %spec.vee, pid, incoming, "qemu started");
-        self.instances()
-            .insert(spec.vee.clone(), Arc::clone(&instance));
-        Ok(instance)
-    }
-
-    /// Builds (or checks) the LAN of each of the spec's NICs on this host; answers, NIC by
-    /// NIC, the LAN it joins (`None`: a NIC on no LAN). Each LAN is ensured once.
-    async fn ensure_lans(&self, spec: &DeploySpec) -> Result<Vec<Option<LanLink>>, DriverError> {
-        let mut ensured: Vec<LanLink> = Vec::new();
-        let mut lans = Vec::with_capacity(spec.nics.len());
-        for nic in &spec.nics {
-            let Some(plan) = &nic.lan else {
-                lans.push(None);
-                continue;
-            };
-            let lan = match ensured.iter().find(|lan| lan.bridge == plan.bridge) {
-                Some(lan) => lan.clone(),
-                None => {
-                    let lan = self
-                        .hostnet
-                        .ensure_lan(plan, self.config.vxlan.as_ref())
-                        .await?;
-                    ensured.push(lan.clone());
-                    lan
-                }
-            };
-            lans.push(Some(lan));
-        }
-        Ok(lans)
-    }
-
-    /// Connects to a QEMU just started and plugs its NICs' taps into their LANs (`lans`, NIC
-    /// by NIC, as [`Self::ensure_lans`] answered).
-    async fn connect_and_plug(
-        &self,
-        instance: &Instance,
-        lans: &[Option<LanLink>],
-    ) -> Result<(), DriverError> {
-        self.connect(instance).await?;
-        let taps: Vec<String> = instance
-            .record()
-            .nics
-            .iter()
-            .map(|n| n.tap.clone())
-            .collect();
-        for (tap, lan) in taps.iter().zip(lans) {
-            self.hostnet.plug(tap, lan.as_ref()).await?;
-        }
-        Ok(())
-    }
-
-    /// Like [`Self::launch`], then runs `setup` on the new instance; if that fails the
-    /// instance is ended and forgotten.
-    pub(super) async fn launch_and<F, Fut>(
-        &self,
-        spec: &DeploySpec,
-        shape: MachineShape,
-        drives: &[Drive],
-        incoming: Option<&str>,
-        setup: F,
-    ) -> Result<Arc<Instance>, DriverError>
-    where
-        F: FnOnce(Arc<Instance>) -> Fut,
-        Fut: std::future::Future<Output = Result<(), DriverError>>,
-    {
-        let instance = self.launch(spec, shape, drives, incoming).await?;
-        if let Err(e) = setup(Arc::clone(&instance)).await {
-            self.end_process(&instance).await;
-            self.forget(&instance).await?;
-            return Err(e);
-        }
-        Ok(instance)
-    }
-
     /// Ends the process: `quit`, then SIGKILL if it is still there after a grace period.
     pub(super) async fn end_process(&self, instance: &Instance) {
         instance.stop_reading_reports();
@@ -586,126 +424,9 @@ pub(super) fn qmp_failed(op: &'static str, error: QmpError) -> DriverError {
     DriverError::Failed { op, reason }
 }
 
-/// The VEE a state directory's file belongs to: `<vee>.<extension>`.
-fn vee_of_file(name: &std::ffi::OsStr) -> Option<VeeId> {
-    let (stem, _) = name.to_str()?.split_once('.')?;
-    VeeId::parse(stem).ok()
-}
-
-/// Removes every file of `vee` from the state directory.
-pub(super) fn remove_files_of(state_dir: &Path, vee: &VeeId) -> Result<(), DriverError> {
-    let entries = std::fs::read_dir(state_dir).map_err(|e| DriverError::file(state_dir, e))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| DriverError::file(state_dir, e))?;
-        if vee_of_file(&entry.file_name()).as_ref() != Some(vee) {
-            continue;
-        }
-        let path = entry.path();
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(DriverError::file(&path, e)),
-        }
-    }
-    Ok(())
-}
-
-/// The VEEs the state directory has files of.
-pub(super) fn vees_with_files(state_dir: &Path) -> Result<Vec<VeeId>, DriverError> {
-    let entries = std::fs::read_dir(state_dir).map_err(|e| DriverError::file(state_dir, e))?;
-    let mut vees = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| DriverError::file(state_dir, e))?;
-        vees.extend(vee_of_file(&entry.file_name()));
-    }
-    Ok(vees)
-}
-
-fn remove_instance_files(paths: &InstancePaths) -> Result<(), DriverError> {
-    for path in [&paths.record, &paths.pid, &paths.qmp, &paths.agent] {
-        match std::fs::remove_file(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(DriverError::file(path, e)),
-        }
-    }
-    Ok(())
-}
-
-pub(super) async fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), DriverError> {
-    let json = serde_json::to_vec_pretty(value).map_err(|e| DriverError::Failed {
-        op: "encode state",
-        reason: e.to_string(),
-    })?;
-    fsutil::write_atomic(path, &json).await
-}
-
-pub(super) fn check_spec(spec: &DeploySpec) -> Result<(), DriverError> {
-    if spec.cpu == 0 || spec.memory_mb == 0 {
-        return Err(DriverError::Invalid {
-            what: "deploy spec",
-            reason: format!(
-                "{} vCPUs and {} MB: a VEE needs at least one of each",
-                spec.cpu, spec.memory_mb
-            ),
-        });
-    }
-    for disk in &spec.disks {
-        check_disk_target(&disk.target)?;
-    }
-    check_boot_files(spec)?;
-    if !spec.raw.is_empty() {
-        tracing::info!(vee = %spec.vee, raw = %spec.raw, "the qemu driver ignores raw hypervisor settings");
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_purge_removes_every_file_of_its_vee_and_no_other() {
-        let dir = tempfile::tempdir().unwrap();
-        let names = [
-            "vee-00000001.json",
-            "vee-00000001.pid",
-            "vee-00000001.qmp",
-            "vee-00000001.agent",
-            "vee-00000001.log",
-            "vee-00000002.log",
-            "vee-00000012.log",
-            "vee-00000001-old.log",
-            "notes.txt",
-        ];
-        for name in names {
-            std::fs::write(dir.path().join(name), name).unwrap();
-        }
-        let mut found = vees_with_files(dir.path()).unwrap();
-        found.sort();
-        found.dedup();
-        assert_eq!(
-            found,
-            vec![VeeId::from_seq(1), VeeId::from_seq(2), VeeId::from_seq(12)]
-        );
-        remove_files_of(dir.path(), &VeeId::from_seq(1)).unwrap();
-        let mut left: Vec<String> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        left.sort();
-        assert_eq!(
-            left,
-            [
-                "notes.txt",
-                "vee-00000001-old.log",
-                "vee-00000002.log",
-                "vee-00000012.log"
-            ]
-        );
-        // Nothing left of it: no error.
-        remove_files_of(dir.path(), &VeeId::from_seq(1)).unwrap();
-    }
 
     #[test]
     fn run_states_map_to_instance_states() {

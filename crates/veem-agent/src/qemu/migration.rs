@@ -20,7 +20,8 @@ use veem_api::agent::{DeploySpec, InstanceState};
 use veem_model::VeeId;
 
 use super::disks;
-use super::instances::{check_spec, qmp_failed, Instance, QemuDriver, MIB};
+use super::instances::{qmp_failed, Instance, QemuDriver, MIB};
+use super::launch::check_spec;
 use super::machine::{shape_path, MachineShape};
 use super::process;
 use super::qmp;

@@ -14,8 +14,10 @@
 //! it is only logged).
 //!
 //! Where each concern lives:
-//! - `instances`: the [`QemuDriver`] and its instances: launching, adopting the processes a
-//!   former agent left, records in the state directory, ending; NICs and their LANs at launch.
+//! - `instances`: the [`QemuDriver`] and its instances: adopting the processes a former
+//!   agent left, finding and querying an instance, its record, ending it.
+//! - `launch`: a spec checked and started as a QEMU process, its NICs on their LANs.
+//! - `state_files`: the files of each VEE in the state directory, and their removal.
 //! - `observe`: what a status carries (run state, CPU time, disk and NIC figures, the guest
 //!   agent's reports).
 //! - `migration`: live migration, and suspend and restore through a file.
@@ -38,11 +40,13 @@ mod disks;
 mod guest_agent;
 mod hotplug;
 mod instances;
+mod launch;
 mod machine;
 mod migration;
 mod observe;
 mod process;
 pub mod qmp;
+mod state_files;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -62,9 +66,9 @@ pub use machine::CONTEXT_TARGET;
 pub use machine::{console_path, shape_path, MachineShape, PluggedCpu};
 
 use crate::{Driver, DriverError, MigrationStats};
-use instances::{
-    check_spec, qmp_failed, remove_files_of, vees_with_files, write_json, Instance, MIB,
-};
+use instances::{qmp_failed, Instance, MIB};
+use launch::check_spec;
+use state_files::{remove_files_of, vees_with_files, write_json};
 
 #[async_trait::async_trait]
 impl Driver for QemuDriver {
