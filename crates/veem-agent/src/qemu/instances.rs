@@ -1,4 +1,4 @@
-//! The instances: one QEMU process per active or paused VEE, from its launch to its end.
+//! The instances: one QEMU process per active or paused VEE, in the driver's table.
 //!
 //! This owns the [`QemuDriver`] and its table of instances, and the verbs every operation on
 //! a VEE's process needs: adopting the processes a former agent left running, finding an
@@ -413,6 +413,7 @@ fn instance_state(run_state: &str) -> InstanceState {
     }
 }
 
+/// A QMP failure as the driver's error, its causes spelled out in the reason.
 pub(super) fn qmp_failed(op: &'static str, error: QmpError) -> DriverError {
     let mut reason = error.to_string();
     let mut cause = std::error::Error::source(&error);

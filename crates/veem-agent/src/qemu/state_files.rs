@@ -1,8 +1,8 @@
 //! The state directory's files of each VEE: `<vee>.json`, `.pid`, `.qmp`, `.agent` and `.log`.
 //!
-//! Kept apart because three verbs need them without needing an instance: adopting at
-//! start-up, ending an instance (its files go, its log stays for a post-mortem) and purging a
-//! VEE (every `<vee>.<anything>`, also of a VEE no instance of this driver ran).
+//! Kept apart because the files outlive the instances: adopting at start-up reads them,
+//! ending an instance removes its own (the log stays, for a post-mortem), and purging a VEE
+//! removes every `<vee>.<anything>`, also those of a VEE no instance of this driver ran.
 
 use std::path::Path;
 
