@@ -404,6 +404,28 @@ impl Hosts {
         self.entries.read().expect("poisoned").get(host).cloned()
     }
 
+    /// Up to `limit` hosts in id order after `after` (all of them without a limit), and
+    /// whether more follow: a page costs what it holds, not what the site holds.
+    pub fn page(
+        &self,
+        after: Option<&HostId>,
+        limit: Option<usize>,
+    ) -> (Vec<(HostId, HostEntry)>, bool) {
+        use std::ops::Bound;
+        let entries = self.entries.read().expect("poisoned");
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut hosts: Vec<(HostId, HostEntry)> = entries
+            .range::<HostId, _>((start, Bound::Unbounded))
+            .take(limit.map_or(usize::MAX, |l| l.saturating_add(1)))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let more = limit.is_some_and(|l| hosts.len() > l);
+        if let Some(limit) = limit {
+            hosts.truncate(limit);
+        }
+        (hosts, more)
+    }
+
     pub fn all(&self) -> Vec<(HostId, HostEntry)> {
         self.entries
             .read()

@@ -78,6 +78,9 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
         allowed_networks: config.fetch_allow.clone(),
         ..veem_agent::FetchConfig::default()
     };
+    // One HTTP client for every in-process host's fetches.
+    let fetching = Fetcher::new(data_dir.join("hosts"), fetch)
+        .context("cannot set up the fetching of http(s) sources")?;
     let veem = Veem::open(core, Arc::new(store))?;
     let mut in_process = Vec::with_capacity(config.hosts.len());
     for host in &config.hosts {
@@ -95,8 +98,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
             ),
         };
         // The host's cache of http(s) sources, in its own state directory.
-        let fetcher = Fetcher::new(state_dir.join("cache"), fetch.clone())
-            .with_context(|| format!("cannot set up host {}'s fetching", host.name))?;
+        let fetcher = fetching.for_cache(state_dir.join("cache"));
         let agent = Arc::new(
             Agent::new(host.name.clone(), driver, host.cpus, host.memory_mb)
                 .with_fetcher(Arc::new(fetcher)),

@@ -74,21 +74,10 @@ pub(super) async fn list(
             }
         }
     }
-    // `all` is in id order (a BTreeMap).
-    let mut hosts: Vec<_> = state
-        .veem
-        .hosts()
-        .all()
-        .into_iter()
-        .filter(|(id, _)| after.as_ref().is_none_or(|a| id > a))
-        .collect();
-    let mut next = None;
-    if let Some(limit) = limit {
-        if hosts.len() > limit {
-            hosts.truncate(limit);
-            next = hosts.last().map(|(id, _)| id.to_string());
-        }
-    }
+    let (hosts, more) = state.veem.hosts().page(after.as_ref(), limit);
+    let next = more
+        .then(|| hosts.last().map(|(id, _)| id.to_string()))
+        .flatten();
     Ok(Json(HostList {
         hosts: hosts
             .iter()
