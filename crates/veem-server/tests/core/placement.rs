@@ -1,0 +1,221 @@
+//! Placement: a VEE no host can take waits in INITIAL/PENDING saying why, and is placed by the
+//! background loop once capacity appears; anti-affinity; disabled hosts; pack and spread.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use veem_api::HostState;
+use veem_api::Order;
+use veem_model::{ControlAction as A, InitModel, VeemState, VmiState};
+use veem_placement::Policy;
+use veem_server::error::CoreError;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn a_vee_no_host_fits_waits_with_a_reason_until_a_host_with_room_connects() {
+    let mut site = Site::open(vec![host("h1", 2, 4096)]).await;
+    let id = site.define_one(sized("big", 4, 1024)).await;
+
+    let submitted = site.veem.submit(&sm_a(), std::slice::from_ref(&id)).await;
+    assert_eq!(submitted.ok, vec![id.clone()], "{:?}", submitted.failed);
+    let waiting = site.get(&id);
+    assert_eq!(
+        (waiting.state, waiting.veem_state, waiting.host.clone()),
+        (VmiState::Initial, VeemState::Pending, None)
+    );
+    let reason = waiting
+        .pending_reason
+        .clone()
+        .expect("a VEE never waits without a reason");
+    assert!(
+        reason.contains("4 CPUs") && reason.contains("h1"),
+        "the reason names what is missing and where: {reason}"
+    );
+    let last = site.events(&id).pop().expect("events");
+    assert_eq!(
+        (last.from, last.to, last.veem_state, last.detail.as_deref()),
+        (
+            Some(VmiState::Defined),
+            VmiState::Initial,
+            VeemState::Pending,
+            Some(reason.as_str())
+        ),
+        "the move to INITIAL/PENDING is an event that says why"
+    );
+
+    // ACTIVATE waits for it, and answers `pending` with the reason when its time runs out.
+    let outcome = site
+        .veem
+        .update_state(
+            &sm_a(),
+            Order::List,
+            std::slice::from_ref(&id),
+            A::Activate,
+            Duration::from_millis(200),
+        )
+        .await;
+    match only_failure(&outcome) {
+        CoreError::Pending(why) => assert_eq!(why, &reason),
+        other => panic!("expected pending, got {other:?}"),
+    }
+    // Another round of placement changes nothing while no host fits.
+    site.veem.place_pending().await;
+    let still = site.get(&id);
+    assert_eq!(
+        (still.state, still.veem_state, still.generation),
+        (VmiState::Initial, VeemState::Pending, waiting.generation)
+    );
+
+    // Capacity appears: the background placement deploys it unasked.
+    site.connect(host("h2", 8, 16384)).await;
+    let active = site.wait_state(&id, VmiState::Active).await;
+    assert_eq!(active.host, Some(host_id("h2")));
+    assert_eq!(active.veem_state, VeemState::Active);
+    assert_eq!(active.pending_reason, None);
+    assert_eq!(site.instances_on("h2").await, vec![active.id.clone()]);
+    assert!(site.instances_on("h1").await.is_empty());
+}
+
+#[tokio::test]
+async fn a_waiting_vee_is_placed_when_a_running_one_frees_its_room() {
+    let site = Site::open(vec![host("h1", 4, 8192)]).await;
+    let first = site.define_one(sized("first", 3, 1024)).await;
+    let second = site.define_one(sized("second", 3, 1024)).await;
+    site.act_ok(A::Activate, std::slice::from_ref(&first)).await;
+    let submitted = site
+        .veem
+        .submit(&sm_a(), std::slice::from_ref(&second))
+        .await;
+    assert!(submitted.failed.is_empty(), "{:?}", submitted.failed);
+    let waiting = site.get(&second);
+    assert_eq!(waiting.veem_state, VeemState::Pending);
+    assert!(waiting.pending_reason.is_some());
+    assert_eq!(site.cpus_used("h1"), 3, "the waiting VEE holds nothing");
+
+    site.act_ok(A::Destroy, std::slice::from_ref(&first)).await;
+    let placed = site.wait_state(&second, VmiState::Active).await;
+    assert_eq!(placed.host, Some(host_id("h1")));
+    assert_eq!(site.cpus_used("h1"), 3);
+    assert_eq!(site.vees_on("h1"), vec![placed.id]);
+}
+
+#[tokio::test]
+async fn anti_affinity_keeps_a_principals_tagged_vees_on_different_hosts() {
+    let site = Site::open(vec![host("h1", 8, 16384), host("h2", 8, 16384)]).await;
+    let mut db = small("db");
+    db.tags = vec!["db".into()];
+    db.anti_affinity = vec!["db".into()];
+    let ids = ids_of(
+        &site
+            .define(&sm_a(), InitModel::Besteffort, 3, db.clone())
+            .await,
+    );
+    let submitted = site.veem.submit(&sm_a(), &ids).await;
+    assert_eq!(submitted.ok.len(), 3, "{:?}", submitted.failed);
+    for id in &ids[..2] {
+        site.wait_state(id, VmiState::Active).await;
+    }
+    let hosts: BTreeSet<_> = ids[..2].iter().map(|id| site.get(id).host).collect();
+    assert_eq!(hosts.len(), 2, "never two on one host: {hosts:?}");
+    let third = site.get(&ids[2]);
+    assert_eq!(
+        (third.state, third.veem_state),
+        (VmiState::Initial, VeemState::Pending),
+        "there is room, but not away from the others"
+    );
+    let reason = third.pending_reason.expect("a reason");
+    assert!(
+        reason.contains("2 hosts excluded by anti-affinity on tag db"),
+        "{reason}"
+    );
+
+    // Another principal's tags are no concern of sm-a's VEEs.
+    let theirs = site
+        .define(&sm_b(), InitModel::Besteffort, 1, db.clone())
+        .await;
+    let outcome = site.act(&sm_b(), A::Activate, &ids_of(&theirs)).await;
+    assert!(outcome.failed.is_empty(), "{:?}", outcome.failed);
+
+    // One of sm-a's goes: the third takes its host.
+    let freed = site.get(&ids[0]).host.expect("placed");
+    site.act_ok(A::Destroy, &ids[..1]).await;
+    let moved_in = site.wait_state(&ids[2], VmiState::Active).await;
+    assert_eq!(moved_in.host, Some(freed));
+}
+
+#[tokio::test]
+async fn a_disabled_host_takes_no_new_vee_and_keeps_those_it_runs() {
+    let site = Site::open(vec![host("h1", 4, 8192), host("h2", 4, 8192)]).await;
+    let resident = site.define_one(small("resident")).await;
+    site.act_ok(A::Activate, std::slice::from_ref(&resident))
+        .await;
+    let home = site.get(&resident).host.expect("placed");
+    let other = if home == host_id("h1") { "h2" } else { "h1" };
+
+    let entry = site
+        .veem
+        .set_host_disabled(home.as_str(), true)
+        .expect("a known host");
+    assert_eq!(entry.state(), HostState::Disabled);
+    let newcomers = ids_of(
+        &site
+            .define(&sm_a(), InitModel::Besteffort, 3, small("newcomer"))
+            .await,
+    );
+    site.act_ok(A::Activate, &newcomers).await;
+    for id in &newcomers {
+        assert_eq!(site.get(id).host, Some(host_id(other)), "{id}");
+    }
+    let kept = site.get(&resident);
+    assert_eq!(
+        (kept.state, kept.host.clone()),
+        (VmiState::Active, Some(home.clone())),
+        "what a disabled host runs stays"
+    );
+    assert_eq!(
+        site.instances_on(home.as_str()).await,
+        vec![kept.id.clone()]
+    );
+
+    // Both disabled: a new VEE waits, saying so; enabling one places it there.
+    site.veem
+        .set_host_disabled(other, true)
+        .expect("a known host");
+    let late = site.define_one(small("late")).await;
+    let submitted = site.veem.submit(&sm_a(), std::slice::from_ref(&late)).await;
+    assert!(submitted.failed.is_empty(), "{:?}", submitted.failed);
+    let waiting = site.get(&late);
+    assert_eq!(waiting.veem_state, VeemState::Pending);
+    let reason = waiting.pending_reason.expect("a reason");
+    assert!(reason.contains("2 hosts disabled"), "{reason}");
+    site.veem
+        .set_host_disabled(home.as_str(), false)
+        .expect("a known host");
+    let placed = site.wait_state(&late, VmiState::Active).await;
+    assert_eq!(placed.host, Some(home));
+}
+
+#[tokio::test]
+async fn pack_fills_one_host_before_another_and_spread_takes_the_emptiest() {
+    let hosts = || vec![host("h1", 8, 16384), host("h2", 8, 16384)];
+    let packed = Site::open_with(Policy::Pack, hosts()).await;
+    let ids = ids_of(
+        &packed
+            .define(&sm_a(), InitModel::Besteffort, 3, small("p"))
+            .await,
+    );
+    packed.act_ok(A::Activate, &ids).await;
+    let used: BTreeSet<_> = ids.iter().map(|id| packed.get(id).host).collect();
+    assert_eq!(used.len(), 1, "pack: one host holds all three: {used:?}");
+
+    let spread = Site::open_with(Policy::Spread, hosts()).await;
+    let ids = ids_of(
+        &spread
+            .define(&sm_a(), InitModel::Besteffort, 2, small("s"))
+            .await,
+    );
+    spread.act_ok(A::Activate, &ids).await;
+    let used: BTreeSet<_> = ids.iter().map(|id| spread.get(id).host).collect();
+    assert_eq!(used.len(), 2, "spread: one on each host: {used:?}");
+}
