@@ -219,3 +219,121 @@ async fn pack_fills_one_host_before_another_and_spread_takes_the_emptiest() {
     let used: BTreeSet<_> = ids.iter().map(|id| spread.get(id).host).collect();
     assert_eq!(used.len(), 2, "spread: one on each host: {used:?}");
 }
+
+#[tokio::test]
+async fn a_live_migration_moves_the_vee_and_its_capacity_and_keeps_anti_affinity() {
+    let site = Site::open(vec![host("h1", 4, 8192), host("h2", 4, 8192)]).await;
+    let mut db = sized("db", 2, 1024);
+    db.tags = vec!["db".into()];
+    db.anti_affinity = vec!["db".into()];
+    let ids = ids_of(&site.define(&sm_a(), InitModel::Besteffort, 2, db).await);
+    site.act_ok(A::Activate, &ids).await;
+    let (a, b) = (site.get(&ids[0]), site.get(&ids[1]));
+    let (from, to) = (
+        a.host.clone().expect("placed"),
+        b.host.clone().expect("placed"),
+    );
+    assert_ne!(from, to);
+
+    // Onto its twin's host: anti-affinity refuses, nothing moves.
+    let refused = site
+        .veem
+        .migrate(&ops(), &ids[0], Some(to.as_str()))
+        .await
+        .expect_err("anti-affinity");
+    assert!(
+        matches!(refused, CoreError::InsufficientResources(_)),
+        "{refused:?}"
+    );
+    assert_eq!(site.get(&ids[0]).host, Some(from.clone()));
+    assert!(matches!(
+        site.veem.migrate(&sm_a(), &ids[0], None).await,
+        Err(CoreError::AccessDenied(_))
+    ));
+
+    // Its twin gone, it moves there live, and its capacity with it.
+    site.act_ok(A::Destroy, &ids[1..]).await;
+    let sim_from = site.sims[from.as_str()].clone();
+    let boot = sim_from.boot_id(&a.id).expect("running");
+    let moved = site
+        .veem
+        .migrate(&ops(), &ids[0], Some(to.as_str()))
+        .await
+        .expect("migrated");
+    assert_eq!(
+        (moved.state, moved.host.clone()),
+        (VmiState::Active, Some(to.clone()))
+    );
+    assert_eq!(
+        (site.cpus_used(from.as_str()), site.cpus_used(to.as_str())),
+        (0, 2)
+    );
+    assert!(site.instances_on(from.as_str()).await.is_empty());
+    assert_eq!(site.instances_on(to.as_str()).await, vec![a.id.clone()]);
+    assert_eq!(
+        site.sims[to.as_str()].boot_id(&a.id),
+        Some(boot),
+        "the same boot, not a restart"
+    );
+    let last = site.events(&ids[0]).pop().expect("events");
+    assert_eq!(
+        (last.from, last.to),
+        (Some(VmiState::Active), VmiState::Active)
+    );
+    let note = last.detail.expect("a note");
+    assert!(
+        note.starts_with(&format!("migrated from {from} to {to}")),
+        "{note}"
+    );
+}
+
+#[tokio::test]
+async fn a_live_resize_the_host_cannot_hold_is_refused_not_overbooked() {
+    let site = Site::open(vec![host("h1", 4, 8192)]).await;
+    let mut d = sized("grow", 1, 1024);
+    d.cpu_max = Some(8);
+    let id = site.define_one(d).await;
+    let neighbour = site.define_one(sized("neighbour", 2, 1024)).await;
+    site.act_ok(A::Activate, &[id.clone(), neighbour]).await;
+    let (record, applied) = site
+        .veem
+        .patch(&sm_a(), &id, Some(2), None)
+        .await
+        .expect("2 CPUs fit");
+    assert_eq!(applied, veem_api::PatchApplied::Live);
+    assert_eq!((record.descriptor.cpu, site.cpus_used("h1")), (2, 4));
+    let refused = site
+        .veem
+        .patch(&sm_a(), &id, Some(3), None)
+        .await
+        .expect_err("h1 has 4 CPUs");
+    assert!(
+        matches!(refused, CoreError::InsufficientResources(_)),
+        "{refused:?}"
+    );
+    assert_eq!(
+        (site.get(&id).descriptor.cpu, site.cpus_used("h1")),
+        (2, 4),
+        "unchanged"
+    );
+}
+
+#[tokio::test]
+async fn a_disconnected_host_takes_nothing_until_it_connects_again() {
+    let mut site = Site::open(vec![host("h1", 4, 8192)]).await;
+    let entry = site.veem.hosts().get(&host_id("h1")).expect("known");
+    let link = entry.link.expect("connected");
+    site.veem.disconnect_host(&host_id("h1"), &link);
+    let entry = site.veem.hosts().get(&host_id("h1")).expect("still known");
+    assert_eq!(entry.state(), HostState::Down);
+    let id = site.define_one(small("patient")).await;
+    site.veem.submit(&sm_a(), std::slice::from_ref(&id)).await;
+    site.veem.place_pending().await;
+    let waiting = site.get(&id);
+    assert_eq!(waiting.veem_state, VeemState::Pending);
+    assert!(waiting.pending_reason.is_some());
+
+    site.connect(host("h1", 4, 8192)).await;
+    let active = site.wait_state(&id, VmiState::Active).await;
+    assert_eq!(active.host, Some(host_id("h1")));
+}

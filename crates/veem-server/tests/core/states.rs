@@ -357,3 +357,86 @@ async fn another_principals_vee_is_refused_and_left_alone() {
     );
     assert_eq!(site.get(&outcome.ok[0]).state, Active);
 }
+
+#[tokio::test]
+async fn a_crashed_guest_boots_again_while_its_restarts_allow_then_is_failed() {
+    let site = Site::open(vec![host("h1", 4, 8192)]).await;
+    let mut d = small("fragile");
+    d.restart_attempts = 1;
+    let id = site.define_one(d).await;
+    site.act_ok(A::Activate, std::slice::from_ref(&id)).await;
+    let vee = site.get(&id).id;
+    let sim = site.sims["h1"].clone();
+    let first_boot = sim.boot_id(&vee).expect("running");
+
+    // The health check sees the crash and boots it again from its disks.
+    sim.simulate_guest_panic(&vee).await.expect("crashed");
+    let again = wait_until("the restart", || {
+        let r = site.get(&id);
+        (r.state == Active && r.restarts == 1).then_some(r)
+    })
+    .await;
+    assert_ne!(sim.boot_id(&vee), Some(first_boot), "a new boot");
+    let note = again.last_error.expect("why it restarted");
+    assert!(
+        note.contains("its guest crashed on h1") && note.contains("restart 1 of 1"),
+        "{note}"
+    );
+    let tail: Vec<_> = site.events(&id)[..]
+        .iter()
+        .rev()
+        .take(3)
+        .rev()
+        .map(|e| (e.from, e.to, e.veem_state))
+        .collect();
+    assert_eq!(
+        tail,
+        vec![
+            (Some(Active), Initial, VeemState::Pending),
+            (Some(Initial), Initial, VeemState::Hold),
+            (Some(Initial), Active, VeemState::Active),
+        ],
+        "down, placed again, running again"
+    );
+
+    // No restart left: FAILED, with the cause, its host freed.
+    sim.simulate_guest_panic(&vee).await.expect("crashed");
+    let failed = site.wait_state(&id, Destroyed).await;
+    assert_eq!(
+        (failed.veem_state, failed.host.clone()),
+        (VeemState::Failed, None)
+    );
+    let cause = failed.last_error.expect("the cause");
+    assert!(cause.contains("after 1 restarts"), "{cause}");
+    assert_eq!(site.cpus_used("h1"), 0);
+    assert!(
+        site.instances_on("h1").await.is_empty(),
+        "the crashed instance was ended before the VEE was recorded FAILED"
+    );
+}
+
+#[tokio::test]
+async fn a_guest_that_powers_itself_off_becomes_defined_not_failed() {
+    let site = Site::open(vec![host("h1", 4, 8192)]).await;
+    let id = site.define_one(small("quitter")).await;
+    site.act_ok(A::Activate, std::slice::from_ref(&id)).await;
+    let vee = site.get(&id).id;
+    site.sims["h1"]
+        .simulate_guest_poweroff(&vee)
+        .await
+        .expect("powered off");
+    let stopped = site.wait_state(&id, Defined).await;
+    assert_eq!(
+        (stopped.veem_state, stopped.host.clone(), stopped.last_error),
+        (VeemState::Stopped, None, None)
+    );
+    let last = site.events(&id).pop().expect("events");
+    assert_eq!(
+        (last.from, last.to, last.detail.as_deref()),
+        (Some(Active), Defined, Some("the guest powered itself off"))
+    );
+    assert_eq!(site.cpus_used("h1"), 0);
+    assert!(site.instances_on("h1").await.is_empty());
+    // It can be activated again.
+    site.act_ok(A::Activate, std::slice::from_ref(&id)).await;
+}
