@@ -6,5 +6,6 @@ mod accounting;
 mod networks;
 mod placement;
 mod reservations;
+mod restart;
 mod states;
 mod support;

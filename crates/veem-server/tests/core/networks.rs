@@ -209,6 +209,8 @@ async fn a_chosen_address_is_given_once_and_refused_by_name_otherwise() {
         ("10.10.0.50", "private", 1, "in_use"),
         ("10.10.1.9", "private", 1, "malformed_descriptor"),
         ("10.10.0.1", "private", 1, "malformed_descriptor"),
+        ("10.10.0.0", "private", 1, "malformed_descriptor"),
+        ("10.10.0.255", "private", 1, "malformed_descriptor"),
         ("10.10.0.51", "private", 2, "malformed_descriptor"),
         ("10.10.0.51", "nat", 1, "malformed_descriptor"),
     ];

@@ -337,3 +337,32 @@ async fn a_disconnected_host_takes_nothing_until_it_connects_again() {
     let active = site.wait_state(&id, VmiState::Active).await;
     assert_eq!(active.host, Some(host_id("h1")));
 }
+
+#[tokio::test]
+async fn a_waiting_vee_destroyed_leaves_the_queue_and_is_never_placed() {
+    let mut site = Site::open(vec![host("h1", 1, 1024)]).await;
+    let id = site.define_one(sized("big", 2, 1024)).await;
+    site.veem.submit(&sm_a(), std::slice::from_ref(&id)).await;
+    assert_eq!(site.get(&id).veem_state, VeemState::Pending);
+    site.act_ok(A::Destroy, std::slice::from_ref(&id)).await;
+    let destroyed = site.get(&id);
+    assert_eq!(
+        (
+            destroyed.state,
+            destroyed.veem_state,
+            destroyed.pending_reason.clone()
+        ),
+        (VmiState::Destroyed, VeemState::Done, None)
+    );
+    let last = site.events(&id).pop().expect("events");
+    assert_eq!(
+        (last.from, last.to),
+        (Some(VmiState::Initial), VmiState::Destroyed)
+    );
+
+    site.connect(host("h2", 8, 16384)).await;
+    site.veem.place_pending().await;
+    assert_eq!(site.get(&id).generation, destroyed.generation);
+    assert_eq!(site.cpus_used("h2"), 0);
+    assert!(site.instances_on("h2").await.is_empty());
+}

@@ -160,3 +160,56 @@ async fn a_reserved_vee_resized_while_defined_keeps_a_reservation_of_its_new_siz
     assert_eq!(site.get(&id).descriptor.cpu, 3, "unchanged");
     assert_eq!(site.cpus_used("h1"), 3, "unchanged");
 }
+
+#[tokio::test]
+async fn submit_deploys_a_reserved_vee_where_it_was_reserved() {
+    let site = Site::open_with(
+        veem_placement::Policy::Spread,
+        vec![host("h1", 4, 8192), host("h2", 4, 8192)],
+    )
+    .await;
+    let reserved = site
+        .define(&sm_a(), InitModel::Twophase, 1, sized("r", 2, 1024))
+        .await;
+    let home = reserved[0].host.clone().expect("reserved on a host");
+    let id = reserved[0].id.to_string();
+    // Spread would now pick the other host for anything new.
+    let submitted = site.veem.submit(&sm_a(), std::slice::from_ref(&id)).await;
+    assert_eq!(submitted.ok, vec![id.clone()], "{:?}", submitted.failed);
+    let active = site.wait_state(&id, VmiState::Active).await;
+    assert_eq!((active.host, active.reserved), (Some(home.clone()), false));
+    assert_eq!(site.cpus_used(home.as_str()), 2, "counted once");
+}
+
+#[tokio::test]
+async fn a_refused_twophase_batch_takes_no_network_address() {
+    let site = Site::open(vec![host("h1", 4, 8192)]).await;
+    site.veem
+        .create_network(&sm_a(), "private", "10.10.0.0/24", false)
+        .await
+        .expect("created");
+    let mut d = with_nics("r", &[("private", None)]);
+    d.cpu = 3;
+    let refused = site
+        .veem
+        .initialize(&sm_a(), InitModel::Twophase, 2, d.clone())
+        .await
+        .expect_err("one host of 4 CPUs holds one");
+    assert!(
+        matches!(refused, CoreError::InsufficientResources(_)),
+        "{refused:?}"
+    );
+    assert_eq!(
+        site.veem
+            .get_network(&sm_a(), "private")
+            .expect("shown")
+            .held,
+        0
+    );
+    let one = site.define(&sm_a(), InitModel::Twophase, 1, d).await;
+    assert_eq!(
+        one[0].generated.nics[0].ip.as_deref(),
+        Some("10.10.0.2"),
+        "the lowest address was not kept by the refused batch"
+    );
+}

@@ -157,6 +157,12 @@ impl Site {
 
     pub async fn open_with(policy: Policy, hosts: Vec<HostSpec>) -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory");
+        Self::open_in(dir, policy, hosts).await
+    }
+
+    /// Opens a core on the store of `dir` (made if new), with its hosts' state there too: what
+    /// `veem serve` does at start.
+    pub async fn open_in(dir: tempfile::TempDir, policy: Policy, hosts: Vec<HostSpec>) -> Self {
         let data_dir = dir.path().canonicalize().expect("the directory resolves");
         let store: Arc<dyn Store> =
             Arc::new(SqliteStore::open(&data_dir.join("veem.db")).expect("the store opens"));
@@ -187,6 +193,12 @@ impl Site {
             site.connect(spec).await;
         }
         site
+    }
+
+    /// Lets go of the core, keeping its directory. The core's tasks end with the runtime they
+    /// run on: drop that runtime before opening the directory again.
+    pub fn close(self) -> tempfile::TempDir {
+        self.dir
     }
 
     /// Connects a sim host (its state in `<dir>/hosts/<name>`); it is up when this returns.

@@ -1,0 +1,109 @@
+//! The core opened again on its store (as after a restart of `veem serve`): every VEE, its
+//! reservation, its place in the queue and its addresses are as they were; ids go on.
+
+use std::collections::BTreeMap;
+
+use veem_model::{ControlAction as A, InitModel, VeeId, VeemState, VmiState};
+use veem_placement::Policy;
+
+use crate::support::*;
+
+/// A runtime of its own for each life of the core: dropping it ends every task of that core.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+}
+
+#[test]
+fn a_core_opened_again_on_its_store_finds_every_vee_reservation_queue_and_address() {
+    let hosts = || vec![host("h1", 4, 8192)];
+    let first_life = runtime();
+    let (dir, ids, before) = first_life.block_on(async {
+        let site = Site::open(hosts()).await;
+        site.veem
+            .create_network(&sm_a(), "private", "10.10.0.0/24", false)
+            .await
+            .expect("created");
+        let running = site
+            .define_one(with_nics("running", &[("private", None)]))
+            .await;
+        site.act_ok(A::Activate, std::slice::from_ref(&running))
+            .await;
+        let reserved = site
+            .define(&sm_a(), InitModel::Twophase, 1, sized("reserved", 2, 1024))
+            .await[0]
+            .id
+            .to_string();
+        let waiting = site.define_one(sized("waiting", 4, 1024)).await;
+        site.veem
+            .submit(&sm_a(), std::slice::from_ref(&waiting))
+            .await;
+        assert_eq!(site.get(&waiting).veem_state, VeemState::Pending);
+        assert_eq!(site.cpus_used("h1"), 3);
+        let ids = [running, reserved, waiting];
+        let before: BTreeMap<String, _> = ids
+            .iter()
+            .map(|id| {
+                let r = site.get(id);
+                (
+                    id.clone(),
+                    (r.state, r.veem_state, r.host, r.reserved, r.generated),
+                )
+            })
+            .collect();
+        (site.close(), ids, before)
+    });
+    drop(first_life);
+
+    let second_life = runtime();
+    second_life.block_on(async {
+        let site = Site::open_in(dir, Policy::Pack, hosts()).await;
+        let [running, reserved, waiting] = &ids;
+        for id in &ids {
+            let r = site.get(id);
+            assert_eq!(
+                (r.state, r.veem_state, r.host, r.reserved, r.generated),
+                before[id].clone(),
+                "{id} as it was"
+            );
+        }
+        assert!(site.get(waiting).pending_reason.is_some());
+        let vee = |id: &str| VeeId::parse(id).expect("an id");
+        assert_eq!(
+            site.instances_on("h1").await,
+            vec![vee(running)],
+            "the host's instance is adopted, not started again"
+        );
+        assert_eq!(
+            site.cpus_used("h1"),
+            3,
+            "the running VEE and the reservation"
+        );
+        let network = site.veem.get_network(&sm_a(), "private").expect("kept");
+        assert_eq!(network.held, 1);
+        let next = site
+            .define_one(with_nics("next", &[("private", None)]))
+            .await;
+        let next_record = site.get(&next);
+        assert_eq!(
+            next_record.generated.nics[0].ip.as_deref(),
+            Some("10.10.0.3"),
+            "an address held before is not given again"
+        );
+        assert!(
+            ids.iter().all(|id| vee(id).seq() < next_record.id.seq()),
+            "ids go on"
+        );
+
+        // The reservation is used where it was made; the queue is served once room frees.
+        site.act_ok(A::Activate, std::slice::from_ref(reserved))
+            .await;
+        assert_eq!(site.get(reserved).host, Some(host_id("h1")));
+        site.act_ok(A::Destroy, &[running.clone(), reserved.clone()])
+            .await;
+        let placed = site.wait_state(waiting, VmiState::Active).await;
+        assert_eq!(placed.host, Some(host_id("h1")));
+    });
+}
