@@ -243,3 +243,35 @@ async fn a_refused_registration_registers_nothing_and_removal_stops_the_records(
         .collect();
     assert!(late.is_empty(), "records after the removal: {late:?}");
 }
+
+#[tokio::test]
+async fn a_record_counts_the_active_time_within_its_interval_to_the_ms() {
+    let site = Site::open(vec![host("h1", 4, 8192)]).await;
+    let listener = Listener::start().await;
+    let id = site.define_one(small("short")).await;
+    site.act_ok(A::Activate, std::slice::from_ref(&id)).await;
+    site.veem
+        .listen(&sm_a(), std::slice::from_ref(&id), 500, &listener.url)
+        .await
+        .expect("registered");
+    site.act_ok(A::Pause, std::slice::from_ref(&id)).await;
+    let paused_at = site
+        .events(&id)
+        .iter()
+        .find(|e| e.to == VmiState::Paused)
+        .expect("paused")
+        .t_ms;
+    let received = listener.wait_for(&id, 2).await;
+    let (first, second) = (&received[0].1, &received[1].1);
+    assert!(first.t0 <= paused_at && paused_at < first.t0 + first.dt);
+    assert_eq!(
+        (first.state, first.host.clone(), first.active_ms),
+        (VmiState::Paused, Some(host_id("h1")), paused_at - first.t0),
+        "ACTIVE from the interval's start until the PAUSE: {first:?}"
+    );
+    assert_eq!(
+        (second.state, second.active_ms),
+        (VmiState::Paused, 0),
+        "PAUSED all along: {second:?}"
+    );
+}

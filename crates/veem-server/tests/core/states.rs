@@ -15,6 +15,9 @@ use crate::support::*;
 
 use VmiState::{Active, Defined, Destroyed, Initial, Paused, Suspended};
 
+/// One stored event: (from, to, the VEEM state after).
+type Move = (VmiState, VmiState, VeemState);
+
 #[tokio::test]
 async fn each_action_moves_the_vee_through_the_papers_states_with_an_event_per_change() {
     let site = Site::open(vec![host("h1", 4, 8192)]).await;
@@ -23,8 +26,7 @@ async fn each_action_moves_the_vee_through_the_papers_states_with_an_event_per_c
     let created = site.events(&id);
     assert_eq!(moves(&created), vec![(None, Defined)]);
 
-    // (action, the moves it makes: (from, to, VEEM state after)).
-    let steps: [(A, &[(VmiState, VmiState, VeemState)]); 12] = [
+    let steps: [(A, &[Move]); 12] = [
         (
             A::Activate,
             &[
