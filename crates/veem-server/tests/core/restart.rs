@@ -107,3 +107,32 @@ fn a_core_opened_again_on_its_store_finds_every_vee_reservation_queue_and_addres
         assert_eq!(placed.host, Some(host_id("h1")));
     });
 }
+
+#[test]
+fn a_deployment_cut_short_by_a_stop_is_started_again_when_the_core_reopens() {
+    // Deployments take 5 s on the first life's host: the core stops in the middle of one.
+    let first_life = runtime();
+    let (dir, id) = first_life.block_on(async {
+        let site = Site::open(vec![host("h1", 4, 8192).deploy_latency(5_000)]).await;
+        let id = site.define_one(small("interrupted")).await;
+        let submitted = site.veem.submit(&sm_a(), std::slice::from_ref(&id)).await;
+        assert!(submitted.failed.is_empty(), "{:?}", submitted.failed);
+        let booting = site.get(&id);
+        assert_eq!(
+            (booting.state, booting.veem_state, booting.host),
+            (VmiState::Initial, VeemState::Hold, Some(host_id("h1")))
+        );
+        assert!(site.instances_on("h1").await.is_empty(), "not there yet");
+        (site.close(), id)
+    });
+    drop(first_life);
+
+    let second_life = runtime();
+    second_life.block_on(async {
+        let site = Site::open_in(dir, Policy::Pack, vec![host("h1", 4, 8192)]).await;
+        let active = site.wait_state(&id, VmiState::Active).await;
+        assert_eq!(active.host, Some(host_id("h1")));
+        assert_eq!(site.instances_on("h1").await, vec![active.id.clone()]);
+        assert_eq!(site.cpus_used("h1"), 1, "counted once");
+    });
+}

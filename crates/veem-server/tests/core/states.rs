@@ -442,3 +442,39 @@ async fn a_guest_that_powers_itself_off_becomes_defined_not_failed() {
     // It can be activated again.
     site.act_ok(A::Activate, std::slice::from_ref(&id)).await;
 }
+
+#[tokio::test]
+async fn a_purge_while_the_host_is_away_is_finished_when_it_connects_again() {
+    let mut site = Site::open(vec![host("h1", 4, 8192)]).await;
+    let id = site.define_one(small("left-behind")).await;
+    site.act_ok(A::Activate, std::slice::from_ref(&id)).await;
+    let vee = site.get(&id).id;
+    let link = site
+        .veem
+        .hosts()
+        .get(&host_id("h1"))
+        .and_then(|entry| entry.link)
+        .expect("connected");
+    site.veem.disconnect_host(&host_id("h1"), &link);
+
+    // DESTROY is immediate: the purge does not wait for the host.
+    site.veem.purge(&sm_a(), &id).await.expect("purged");
+    assert!(matches!(
+        site.veem.get(&sm_a(), &id),
+        Err(CoreError::NotFound(_))
+    ));
+    assert_eq!(
+        site.instances_on("h1").await,
+        vec![vee.clone()],
+        "the host, away, still runs it"
+    );
+
+    // Back, the host ends the instance and forgets the VEE before it takes anything new.
+    site.connect(host("h1", 4, 8192)).await;
+    assert!(site.instances_on("h1").await.is_empty());
+    assert!(
+        site.traces_on("h1").await.is_empty(),
+        "nothing of the purged VEE is left on the host"
+    );
+    assert_eq!(site.cpus_used("h1"), 0);
+}

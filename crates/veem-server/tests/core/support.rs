@@ -320,12 +320,26 @@ impl Site {
 
     /// What a host's driver runs.
     pub async fn instances_on(&self, host: &str) -> Vec<VeeId> {
-        let sim = self.sims.get(host).expect("a connected host");
-        let agent = Agent::new(host_id(host), sim.clone(), 1, 1);
-        match agent.handle(AgentRequest::List).await {
+        match self.ask(host, AgentRequest::List).await {
             AgentResponse::List { instances } => instances.into_iter().map(|i| i.vee).collect(),
             other => panic!("host {host} cannot list its instances: {other:?}"),
         }
+    }
+
+    /// The VEEs a host keeps anything of (running or not).
+    pub async fn traces_on(&self, host: &str) -> Vec<VeeId> {
+        match self.ask(host, AgentRequest::Traces).await {
+            AgentResponse::Traces { vees } => vees,
+            other => panic!("host {host} cannot list its traces: {other:?}"),
+        }
+    }
+
+    /// Asks a host's driver directly, behind the core's back.
+    async fn ask(&self, host: &str, request: AgentRequest) -> AgentResponse {
+        let sim = self.sims.get(host).expect("a connected host");
+        Agent::new(host_id(host), sim.clone(), 1, 1)
+            .handle(request)
+            .await
     }
 }
 
