@@ -14,13 +14,13 @@ use crate::support::*;
 
 /// An HTTP listener on loopback that keeps every record it acknowledged, with the wall-clock
 /// time it arrived.
-struct Listener {
-    url: String,
+pub struct Listener {
+    pub url: String,
     got: Arc<Mutex<Vec<(u64, AccountingRecord)>>>,
 }
 
 impl Listener {
-    async fn start() -> Self {
+    pub async fn start() -> Self {
         let got: Arc<Mutex<Vec<(u64, AccountingRecord)>>> = Arc::default();
         let sink = got.clone();
         let app = axum::Router::new().route(
@@ -47,7 +47,7 @@ impl Listener {
     }
 
     /// The records of one VEE received so far, in the order they came.
-    fn records(&self, id: &str) -> Vec<(u64, AccountingRecord)> {
+    pub fn records(&self, id: &str) -> Vec<(u64, AccountingRecord)> {
         self.got
             .lock()
             .expect("not poisoned")
@@ -57,7 +57,7 @@ impl Listener {
             .collect()
     }
 
-    async fn wait_for(&self, id: &str, count: usize) -> Vec<(u64, AccountingRecord)> {
+    pub async fn wait_for(&self, id: &str, count: usize) -> Vec<(u64, AccountingRecord)> {
         wait_until(&format!("{count} records of {id}"), || {
             let records = self.records(id);
             (records.len() >= count).then_some(records)

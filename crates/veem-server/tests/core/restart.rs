@@ -1,11 +1,12 @@
 //! The core opened again on its store (as after a restart of `veem serve`): every VEE, its
 //! reservation, its place in the queue and its addresses are as they were; ids go on.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use veem_model::{ControlAction as A, InitModel, VeeId, VeemState, VmiState};
 use veem_placement::Policy;
 
+use crate::accounting::Listener;
 use crate::support::*;
 
 /// A runtime of its own for each life of the core: dropping it ends every task of that core.
@@ -134,5 +135,61 @@ fn a_deployment_cut_short_by_a_stop_is_started_again_when_the_core_reopens() {
         assert_eq!(active.host, Some(host_id("h1")));
         assert_eq!(site.instances_on("h1").await, vec![active.id.clone()]);
         assert_eq!(site.cpus_used("h1"), 1, "counted once");
+    });
+}
+
+#[test]
+fn accounting_ticks_go_on_on_the_registrations_grid_when_the_core_reopens() {
+    // The listener outlives both lives of the core: a runtime of its own, with a worker.
+    let listening = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let listener = listening.block_on(Listener::start());
+    let first_life = runtime();
+    let (dir, id) = first_life.block_on(async {
+        let site = Site::open(vec![host("h1", 4, 8192)]).await;
+        let id = site.define_one(small("counted")).await;
+        site.veem
+            .listen(&sm_a(), std::slice::from_ref(&id), 200, &listener.url)
+            .await
+            .expect("registered");
+        listener.wait_for(&id, 2).await;
+        (site.close(), id)
+    });
+    drop(first_life);
+    let before = listener.records(&id).len();
+
+    let second_life = runtime();
+    second_life.block_on(async {
+        let _site = Site::open_in(dir, Policy::Pack, vec![host("h1", 4, 8192)]).await;
+        // Delivery is at least once: what was sent just before the stop may come again
+        // (see "Accounting and monitoring" in ARCHITECTURE.md), never out of order.
+        let t0s = wait_until("two ticks after the reopening", || {
+            let t0s: Vec<u64> = listener.records(&id).iter().map(|(_, r)| r.t0).collect();
+            let distinct: BTreeSet<u64> = t0s.iter().copied().collect();
+            (distinct.len() >= before + 2).then_some(t0s)
+        })
+        .await;
+        let first = t0s[0];
+        assert!(
+            t0s.iter().all(|t0| (t0 - first) % 200 == 0),
+            "every tick on the grid of the registration: {t0s:?}"
+        );
+        let mut seen = BTreeSet::new();
+        let mut resent = 0;
+        for t0 in &t0s {
+            if seen.contains(t0) {
+                resent += 1;
+            } else {
+                assert!(
+                    seen.last().is_none_or(|last| t0 > last),
+                    "new ticks in order: {t0s:?}"
+                );
+                seen.insert(*t0);
+            }
+        }
+        assert!(resent <= 2, "at most the last two pushes again: {t0s:?}");
     });
 }
