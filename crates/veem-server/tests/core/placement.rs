@@ -366,3 +366,32 @@ async fn a_waiting_vee_destroyed_leaves_the_queue_and_is_never_placed() {
     assert_eq!(site.cpus_used("h2"), 0);
     assert!(site.instances_on("h2").await.is_empty());
 }
+
+#[tokio::test]
+async fn a_waiting_vees_reason_follows_what_the_hosts_offer_now() {
+    let mut site = Site::open(vec![host("h1", 2, 4096)]).await;
+    let id = site.define_one(sized("big", 4, 1024)).await;
+    site.veem.submit(&sm_a(), std::slice::from_ref(&id)).await;
+    let first = site.get(&id).pending_reason.expect("a reason");
+    assert!(first.contains("at most 2 CPUs free: h1"), "{first}");
+
+    // A larger host, still too small: the reason says so, with no new event.
+    let events = site.events(&id).len();
+    site.connect(host("h2", 3, 4096)).await;
+    let now = wait_until("the reason to name h2", || {
+        let reason = site.get(&id).pending_reason.expect("a reason");
+        reason.contains("h2").then_some(reason)
+    })
+    .await;
+    assert!(now.contains("at most 3 CPUs free: h2"), "{now}");
+    let waiting = site.get(&id);
+    assert_eq!(
+        (waiting.state, waiting.veem_state),
+        (VmiState::Initial, VeemState::Pending)
+    );
+    assert_eq!(
+        site.events(&id).len(),
+        events,
+        "a reason is no change of state"
+    );
+}

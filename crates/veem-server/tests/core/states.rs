@@ -478,3 +478,36 @@ async fn a_purge_while_the_host_is_away_is_finished_when_it_connects_again() {
     );
     assert_eq!(site.cpus_used("h1"), 0);
 }
+
+#[tokio::test]
+async fn a_failed_restore_leaves_the_vee_suspended_with_its_saved_memory() {
+    let site = Site::open(vec![host("h1", 4, 8192).failing("restore", "saved")]).await;
+    let id = site.define_one(small("saved")).await;
+    site.act_ok(A::Activate, std::slice::from_ref(&id)).await;
+    site.act_ok(A::Suspend, std::slice::from_ref(&id)).await;
+    let suspended = site.get(&id);
+    assert!(suspended.has_saved_memory);
+
+    let outcome = site
+        .act(&sm_a(), A::Activate, std::slice::from_ref(&id))
+        .await;
+    let error = only_failure(&outcome);
+    assert_eq!(error.code(), "host_failed", "{error:?}");
+    let after = site.get(&id);
+    assert_eq!(
+        (
+            after.state,
+            after.veem_state,
+            after.host.clone(),
+            after.has_saved_memory
+        ),
+        (Suspended, VeemState::Suspended, None, true),
+        "nothing is lost"
+    );
+    assert!(after.last_error.is_some());
+    assert_eq!(site.cpus_used("h1"), 0, "the host is freed");
+    // SHUTDOWN still ends it cleanly, dropping the saved memory.
+    site.act_ok(A::Shutdown, std::slice::from_ref(&id)).await;
+    let defined = site.get(&id);
+    assert_eq!((defined.state, defined.has_saved_memory), (Defined, false));
+}
