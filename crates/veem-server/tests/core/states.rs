@@ -86,6 +86,18 @@ async fn each_action_moves_the_vee_through_the_papers_states_with_an_event_per_c
             matches!(target, Active | Paused),
             "the host runs it exactly when it holds the host, after {action}"
         );
+        let stored = site
+            .store
+            .load()
+            .expect("loads")
+            .vees
+            .into_iter()
+            .find(|r| r.id == record.id)
+            .expect("stored");
+        assert_eq!(
+            stored, record,
+            "acknowledged only once stored, after {action}"
+        );
         let events = site.events(&id);
         let new: Vec<_> = events[seen..]
             .iter()
