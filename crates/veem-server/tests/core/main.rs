@@ -1,0 +1,11 @@
+//! The VEEM core tested in-process: a `Veem` on a SQLite store in a temporary directory, sim
+//! hosts connected through a link of the tests' own (`support`), no HTTP. One module per part
+//! of the core; each test's name is the rule it checks.
+
+mod accounting;
+mod networks;
+mod placement;
+mod reservations;
+mod restart;
+mod states;
+mod support;
