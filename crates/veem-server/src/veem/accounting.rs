@@ -406,7 +406,13 @@ fn record_of(
         t0,
         dt,
         state: record.state,
-        host: record.host.clone(),
+        // A TWOPHASE reservation is not a host the VEE holds: the VMI shows none, and so does
+        // its accounting.
+        host: if record.reserved {
+            None
+        } else {
+            record.host.clone()
+        },
         cpu: record.descriptor.cpu,
         memory_mb: record.descriptor.memory_mb,
         cpu_time_ms,

@@ -277,10 +277,6 @@ async fn a_record_counts_the_active_time_within_its_interval_to_the_ms() {
 }
 
 #[tokio::test]
-#[ignore = "bug: a TWOPHASE-reserved DEFINED VEE's accounting records name the reserved host \
-            (record_of copies VeeRecord::host, which holds the reservation), while the VMI shows \
-            `host: null` for it (http/vees.rs: a reservation is not a host the VEE holds) and the \
-            contract says a DEFINED VEE holds no host"]
 async fn a_reserved_vee_is_accounted_with_no_host_as_the_vmi_shows_it() {
     let site = Site::open(vec![host("h1", 4, 8192)]).await;
     let listener = Listener::start().await;
