@@ -2,13 +2,12 @@
 //! its driver's settings. The rest of the file is the server's ([`veem_server::Config`]), which
 //! leaves `[[host]]` to this crate; both read the same TOML text, each its own part.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use veem_agent::sim::SimConfig;
 use veem_agent::QemuConfig;
 use veem_model::HostId;
-use veem_server::config::ConfigError;
 
 /// `veem serve`'s config file: the server's settings and the hosts in its process.
 #[derive(Debug, Clone)]
@@ -59,6 +58,18 @@ pub enum DriverSettings {
     Qemu(QemuConfig),
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is invalid: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
 /// The part of the file this crate reads; every other key is the server's.
 #[derive(Deserialize)]
 struct HostSections {
@@ -106,44 +117,49 @@ fn check_hosts(hosts: &[HostConfig]) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    /// The README's examples, `[[host]]`s with their drivers' settings included.
     #[test]
-    fn the_contract_config_parses() {
+    fn the_example_configs_parse() {
+        let qemu = SiteConfig::parse(include_str!("../../../examples/veem.toml")).expect("valid");
+        assert_eq!(qemu.server.principals.len(), 3);
+        let names: Vec<&str> = qemu.hosts.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["h1", "h2", "h3"]);
+        assert!(qemu
+            .hosts
+            .iter()
+            .all(|h| matches!(h.settings(), DriverSettings::Qemu(_))));
+        assert_eq!((qemu.hosts[0].cpus, qemu.hosts[0].memory_mb), (8, 16384));
+
+        let sim =
+            SiteConfig::parse(include_str!("../../../examples/veem-sim.toml")).expect("valid");
+        let DriverSettings::Sim(slow) = sim.hosts[2].settings() else {
+            panic!("h3 runs the sim driver");
+        };
+        assert_eq!(slow.latency_ms.deploy, 200);
+        let DriverSettings::Sim(plain) = sim.hosts[0].settings() else {
+            panic!("h1 runs the sim driver");
+        };
+        assert_eq!(
+            plain.latency_ms.deploy,
+            SimConfig::default().latency_ms.deploy
+        );
+    }
+
+    #[test]
+    fn qemu_settings_are_the_qemu_drivers() {
         let site = SiteConfig::parse(
-            r#"
-listen = "127.0.0.1:7070"
-data_dir = "/var/lib/veem"
-placement = "spread"
-[[principal]]
-name = "sm-a"
-token = "secret"
-admin = false
-[[host]]
-name = "h1"
-driver = "sim"
-cpus = 8
-memory_mb = 16384
-[[host]]
-name = "h2"
-driver = "qemu"
-cpus = 4
-memory_mb = 8192
-qemu = { accel = "tcg" }
-"#,
+            "listen = \"127.0.0.1:1\"\ndata_dir = \"/tmp/x\"\n\
+             [[host]]\nname = \"q\"\ndriver = \"qemu\"\ncpus = 4\nmemory_mb = 8192\n\
+             qemu = { accel = \"tcg\" }\n",
         )
         .expect("valid");
-        assert_eq!(site.server.principals[0].name.as_str(), "sm-a");
-        assert_eq!(site.hosts.len(), 2);
-        assert_eq!(site.hosts[0].name.as_str(), "h1");
-        assert_eq!(site.hosts[0].cpus, 8);
-        assert!(matches!(site.hosts[0].settings(), DriverSettings::Sim(_)));
         assert!(matches!(
-            site.hosts[1].settings(),
+            site.hosts[0].settings(),
             DriverSettings::Qemu(QemuConfig {
                 accel: veem_agent::qemu::AccelChoice::Tcg,
                 ..
             })
         ));
-        assert_eq!(site.hosts[1].memory_mb, 8192);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use veem_api::agent::HostHello;
 use veem_model::HostId;
 use veem_server::hosts::HostLink;
 
-pub use config::{DriverKind, DriverSettings, HostConfig, SiteConfig};
+pub use config::{ConfigError, DriverKind, DriverSettings, HostConfig, SiteConfig};
 pub use link::InProcessLink;
 
 /// The hypervisor driver that `settings` select, keeping its state in `state_dir` (absolute:
