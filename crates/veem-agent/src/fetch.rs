@@ -165,6 +165,18 @@ impl Fetcher {
         })
     }
 
+    /// A fetcher with its own cache in `cache_dir` that shares this one's HTTP client and
+    /// settings: the in-process hosts of one VEEM share one client (its TLS roots are parsed
+    /// once, not once per host: 10,000 hosts would hold 10,000 copies).
+    pub fn for_cache(&self, cache_dir: PathBuf) -> Self {
+        Self {
+            cache_dir,
+            config: self.config.clone(),
+            client: self.client.clone(),
+            downloads: Mutex::new(HashMap::new()),
+        }
+    }
+
     pub fn cache_dir(&self) -> &Path {
         &self.cache_dir
     }

@@ -133,7 +133,8 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         allowed_networks: args.fetch_allow.clone(),
         ..veem_agent::FetchConfig::default()
     };
-    let agent = veem_node::host_agent(&host, fetch)?;
+    let fetching = veem_node::fetching(fetch, veem_layout::fetch_cache_dir(&host.state_dir))?;
+    let agent = veem_node::host_agent(&host, &fetching)?;
     tracing::info!(host = %name, server = %args.server, "agent starting");
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;

@@ -47,12 +47,18 @@ pub struct HostSpec {
     pub state_dir: PathBuf,
 }
 
-/// A host's agent: its driver, and a fetcher of `http(s)://` sources whose cache lies in the
-/// host's state directory.
-pub fn host_agent(host: &HostSpec, fetch: FetchConfig) -> anyhow::Result<Arc<Agent>> {
+/// The fetching of `http(s)://` sources with its settings and HTTP client, which the hosts of
+/// one process share through [`host_agent`] (a client's TLS roots are parsed, and held, once,
+/// not once per host); its own cache is `cache_dir`.
+pub fn fetching(fetch: FetchConfig, cache_dir: PathBuf) -> anyhow::Result<Fetcher> {
+    Fetcher::new(cache_dir, fetch).context("cannot set up the fetching of http(s) sources")
+}
+
+/// A host's agent: its driver, and a fetcher of `http(s)://` sources that shares the client of
+/// `fetching` and caches in the host's state directory.
+pub fn host_agent(host: &HostSpec, fetching: &Fetcher) -> anyhow::Result<Arc<Agent>> {
     let driver = driver(&host.settings, &host.state_dir)?;
-    let fetcher = Fetcher::new(veem_layout::fetch_cache_dir(&host.state_dir), fetch)
-        .context("cannot set up fetching of http(s) sources")?;
+    let fetcher = fetching.for_cache(veem_layout::fetch_cache_dir(&host.state_dir));
     Ok(Arc::new(
         Agent::new(host.name.clone(), driver, host.cpus, host.memory_mb)
             .with_fetcher(Arc::new(fetcher)),
@@ -75,6 +81,8 @@ pub fn in_process_hosts(
         allowed_networks: server.fetch_allow.clone(),
         ..defaults
     };
+    // One HTTP client for every in-process host's fetches.
+    let fetching = fetching(fetch, data_dir.join("hosts"))?;
     site.hosts
         .iter()
         .map(|host| {
@@ -86,7 +94,7 @@ pub fn in_process_hosts(
                 state_dir: veem_layout::host_state_dir(data_dir, &host.name),
             };
             let agent =
-                host_agent(&spec, fetch.clone()).with_context(|| format!("host {}", host.name))?;
+                host_agent(&spec, &fetching).with_context(|| format!("host {}", host.name))?;
             let link: Arc<dyn HostLink> = Arc::new(InProcessLink(agent.clone()));
             Ok((agent.hello(), link))
         })
