@@ -45,8 +45,8 @@ impl Agent {
         let vee_dir = spec.vee_dir.clone();
         let mut wanted: Vec<&mut SourcePlan> = Vec::new();
         for plan in &mut spec.disks {
-            let needed =
-                plan.kind == DiskKind::Cdrom || !crate::disk_path(&vee_dir, &plan.target).exists();
+            let needed = plan.kind == DiskKind::Cdrom
+                || !veem_layout::disk_path(&vee_dir, &plan.target).exists();
             if let (Some(source), true) = (&mut plan.source, needed) {
                 wanted.push(source);
             }

@@ -190,12 +190,6 @@ impl DriverError {
     }
 }
 
-/// Where a VEE's disk lives inside its directory, for every driver and the server:
-/// `<vee_dir>/disks/<target>.qcow2`.
-pub fn disk_path(vee_dir: &Path, target: &str) -> PathBuf {
-    vee_dir.join("disks").join(format!("{target}.qcow2"))
-}
-
 /// Checks that the kernel and initrd of a direct kernel boot are there, so a missing file is
 /// named rather than left to the hypervisor's own message.
 pub fn check_boot_files(spec: &DeploySpec) -> Result<(), DriverError> {
@@ -220,7 +214,8 @@ pub fn local_source(source: &SourcePlan) -> Result<&Path, DriverError> {
     })
 }
 
-/// Checks that a disk target is a plain name, so [`disk_path`] stays inside the VEE's directory.
+/// Checks that a disk target is a plain name, so [`veem_layout::disk_path`] stays inside the
+/// VEE's directory.
 pub fn check_disk_target(target: &str) -> Result<(), DriverError> {
     let plain = !target.is_empty()
         && target.len() <= 64
@@ -241,14 +236,6 @@ pub fn check_disk_target(target: &str) -> Result<(), DriverError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn disks_live_under_the_vee_dir() {
-        assert_eq!(
-            disk_path(Path::new("/srv/vees/vee-00000001"), "vda"),
-            PathBuf::from("/srv/vees/vee-00000001/disks/vda.qcow2")
-        );
-    }
 
     #[test]
     fn disk_targets_cannot_escape_the_vee_dir() {

@@ -6,9 +6,8 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
-use veem_agent::sim::{SimConfig, SimDriver};
-use veem_agent::{Agent, Driver, Fetcher, QemuConfig, QemuDriver};
 use veem_model::HostId;
+use veem_node::{DriverSettings, HostSpec, SiteConfig};
 use veem_server::config::LogFormat;
 
 #[derive(Debug, Args)]
@@ -95,9 +94,9 @@ fn init_logs(format: LogFormat) {
 }
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = veem_server::Config::load(&args.config)?;
-    init_logs(config.log_format);
-    veem_server::serve(config).await
+    let site = SiteConfig::load(&args.config)?;
+    init_logs(site.server.log_format);
+    veem_node::serve(site).await
 }
 
 pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
@@ -112,22 +111,20 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create --state-dir {}", args.state_dir.display()))?;
     let state_dir = std::fs::canonicalize(&args.state_dir)
         .with_context(|| format!("cannot resolve --state-dir {}", args.state_dir.display()))?;
-    let driver: Arc<dyn Driver> = match args.driver {
-        AgentDriver::Sim => {
-            let config: SimConfig =
-                toml::from_str(&args.sim).context("--sim is not valid sim settings")?;
-            Arc::new(
-                SimDriver::new(config, state_dir.clone()).context("cannot start the sim driver")?,
-            )
-        }
-        AgentDriver::Qemu => {
-            let config: QemuConfig =
-                toml::from_str(&args.qemu).context("--qemu is not valid qemu settings")?;
-            Arc::new(
-                QemuDriver::new(config, state_dir.clone())
-                    .context("cannot start the qemu driver")?,
-            )
-        }
+    let settings = match args.driver {
+        AgentDriver::Sim => DriverSettings::Sim(
+            toml::from_str(&args.sim).context("--sim is not valid sim settings")?,
+        ),
+        AgentDriver::Qemu => DriverSettings::Qemu(
+            toml::from_str(&args.qemu).context("--qemu is not valid qemu settings")?,
+        ),
+    };
+    let host = HostSpec {
+        name: name.clone(),
+        cpus: args.cpus,
+        memory_mb: args.memory_mb,
+        settings,
+        state_dir,
     };
     let fetch = veem_agent::FetchConfig {
         max_bytes: args.fetch_max_bytes,
@@ -136,12 +133,8 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         allowed_networks: args.fetch_allow.clone(),
         ..veem_agent::FetchConfig::default()
     };
-    // The host's cache of http(s) sources, in its own state directory.
-    let fetcher = Fetcher::new(state_dir.join("cache"), fetch)
-        .context("cannot set up fetching of http(s) sources")?;
-    let agent = Arc::new(
-        Agent::new(name.clone(), driver, args.cpus, args.memory_mb).with_fetcher(Arc::new(fetcher)),
-    );
+    let fetching = veem_node::fetching(fetch, veem_layout::fetch_cache_dir(&host.state_dir))?;
+    let agent = veem_node::host_agent(&host, &fetching)?;
     tracing::info!(host = %name, server = %args.server, "agent starting");
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;

@@ -16,14 +16,14 @@ pub async fn start_veem(hosts: usize) -> anyhow::Result<(String, tempfile::TempD
             "[[host]]\nname = \"h{h:03}\"\ndriver = \"sim\"\ncpus = 128\nmemory_mb = 262144\n"
         ));
     }
-    let config = veem_server::Config::parse(&config).map_err(anyhow::Error::msg)?;
-    let started = veem_server::start(&config).await?;
+    let site = veem_node::SiteConfig::parse(&config).map_err(anyhow::Error::msg)?;
+    let started = veem_node::start(&site).await?;
     started.hosts_connected.await?;
     let veem = started.veem;
     let state = veem_server::http::AppState {
         veem,
         auth: Arc::new(veem_server::auth::Authenticator::new(
-            config.principals.clone(),
+            site.server.principals.clone(),
         )),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -1,13 +1,13 @@
 //! The server's configuration file (TOML). Outside checks depend on the documented fields
 //! (`listen`, `data_dir`, `placement`, `[[principal]]`, `[[host]]`); others are veem's own.
+//! `[[host]]` (hosts run in the VEEM's process, with their drivers' settings) is read by the
+//! binary (`veem-node`) from the same file: the server knows no drivers.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use veem_agent::sim::SimConfig;
-use veem_agent::QemuConfig;
-use veem_model::{HostId, Principal};
+use veem_model::Principal;
 use veem_placement::Policy;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -43,9 +43,10 @@ pub struct Config {
     /// none by default. `data_dir` and everything under it are refused whatever is listed.
     #[serde(default)]
     pub file_sources: Vec<PathBuf>,
-    /// The largest `http(s)://` source a host fetches, in bytes (default 20 GiB).
-    #[serde(default = "default_fetch_max_bytes")]
-    pub fetch_max_bytes: u64,
+    /// The largest `http(s)://` source an in-process host fetches, in bytes (default: the
+    /// hosts' own, 20 GiB).
+    #[serde(default)]
+    pub fetch_max_bytes: Option<u64>,
     /// Networks that are not public but that hosts may fetch `http(s)://` sources from
     /// nevertheless (the site's own image servers), e.g. `["10.20.0.0/16"]`; none by default:
     /// loopback, private and link-local addresses are refused.
@@ -53,8 +54,9 @@ pub struct Config {
     pub fetch_allow: Vec<ipnet::IpNet>,
     #[serde(default, rename = "principal")]
     pub principals: Vec<PrincipalConfig>,
+    /// `[[host]]`: read by the binary, which makes the hosts (see the module's comment).
     #[serde(default, rename = "host")]
-    pub hosts: Vec<HostConfig>,
+    _hosts: serde::de::IgnoredAny,
     /// HTTPS on `listen`, client certificates of host agents, and extra roots for outgoing
     /// https; absent: plain HTTP.
     #[serde(default)]
@@ -134,30 +136,6 @@ impl PrincipalConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HostConfig {
-    pub name: HostId,
-    pub driver: DriverKind,
-    pub cpus: u32,
-    pub memory_mb: u64,
-    /// Latencies and fault injection of the simulated driver.
-    #[serde(default)]
-    pub sim: SimConfig,
-    /// The qemu driver's settings (binary, accelerator, migration limits...).
-    #[serde(default)]
-    pub qemu: QemuConfig,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DriverKind {
-    /// The simulated hypervisor, for scale and fault tests.
-    Sim,
-    /// QEMU over QMP: KVM where the CPU has it, TCG otherwise.
-    Qemu,
-}
-
 fn default_site() -> String {
     "local".to_owned()
 }
@@ -178,34 +156,9 @@ const MIN_HOST_DEAD_AFTER_MS: u64 = 1_000;
 fn default_monitoring_interval_ms() -> u64 {
     10_000
 }
-fn default_fetch_max_bytes() -> u64 {
-    veem_agent::fetch::DEFAULT_FETCH_MAX_BYTES
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("config file {path} is invalid: {message}")]
-    Invalid { path: PathBuf, message: String },
-}
 
 impl Config {
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(&text).map_err(|message| ConfigError::Invalid {
-            path: path.to_owned(),
-            message,
-        })
-    }
-
+    /// The server's part of a config file's text (the binary reads the file, see `veem-node`).
     pub fn parse(text: &str) -> Result<Self, String> {
         let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
         config.check()?;
@@ -237,18 +190,6 @@ impl Config {
                 "host_dead_after_ms must be at least {MIN_HOST_DEAD_AFTER_MS}"
             ));
         }
-        let mut hosts = std::collections::HashSet::new();
-        for h in &self.hosts {
-            if !hosts.insert(&h.name) {
-                return Err(format!("host {} is listed twice", h.name));
-            }
-            if h.cpus == 0 || h.memory_mb == 0 {
-                return Err(format!(
-                    "host {}: cpus and memory_mb must be positive",
-                    h.name
-                ));
-            }
-        }
         Ok(())
     }
 }
@@ -278,7 +219,6 @@ memory_mb = 16384
         .expect("valid");
         assert_eq!(config.placement, Policy::Spread);
         assert_eq!(config.principals[0].name.as_str(), "sm-a");
-        assert_eq!(config.hosts[0].cpus, 8);
         assert_eq!(config.site, "local");
         assert_eq!(config.host_dead_after_ms, 10_000);
         assert!(config.tls.is_none());
@@ -315,7 +255,6 @@ admin = true
         let cases = [
             ("[[principal]]\nname=\"a\"\ntoken=\"secret\"\n[[principal]]\nname=\"a\"\ntoken=\"other1\"\n", "listed twice"),
             ("[[principal]]\nname=\"a\"\ntoken=\"secret\"\n[[principal]]\nname=\"b\"\ntoken=\"secret\"\n", "another principal"),
-            ("[[host]]\nname=\"h\"\ndriver=\"vmware\"\ncpus=1\nmemory_mb=1\n", "driver"),
             ("colour = \"red\"\n", "colour"),
             ("[[principal]]\nname=\"a\"\n", "exactly one of token and token_sha256"),
             ("[[principal]]\nname=\"a\"\ntoken=\"secret\"\ntoken_sha256=\"00\"\n", "exactly one"),

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot, watch};
-use veem_agent::Agent;
 use veem_api::agent::{
     AgentError, AgentErrorKind, AgentFrame, AgentRequest, AgentResponse, HostHello,
 };
@@ -29,22 +28,6 @@ pub trait HostLink: Send + Sync + 'static {
     /// Ends the link for good: the host was declared lost. Waiting calls fail at once and the
     /// connection is closed, so nothing more reaches the host through it.
     fn cut(&self) {}
-}
-
-pub struct InProcessLink(pub Arc<Agent>);
-
-#[async_trait]
-impl HostLink for InProcessLink {
-    async fn call(&self, request: AgentRequest) -> AgentResponse {
-        self.0.handle(request).await
-    }
-    fn kind(&self) -> &'static str {
-        "in-process"
-    }
-    /// An agent in this process lives and dies with the VEEM: it is always heard.
-    fn last_heard(&self) -> Instant {
-        Instant::now()
-    }
 }
 
 /// A remote agent's WebSocket, seen from the server: requests go out as frames, answers come

@@ -4,7 +4,8 @@
 //! `veem.rs` is the core (submission, control, the placement loop, reconciliation); `http/` is
 //! the only place that knows routes and status codes; hosts are reached through `hosts.rs`, either
 //! in this process or over a remote agent's WebSocket. This crate never speaks SQL (that is
-//! `veem-store`) nor QMP (that is the qemu driver of `veem-agent`).
+//! `veem-store`) nor QMP (that is the qemu driver of `veem-agent`), and knows no driver: the
+//! binary makes the hosts that run in its process (`veem-node`) and hands them over as links.
 
 pub mod auth;
 mod committer;
@@ -21,32 +22,40 @@ pub mod veem;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::path::PathBuf;
+
 use anyhow::Context as _;
-use veem_agent::sim::SimDriver;
-use veem_agent::{Agent, Driver, Fetcher, QemuDriver};
+use veem_api::agent::HostHello;
 
 pub use config::Config;
-use config::DriverKind;
-use hosts::{HostLink, InProcessLink};
+use hosts::HostLink;
 pub use veem::Veem;
 
 /// A started VEEM and the connection of its in-process hosts, which runs behind it.
 pub struct Started {
     pub veem: Veem,
-    /// Done once every in-process host of the config is connected and reconciled.
+    /// Done once every in-process host handed to [`start`] is connected and reconciled.
     pub hosts_connected: tokio::task::JoinHandle<()>,
 }
 
-/// Opens the store, makes the in-process host agents of the config and starts the background
-/// loops. The VEEM can answer at once: its books are loaded; the hosts connect (each
-/// reconciled with what it runs) behind it, one after another, as remote agents do.
-pub async fn start(config: &Config) -> anyhow::Result<Started> {
+/// The config's `data_dir`, created if need be and made absolute: paths below it are handed to
+/// agents and to QEMU, which does not start where veem did (it changes to / when it daemonizes).
+pub fn data_dir(config: &Config) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
-    // Absolute from here on: paths are handed to agents and to QEMU, which does not start where
-    // veem did (it changes to / when it daemonizes).
-    let data_dir = std::fs::canonicalize(&config.data_dir)
-        .with_context(|| format!("cannot resolve data_dir {}", config.data_dir.display()))?;
+    std::fs::canonicalize(&config.data_dir)
+        .with_context(|| format!("cannot resolve data_dir {}", config.data_dir.display()))
+}
+
+/// Opens the store and starts the background loops; `in_process` are the hosts that run in
+/// this process (made by the binary, each with the hello it connects with). The VEEM can answer
+/// at once: its books are loaded; the hosts connect (each reconciled with what it runs) behind
+/// it, one after another, as remote agents do.
+pub async fn start(
+    config: &Config,
+    in_process: Vec<(HostHello, Arc<dyn HostLink>)>,
+) -> anyhow::Result<Started> {
+    let data_dir = data_dir(config)?;
     let db = data_dir.join("veem.db");
     let store = veem_store::SqliteStore::open(&db)
         .with_context(|| format!("cannot open the store {}", db.display()))?;
@@ -70,42 +79,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
         file_sources: sources::FileSources::new(&config.file_sources, &data_dir)
             .map_err(anyhow::Error::msg)?,
     };
-    // Hosts fetch https:// sources trusting what callbacks trust: the system's roots and
-    // `[tls] ca_file` (a site's own CA).
-    let fetch = veem_agent::FetchConfig {
-        max_bytes: config.fetch_max_bytes,
-        ca_file: config.tls.as_ref().and_then(|tls| tls.ca_file.clone()),
-        allowed_networks: config.fetch_allow.clone(),
-        ..veem_agent::FetchConfig::default()
-    };
-    // One HTTP client for every in-process host's fetches.
-    let fetching = Fetcher::new(data_dir.join("hosts"), fetch)
-        .context("cannot set up the fetching of http(s) sources")?;
     let veem = Veem::open(core, Arc::new(store))?;
-    let mut in_process = Vec::with_capacity(config.hosts.len());
-    for host in &config.hosts {
-        let state_dir = data_dir.join("hosts").join(host.name.as_str());
-        let driver: Arc<dyn Driver> = match host.driver {
-            DriverKind::Sim => Arc::new(
-                SimDriver::new(host.sim.clone(), state_dir.clone()).with_context(|| {
-                    format!("cannot start the sim driver of host {}", host.name)
-                })?,
-            ),
-            DriverKind::Qemu => Arc::new(
-                QemuDriver::new(host.qemu.clone(), state_dir.clone()).with_context(|| {
-                    format!("cannot start the qemu driver of host {}", host.name)
-                })?,
-            ),
-        };
-        // The host's cache of http(s) sources, in its own state directory.
-        let fetcher = fetching.for_cache(state_dir.join("cache"));
-        let agent = Arc::new(
-            Agent::new(host.name.clone(), driver, host.cpus, host.memory_mb)
-                .with_fetcher(Arc::new(fetcher)),
-        );
-        let link: Arc<dyn HostLink> = Arc::new(InProcessLink(agent.clone()));
-        in_process.push((agent.hello(), link));
-    }
     veem.start_background();
     let connecting = veem.clone();
     let hosts_connected = tokio::spawn(async move {
@@ -156,11 +130,15 @@ fn server_tls(config: &Config) -> anyhow::Result<Option<veem_tls::Acceptor>> {
     Ok(Some(veem_tls::Acceptor::new(server)))
 }
 
-/// Runs the VEEM until SIGINT or SIGTERM.
-pub async fn serve(config: Config) -> anyhow::Result<()> {
+/// Runs the VEEM, with the hosts `in_process` (see [`start`]), until SIGINT or SIGTERM.
+pub async fn serve(
+    config: Config,
+    in_process: Vec<(HostHello, Arc<dyn HostLink>)>,
+) -> anyhow::Result<()> {
     // Before anything starts: a bad certificate is the operator's to fix at once.
     let tls = server_tls(&config)?;
-    let Started { veem, .. } = start(&config).await?;
+    let in_process_hosts = in_process.len();
+    let Started { veem, .. } = start(&config, in_process).await?;
     let state = http::AppState {
         veem,
         auth: Arc::new(auth::Authenticator::new(config.principals.clone())),
@@ -178,7 +156,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
              network in clear; give [tls] cert and key to serve HTTPS"
         );
     }
-    tracing::info!(listen = %config.listen, scheme, data_dir = %config.data_dir.display(), hosts = config.hosts.len(), "veem is serving the VMI");
+    tracing::info!(listen = %config.listen, scheme, data_dir = %config.data_dir.display(), hosts = in_process_hosts, "veem is serving the VMI");
     http::listen::serve(listener, http::router(state), tls, shutdown_signal()).await;
     tracing::info!("veem stopped");
     Ok(())

@@ -5,11 +5,12 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
 use veem_api::agent::{DeploySpec, DiskPlan, SourcePlan};
+use veem_layout::{context_image_path, disk_path, source_note_path};
 use veem_model::{DiskKind, ImageFormat};
 
 use super::machine::{Drive, CONTEXT_TARGET};
 use crate::driver::{check_disk_target, local_source};
-use crate::{command, disk_path, fsutil, DriverError};
+use crate::{command, fsutil, DriverError};
 
 const GIB: u64 = 1 << 30;
 /// The context disk: a small FAT file system, like a floppy that fits an OVF environment.
@@ -17,17 +18,6 @@ const CONTEXT_IMAGE_BYTES: u64 = 2 << 20;
 const CONTEXT_MAX_DOCUMENT_BYTES: usize = 1 << 20;
 /// The context disk's volume label, for a guest that looks for it by label.
 pub const CONTEXT_LABEL: &str = "CONTEXT";
-
-/// The context disk of a VEE.
-pub fn context_image_path(vee_dir: &Path) -> PathBuf {
-    vee_dir.join("context.img")
-}
-
-/// Where a disk used in place records its source, so an export finds it from the VEE's
-/// directory alone.
-fn source_note_path(vee_dir: &Path, target: &str) -> PathBuf {
-    vee_dir.join("disks").join(format!("{target}.source"))
-}
 
 /// Creates the disks of `spec` that do not exist yet (an existing disk is the VEE's own, from
 /// an earlier run, and is kept) and answers the drives to attach, context disk last. Every

@@ -15,12 +15,13 @@
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 use tokio::net::UnixStream;
 use tokio::task::JoinHandle;
 use veem_api::agent::AgentReport;
+use veem_layout::now_ms;
 use veem_model::VeeId;
 
 /// The name of the guest's virtio-serial port for its agent (`virtserialport,name=`).
@@ -182,21 +183,13 @@ async fn read_connection(mut stream: UnixStream, pending: &PendingReports) -> St
                     return;
                 };
                 pending.push(AgentReport {
-                    t_ms: unix_ms(),
+                    t_ms: now_ms(),
                     measurements,
                 });
             }),
             Err(e) => return e.to_string(),
         }
     }
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| {
-            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
-        })
 }
 
 /// Cuts a byte stream into lines of at most [`MAX_LINE_BYTES`]; a longer line is skipped
@@ -359,7 +352,7 @@ mod tests {
             .await
             .expect("the reader connects")
             .unwrap();
-        let before = unix_ms();
+        let before = now_ms();
         let mut stream = format!(
             "VEEM-GUEST-ALIVE 1\nVEEM-KPI a=1 b=2\nVEEM-KPI bad\nVEEM-KPI {}=1\n",
             "k".repeat(MAX_LINE_BYTES)
@@ -377,7 +370,7 @@ mod tests {
         );
         assert!(reports
             .iter()
-            .all(|r| r.t_ms >= before && r.t_ms <= unix_ms()));
+            .all(|r| r.t_ms >= before && r.t_ms <= now_ms()));
 
         // The channel closes (a line half written is lost) and the reader comes back.
         drop(guest);

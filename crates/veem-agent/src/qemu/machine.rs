@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use veem_api::agent::{BootPlan, DeploySpec};
+use veem_layout::console_path;
 
 use super::config::Accel;
 use super::guest_agent::AGENT_PORT_NAME;
@@ -101,11 +102,6 @@ impl InstancePaths {
             console: console_path(vee_dir),
         }
     }
-}
-
-/// The file a VEE's serial console is written to (appended across boots and restores).
-pub fn console_path(vee_dir: &Path) -> PathBuf {
-    vee_dir.join("console.log")
 }
 
 /// The file in a VEE's directory that carries its [`MachineShape`].

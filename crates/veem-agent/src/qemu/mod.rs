@@ -57,13 +57,13 @@ use veem_model::VeeId;
 
 pub use config::{detect_accel, resolve_accel, Accel, AccelChoice, QemuConfig};
 pub use counters::read_tap_counters;
-pub use disks::{context_image_path, CONTEXT_LABEL};
+pub use disks::CONTEXT_LABEL;
 pub use guest_agent::{
     parse_kpi_line, AGENT_PORT_NAME, KPI_LINE_PREFIX, MAX_LINE_BYTES, MAX_PENDING_REPORTS,
 };
 pub use instances::QemuDriver;
 pub use machine::CONTEXT_TARGET;
-pub use machine::{console_path, shape_path, MachineShape, PluggedCpu};
+pub use machine::{shape_path, MachineShape, PluggedCpu};
 
 use crate::{Driver, DriverError, MigrationStats};
 use instances::{qmp_failed, Instance, MIB};

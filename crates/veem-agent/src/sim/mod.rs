@@ -24,12 +24,13 @@ mod journal;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use veem_api::agent::{
     DeploySpec, DiskCounters, InstanceState, InstanceStatus, LanPlan, NicCounters,
 };
+use veem_layout::{context_document_path, disk_path, now_ms, source_note_path};
 use veem_model::VeeId;
 
 pub use config::{FaultSpec, LatencyConfig, SimConfig, FAULT_OPS};
@@ -37,7 +38,7 @@ use journal::{Change, Journal};
 
 use crate::driver::{check_boot_files, check_disk_target, local_source};
 use crate::vee_locks::{VeeGuard, VeeLocks};
-use crate::{disk_path, fsutil, Driver, DriverError, MigrationStats};
+use crate::{fsutil, Driver, DriverError, MigrationStats};
 
 /// Share of its vCPUs a running simulated guest keeps busy, in percent.
 const LOAD_PERCENT: u64 = 25;
@@ -438,11 +439,6 @@ async fn read_boot_id(path: &Path) -> Result<u64, DriverError> {
         })
 }
 
-/// Where a non-cloned disk records the source it uses in place.
-fn source_note_path(vee_dir: &Path, target: &str) -> PathBuf {
-    vee_dir.join("disks").join(format!("{target}.source"))
-}
-
 /// Plays an operation's configured duration. No latency means none at all: a timer, even of
 /// zero, waits for the runtime's next millisecond tick, which would make every operation of a
 /// scale test take a millisecond.
@@ -450,14 +446,6 @@ async fn take(delay: Duration) {
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| {
-            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
-        })
 }
 
 #[async_trait::async_trait]
@@ -475,7 +463,7 @@ impl Driver for SimDriver {
         check_boot_files(spec)?;
         self.create_disks(spec).await?;
         if let Some(ovf_env) = &spec.ovf_env {
-            let path = spec.vee_dir.join("context").join("ovf-env.xml");
+            let path = context_document_path(&spec.vee_dir);
             fsutil::write_atomic(&path, ovf_env.as_bytes()).await?;
         }
         self.commit(SimInstance::new(

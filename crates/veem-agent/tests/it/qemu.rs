@@ -10,9 +10,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 use veem_agent::qemu::qmp::{QueryBalloon, QueryCpusFast, QueryStatus};
-use veem_agent::qemu::{console_path, context_image_path, Accel, QemuConfig, QemuDriver};
-use veem_agent::{disk_path, Driver, DriverError};
+use veem_agent::qemu::{Accel, QemuConfig, QemuDriver};
+use veem_agent::{Driver, DriverError};
 use veem_api::agent::{AgentReport, DeploySpec, DiskPlan, InstanceState, NicPlan};
+use veem_layout::{console_path, context_image_path, disk_path};
 use veem_model::VeeId;
 
 use crate::common::{blank, clone_of, vee};

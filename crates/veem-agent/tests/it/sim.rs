@@ -3,8 +3,9 @@
 use std::time::{Duration, Instant};
 
 use veem_agent::sim::{FaultSpec, LatencyConfig, SimConfig, SimDriver};
-use veem_agent::{disk_path, Driver, DriverError};
+use veem_agent::{Driver, DriverError};
 use veem_api::agent::{DiskPlan, InstanceState};
+use veem_layout::disk_path;
 
 use crate::common::{blank, clone_of, host, image, in_place, spec, vee};
 

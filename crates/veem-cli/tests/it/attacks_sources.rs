@@ -412,7 +412,7 @@ async fn http_sources_are_fetched_once_per_host_and_failures_name_the_url() {
         .expect("answered");
     assert!(r.failed.is_empty(), "{r:?}");
     for id in &refs {
-        let disk = veem_agent::disk_path(&s.data_dir().join("vees").join(id), "vda");
+        let disk = veem_layout::disk_path(&s.data_dir().join("vees").join(id), "vda");
         assert_eq!(std::fs::read(&disk).expect("the VEE's disk"), image);
     }
     assert_eq!(web.gets.load(Ordering::SeqCst), 1, "one download for both");
@@ -618,7 +618,7 @@ async fn a_vee_whose_disk_is_an_http_url_boots_on_qemu_with_a_read_only_cdrom_be
         "the VEE's disk is its own copy: {args}"
     );
     // The VEE's disk is a whole copy of the fetched image, with no backing file in the cache.
-    let disk = veem_agent::disk_path(&vee_dir, "vda");
+    let disk = veem_layout::disk_path(&vee_dir, "vda");
     let info = std::process::Command::new("qemu-img")
         .args(["info", "-U", "--output=json"])
         .arg(&disk)

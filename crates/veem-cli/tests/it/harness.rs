@@ -605,11 +605,8 @@ fn items_of(posts: Vec<(u64, serde_json::Value)>) -> Vec<(u64, serde_json::Value
         .collect()
 }
 
-pub fn wall_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+/// The wall clock in unix milliseconds, as the VEEM and its hosts read it.
+pub use veem_layout::now_ms as wall_ms;
 
 /// veem's own default health interval, for measurements of a setup as an operator runs it.
 #[allow(dead_code)] // the benches' (they include this file)

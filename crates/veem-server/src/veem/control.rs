@@ -169,7 +169,7 @@ impl Veem {
     }
 
     fn memory_file(&self, id: &VeeId) -> PathBuf {
-        self.vee_dir(id).join("memory.state")
+        veem_layout::memory_file(&self.vee_dir(id))
     }
 
     /// Waits until a VEE on its way to ACTIVE gets there or stops trying.
@@ -686,8 +686,8 @@ impl Veem {
             )?;
         }
         let vee_dir = self.vee_dir(&record.id);
-        let disk = veem_agent::disk_path(&vee_dir, target);
-        let source_note = disk.with_extension("source");
+        let disk = veem_layout::disk_path(&vee_dir, target);
+        let source_note = veem_layout::source_note_path(&vee_dir, target);
         if !disk.exists() && !source_note.exists() {
             return Err(CoreError::NotFound(format!(
                 "disk {target} of VEE {id} has no contents yet: the VEE was never deployed"

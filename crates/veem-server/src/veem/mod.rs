@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
 use veem_api::agent::{AgentErrorKind, AgentResponse};
@@ -38,12 +38,7 @@ mod submission;
 pub use monitoring::{Putter, Routed};
 pub use networks::{lan_key, NetworkInfo};
 
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use veem_layout::now_ms;
 
 /// Settings the core needs from the config file.
 #[derive(Debug, Clone)]
@@ -270,7 +265,7 @@ impl Veem {
     }
 
     pub fn vee_dir(&self, id: &VeeId) -> PathBuf {
-        self.inner.config.data_dir.join("vees").join(id.as_str())
+        veem_layout::vee_dir(&self.inner.config.data_dir, id)
     }
 
     pub fn image_path(&self, owner: &Principal, name: &ImageName) -> PathBuf {
