@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use veem_agent::sim::{FaultSpec, LatencyConfig, SimConfig, SimDriver};
 use veem_agent::Agent;
 use veem_api::agent::{AgentRequest, AgentResponse};
@@ -27,24 +26,6 @@ pub const DEADLINE: Duration = Duration::from_secs(10);
 
 /// The timeout given to UpdateState calls expected to finish.
 pub const ACTION_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A host agent in this process, called directly: what `veem serve` does for the hosts of its
-/// config, written here so the tests depend only on the `HostLink` contract.
-struct AgentLink(Arc<Agent>);
-
-#[async_trait]
-impl HostLink for AgentLink {
-    async fn call(&self, request: AgentRequest) -> AgentResponse {
-        self.0.handle(request).await
-    }
-    fn kind(&self) -> &'static str {
-        "in-process"
-    }
-    /// In this process: always heard, never lost.
-    fn last_heard(&self) -> Instant {
-        Instant::now()
-    }
-}
 
 /// One sim host to connect.
 pub struct HostSpec {
@@ -211,7 +192,7 @@ impl Site {
             spec.cpus,
             spec.memory_mb,
         ));
-        let link: Arc<dyn HostLink> = Arc::new(AgentLink(agent.clone()));
+        let link: Arc<dyn HostLink> = Arc::new(veem_node::InProcessLink(agent.clone()));
         self.veem
             .connect_host(agent.hello(), link)
             .await
