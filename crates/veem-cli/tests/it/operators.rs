@@ -1,7 +1,6 @@
 //! Operator endpoints, migration, listing, and a host agent running as its own process.
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use veem_api::{HostState, MigrateRequest};
 use veem_client::ListQuery;
@@ -218,57 +217,9 @@ async fn a_host_agent_runs_as_its_own_process_and_reconnects() {
         ..Setup::default()
     })
     .await;
-    let state_dir = s.dir.path().join("agent-h9");
-    let spawn_agent = || {
-        Command::new(veem_bin())
-            .args([
-                "agent",
-                "--server",
-                &s.url,
-                "--agent-token",
-                TOKEN_OPS,
-                "--name",
-                "h9",
-                "--cpus",
-                "4",
-                "--memory-mb",
-                "8192",
-                "--state-dir",
-            ])
-            .arg(&state_dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the agent starts")
-    };
-    let mut agent = spawn_agent();
-    let wait_for = |state: HostState| {
-        let ops = s.ops.clone();
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                let hosts = ops.list_hosts().await.expect("hosts");
-                if hosts
-                    .hosts
-                    .iter()
-                    .any(|h| h.id.as_str() == "h9" && h.state == state)
-                {
-                    return hosts;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "h9 never became {state:?}: {hosts:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    };
-    let hosts = wait_for(HostState::Up).await;
-    let h9 = hosts
-        .hosts
-        .iter()
-        .find(|h| h.id.as_str() == "h9")
-        .expect("h9");
+    let limit = Duration::from_secs(20);
+    let mut agent = RemoteAgent::start(&s, "h9", 4, 8192);
+    let h9 = wait_host(&s, "h9", HostState::Up, limit).await;
     assert_eq!((h9.agent.as_str(), h9.capacity.cpus), ("remote", 4));
     let id = init_one(&s.a, small("remote")).await;
     ctl_ok(&s.a, A::Activate, &[&id]).await;
@@ -279,15 +230,13 @@ async fn a_host_agent_runs_as_its_own_process_and_reconnects() {
     ctl_ok(&s.a, A::Pause, &[&id]).await;
 
     // The agent dies and comes back: its VEE is found again, still paused.
-    agent.kill().expect("kill -9");
-    agent.wait().expect("reaped");
-    wait_for(HostState::Down).await;
-    let mut agent = spawn_agent();
-    wait_for(HostState::Up).await;
+    agent.kill9();
+    wait_host(&s, "h9", HostState::Down, limit).await;
+    agent.spawn();
+    wait_host(&s, "h9", HostState::Up, limit).await;
     assert_eq!(state_of(&s.a, &id).await, VmiState::Paused);
     ctl_ok(&s.a, A::Activate, &[&id]).await;
-    let _ = agent.kill();
-    let _ = agent.wait();
+    agent.kill9();
 }
 
 /// The contract's `GET /hosts?limit=N&after=<host id>` pages like the VEE list; without a

@@ -4,7 +4,6 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use veem_api::{HostState, MigrateRequest};
@@ -165,49 +164,10 @@ async fn a_host_away_at_purge_is_cleaned_when_it_connects_again() {
         ..Setup::default()
     })
     .await;
-    let state_dir = s.dir.path().join("agent-h9");
-    let spawn_agent = || {
-        Command::new(veem_bin())
-            .args([
-                "agent",
-                "--server",
-                &s.url,
-                "--agent-token",
-                TOKEN_OPS,
-                "--name",
-                "h9",
-                "--cpus",
-                "4",
-                "--memory-mb",
-                "8192",
-                "--state-dir",
-            ])
-            .arg(&state_dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the agent starts")
-    };
-    let wait_for = |state: HostState| {
-        let ops = s.ops.clone();
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                let hosts = ops.list_hosts().await.expect("hosts");
-                if hosts
-                    .hosts
-                    .iter()
-                    .any(|h| h.id.as_str() == "h9" && h.state == state)
-                {
-                    return;
-                }
-                assert!(Instant::now() < deadline, "h9 never became {state:?}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    };
-    let mut agent = spawn_agent();
-    wait_for(HostState::Up).await;
+    let limit = Duration::from_secs(20);
+    let mut agent = RemoteAgent::start(&s, "h9", 4, 8192);
+    let state_dir = agent.state_dir.clone();
+    wait_host(&s, "h9", HostState::Up, limit).await;
     let before = listing(&state_dir);
     let id = init_one(&s.a, small("away")).await;
     ctl_ok(&s.a, A::Activate, &[&id]).await;
@@ -221,14 +181,13 @@ async fn a_host_away_at_purge_is_cleaned_when_it_connects_again() {
     };
     assert!(journal_mentions(&id), "h9 records its instance of {id}");
 
-    agent.kill().expect("kill -9");
-    agent.wait().expect("reaped");
-    wait_for(HostState::Down).await;
+    agent.kill9();
+    wait_host(&s, "h9", HostState::Down, limit).await;
     s.a.purge_vee(&id).await.expect("purged while h9 is away");
     assert!(journal_mentions(&id), "h9 was away: it still has it");
 
-    let mut agent = spawn_agent();
-    wait_for(HostState::Up).await;
+    agent.spawn();
+    wait_host(&s, "h9", HostState::Up, limit).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while journal_mentions(&id) {
         assert!(
@@ -239,6 +198,5 @@ async fn a_host_away_at_purge_is_cleaned_when_it_connects_again() {
     }
     let after = listing(&state_dir);
     assert_eq!(after, before, "nothing new on h9");
-    let _ = agent.kill();
-    let _ = agent.wait();
+    agent.kill9();
 }
