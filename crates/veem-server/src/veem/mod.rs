@@ -74,20 +74,41 @@ struct Slot {
     record: VeeRecord,
     /// Held for the whole of an action on this VEE.
     lock: Arc<tokio::sync::Mutex<()>>,
-    /// Bumped after every committed change, for callers waiting on the VEE.
-    changed: watch::Sender<u64>,
+    /// Bumped after every committed change, for callers waiting on the VEE: made by the first
+    /// caller that waits and dropped once nobody does, since a channel costs about 400 bytes
+    /// and most of 200,000 VEEs are never waited on.
+    changed: Option<watch::Sender<u64>>,
     /// Why the last deployment failed, for the caller waiting on it.
     last_failure: Option<CoreError>,
 }
 
 impl Slot {
     fn new(record: VeeRecord) -> Self {
-        let (changed, _) = watch::channel(record.generation);
         Self {
             record,
             lock: Arc::new(tokio::sync::Mutex::new(())),
-            changed,
+            changed: None,
             last_failure: None,
+        }
+    }
+
+    /// Watches the VEE's generation from now on.
+    fn subscribe(&mut self) -> watch::Receiver<u64> {
+        let generation = self.record.generation;
+        self.changed
+            .get_or_insert_with(|| watch::channel(generation).0)
+            .subscribe()
+    }
+
+    /// Makes `record` the VEE's and wakes whoever watches it.
+    fn set(&mut self, record: VeeRecord) {
+        self.record = record;
+        if let Some(changed) = &self.changed {
+            if changed.receiver_count() == 0 {
+                self.changed = None;
+            } else {
+                changed.send_replace(self.record.generation);
+            }
         }
     }
 }
@@ -210,7 +231,16 @@ impl Veem {
             .collect();
         let mut vees = BTreeMap::new();
         let mut pending = BTreeSet::new();
-        for record in snapshot.vees {
+        // The VEEs of one InitializeVEEs call are loaded one after the other with equal
+        // descriptors: they share one again, as they did before the restart.
+        let mut previous: Option<Arc<veem_model::VeeDescriptor>> = None;
+        for mut record in snapshot.vees {
+            match &previous {
+                Some(shared) if **shared == *record.descriptor => {
+                    record.descriptor = shared.clone();
+                }
+                _ => previous = Some(record.descriptor.clone()),
+            }
             let seq = record.id.seq();
             if record.veem_state == VeemState::Pending {
                 pending.insert(seq);
@@ -360,8 +390,7 @@ impl Veem {
             let mut state = self.state();
             for s in &staged {
                 if let Some(slot) = state.vees.get_mut(&s.seq) {
-                    slot.record = s.record.clone();
-                    slot.changed.send_replace(s.record.generation);
+                    slot.set(s.record.clone());
                 }
                 records.push(s.record.clone());
                 for change in &s.changes {
