@@ -269,8 +269,9 @@ pub fn rich_record(seq: u64) -> VeeRecord {
 pub fn ovf_env_record(seq: u64) -> VeeRecord {
     let mut record = plain_record(seq);
     record.owner = principal("bob");
-    std::sync::Arc::make_mut(&mut record.descriptor).context.ovf_env =
-        Some("<?xml version=\"1.0\"?>\n<Environment>&amp;</Environment>".to_owned());
+    std::sync::Arc::make_mut(&mut record.descriptor)
+        .context
+        .ovf_env = Some("<?xml version=\"1.0\"?>\n<Environment>&amp;</Environment>".to_owned());
     record
 }
 

@@ -83,13 +83,13 @@ struct Slot {
 }
 
 impl Slot {
-    fn new(record: VeeRecord) -> Self {
-        Self {
+    fn new(record: VeeRecord) -> Box<Self> {
+        Box::new(Self {
             record,
             lock: Arc::new(tokio::sync::Mutex::new(())),
             changed: None,
             last_failure: None,
-        }
+        })
     }
 
     /// Watches the VEE's generation from now on.
@@ -114,7 +114,9 @@ impl Slot {
 }
 
 struct State {
-    vees: BTreeMap<u64, Slot>,
+    /// Boxed: a B-tree node holds eleven entries and is about half full when keys only grow,
+    /// so an unboxed slot would cost twice its size.
+    vees: BTreeMap<u64, Box<Slot>>,
     next_seq: u64,
     cluster: Cluster,
     images: BTreeMap<(Principal, ImageName), ImageRecord>,
