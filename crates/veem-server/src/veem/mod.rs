@@ -171,6 +171,17 @@ pub struct Veem {
     inner: Arc<Inner>,
 }
 
+/// Makes `value` the copy `known` holds of it, or adds it there: equal names loaded from the
+/// store share one string.
+fn share<T: Clone + Eq + std::hash::Hash>(known: &mut std::collections::HashSet<T>, value: &mut T) {
+    match known.get(value) {
+        Some(copy) => *value = copy.clone(),
+        None => {
+            known.insert(value.clone());
+        }
+    }
+}
+
 fn demand_of(record: &VeeRecord) -> Demand {
     Demand {
         owner: record.owner.clone(),
@@ -236,7 +247,14 @@ impl Veem {
         // The VEEs of one InitializeVEEs call are loaded one after the other with equal
         // descriptors: they share one again, as they did before the restart.
         let mut previous: Option<Arc<veem_model::VeeDescriptor>> = None;
+        // Owners and hosts are few: each record shares the one copy of its names.
+        let mut owners = std::collections::HashSet::new();
+        let mut host_names = std::collections::HashSet::new();
         for mut record in snapshot.vees {
+            share(&mut owners, &mut record.owner);
+            if let Some(host) = &mut record.host {
+                share(&mut host_names, host);
+            }
             match &previous {
                 Some(shared) if **shared == *record.descriptor => {
                     record.descriptor = shared.clone();
