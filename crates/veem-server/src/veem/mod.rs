@@ -532,3 +532,46 @@ async fn remove_file_if_present(path: &Path) -> Result<(), CoreError> {
         Err(e) => Err(CoreError::internal("removing a file", e)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use veem_model::{InitModel, VeeDescriptor};
+
+    use super::*;
+
+    fn record() -> VeeRecord {
+        VeeRecord::defined(
+            VeeId::from_seq(1),
+            Principal::new("alice").expect("a valid name"),
+            VeeDescriptor::minimal(1, 64),
+            InitModel::Besteffort,
+            0,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_slot_wakes_its_watchers_and_keeps_no_channel_without_them() {
+        let mut slot = Slot::new(record());
+        assert!(slot.changed.is_none(), "no channel before anyone waits");
+        let mut watcher = slot.subscribe();
+        let mut next = slot.record.clone();
+        next.generation = 2;
+        slot.set(next.clone());
+        tokio::time::timeout(Duration::from_secs(5), watcher.changed())
+            .await
+            .expect("the watcher is woken")
+            .expect("the channel is open");
+        assert_eq!(*watcher.borrow(), 2);
+        drop(watcher);
+        next.generation = 3;
+        slot.set(next);
+        assert!(
+            slot.changed.is_none(),
+            "the channel goes with its last watcher"
+        );
+        assert_eq!(slot.record.generation, 3);
+        // A later watcher starts from the generation of the moment it subscribes.
+        let watcher = slot.subscribe();
+        assert_eq!(*watcher.borrow(), 3);
+    }
+}
