@@ -23,7 +23,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -113,15 +113,49 @@ pub enum FetchError {
 pub struct Fetcher {
     cache_dir: PathBuf,
     config: FetchConfig,
-    client: reqwest::Client,
+    /// The certificates of `config.ca_file`, read and checked at construction.
+    extra_roots: Vec<reqwest::Certificate>,
+    /// Built at the first download, and shared with the fetchers made by [`Fetcher::for_cache`].
+    client: Arc<OnceLock<reqwest::Client>>,
     /// One lock per URL being fetched, so concurrent deployments of it fetch once.
     downloads: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Fetcher {
-    /// A cache in `cache_dir` (created when first needed).
+    /// A cache in `cache_dir` (created when first needed). A bad `ca_file` fails here; the
+    /// HTTP client itself is built at the first download (see [`Fetcher::client`]).
     pub fn new(cache_dir: PathBuf, config: FetchConfig) -> Result<Self, FetchError> {
-        let allowed = Arc::new(config.allowed_networks.clone());
+        let mut extra_roots = Vec::new();
+        if let Some(path) = &config.ca_file {
+            let pem = std::fs::read(path).map_err(|source| FetchError::CaFile {
+                path: path.clone(),
+                source,
+            })?;
+            extra_roots = reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| {
+                FetchError::BadCa {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+        }
+        Ok(Self {
+            cache_dir,
+            config,
+            extra_roots,
+            client: Arc::new(OnceLock::new()),
+            downloads: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The HTTP client, built when first needed: a client holds its own copy of the system's
+    /// root certificates (about 100 KB), and a site of 10,000 in-process hosts that never
+    /// fetch would otherwise hold 10,000 of them (1 GB; see "Memory at scale" in
+    /// BENCHMARKS.md).
+    fn client(&self) -> Result<&reqwest::Client, FetchError> {
+        if let Some(client) = self.client.get() {
+            return Ok(client);
+        }
+        let allowed = Arc::new(self.config.allowed_networks.clone());
         let redirects_allowed = allowed.clone();
         // A redirect to an address literal is judged here; one to a name, by the resolver.
         let redirects = reqwest::redirect::Policy::custom(move |attempt| {
@@ -139,30 +173,14 @@ impl Fetcher {
             .redirect(redirects)
             .dns_resolver(Arc::new(PublicResolver { allowed }))
             .no_proxy()
-            .connect_timeout(config.stall_timeout)
-            .read_timeout(config.stall_timeout);
-        if let Some(path) = &config.ca_file {
-            let pem = std::fs::read(path).map_err(|source| FetchError::CaFile {
-                path: path.clone(),
-                source,
-            })?;
-            let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| {
-                FetchError::BadCa {
-                    path: path.clone(),
-                    source,
-                }
-            })?;
-            for certificate in certificates {
-                builder = builder.add_root_certificate(certificate);
-            }
+            .connect_timeout(self.config.stall_timeout)
+            .read_timeout(self.config.stall_timeout);
+        for certificate in &self.extra_roots {
+            builder = builder.add_root_certificate(certificate.clone());
         }
         let client = builder.build().map_err(FetchError::Client)?;
-        Ok(Self {
-            cache_dir,
-            config,
-            client,
-            downloads: Mutex::new(HashMap::new()),
-        })
+        // Two first downloads may race to build one; either client will do.
+        Ok(self.client.get_or_init(|| client))
     }
 
     /// A fetcher with its own cache in `cache_dir` that shares this one's HTTP client and
@@ -172,6 +190,7 @@ impl Fetcher {
         Self {
             cache_dir,
             config: self.config.clone(),
+            extra_roots: self.extra_roots.clone(),
             client: self.client.clone(),
             downloads: Mutex::new(HashMap::new()),
         }
@@ -242,7 +261,12 @@ impl Fetcher {
                 });
             }
         }
-        let mut response = self.client.get(url).send().await.map_err(request_error)?;
+        let mut response = self
+            .client()?
+            .get(url)
+            .send()
+            .await
+            .map_err(request_error)?;
         if !response.status().is_success() {
             return Err(FetchError::Status {
                 url: url.to_owned(),

@@ -1,5 +1,7 @@
 //! What the VEEM stores about each VEE and image, and the events of a VEE's life.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::descriptor::VeeDescriptor;
@@ -50,7 +52,9 @@ pub struct Generated {
 pub struct VeeRecord {
     pub id: VeeId,
     pub owner: Principal,
-    pub descriptor: VeeDescriptor,
+    /// Shared by the VEEs of one InitializeVEEs call (up to 10,000 of one descriptor) until
+    /// one of them changes (a resize: `Arc::make_mut`). Stored and shown as the descriptor.
+    pub descriptor: Arc<VeeDescriptor>,
     pub model: InitModel,
     pub state: VmiState,
     pub veem_state: VeemState,
@@ -93,14 +97,14 @@ impl VeeRecord {
     pub fn defined(
         id: VeeId,
         owner: Principal,
-        descriptor: VeeDescriptor,
+        descriptor: impl Into<Arc<VeeDescriptor>>,
         model: InitModel,
         now_ms: u64,
     ) -> Self {
         Self {
             id,
             owner,
-            descriptor,
+            descriptor: descriptor.into(),
             model,
             state: VmiState::Defined,
             veem_state: VeemState::Stopped,

@@ -229,7 +229,7 @@ pub fn rich_record(seq: u64) -> VeeRecord {
     VeeRecord {
         id: VeeId::from_seq(seq),
         owner: principal("alice"),
-        descriptor,
+        descriptor: descriptor.into(),
         model: InitModel::Twophase,
         state: VmiState::Initial,
         veem_state: VeemState::Hold,
@@ -269,8 +269,9 @@ pub fn rich_record(seq: u64) -> VeeRecord {
 pub fn ovf_env_record(seq: u64) -> VeeRecord {
     let mut record = plain_record(seq);
     record.owner = principal("bob");
-    record.descriptor.context.ovf_env =
-        Some("<?xml version=\"1.0\"?>\n<Environment>&amp;</Environment>".to_owned());
+    std::sync::Arc::make_mut(&mut record.descriptor)
+        .context
+        .ovf_env = Some("<?xml version=\"1.0\"?>\n<Environment>&amp;</Environment>".to_owned());
     record
 }
 
@@ -529,7 +530,7 @@ pub fn an_update_with_the_stored_generation_replaces_the_record(store: &dyn Stor
         r.state = VmiState::Active;
         r.veem_state = VeemState::Active;
         r.phase = None;
-        r.descriptor.memory_mb = 2048;
+        std::sync::Arc::make_mut(&mut r.descriptor).memory_mb = 2048;
         r.updated_ms = 3_000;
     });
     commit(store, &[change]);

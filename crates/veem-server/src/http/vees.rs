@@ -42,7 +42,7 @@ fn view(record: &VeeRecord, site: &str) -> VeeView {
             record.host.clone()
         },
         site: site.to_owned(),
-        descriptor: record.descriptor.clone(),
+        descriptor: VeeDescriptor::clone(&record.descriptor),
         generated: record.generated.clone(),
         tags: record.descriptor.tags.clone(),
         pending_reason: record.pending_reason.clone(),

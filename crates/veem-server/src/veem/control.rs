@@ -176,12 +176,12 @@ impl Veem {
     async fn wait_for_activation(&self, seq: u64, deadline: Instant) -> Result<(), CoreError> {
         loop {
             let (mut changed, record, failure) = {
-                let state = self.state();
-                let slot = state.vees.get(&seq).ok_or_else(|| {
+                let mut state = self.state();
+                let slot = state.vees.get_mut(&seq).ok_or_else(|| {
                     CoreError::NotFound(format!("VEE {} was purged", VeeId::from_seq(seq)))
                 })?;
                 (
-                    slot.changed.subscribe(),
+                    slot.subscribe(),
                     slot.record.clone(),
                     slot.last_failure.clone(),
                 )
@@ -405,8 +405,9 @@ impl Veem {
         let detail = format!("resized to {new_cpu} CPUs, {new_memory} MB");
         let updated = self
             .update(seq, Some(detail), |r| {
-                r.descriptor.cpu = new_cpu;
-                r.descriptor.memory_mb = new_memory;
+                let descriptor = std::sync::Arc::make_mut(&mut r.descriptor);
+                descriptor.cpu = new_cpu;
+                descriptor.memory_mb = new_memory;
             })
             .await?;
         self.wake_placer();

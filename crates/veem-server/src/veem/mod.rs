@@ -69,26 +69,49 @@ struct Slot {
     record: VeeRecord,
     /// Held for the whole of an action on this VEE.
     lock: Arc<tokio::sync::Mutex<()>>,
-    /// Bumped after every committed change, for callers waiting on the VEE.
-    changed: watch::Sender<u64>,
+    /// Bumped after every committed change, for callers waiting on the VEE: made by the first
+    /// caller that waits and dropped once nobody does, since a channel costs about 400 bytes
+    /// and most of 200,000 VEEs are never waited on.
+    changed: Option<watch::Sender<u64>>,
     /// Why the last deployment failed, for the caller waiting on it.
     last_failure: Option<CoreError>,
 }
 
 impl Slot {
-    fn new(record: VeeRecord) -> Self {
-        let (changed, _) = watch::channel(record.generation);
-        Self {
+    fn new(record: VeeRecord) -> Box<Self> {
+        Box::new(Self {
             record,
             lock: Arc::new(tokio::sync::Mutex::new(())),
-            changed,
+            changed: None,
             last_failure: None,
+        })
+    }
+
+    /// Watches the VEE's generation from now on.
+    fn subscribe(&mut self) -> watch::Receiver<u64> {
+        let generation = self.record.generation;
+        self.changed
+            .get_or_insert_with(|| watch::channel(generation).0)
+            .subscribe()
+    }
+
+    /// Makes `record` the VEE's and wakes whoever watches it.
+    fn set(&mut self, record: VeeRecord) {
+        self.record = record;
+        if let Some(changed) = &self.changed {
+            if changed.receiver_count() == 0 {
+                self.changed = None;
+            } else {
+                changed.send_replace(self.record.generation);
+            }
         }
     }
 }
 
 struct State {
-    vees: BTreeMap<u64, Slot>,
+    /// Boxed: a B-tree node holds eleven entries and is about half full when keys only grow,
+    /// so an unboxed slot would cost twice its size.
+    vees: BTreeMap<u64, Box<Slot>>,
     next_seq: u64,
     cluster: Cluster,
     images: BTreeMap<(Principal, ImageName), ImageRecord>,
@@ -141,6 +164,17 @@ struct Inner {
 #[derive(Clone)]
 pub struct Veem {
     inner: Arc<Inner>,
+}
+
+/// Makes `value` the copy `known` holds of it, or adds it there: equal names loaded from the
+/// store share one string.
+fn share<T: Clone + Eq + std::hash::Hash>(known: &mut std::collections::HashSet<T>, value: &mut T) {
+    match known.get(value) {
+        Some(copy) => *value = copy.clone(),
+        None => {
+            known.insert(value.clone());
+        }
+    }
 }
 
 fn demand_of(record: &VeeRecord) -> Demand {
@@ -205,7 +239,23 @@ impl Veem {
             .collect();
         let mut vees = BTreeMap::new();
         let mut pending = BTreeSet::new();
-        for record in snapshot.vees {
+        // The VEEs of one InitializeVEEs call are loaded one after the other with equal
+        // descriptors: they share one again, as they did before the restart.
+        let mut previous: Option<Arc<veem_model::VeeDescriptor>> = None;
+        // Owners and hosts are few: each record shares the one copy of its names.
+        let mut owners = std::collections::HashSet::new();
+        let mut host_names = std::collections::HashSet::new();
+        for mut record in snapshot.vees {
+            share(&mut owners, &mut record.owner);
+            if let Some(host) = &mut record.host {
+                share(&mut host_names, host);
+            }
+            match &previous {
+                Some(shared) if **shared == *record.descriptor => {
+                    record.descriptor = shared.clone();
+                }
+                _ => previous = Some(record.descriptor.clone()),
+            }
             let seq = record.id.seq();
             if record.veem_state == VeemState::Pending {
                 pending.insert(seq);
@@ -355,8 +405,7 @@ impl Veem {
             let mut state = self.state();
             for s in &staged {
                 if let Some(slot) = state.vees.get_mut(&s.seq) {
-                    slot.record = s.record.clone();
-                    slot.changed.send_replace(s.record.generation);
+                    slot.set(s.record.clone());
                 }
                 records.push(s.record.clone());
                 for change in &s.changes {
@@ -476,5 +525,48 @@ async fn remove_file_if_present(path: &Path) -> Result<(), CoreError> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(CoreError::internal("removing a file", e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use veem_model::{InitModel, VeeDescriptor};
+
+    use super::*;
+
+    fn record() -> VeeRecord {
+        VeeRecord::defined(
+            VeeId::from_seq(1),
+            Principal::new("alice").expect("a valid name"),
+            VeeDescriptor::minimal(1, 64),
+            InitModel::Besteffort,
+            0,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_slot_wakes_its_watchers_and_keeps_no_channel_without_them() {
+        let mut slot = Slot::new(record());
+        assert!(slot.changed.is_none(), "no channel before anyone waits");
+        let mut watcher = slot.subscribe();
+        let mut next = slot.record.clone();
+        next.generation = 2;
+        slot.set(next.clone());
+        tokio::time::timeout(Duration::from_secs(5), watcher.changed())
+            .await
+            .expect("the watcher is woken")
+            .expect("the channel is open");
+        assert_eq!(*watcher.borrow(), 2);
+        drop(watcher);
+        next.generation = 3;
+        slot.set(next);
+        assert!(
+            slot.changed.is_none(),
+            "the channel goes with its last watcher"
+        );
+        assert_eq!(slot.record.generation, 3);
+        // A later watcher starts from the generation of the moment it subscribes.
+        let watcher = slot.subscribe();
+        assert_eq!(*watcher.borrow(), 3);
     }
 }

@@ -39,6 +39,8 @@ impl Veem {
             .config
             .file_sources
             .check_descriptor(caller.admin, &descriptor)?;
+        // One descriptor for the whole batch, shared by its records.
+        let descriptor = std::sync::Arc::new(descriptor);
         let now = now_ms();
         let (records, reserved, committed) = {
             let mut state = self.state();
