@@ -11,22 +11,20 @@
 #[path = "../tests/it/harness.rs"]
 mod harness;
 
+#[allow(dead_code)] // each bench uses some of them
+#[path = "support/figures.rs"]
+mod figures;
+
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use figures::env_or;
 use harness::{init, RemoteAgent, Server, Setup, VEEM_HEALTH_INTERVAL_MS};
 use veem_api::{HostState, Order, UpdateStateRequest};
 use veem_model::{ControlAction, InitModel, VmiState};
 
 const DEAD_AFTER_MS: u64 = 10_000;
 const TARGET: Duration = Duration::from_secs(15);
-
-fn env_or(name: &str, default: u32) -> u32 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

@@ -18,12 +18,17 @@
 #[path = "../tests/it/harness.rs"]
 mod harness;
 
+#[allow(dead_code)] // each bench uses some of them
+#[path = "support/figures.rs"]
+mod figures;
+
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _};
+use figures::env_or;
 use harness::{ctl, ctl_ok, get, init, init_one, processes_mentioning, Hypervisor, Server, Setup};
 use veem_api::MigrateRequest;
 use veem_model::{ControlAction, InitModel, VeeDescriptor, VmiState};
@@ -39,13 +44,6 @@ const BOOT_LIMIT: Duration = Duration::from_secs(180);
 const FLEET_LIMIT: Duration = Duration::from_secs(900);
 /// The machine options the bare QEMU copies from veem's command line.
 const MACHINE_OPTIONS: [&str; 5] = ["-machine", "-accel", "-cpu", "-m", "-smp"];
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

@@ -19,29 +19,18 @@
 #[path = "../tests/it/harness.rs"]
 mod harness;
 
+#[allow(dead_code)] // each bench uses some of them
+#[path = "support/figures.rs"]
+mod figures;
+
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use figures::{env_or, ms, percentile};
 use harness::{small, Server, Setup, VEEM_HEALTH_INTERVAL_MS};
 use veem_api::InitializeRequest;
 use veem_client::ListQuery;
 use veem_model::{InitModel, VmiState};
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1e3)
-}
 
 /// p50 and p99 of what `sample` takes, `samples` times.
 async fn latencies<F, Fut>(samples: usize, mut sample: F) -> anyhow::Result<(Duration, Duration)>

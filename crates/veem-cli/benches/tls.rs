@@ -12,19 +12,17 @@
 #[path = "../tests/it/harness.rs"]
 mod harness;
 
+#[allow(dead_code)] // each bench uses some of them
+#[path = "support/figures.rs"]
+mod figures;
+
 use std::time::{Duration, Instant};
 
 use anyhow::ensure;
+use figures::{env_or, ms, percentile};
 use harness::{init, init_one, small, Server, Setup, TOKEN_A};
 use veem_client::Client;
 use veem_model::InitModel;
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 struct Figures {
     get_p50: Duration,
@@ -33,11 +31,6 @@ struct Figures {
     fresh_p99: Duration,
     vees_per_s: f64,
     batch_p50: Duration,
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
 }
 
 async fn measure(server: &Server) -> anyhow::Result<Figures> {
@@ -94,10 +87,6 @@ async fn measure(server: &Server) -> anyhow::Result<Figures> {
         vees_per_s,
         batch_p50: percentile(&batch_times, 0.5),
     })
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
 fn ratio(https: Duration, http: Duration) -> String {
