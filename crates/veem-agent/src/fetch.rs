@@ -371,7 +371,10 @@ pub fn is_public(address: IpAddr) -> bool {
                 return is_public(IpAddr::V4(v4));
             }
             let first = v6.segments()[0];
-            !(v6.is_unspecified()
+            // IPv4-compatible addresses (::a.b.c.d, deprecated) are nobody's to fetch from.
+            let ipv4_compatible = v6.segments()[..6].iter().all(|s| *s == 0);
+            !(ipv4_compatible
+                || v6.is_unspecified()
                 || v6.is_loopback()
                 || v6.is_multicast()
                 || (first & 0xfe00) == 0xfc00 // unique local
