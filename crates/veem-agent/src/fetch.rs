@@ -454,6 +454,8 @@ mod tests {
             "::ffff:169.254.169.254",
             "2001:db8::1",
             "64:ff9b::7f00:1",
+            "::7f00:1",
+            "::a00:1",
         ];
         for address in refused {
             let ip: IpAddr = address.parse().expect("an address");
