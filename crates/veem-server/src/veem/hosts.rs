@@ -240,17 +240,8 @@ impl Veem {
                     .await
                 }
                 (VmiState::Suspended, None) => {
-                    // The restore was cut short: still SUSPENDED, its memory file kept.
-                    self.state().cluster.release(&record.id);
-                    self.update(
-                        seq,
-                        Some("restore interrupted; still suspended".into()),
-                        |r| {
-                            r.settle(VmiState::Suspended, VeemState::Suspended);
-                            r.host = None;
-                        },
-                    )
-                    .await
+                    let note = "restore interrupted; still suspended".to_owned();
+                    self.restore_interrupted(seq, &record.id, note).await
                 }
                 (VmiState::Initial, None) if end_orphans => {
                     // Deployment was cut short (a restart): deploy again.
@@ -325,16 +316,47 @@ impl Veem {
             self.wake_placer();
             return Ok(updated);
         }
+        self.fail_keeping_disks(seq, record, host, &format!("{cause} on {host}"))
+            .await
+    }
+
+    /// A VEE that may not boot again (its restarts used up, or none allowed) is FAILED with
+    /// the cause; its disks are kept for the SM to look at.
+    async fn fail_keeping_disks(
+        &self,
+        seq: u64,
+        record: &VeeRecord,
+        host: &HostId,
+        cause: &str,
+    ) -> Result<VeeRecord, CoreError> {
+        self.state().cluster.release(&record.id);
+        let allowed = record.descriptor.restart_attempts;
         let note = if allowed == 0 {
-            format!("{cause} on {host}; disks kept")
+            format!("{cause}; disks kept")
         } else {
-            format!("{cause} on {host} after {allowed} restarts; disks kept")
+            format!("{cause} after {allowed} restarts; disks kept")
         };
         tracing::warn!(vee = %record.id, %host, "{note}");
         self.update(seq, Some(note.clone()), |r| {
             r.settle(VmiState::Destroyed, VeemState::Failed);
             r.host = None;
             r.last_error = Some(note);
+        })
+        .await
+    }
+
+    /// A restore cut short (its host gone, or the VEEM stopped): the VEE stays SUSPENDED with
+    /// its saved memory, and holds no host.
+    async fn restore_interrupted(
+        &self,
+        seq: u64,
+        id: &VeeId,
+        note: String,
+    ) -> Result<VeeRecord, CoreError> {
+        self.state().cluster.release(id);
+        self.update(seq, Some(note), |r| {
+            r.settle(VmiState::Suspended, VeemState::Suspended);
+            r.host = None;
         })
         .await
     }
@@ -581,16 +603,8 @@ impl Veem {
                     .await
                 }
                 (VmiState::Suspended, _) => {
-                    self.state().cluster.release(&record.id);
-                    self.update(
-                        seq,
-                        Some(format!("{cause}; restore interrupted, still suspended")),
-                        |r| {
-                            r.settle(VmiState::Suspended, VeemState::Suspended);
-                            r.host = None;
-                        },
-                    )
-                    .await
+                    let note = format!("{cause}; restore interrupted, still suspended");
+                    self.restore_interrupted(seq, &record.id, note).await
                 }
                 (VmiState::Initial | VmiState::Active | VmiState::Paused, _) => {
                     self.restart_elsewhere(seq, &record, host, &cause, guard)
@@ -618,20 +632,7 @@ impl Veem {
         let never_ran = record.state == VmiState::Initial;
         let allowed = record.descriptor.restart_attempts;
         if !never_ran && record.restarts >= allowed {
-            self.state().cluster.release(&record.id);
-            let note = if allowed == 0 {
-                format!("{cause}; disks kept")
-            } else {
-                format!("{cause} after {allowed} restarts; disks kept")
-            };
-            tracing::warn!(vee = %record.id, %lost, "{note}");
-            return self
-                .update(seq, Some(note.clone()), |r| {
-                    r.settle(VmiState::Destroyed, VeemState::Failed);
-                    r.host = None;
-                    r.last_error = Some(note);
-                })
-                .await;
+            return self.fail_keeping_disks(seq, record, lost, cause).await;
         }
         let attempt = if never_ran {
             record.restarts
