@@ -1,6 +1,25 @@
 //! End-to-end tests: a `veem` server process on loopback with sim hosts, driven only through
 //! `veem-client` (and the `veem` CLI), as a Service Manager would.
 
+/// `on_every_driver!(case, ...)`: each `async fn case(driver: Hypervisor)` runs as two tests,
+/// `case::sim` and `case::qemu` (real guests). Defined before the modules that use it.
+macro_rules! on_every_driver {
+    ($($case:ident),* $(,)?) => {
+        $(
+            mod $case {
+                #[tokio::test]
+                async fn sim() {
+                    super::$case(crate::harness::Hypervisor::Sim).await
+                }
+                #[tokio::test]
+                async fn qemu() {
+                    super::$case(crate::harness::Hypervisor::Qemu).await
+                }
+            }
+        )*
+    };
+}
+
 mod accounting;
 mod attacks;
 mod attacks_sources;

@@ -79,23 +79,6 @@ fn hosts_with_files_of(s: &Server, id: &str) -> Vec<String> {
     found
 }
 
-macro_rules! on_every_driver {
-    ($($case:ident),* $(,)?) => {
-        $(
-            mod $case {
-                #[tokio::test]
-                async fn sim() {
-                    super::$case(crate::harness::Hypervisor::Sim).await
-                }
-                #[tokio::test]
-                async fn qemu() {
-                    super::$case(crate::harness::Hypervisor::Qemu).await
-                }
-            }
-        )*
-    };
-}
-
 on_every_driver!(purge_leaves_nothing_on_any_host_the_vee_ran_on);
 
 async fn purge_leaves_nothing_on_any_host_the_vee_ran_on(driver: Hypervisor) {

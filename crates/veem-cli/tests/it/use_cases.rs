@@ -5,24 +5,6 @@ use veem_model::{ControlAction as A, DiskSource, DiskSpec, ImageName, InitModel,
 
 use crate::harness::*;
 
-/// Each use case runs on the sim driver and on real QEMU guests.
-macro_rules! on_every_driver {
-    ($($case:ident),* $(,)?) => {
-        $(
-            mod $case {
-                #[tokio::test]
-                async fn sim() {
-                    super::$case(crate::harness::Hypervisor::Sim).await
-                }
-                #[tokio::test]
-                async fn qemu() {
-                    super::$case(crate::harness::Hypervisor::Qemu).await
-                }
-            }
-        )*
-    };
-}
-
 on_every_driver!(
     uc_2_2_1_simple_service_deployment,
     uc_2_2_2_service_redeployment,
