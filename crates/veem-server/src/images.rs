@@ -25,7 +25,7 @@ where
 {
     let name = ImageName::new(name).map_err(|e| CoreError::malformed("name", e.to_string()))?;
     veem.check_image_replaceable(&caller.principal, &name)?;
-    let path = veem.image_path(&caller.principal, &name);
+    let path = veem.images().path(&caller.principal, &name);
     let dir = path
         .parent()
         .map(PathBuf::from)
@@ -84,6 +84,6 @@ where
         size_bytes: size,
         created_ms: now_ms(),
     };
-    veem.put_image_record(record.clone()).await?;
+    veem.images().put(record.clone()).await?;
     Ok(record)
 }

@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use veem_api::{AccountingList, ListenRequest, UnlistenRequest};
 
-use super::common::{check_batch, parse_json, AppState};
+use super::common::{parse_json, vee_id, AppState, Batch};
 use super::problem::ApiResult;
 use crate::auth::Caller;
 use crate::error::CoreError;
@@ -30,7 +30,9 @@ pub(super) async fn records(
     };
     let from = bound("from", 0)?;
     let to = bound("to", u64::MAX)?;
-    let records = state.veem.accounting_records(&caller, &id, from, to)?;
+    let records = state
+        .veem
+        .accounting_records(&caller, &vee_id(&id)?, from, to)?;
     Ok(Json(AccountingList { records }))
 }
 
@@ -40,12 +42,12 @@ pub(super) async fn listen(
     body: Bytes,
 ) -> ApiResult<StatusCode> {
     let request: ListenRequest = parse_json(&body, false)?;
-    check_batch(&request.ids)?;
+    let batch = Batch::parse(&request.ids)?;
     state
         .veem
         .listen(
             &caller,
-            &request.ids,
+            batch.all()?,
             request.interval_ms,
             &request.callback,
         )
@@ -59,7 +61,7 @@ pub(super) async fn unlisten(
     body: Bytes,
 ) -> ApiResult<StatusCode> {
     let request: UnlistenRequest = parse_json(&body, false)?;
-    check_batch(&request.ids)?;
-    state.veem.unlisten(&caller, &request.ids).await?;
+    let batch = Batch::parse(&request.ids)?;
+    state.veem.unlisten(&caller, batch.all()?).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -11,12 +11,13 @@ use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use tokio_util::io::ReaderStream;
-use veem_model::DescriptorError;
+use veem_api::ItemFailure;
+use veem_model::{DescriptorError, VeeId};
 
 use super::problem::{ApiError, ApiResult};
 use crate::auth::{Authenticator, Caller};
 use crate::error::CoreError;
-use crate::veem::{Putter, Veem};
+use crate::veem::{BatchOutcome, Putter, Veem};
 
 /// What every handler is given: the core, and the tokens' principals.
 #[derive(Clone)]
@@ -107,7 +108,7 @@ pub(super) fn parse_json<T: DeserializeOwned>(
 }
 
 /// Refuses a batch larger than [`veem_api::MAX_IDS_PER_CALL`] before any of it is looked at.
-pub(super) fn check_batch(ids: &[String]) -> Result<(), CoreError> {
+fn check_batch(ids: &[String]) -> Result<(), CoreError> {
     if ids.len() > veem_api::MAX_IDS_PER_CALL {
         return Err(CoreError::malformed(
             "ids",
@@ -119,6 +120,70 @@ pub(super) fn check_batch(ids: &[String]) -> Result<(), CoreError> {
         ));
     }
     Ok(())
+}
+
+/// A VEE id the caller wrote: text that cannot be an id names no VEE.
+pub(super) fn vee_id(text: &str) -> Result<VeeId, CoreError> {
+    VeeId::parse(text).map_err(|_| CoreError::NotFound(format!("no VEE {text:?}")))
+}
+
+/// The ids of a batch call as the caller wrote them, checked and parsed: the core is given
+/// the ids, and text that cannot be an id fails on its own, as an id that names no VEE does.
+pub(super) struct Batch<'a> {
+    given: &'a [String],
+    pub(super) ids: Vec<VeeId>,
+    malformed: Vec<(String, CoreError)>,
+}
+
+impl<'a> Batch<'a> {
+    pub(super) fn parse(given: &'a [String]) -> Result<Self, CoreError> {
+        check_batch(given)?;
+        let mut ids = Vec::with_capacity(given.len());
+        let mut malformed = Vec::new();
+        for text in given {
+            match vee_id(text) {
+                Ok(id) => ids.push(id),
+                Err(e) => malformed.push((text.clone(), e)),
+            }
+        }
+        Ok(Self {
+            given,
+            ids,
+            malformed,
+        })
+    }
+
+    /// Every id the core could not be given, when none can be left out (the call is all or
+    /// nothing): the first of them.
+    pub(super) fn all(&self) -> Result<&[VeeId], CoreError> {
+        match self.malformed.first() {
+            Some((_, e)) => Err(e.clone()),
+            None => Ok(&self.ids),
+        }
+    }
+
+    /// The answer of the call: the ids it succeeded for, and each failure in the order the
+    /// caller named the ids.
+    pub(super) fn answer(self, outcome: BatchOutcome) -> (Vec<String>, Vec<ItemFailure>) {
+        let mut failed: Vec<(String, CoreError)> = outcome
+            .failed
+            .into_iter()
+            .map(|(id, e)| (id.to_string(), e))
+            .chain(self.malformed)
+            .collect();
+        let position = |id: &str| self.given.iter().position(|text| text == id);
+        failed.sort_by_key(|(id, _)| position(id));
+        let failed = failed
+            .into_iter()
+            .map(|(id, e)| ItemFailure {
+                id,
+                error: e.code().to_owned(),
+                detail: e.to_string(),
+            })
+            .collect();
+        let ok = outcome.ok.iter().map(ToString::to_string).collect();
+        (ok, failed)
+    }
 }
 
 /// A list's `limit`: 1 to 1000.

@@ -100,6 +100,8 @@ pub(super) async fn patch(
     body: Bytes,
 ) -> ApiResult<Json<HostView>> {
     let patch: HostPatch = parse_json(&body, false)?;
+    let id =
+        HostId::new(id.as_str()).map_err(|_| CoreError::NotFound(format!("no host {id:?}")))?;
     let entry = state.veem.set_host_disabled(&id, !patch.enabled)?;
     Ok(Json(view(&state, &entry.hello.name, &entry)))
 }

@@ -7,11 +7,17 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Json;
 use veem_api::{ImageList, ImageView};
-use veem_model::ImageRecord;
+use veem_model::{ImageName, ImageRecord};
 
 use super::common::{stream_file, AppState};
 use super::problem::ApiResult;
 use crate::auth::Caller;
+use crate::error::CoreError;
+
+/// An image name the caller wrote: text that cannot be a name names no image.
+fn image_name(text: &str) -> Result<ImageName, CoreError> {
+    ImageName::new(text).map_err(|e| CoreError::NotFound(e.to_string()))
+}
 
 fn view(image: &ImageRecord) -> ImageView {
     ImageView {
@@ -24,7 +30,7 @@ fn view(image: &ImageRecord) -> ImageView {
 }
 
 pub(super) async fn list(State(state): State<AppState>, caller: Caller) -> Json<ImageList> {
-    let images = state.veem.list_images(&caller);
+    let images = state.veem.images().list(&caller);
     Json(ImageList {
         images: images.iter().map(view).collect(),
     })
@@ -35,7 +41,9 @@ pub(super) async fn get(
     caller: Caller,
     Path(name): Path<String>,
 ) -> ApiResult<Json<ImageView>> {
-    Ok(Json(view(&state.veem.get_image(&caller, &name)?)))
+    Ok(Json(view(
+        &state.veem.images().get(&caller, &image_name(&name)?)?,
+    )))
 }
 
 pub(super) async fn data(
@@ -43,8 +51,9 @@ pub(super) async fn data(
     caller: Caller,
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
-    let image = state.veem.get_image(&caller, &name)?;
-    stream_file(&state.veem.image_path(&image.owner, &image.name), false).await
+    let images = state.veem.images();
+    let image = images.get(&caller, &image_name(&name)?)?;
+    stream_file(&images.path(&image.owner, &image.name), false).await
 }
 
 pub(super) async fn put(
@@ -63,6 +72,9 @@ pub(super) async fn delete(
     caller: Caller,
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
-    state.veem.delete_image(&caller, &name).await?;
+    state
+        .veem
+        .delete_image(&caller, &image_name(&name)?)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -35,14 +35,21 @@ pub(super) async fn create(
     let request: NetworkRequest = parse_json(&body, false)?;
     let info = state
         .veem
-        .create_network(&caller, &request.name, &request.cidr, request.public)
+        .networks()
+        .create(&caller, &request.name, &request.cidr, request.public)
         .await?;
     Ok((StatusCode::CREATED, Json(view(&info))))
 }
 
 pub(super) async fn list(State(state): State<AppState>, caller: Caller) -> Json<NetworkList> {
     Json(NetworkList {
-        networks: state.veem.list_networks(&caller).iter().map(view).collect(),
+        networks: state
+            .veem
+            .networks()
+            .list(&caller)
+            .iter()
+            .map(view)
+            .collect(),
     })
 }
 
@@ -51,7 +58,7 @@ pub(super) async fn get(
     caller: Caller,
     Path(name): Path<String>,
 ) -> ApiResult<Json<NetworkView>> {
-    Ok(Json(view(&state.veem.get_network(&caller, &name)?)))
+    Ok(Json(view(&state.veem.networks().get(&caller, &name)?)))
 }
 
 pub(super) async fn delete(

@@ -11,17 +11,17 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Json;
 use veem_api::{
-    EventList, InitializeRequest, InitializeResponse, InitializedVee, ItemFailure, MigrateRequest,
-    PatchRequest, PatchResponse, SubmitRequest, SubmitResponse, UpdateStateRequest,
-    UpdateStateResponse, VeeList, VeeView,
+    EventList, InitializeRequest, InitializeResponse, InitializedVee, MigrateRequest, PatchRequest,
+    PatchResponse, SubmitRequest, SubmitResponse, UpdateStateRequest, UpdateStateResponse, VeeList,
+    VeeView,
 };
-use veem_model::{DescriptorError, InitModel, VeeDescriptor, VeeId, VeeRecord, VmiState};
+use veem_model::{DescriptorError, HostId, InitModel, VeeDescriptor, VeeId, VeeRecord, VmiState};
 
-use super::common::{check_batch, page_limit, parse_json, stream_file, AppState};
+use super::common::{page_limit, parse_json, stream_file, vee_id, AppState, Batch};
 use super::problem::ApiResult;
 use crate::auth::Caller;
 use crate::error::CoreError;
-use crate::veem::{BatchOutcome, ListFilter};
+use crate::veem::ListFilter;
 
 const DEFAULT_TIMEOUT_MS: u64 = 60_000;
 /// A longer wait would outlive any sensible HTTP client; ask again instead.
@@ -51,19 +51,6 @@ fn view(record: &VeeRecord, site: &str) -> VeeView {
         created_ms: record.created_ms,
         updated_ms: record.updated_ms,
     }
-}
-
-fn failures(outcome: BatchOutcome) -> (Vec<String>, Vec<ItemFailure>) {
-    let failed = outcome
-        .failed
-        .into_iter()
-        .map(|(id, e)| ItemFailure {
-            id,
-            error: e.code().to_owned(),
-            detail: e.to_string(),
-        })
-        .collect();
-    (outcome.ok, failed)
 }
 
 pub(super) async fn initialize(
@@ -190,9 +177,9 @@ pub(super) async fn submit(
     body: Bytes,
 ) -> ApiResult<Json<SubmitResponse>> {
     let request: SubmitRequest = parse_json(&body, false)?;
-    check_batch(&request.ids)?;
-    let outcome = state.veem.submit(&caller, &request.ids).await;
-    let (submitted, failed) = failures(outcome);
+    let batch = Batch::parse(&request.ids)?;
+    let outcome = state.veem.submit(&caller, &batch.ids).await;
+    let (submitted, failed) = batch.answer(outcome);
     Ok(Json(SubmitResponse { submitted, failed }))
 }
 
@@ -202,7 +189,7 @@ pub(super) async fn update_state(
     body: Bytes,
 ) -> ApiResult<Json<UpdateStateResponse>> {
     let request: UpdateStateRequest = parse_json(&body, false)?;
-    check_batch(&request.ids)?;
+    let batch = Batch::parse(&request.ids)?;
     let timeout_ms = request.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
     if timeout_ms > MAX_TIMEOUT_MS {
         return Err(CoreError::malformed(
@@ -216,12 +203,12 @@ pub(super) async fn update_state(
         .update_state(
             &caller,
             request.order,
-            &request.ids,
+            &batch.ids,
             request.action,
             Duration::from_millis(timeout_ms),
         )
         .await;
-    let (applied, failed) = failures(outcome);
+    let (applied, failed) = batch.answer(outcome);
     Ok(Json(UpdateStateResponse { applied, failed }))
 }
 
@@ -230,7 +217,7 @@ pub(super) async fn get(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<VeeView>> {
-    let record = state.veem.get(&caller, &id)?;
+    let record = state.veem.get(&caller, &vee_id(&id)?)?;
     Ok(Json(view(&record, &state.veem.config().site)))
 }
 
@@ -281,7 +268,7 @@ pub(super) async fn events(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<EventList>> {
-    let events = state.veem.events(&caller, &id)?;
+    let events = state.veem.events(&caller, &vee_id(&id)?)?;
     Ok(Json(EventList { events }))
 }
 
@@ -297,7 +284,7 @@ pub(super) async fn patch(
     }
     let (record, applied) = state
         .veem
-        .patch(&caller, &id, request.cpu, request.memory_mb)
+        .patch(&caller, &vee_id(&id)?, request.cpu, request.memory_mb)
         .await?;
     Ok(Json(PatchResponse {
         vee: view(&record, &state.veem.config().site),
@@ -323,9 +310,14 @@ pub(super) async fn migrate(
         )
         .into());
     }
+    let to = request
+        .host
+        .as_deref()
+        .map(|h| HostId::new(h).map_err(|e| CoreError::malformed("host", e.to_string())))
+        .transpose()?;
     let record = state
         .veem
-        .migrate(&caller, &id, request.host.as_deref())
+        .migrate(&caller, &vee_id(&id)?, to.as_ref())
         .await?;
     Ok(Json(view(&record, &state.veem.config().site)))
 }
@@ -335,7 +327,7 @@ pub(super) async fn purge(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    state.veem.purge(&caller, &id).await?;
+    state.veem.purge(&caller, &vee_id(&id)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -344,6 +336,9 @@ pub(super) async fn download_disk(
     caller: Caller,
     Path((id, target)): Path<(String, String)>,
 ) -> ApiResult<Response> {
-    let path = state.veem.export_disk(&caller, &id, &target).await?;
+    let path = state
+        .veem
+        .export_disk(&caller, &vee_id(&id)?, &target)
+        .await?;
     stream_file(&path, true).await
 }

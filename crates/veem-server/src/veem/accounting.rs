@@ -25,6 +25,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
@@ -37,8 +38,11 @@ use veem_model::{
 };
 use veem_store::{Change, OutboxEntry};
 
-use super::monitoring::{hardware_event, Routed};
-use super::*;
+use super::monitoring::{self, hardware_event, Routed};
+use super::{now_ms, Veem};
+use crate::auth::Caller;
+use crate::committer::Committer;
+use crate::error::CoreError;
 use crate::push::{check_callback, PushConfig, Pusher, Receipts};
 
 /// Ticks this close together go out in one push, at the later one. It is also the least lead
@@ -426,7 +430,7 @@ impl Veem {
     pub async fn listen(
         &self,
         caller: &Caller,
-        ids: &[String],
+        ids: &[VeeId],
         interval_ms: u64,
         callback: &str,
     ) -> Result<(), CoreError> {
@@ -453,7 +457,9 @@ impl Veem {
                 registered_ms,
             })
             .collect();
-        self.commit_changes(listeners.iter().cloned().map(Change::PutListener).collect())
+        self.inner
+            .committer
+            .commit(listeners.iter().cloned().map(Change::PutListener).collect())
             .await?;
         {
             let accounting = &self.inner.accounting;
@@ -478,7 +484,7 @@ impl Veem {
 
     /// Removes the caller's listeners of `ids` (those it has; the others are ignored), all or
     /// nothing as [`Veem::listen`].
-    pub async fn unlisten(&self, caller: &Caller, ids: &[String]) -> Result<(), CoreError> {
+    pub async fn unlisten(&self, caller: &Caller, ids: &[VeeId]) -> Result<(), CoreError> {
         let vees = self.lookup_all(caller, ids)?;
         let changes = vees
             .iter()
@@ -487,7 +493,7 @@ impl Veem {
                 vee: vee.clone(),
             })
             .collect();
-        self.commit_changes(changes).await?;
+        self.inner.committer.commit(changes).await?;
         let mut book = self.inner.accounting.book();
         for vee in vees {
             book.remove(&(caller.principal.clone(), vee.seq()));
@@ -496,12 +502,17 @@ impl Veem {
     }
 
     /// Resolves every id or fails with the first that cannot be: nothing is done for any.
-    fn lookup_all(&self, caller: &Caller, ids: &[String]) -> Result<Vec<VeeId>, CoreError> {
+    fn lookup_all(&self, caller: &Caller, ids: &[VeeId]) -> Result<Vec<VeeId>, CoreError> {
         if ids.is_empty() {
             return Err(CoreError::malformed("ids", "name at least one VEE"));
         }
         ids.iter()
-            .map(|id| self.lookup(caller, id).map(|(_, record)| record.id))
+            .map(|id| {
+                self.inner
+                    .records
+                    .lookup(caller, id)
+                    .map(|record| record.id)
+            })
             .collect()
     }
 
@@ -509,11 +520,11 @@ impl Veem {
     pub fn accounting_records(
         &self,
         caller: &Caller,
-        id: &str,
+        id: &VeeId,
         from_ms: u64,
         to_ms: u64,
     ) -> Result<Vec<AccountingRecord>, CoreError> {
-        let (_, record) = self.lookup(caller, id)?;
+        let record = self.inner.records.lookup(caller, id)?;
         let records = self.inner.store.accounting(&record.id, from_ms, to_ms)?;
         Ok(records
             .into_iter()
@@ -584,7 +595,7 @@ impl Veem {
         let accounting = &self.inner.accounting;
         // Each segment with its first tick.
         let mut segments: Vec<(Instant, Segment)> = Vec::new();
-        let state = self.state();
+        let state = self.inner.records.read();
         let observed = accounting.observed();
         let activity = accounting.activity();
         let mut book = accounting.book();
@@ -593,7 +604,7 @@ impl Veem {
                 break;
             }
             book.due.pop_first();
-            let Some(slot) = state.vees.get(&key.1) else {
+            let Some(record) = state.get(key.1) else {
                 book.registrations.remove(&key);
                 continue;
             };
@@ -604,7 +615,7 @@ impl Veem {
             let cpu_now = observed.get(&key.1).map(|status| status.cpu_time_ms);
             let periods = activity.get(&key.1).map_or(&[][..], Vec::as_slice);
             let record = record_of(
-                &slot.record,
+                record,
                 t0,
                 registration.listener.interval_ms,
                 cpu_now,
@@ -678,11 +689,11 @@ impl Veem {
                 (Err(e), true) => {
                     tracing::debug!(error = %e, "storing accounting records again without purged VEEs");
                     {
-                        let state = self.state();
+                        let state = self.inner.records.read();
                         for segment in &mut segments {
                             segment
                                 .entries
-                                .retain(|e| state.vees.contains_key(&e.record.vee.seq()));
+                                .retain(|e| state.contains(e.record.vee.seq()));
                         }
                     }
                     let entries = entries_of(&segments);
@@ -791,15 +802,15 @@ impl Veem {
     pub(super) fn observe_instances(&self, instances: &[InstanceStatus]) {
         let mut agent = Vec::new();
         {
-            let state = self.state();
+            let state = self.inner.records.read();
             let mut observed = self.inner.accounting.observed();
             for status in instances {
                 let seq = status.vee.seq();
-                let Some(slot) = state.vees.get(&seq).filter(|s| s.record.id == status.vee) else {
+                let Some(record) = state.find(&status.vee) else {
                     continue;
                 };
                 if !status.agent_reports.is_empty() {
-                    agent.extend(monitoring::agent_events(&slot.record, status));
+                    agent.extend(monitoring::agent_events(record, status));
                 }
                 observed.insert(seq, status.clone());
             }
@@ -819,14 +830,14 @@ impl Veem {
             let now = now_ms();
             let mut events: Vec<Routed> = Vec::new();
             {
-                let state = self.state();
+                let state = self.inner.records.read();
                 let observed = self.inner.accounting.observed();
-                last.retain(|seq, _| state.vees.contains_key(seq));
+                last.retain(|seq, _| state.contains(*seq));
                 for (seq, seen) in observed.iter() {
-                    let Some(slot) = state.vees.get(seq) else {
+                    let Some(record) = state.get(*seq) else {
                         continue;
                     };
-                    if slot.record.state != VmiState::Active {
+                    if record.state != VmiState::Active {
                         last.remove(seq);
                         continue;
                     }
@@ -841,7 +852,7 @@ impl Veem {
                         cpu
                     };
                     events.push(hardware_event(
-                        &slot.record,
+                        record,
                         seen,
                         t0,
                         now.saturating_sub(t0),
@@ -864,6 +875,7 @@ mod tests {
     use veem_store::{SqliteStore, Store, FIRST_VEE_SEQ};
 
     use super::*;
+    use crate::veem::CoreConfig;
 
     fn config(data_dir: &std::path::Path) -> CoreConfig {
         CoreConfig {

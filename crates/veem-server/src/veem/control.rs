@@ -13,7 +13,9 @@ use veem_model::{
 use veem_placement::PlacementError;
 use veem_store::Change;
 
-use super::*;
+use super::placer::demand_of;
+use super::records::Watched;
+use super::{agent_result, now_ms, placement_error, remove_file_if_present, BatchOutcome, Veem};
 use crate::auth::Caller;
 use crate::error::CoreError;
 
@@ -24,12 +26,12 @@ impl Veem {
         &self,
         caller: &Caller,
         order: Order,
-        ids: &[String],
+        ids: &[VeeId],
         action: ControlAction,
         timeout: Duration,
     ) -> BatchOutcome {
         let deadline = Instant::now() + timeout;
-        let results: Vec<(String, Result<(), CoreError>)> = match order {
+        let results: Vec<(VeeId, Result<(), CoreError>)> = match order {
             Order::List => {
                 let mut results = Vec::with_capacity(ids.len());
                 for id in ids {
@@ -72,12 +74,14 @@ impl Veem {
     async fn control(
         &self,
         caller: &Caller,
-        id: &str,
+        id: &VeeId,
         action: ControlAction,
         deadline: Instant,
     ) -> Result<(), CoreError> {
-        let (seq, _) = self.lookup(caller, id)?;
+        let seq = self.inner.records.lookup(caller, id)?.id.seq();
         let lock = self
+            .inner
+            .records
             .op_lock(seq)
             .ok_or_else(|| CoreError::NotFound(format!("no VEE {id}")))?;
         let guard = match tokio::time::timeout_at(deadline.into(), lock.lock_owned()).await {
@@ -90,16 +94,15 @@ impl Veem {
         };
         // Read the state under the VEE's lock: nothing else changes it now.
         let record = self
-            .state()
-            .vees
-            .get(&seq)
-            .map(|s| s.record.clone())
+            .inner
+            .records
+            .get(seq)
             .ok_or_else(|| CoreError::NotFound(format!("no VEE {id}")))?;
         let step = apply(record.state, action)?;
         match step.transition {
             Transition::Unchanged => Ok(()),
             Transition::Deploy => {
-                let mut started = self.start_deploys(vec![(id.to_owned(), seq, guard)]).await;
+                let mut started = self.start_deploys(vec![(id.clone(), guard)]).await;
                 started.pop().map_or(Ok(()), |(_, r)| r)?;
                 self.wait_for_activation(seq, deadline).await
             }
@@ -111,13 +114,11 @@ impl Veem {
             Transition::Resume => self.pause_or_resume(seq, &record, false).await,
             Transition::Pause => self.pause_or_resume(seq, &record, true).await,
             Transition::Restore => {
-                let host = {
-                    let mut state = self.state();
-                    state
-                        .cluster
-                        .place(&record.id, demand_of(&record))
-                        .map_err(placement_error)?
-                };
+                let host = self
+                    .inner
+                    .placer
+                    .place(&record.id, demand_of(&record))
+                    .map_err(placement_error)?;
                 let h = host.clone();
                 let staged = self
                     .update(seq, Some(format!("restoring on {h}")), |r| {
@@ -126,7 +127,7 @@ impl Veem {
                     })
                     .await;
                 if let Err(e) = staged {
-                    self.state().cluster.release(&record.id);
+                    self.inner.placer.release(&record.id);
                     return Err(e);
                 }
                 let memory_file = self.memory_file(&record.id);
@@ -154,17 +155,13 @@ impl Veem {
     async fn lock_vee(
         &self,
         caller: &Caller,
-        id: &str,
+        id: &VeeId,
     ) -> Result<(u64, OwnedMutexGuard<()>, VeeRecord), CoreError> {
-        let (seq, _) = self.lookup(caller, id)?;
+        let seq = self.inner.records.lookup(caller, id)?.id.seq();
         let gone = || CoreError::NotFound(format!("no VEE {id}"));
-        let guard = self.op_lock(seq).ok_or_else(gone)?.lock_owned().await;
-        let record = self
-            .state()
-            .vees
-            .get(&seq)
-            .map(|s| s.record.clone())
-            .ok_or_else(gone)?;
+        let records = &self.inner.records;
+        let guard = records.op_lock(seq).ok_or_else(gone)?.lock_owned().await;
+        let record = records.get(seq).ok_or_else(gone)?;
         Ok((seq, guard, record))
     }
 
@@ -175,17 +172,13 @@ impl Veem {
     /// Waits until a VEE on its way to ACTIVE gets there or stops trying.
     async fn wait_for_activation(&self, seq: u64, deadline: Instant) -> Result<(), CoreError> {
         loop {
-            let (mut changed, record, failure) = {
-                let mut state = self.state();
-                let slot = state.vees.get_mut(&seq).ok_or_else(|| {
-                    CoreError::NotFound(format!("VEE {} was purged", VeeId::from_seq(seq)))
-                })?;
-                (
-                    slot.subscribe(),
-                    slot.record.clone(),
-                    slot.last_failure.clone(),
-                )
-            };
+            let Watched {
+                mut changed,
+                record,
+                last_failure: failure,
+            } = self.inner.records.watch(seq).ok_or_else(|| {
+                CoreError::NotFound(format!("VEE {} was purged", VeeId::from_seq(seq)))
+            })?;
             match record.state {
                 VmiState::Active => return Ok(()),
                 VmiState::Initial => {}
@@ -257,7 +250,7 @@ impl Veem {
             memory_file,
         };
         agent_result(&host, self.inner.hosts.call(&host, request).await)?;
-        self.state().cluster.release(&record.id);
+        self.inner.placer.release(&record.id);
         self.update(seq, Some(format!("memory saved, {host} freed")), |r| {
             r.settle(VmiState::Suspended, VeemState::Suspended);
             r.host = None;
@@ -276,7 +269,7 @@ impl Veem {
                 deadline_ms: self.inner.config.shutdown_deadline.as_millis() as u64,
             };
             agent_result(&host, self.inner.hosts.call(&host, request).await)?;
-            self.state().cluster.release(&record.id);
+            self.inner.placer.release(&record.id);
         }
         let memory_file = self.memory_file(&record.id);
         if record.has_saved_memory {
@@ -303,11 +296,7 @@ impl Veem {
                 tracing::warn!(vee = %record.id, error = %e, "destroy on the host failed; recorded as destroyed");
             }
         }
-        {
-            let mut state = self.state();
-            state.cluster.release(&record.id);
-            state.pending.remove(&seq);
-        }
+        self.inner.placer.forget(seq, &record.id);
         self.update(seq, None, |r| {
             r.settle(VmiState::Destroyed, VeemState::Done);
             r.host = None;
@@ -324,7 +313,7 @@ impl Veem {
     pub async fn patch(
         &self,
         caller: &Caller,
-        id: &str,
+        id: &VeeId,
         cpu: Option<u32>,
         memory_mb: Option<u64>,
     ) -> Result<(VeeRecord, PatchApplied), CoreError> {
@@ -353,9 +342,8 @@ impl Veem {
         let applied = match record.state {
             VmiState::Active | VmiState::Paused => {
                 {
-                    let mut state = self.state();
-                    state
-                        .cluster
+                    self.inner
+                        .placer
                         .resize(&record.id, new_cpu, new_memory)
                         .map_err(|e| match e {
                             PlacementError::Unplaceable(u) => {
@@ -379,17 +367,16 @@ impl Veem {
                     memory_mb: new_memory,
                 };
                 if let Err(e) = agent_result(&host, self.inner.hosts.call(&host, request).await) {
-                    let mut state = self.state();
-                    let _ = state.cluster.resize(&record.id, d.cpu, d.memory_mb);
+                    // Back to the size the host still has.
+                    let _ = self.inner.placer.resize(&record.id, d.cpu, d.memory_mb);
                     return Err(e);
                 }
                 PatchApplied::Live
             }
             VmiState::Defined => {
                 if record.reserved {
-                    let mut state = self.state();
-                    state
-                        .cluster
+                    self.inner
+                        .placer
                         .resize(&record.id, new_cpu, new_memory)
                         .map_err(placement_error)?;
                 }
@@ -418,15 +405,12 @@ impl Veem {
     pub async fn migrate(
         &self,
         caller: &Caller,
-        id: &str,
-        to: Option<&str>,
+        id: &VeeId,
+        to: Option<&HostId>,
     ) -> Result<VeeRecord, CoreError> {
         if !caller.admin {
             return Err(CoreError::AccessDenied("migration is for admins".into()));
         }
-        let to = to
-            .map(|h| HostId::new(h).map_err(|e| CoreError::malformed("host", e.to_string())))
-            .transpose()?;
         let (seq, _guard, record) = self.lock_vee(caller, id).await?;
         if record.state != VmiState::Active {
             return Err(CoreError::WrongState(format!(
@@ -435,23 +419,20 @@ impl Veem {
             )));
         }
         let from = Self::host_of(&record)?;
-        if let Some(to) = &to {
+        if let Some(to) = to {
             if !self.inner.hosts.get(to).is_some_and(|e| e.accepts_vees()) {
                 return Err(CoreError::InsufficientResources(format!(
                     "host {to} is not up or takes no new VEEs"
                 )));
             }
         }
-        let dest = {
-            let mut state = self.state();
-            state
-                .cluster
-                .relocate(&record.id, to.as_ref())
-                .map_err(placement_error)?
-        };
+        let dest = self
+            .inner
+            .placer
+            .relocate(&record.id, to)
+            .map_err(placement_error)?;
         let undo = |veem: &Self| {
-            let mut state = veem.state();
-            let _ = state.cluster.relocate(&record.id, Some(&from));
+            let _ = veem.inner.placer.relocate(&record.id, Some(&from));
         };
         let spec = match self.deploy_spec(&record) {
             Ok(s) => s,
@@ -532,7 +513,7 @@ impl Veem {
     /// its records in the store, and what every host keeps of it (asked of each host that is
     /// up now; a host that is not is cleaned when it connects again, see
     /// [`Veem::sweep_purged`]). Its id is never reused: the id counter does not go back.
-    pub async fn purge(&self, caller: &Caller, id: &str) -> Result<(), CoreError> {
+    pub async fn purge(&self, caller: &Caller, id: &VeeId) -> Result<(), CoreError> {
         let (seq, _guard, record) = self.lock_vee(caller, id).await?;
         if record.state != VmiState::Destroyed {
             self.destroy(seq, &record).await?;
@@ -548,16 +529,9 @@ impl Veem {
             .committer
             .commit(vec![Change::PurgeVee(record.id.clone())])
             .await?;
-        {
-            let mut state = self.state();
-            state.vees.remove(&seq);
-            state.pending.remove(&seq);
-            state.cluster.release(&record.id);
-            state.networks.release(&record);
-            if let Some(token) = &record.monitoring_token {
-                state.monitoring_tokens.remove(token);
-            }
-        }
+        self.inner.records.remove(seq);
+        self.inner.placer.forget(seq, &record.id);
+        self.inner.networks.release([&record]);
         self.inner.accounting.forget(seq);
         self.purge_on_hosts(&record.id).await;
         Ok(())
@@ -616,16 +590,11 @@ impl Veem {
                 return;
             }
         };
+        let next_seq = self.inner.records.next_seq();
         let purged: Vec<VeeId> = {
-            let state = self.state();
+            let records = self.inner.records.read();
             vees.into_iter()
-                .filter(|vee| {
-                    vee.seq() < state.next_seq
-                        && state
-                            .vees
-                            .get(&vee.seq())
-                            .is_none_or(|slot| slot.record.id != *vee)
-                })
+                .filter(|vee| vee.seq() < next_seq && records.find(vee).is_none())
                 .collect()
         };
         for vee in purged {
@@ -642,10 +611,10 @@ impl Veem {
     pub async fn export_disk(
         &self,
         caller: &Caller,
-        id: &str,
+        id: &VeeId,
         target: &str,
     ) -> Result<PathBuf, CoreError> {
-        let (_, record) = self.lookup(caller, id)?;
+        let record = self.inner.records.lookup(caller, id)?;
         if !matches!(record.state, VmiState::Defined | VmiState::Destroyed) {
             return Err(CoreError::WrongState(format!(
                 "VEE {id} is {}; its disks can be downloaded in DEFINED or DESTROYED",

@@ -7,13 +7,14 @@ use veem_api::agent::{AgentRequest, AgentResponse, InstanceState, InstanceStatus
 use veem_model::{HostId, Phase, VeeId, VeeRecord, VeemState, VmiState};
 use veem_placement::PlacementError;
 
-use super::*;
+use super::placer::demand_of;
+use super::{now_ms, Veem};
 use crate::error::CoreError;
 use crate::hosts::{HostEntry, HostLink};
 
 impl Veem {
     pub fn wake_placer(&self) {
-        self.inner.wake_placer.notify_one();
+        self.inner.placer.wake();
     }
 
     /// Adds a host (or a reconnected agent), makes its capacity placeable and reconciles the
@@ -28,34 +29,23 @@ impl Veem {
             .inner
             .hosts
             .connect(hello.clone(), link.clone(), now_ms());
-        {
-            let mut state = self.state();
-            state.cluster.upsert_host(
-                host.clone(),
-                veem_placement::Capacity {
-                    cpus: hello.cpus,
-                    memory_mb: hello.memory_mb,
-                },
-            );
-            // Re-place the host's VEEs in the books before anything new lands there (at its
-            // first connection; after that, placement keeps its allocations).
-            let waiting = state.awaiting_host.remove(&host).unwrap_or_default();
-            let on_host: Vec<VeeRecord> = waiting
+        // No new VEEs until the books agree with what the host runs; the host's VEEs are
+        // placed again in the books before anything new can land there.
+        let capacity = veem_placement::Capacity {
+            cpus: hello.cpus,
+            memory_mb: hello.memory_mb,
+        };
+        let waiting = self.inner.placer.host_connected(&host, capacity);
+        let on_host: Vec<VeeRecord> = {
+            let records = self.inner.records.read();
+            waiting
                 .iter()
-                .filter_map(|seq| state.vees.get(seq).map(|s| &s.record))
+                .filter_map(|seq| records.get(*seq))
                 .filter(|r| r.host.as_ref() == Some(&host))
                 .cloned()
-                .collect();
-            for r in on_host {
-                if state.cluster.host_of(&r.id).is_none() {
-                    if let Err(e) = state.cluster.restore(&host, &r.id, demand_of(&r)) {
-                        tracing::error!(vee = %r.id, %host, error = %e, "cannot restore an allocation");
-                    }
-                }
-            }
-            // No new VEEs until the books agree with what the host runs.
-            let _ = state.cluster.set_enabled(&host, false);
-        }
+                .collect()
+        };
+        self.inner.placer.restore(&host, &on_host);
         tracing::info!(%host, driver = %hello.driver, cpus = hello.cpus, memory_mb = hello.memory_mb, "host connected");
         let fencing = match entry.lost {
             Some(_) => Some(self.inner.hosts.moves(&host).lock_owned().await),
@@ -84,37 +74,32 @@ impl Veem {
             .hosts
             .get(&host)
             .is_some_and(|e| e.accepts_vees());
-        let _ = self.state().cluster.set_enabled(&host, accepts);
+        self.inner.placer.set_enabled(&host, accepts);
         self.wake_placer();
         Ok(())
     }
 
     pub fn disconnect_host(&self, host: &HostId, link: &Arc<dyn HostLink>) {
         if self.inner.hosts.disconnect(host, link, now_ms()) {
-            let _ = self.state().cluster.set_enabled(host, false);
+            self.inner.placer.set_enabled(host, false);
             tracing::warn!(%host, "host disconnected");
         }
     }
 
-    pub fn set_host_disabled(&self, host: &str, disabled: bool) -> Result<HostEntry, CoreError> {
-        let host =
-            HostId::new(host).map_err(|_| CoreError::NotFound(format!("no host {host:?}")))?;
+    pub fn set_host_disabled(&self, host: &HostId, disabled: bool) -> Result<HostEntry, CoreError> {
         let entry = self
             .inner
             .hosts
-            .set_disabled(&host, disabled, now_ms())
+            .set_disabled(host, disabled, now_ms())
             .ok_or_else(|| CoreError::NotFound(format!("no host {host}")))?;
-        let _ = self
-            .state()
-            .cluster
-            .set_enabled(&host, entry.accepts_vees());
+        self.inner.placer.set_enabled(host, entry.accepts_vees());
         self.wake_placer();
         Ok(entry)
     }
 
     /// Each host's capacity and use as placement sees it.
     pub fn host_usage(&self, host: &HostId) -> Option<veem_placement::HostUsage> {
-        self.state().cluster.usage(host)
+        self.inner.placer.usage(host)
     }
 
     /// Makes the books agree with what a host runs: instances the VEEM does not place on that
@@ -145,28 +130,28 @@ impl Veem {
         listed_ms: u64,
         end_orphans: bool,
     ) -> bool {
+        // Placement knows each host's VEEs: no need to look through every record.
+        let on_host = self
+            .inner
+            .placer
+            .usage(host)
+            .map(|u| u.vees)
+            .unwrap_or_default();
         let (expected, orphans) = {
-            let state = self.state();
-            // Placement knows each host's VEEs: no need to look through every record.
-            let on_host = state
-                .cluster
-                .usage(host)
-                .map(|u| u.vees)
-                .unwrap_or_default();
+            let records = self.inner.records.read();
             let expected: Vec<(u64, VeeRecord)> = on_host
                 .iter()
-                .filter_map(|id| state.vees.get(&id.seq()).map(|s| (id.seq(), s)))
-                .filter(|(_, s)| s.record.host.as_ref() == Some(host) && !s.record.reserved)
-                .map(|(seq, s)| (seq, s.record.clone()))
+                .filter_map(|id| records.get(id.seq()))
+                .filter(|r| r.host.as_ref() == Some(host) && !r.reserved)
+                .map(|r| (r.id.seq(), r.clone()))
                 .collect();
             let orphans: Vec<VeeId> = instances
                 .iter()
                 .filter(|i| !expected.iter().any(|(_, r)| r.id == i.vee))
                 .filter(|i| {
-                    state
-                        .vees
-                        .get(&i.vee.seq())
-                        .is_none_or(|s| s.record.updated_ms < listed_ms)
+                    records
+                        .get(i.vee.seq())
+                        .is_none_or(|r| r.updated_ms < listed_ms)
                 })
                 .map(|i| i.vee.clone())
                 .collect();
@@ -198,17 +183,18 @@ impl Veem {
             .collect();
         self.observe_instances(&placed_here);
         for (seq, record) in expected {
-            let Some(lock) = self.op_lock(seq) else {
+            let Some(lock) = self.inner.records.op_lock(seq) else {
                 continue;
             };
             // A VEE with an action under way is that action's business.
             let Ok(_guard) = lock.try_lock_owned() else {
                 continue;
             };
-            let unchanged_since_listed = self.state().vees.get(&seq).is_some_and(|s| {
-                s.record.updated_ms < listed_ms && s.record.generation == record.generation
-            });
-            if !unchanged_since_listed {
+            if !self
+                .inner
+                .records
+                .unchanged_since(seq, listed_ms, record.generation)
+            {
                 continue;
             }
             let observed = instances
@@ -246,7 +232,7 @@ impl Veem {
                 (VmiState::Initial, None) if end_orphans => {
                     // Deployment was cut short (a restart): deploy again.
                     drop(_guard);
-                    if let Some(lock) = self.op_lock(seq) {
+                    if let Some(lock) = self.inner.records.op_lock(seq) {
                         let guard = lock.lock_owned().await;
                         let veem = self.clone();
                         let host = host.clone();
@@ -259,7 +245,7 @@ impl Veem {
                 (VmiState::Active | VmiState::Paused, Some(InstanceState::PoweredOff)) => {
                     // Not a failure: the guest's own power-off ends the VEE as SHUTDOWN would.
                     self.end_instance(host, &record.id).await;
-                    self.state().cluster.release(&record.id);
+                    self.inner.placer.release(&record.id);
                     self.update(seq, Some("the guest powered itself off".into()), |r| {
                         r.settle(VmiState::Defined, VeemState::Stopped);
                         r.host = None;
@@ -293,7 +279,7 @@ impl Veem {
         if observed.is_some() {
             self.end_instance(host, &record.id).await;
         }
-        self.state().cluster.release(&record.id);
+        self.inner.placer.release(&record.id);
         let allowed = record.descriptor.restart_attempts;
         if record.restarts < allowed {
             let attempt = record.restarts + 1;
@@ -312,7 +298,7 @@ impl Veem {
                     r.last_error = Some(note);
                 })
                 .await?;
-            self.state().pending.insert(seq);
+            self.inner.placer.enqueue(seq);
             self.wake_placer();
             return Ok(updated);
         }
@@ -329,7 +315,7 @@ impl Veem {
         host: &HostId,
         cause: &str,
     ) -> Result<VeeRecord, CoreError> {
-        self.state().cluster.release(&record.id);
+        self.inner.placer.release(&record.id);
         let allowed = record.descriptor.restart_attempts;
         let note = if allowed == 0 {
             format!("{cause}; disks kept")
@@ -353,7 +339,7 @@ impl Veem {
         id: &VeeId,
         note: String,
     ) -> Result<VeeRecord, CoreError> {
-        self.state().cluster.release(id);
+        self.inner.placer.release(id);
         self.update(seq, Some(note), |r| {
             r.settle(VmiState::Suspended, VeemState::Suspended);
             r.host = None;
@@ -392,62 +378,65 @@ impl Veem {
 
     async fn placement_loop(self) {
         loop {
-            let _ = tokio::time::timeout(
-                self.inner.config.health_interval,
-                self.inner.wake_placer.notified(),
-            )
-            .await;
+            self.inner
+                .placer
+                .woken(self.inner.config.health_interval)
+                .await;
             self.place_pending().await;
         }
     }
 
-    /// One round of the placement engine over the queue, oldest first.
+    /// One round of the placement engine over the queue, oldest first. A VEE whose action
+    /// lock is taken is left for the next round; holding it keeps the VEE as read until its
+    /// placement is committed.
     pub async fn place_pending(&self) {
+        let inner = &self.inner;
         let mut placed = Vec::new();
         let mut staged = Vec::new();
-        {
-            let mut state = self.state();
-            let queue: Vec<u64> = state.pending.iter().copied().collect();
-            for seq in queue {
-                let Some(slot) = state.vees.get(&seq) else {
-                    state.pending.remove(&seq);
-                    continue;
-                };
-                if slot.record.veem_state != VeemState::Pending {
-                    state.pending.remove(&seq);
-                    continue;
+        for seq in inner.placer.queue() {
+            let Some(lock) = inner.records.op_lock(seq) else {
+                inner.placer.dequeue(seq);
+                continue;
+            };
+            let Ok(guard) = lock.try_lock_owned() else {
+                continue;
+            };
+            let Some(record) = inner.records.get(seq) else {
+                inner.placer.dequeue(seq);
+                continue;
+            };
+            if record.veem_state != VeemState::Pending {
+                inner.placer.dequeue(seq);
+                continue;
+            }
+            match inner.placer.place(&record.id, demand_of(&record)) {
+                Ok(host) => {
+                    let h = host.clone();
+                    if let Some(s) = inner
+                        .records
+                        .stage(seq, Some(format!("placed on {h}")), |r| {
+                            r.veem_state = VeemState::Hold;
+                            r.phase = Some(Phase::Booting);
+                            r.host = Some(h);
+                            r.pending_reason = None;
+                        })
+                    {
+                        staged.push(s);
+                        placed.push((seq, host, guard, record.id.clone()));
+                        inner.placer.dequeue(seq);
+                    }
                 }
-                let Ok(guard) = slot.lock.clone().try_lock_owned() else {
-                    continue;
-                };
-                let record = slot.record.clone();
-                match state.cluster.place(&record.id, demand_of(&record)) {
-                    Ok(host) => {
-                        let h = host.clone();
-                        if let Some(s) =
-                            Self::stage(&state, seq, Some(format!("placed on {h}")), |r| {
-                                r.veem_state = VeemState::Hold;
-                                r.phase = Some(Phase::Booting);
-                                r.host = Some(h);
-                                r.pending_reason = None;
-                            })
+                Err(PlacementError::Unplaceable(u)) => {
+                    if record.pending_reason.as_deref() != Some(u.reason.as_str()) {
+                        if let Some(s) = inner
+                            .records
+                            .stage(seq, None, |r| r.pending_reason = Some(u.reason))
                         {
                             staged.push(s);
-                            placed.push((seq, host, guard, record.id.clone()));
-                            state.pending.remove(&seq);
                         }
                     }
-                    Err(PlacementError::Unplaceable(u)) => {
-                        if record.pending_reason.as_deref() != Some(u.reason.as_str()) {
-                            if let Some(s) = Self::stage(&state, seq, None, |r| {
-                                r.pending_reason = Some(u.reason)
-                            }) {
-                                staged.push(s);
-                            }
-                        }
-                    }
-                    Err(e) => tracing::error!(vee = %record.id, error = %e, "placement failed"),
                 }
+                Err(e) => tracing::error!(vee = %record.id, error = %e, "placement failed"),
             }
         }
         if staged.is_empty() {
@@ -455,11 +444,11 @@ impl Veem {
         }
         if let Err(e) = self.commit(staged).await {
             tracing::error!(error = %e, "cannot record placements; they are undone and retried");
-            let mut state = self.state();
-            for (seq, _, _, id) in placed {
-                state.cluster.release(&id);
-                state.pending.insert(seq);
-            }
+            let undone: Vec<(u64, VeeId)> = placed
+                .into_iter()
+                .map(|(seq, _, _, id)| (seq, id))
+                .collect();
+            inner.placer.requeue(&undone);
             return;
         }
         for (seq, host, guard, _) in placed {
@@ -507,7 +496,7 @@ impl Veem {
             .inner
             .hosts
             .record_health(&host, error.clone(), now_ms());
-        let _ = self.state().cluster.set_enabled(&host, accepts);
+        self.inner.placer.set_enabled(&host, accepts);
         if let Some(e) = &error {
             if was_up {
                 tracing::warn!(%host, error = %e, "host is down");
@@ -541,12 +530,7 @@ impl Veem {
     /// Runs at every health tick: a VEE busy with an action when its host was lost is moved
     /// once that action ends.
     pub(super) async fn handle_host_loss(&self) {
-        let in_books: std::collections::BTreeSet<HostId> = self
-            .state()
-            .vees
-            .values()
-            .filter_map(|s| s.record.host.clone())
-            .collect();
+        let in_books = self.inner.records.hosts_in_books();
         let now = now_ms();
         for (host, silence) in self.inner.hosts.newly_silent(in_books, Instant::now()) {
             let reason = format!("no answer for {} s", silence.as_secs());
@@ -554,7 +538,7 @@ impl Veem {
             if let Some(link) = self.inner.hosts.declare_lost(&host, reason, now) {
                 link.cut();
             }
-            let _ = self.state().cluster.set_enabled(&host, false);
+            self.inner.placer.set_enabled(&host, false);
         }
         for (host, lost) in self.inner.hosts.lost_unlinked() {
             // A fence of that host under way finishes first; its moves wait for a later tick.
@@ -571,21 +555,18 @@ impl Veem {
     /// an action under way is left to that action (its calls to the host fail now) and moved
     /// at a later tick.
     async fn evacuate(&self, host: &HostId, reason: &str) {
-        let on_host: Vec<u64> = self
-            .state()
-            .vees
-            .iter()
-            .filter(|(_, s)| s.record.host.as_ref() == Some(host))
-            .map(|(seq, _)| *seq)
-            .collect();
-        for seq in on_host {
-            let Some(lock) = self.op_lock(seq) else {
+        let on_host = self
+            .inner
+            .records
+            .ids_where(|r| r.host.as_ref() == Some(host));
+        for seq in on_host.iter().map(VeeId::seq) {
+            let Some(lock) = self.inner.records.op_lock(seq) else {
                 continue;
             };
             let Ok(guard) = lock.try_lock_owned() else {
                 continue;
             };
-            let Some(record) = self.state().vees.get(&seq).map(|s| s.record.clone()) else {
+            let Some(record) = self.inner.records.get(seq) else {
                 continue;
             };
             if record.host.as_ref() != Some(host) {
@@ -594,7 +575,7 @@ impl Veem {
             let cause = format!("host {host} lost ({reason})");
             let result = match (record.state, record.reserved) {
                 (VmiState::Defined, true) => {
-                    self.state().cluster.release(&record.id);
+                    self.inner.placer.release(&record.id);
                     let note = format!("{cause}; its reservation there is released");
                     self.update(seq, Some(note), |r| {
                         r.host = None;
@@ -652,13 +633,13 @@ impl Veem {
             format!("{cause}; waiting for another host, restart {attempt} of {allowed}")
         };
         let (staged, placed) = {
-            let mut state = self.state();
-            state.cluster.release(&record.id);
-            match state.cluster.place(&record.id, demand_of(record)) {
+            let records = &self.inner.records;
+            self.inner.placer.release(&record.id);
+            match self.inner.placer.place(&record.id, demand_of(record)) {
                 Ok(to) => {
                     let note = placed_note(&to);
                     let h = to.clone();
-                    let staged = Self::stage(&state, seq, Some(note.clone()), |r| {
+                    let staged = records.stage(seq, Some(note.clone()), |r| {
                         r.state = VmiState::Initial;
                         r.veem_state = VeemState::Hold;
                         r.phase = Some(Phase::Booting);
@@ -676,7 +657,7 @@ impl Veem {
                         other => other.to_string(),
                     };
                     let note = waiting_note;
-                    let staged = Self::stage(&state, seq, Some(note.clone()), |r| {
+                    let staged = records.stage(seq, Some(note.clone()), |r| {
                         r.state = VmiState::Initial;
                         r.veem_state = VeemState::Pending;
                         r.phase = Some(Phase::Placing);
@@ -700,7 +681,7 @@ impl Veem {
             Err(e) => {
                 // Nothing changed: the VEE is still on the lost host, moved at the next tick.
                 if placed.is_some() {
-                    self.state().cluster.release(&record.id);
+                    self.inner.placer.release(&record.id);
                 }
                 return Err(e);
             }
@@ -711,7 +692,7 @@ impl Veem {
                 tokio::spawn(async move { veem.deploy(seq, to, guard, None).await });
             }
             None => {
-                self.state().pending.insert(seq);
+                self.inner.placer.enqueue(seq);
                 drop(guard);
                 self.wake_placer();
             }

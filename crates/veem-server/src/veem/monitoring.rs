@@ -18,7 +18,9 @@ use veem_model::{
 };
 use veem_store::Change;
 
-use super::*;
+use super::{now_ms, Veem};
+use crate::auth::Caller;
+use crate::error::CoreError;
 use crate::push::{check_callback, PushConfig, Pusher};
 
 /// Events the live stream keeps for a reader that lags.
@@ -264,7 +266,7 @@ impl Veem {
                 .map_err(|e| CoreError::malformed(at(i, &e.field), e.reason))?;
         }
         {
-            let state = self.state();
+            let state = self.inner.records.read();
             for (i, event) in events.iter_mut().enumerate() {
                 let owner = match (putter, &event.vee) {
                     (Putter::Vee { owner, vee }, None) => {
@@ -282,14 +284,9 @@ impl Veem {
                     }
                     (Putter::Principal(caller), None) => caller.principal.clone(),
                     (Putter::Principal(caller), Some(about)) => {
-                        let record = state
-                            .vees
-                            .get(&about.seq())
-                            .filter(|s| &s.record.id == about)
-                            .map(|s| &s.record)
-                            .ok_or_else(|| {
-                                CoreError::NotFound(format!("{}: no VEE {about}", at(i, "vee")))
-                            })?;
+                        let record = state.find(about).ok_or_else(|| {
+                            CoreError::NotFound(format!("{}: no VEE {about}", at(i, "vee")))
+                        })?;
                         if record.owner != caller.principal && !caller.admin {
                             return Err(CoreError::AccessDenied(format!(
                                 "{}: VEE {about} belongs to another principal",
@@ -314,9 +311,7 @@ impl Veem {
 
     /// The putter a VEE's monitoring token names, if any.
     pub fn putter_of_token(&self, token: &str) -> Option<Putter> {
-        let state = self.state();
-        let seq = *state.monitoring_tokens.get(token)?;
-        let record = &state.vees.get(&seq)?.record;
+        let record = self.inner.records.of_token(token)?;
         Some(Putter::Vee {
             owner: record.owner.clone(),
             vee: record.id.clone(),
@@ -337,7 +332,9 @@ impl Veem {
             types,
             created_ms: now_ms(),
         };
-        self.commit_changes(vec![Change::PutSubscription(subscription.clone())])
+        self.inner
+            .committer
+            .commit(vec![Change::PutSubscription(subscription.clone())])
             .await?;
         self.inner
             .hub
@@ -363,7 +360,9 @@ impl Veem {
                 "subscription {id} belongs to another principal"
             )));
         }
-        self.commit_changes(vec![Change::RemoveSubscription { id: id.to_owned() }])
+        self.inner
+            .committer
+            .commit(vec![Change::RemoveSubscription { id: id.to_owned() }])
             .await?;
         self.inner
             .hub

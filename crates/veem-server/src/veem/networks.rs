@@ -13,6 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::sync::{Mutex, MutexGuard};
 
 use veem_api::agent::{AgentRequest, AgentResponse, LanPlan};
 use veem_model::{
@@ -21,7 +22,10 @@ use veem_model::{
 };
 use veem_store::Change;
 
-use super::*;
+use super::{now_ms, Veem};
+use crate::auth::Caller;
+use crate::committer::Committer;
+use crate::error::CoreError;
 
 /// Network ids are VXLAN network identifiers: 24 bits.
 const MAX_NETWORK_ID: u32 = veem_store::NETWORK_ID_LIMIT - 1;
@@ -46,12 +50,12 @@ impl NetworkSlot {
 
 /// The networks of the site, by id.
 #[derive(Default)]
-pub(super) struct Networks {
+pub(super) struct NetworkTable {
     pub(super) by_id: BTreeMap<u32, NetworkSlot>,
     pub(super) next_id: u32,
 }
 
-impl Networks {
+impl NetworkTable {
     /// Loads the stored networks and takes the addresses the stored VEEs hold.
     pub(super) fn load(networks: Vec<Network>, next_id: u32, records: &[VeeRecord]) -> Self {
         let mut by_id: BTreeMap<u32, NetworkSlot> = networks
@@ -83,7 +87,7 @@ impl Networks {
     }
 
     /// Chooses MAC and IP addresses for the NICs of `ids`, all or none: on an error nothing
-    /// is taken. The addresses are taken until [`Networks::release`] gives them back.
+    /// is taken. The addresses are taken until [`NetworkTable::release`] gives them back.
     pub(super) fn allocate(
         &mut self,
         owner: &Principal,
@@ -224,9 +228,51 @@ pub struct NetworkInfo {
     pub free: u32,
 }
 
-impl Veem {
+/// The networks part: the site's networks and the addresses VEEs hold on them. Its lock is
+/// taken alone: no other part's lock is held while it is (see "Parts" in ARCHITECTURE.md).
+pub struct Networks {
+    table: Mutex<NetworkTable>,
+    committer: Committer,
+    /// Names this VEEM's LANs on hosts apart from another VEEM's ([`lan_key`]).
+    lan_key: u32,
+}
+
+impl Networks {
+    pub(super) fn new(table: NetworkTable, committer: Committer, lan_key: u32) -> Self {
+        Self {
+            table: Mutex::new(table),
+            committer,
+            lan_key,
+        }
+    }
+
+    fn table(&self) -> MutexGuard<'_, NetworkTable> {
+        self.table
+            .lock()
+            .expect("the networks' lock is never held across a panic")
+    }
+
+    /// Chooses MAC and IP addresses for the NICs of `ids`, all or none (see
+    /// [`NetworkTable::allocate`]).
+    pub(super) fn allocate(
+        &self,
+        owner: &Principal,
+        descriptor: &VeeDescriptor,
+        ids: &[VeeId],
+    ) -> Result<Vec<Vec<NicAddress>>, CoreError> {
+        self.table().allocate(owner, descriptor, ids)
+    }
+
+    /// Gives back every address the records hold.
+    pub(super) fn release<'a>(&self, records: impl IntoIterator<Item = &'a VeeRecord>) {
+        let mut table = self.table();
+        for record in records {
+            table.release(record);
+        }
+    }
+
     /// Creates a network of the caller's. Only admins make public ones.
-    pub async fn create_network(
+    pub async fn create(
         &self,
         caller: &Caller,
         name: &str,
@@ -241,8 +287,7 @@ impl Veem {
             ));
         }
         let network = {
-            let mut state = self.state();
-            let networks = &mut state.networks;
+            let mut networks = self.table();
             let clash = networks.by_id.values().find(|s| {
                 s.network.name == name
                     && (s.network.owner == caller.principal || (public && s.network.public))
@@ -277,10 +322,11 @@ impl Veem {
             network
         };
         if let Err(e) = self
-            .commit_changes(vec![Change::InsertNetwork(network.clone())])
+            .committer
+            .commit(vec![Change::InsertNetwork(network.clone())])
             .await
         {
-            self.state().networks.by_id.remove(&network.id);
+            self.table().by_id.remove(&network.id);
             return Err(e);
         }
         tracing::info!(network = %network.name, id = network.id, cidr = %network.cidr, public, owner = %network.owner, "network created");
@@ -292,10 +338,8 @@ impl Veem {
     }
 
     /// The networks the caller may attach to: its own and the public ones (an admin sees all).
-    pub fn list_networks(&self, caller: &Caller) -> Vec<NetworkInfo> {
-        let state = self.state();
-        state
-            .networks
+    pub fn list(&self, caller: &Caller) -> Vec<NetworkInfo> {
+        self.table()
             .by_id
             .values()
             .filter(|s| visible(caller, &s.network))
@@ -304,22 +348,19 @@ impl Veem {
     }
 
     /// The network a NIC of the caller's would attach to by this name.
-    pub fn get_network(&self, caller: &Caller, name: &str) -> Result<NetworkInfo, CoreError> {
-        let state = self.state();
-        state
-            .networks
+    pub fn get(&self, caller: &Caller, name: &str) -> Result<NetworkInfo, CoreError> {
+        self.table()
             .resolve(&caller.principal, name)
             .map(info)
             .ok_or_else(|| no_network(caller, name))
     }
 
     /// Deletes one of the caller's networks (an admin: also a public one) once no VEE holds an
-    /// address on it, and takes its LAN down on every host.
-    pub async fn delete_network(&self, caller: &Caller, name: &str) -> Result<(), CoreError> {
+    /// address on it, and answers it.
+    pub(super) async fn delete(&self, caller: &Caller, name: &str) -> Result<Network, CoreError> {
         let network = {
-            let state = self.state();
-            let slot = state
-                .networks
+            let table = self.table();
+            let slot = table
                 .resolve(&caller.principal, name)
                 .ok_or_else(|| no_network(caller, name))?;
             if slot.network.owner != caller.principal && !caller.admin {
@@ -344,11 +385,37 @@ impl Veem {
             }
             slot.network.clone()
         };
-        self.commit_changes(vec![Change::DeleteNetwork { id: network.id }])
+        self.committer
+            .commit(vec![Change::DeleteNetwork { id: network.id }])
             .await?;
-        self.state().networks.by_id.remove(&network.id);
+        self.table().by_id.remove(&network.id);
         tracing::info!(network = %network.name, id = network.id, "network deleted");
-        let lan = self.lan_plan(&network);
+        Ok(network)
+    }
+
+    /// How hosts build a network's LAN.
+    pub(super) fn lan_plan(&self, network: &Network) -> LanPlan {
+        LanPlan {
+            bridge: format!("vb{:06x}{:x}", self.lan_key, network.id),
+            vni: network.id,
+            host_address: network
+                .public
+                .then(|| format!("{}/{}", network.cidr.host_address(), network.cidr.prefix())),
+        }
+    }
+
+    /// The network a NIC's address is on, if it still exists.
+    pub(super) fn network(&self, id: u32) -> Option<Network> {
+        self.table().by_id.get(&id).map(|s| s.network.clone())
+    }
+}
+
+impl Veem {
+    /// Deletes one of the caller's networks (an admin: also a public one) once no VEE holds an
+    /// address on it, and takes its LAN down on every host.
+    pub async fn delete_network(&self, caller: &Caller, name: &str) -> Result<(), CoreError> {
+        let network = self.inner.networks.delete(caller, name).await?;
+        let lan = self.inner.networks.lan_plan(&network);
         for (host, entry) in self.inner.hosts.all() {
             if entry.link.is_none() {
                 continue;
@@ -359,26 +426,6 @@ impl Veem {
             }
         }
         Ok(())
-    }
-
-    /// How hosts build a network's LAN.
-    pub(super) fn lan_plan(&self, network: &Network) -> LanPlan {
-        LanPlan {
-            bridge: format!("vb{:06x}{:x}", self.inner.config.lan_key, network.id),
-            vni: network.id,
-            host_address: network
-                .public
-                .then(|| format!("{}/{}", network.cidr.host_address(), network.cidr.prefix())),
-        }
-    }
-
-    /// The network a NIC's address is on, if it still exists.
-    pub(super) fn network(&self, id: u32) -> Option<Network> {
-        self.state()
-            .networks
-            .by_id
-            .get(&id)
-            .map(|s| s.network.clone())
     }
 }
 
@@ -451,8 +498,8 @@ mod tests {
         (1..=n).map(VeeId::from_seq).collect()
     }
 
-    fn site() -> Networks {
-        Networks::load(
+    fn site() -> NetworkTable {
+        NetworkTable::load(
             vec![
                 network(1, "sm-a", "private", "10.10.0.0/29", false),
                 network(2, "sm-b", "private", "10.10.0.0/29", false),
@@ -565,7 +612,7 @@ mod tests {
             ip: Some("10.10.0.4".into()),
             network_id: Some(1),
         }];
-        let site = Networks::load(
+        let site = NetworkTable::load(
             vec![network(1, "sm-a", "private", "10.10.0.0/29", false)],
             2,
             &[record.clone()],

@@ -1,6 +1,8 @@
 //! Submission: InitializeVEEs and SubmitVEEs, and the deployment they start.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use tokio::sync::OwnedMutexGuard;
 use veem_api::agent::{AgentRequest, BootPlan, DeploySpec, DiskPlan, NicPlan, SourcePlan};
@@ -11,7 +13,8 @@ use veem_model::{
 use veem_placement::PlacementError;
 use veem_store::Change;
 
-use super::*;
+use super::placer::demand_of;
+use super::{agent_result, monitoring, now_ms, placement_error, BatchOutcome, Veem};
 use crate::auth::Caller;
 use crate::error::CoreError;
 
@@ -40,121 +43,108 @@ impl Veem {
             .file_sources
             .check_descriptor(caller.admin, &descriptor)?;
         // One descriptor for the whole batch, shared by its records.
-        let descriptor = std::sync::Arc::new(descriptor);
+        let descriptor = Arc::new(descriptor);
         let now = now_ms();
-        let (records, reserved, committed) = {
-            let mut state = self.state();
-            let first = state.next_seq;
-            let mut records: Vec<VeeRecord> = (0..u64::from(count))
-                .map(|i| {
-                    VeeRecord::defined(
-                        VeeId::from_seq(first + i),
-                        caller.principal.clone(),
-                        descriptor.clone(),
-                        model,
-                        now,
-                    )
-                })
-                .collect();
-            let ids: Vec<VeeId> = records.iter().map(|r| r.id.clone()).collect();
-            let addresses = state
-                .networks
-                .allocate(&caller.principal, &descriptor, &ids)?;
-            for (record, nics) in records.iter_mut().zip(addresses) {
-                record.generated.nics = nics;
-                record.monitoring_token = Some(format!(
-                    "{:016x}{:016x}",
-                    rand::random::<u64>(),
-                    rand::random::<u64>()
-                ));
-            }
-            let mut reserved = Vec::new();
-            if model == InitModel::Twophase {
-                let batch = records
-                    .iter()
-                    .map(|r| (r.id.clone(), demand_of(r)))
+        let inner = &self.inner;
+        let (records, reserved, committed) =
+            inner.records.with_new_ids(u64::from(count), |first| {
+                let mut records: Vec<VeeRecord> = (0..u64::from(count))
+                    .map(|i| {
+                        VeeRecord::defined(
+                            VeeId::from_seq(first + i),
+                            caller.principal.clone(),
+                            descriptor.clone(),
+                            model,
+                            now,
+                        )
+                    })
                     .collect();
-                let hosts = match state.cluster.place_all(batch) {
-                    Ok(hosts) => hosts,
-                    Err(e) => {
-                        for record in &records {
-                            state.networks.release(record);
-                        }
-                        return Err(placement_error(e));
-                    }
-                };
-                for (record, host) in records.iter_mut().zip(hosts) {
-                    record.host = Some(host);
-                    record.reserved = true;
-                    reserved.push(record.id.clone());
+                let ids: Vec<VeeId> = records.iter().map(|r| r.id.clone()).collect();
+                let addresses = inner
+                    .networks
+                    .allocate(&caller.principal, &descriptor, &ids)?;
+                for (record, nics) in records.iter_mut().zip(addresses) {
+                    record.generated.nics = nics;
+                    record.monitoring_token = Some(format!(
+                        "{:016x}{:016x}",
+                        rand::random::<u64>(),
+                        rand::random::<u64>()
+                    ));
                 }
-            }
-            // Ids are taken now, even if the commit fails: an id is never handed out twice. The
-            // commit is queued under the same lock, so ids reach the store in the order taken.
-            state.next_seq = first + u64::from(count);
-            let detail = match model {
-                InitModel::Besteffort => "initialized (BESTEFFORT)",
-                InitModel::Twophase => "initialized (TWOPHASE)",
-            };
-            let mut changes = Vec::with_capacity(records.len() * 2);
-            for r in &records {
-                changes.push(Change::InsertVee(r.clone()));
-                changes.push(Change::AppendEvent(VeeEvent {
-                    vee: r.id.clone(),
-                    t_ms: now,
-                    from: None,
-                    to: VmiState::Defined,
-                    veem_state: VeemState::Stopped,
-                    host: None,
-                    detail: Some(detail.to_owned()),
-                }));
-            }
-            let committed = self.inner.committer.enqueue(changes);
-            (records, reserved, committed)
-        };
+                let mut reserved = Vec::new();
+                if model == InitModel::Twophase {
+                    let batch = records
+                        .iter()
+                        .map(|r| (r.id.clone(), demand_of(r)))
+                        .collect();
+                    let hosts = match inner.placer.place_all(batch) {
+                        Ok(hosts) => hosts,
+                        Err(e) => {
+                            inner.networks.release(&records);
+                            return Err(placement_error(e));
+                        }
+                    };
+                    for (record, host) in records.iter_mut().zip(hosts) {
+                        record.host = Some(host);
+                        record.reserved = true;
+                        reserved.push(record.id.clone());
+                    }
+                }
+                let detail = match model {
+                    InitModel::Besteffort => "initialized (BESTEFFORT)",
+                    InitModel::Twophase => "initialized (TWOPHASE)",
+                };
+                let mut changes = Vec::with_capacity(records.len() * 2);
+                for r in &records {
+                    changes.push(Change::InsertVee(r.clone()));
+                    changes.push(Change::AppendEvent(VeeEvent {
+                        vee: r.id.clone(),
+                        t_ms: now,
+                        from: None,
+                        to: VmiState::Defined,
+                        veem_state: VeemState::Stopped,
+                        host: None,
+                        detail: Some(detail.to_owned()),
+                    }));
+                }
+                // Queued while the ids are held: ids reach the store in the order taken. From
+                // here on the ids are used up, even if the commit fails: an id is never handed
+                // out twice.
+                let committed = inner.committer.enqueue(changes);
+                Ok((records, reserved, committed))
+            })?;
         if let Err(e) = committed.await {
-            let mut state = self.state();
-            for id in &reserved {
-                state.cluster.release(id);
-            }
-            for record in &records {
-                state.networks.release(record);
-            }
+            inner.placer.release_all(&reserved);
+            inner.networks.release(&records);
             return Err(e);
         }
-        let mut events = Vec::with_capacity(records.len());
-        {
-            let mut state = self.state();
-            for r in &records {
-                state.vees.insert(r.id.seq(), Slot::new(r.clone()));
-                if let Some(token) = &r.monitoring_token {
-                    state.monitoring_tokens.insert(token.clone(), r.id.seq());
-                }
-                events.push(super::monitoring::state_event(r, VmiState::Defined, now));
-            }
-        }
+        inner.records.insert(&records);
+        let events = records
+            .iter()
+            .map(|r| monitoring::state_event(r, VmiState::Defined, now))
+            .collect();
         self.publish(events);
         Ok(records)
     }
 
     /// SubmitVEEs: each DEFINED VEE is deployed now if placeable, else queued for placement.
     /// The ids are a set: an id named twice is submitted once (and answered once).
-    pub async fn submit(&self, caller: &Caller, ids: &[String]) -> BatchOutcome {
+    pub async fn submit(&self, caller: &Caller, ids: &[VeeId]) -> BatchOutcome {
         let mut outcome = BatchOutcome::default();
         let mut held = Vec::with_capacity(ids.len());
         let mut seen = BTreeSet::new();
         for id in ids {
-            let locked = match self.lookup(caller, id) {
+            let locked = match self.inner.records.lookup(caller, id) {
                 // Its lock is already held by this call: taking it again would wait forever.
-                Ok((seq, _)) if !seen.insert(seq) => continue,
-                Ok((seq, _)) => match self.op_lock(seq) {
-                    Some(lock) => Ok((seq, lock.lock_owned().await)),
+                Ok(_) if !seen.insert(id.seq()) => continue,
+                Ok(_) => match self.inner.records.op_lock(id.seq()) {
+                    Some(lock) => Ok(lock.lock_owned().await),
                     None => Err(CoreError::NotFound(format!("no VEE {id}"))),
                 },
                 Err(e) => Err(e),
             };
             match locked {
-                Ok((seq, guard)) => held.push((id.clone(), seq, guard)),
+                Ok(guard) => held.push((id.clone(), guard)),
                 Err(e) => outcome.failed.push((id.clone(), e)),
             }
         }
@@ -172,101 +162,98 @@ impl Veem {
     /// placement. All of them are recorded in one transaction.
     pub(super) async fn start_deploys(
         &self,
-        held: Vec<(String, u64, OwnedMutexGuard<()>)>,
-    ) -> Vec<(String, Result<(), CoreError>)> {
+        held: Vec<(VeeId, OwnedMutexGuard<()>)>,
+    ) -> Vec<(VeeId, Result<(), CoreError>)> {
+        let inner = &self.inner;
         let mut results = Vec::with_capacity(held.len());
         let mut staged = Vec::new();
-        // (id, seq, guard, host if placed)
+        // (id, guard, host if placed, whether placement was reserved)
         let mut started = Vec::new();
-        {
-            let mut state = self.state();
-            for (id, seq, guard) in held {
-                let Some(slot) = state.vees.get(&seq) else {
-                    results.push((id.clone(), Err(CoreError::NotFound(format!("no VEE {id}")))));
-                    continue;
-                };
-                let record = slot.record.clone();
-                if record.state != VmiState::Defined {
-                    results.push((
-                        id.clone(),
-                        Err(CoreError::WrongState(format!(
-                            "VEE {id} is {}, not DEFINED",
-                            record.state
-                        ))),
-                    ));
-                    continue;
-                }
-                let placed = if record.reserved {
-                    Ok(record
-                        .host
-                        .clone()
-                        .expect("a reserved VEE records its host"))
-                } else {
-                    state.cluster.place(&record.id, demand_of(&record))
-                };
-                let (change, host) = match placed {
-                    Ok(host) => {
-                        let h = host.clone();
-                        let change =
-                            Self::stage(&state, seq, Some(format!("placed on {h}")), |r| {
-                                r.state = VmiState::Initial;
-                                r.veem_state = VeemState::Hold;
-                                r.phase = Some(Phase::Booting);
-                                r.host = Some(h);
-                                r.reserved = false;
-                                r.pending_reason = None;
-                                r.last_error = None;
-                                r.restarts = 0;
-                            });
-                        (change, Some(host))
-                    }
-                    Err(PlacementError::Unplaceable(u)) => {
-                        let change = Self::stage(&state, seq, Some(u.reason.clone()), |r| {
+        for (id, guard) in held {
+            let seq = id.seq();
+            let Some(record) = inner.records.get(seq) else {
+                results.push((id.clone(), Err(CoreError::NotFound(format!("no VEE {id}")))));
+                continue;
+            };
+            if record.state != VmiState::Defined {
+                results.push((
+                    id.clone(),
+                    Err(CoreError::WrongState(format!(
+                        "VEE {id} is {}, not DEFINED",
+                        record.state
+                    ))),
+                ));
+                continue;
+            }
+            let placed = if record.reserved {
+                Ok(record
+                    .host
+                    .clone()
+                    .expect("a reserved VEE records its host"))
+            } else {
+                inner.placer.place(&record.id, demand_of(&record))
+            };
+            let (change, host) = match placed {
+                Ok(host) => {
+                    let h = host.clone();
+                    let change = inner
+                        .records
+                        .stage(seq, Some(format!("placed on {h}")), |r| {
                             r.state = VmiState::Initial;
-                            r.veem_state = VeemState::Pending;
-                            r.phase = Some(Phase::Placing);
-                            r.pending_reason = Some(u.reason);
+                            r.veem_state = VeemState::Hold;
+                            r.phase = Some(Phase::Booting);
+                            r.host = Some(h);
+                            r.reserved = false;
+                            r.pending_reason = None;
                             r.last_error = None;
                             r.restarts = 0;
                         });
-                        (change, None)
-                    }
-                    Err(e) => {
-                        results.push((id, Err(placement_error(e))));
-                        continue;
-                    }
-                };
-                if let Some(change) = change {
-                    staged.push(change);
-                    started.push((id, seq, guard, host, record.reserved, record.id.clone()));
+                    (change, Some(host))
                 }
+                Err(PlacementError::Unplaceable(u)) => {
+                    let change = inner.records.stage(seq, Some(u.reason.clone()), |r| {
+                        r.state = VmiState::Initial;
+                        r.veem_state = VeemState::Pending;
+                        r.phase = Some(Phase::Placing);
+                        r.pending_reason = Some(u.reason);
+                        r.last_error = None;
+                        r.restarts = 0;
+                    });
+                    (change, None)
+                }
+                Err(e) => {
+                    results.push((id, Err(placement_error(e))));
+                    continue;
+                }
+            };
+            if let Some(change) = change {
+                staged.push(change);
+                started.push((id, guard, host, record.reserved));
             }
         }
         if started.is_empty() {
             return results;
         }
         if let Err(e) = self.commit(staged).await {
-            let mut state = self.state();
-            for (id, _, _, host, reserved, vee) in started {
+            for (id, _, host, reserved) in started {
                 if host.is_some() && !reserved {
-                    state.cluster.release(&vee);
+                    inner.placer.release(&id);
                 }
                 results.push((id, Err(e.clone())));
             }
             return results;
         }
         let mut queued = false;
-        for (id, seq, guard, host, _, _) in started {
+        for (id, guard, host, _) in started {
+            let seq = id.seq();
             match host {
                 Some(host) => {
-                    if let Some(slot) = self.state().vees.get_mut(&seq) {
-                        slot.last_failure = None;
-                    }
+                    inner.records.set_last_failure(seq, None);
                     let veem = self.clone();
                     tokio::spawn(async move { veem.deploy(seq, host, guard, None).await });
                 }
                 None => {
-                    self.state().pending.insert(seq);
+                    inner.placer.enqueue(seq);
                     drop(guard);
                     queued = true;
                 }
@@ -289,8 +276,8 @@ impl Veem {
         _guard: OwnedMutexGuard<()>,
         memory_file: Option<PathBuf>,
     ) -> Result<VeeRecord, CoreError> {
-        let record = match self.state().vees.get(&seq) {
-            Some(s) => s.record.clone(),
+        let record = match self.inner.records.get(seq) {
+            Some(record) => record,
             None => {
                 return Err(CoreError::NotFound(format!(
                     "VEE {} was purged",
@@ -342,7 +329,7 @@ impl Veem {
                     _ => CoreError::DeploymentFailed(e.to_string()),
                 };
                 tracing::warn!(vee = %record.id, %host, error = %failure, "deployment failed");
-                self.state().cluster.release(&record.id);
+                self.inner.placer.release(&record.id);
                 let message = failure.to_string();
                 // Nothing is lost: a failed restore is still SUSPENDED, a failed deployment DEFINED.
                 let (state, veem_state) = if memory_file.is_some() {
@@ -357,9 +344,9 @@ impl Veem {
                         r.last_error = Some(message);
                     })
                     .await;
-                if let Some(slot) = self.state().vees.get_mut(&seq) {
-                    slot.last_failure = Some(failure.clone());
-                }
+                self.inner
+                    .records
+                    .set_last_failure(seq, Some(failure.clone()));
                 self.wake_placer();
                 updated.and(Err(failure))
             }
@@ -400,7 +387,7 @@ impl Veem {
             let chosen = record.generated.nics.iter().find(|g| g.target == target);
             let network = chosen
                 .and_then(|g| g.network_id)
-                .and_then(|id| self.network(id));
+                .and_then(|id| self.inner.networks.network(id));
             if let (Some(chosen), Some(network)) = (chosen, &network) {
                 // The guest learns its addresses from its context (see the veem-guest crate).
                 let key = |what: &str| format!("veem.nic.{target}.{what}");
@@ -414,7 +401,9 @@ impl Veem {
                 target,
                 network: n.network.clone(),
                 mac: chosen.map(|g| g.mac.clone()),
-                lan: network.as_ref().map(|network| self.lan_plan(network)),
+                lan: network
+                    .as_ref()
+                    .map(|network| self.inner.networks.lan_plan(network)),
             });
         }
         let ovf_env = match (&d.context.ovf_env, properties.is_empty()) {
@@ -462,14 +451,15 @@ impl Veem {
     ) -> Result<(SourcePlan, Option<ImageFormat>), CoreError> {
         match source {
             DiskSource::Image(name) => {
-                let image = self.resolve_image(&record.owner, name).ok_or_else(|| {
+                let images = &self.inner.images;
+                let image = images.resolve(&record.owner, name).ok_or_else(|| {
                     CoreError::NotFound(format!(
                         "image {name} ({what}) is not in {}'s image store nor among the shared images",
                         record.owner
                     ))
                 })?;
                 Ok((
-                    SourcePlan::file(self.image_path(&image.owner, &image.name)),
+                    SourcePlan::file(images.path(&image.owner, &image.name)),
                     Some(image.format),
                 ))
             }

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::routing::post;
-use veem_model::{AccountingRecord, ControlAction as A, InitModel, VmiState};
+use veem_model::{AccountingRecord, ControlAction as A, InitModel, VeeId, VmiState};
 use veem_server::error::CoreError;
 use veem_server::veem::now_ms;
 
@@ -47,17 +47,17 @@ impl Listener {
     }
 
     /// The records of one VEE received so far, in the order they came.
-    pub fn records(&self, id: &str) -> Vec<(u64, AccountingRecord)> {
+    pub fn records(&self, id: &VeeId) -> Vec<(u64, AccountingRecord)> {
         self.got
             .lock()
             .expect("not poisoned")
             .iter()
-            .filter(|(_, r)| r.vee.as_str() == id)
+            .filter(|(_, r)| r.vee == *id)
             .cloned()
             .collect()
     }
 
-    pub async fn wait_for(&self, id: &str, count: usize) -> Vec<(u64, AccountingRecord)> {
+    pub async fn wait_for(&self, id: &VeeId, count: usize) -> Vec<(u64, AccountingRecord)> {
         wait_until(&format!("{count} records of {id}"), || {
             let records = self.records(id);
             (records.len() >= count).then_some(records)
@@ -66,7 +66,7 @@ impl Listener {
     }
 }
 
-fn stored(site: &Site, id: &str) -> Vec<AccountingRecord> {
+fn stored(site: &Site, id: &VeeId) -> Vec<AccountingRecord> {
     site.veem
         .accounting_records(&sm_a(), id, 0, u64::MAX)
         .expect("readable")
@@ -171,7 +171,7 @@ async fn destroy_sends_a_last_record_up_to_the_destroy_and_purge_removes_them_al
         site.veem.accounting_records(&sm_a(), &id, 0, u64::MAX),
         Err(CoreError::NotFound(_))
     ));
-    let vee = veem_model::VeeId::parse(&id).expect("an id");
+    let vee = id.clone();
     assert!(site
         .store
         .accounting(&vee, 0, u64::MAX)
@@ -188,8 +188,8 @@ async fn a_refused_registration_registers_nothing_and_removal_stops_the_records(
         .define(&sm_b(), InitModel::Besteffort, 1, small("theirs"))
         .await[0]
         .id
-        .to_string();
-    let cases: [(Vec<String>, u64, &str, &str); 4] = [
+        .clone();
+    let cases: [(Vec<VeeId>, u64, &str, &str); 4] = [
         (
             vec![mine.clone(), theirs],
             200,
@@ -197,7 +197,7 @@ async fn a_refused_registration_registers_nothing_and_removal_stops_the_records(
             "access_denied",
         ),
         (
-            vec![mine.clone(), "vee-99999999".into()],
+            vec![mine.clone(), VeeId::from_seq(99_999_999)],
             200,
             &listener.url,
             "not_found",
@@ -283,7 +283,7 @@ async fn a_reserved_vee_is_accounted_with_no_host_as_the_vmi_shows_it() {
     let reserved = site
         .define(&sm_a(), InitModel::Twophase, 1, small("reserved"))
         .await;
-    let id = reserved[0].id.to_string();
+    let id = reserved[0].id.clone();
     site.veem
         .listen(&sm_a(), std::slice::from_ref(&id), 200, &listener.url)
         .await

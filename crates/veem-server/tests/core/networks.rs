@@ -24,11 +24,13 @@ async fn addresses_come_from_the_networks_range_lowest_first_and_never_twice() {
     let site = Site::open(vec![host("h1", 8, 16384)]).await;
     let private = site
         .veem
-        .create_network(&sm_a(), "private", "10.10.0.0/24", false)
+        .networks()
+        .create(&sm_a(), "private", "10.10.0.0/24", false)
         .await
         .expect("created");
     site.veem
-        .create_network(&ops(), "public", "10.77.0.0/24", true)
+        .networks()
+        .create(&ops(), "public", "10.77.0.0/24", true)
         .await
         .expect("created");
     let vees = site
@@ -55,7 +57,7 @@ async fn addresses_come_from_the_networks_range_lowest_first_and_never_twice() {
             .collect::<BTreeSet<_>>(),
         BTreeSet::from([Some(private.network.id)])
     );
-    let info = site.veem.get_network(&sm_a(), "private").expect("shown");
+    let info = site.veem.networks().get(&sm_a(), "private").expect("shown");
     assert_eq!((info.held, info.free), (3, 250));
 
     // Initializations side by side never share an address.
@@ -88,12 +90,13 @@ async fn addresses_come_from_the_networks_range_lowest_first_and_never_twice() {
         let ip = ips(record)[1].expect("an address").parse().expect("IPv4");
         assert!(!taken.contains(&ip), "{ip} given twice");
     }
-    let info = site.veem.get_network(&sm_a(), "private").expect("shown");
+    let info = site.veem.networks().get(&sm_a(), "private").expect("shown");
     assert_eq!(info.held, 83);
 
     // Another principal's network of the same name is another range of addresses.
     site.veem
-        .create_network(&sm_b(), "private", "10.10.0.0/24", false)
+        .networks()
+        .create(&sm_b(), "private", "10.10.0.0/24", false)
         .await
         .expect("created");
     let theirs = site
@@ -112,7 +115,8 @@ async fn a_network_without_room_for_the_whole_batch_refuses_it_and_takes_nothing
     let site = Site::open(vec![host("h1", 8, 16384)]).await;
     // A /29 has five addresses for VEEs.
     site.veem
-        .create_network(&sm_a(), "tiny", "192.168.213.0/29", false)
+        .networks()
+        .create(&sm_a(), "tiny", "192.168.213.0/29", false)
         .await
         .expect("created");
     let d = with_nics("w", &[("tiny", None)]);
@@ -127,7 +131,11 @@ async fn a_network_without_room_for_the_whole_batch_refuses_it_and_takes_nothing
     }
     assert!(site.all().is_empty());
     assert_eq!(
-        site.veem.get_network(&sm_a(), "tiny").expect("shown").held,
+        site.veem
+            .networks()
+            .get(&sm_a(), "tiny")
+            .expect("shown")
+            .held,
         0
     );
     let five = site
@@ -147,29 +155,38 @@ async fn a_network_without_room_for_the_whole_batch_refuses_it_and_takes_nothing
 async fn destroy_keeps_an_address_and_purge_gives_it_back() {
     let site = Site::open(vec![host("h1", 8, 16384)]).await;
     site.veem
-        .create_network(&sm_a(), "tiny", "192.168.213.0/29", false)
+        .networks()
+        .create(&sm_a(), "tiny", "192.168.213.0/29", false)
         .await
         .expect("created");
     let d = with_nics("w", &[("tiny", None)]);
     let vees = site
         .define(&sm_a(), InitModel::Besteffort, 5, d.clone())
         .await;
-    let first = vees[0].id.to_string();
+    let first = vees[0].id.clone();
     site.act_ok(A::Activate, std::slice::from_ref(&first)).await;
     site.act_ok(A::Destroy, std::slice::from_ref(&first)).await;
     // DESTROYED, its disks are kept, and its address with them.
     match site.veem.delete_network(&sm_a(), "tiny").await {
-        Err(CoreError::InUse(why)) => assert!(why.contains(&first), "{why}"),
+        Err(CoreError::InUse(why)) => assert!(why.contains(first.as_str()), "{why}"),
         other => panic!("expected in_use, got {other:?}"),
     }
     assert_eq!(
-        site.veem.get_network(&sm_a(), "tiny").expect("shown").held,
+        site.veem
+            .networks()
+            .get(&sm_a(), "tiny")
+            .expect("shown")
+            .held,
         5
     );
 
     site.veem.purge(&sm_a(), &first).await.expect("purged");
     assert_eq!(
-        site.veem.get_network(&sm_a(), "tiny").expect("shown").held,
+        site.veem
+            .networks()
+            .get(&sm_a(), "tiny")
+            .expect("shown")
+            .held,
         4
     );
     let again = site.define(&sm_a(), InitModel::Besteffort, 1, d).await;
@@ -178,10 +195,7 @@ async fn destroy_keeps_an_address_and_purge_gives_it_back() {
         "the purged VEE's address is free again"
     );
     for v in vees.iter().skip(1).chain(&again) {
-        site.veem
-            .purge(&sm_a(), v.id.as_str())
-            .await
-            .expect("purged");
+        site.veem.purge(&sm_a(), &v.id).await.expect("purged");
     }
     site.veem
         .delete_network(&sm_a(), "tiny")
@@ -193,7 +207,8 @@ async fn destroy_keeps_an_address_and_purge_gives_it_back() {
 async fn a_chosen_address_is_given_once_and_refused_by_name_otherwise() {
     let site = Site::open(vec![host("h1", 8, 16384)]).await;
     site.veem
-        .create_network(&sm_a(), "private", "10.10.0.0/24", false)
+        .networks()
+        .create(&sm_a(), "private", "10.10.0.0/24", false)
         .await
         .expect("created");
     let db = site
@@ -233,7 +248,8 @@ async fn a_chosen_address_is_given_once_and_refused_by_name_otherwise() {
     }
     assert_eq!(
         site.veem
-            .get_network(&sm_a(), "private")
+            .networks()
+            .get(&sm_a(), "private")
             .expect("shown")
             .held,
         1,

@@ -151,11 +151,15 @@ async fn a_disabled_host_takes_no_new_vee_and_keeps_those_it_runs() {
     site.act_ok(A::Activate, std::slice::from_ref(&resident))
         .await;
     let home = site.get(&resident).host.expect("placed");
-    let other = if home == host_id("h1") { "h2" } else { "h1" };
+    let other = if home == host_id("h1") {
+        host_id("h2")
+    } else {
+        host_id("h1")
+    };
 
     let entry = site
         .veem
-        .set_host_disabled(home.as_str(), true)
+        .set_host_disabled(&home, true)
         .expect("a known host");
     assert_eq!(entry.state(), HostState::Disabled);
     let newcomers = ids_of(
@@ -165,7 +169,7 @@ async fn a_disabled_host_takes_no_new_vee_and_keeps_those_it_runs() {
     );
     site.act_ok(A::Activate, &newcomers).await;
     for id in &newcomers {
-        assert_eq!(site.get(id).host, Some(host_id(other)), "{id}");
+        assert_eq!(site.get(id).host, Some(other.clone()), "{id}");
     }
     let kept = site.get(&resident);
     assert_eq!(
@@ -180,7 +184,7 @@ async fn a_disabled_host_takes_no_new_vee_and_keeps_those_it_runs() {
 
     // Both disabled: a new VEE waits, saying so; enabling one places it there.
     site.veem
-        .set_host_disabled(other, true)
+        .set_host_disabled(&other, true)
         .expect("a known host");
     let late = site.define_one(small("late")).await;
     let submitted = site.veem.submit(&sm_a(), std::slice::from_ref(&late)).await;
@@ -190,7 +194,7 @@ async fn a_disabled_host_takes_no_new_vee_and_keeps_those_it_runs() {
     let reason = waiting.pending_reason.expect("a reason");
     assert!(reason.contains("2 hosts disabled"), "{reason}");
     site.veem
-        .set_host_disabled(home.as_str(), false)
+        .set_host_disabled(&home, false)
         .expect("a known host");
     let placed = site.wait_state(&late, VmiState::Active).await;
     assert_eq!(placed.host, Some(home));
@@ -238,7 +242,7 @@ async fn a_live_migration_moves_the_vee_and_its_capacity_and_keeps_anti_affinity
     // Onto its twin's host: anti-affinity refuses, nothing moves.
     let refused = site
         .veem
-        .migrate(&ops(), &ids[0], Some(to.as_str()))
+        .migrate(&ops(), &ids[0], Some(&to))
         .await
         .expect_err("anti-affinity");
     assert!(
@@ -257,7 +261,7 @@ async fn a_live_migration_moves_the_vee_and_its_capacity_and_keeps_anti_affinity
     let boot = sim_from.boot_id(&a.id).expect("running");
     let moved = site
         .veem
-        .migrate(&ops(), &ids[0], Some(to.as_str()))
+        .migrate(&ops(), &ids[0], Some(&to))
         .await
         .expect("migrated");
     assert_eq!(

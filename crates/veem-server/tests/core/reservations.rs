@@ -92,7 +92,7 @@ async fn destroy_of_a_reserved_vee_gives_its_room_to_a_waiting_one() {
     let reserved = site
         .define(&sm_a(), InitModel::Twophase, 1, sized("r", 4, 1024))
         .await;
-    let reserved = reserved[0].id.to_string();
+    let reserved = reserved[0].id.clone();
     let waiting = site.define_one(sized("waiting", 4, 1024)).await;
     site.veem
         .submit(&sm_a(), std::slice::from_ref(&waiting))
@@ -137,7 +137,7 @@ async fn a_reserved_vee_resized_while_defined_keeps_a_reservation_of_its_new_siz
     let mut d = sized("r", 1, 1024);
     d.cpu_max = Some(8);
     let reserved = site.define(&sm_a(), InitModel::Twophase, 1, d).await;
-    let id = reserved[0].id.to_string();
+    let id = reserved[0].id.clone();
     assert_eq!(site.cpus_used("h1"), 1);
 
     let (record, _) = site
@@ -172,7 +172,7 @@ async fn submit_deploys_a_reserved_vee_where_it_was_reserved() {
         .define(&sm_a(), InitModel::Twophase, 1, sized("r", 2, 1024))
         .await;
     let home = reserved[0].host.clone().expect("reserved on a host");
-    let id = reserved[0].id.to_string();
+    let id = reserved[0].id.clone();
     // Spread would now pick the other host for anything new.
     let submitted = site.veem.submit(&sm_a(), std::slice::from_ref(&id)).await;
     assert_eq!(submitted.ok, vec![id.clone()], "{:?}", submitted.failed);
@@ -185,7 +185,8 @@ async fn submit_deploys_a_reserved_vee_where_it_was_reserved() {
 async fn a_refused_twophase_batch_takes_no_network_address() {
     let site = Site::open(vec![host("h1", 4, 8192)]).await;
     site.veem
-        .create_network(&sm_a(), "private", "10.10.0.0/24", false)
+        .networks()
+        .create(&sm_a(), "private", "10.10.0.0/24", false)
         .await
         .expect("created");
     let mut d = with_nics("r", &[("private", None)]);
@@ -201,7 +202,8 @@ async fn a_refused_twophase_batch_takes_no_network_address() {
     );
     assert_eq!(
         site.veem
-            .get_network(&sm_a(), "private")
+            .networks()
+            .get(&sm_a(), "private")
             .expect("shown")
             .held,
         0

@@ -24,7 +24,8 @@ fn a_core_opened_again_on_its_store_finds_every_vee_reservation_queue_and_addres
     let (dir, ids, before) = first_life.block_on(async {
         let site = Site::open(hosts()).await;
         site.veem
-            .create_network(&sm_a(), "private", "10.10.0.0/24", false)
+            .networks()
+            .create(&sm_a(), "private", "10.10.0.0/24", false)
             .await
             .expect("created");
         let running = site
@@ -36,7 +37,7 @@ fn a_core_opened_again_on_its_store_finds_every_vee_reservation_queue_and_addres
             .define(&sm_a(), InitModel::Twophase, 1, sized("reserved", 2, 1024))
             .await[0]
             .id
-            .to_string();
+            .clone();
         let waiting = site.define_one(sized("waiting", 4, 1024)).await;
         site.veem
             .submit(&sm_a(), std::slice::from_ref(&waiting))
@@ -44,7 +45,7 @@ fn a_core_opened_again_on_its_store_finds_every_vee_reservation_queue_and_addres
         assert_eq!(site.get(&waiting).veem_state, VeemState::Pending);
         assert_eq!(site.cpus_used("h1"), 3);
         let ids = [running, reserved, waiting];
-        let before: BTreeMap<String, _> = ids
+        let before: BTreeMap<VeeId, _> = ids
             .iter()
             .map(|id| {
                 let r = site.get(id);
@@ -71,10 +72,9 @@ fn a_core_opened_again_on_its_store_finds_every_vee_reservation_queue_and_addres
             );
         }
         assert!(site.get(waiting).pending_reason.is_some());
-        let vee = |id: &str| VeeId::parse(id).expect("an id");
         assert_eq!(
             site.instances_on("h1").await,
-            vec![vee(running)],
+            vec![running.clone()],
             "the host's instance is adopted, not started again"
         );
         assert_eq!(
@@ -82,7 +82,7 @@ fn a_core_opened_again_on_its_store_finds_every_vee_reservation_queue_and_addres
             3,
             "the running VEE and the reservation"
         );
-        let network = site.veem.get_network(&sm_a(), "private").expect("kept");
+        let network = site.veem.networks().get(&sm_a(), "private").expect("kept");
         assert_eq!(network.held, 1);
         let next = site
             .define_one(with_nics("next", &[("private", None)]))
@@ -94,7 +94,7 @@ fn a_core_opened_again_on_its_store_finds_every_vee_reservation_queue_and_addres
             "an address held before is not given again"
         );
         assert!(
-            ids.iter().all(|id| vee(id).seq() < next_record.id.seq()),
+            ids.iter().all(|id| id.seq() < next_record.id.seq()),
             "ids go on"
         );
 

@@ -131,7 +131,7 @@ async fn each_action_moves_the_vee_through_the_papers_states_with_an_event_per_c
     let mut published = Vec::new();
     while let Ok(routed) = stream.try_recv() {
         let event = &routed.event;
-        if event.kind == EventType::State && event.vee.as_ref().map(|v| v.as_str()) == Some(&id) {
+        if event.kind == EventType::State && event.vee.as_ref() == Some(&id) {
             assert_eq!(event.measurements.len(), 1);
             match &event.measurements[0].value {
                 MeasurementValue::Text(state) => published.push(state.clone()),
@@ -143,7 +143,7 @@ async fn each_action_moves_the_vee_through_the_papers_states_with_an_event_per_c
 }
 
 /// Brings a fresh VEE of sm-a's into `state`.
-async fn vee_in(site: &Site, state: VmiState) -> String {
+async fn vee_in(site: &Site, state: VmiState) -> VeeId {
     if state == Initial {
         // More CPUs than any host has: it waits for placement.
         let id = site.define_one(sized("too-big", 64, 512)).await;
@@ -261,7 +261,7 @@ async fn a_set_deploys_its_vees_side_by_side() {
 }
 
 /// When a VEE's stored history first moved `from` → `to`.
-fn time_of(site: &Site, id: &str, from: VmiState, to: VmiState) -> u64 {
+fn time_of(site: &Site, id: &VeeId, from: VmiState, to: VmiState) -> u64 {
     site.events(id)
         .iter()
         .find(|e| e.from == Some(from) && e.to == to)
@@ -321,15 +321,14 @@ async fn purge_removes_the_vee_and_its_history_and_its_id_is_never_given_again()
     assert!(site.instances_on("h1").await.is_empty());
     assert_eq!(site.cpus_used("h1"), 0);
     let next = site.define_one(small("next")).await;
-    let seq = |id: &str| VeeId::parse(id).expect("a VEE id").seq();
-    assert!(seq(&next) > seq(&id), "{next} after {id}");
+    assert!(next.seq() > id.seq(), "{next} after {id}");
     let stored: BTreeMap<_, _> = site
         .store
         .load()
         .expect("loads")
         .vees
         .into_iter()
-        .map(|r| (r.id.to_string(), r.state))
+        .map(|r| (r.id, r.state))
         .collect();
     assert_eq!(stored, BTreeMap::from([(next, Defined)]));
 }
@@ -340,14 +339,14 @@ async fn another_principals_vee_is_refused_and_left_alone() {
     let theirs = site
         .define(&sm_b(), InitModel::Besteffort, 1, small("theirs"))
         .await;
-    let theirs = theirs[0].id.to_string();
+    let theirs = theirs[0].id.clone();
     let mine = site.define_one(small("mine")).await;
     let before = site.get(&theirs);
     let outcome = site
         .act(
             &sm_a(),
             A::Activate,
-            &[theirs.clone(), "vee-99999999".into(), mine.clone()],
+            &[theirs.clone(), VeeId::from_seq(99_999_999), mine.clone()],
         )
         .await;
     assert_eq!(outcome.ok, vec![mine]);
@@ -360,7 +359,7 @@ async fn another_principals_vee_is_refused_and_left_alone() {
         failed,
         BTreeMap::from([
             (theirs.clone(), "access_denied"),
-            ("vee-99999999".to_owned(), "not_found")
+            (VeeId::from_seq(99_999_999), "not_found")
         ])
     );
     let after = site.get(&theirs);

@@ -125,8 +125,8 @@ pub fn with_nics(name: &str, on: &[(&str, Option<&str>)]) -> VeeDescriptor {
     d
 }
 
-pub fn ids_of(records: &[VeeRecord]) -> Vec<String> {
-    records.iter().map(|r| r.id.to_string()).collect()
+pub fn ids_of(records: &[VeeRecord]) -> Vec<VeeId> {
+    records.iter().map(|r| r.id.clone()).collect()
 }
 
 impl Site {
@@ -224,27 +224,22 @@ impl Site {
     }
 
     /// One BESTEFFORT VEE of sm-a's.
-    pub async fn define_one(&self, descriptor: VeeDescriptor) -> String {
+    pub async fn define_one(&self, descriptor: VeeDescriptor) -> VeeId {
         let records = self
             .define(&sm_a(), InitModel::Besteffort, 1, descriptor)
             .await;
-        records[0].id.to_string()
+        records[0].id.clone()
     }
 
     /// UpdateState as a set, with a timeout that lets every action finish.
-    pub async fn act(
-        &self,
-        caller: &Caller,
-        action: ControlAction,
-        ids: &[String],
-    ) -> BatchOutcome {
+    pub async fn act(&self, caller: &Caller, action: ControlAction, ids: &[VeeId]) -> BatchOutcome {
         self.veem
             .update_state(caller, Order::Set, ids, action, ACTION_TIMEOUT)
             .await
     }
 
     /// UpdateState on sm-a's VEEs that must apply to every one.
-    pub async fn act_ok(&self, action: ControlAction, ids: &[String]) {
+    pub async fn act_ok(&self, action: ControlAction, ids: &[VeeId]) {
         let outcome = self.act(&sm_a(), action, ids).await;
         assert!(
             outcome.failed.is_empty(),
@@ -255,12 +250,12 @@ impl Site {
     }
 
     /// The record as an admin sees it.
-    pub fn get(&self, id: &str) -> VeeRecord {
+    pub fn get(&self, id: &VeeId) -> VeeRecord {
         self.veem.get(&ops(), id).expect("the VEE exists")
     }
 
     /// The stored history of a VEE, oldest first.
-    pub fn events(&self, id: &str) -> Vec<VeeEvent> {
+    pub fn events(&self, id: &VeeId) -> Vec<VeeEvent> {
         self.veem.events(&ops(), id).expect("the VEE's events")
     }
 
@@ -274,7 +269,7 @@ impl Site {
     }
 
     /// Waits (up to [`DEADLINE`]) until a VEE is in `state`.
-    pub async fn wait_state(&self, id: &str, state: VmiState) -> VeeRecord {
+    pub async fn wait_state(&self, id: &VeeId, state: VmiState) -> VeeRecord {
         wait_until(&format!("{id} to be {state}"), || {
             let record = self.get(id);
             (record.state == state).then_some(record)

@@ -1,0 +1,188 @@
+//! The placement part: the site's cluster as placement sees it (each host's capacity and the
+//! VEEs allocated there), the queue of VEEs waiting for a host, and the allocations the store
+//! holds for hosts that have not connected yet.
+//!
+//! Rules kept here:
+//! - An allocation is made before the change that records it is committed, and undone
+//!   ([`Placer::release`]) when that commit fails.
+//! - A host's stored allocations are restored when it first connects, before anything new can
+//!   land there ([`Placer::host_connected`]).
+//! - Its lock is taken alone: no other part's lock is held while it is (see "Parts" in
+//!   ARCHITECTURE.md).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use veem_model::{HostId, VeeId, VeeRecord};
+use veem_placement::{Capacity, Cluster, Demand, HostUsage, PlacementError, Policy};
+
+/// What a VEE asks of a host.
+pub(super) fn demand_of(record: &VeeRecord) -> Demand {
+    Demand {
+        owner: record.owner.clone(),
+        cpu: record.descriptor.cpu,
+        memory_mb: record.descriptor.memory_mb,
+        tags: record.descriptor.tags.clone(),
+        anti_affinity: record.descriptor.anti_affinity.clone(),
+    }
+}
+
+struct PlacerState {
+    cluster: Cluster,
+    /// VEEs waiting for placement, oldest first.
+    pending: BTreeSet<u64>,
+    /// The VEEs the store places on each host, from the records loaded at start, until that
+    /// host first connects and their allocations are restored: so a connecting host looks at
+    /// its own VEEs, not at every record (10,000 hosts times 200,000 records at start).
+    awaiting_host: HashMap<HostId, Vec<u64>>,
+}
+
+pub(super) struct Placer {
+    state: Mutex<PlacerState>,
+    /// Wakes the placement loop.
+    wake: Notify,
+}
+
+impl Placer {
+    pub(super) fn new(
+        policy: Policy,
+        pending: BTreeSet<u64>,
+        awaiting_host: HashMap<HostId, Vec<u64>>,
+    ) -> Self {
+        Self {
+            state: Mutex::new(PlacerState {
+                cluster: Cluster::new(policy),
+                pending,
+                awaiting_host,
+            }),
+            wake: Notify::new(),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, PlacerState> {
+        self.state
+            .lock()
+            .expect("the placement lock is never held across a panic")
+    }
+
+    /// Asks for a placement round soon.
+    pub(super) fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Waits until woken, or `at_most`.
+    pub(super) async fn woken(&self, at_most: Duration) {
+        let _ = tokio::time::timeout(at_most, self.wake.notified()).await;
+    }
+
+    /// Allocates a host to one VEE.
+    pub(super) fn place(&self, id: &VeeId, demand: Demand) -> Result<HostId, PlacementError> {
+        self.state().cluster.place(id, demand)
+    }
+
+    /// Allocates hosts to a whole batch, or to none of it.
+    pub(super) fn place_all(
+        &self,
+        batch: Vec<(VeeId, Demand)>,
+    ) -> Result<Vec<HostId>, PlacementError> {
+        self.state().cluster.place_all(batch)
+    }
+
+    /// Frees what a VEE holds of its host, if anything.
+    pub(super) fn release(&self, id: &VeeId) {
+        self.state().cluster.release(id);
+    }
+
+    /// Frees what each of `ids` holds.
+    pub(super) fn release_all<'a>(&self, ids: impl IntoIterator<Item = &'a VeeId>) {
+        let mut state = self.state();
+        for id in ids {
+            state.cluster.release(id);
+        }
+    }
+
+    /// Changes a VEE's allocation to a new size on the same host.
+    pub(super) fn resize(
+        &self,
+        id: &VeeId,
+        cpu: u32,
+        memory_mb: u64,
+    ) -> Result<(), PlacementError> {
+        self.state().cluster.resize(id, cpu, memory_mb)
+    }
+
+    /// Moves a VEE's allocation to `to`, or to the best other host.
+    pub(super) fn relocate(
+        &self,
+        id: &VeeId,
+        to: Option<&HostId>,
+    ) -> Result<HostId, PlacementError> {
+        self.state().cluster.relocate(id, to)
+    }
+
+    /// Whether new VEEs may land on `host`.
+    pub(super) fn set_enabled(&self, host: &HostId, enabled: bool) {
+        // A host placement does not know yet has nothing to enable.
+        let _ = self.state().cluster.set_enabled(host, enabled);
+    }
+
+    /// A host's capacity and use.
+    pub(super) fn usage(&self, host: &HostId) -> Option<HostUsage> {
+        self.state().cluster.usage(host)
+    }
+
+    /// Makes a connecting host's capacity known, closed to new VEEs until it is reconciled,
+    /// and answers the VEEs the store places on it that are still to restore (at its first
+    /// connection only: after that, placement keeps its allocations).
+    pub(super) fn host_connected(&self, host: &HostId, capacity: Capacity) -> Vec<u64> {
+        let mut state = self.state();
+        state.cluster.upsert_host(host.clone(), capacity);
+        let _ = state.cluster.set_enabled(host, false);
+        state.awaiting_host.remove(host).unwrap_or_default()
+    }
+
+    /// Restores the allocations of VEEs the store places on `host`.
+    pub(super) fn restore(&self, host: &HostId, records: &[VeeRecord]) {
+        let mut state = self.state();
+        for r in records {
+            if state.cluster.host_of(&r.id).is_none() {
+                if let Err(e) = state.cluster.restore(host, &r.id, demand_of(r)) {
+                    tracing::error!(vee = %r.id, %host, error = %e, "cannot restore an allocation");
+                }
+            }
+        }
+    }
+
+    /// Queues a VEE for placement.
+    pub(super) fn enqueue(&self, seq: u64) {
+        self.state().pending.insert(seq);
+    }
+
+    /// Queues VEEs for placement again, freeing what they were given.
+    pub(super) fn requeue(&self, placed: &[(u64, VeeId)]) {
+        let mut state = self.state();
+        for (seq, id) in placed {
+            state.cluster.release(id);
+            state.pending.insert(*seq);
+        }
+    }
+
+    /// Takes a VEE out of the queue.
+    pub(super) fn dequeue(&self, seq: u64) {
+        self.state().pending.remove(&seq);
+    }
+
+    /// Frees a VEE's host and takes it out of the queue: it needs neither any more.
+    pub(super) fn forget(&self, seq: u64, id: &VeeId) {
+        let mut state = self.state();
+        state.cluster.release(id);
+        state.pending.remove(&seq);
+    }
+
+    /// The VEEs waiting for placement, oldest first.
+    pub(super) fn queue(&self) -> Vec<u64> {
+        self.state().pending.iter().copied().collect()
+    }
+}
