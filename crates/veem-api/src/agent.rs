@@ -315,7 +315,8 @@ pub enum AgentErrorKind {
     Unreachable,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
 pub struct AgentError {
     pub kind: AgentErrorKind,
     pub message: String,

@@ -41,7 +41,7 @@ impl Committer {
         &self,
         changes: Vec<Change>,
     ) -> impl std::future::Future<Output = Result<(), CoreError>> + Send + 'static {
-        let stopped = || CoreError::Internal("the committer has stopped".into());
+        let stopped = || CoreError::broken("the committer has stopped");
         let (reply, done) = oneshot::channel();
         // None: nothing to commit; Some(false): the committer is gone.
         let queued = (!changes.is_empty()).then(|| self.tx.send((changes, reply)).is_ok());

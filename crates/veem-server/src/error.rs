@@ -1,8 +1,14 @@
 //! The core's typed errors. Each has a stable contract code; the HTTP status of each lives in
 //! exactly one function of the HTTP layer (`http::problem::status_of`).
 
+use std::sync::Arc;
+
 use veem_api::code;
 use veem_model::{DescriptorError, WrongState};
+
+/// The error under another, kept whole (shared: a [`CoreError`] is cloned to every caller
+/// waiting on one outcome), so a log or a caller walking `source()` sees where it began.
+pub type Cause = Arc<dyn std::error::Error + Send + Sync + 'static>;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CoreError {
@@ -27,18 +33,28 @@ pub enum CoreError {
     /// The action did not finish before the call's timeout; it goes on.
     #[error("{0}")]
     Timeout(String),
-    /// A host could not deploy the VEE; the VEE is back in DEFINED.
-    #[error("{0}")]
-    DeploymentFailed(String),
+    /// A host could not deploy the VEE; the VEE is back in DEFINED. Says what the host said.
+    #[error(transparent)]
+    DeploymentFailed(Arc<CoreError>),
     /// A host failed an action or could not be reached.
-    #[error("{0}")]
-    HostFailed(String),
+    #[error("{message}")]
+    HostFailed {
+        message: String,
+        /// What the host answered, when it answered.
+        #[source]
+        source: Option<veem_api::agent::AgentError>,
+    },
     /// Another action on the same VEE changed it first.
     #[error("{0}")]
     Conflict(String),
     /// The store or the file system failed; nothing was acknowledged.
-    #[error("{0}")]
-    Internal(String),
+    #[error("{context}{}", with_cause(.source.as_ref()))]
+    Internal {
+        /// What the VEEM was doing.
+        context: String,
+        #[source]
+        source: Option<Cause>,
+    },
 }
 
 impl CoreError {
@@ -55,9 +71,9 @@ impl CoreError {
             CoreError::Pending(_) => code::PENDING,
             CoreError::Timeout(_) => code::TIMEOUT,
             CoreError::DeploymentFailed(_) => code::DEPLOYMENT_FAILED,
-            CoreError::HostFailed(_) => code::HOST_FAILED,
+            CoreError::HostFailed { .. } => code::HOST_FAILED,
             CoreError::Conflict(_) => code::CONFLICT,
-            CoreError::Internal(_) => code::INTERNAL,
+            CoreError::Internal { .. } => code::INTERNAL,
         }
     }
 
@@ -68,9 +84,43 @@ impl CoreError {
         }
     }
 
-    pub fn internal(context: &str, err: impl std::fmt::Display) -> Self {
-        CoreError::Internal(format!("{context}: {err}"))
+    /// The VEEM failed at `context` because of `source`.
+    pub fn internal(
+        context: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        CoreError::Internal {
+            context: context.into(),
+            source: Some(Arc::new(source)),
+        }
     }
+
+    /// The VEEM found itself somewhere it should never be: a broken rule, not a failure of
+    /// something it uses.
+    pub fn broken(context: impl Into<String>) -> Self {
+        CoreError::Internal {
+            context: context.into(),
+            source: None,
+        }
+    }
+
+    /// A host failed, saying nothing more than `message`.
+    pub fn host_failed(message: impl Into<String>) -> Self {
+        CoreError::HostFailed {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A deployment that failed because of `cause`.
+    pub fn deployment_failed(cause: CoreError) -> Self {
+        CoreError::DeploymentFailed(Arc::new(cause))
+    }
+}
+
+/// `": <cause>"`, or nothing: an internal error's text names its cause.
+fn with_cause(cause: Option<&Cause>) -> String {
+    cause.map(|c| format!(": {c}")).unwrap_or_default()
 }
 
 impl From<WrongState> for CoreError {
@@ -87,5 +137,52 @@ impl From<veem_store::StoreError> for CoreError {
             | veem_store::StoreError::NetworkIdReused(_) => CoreError::Conflict(e.to_string()),
             other => CoreError::internal("the store failed", other),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[test]
+    fn a_failure_of_what_the_core_uses_keeps_its_cause_whole() {
+        let io = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "no access");
+        let error = CoreError::internal("removing a file", io);
+        assert_eq!(error.to_string(), "removing a file: no access");
+        // Shared: the cause is the `Arc` that holds it, which says what it holds.
+        let cause = error.source().expect("the cause is kept");
+        let io = cause
+            .downcast_ref::<Cause>()
+            .and_then(|shared| shared.downcast_ref::<std::io::Error>())
+            .expect("as the error it was");
+        assert_eq!(io.kind(), std::io::ErrorKind::PermissionDenied);
+        assert_eq!(
+            CoreError::broken("a rule broke").to_string(),
+            "a rule broke"
+        );
+        assert!(CoreError::broken("a rule broke").source().is_none());
+    }
+
+    #[test]
+    fn a_failed_deployment_says_what_the_host_said_and_keeps_it() {
+        let agent = veem_api::agent::AgentError {
+            kind: veem_api::agent::AgentErrorKind::Failed,
+            message: "qemu exited".into(),
+        };
+        let host = CoreError::HostFailed {
+            message: "host h1: qemu exited".into(),
+            source: Some(agent.clone()),
+        };
+        let failed = CoreError::deployment_failed(host);
+        assert_eq!(failed.code(), code::DEPLOYMENT_FAILED);
+        assert_eq!(failed.to_string(), "host h1: qemu exited");
+        let said = failed
+            .source()
+            .expect("the host's answer is the cause")
+            .downcast_ref::<veem_api::agent::AgentError>()
+            .expect("as the agent sent it");
+        assert_eq!(said, &agent);
     }
 }

@@ -29,7 +29,7 @@ where
     let dir = path
         .parent()
         .map(PathBuf::from)
-        .ok_or_else(|| CoreError::Internal("an image path has a parent".into()))?;
+        .ok_or_else(|| CoreError::broken("an image path has a parent"))?;
     tokio::fs::create_dir_all(&dir)
         .await
         .map_err(|e| CoreError::internal("creating the image directory", e))?;

@@ -20,8 +20,8 @@ pub fn status_of(error: &CoreError) -> StatusCode {
         | CoreError::Pending(_)
         | CoreError::Conflict(_) => StatusCode::CONFLICT,
         CoreError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-        CoreError::DeploymentFailed(_) | CoreError::HostFailed(_) => StatusCode::BAD_GATEWAY,
-        CoreError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        CoreError::DeploymentFailed(_) | CoreError::HostFailed { .. } => StatusCode::BAD_GATEWAY,
+        CoreError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
@@ -51,8 +51,8 @@ impl ApiError {
 
 impl From<CoreError> for ApiError {
     fn from(error: CoreError) -> Self {
-        if matches!(error, CoreError::Internal(_)) {
-            tracing::error!(error = %error, "internal error");
+        if matches!(error, CoreError::Internal { .. }) {
+            tracing::error!(error = %error, cause = ?std::error::Error::source(&error), "internal error");
         }
         Self {
             status: status_of(&error),

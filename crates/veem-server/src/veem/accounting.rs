@@ -662,9 +662,7 @@ impl Veem {
                 segments,
                 durable: Box::pin(async move {
                     durable.await.unwrap_or_else(|e| {
-                        Err(CoreError::Internal(format!(
-                            "storing accounting records failed: {e}"
-                        )))
+                        Err(CoreError::internal("storing accounting records", e))
                     })
                 }),
                 own_commit: true,
@@ -765,9 +763,7 @@ impl Veem {
             }],
             durable: Box::pin(async move {
                 outcome.await.unwrap_or_else(|_| {
-                    Err(CoreError::Internal(
-                        "the DESTROY's commit was abandoned".into(),
-                    ))
+                    Err(CoreError::broken("the DESTROY's commit was abandoned"))
                 })
             }),
             own_commit: false,

@@ -215,7 +215,7 @@ impl Veem {
         record
             .host
             .clone()
-            .ok_or_else(|| CoreError::Internal(format!("VEE {} has no host", record.id)))
+            .ok_or_else(|| CoreError::broken(format!("VEE {} has no host", record.id)))
     }
 
     async fn pause_or_resume(
@@ -451,7 +451,7 @@ impl Veem {
             )? {
                 AgentResponse::Incoming { uri } => uri,
                 other => {
-                    return Err(CoreError::HostFailed(format!(
+                    return Err(CoreError::host_failed(format!(
                         "host {dest} answered prepare_incoming with {other:?}"
                     )))
                 }
@@ -670,7 +670,7 @@ impl Veem {
             .into_iter()
             .find(|(_, e)| e.link.is_some() && e.error.is_none())
             .map(|(h, _)| h)
-            .ok_or_else(|| CoreError::HostFailed("no host is up to export the disk".into()))?;
+            .ok_or_else(|| CoreError::host_failed("no host is up to export the disk"))?;
         let exports = self.inner.config.data_dir.join("exports");
         tokio::fs::create_dir_all(&exports)
             .await

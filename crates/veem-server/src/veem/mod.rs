@@ -100,7 +100,7 @@ fn placement_error(e: PlacementError) -> CoreError {
     match e {
         PlacementError::Unplaceable(u) => CoreError::InsufficientResources(u.reason),
         PlacementError::UnknownHost(h) => CoreError::NotFound(format!("host {h} is not known")),
-        other => CoreError::Internal(format!("placement: {other}")),
+        other => CoreError::internal("placement", other),
     }
 }
 
@@ -113,9 +113,10 @@ fn agent_result(host: &HostId, response: AgentResponse) -> Result<AgentResponse,
             AgentErrorKind::NoSuchInstance
             | AgentErrorKind::Failed
             | AgentErrorKind::Unsupported
-            | AgentErrorKind::Unreachable => {
-                CoreError::HostFailed(format!("host {host}: {}", error.message))
-            }
+            | AgentErrorKind::Unreachable => CoreError::HostFailed {
+                message: format!("host {host}: {}", error.message),
+                source: Some(error),
+            },
         }),
         other => Ok(other),
     }

@@ -326,7 +326,7 @@ impl Veem {
             Err(e) => {
                 let failure = match (&e, &memory_file) {
                     (CoreError::NotFound(_), _) | (_, Some(_)) => e.clone(),
-                    _ => CoreError::DeploymentFailed(e.to_string()),
+                    _ => CoreError::deployment_failed(e.clone()),
                 };
                 tracing::warn!(vee = %record.id, %host, error = %failure, "deployment failed");
                 self.inner.placer.release(&record.id);

@@ -277,7 +277,7 @@ async fn a_failed_deployment_leaves_the_vee_defined_with_its_cause_and_frees_the
         .act(&sm_a(), A::Activate, std::slice::from_ref(&id))
         .await;
     match only_failure(&outcome) {
-        CoreError::DeploymentFailed(detail) => assert!(detail.contains("h1"), "{detail}"),
+        CoreError::DeploymentFailed(cause) => assert!(cause.to_string().contains("h1"), "{cause}"),
         other => panic!("expected deployment_failed, got {other:?}"),
     }
     let record = site.get(&id);
