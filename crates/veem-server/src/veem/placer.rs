@@ -186,3 +186,81 @@ impl Placer {
         self.state().pending.iter().copied().collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use veem_model::{InitModel, Principal, VeeDescriptor};
+
+    use super::*;
+
+    fn host(name: &str) -> HostId {
+        HostId::new(name).expect("a valid name")
+    }
+
+    fn on(seq: u64, host_name: Option<&str>) -> VeeRecord {
+        let mut record = VeeRecord::defined(
+            VeeId::from_seq(seq),
+            Principal::new("alice").expect("a valid name"),
+            VeeDescriptor::minimal(2, 1024),
+            InitModel::Besteffort,
+            0,
+        );
+        record.host = host_name.map(host);
+        record
+    }
+
+    fn four_cpus() -> Capacity {
+        Capacity {
+            cpus: 4,
+            memory_mb: 8192,
+        }
+    }
+
+    #[test]
+    fn a_connecting_host_gets_its_stored_vees_back_once_and_takes_nothing_new_until_enabled() {
+        let stored = on(1, Some("h1"));
+        let placer = Placer::new(
+            Policy::default(),
+            BTreeSet::new(),
+            HashMap::from([(host("h1"), vec![1])]),
+        );
+        assert_eq!(placer.host_connected(&host("h1"), four_cpus()), vec![1]);
+        placer.restore(&host("h1"), std::slice::from_ref(&stored));
+        let usage = placer.usage(&host("h1")).expect("known");
+        assert_eq!((usage.used.cpus, usage.enabled), (2, false));
+        assert_eq!(usage.vees, vec![stored.id.clone()]);
+        let newcomer = on(2, None);
+        assert!(
+            placer.place(&newcomer.id, demand_of(&newcomer)).is_err(),
+            "nothing new lands on a host still being reconciled"
+        );
+        placer.set_enabled(&host("h1"), true);
+        assert_eq!(
+            placer
+                .place(&newcomer.id, demand_of(&newcomer))
+                .expect("room"),
+            host("h1")
+        );
+        // A reconnection restores nothing again: placement kept the allocations.
+        assert!(placer.host_connected(&host("h1"), four_cpus()).is_empty());
+        assert_eq!(placer.usage(&host("h1")).expect("known").used.cpus, 4);
+    }
+
+    #[test]
+    fn placements_undone_go_back_to_the_queue_oldest_first_with_their_host_freed() {
+        let placer = Placer::new(Policy::default(), BTreeSet::from([5]), HashMap::new());
+        placer.host_connected(&host("h1"), four_cpus());
+        placer.set_enabled(&host("h1"), true);
+        let (a, b) = (on(3, None), on(4, None));
+        for vee in [&a, &b] {
+            placer.place(&vee.id, demand_of(vee)).expect("room");
+        }
+        assert_eq!(placer.usage(&host("h1")).expect("known").used.cpus, 4);
+        placer.requeue(&[(4, b.id.clone()), (3, a.id.clone())]);
+        assert_eq!(placer.queue(), vec![3, 4, 5]);
+        assert_eq!(placer.usage(&host("h1")).expect("known").used.cpus, 0);
+        placer.forget(4, &b.id);
+        placer.dequeue(5);
+        assert_eq!(placer.queue(), vec![3]);
+    }
+}
