@@ -9,13 +9,15 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::ImageName;
+use crate::ids::{ImageName, SiteName};
 use crate::network::MAX_NICS;
 
 /// No host we know of has more; larger numbers are typos, not requests.
 pub const MAX_CPUS: u32 = 1024;
 /// 64 TiB.
 pub const MAX_MEMORY_MB: u64 = 64 * 1024 * 1024;
+/// A preference longer than this names more sites than a federation has.
+pub const MAX_SITES: usize = 16;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -63,6 +65,11 @@ pub struct VeeDescriptor {
     /// the VEE boots its first disk through the firmware, as a cloud image expects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot: Option<KernelBoot>,
+    /// Where the VEE may run, in order of preference: this site's own name means its local
+    /// hosts, another a registered site. Empty: local hosts first, then the registered sites
+    /// in order (spill-over).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sites: Vec<SiteName>,
 }
 
 /// A kernel and initrd for direct kernel boot, each an image or URL like a disk source.
@@ -353,6 +360,7 @@ impl VeeDescriptor {
             fqn_prefix: None,
             restart_attempts: 0,
             boot: None,
+            sites: Vec::new(),
         }
     }
 
@@ -374,6 +382,20 @@ impl VeeDescriptor {
                 "name",
                 "must be at most 255 characters",
             ));
+        }
+        if self.sites.len() > MAX_SITES {
+            return Err(DescriptorError::new(
+                "sites",
+                format!("at most {MAX_SITES} sites, not {}", self.sites.len()),
+            ));
+        }
+        for (i, site) in self.sites.iter().enumerate() {
+            if self.sites[..i].contains(site) {
+                return Err(DescriptorError::new(
+                    format!("sites[{i}]"),
+                    format!("{site} is named twice"),
+                ));
+            }
         }
         if self.cpu == 0 || self.cpu > MAX_CPUS {
             return Err(DescriptorError::new(
@@ -595,6 +617,38 @@ mod tests {
             Some(DiskSource::Image(
                 ImageName::new("tiny").expect("valid name")
             ))
+        );
+    }
+
+    #[test]
+    fn sites_are_a_preference_of_names_each_named_once() {
+        let d = parse(r#"{"cpu": 1, "memory_mb": 64, "sites": ["east", "west"]}"#).expect("valid");
+        assert_eq!(
+            d.sites,
+            vec![
+                SiteName::new("east").expect("valid"),
+                SiteName::new("west").expect("valid")
+            ]
+        );
+        assert_eq!(
+            parse(r#"{"cpu": 1, "memory_mb": 64, "sites": ["east", "west", "east"]}"#),
+            Err("sites[2]".to_owned())
+        );
+        assert!(
+            parse(r#"{"cpu": 1, "memory_mb": 64, "sites": ["no/slash"]}"#)
+                .expect_err("not a name")
+                .starts_with("sites[0]")
+        );
+        let many: Vec<String> = (0..=MAX_SITES).map(|i| format!("\"s{i}\"")).collect();
+        let json = format!(
+            r#"{{"cpu": 1, "memory_mb": 64, "sites": [{}]}}"#,
+            many.join(",")
+        );
+        assert_eq!(parse(&json), Err("sites".to_owned()));
+        let bare = serde_json::to_string(&VeeDescriptor::minimal(1, 64)).expect("serializes");
+        assert!(
+            !bare.contains("sites"),
+            "no preference, nothing written: {bare}"
         );
     }
 

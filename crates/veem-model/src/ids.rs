@@ -84,6 +84,11 @@ name_newtype!(
     "host name"
 );
 name_newtype!(
+    /// A site of the federation: this VEEM's own (`site` in its config) or a registered one.
+    SiteName,
+    "site name"
+);
+name_newtype!(
     /// An image in the image store, unique per owner.
     ImageName,
     "image name"

@@ -10,13 +10,15 @@ mod ids;
 mod monitoring;
 mod network;
 mod record;
+mod site;
 mod state;
 
 pub use descriptor::{
     check_word, file_url_path, Context, DescriptorError, DiskKind, DiskSource, DiskSpec,
     FileUrlError, KernelBoot, NicSpec, VeeDescriptor, MAX_CPUS, MAX_FILE_PATH_BYTES, MAX_MEMORY_MB,
+    MAX_SITES,
 };
-pub use ids::{HostId, IdError, ImageName, Principal, VeeId};
+pub use ids::{HostId, IdError, ImageName, Principal, SiteName, VeeId};
 pub use monitoring::{
     active_ms_within, check_fqn, AccountingListener, AccountingRecord, EventError, EventType,
     Measurement, MeasurementValue, MonitoringEvent, MonitoringSubscription,
@@ -24,6 +26,7 @@ pub use monitoring::{
 };
 pub use network::{mac_address, AddressPool, Ipv4Cidr, Network, MAX_NICS, MAX_PREFIX, MIN_PREFIX};
 pub use record::{Generated, ImageFormat, ImageRecord, NicAddress, Phase, VeeEvent, VeeRecord};
+pub use site::Site;
 pub use state::{
     apply, ControlAction, InitModel, Step, Transition, VeemState, VmiState, WrongState,
 };

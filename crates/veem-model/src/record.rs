@@ -5,7 +5,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::descriptor::VeeDescriptor;
-use crate::ids::{HostId, ImageName, Principal, VeeId};
+use crate::ids::{HostId, ImageName, Principal, SiteName, VeeId};
 use crate::state::{InitModel, VeemState, VmiState};
 
 /// A finer step inside a state, shown as `phase` while an action is under way.
@@ -87,6 +87,13 @@ pub struct VeeRecord {
     /// What the VEEM chose at initialization (MACs, addresses).
     #[serde(default)]
     pub generated: Generated,
+    /// The registered site the VEE runs at, when not here: this VEEM is its primary, and the
+    /// VEE is `remote` there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<SiteName>,
+    /// The VEE's id at `site`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<VeeId>,
     pub created_ms: u64,
     pub updated_ms: u64,
     pub generation: u64,
@@ -117,6 +124,8 @@ impl VeeRecord {
             restarts: 0,
             monitoring_token: None,
             generated: Generated::default(),
+            site: None,
+            remote: None,
             created_ms: now_ms,
             updated_ms: now_ms,
             generation: 1,

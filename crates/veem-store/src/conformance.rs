@@ -14,8 +14,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use veem_model::{
     AccountingListener, AccountingRecord, Context, DiskSource, DiskSpec, EventType, Generated,
     HostId, ImageFormat, ImageName, ImageRecord, InitModel, Ipv4Cidr, KernelBoot,
-    MonitoringSubscription, Network, NicAddress, NicSpec, Phase, Principal, VeeDescriptor,
-    VeeEvent, VeeId, VeeRecord, VeemState, VmiState,
+    MonitoringSubscription, Network, NicAddress, NicSpec, Phase, Principal, Site, SiteName,
+    VeeDescriptor, VeeEvent, VeeId, VeeRecord, VeemState, VmiState,
 };
 
 use crate::{
@@ -112,6 +112,10 @@ pub const PROPERTIES: &[(&str, Property)] = &[
         subscriptions_are_put_replaced_removed_and_listed,
     ),
     (
+        "sites_are_registered_once_listed_by_name_and_removed",
+        sites_are_registered_once_listed_by_name_and_removed,
+    ),
+    (
         "the_outbox_comes_back_in_id_order_until_settled",
         the_outbox_comes_back_in_id_order_until_settled,
     ),
@@ -154,6 +158,10 @@ pub fn run_all(make: &dyn Fn() -> Box<dyn Store>) {
 
 fn principal(name: &str) -> Principal {
     Principal::new(name).expect("test principals are valid names")
+}
+
+fn site(name: &str) -> SiteName {
+    SiteName::new(name).expect("test sites are valid names")
 }
 
 fn host(name: &str) -> HostId {
@@ -225,6 +233,7 @@ pub fn rich_record(seq: u64) -> VeeRecord {
             initrd: Some(DiskSource::Url("file:///srv/initrd.img".to_owned())),
             cmdline: "console=ttyS0 root=/dev/vda1 quiet=\"yes\"".to_owned(),
         }),
+        sites: vec![site("east"), site("west")],
     };
     VeeRecord {
         id: VeeId::from_seq(seq),
@@ -259,6 +268,8 @@ pub fn rich_record(seq: u64) -> VeeRecord {
                 },
             ],
         },
+        site: Some(site("east")),
+        remote: Some(VeeId::from_seq(seq + 1_000)),
         created_ms: 1_700_000_000_123,
         updated_ms: 1_700_000_000_456,
         generation: 1,
@@ -454,6 +465,7 @@ pub fn a_fresh_store_is_empty(store: &dyn Store) {
         next_network_id: FIRST_NETWORK_ID,
         listeners: vec![],
         subscriptions: vec![],
+        sites: vec![],
     };
     assert_eq!(load(store), empty);
     assert_eq!(outbox(store), vec![]);
@@ -1580,6 +1592,67 @@ pub fn subscriptions_are_put_replaced_removed_and_listed(store: &dyn Store) {
         (snapshot.vees, snapshot.listeners, snapshot.next_vee_seq),
         (vec![], vec![], FIRST_VEE_SEQ),
         "subscriptions leave VEEs and listeners alone"
+    );
+}
+
+pub fn registered_site(name: &str) -> Site {
+    Site {
+        name: site(name),
+        url: format!("https://{name}.example:7070"),
+        token: format!("token of {name} \"ü\""),
+        ca_pem: Some("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".to_owned()),
+        client_cert_pem: None,
+        client_key_pem: None,
+        created_ms: 1_700_000_000_000,
+    }
+}
+
+pub fn sites_are_registered_once_listed_by_name_and_removed(store: &dyn Store) {
+    let (west, east) = (registered_site("west"), registered_site("east"));
+    commit(
+        store,
+        &[
+            Change::InsertSite(west.clone()),
+            Change::InsertSite(east.clone()),
+        ],
+    );
+    assert_eq!(
+        load(store).sites,
+        vec![east.clone(), west.clone()],
+        "by name"
+    );
+
+    let again = Site {
+        url: "https://elsewhere.example".to_owned(),
+        ..east.clone()
+    };
+    let err = commit_err(
+        store,
+        &[Change::RemoveSite(site("west")), Change::InsertSite(again)],
+    );
+    assert!(
+        matches!(&err, StoreError::SiteNameTaken(name) if *name == east.name),
+        "{err:?}"
+    );
+    assert_eq!(
+        load(store).sites,
+        vec![east.clone(), west],
+        "the failed batch removed nothing"
+    );
+
+    commit(
+        store,
+        &[
+            Change::RemoveSite(site("west")),
+            Change::RemoveSite(site("never")),
+        ],
+    );
+    let snapshot = load(store);
+    assert_eq!(snapshot.sites, vec![east]);
+    assert_eq!(
+        (snapshot.vees, snapshot.subscriptions),
+        (vec![], vec![]),
+        "sites leave the rest alone"
     );
 }
 

@@ -17,7 +17,7 @@
 
 use veem_model::{
     AccountingListener, AccountingRecord, ImageName, ImageRecord, MonitoringSubscription, Network,
-    Principal, VeeEvent, VeeId, VeeRecord,
+    Principal, Site, SiteName, VeeEvent, VeeId, VeeRecord,
 };
 
 #[cfg(any(test, feature = "conformance"))]
@@ -104,6 +104,8 @@ pub struct Snapshot {
     pub listeners: Vec<AccountingListener>,
     /// Every monitoring subscription, ordered by id.
     pub subscriptions: Vec<MonitoringSubscription>,
+    /// Every registered site, ordered by name.
+    pub sites: Vec<Site>,
 }
 
 /// One change of a [`Store::commit`] batch.
@@ -161,6 +163,10 @@ pub enum Change {
     RemoveSubscription {
         id: String,
     },
+    /// Registers a site; a site of that name must not be registered.
+    InsertSite(Site),
+    /// Forgets a registered site; nothing if there is none.
+    RemoveSite(SiteName),
 }
 
 /// Why a store operation failed. Every error of `commit` leaves the store as it was.
@@ -182,6 +188,9 @@ pub enum StoreError {
     /// A network insert whose owner already has a network of that name.
     #[error("{owner} already has a network named {name:?}")]
     NetworkNameTaken { owner: Principal, name: String },
+    /// A site insert of a name already registered.
+    #[error("a site named {0} is already registered")]
+    SiteNameTaken(SiteName),
     /// A purge, delete, event, listener, accounting record or outbox entry of something the
     /// store does not hold.
     #[error("{0} not found")]

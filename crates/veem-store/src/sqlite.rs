@@ -9,7 +9,7 @@ use rusqlite::{ffi, params, Connection, OptionalExtension, Transaction, Transact
 use serde::Serialize;
 use veem_model::{
     AccountingListener, AccountingRecord, HostId, ImageName, ImageRecord, MonitoringSubscription,
-    Network, Principal, VeeEvent, VeeId, VeeRecord, VmiState,
+    Network, Principal, Site, SiteName, VeeEvent, VeeId, VeeRecord, VmiState,
 };
 
 use crate::{Change, OutboxEntry, Snapshot, Store, StoreError, NETWORK_ID_LIMIT};
@@ -110,6 +110,11 @@ const MIGRATIONS: &[&str] = &[
         active_ms   INTEGER NOT NULL
     ) STRICT;
     CREATE INDEX accounting_outbox_by_vee ON accounting_outbox (vee);",
+    // Version 5: the sites of the federation, by name.
+    "CREATE TABLE sites (
+        name   TEXT PRIMARY KEY NOT NULL,
+        record TEXT NOT NULL
+    ) STRICT;",
 ];
 
 /// The schema version this code writes: the number of migration steps.
@@ -280,6 +285,12 @@ impl Store for SqliteStore {
             three,
             |(id, owner, json)| decode_subscription(&id, &owner, &json),
         )?;
+        let sites = load_all(
+            &tx,
+            "SELECT name, record FROM sites ORDER BY name",
+            |row| -> rusqlite::Result<(String, String)> { Ok((row.get(0)?, row.get(1)?)) },
+            |(name, json)| decode_site(&name, &json),
+        )?;
         let next_vee_seq = read_next_vee_seq(&tx)?;
         let next_network_id = read_next_network_id(&tx)?;
         tx.commit().map_err(backend)?;
@@ -291,6 +302,7 @@ impl Store for SqliteStore {
             next_network_id,
             listeners,
             subscriptions,
+            sites,
         })
     }
 
@@ -535,6 +547,8 @@ fn apply(tx: &Transaction<'_>, counters: &mut Counters, change: &Change) -> Resu
         Change::SettleAccounting(ids) => settle_accounting(tx, ids),
         Change::PutSubscription(subscription) => put_subscription(tx, subscription),
         Change::RemoveSubscription { id } => remove_subscription(tx, id),
+        Change::InsertSite(site) => insert_site(tx, site),
+        Change::RemoveSite(name) => remove_site(tx, name),
     }
 }
 
@@ -929,6 +943,25 @@ fn remove_subscription(tx: &Transaction<'_>, id: &str) -> Result<(), StoreError>
     Ok(())
 }
 
+fn insert_site(tx: &Transaction<'_>, site: &Site) -> Result<(), StoreError> {
+    let json = to_json(site)?;
+    let inserted = tx
+        .prepare_cached("INSERT INTO sites (name, record) VALUES (?1, ?2) ON CONFLICT DO NOTHING")
+        .and_then(|mut statement| statement.execute(params![site.name.as_str(), json]))
+        .map_err(backend)?;
+    if inserted == 0 {
+        return Err(StoreError::SiteNameTaken(site.name.clone()));
+    }
+    Ok(())
+}
+
+fn remove_site(tx: &Transaction<'_>, name: &SiteName) -> Result<(), StoreError> {
+    tx.prepare_cached("DELETE FROM sites WHERE name = ?1")
+        .and_then(|mut statement| statement.execute([name.as_str()]))
+        .map_err(backend)?;
+    Ok(())
+}
+
 /// An `accounting_records` row as SQLite returns it, before its values are checked.
 struct AccountingRow {
     owner: String,
@@ -1085,6 +1118,18 @@ fn decode_subscription(
         )));
     }
     Ok(subscription)
+}
+
+fn decode_site(name: &str, json: &str) -> Result<Site, StoreError> {
+    let site: Site = serde_json::from_str(json)
+        .map_err(|err| StoreError::Corrupt(format!("site row {name:?}: {err}")))?;
+    if site.name.as_str() != name {
+        return Err(StoreError::Corrupt(format!(
+            "site row {name:?} holds site {}",
+            site.name
+        )));
+    }
+    Ok(site)
 }
 
 fn decode_event(vee: &VeeId, json: &str) -> Result<VeeEvent, StoreError> {
@@ -1353,6 +1398,7 @@ mod tests {
             next_network_id: 9,
             listeners: vec![],
             subscriptions: vec![],
+            sites: vec![],
         };
         assert_eq!(snapshot, kept);
         assert_eq!(store.events(&record.id).expect("events"), vec![event]);
