@@ -46,6 +46,7 @@ pub mod code {
     pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
     pub const UNSUPPORTED_MEDIA_TYPE: &str = "unsupported_media_type";
     pub const METHOD_NOT_ALLOWED: &str = "method_not_allowed";
+    pub const SITE_UNREACHABLE: &str = "site_unreachable";
 }
 
 /// The most VEE ids one call takes (SubmitVEEs, UpdateState, accounting listeners): a larger
@@ -286,6 +287,49 @@ pub struct NetworkView {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkList {
     pub networks: Vec<NetworkView>,
+}
+
+/// `POST /sites`: a remote VEEM this one may place VEEs at, and what it presents there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteRequest {
+    pub name: String,
+    pub url: String,
+    pub token: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_pem: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key_pem: Option<String>,
+}
+
+/// Whether a registered site answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SiteState {
+    Up,
+    /// No answer for 10 s: its VEEs show their last known state, actions on them fail.
+    Unreachable,
+}
+
+/// A site as `GET /sites` shows it: a non-admin sees its name and state only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteView {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    pub state: SiteState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_ms: Option<u64>,
+    /// How many of this VEEM's VEEs run there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vees: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteList {
+    pub sites: Vec<SiteView>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

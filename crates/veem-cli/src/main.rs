@@ -70,6 +70,9 @@ pub enum Command {
     /// Create, list and delete networks (virtual LANs)
     #[command(subcommand)]
     Net(sm::NetCommand),
+    /// Register, list and remove the remote sites this VEEM may place VEEs at
+    #[command(subcommand)]
+    Site(sm::SiteCommand),
     /// Follow the monitoring events you see (STATE, HARDWARE, PROBE, AGENT)
     Events(sm::EventsArgs),
     /// Run the VEEM: the VMI over HTTP, placement, and the config's in-process hosts
@@ -144,6 +147,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Image(command) => sm::run_image(&cli.global, command).await,
         Command::Host(command) => sm::run_host(&cli.global, command).await,
         Command::Net(command) => sm::run_net(&cli.global, command).await,
+        Command::Site(command) => sm::run_site(&cli.global, command).await,
         Command::Events(args) => sm::run_events(&cli.global, args).await,
         Command::Serve(args) => node::serve(args).await,
         Command::Agent(args) => node::agent(args).await,

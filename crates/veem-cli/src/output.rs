@@ -4,7 +4,9 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 
 use serde::Serialize;
-use veem_api::{HostView, ImageView, InitializeResponse, NetworkView, VeeView};
+use veem_api::{
+    HostView, ImageView, InitializeResponse, NetworkView, SiteState, SiteView, VeeView,
+};
 use veem_model::{AccountingRecord, DiskSource, MeasurementValue, MonitoringEvent, VeeEvent};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -342,6 +344,23 @@ pub fn network_table(networks: &[NetworkView]) -> Table {
             or_dash(network.host_address.as_deref()),
             network.addresses_used.to_string(),
             network.addresses_free.to_string(),
+        ]);
+    }
+    table
+}
+
+pub fn site_table(sites: &[SiteView]) -> Table {
+    let mut table = Table::new(&["NAME", "STATE", "URL", "VEES"]);
+    for site in sites {
+        let state = match site.state {
+            SiteState::Up => "up",
+            SiteState::Unreachable => "unreachable",
+        };
+        table.row(vec![
+            site.name.clone(),
+            state.to_owned(),
+            or_dash(site.url.as_deref()),
+            site.vees.map_or_else(|| "-".to_owned(), |n| n.to_string()),
         ]);
     }
     table

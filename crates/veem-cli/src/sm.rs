@@ -10,7 +10,7 @@ use clap::{ArgGroup, Args, Subcommand, ValueEnum};
 use serde::Serialize;
 use veem_api::{
     InitializeRequest, ItemFailure, MigrateRequest, NetworkView, Order, PatchApplied, PatchRequest,
-    UpdateStateRequest, VeeList,
+    SiteRequest, SiteView, UpdateStateRequest, VeeList,
 };
 use veem_client::{Client, ClientError, ListQuery, OvfQuery};
 use veem_model::{
@@ -219,6 +219,34 @@ pub enum NetCommand {
     /// Show the network a NIC of yours attaches to by this name
     Get { name: String },
     /// Delete a network no VEE holds an address on
+    Rm { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SiteCommand {
+    /// Register a remote site (admin); its URL and token are tried at once
+    Add {
+        name: String,
+        /// Where its VMI answers, e.g. https://east.example:7070
+        #[arg(long)]
+        url: String,
+        /// The token this VEEM presents there (a principal of that site's)
+        #[arg(long)]
+        token: String,
+        /// PEM file of the CA that signed its certificate
+        #[arg(long, value_name = "FILE")]
+        site_ca: Option<PathBuf>,
+        /// PEM client certificate and key, where the site asks for mTLS
+        #[arg(long, value_name = "FILE", requires = "client_key")]
+        client_cert: Option<PathBuf>,
+        #[arg(long, value_name = "FILE", requires = "client_cert")]
+        client_key: Option<PathBuf>,
+    },
+    /// List the registered sites
+    Ls,
+    /// Show one site
+    Get { name: String },
+    /// Forget a site none of this VEEM's VEEs lives at (admin)
     Rm { name: String },
 }
 
@@ -496,6 +524,53 @@ pub async fn run_net(global: &GlobalArgs, command: NetCommand) -> anyhow::Result
             client.delete_network(&name).await?;
             show(format, &serde_json::json!({ "deleted": name }), || {
                 format!("deleted network {name}\n")
+            })
+        }
+    }
+}
+
+pub async fn run_site(global: &GlobalArgs, command: SiteCommand) -> anyhow::Result<()> {
+    let format = global.output;
+    let client = connect(global)?;
+    let shown = |sites: &[SiteView]| output::site_table(sites).render();
+    let read = |path: Option<PathBuf>| -> anyhow::Result<Option<String>> {
+        path.map(|p| {
+            std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))
+        })
+        .transpose()
+    };
+    match command {
+        SiteCommand::Add {
+            name,
+            url,
+            token,
+            site_ca,
+            client_cert,
+            client_key,
+        } => {
+            let request = SiteRequest {
+                name,
+                url,
+                token,
+                ca_pem: read(site_ca)?,
+                client_cert_pem: read(client_cert)?,
+                client_key_pem: read(client_key)?,
+            };
+            let site = client.add_site(&request).await?;
+            show(format, &site, || shown(std::slice::from_ref(&site)))
+        }
+        SiteCommand::Ls => {
+            let list = client.list_sites().await?;
+            show(format, &list, || shown(&list.sites))
+        }
+        SiteCommand::Get { name } => {
+            let site = client.get_site(&name).await?;
+            show(format, &site, || shown(std::slice::from_ref(&site)))
+        }
+        SiteCommand::Rm { name } => {
+            client.delete_site(&name).await?;
+            show(format, &serde_json::json!({ "deleted": name }), || {
+                format!("removed site {name}\n")
             })
         }
     }

@@ -22,9 +22,9 @@ use tokio_util::io::ReaderStream;
 use veem_api::{
     AccountingList, EventList, HostList, HostView, ImageList, ImageView, InitializeRequest,
     InitializeResponse, ListenRequest, MigrateRequest, NetworkList, NetworkRequest, NetworkView,
-    PatchRequest, PatchResponse, PutMonitoringResponse, SubmitRequest, SubmitResponse,
-    SubscribeRequest, SubscribeResponse, UnlistenRequest, UpdateStateRequest, UpdateStateResponse,
-    VeeList, VeeView, BASE_PATH,
+    PatchRequest, PatchResponse, PutMonitoringResponse, SiteList, SiteRequest, SiteView,
+    SubmitRequest, SubmitResponse, SubscribeRequest, SubscribeResponse, UnlistenRequest,
+    UpdateStateRequest, UpdateStateResponse, VeeList, VeeView, BASE_PATH,
 };
 use veem_model::{EventType, InitModel, MonitoringEvent, VmiState};
 
@@ -103,6 +103,17 @@ impl Client {
         token: &str,
         ca_file: Option<&Path>,
     ) -> Result<Self, ClientError> {
+        let tls = veem_tls::client_config(ca_file, None).map_err(ClientError::Tls)?;
+        Self::with_tls(base_url, token, tls)
+    }
+
+    /// [`Client::new`], with an `https://` VEEM verified (and this side identified, where the
+    /// VEEM asks for a client certificate) as `tls` says: a peer site's CA and certificate.
+    pub fn with_tls(
+        base_url: &str,
+        token: &str,
+        tls: veem_tls::rustls::ClientConfig,
+    ) -> Result<Self, ClientError> {
         let mut base = Url::parse(base_url)
             .map_err(|error| ClientError::InvalidUrl(format!("{base_url:?}: {error}")))?;
         if !matches!(base.scheme(), "http" | "https") {
@@ -119,7 +130,6 @@ impl Client {
             value.set_sensitive(true);
             headers.insert(header::AUTHORIZATION, value);
         }
-        let tls = veem_tls::client_config(ca_file, None).map_err(ClientError::Tls)?;
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .default_headers(headers)
@@ -509,6 +519,27 @@ impl Client {
 
     pub async fn delete_network(&self, name: &str) -> Result<(), ClientError> {
         self.send(self.http.delete(self.url(&["networks", name])))
+            .await
+            .map(drop)
+    }
+
+    /// Registers a remote site (admin): the site is tried at once.
+    pub async fn add_site(&self, request: &SiteRequest) -> Result<SiteView, ClientError> {
+        self.call(self.http.post(self.url(&["sites"])).json(request))
+            .await
+    }
+
+    /// The registered sites.
+    pub async fn list_sites(&self) -> Result<SiteList, ClientError> {
+        self.call(self.get(&["sites"])).await
+    }
+
+    pub async fn get_site(&self, name: &str) -> Result<SiteView, ClientError> {
+        self.call(self.get(&["sites", name])).await
+    }
+
+    pub async fn delete_site(&self, name: &str) -> Result<(), ClientError> {
+        self.send(self.http.delete(self.url(&["sites", name])))
             .await
             .map(drop)
     }

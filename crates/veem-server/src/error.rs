@@ -47,6 +47,13 @@ pub enum CoreError {
     /// Another action on the same VEE changed it first.
     #[error("{0}")]
     Conflict(String),
+    /// The site a VEE runs at does not answer: nothing was done there.
+    #[error("{0}")]
+    SiteUnreachable(String),
+    /// A site to register did not answer as a VEEM (`site_unreachable`) or refused the token
+    /// given (`unauthenticated`): nothing was registered.
+    #[error("{message}")]
+    SiteRefused { code: &'static str, message: String },
     /// The store or the file system failed; nothing was acknowledged.
     #[error("{context}{}", with_cause(.source.as_ref()))]
     Internal {
@@ -73,6 +80,8 @@ impl CoreError {
             CoreError::DeploymentFailed(_) => code::DEPLOYMENT_FAILED,
             CoreError::HostFailed { .. } => code::HOST_FAILED,
             CoreError::Conflict(_) => code::CONFLICT,
+            CoreError::SiteUnreachable(_) => code::SITE_UNREACHABLE,
+            CoreError::SiteRefused { code, .. } => code,
             CoreError::Internal { .. } => code::INTERNAL,
         }
     }
@@ -134,7 +143,8 @@ impl From<veem_store::StoreError> for CoreError {
         match e {
             veem_store::StoreError::Conflict { .. }
             | veem_store::StoreError::NetworkNameTaken { .. }
-            | veem_store::StoreError::NetworkIdReused(_) => CoreError::Conflict(e.to_string()),
+            | veem_store::StoreError::NetworkIdReused(_)
+            | veem_store::StoreError::SiteNameTaken(_) => CoreError::Conflict(e.to_string()),
             other => CoreError::internal("the store failed", other),
         }
     }

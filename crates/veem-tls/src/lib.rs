@@ -29,19 +29,19 @@ pub use tokio_rustls::server::TlsStream;
 /// What can go wrong loading TLS material or building a configuration from it.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read PEM file {path}")]
+    #[error("cannot read PEM from {origin}")]
     Pem {
-        path: PathBuf,
+        origin: PemOrigin,
         #[source]
         source: rustls::pki_types::pem::Error,
     },
-    #[error("{path} holds no PEM certificate")]
-    NoCertificate { path: PathBuf },
-    #[error("{path} holds no PEM private key")]
-    NoPrivateKey { path: PathBuf },
-    #[error("the CA file {path} holds a certificate that cannot be a trust anchor")]
+    #[error("{origin} holds no PEM certificate")]
+    NoCertificate { origin: PemOrigin },
+    #[error("{origin} holds no PEM private key")]
+    NoPrivateKey { origin: PemOrigin },
+    #[error("the CA of {origin} holds a certificate that cannot be a trust anchor")]
     BadCa {
-        path: PathBuf,
+        origin: PemOrigin,
         #[source]
         source: rustls::Error,
     },
@@ -69,6 +69,22 @@ pub enum TlsError {
     BadAgentName { name: String },
 }
 
+/// Where PEM text came from: a file, or a field of a request or record (a site's `ca_pem`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PemOrigin {
+    File(PathBuf),
+    Field(&'static str),
+}
+
+impl std::fmt::Display for PemOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PemOrigin::File(path) => write!(f, "{}", path.display()),
+            PemOrigin::Field(field) => write!(f, "the {field} given"),
+        }
+    }
+}
+
 /// The crypto provider of every configuration veem builds (ring; never aws-lc).
 pub fn provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
@@ -82,33 +98,53 @@ pub fn provider() -> Arc<CryptoProvider> {
 
 /// Every certificate of a PEM file, in order (a chain: the leaf first).
 pub fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let origin = PemOrigin::File(path.to_owned());
     let pem = |source| TlsError::Pem {
-        path: path.to_owned(),
+        origin: origin.clone(),
         source,
     };
     let certificates = CertificateDer::pem_file_iter(path)
         .map_err(pem)?
         .collect::<Result<Vec<_>, _>>()
         .map_err(pem)?;
+    non_empty(certificates, origin)
+}
+
+/// Every certificate of PEM text, in order, the text being `origin`.
+pub fn certificates_in(
+    text: &str,
+    origin: PemOrigin,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certificates = CertificateDer::pem_slice_iter(text.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| TlsError::Pem {
+            origin: origin.clone(),
+            source,
+        })?;
+    non_empty(certificates, origin)
+}
+
+fn non_empty(
+    certificates: Vec<CertificateDer<'static>>,
+    origin: PemOrigin,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     if certificates.is_empty() {
-        return Err(TlsError::NoCertificate {
-            path: path.to_owned(),
-        });
+        return Err(TlsError::NoCertificate { origin });
     }
     Ok(certificates)
 }
 
 /// The first private key of a PEM file (PKCS#8, PKCS#1 or SEC1).
 pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|source| match source {
-        rustls::pki_types::pem::Error::NoItemsFound => TlsError::NoPrivateKey {
-            path: path.to_owned(),
-        },
-        source => TlsError::Pem {
-            path: path.to_owned(),
-            source,
-        },
-    })
+    PrivateKeyDer::from_pem_file(path)
+        .map_err(|source| key_error(source, PemOrigin::File(path.to_owned())))
+}
+
+fn key_error(source: rustls::pki_types::pem::Error, origin: PemOrigin) -> TlsError {
+    match source {
+        rustls::pki_types::pem::Error::NoItemsFound => TlsError::NoPrivateKey { origin },
+        source => TlsError::Pem { origin, source },
+    }
 }
 
 /// A certificate chain and its private key: a server's, or a client's (an agent's, a peer
@@ -137,13 +173,26 @@ impl Identity {
             key: load_private_key(key)?,
         })
     }
+
+    /// A PEM chain and its key given as text (a site's `client_cert_pem` and `client_key_pem`).
+    pub fn from_pem(cert: &str, key: &str) -> Result<Self, TlsError> {
+        Ok(Self {
+            chain: certificates_in(cert, PemOrigin::Field("client_cert_pem"))?,
+            key: PrivateKeyDer::from_pem_slice(key.as_bytes())
+                .map_err(|source| key_error(source, PemOrigin::Field("client_key_pem")))?,
+        })
+    }
 }
 
 /// Trust anchors from a PEM file.
-fn load_roots(path: &Path, roots: &mut RootCertStore) -> Result<(), TlsError> {
-    for certificate in load_certificates(path)? {
+fn add_roots(
+    certificates: Vec<CertificateDer<'static>>,
+    origin: &PemOrigin,
+    roots: &mut RootCertStore,
+) -> Result<(), TlsError> {
+    for certificate in certificates {
         roots.add(certificate).map_err(|source| TlsError::BadCa {
-            path: path.to_owned(),
+            origin: origin.clone(),
             source,
         })?;
     }
@@ -164,7 +213,8 @@ pub fn server_config(
     let builder = match client_ca {
         Some(path) => {
             let mut roots = RootCertStore::empty();
-            load_roots(path, &mut roots)?;
+            let origin = PemOrigin::File(path.to_owned());
+            add_roots(load_certificates(path)?, &origin, &mut roots)?;
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
                 .allow_unauthenticated()
                 .build()
@@ -205,9 +255,33 @@ pub fn client_config(
     ca_file: Option<&Path>,
     identity: Option<&Identity>,
 ) -> Result<ClientConfig, TlsError> {
+    let ca = match ca_file {
+        Some(path) => Some((load_certificates(path)?, PemOrigin::File(path.to_owned()))),
+        None => None,
+    };
+    client_config_with(ca, identity)
+}
+
+/// [`client_config`] with the CA given as PEM text (a site's `ca_pem`).
+pub fn client_config_pem(
+    ca_pem: Option<&str>,
+    identity: Option<&Identity>,
+) -> Result<ClientConfig, TlsError> {
+    let origin = PemOrigin::Field("ca_pem");
+    let ca = match ca_pem {
+        Some(text) => Some((certificates_in(text, origin.clone())?, origin)),
+        None => None,
+    };
+    client_config_with(ca, identity)
+}
+
+fn client_config_with(
+    ca: Option<(Vec<CertificateDer<'static>>, PemOrigin)>,
+    identity: Option<&Identity>,
+) -> Result<ClientConfig, TlsError> {
     let mut roots = RootCertStore::clone(&system_roots());
-    if let Some(path) = ca_file {
-        load_roots(path, &mut roots)?;
+    if let Some((certificates, origin)) = ca {
+        add_roots(certificates, &origin, &mut roots)?;
     }
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()

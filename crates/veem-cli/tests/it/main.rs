@@ -27,6 +27,7 @@ mod cdrom_boot;
 mod cli;
 mod control;
 mod errors;
+mod federation;
 mod harness;
 mod hostloss;
 mod monitoring;

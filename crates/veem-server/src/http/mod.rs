@@ -14,6 +14,7 @@ mod networks;
 #[cfg(test)]
 mod openapi_doc;
 pub mod problem;
+mod sites;
 mod vees;
 
 use axum::extract::DefaultBodyLimit;
@@ -62,6 +63,8 @@ pub fn router(state: AppState) -> Router {
             delete(monitoring::unsubscribe),
         )
         .route("/monitoring/stream", get(monitoring::stream))
+        .route("/sites", get(sites::list).post(sites::create))
+        .route("/sites/{name}", get(sites::get).delete(sites::delete))
         .route("/hosts", get(hosts::list))
         .route("/hosts/{id}", patch(hosts::patch))
         .route("/agents/connect", get(agents::connect))

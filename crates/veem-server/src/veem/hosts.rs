@@ -372,6 +372,8 @@ impl Veem {
         let veem = self.clone();
         tokio::spawn(async move { veem.accounting_loop().await });
         let veem = self.clone();
+        tokio::spawn(async move { veem.site_loop().await });
+        let veem = self.clone();
         let interval = self.inner.config.monitoring_interval;
         tokio::spawn(async move { veem.hardware_loop(interval).await });
     }

@@ -31,12 +31,14 @@ mod monitoring;
 mod networks;
 mod placer;
 mod records;
+mod sites;
 mod submission;
 
 pub use images::Images;
 pub use monitoring::{Putter, Routed};
 pub use networks::{lan_key, NetworkInfo, Networks};
 pub use records::ListFilter;
+pub use sites::{SiteInfo, Sites};
 
 use placer::Placer;
 use records::{Records, Staged};
@@ -85,6 +87,7 @@ struct Inner {
     placer: Placer,
     networks: Networks,
     images: Images,
+    sites: Sites,
     hosts: Hosts,
     accounting: accounting::Accounting,
     hub: monitoring::Hub,
@@ -146,6 +149,8 @@ impl Veem {
         );
         let hub = monitoring::Hub::new(snapshot.subscriptions, config.admins.clone(), push);
         let loaded = Records::load(snapshot.vees, snapshot.next_vee_seq);
+        let this_site = veem_model::SiteName::new(config.site.as_str())
+            .map_err(|e| CoreError::malformed("site", e.to_string()))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 records: loaded.records,
@@ -157,6 +162,7 @@ impl Veem {
                     config.admins.clone(),
                     &config.data_dir,
                 ),
+                sites: Sites::load(snapshot.sites, this_site, committer.clone()),
                 hosts: Hosts::new(config.agent_timeout, config.host_dead_after),
                 config,
                 store,
@@ -181,6 +187,10 @@ impl Veem {
 
     pub fn networks(&self) -> &Networks {
         &self.inner.networks
+    }
+
+    pub fn sites(&self) -> &Sites {
+        &self.inner.sites
     }
 
     pub fn vee_dir(&self, id: &VeeId) -> PathBuf {

@@ -37,6 +37,7 @@ impl Veem {
         descriptor
             .validate()
             .map_err(CoreError::MalformedDescriptor)?;
+        self.inner.sites.check_preference(&descriptor.sites)?;
         // A file: source is refused here, before anything is defined (see `sources`).
         self.inner
             .config
