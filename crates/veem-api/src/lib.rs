@@ -139,6 +139,9 @@ pub struct VeeView {
     pub phase: Option<Phase>,
     pub host: Option<HostId>,
     pub site: String,
+    /// Whether `site` answers: `unreachable` while it does not (the VEE shows its last known
+    /// state, and actions on it fail with `site_unreachable`).
+    pub site_state: SiteState,
     pub descriptor: VeeDescriptor,
     pub generated: Generated,
     pub tags: Vec<String>,

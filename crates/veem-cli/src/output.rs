@@ -524,6 +524,7 @@ mod tests {
             phase: None,
             host: host.map(|h| HostId::new(h).expect("valid host id")),
             site: "local".into(),
+            site_state: veem_api::SiteState::Up,
             descriptor,
             generated: Default::default(),
             tags: vec!["database".into()],

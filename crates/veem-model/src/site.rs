@@ -21,5 +21,11 @@ pub struct Site {
     pub client_cert_pem: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_key_pem: Option<String>,
+    /// The secret part of the URL the site pushes this VEEM's VEEs' changes to
+    /// (`/vmi/v1/sites/{name}/inbox/{inbox}`): whoever knows it speaks for the site there.
+    pub inbox: String,
+    /// The monitoring subscription this VEEM holds at the site, which pushes there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscription: Option<String>,
     pub created_ms: u64,
 }

@@ -19,7 +19,8 @@ pub struct Authenticator {
     principals: Vec<([u8; 32], Caller)>,
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// Whether two secrets are equal, in a time that does not tell how much of them is.
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

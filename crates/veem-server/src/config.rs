@@ -20,6 +20,10 @@ pub struct Config {
     /// This site's name, shown as `site` of every VEE.
     #[serde(default = "default_site")]
     pub site: String,
+    /// Where peer sites reach this VEEM's VMI (the pushes of the VEEs it runs there come back
+    /// to it); default: `listen`, over https when `[tls]` has a certificate.
+    #[serde(default)]
+    pub url: Option<String>,
     /// How long SHUTDOWN waits for the guest before forcing it off.
     #[serde(default = "default_shutdown_deadline_ms")]
     pub shutdown_deadline_ms: u64,
@@ -77,6 +81,19 @@ pub struct TlsConfig {
     /// The CA whose client certificates authenticate host agents over `wss://` (default:
     /// `ca_file`).
     pub client_ca: Option<PathBuf>,
+}
+
+impl Config {
+    /// Where peer sites reach this VEEM: `url`, else `listen`.
+    pub fn public_url(&self) -> String {
+        match &self.url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => {
+                let https = self.tls.as_ref().is_some_and(|t| t.cert.is_some());
+                format!("{}://{}", if https { "https" } else { "http" }, self.listen)
+            }
+        }
+    }
 }
 
 impl TlsConfig {

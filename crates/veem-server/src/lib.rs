@@ -61,6 +61,7 @@ pub async fn start(
         .with_context(|| format!("cannot open the store {}", db.display()))?;
     let core = veem::CoreConfig {
         site: config.site.clone(),
+        public_url: config.public_url(),
         data_dir: data_dir.clone(),
         policy: config.placement,
         shutdown_deadline: Duration::from_millis(config.shutdown_deadline_ms),

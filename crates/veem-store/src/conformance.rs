@@ -1603,6 +1603,8 @@ pub fn registered_site(name: &str) -> Site {
         ca_pem: Some("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".to_owned()),
         client_cert_pem: None,
         client_key_pem: None,
+        inbox: format!("inbox-of-{name}"),
+        subscription: Some(format!("sub-at-{name}")),
         created_ms: 1_700_000_000_000,
     }
 }

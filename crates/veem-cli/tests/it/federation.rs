@@ -16,16 +16,48 @@ fn peer_token(of: &str) -> String {
 /// A site named `name` with one sim host, whose principals include `peer`, the principal its
 /// peers' VEEMs present (no admin).
 async fn site(name: &str) -> Server {
+    site_of(name, 8).await
+}
+
+/// [`site`] with a host of `cpus` CPUs.
+async fn site_of(name: &str, cpus: u32) -> Server {
     Server::start_with(Setup {
         top_level_config: format!("site = \"{name}\"\n"),
         extra_config: format!(
             "\n[[principal]]\nname = \"peer\"\ntoken = \"{}\"\n",
             peer_token(name)
         ),
-        hosts: vec![("h1", 8, 16384, "")],
+        hosts: vec![("h1", cpus, 16384, "")],
         ..Setup::default()
     })
     .await
+}
+
+/// `primary` registers `remote` as a site.
+async fn register(primary: &Server, remote: &Server, name: &str) {
+    primary
+        .ops
+        .add_site(&request(name, &remote.url, &peer_token(name)))
+        .await
+        .expect("registered");
+}
+
+/// The VEE named `name` at `server`, as its admin sees it.
+async fn named(server: &Server, name: &str) -> Option<veem_api::VeeView> {
+    server
+        .ops
+        .list_all_vees(&veem_client::ListQuery::default())
+        .await
+        .expect("listed")
+        .into_iter()
+        .find(|v| v.name == name)
+}
+
+fn at(sites: &[&str]) -> Vec<veem_model::SiteName> {
+    sites
+        .iter()
+        .map(|s| veem_model::SiteName::new(*s).expect("a site name"))
+        .collect()
 }
 
 fn request(name: &str, url: &str, token: &str) -> SiteRequest {
@@ -204,4 +236,135 @@ async fn registered_sites_are_kept_across_a_restart_and_named_in_descriptors() {
         .map(|s| veem_model::SiteName::new(*s).expect("a name"))
         .collect();
     init_one(&west.a, d).await;
+}
+
+#[tokio::test]
+async fn vees_run_at_the_site_they_are_placed_and_are_controlled_through_their_primary() {
+    use veem_model::{ControlAction as A, VmiState};
+    let (west, mut east) = (site_of("west", 2).await, site("east").await);
+    register(&west, &east, "east").await;
+
+    // Forced: the descriptor names the site.
+    let mut d = small("forced");
+    d.sites = at(&["east"]);
+    let forced = init_one(&west.a, d).await;
+    ctl_ok(&west.a, A::Activate, &[&forced]).await;
+    let view = wait_state(&west.a, &forced, VmiState::Active).await;
+    assert_eq!(
+        (view.site.as_str(), view.host.as_ref(), view.site_state),
+        ("east", None, SiteState::Up)
+    );
+    assert_eq!(view.id, forced, "it keeps its primary's id");
+    let there = named(&east, "forced").await.expect("it runs at east");
+    assert_eq!(
+        (there.owner.as_str(), there.state, there.site.as_str()),
+        ("peer", VmiState::Active, "east"),
+        "at east it is a VEE of the peer principal"
+    );
+    assert!(there.host.is_some());
+
+    // Spill-over: more CPUs than any local host has.
+    let mut big = small("big");
+    big.cpu = 4;
+    let big = init_one(&west.a, big).await;
+    ctl_ok(&west.a, A::Activate, &[&big]).await;
+    assert_eq!(
+        wait_state(&west.a, &big, VmiState::Active).await.site,
+        "east"
+    );
+    // Local first when it fits.
+    let local = init_one(&west.a, small("local")).await;
+    ctl_ok(&west.a, A::Activate, &[&local]).await;
+    let view = wait_state(&west.a, &local, VmiState::Active).await;
+    assert_eq!((view.site.as_str(), view.host.is_some()), ("west", true));
+    assert!(named(&east, "local").await.is_none());
+    // Nowhere: a VEE no site can take waits, saying where it was tried.
+    let mut huge = small("huge");
+    huge.cpu = 64;
+    let huge = init_one(&west.a, huge).await;
+    let answer = west
+        .a
+        .update_state(&veem_api::UpdateStateRequest {
+            order: veem_api::Order::List,
+            ids: vec![huge.clone()],
+            action: A::Activate,
+            timeout_ms: Some(1_500),
+        })
+        .await
+        .expect("answered");
+    assert_eq!(
+        answer.failed.first().map(|f| f.error.as_str()),
+        Some("pending"),
+        "{answer:?}"
+    );
+    let waiting = get(&west.a, &huge).await;
+    let why = waiting.pending_reason.unwrap_or_default();
+    assert!(
+        why.contains("local hosts") && why.contains("site east"),
+        "{why}"
+    );
+
+    // Actions go to the VEE's site through its primary.
+    ctl_ok(&west.a, A::Pause, &[&forced]).await;
+    assert_eq!(get(&west.a, &forced).await.state, VmiState::Paused);
+    assert_eq!(
+        get(&east.ops, &there.id).await.state,
+        VmiState::Paused,
+        "paused at its site"
+    );
+    ctl_ok(&west.a, A::Activate, &[&forced]).await;
+    assert_eq!(get(&east.ops, &there.id).await.state, VmiState::Active);
+
+    // A change the site makes by itself reaches the primary, pushed.
+    ctl_ok(&east.ops, A::Destroy, &[&there.id]).await;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while get(&west.a, &forced).await.state != VmiState::Destroyed {
+        assert!(
+            Instant::now() < deadline,
+            "the primary did not hear of the destroy within 2 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let events = west.a.vee_events(&forced).await.expect("events").events;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.detail.as_deref() == Some("at site east")),
+        "{events:?}"
+    );
+
+    // Purge at the primary leaves nothing at the site.
+    west.a.purge_vee(&forced).await.expect("purged");
+    assert!(named(&east, "forced").await.is_none(), "gone at east too");
+    let east_view = west.ops.get_site("east").await.expect("registered");
+    assert_eq!(east_view.vees, Some(1), "big still lives there");
+    assert_eq!(
+        west.ops
+            .delete_site("east")
+            .await
+            .expect_err("in use")
+            .code(),
+        Some("in_use")
+    );
+
+    // A site that does not answer: its VEEs show so, and actions on them fail.
+    east.stop();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get(&west.a, &big).await.site_state != SiteState::Unreachable {
+        assert!(Instant::now() < deadline, "east never became unreachable");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        get(&west.a, &big).await.state,
+        VmiState::Active,
+        "its last known state"
+    );
+    let refused = ctl(&west.a, A::Pause, &[&big]).await;
+    assert_eq!(
+        refused.failed.first().map(|f| f.error.as_str()),
+        Some("site_unreachable")
+    );
+    east.start_again().await;
+    wait_site(&west.ops, "east", SiteState::Up, Duration::from_secs(10)).await;
+    ctl_ok(&west.a, A::Pause, &[&big]).await;
 }

@@ -65,6 +65,7 @@ pub fn router(state: AppState) -> Router {
         .route("/monitoring/stream", get(monitoring::stream))
         .route("/sites", get(sites::list).post(sites::create))
         .route("/sites/{name}", get(sites::get).delete(sites::delete))
+        .route("/sites/{name}/inbox/{secret}", post(sites::inbox))
         .route("/hosts", get(hosts::list))
         .route("/hosts/{id}", patch(hosts::patch))
         .route("/agents/connect", get(agents::connect))

@@ -5,7 +5,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use veem_api::{SiteList, SiteRequest, SiteView};
-use veem_model::SiteName;
+use veem_model::{MonitoringEvent, SiteName};
 
 use super::common::{parse_json, Admin, AppState};
 use super::problem::ApiResult;
@@ -74,5 +74,24 @@ pub(super) async fn delete(
     let name = site_name(&name)?;
     state.veem.remove_site(&name).await?;
     tracing::info!(site = %name, "site removed");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /sites/{name}/inbox/{secret}`: a site pushes the changes of this VEEM's VEEs there
+/// (the STATE events of the subscription this VEEM holds at it). No token: the secret in the
+/// path, made at registration, is the site's credential; a wrong one is answered as a route
+/// that does not exist.
+pub(super) async fn inbox(
+    State(state): State<AppState>,
+    Path((name, secret)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    let no_inbox = || CoreError::NotFound("no such route; see GET /vmi/v1/openapi.json".into());
+    let name = SiteName::new(name).map_err(|_| no_inbox())?;
+    if !state.veem.is_site_inbox(&name, &secret) {
+        return Err(no_inbox().into());
+    }
+    let events: Vec<MonitoringEvent> = parse_json(&body, false)?;
+    state.veem.site_pushed(&name, &events);
     Ok(StatusCode::NO_CONTENT)
 }

@@ -12,8 +12,8 @@ use axum::response::Response;
 use axum::Json;
 use veem_api::{
     EventList, InitializeRequest, InitializeResponse, InitializedVee, MigrateRequest, PatchRequest,
-    PatchResponse, SubmitRequest, SubmitResponse, UpdateStateRequest, UpdateStateResponse, VeeList,
-    VeeView,
+    PatchResponse, SiteState, SubmitRequest, SubmitResponse, UpdateStateRequest,
+    UpdateStateResponse, VeeList, VeeView,
 };
 use veem_model::{DescriptorError, HostId, InitModel, VeeDescriptor, VeeId, VeeRecord, VmiState};
 
@@ -21,13 +21,25 @@ use super::common::{page_limit, parse_json, stream_file, vee_id, AppState, Batch
 use super::problem::ApiResult;
 use crate::auth::Caller;
 use crate::error::CoreError;
-use crate::veem::ListFilter;
+use crate::veem::{ListFilter, Veem};
 
 const DEFAULT_TIMEOUT_MS: u64 = 60_000;
 /// A longer wait would outlive any sensible HTTP client; ask again instead.
 const MAX_TIMEOUT_MS: u64 = 3_600_000;
 
-fn view(record: &VeeRecord, site: &str) -> VeeView {
+/// A VEE as the VMI shows it: where it runs (this site, or the site that runs it for this
+/// VEEM) and whether that site answers.
+fn view(record: &VeeRecord, veem: &Veem) -> VeeView {
+    let sites = veem.sites();
+    let (site, site_state) = match &record.site {
+        Some(site) => (
+            site.to_string(),
+            sites
+                .get(site)
+                .map_or(SiteState::Unreachable, |info| info.state),
+        ),
+        None => (sites.this().to_string(), SiteState::Up),
+    };
     VeeView {
         id: record.id.to_string(),
         name: record.descriptor.name.clone(),
@@ -41,7 +53,8 @@ fn view(record: &VeeRecord, site: &str) -> VeeView {
         } else {
             record.host.clone()
         },
-        site: site.to_owned(),
+        site,
+        site_state,
         descriptor: VeeDescriptor::clone(&record.descriptor),
         generated: record.generated.clone(),
         tags: record.descriptor.tags.clone(),
@@ -218,7 +231,7 @@ pub(super) async fn get(
     Path(id): Path<String>,
 ) -> ApiResult<Json<VeeView>> {
     let record = state.veem.get(&caller, &vee_id(&id)?)?;
-    Ok(Json(view(&record, &state.veem.config().site)))
+    Ok(Json(view(&record, &state.veem)))
 }
 
 pub(super) async fn list(
@@ -256,9 +269,8 @@ pub(super) async fn list(
         }
     }
     let (records, next) = state.veem.list(&caller, &filter);
-    let site = &state.veem.config().site;
     Ok(Json(VeeList {
-        vees: records.iter().map(|r| view(r, site)).collect(),
+        vees: records.iter().map(|r| view(r, &state.veem)).collect(),
         next: next.map(|n| n.to_string()),
     }))
 }
@@ -287,7 +299,7 @@ pub(super) async fn patch(
         .patch(&caller, &vee_id(&id)?, request.cpu, request.memory_mb)
         .await?;
     Ok(Json(PatchResponse {
-        vee: view(&record, &state.veem.config().site),
+        vee: view(&record, &state.veem),
         applied,
     }))
 }
@@ -319,7 +331,7 @@ pub(super) async fn migrate(
         .veem
         .migrate(&caller, &vee_id(&id)?, to.as_ref())
         .await?;
-    Ok(Json(view(&record, &state.veem.config().site)))
+    Ok(Json(view(&record, &state.veem)))
 }
 
 pub(super) async fn purge(

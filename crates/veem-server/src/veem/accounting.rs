@@ -876,6 +876,7 @@ mod tests {
     fn config(data_dir: &std::path::Path) -> CoreConfig {
         CoreConfig {
             site: "test".into(),
+            public_url: "http://127.0.0.1:1".into(),
             data_dir: data_dir.to_owned(),
             policy: veem_placement::Policy::Pack,
             shutdown_deadline: Duration::from_secs(1),

@@ -98,6 +98,11 @@ impl Veem {
             .records
             .get(seq)
             .ok_or_else(|| CoreError::NotFound(format!("no VEE {id}")))?;
+        if record.site.is_some() {
+            let outcome = self.control_remote(seq, &record, action, deadline).await;
+            drop(guard);
+            return outcome;
+        }
         let step = apply(record.state, action)?;
         match step.transition {
             Transition::Unchanged => Ok(()),
@@ -515,7 +520,9 @@ impl Veem {
     /// [`Veem::sweep_purged`]). Its id is never reused: the id counter does not go back.
     pub async fn purge(&self, caller: &Caller, id: &VeeId) -> Result<(), CoreError> {
         let (seq, _guard, record) = self.lock_vee(caller, id).await?;
-        if record.state != VmiState::Destroyed {
+        // At its site first: a site that does not answer keeps the VEE here too.
+        self.purge_remote(&record).await?;
+        if record.state != VmiState::Destroyed && record.site.is_none() {
             self.destroy(seq, &record).await?;
         }
         let dir = self.vee_dir(&record.id);

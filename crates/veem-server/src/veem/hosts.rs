@@ -411,6 +411,13 @@ impl Veem {
                 inner.placer.dequeue(seq);
                 continue;
             }
+            let order = self.placement_order(&record);
+            if order.iter().any(Option::is_some) {
+                // Other sites may take it: trying them takes calls, in a task of its own.
+                let veem = self.clone();
+                tokio::spawn(async move { veem.place_in_order(seq, guard, order).await });
+                continue;
+            }
             match inner.placer.place(&record.id, demand_of(&record)) {
                 Ok(host) => {
                     let h = host.clone();

@@ -25,6 +25,7 @@ use crate::hosts::Hosts;
 
 mod accounting;
 mod control;
+mod federation;
 mod hosts;
 mod images;
 mod monitoring;
@@ -49,6 +50,8 @@ pub use veem_layout::now_ms;
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
     pub site: String,
+    /// Where peer sites reach this VEEM's VMI (`url` in the config).
+    pub public_url: String,
     pub data_dir: PathBuf,
     pub policy: Policy,
     pub shutdown_deadline: Duration,
@@ -162,7 +165,12 @@ impl Veem {
                     config.admins.clone(),
                     &config.data_dir,
                 ),
-                sites: Sites::load(snapshot.sites, this_site, committer.clone()),
+                sites: Sites::load(
+                    snapshot.sites,
+                    this_site,
+                    config.public_url.clone(),
+                    committer.clone(),
+                ),
                 hosts: Hosts::new(config.agent_timeout, config.host_dead_after),
                 config,
                 store,

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use veem_api::{code, SiteRequest, SiteState};
 use veem_client::{Client, ClientError, ListQuery};
-use veem_model::{DescriptorError, Site, SiteName};
+use veem_model::{DescriptorError, EventType, Site, SiteName};
 use veem_store::Change;
 
 use super::now_ms;
@@ -48,6 +48,8 @@ struct Entry {
 pub struct Sites {
     /// This site's own name (`site` in the config).
     this: SiteName,
+    /// Where peer sites reach this VEEM's VMI.
+    public_url: String,
     entries: Mutex<BTreeMap<SiteName, Entry>>,
     committer: Committer,
 }
@@ -109,7 +111,12 @@ async fn try_site(name: &SiteName, client: &Client) -> Result<(), CoreError> {
 
 impl Sites {
     /// The sites the store holds; each is taken as up until its first check says otherwise.
-    pub(super) fn load(sites: Vec<Site>, this: SiteName, committer: Committer) -> Self {
+    pub(super) fn load(
+        sites: Vec<Site>,
+        this: SiteName,
+        public_url: String,
+        committer: Committer,
+    ) -> Self {
         let now = (Instant::now(), now_ms());
         let mut entries = BTreeMap::new();
         for site in sites {
@@ -136,6 +143,7 @@ impl Sites {
         }
         Self {
             this,
+            public_url,
             entries: Mutex::new(entries),
             committer,
         }
@@ -166,17 +174,40 @@ impl Sites {
         if self.entries().contains_key(&name) {
             return Err(taken());
         }
-        let site = Site {
+        let mut site = Site {
             name: name.clone(),
             url: request.url,
             token: request.token,
             ca_pem: request.ca_pem,
             client_cert_pem: request.client_cert_pem,
             client_key_pem: request.client_key_pem,
+            inbox: format!(
+                "{:016x}{:016x}",
+                rand::random::<u64>(),
+                rand::random::<u64>()
+            ),
+            subscription: None,
             created_ms: now_ms(),
         };
         let client = client_of(&site)?;
         try_site(&name, &client).await?;
+        // The site pushes every change of this VEEM's VEEs there: their STATE events.
+        let inbox = format!(
+            "{}{}/sites/{name}/inbox/{}",
+            self.public_url,
+            veem_api::BASE_PATH,
+            site.inbox
+        );
+        let subscribed = client
+            .subscribe(&inbox, &[EventType::State])
+            .await
+            .map_err(|e| CoreError::SiteRefused {
+                code: code::SITE_UNREACHABLE,
+                message: format!(
+                    "site {name} does not take this VEEM's subscription at {inbox}: {e}"
+                ),
+            })?;
+        site.subscription = Some(subscribed.id);
         self.committer
             .commit(vec![Change::InsertSite(site.clone())])
             .await?;
@@ -212,6 +243,27 @@ impl Sites {
 
     pub fn get(&self, name: &SiteName) -> Option<SiteInfo> {
         self.entries().get(name).map(|e| e.info.clone())
+    }
+
+    /// The client this VEEM uses at `name`, while it answers.
+    pub(super) fn client(&self, name: &SiteName) -> Result<Client, CoreError> {
+        match self.entries().get(name) {
+            None => Err(CoreError::NotFound(format!("no site {name} is registered"))),
+            Some(entry) if entry.info.state == SiteState::Unreachable => {
+                Err(CoreError::SiteUnreachable(format!(
+                    "site {name} has not answered since {} ms",
+                    entry.info.since_ms
+                )))
+            }
+            Some(entry) => Ok(entry.client.clone()),
+        }
+    }
+
+    /// Whether `secret` is the inbox secret of site `name` (compared in constant time).
+    pub(super) fn is_inbox(&self, name: &SiteName, secret: &str) -> bool {
+        self.entries().get(name).is_some_and(|e| {
+            crate::auth::constant_time_eq(e.info.site.inbox.as_bytes(), secret.as_bytes())
+        })
     }
 
     /// Refuses a descriptor's `sites` that names neither this site nor a registered one.

@@ -7,16 +7,19 @@ use std::sync::Arc;
 use tokio::sync::OwnedMutexGuard;
 use veem_api::agent::{AgentRequest, BootPlan, DeploySpec, DiskPlan, NicPlan, SourcePlan};
 use veem_model::{
-    DiskSource, HostId, ImageFormat, InitModel, Phase, VeeDescriptor, VeeEvent, VeeId, VeeRecord,
-    VeemState, VmiState,
+    ControlAction, DiskSource, HostId, ImageFormat, InitModel, Phase, VeeDescriptor, VeeEvent,
+    VeeId, VeeRecord, VeemState, VmiState,
 };
-use veem_placement::PlacementError;
+use veem_placement::{PlacementError, Unplaceable};
 use veem_store::Change;
 
 use super::placer::demand_of;
 use super::{agent_result, monitoring, now_ms, placement_error, BatchOutcome, Veem};
 use crate::auth::Caller;
 use crate::error::CoreError;
+
+/// How long SubmitVEEs waits for a site to activate one of its VEEs there.
+const REMOTE_ACTIVATION_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The context property that carries a VEE's monitoring token.
 pub const MONITORING_TOKEN_PROPERTY: &str = "veem.monitoring.token";
@@ -168,7 +171,7 @@ impl Veem {
         let inner = &self.inner;
         let mut results = Vec::with_capacity(held.len());
         let mut staged = Vec::new();
-        // (id, guard, host if placed, whether placement was reserved)
+        // (id, guard, host if placed, whether placement was reserved, where else it may go)
         let mut started = Vec::new();
         for (id, guard) in held {
             let seq = id.seq();
@@ -176,6 +179,15 @@ impl Veem {
                 results.push((id.clone(), Err(CoreError::NotFound(format!("no VEE {id}")))));
                 continue;
             };
+            if record.site.is_some() {
+                // It lives at another site: ACTIVATE is that site's to do.
+                let deadline = std::time::Instant::now() + REMOTE_ACTIVATION_WAIT;
+                let forwarded = self
+                    .control_remote(seq, &record, ControlAction::Activate, deadline)
+                    .await;
+                results.push((id, forwarded));
+                continue;
+            }
             if record.state != VmiState::Defined {
                 results.push((
                     id.clone(),
@@ -186,14 +198,22 @@ impl Veem {
                 ));
                 continue;
             }
+            let order = self.placement_order(&record);
             let placed = if record.reserved {
                 Ok(record
                     .host
                     .clone()
                     .expect("a reserved VEE records its host"))
-            } else {
+            } else if order.first() == Some(&None) {
                 inner.placer.place(&record.id, demand_of(&record))
+            } else {
+                Err(PlacementError::Unplaceable(Unplaceable {
+                    reason: "its sites come before the local hosts".to_owned(),
+                }))
             };
+            // Where it goes when the local hosts cannot take it now.
+            let elsewhere =
+                (!record.reserved && order.iter().any(Option::is_some)).then_some(order);
             let (change, host) = match placed {
                 Ok(host) => {
                     let h = host.clone();
@@ -229,14 +249,14 @@ impl Veem {
             };
             if let Some(change) = change {
                 staged.push(change);
-                started.push((id, guard, host, record.reserved));
+                started.push((id, guard, host, record.reserved, elsewhere));
             }
         }
         if started.is_empty() {
             return results;
         }
         if let Err(e) = self.commit(staged).await {
-            for (id, _, host, reserved) in started {
+            for (id, _, host, reserved, _) in started {
                 if host.is_some() && !reserved {
                     inner.placer.release(&id);
                 }
@@ -245,15 +265,20 @@ impl Veem {
             return results;
         }
         let mut queued = false;
-        for (id, guard, host, _) in started {
+        for (id, guard, host, _, elsewhere) in started {
             let seq = id.seq();
-            match host {
-                Some(host) => {
+            match (host, elsewhere) {
+                (Some(host), _) => {
                     inner.records.set_last_failure(seq, None);
                     let veem = self.clone();
                     tokio::spawn(async move { veem.deploy(seq, host, guard, None).await });
                 }
-                None => {
+                (None, Some(order)) => {
+                    inner.placer.enqueue(seq);
+                    let veem = self.clone();
+                    tokio::spawn(async move { veem.place_in_order(seq, guard, order).await });
+                }
+                (None, None) => {
                     inner.placer.enqueue(seq);
                     drop(guard);
                     queued = true;

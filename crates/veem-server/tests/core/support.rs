@@ -149,6 +149,7 @@ impl Site {
             Arc::new(SqliteStore::open(&data_dir.join("veem.db")).expect("the store opens"));
         let config = CoreConfig {
             site: "test".into(),
+            public_url: "http://127.0.0.1:1".into(),
             data_dir: data_dir.clone(),
             policy,
             shutdown_deadline: Duration::from_secs(2),

@@ -1,0 +1,351 @@
+//! Federation: the VEEs this VEEM runs at other sites, as their primary (the paper, sections 1
+//! and 2.1). Toward a site this VEEM is an SM: it places a VEE there with TWOPHASE (so a site
+//! without room says so at once), forwards every action on it, and takes the site's word for
+//! its state, read again whenever the site pushes a change of it (the monitoring subscription
+//! this VEEM holds there, see [`Sites`](super::Sites)).
+//!
+//! Rules kept here:
+//! - A VEE is placed in its descriptor's `sites` order (this site's name meaning its local
+//!   hosts), else local hosts first and the registered sites in order; one that none takes
+//!   waits, its `pending_reason` naming each place tried and why it refused.
+//! - Every change of a remote VEE at the primary is the site's: read from it after a push or
+//!   after an action forwarded there, never made up here.
+//! - An action on a VEE whose site does not answer fails with `site_unreachable`.
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use tokio::sync::OwnedMutexGuard;
+use veem_api::{code, InitializeRequest, ItemFailure, Order, UpdateStateRequest};
+use veem_client::ClientError;
+use veem_model::{
+    ControlAction, DescriptorError, EventType, InitModel, MonitoringEvent, Phase, SiteName,
+    VeeDescriptor, VeeId, VeeRecord, VeemState,
+};
+
+use super::placer::demand_of;
+use super::Veem;
+use crate::error::CoreError;
+
+/// Where a VEE may be placed: the local hosts (`None`) or a registered site.
+pub(super) type Target = Option<SiteName>;
+
+/// A site's refusal in the core's words: its problem's code kept, so the caller hears what the
+/// site said.
+fn site_error(site: &SiteName, e: ClientError) -> CoreError {
+    let detail = format!("site {site}: {e}");
+    match e.code() {
+        Some(code::INSUFFICIENT_RESOURCES) => CoreError::InsufficientResources(detail),
+        Some(code::WRONG_STATE) => CoreError::WrongState(detail),
+        Some(code::NOT_FOUND) => CoreError::NotFound(detail),
+        Some(code::PENDING) => CoreError::Pending(detail),
+        Some(code::TIMEOUT) => CoreError::Timeout(detail),
+        Some(code::IN_USE) => CoreError::InUse(detail),
+        Some(code::CONFLICT) => CoreError::Conflict(detail),
+        Some(code::MALFORMED_DESCRIPTOR) => {
+            CoreError::MalformedDescriptor(DescriptorError::new("descriptor", detail))
+        }
+        Some(_) => CoreError::host_failed(detail),
+        // No problem document: the site did not answer as a VEEM.
+        None => CoreError::SiteUnreachable(detail),
+    }
+}
+
+/// One failed item of a batch call at a site, in the core's words.
+fn item_error(site: &SiteName, failure: &ItemFailure) -> CoreError {
+    let detail = format!("site {site}: {}", failure.detail);
+    match failure.error.as_str() {
+        code::INSUFFICIENT_RESOURCES => CoreError::InsufficientResources(detail),
+        code::WRONG_STATE => CoreError::WrongState(detail),
+        code::NOT_FOUND => CoreError::NotFound(detail),
+        code::PENDING => CoreError::Pending(detail),
+        code::TIMEOUT => CoreError::Timeout(detail),
+        _ => CoreError::host_failed(detail),
+    }
+}
+
+impl Veem {
+    /// Where `record` may be placed, in order of preference.
+    pub(super) fn placement_order(&self, record: &VeeRecord) -> Vec<Target> {
+        let sites = &self.inner.sites;
+        if record.descriptor.sites.is_empty() {
+            std::iter::once(None)
+                .chain(sites.list().into_iter().map(|info| Some(info.site.name)))
+                .collect()
+        } else {
+            record
+                .descriptor
+                .sites
+                .iter()
+                .map(|s| (s != sites.this()).then(|| s.clone()))
+                .collect()
+        }
+    }
+
+    /// Places a VEE waiting for placement at the first of `order` that takes it (its action
+    /// lock held throughout): on a local host it is deployed, at a site reserved there and
+    /// submitted. When none takes it, it keeps waiting, saying where it was tried.
+    pub(super) async fn place_in_order(
+        &self,
+        seq: u64,
+        guard: OwnedMutexGuard<()>,
+        order: Vec<Target>,
+    ) {
+        let Some(record) = self.inner.records.get(seq) else {
+            return;
+        };
+        if record.veem_state != VeemState::Pending {
+            return;
+        }
+        let mut refusals = Vec::new();
+        for target in order {
+            match target {
+                None => match self.inner.placer.place(&record.id, demand_of(&record)) {
+                    Ok(host) => {
+                        let h = host.clone();
+                        let placed = self
+                            .update(seq, Some(format!("placed on {h}")), |r| {
+                                r.veem_state = VeemState::Hold;
+                                r.phase = Some(Phase::Booting);
+                                r.host = Some(h);
+                                r.pending_reason = None;
+                            })
+                            .await;
+                        if let Err(e) = placed {
+                            self.inner.placer.release(&record.id);
+                            tracing::error!(vee = %record.id, error = %e, "cannot record a placement");
+                            return;
+                        }
+                        self.inner.placer.dequeue(seq);
+                        let _ = self.deploy(seq, host, guard, None).await;
+                        return;
+                    }
+                    Err(e) => refusals.push(format!("local hosts: {e}")),
+                },
+                Some(site) => match self.deploy_at(&record, &site).await {
+                    Ok(remote) => {
+                        self.placed_at(seq, &site, remote).await;
+                        return;
+                    }
+                    Err(e) => refusals.push(format!("site {site}: {e}")),
+                },
+            }
+        }
+        let why = refusals.join("; ");
+        if record.pending_reason.as_deref() != Some(why.as_str()) {
+            if let Err(e) = self
+                .update(seq, None, |r| r.pending_reason = Some(why))
+                .await
+            {
+                tracing::warn!(vee = %record.id, error = %e, "cannot record why a VEE waits");
+            }
+        }
+    }
+
+    /// Reserves a host for the VEE at `site` (TWOPHASE there: a site without room refuses at
+    /// once) and submits it: its id there.
+    async fn deploy_at(&self, record: &VeeRecord, site: &SiteName) -> Result<VeeId, CoreError> {
+        let client = self.inner.sites.client(site)?;
+        let mut descriptor = VeeDescriptor::clone(&record.descriptor);
+        // Placed: the site keeps it on its own hosts.
+        descriptor.sites.clear();
+        let made = client
+            .initialize(&InitializeRequest {
+                model: InitModel::Twophase,
+                count: 1,
+                descriptor,
+            })
+            .await
+            .map_err(|e| site_error(site, e))?;
+        let made = made.vees.into_iter().next().ok_or_else(|| {
+            CoreError::host_failed(format!("site {site} answered InitializeVEEs with no VEE"))
+        })?;
+        let remote = VeeId::parse(&made.id).map_err(|e| {
+            CoreError::host_failed(format!("site {site} named its VEE {:?}: {e}", made.id))
+        })?;
+        let submitted = client
+            .submit(std::slice::from_ref(&made.id))
+            .await
+            .map_err(|e| site_error(site, e));
+        let refused = match submitted {
+            Ok(answer) => answer.failed.first().map(|f| item_error(site, f)),
+            Err(e) => Some(e),
+        };
+        if let Some(e) = refused {
+            // Nothing of it stays there.
+            if let Err(left) = client.purge_vee(&made.id).await {
+                tracing::warn!(%site, vee = %remote, error = %left, "cannot purge a VEE a site did not run");
+            }
+            return Err(e);
+        }
+        Ok(remote)
+    }
+
+    /// Records that VEE `seq` runs at `site` as `remote`, and takes its state there.
+    async fn placed_at(&self, seq: u64, site: &SiteName, remote: VeeId) {
+        let (s, r) = (site.clone(), remote.clone());
+        let placed = self
+            .update(
+                seq,
+                Some(format!("placed at site {site} as {remote}")),
+                |record| {
+                    record.site = Some(s);
+                    record.remote = Some(r);
+                    record.host = None;
+                    record.veem_state = VeemState::Hold;
+                    record.phase = Some(Phase::Booting);
+                    record.pending_reason = None;
+                },
+            )
+            .await;
+        match placed {
+            Ok(_) => {
+                self.inner.placer.dequeue(seq);
+                if let Err(e) = self.read_remote(seq).await {
+                    tracing::warn!(%site, vee = %remote, error = %e, "cannot read a VEE placed at a site");
+                }
+            }
+            Err(e) => {
+                tracing::error!(%site, vee = %remote, error = %e, "cannot record a placement at a site; purging it there");
+                if let Ok(client) = self.inner.sites.client(site) {
+                    let _ = client.purge_vee(remote.as_str()).await;
+                }
+            }
+        }
+    }
+
+    /// Reads a remote VEE's state at its site and makes it the primary's, the VEE's action lock
+    /// held by the caller.
+    async fn read_remote(&self, seq: u64) -> Result<(), CoreError> {
+        let Some(record) = self.inner.records.get(seq) else {
+            return Ok(());
+        };
+        let (Some(site), Some(remote)) = (&record.site, &record.remote) else {
+            return Ok(());
+        };
+        let client = self.inner.sites.client(site)?;
+        let view = client
+            .get_vee(remote.as_str())
+            .await
+            .map_err(|e| site_error(site, e))?;
+        let same = (
+            view.state,
+            view.veem_state,
+            view.phase,
+            &view.pending_reason,
+            &view.last_error,
+        ) == (
+            record.state,
+            record.veem_state,
+            record.phase,
+            &record.pending_reason,
+            &record.last_error,
+        );
+        if same {
+            return Ok(());
+        }
+        self.update(seq, Some(format!("at site {site}")), |r| {
+            r.state = view.state;
+            r.veem_state = view.veem_state;
+            r.phase = view.phase;
+            r.pending_reason = view.pending_reason;
+            r.last_error = view.last_error;
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Reads a remote VEE again once the action on it, if any, is over.
+    async fn refresh_remote(&self, seq: u64) -> Result<(), CoreError> {
+        let Some(lock) = self.inner.records.op_lock(seq) else {
+            return Ok(());
+        };
+        let _guard = lock.lock_owned().await;
+        self.read_remote(seq).await
+    }
+
+    /// What a site pushed about this VEEM's VEEs there: each VEE a STATE event names is read
+    /// again from the site.
+    pub fn site_pushed(&self, site: &SiteName, events: &[MonitoringEvent]) {
+        let named: BTreeSet<&VeeId> = events
+            .iter()
+            .filter(|e| e.kind == EventType::State)
+            .filter_map(|e| e.vee.as_ref())
+            .collect();
+        for remote in named {
+            let local = self
+                .inner
+                .records
+                .ids_where(|r| r.site.as_ref() == Some(site) && r.remote.as_ref() == Some(remote));
+            for id in local {
+                let veem = self.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = veem.refresh_remote(id.seq()).await {
+                        tracing::warn!(vee = %id, error = %e, "cannot read a VEE its site changed");
+                    }
+                });
+            }
+        }
+    }
+
+    /// Whether `secret` opens site `name`'s inbox.
+    pub fn is_site_inbox(&self, name: &SiteName, secret: &str) -> bool {
+        self.inner.sites.is_inbox(name, secret)
+    }
+
+    /// An action on a VEE that runs at another site, forwarded there (its action lock held by
+    /// the caller); the VEE's state is the site's afterwards, whatever the answer.
+    pub(super) async fn control_remote(
+        &self,
+        seq: u64,
+        record: &VeeRecord,
+        action: ControlAction,
+        deadline: Instant,
+    ) -> Result<(), CoreError> {
+        let (Some(site), Some(remote)) = (&record.site, &record.remote) else {
+            return Err(CoreError::broken(format!(
+                "VEE {} has no site to forward to",
+                record.id
+            )));
+        };
+        let client = self.inner.sites.client(site)?;
+        let timeout_ms = deadline
+            .saturating_duration_since(Instant::now())
+            .as_millis()
+            .max(1) as u64;
+        let answer = client
+            .update_state(&UpdateStateRequest {
+                order: Order::List,
+                ids: vec![remote.to_string()],
+                action,
+                timeout_ms: Some(timeout_ms),
+            })
+            .await
+            .map_err(|e| site_error(site, e));
+        let result = match answer {
+            Ok(answer) => answer
+                .failed
+                .first()
+                .map_or(Ok(()), |f| Err(item_error(site, f))),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = self.read_remote(seq).await {
+            tracing::warn!(vee = %record.id, error = %e, "cannot read a VEE after an action at its site");
+        }
+        result
+    }
+
+    /// Purges a remote VEE at its site: nothing of it stays there.
+    pub(super) async fn purge_remote(&self, record: &VeeRecord) -> Result<(), CoreError> {
+        let (Some(site), Some(remote)) = (&record.site, &record.remote) else {
+            return Ok(());
+        };
+        let client = self.inner.sites.client(site)?;
+        match client.purge_vee(remote.as_str()).await {
+            Ok(()) => Ok(()),
+            // Gone there already (a purge cut short here): nothing is left to remove.
+            Err(e) if e.code() == Some(code::NOT_FOUND) => Ok(()),
+            Err(e) => Err(site_error(site, e)),
+        }
+    }
+}
