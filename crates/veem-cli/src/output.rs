@@ -115,13 +115,19 @@ fn joined_or_dash(items: &[String]) -> String {
 }
 
 pub fn vee_table(vees: &[VeeView]) -> Table {
-    let mut table = Table::new(&["ID", "NAME", "STATE", "VEEM", "HOST", "CPU", "MEM"]);
+    let mut table = Table::new(&["ID", "NAME", "STATE", "VEEM", "SITE", "HOST", "CPU", "MEM"]);
     for vee in vees {
+        // A site that does not answer is said with the last state it told.
+        let site = match vee.site_state {
+            SiteState::Up => vee.site.clone(),
+            SiteState::Unreachable => format!("{} (unreachable)", vee.site),
+        };
         table.row(vec![
             vee.id.clone(),
             or_dash(Some(&vee.name)),
             vee.state.to_string(),
             veem_state(vee),
+            site,
             or_dash(vee.host.as_ref().map(|h| h.as_str())),
             vee.descriptor.cpu.to_string(),
             fmt_mb(vee.descriptor.memory_mb),
@@ -564,9 +570,9 @@ mod tests {
         let text = vee_table(&[vee("vee-00000001", "db", Some("h1")), waiting]).render();
         assert_eq!(
             text,
-            "ID            NAME  STATE    VEEM          HOST  CPU  MEM\n\
-             vee-00000001  db    ACTIVE   ACTIVE        h1    2    1 GiB\n\
-             vee-00000002  -     INITIAL  HOLD/booting  -     2    1536 MiB\n"
+            "ID            NAME  STATE    VEEM          SITE   HOST  CPU  MEM\n\
+             vee-00000001  db    ACTIVE   ACTIVE        local  h1    2    1 GiB\n\
+             vee-00000002  -     INITIAL  HOLD/booting  local  -     2    1536 MiB\n"
         );
     }
 

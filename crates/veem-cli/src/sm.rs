@@ -14,7 +14,8 @@ use veem_api::{
 };
 use veem_client::{Client, ClientError, ListQuery, OvfQuery};
 use veem_model::{
-    ControlAction, DiskSource, DiskSpec, EventType, InitModel, NicSpec, VeeDescriptor, VmiState,
+    ControlAction, DiskSource, DiskSpec, EventType, InitModel, NicSpec, SiteName, VeeDescriptor,
+    VmiState,
 };
 
 use crate::output::{self, emit, to_json, BatchRow, OutputFormat};
@@ -129,6 +130,10 @@ pub struct InitArgs {
     /// Never share a host with the principal's other VEEs tagged so (repeatable)
     #[arg(long = "anti-affinity", value_name = "TAG")]
     pub anti_affinity: Vec<String>,
+    /// Run it at this site (repeatable: in order of preference; this site's own name means
+    /// its local hosts)
+    #[arg(long = "site", value_name = "SITE", conflicts_with = "ovf")]
+    pub sites: Vec<String>,
     /// Without a file: the VEE's name
     #[arg(long, requires = "cpu", conflicts_with_all = QUICK_CONFLICTS)]
     pub name: Option<String>,
@@ -228,11 +233,12 @@ pub enum SiteCommand {
     Add {
         name: String,
         /// Where its VMI answers, e.g. https://east.example:7070
-        #[arg(long)]
-        url: String,
-        /// The token this VEEM presents there (a principal of that site's)
-        #[arg(long)]
-        token: String,
+        #[arg(value_name = "URL")]
+        site_url: String,
+        /// The token this VEEM presents there (a principal of that site's; `--token` is
+        /// yours, here)
+        #[arg(long = "site-token", value_name = "TOKEN")]
+        site_token: String,
         /// PEM file of the CA that signed its certificate
         #[arg(long, value_name = "FILE")]
         site_ca: Option<PathBuf>,
@@ -542,16 +548,16 @@ pub async fn run_site(global: &GlobalArgs, command: SiteCommand) -> anyhow::Resu
     match command {
         SiteCommand::Add {
             name,
-            url,
-            token,
+            site_url,
+            site_token,
             site_ca,
             client_cert,
             client_key,
         } => {
             let request = SiteRequest {
                 name,
-                url,
-                token,
+                url: site_url,
+                token: site_token,
                 ca_pem: read(site_ca)?,
                 client_cert_pem: read(client_cert)?,
                 client_key_pem: read(client_key)?,
@@ -637,6 +643,12 @@ pub fn prepare_init(args: &InitArgs) -> anyhow::Result<InitBody> {
     };
     add_missing(&mut descriptor.tags, &args.tags);
     add_missing(&mut descriptor.anti_affinity, &args.anti_affinity);
+    for site in &args.sites {
+        let site = SiteName::new(site.as_str()).with_context(|| format!("--site {site:?}"))?;
+        if !descriptor.sites.contains(&site) {
+            descriptor.sites.push(site);
+        }
+    }
     Ok(InitBody::Json(Box::new(InitializeRequest {
         model,
         count: args.count,

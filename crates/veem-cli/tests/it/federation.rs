@@ -368,3 +368,88 @@ async fn vees_run_at_the_site_they_are_placed_and_are_controlled_through_their_p
     wait_site(&west.ops, "east", SiteState::Up, Duration::from_secs(10)).await;
     ctl_ok(&west.a, A::Pause, &[&big]).await;
 }
+
+/// `veem` as a process against `server`, as `token`.
+fn veem(server: &Server, token: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(veem_bin())
+        .args(args)
+        .env("VEEM_URL", &server.url)
+        .env("VEEM_TOKEN", token)
+        .output()
+        .expect("the CLI runs")
+}
+
+fn stdout_of(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn the_cli_registers_sites_and_places_vees_there() {
+    let (west, east) = (site("west").await, site("east").await);
+    let token = peer_token("east");
+    let added = stdout_of(&veem(
+        &west,
+        TOKEN_OPS,
+        &[
+            "site",
+            "add",
+            "east",
+            &east.url,
+            "--site-token",
+            &token,
+            "-o",
+            "json",
+        ],
+    ));
+    let added: serde_json::Value = serde_json::from_str(&added).expect("JSON");
+    assert_eq!(
+        (added["name"].as_str(), added["state"].as_str()),
+        (Some("east"), Some("up"))
+    );
+    let listed = stdout_of(&veem(&west, TOKEN_A, &["site", "ls"]));
+    assert!(listed.contains("east") && listed.contains("up"), "{listed}");
+    let refused = veem(
+        &west,
+        TOKEN_OPS,
+        &["site", "add", "north", &east.url, "--site-token", "wrong"],
+    );
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("unauthenticated"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    let made = stdout_of(&veem(
+        &west,
+        TOKEN_A,
+        &[
+            "vee",
+            "init",
+            "--name",
+            "away",
+            "--cpu",
+            "1",
+            "--memory-mb",
+            "256",
+            "--site",
+            "east",
+            "-o",
+            "json",
+        ],
+    ));
+    let made: serde_json::Value = serde_json::from_str(&made).expect("JSON");
+    let id = made["vees"][0]["id"].as_str().expect("an id").to_owned();
+    ctl_ok(&west.a, veem_model::ControlAction::Activate, &[&id]).await;
+    let table = stdout_of(&veem(&west, TOKEN_A, &["vee", "ls"]));
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(row.contains("ACTIVE") && row.contains(" east "), "{row}");
+}
