@@ -241,7 +241,7 @@ async fn registered_sites_are_kept_across_a_restart_and_named_in_descriptors() {
 #[tokio::test]
 async fn vees_run_at_the_site_they_are_placed_and_are_controlled_through_their_primary() {
     use veem_model::{ControlAction as A, VmiState};
-    let (west, mut east) = (site_of("west", 2).await, site("east").await);
+    let (mut west, mut east) = (site_of("west", 2).await, site("east").await);
     register(&west, &east, "east").await;
 
     // Forced: the descriptor names the site.
@@ -367,6 +367,13 @@ async fn vees_run_at_the_site_they_are_placed_and_are_controlled_through_their_p
     east.start_again().await;
     wait_site(&west.ops, "east", SiteState::Up, Duration::from_secs(10)).await;
     ctl_ok(&west.a, A::Pause, &[&big]).await;
+
+    // A change made at the site while the primary is down is read when it is back.
+    let big_there = named(&east, "big").await.expect("big runs at east");
+    west.stop();
+    ctl_ok(&east.ops, A::Activate, &[&big_there.id]).await;
+    west.start_again().await;
+    wait_state(&west.a, &big, VmiState::Active).await;
 }
 
 /// `veem` as a process against `server`, as `token`.

@@ -288,6 +288,22 @@ impl Veem {
         }
     }
 
+    /// Reads every VEE this VEEM runs at `site` again (once the site answers after a silence).
+    pub(super) fn read_all_at(&self, site: &SiteName) {
+        for id in self
+            .inner
+            .records
+            .ids_where(|r| r.site.as_ref() == Some(site))
+        {
+            let veem = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = veem.refresh_remote(id.seq()).await {
+                    tracing::warn!(vee = %id, error = %e, "cannot read a VEE of a site that answers again");
+                }
+            });
+        }
+    }
+
     /// Whether `secret` opens site `name`'s inbox.
     pub fn is_site_inbox(&self, name: &SiteName, secret: &str) -> bool {
         self.inner.sites.is_inbox(name, secret)

@@ -365,13 +365,23 @@ impl super::Veem {
         self.inner.sites.remove(name).await
     }
 
-    /// Checks the sites at every [`CHECK_INTERVAL`].
+    /// Checks the sites at every [`CHECK_INTERVAL`]; the VEEs of a site that answers again are
+    /// read again.
     pub(super) async fn site_loop(self) {
+        // What changed at the sites while this VEEM was down was pushed to no one.
+        for info in self.inner.sites.list() {
+            self.read_all_at(&info.site.name);
+        }
         let mut tick = tokio::time::interval(CHECK_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            self.inner.sites.check_all().await;
+            for (site, state) in self.inner.sites.check_all().await {
+                if state == SiteState::Up {
+                    // What changed there while it did not answer was pushed to no one.
+                    self.read_all_at(&site);
+                }
+            }
         }
     }
 }
