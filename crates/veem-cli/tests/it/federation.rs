@@ -244,8 +244,14 @@ async fn vees_run_at_the_site_they_are_placed_and_are_controlled_through_their_p
     let (mut west, mut east) = (site_of("west", 2).await, site("east").await);
     register(&west, &east, "east").await;
 
-    // Forced: the descriptor names the site.
+    // Forced: the descriptor names the site. Its image is sent there, as the primary has it.
+    let image = b"the bytes of a tiny image".to_vec();
+    west.a
+        .push_image_bytes("tiny", image.clone())
+        .await
+        .expect("uploaded");
     let mut d = small("forced");
+    d.disks = vec![tiny_disk()];
     d.sites = at(&["east"]);
     let forced = init_one(&west.a, d).await;
     ctl_ok(&west.a, A::Activate, &[&forced]).await;
@@ -262,6 +268,15 @@ async fn vees_run_at_the_site_they_are_placed_and_are_controlled_through_their_p
         "at east it is a VEE of the peer principal"
     );
     assert!(there.host.is_some());
+    let peer_at_east = Client::new(&east.url, &peer_token("east")).expect("a client");
+    let sent = peer_at_east.list_images().await.expect("listed").images;
+    assert_eq!(
+        sent.iter()
+            .map(|i| (i.name.as_str(), i.owner.as_str(), i.size_bytes))
+            .collect::<Vec<_>>(),
+        [("tiny", "peer", image.len() as u64)],
+        "the image went to east as the peer's"
+    );
 
     // Spill-over: more CPUs than any local host has.
     let mut big = small("big");

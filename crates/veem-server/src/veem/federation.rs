@@ -19,8 +19,8 @@ use tokio::sync::OwnedMutexGuard;
 use veem_api::{code, InitializeRequest, ItemFailure, Order, UpdateStateRequest};
 use veem_client::ClientError;
 use veem_model::{
-    ControlAction, DescriptorError, EventType, InitModel, MonitoringEvent, Phase, SiteName,
-    VeeDescriptor, VeeId, VeeRecord, VeemState,
+    ControlAction, DescriptorError, DiskSource, EventType, ImageName, InitModel, MonitoringEvent,
+    Phase, SiteName, VeeDescriptor, VeeId, VeeRecord, VeemState,
 };
 
 use super::placer::demand_of;
@@ -146,6 +146,7 @@ impl Veem {
     /// once) and submits it: its id there.
     async fn deploy_at(&self, record: &VeeRecord, site: &SiteName) -> Result<VeeId, CoreError> {
         let client = self.inner.sites.client(site)?;
+        self.send_images(record, site, &client).await?;
         let mut descriptor = VeeDescriptor::clone(&record.descriptor);
         // Placed: the site keeps it on its own hosts.
         descriptor.sites.clear();
@@ -179,6 +180,49 @@ impl Veem {
             return Err(e);
         }
         Ok(remote)
+    }
+
+    /// Sends `site` the images the VEE's descriptor names that this VEEM has and the site has
+    /// not (streamed from the image store): an `image:` source is resolved at the site.
+    async fn send_images(
+        &self,
+        record: &VeeRecord,
+        site: &SiteName,
+        client: &veem_client::Client,
+    ) -> Result<(), CoreError> {
+        let d = &record.descriptor;
+        let mut named: Vec<ImageName> = Vec::new();
+        let sources = d.disks.iter().filter_map(|disk| disk.source.as_ref());
+        let boot = d
+            .boot
+            .iter()
+            .flat_map(|b| std::iter::once(&b.kernel).chain(&b.initrd));
+        for source in sources.chain(boot) {
+            if let DiskSource::Image(name) = source {
+                if !named.contains(name) {
+                    named.push(name.clone());
+                }
+            }
+        }
+        for name in &named {
+            match client.get_image(name.as_str()).await {
+                Ok(_) => continue,
+                Err(e) if e.code() == Some(code::NOT_FOUND) => {}
+                Err(e) => return Err(site_error(site, e)),
+            }
+            let images = &self.inner.images;
+            // One the VEE's owner cannot use here is the site's to refuse.
+            let Some(image) = images.resolve(&record.owner, name) else {
+                continue;
+            };
+            let path = images.path(&image.owner, &image.name);
+            tracing::info!(%site, image = %name, "sending an image a VEE needs there");
+            client
+                .push_image(name.as_str(), &path, None)
+                .await
+                .map_err(|e| site_error(site, e))?;
+        }
+        Ok(())
     }
 
     /// Records that VEE `seq` runs at `site` as `remote`, and takes its state there.
