@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use veem_api::agent::{
-    AgentError, AgentErrorKind, DeploySpec, InstanceState, InstanceStatus, LanPlan, SourcePlan,
+    AgentError, AgentErrorKind, DeploySpec, DiskCopy, InstanceState, InstanceStatus, LanPlan,
+    SourcePlan,
 };
 use veem_model::VeeId;
 
@@ -77,12 +78,19 @@ pub trait Driver: Send + Sync + 'static {
     ) -> Result<(), DriverError>;
 
     /// Starts an instance that waits for an incoming migration; answers the URI that
-    /// [`Driver::migrate_out`] on the source host sends to.
-    async fn prepare_incoming(&self, spec: &DeploySpec) -> Result<String, DriverError>;
+    /// [`Driver::migrate_out`] on the source host sends to, and, when this host does not see
+    /// the VEE's disks at the paths of `spec` (no shared storage), where it receives them.
+    async fn prepare_incoming(&self, spec: &DeploySpec) -> Result<Incoming, DriverError>;
 
-    /// Sends a running or paused VEE to `uri`; the instance here ends when this returns `Ok`,
-    /// with the migration's figures.
-    async fn migrate_out(&self, vee: &VeeId, uri: &str) -> Result<MigrationStats, DriverError>;
+    /// Sends a running or paused VEE to `uri`, with its disks to `copy_disks_to` when the
+    /// destination asked for them; the instance here ends when this returns `Ok`, with the
+    /// migration's figures.
+    async fn migrate_out(
+        &self,
+        vee: &VeeId,
+        uri: &str,
+        copy_disks_to: Option<&DiskCopy>,
+    ) -> Result<MigrationStats, DriverError>;
 
     /// Lets an instance that received its migration run.
     async fn complete_incoming(&self, vee: &VeeId) -> Result<(), DriverError>;
@@ -99,6 +107,22 @@ pub trait Driver: Send + Sync + 'static {
     /// The VEEs this driver keeps anything of (an instance, or a file in its state directory),
     /// ordered by id.
     async fn traces(&self) -> Result<Vec<VeeId>, DriverError>;
+}
+
+/// A destination waiting for a live migration, as [`Driver::prepare_incoming`] answers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Incoming {
+    /// Where the source sends the VEE's memory and devices.
+    pub uri: String,
+    /// Where the source copies the VEE's disks; `None` when this host sees them already.
+    pub disks: Option<DiskCopy>,
+}
+
+impl Incoming {
+    /// A destination that sees the VEE's disks (shared storage).
+    pub fn shared(uri: String) -> Self {
+        Self { uri, disks: None }
+    }
 }
 
 /// A live migration sent from this host, as its hypervisor measured it.

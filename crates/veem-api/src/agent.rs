@@ -245,14 +245,19 @@ pub enum AgentRequest {
         target: String,
         out: PathBuf,
     },
-    /// Start an instance that waits for an incoming migration; answers its URI.
+    /// Start an instance that waits for an incoming migration; answers its URI, and where it
+    /// receives the VEE's disks when it cannot see them (see [`DiskCopy`]).
     PrepareIncoming {
         spec: DeploySpec,
     },
-    /// Send a running instance to `uri`; the instance here ends when done.
+    /// Send a running instance to `uri`; the instance here ends when done. With
+    /// `copy_disks_to` (what the destination answered), its disks are copied there while it
+    /// runs, and the host keeps nothing of it afterwards.
     MigrateOut {
         vee: VeeId,
         uri: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        copy_disks_to: Option<DiskCopy>,
     },
     /// Resume an instance that has received its migration.
     CompleteIncoming {
@@ -299,6 +304,18 @@ impl AgentRequest {
     }
 }
 
+/// Where a live migration's destination receives the disks it cannot see: an NBD server
+/// exporting, writable, one empty disk of the right size per target, named by the target.
+/// The source mirrors each of these disks to `<nbd>/<target>` while the VEE runs, then
+/// migrates its memory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskCopy {
+    /// The NBD server: `nbd://<host>:<port>`.
+    pub nbd: String,
+    /// The disks to copy, by target; every disk the VEE owns (in its directory).
+    pub targets: Vec<String>,
+}
+
 /// Why a host could not do what was asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -334,6 +351,10 @@ pub enum AgentResponse {
     },
     Incoming {
         uri: String,
+        /// `Some` when the destination does not see the VEE's disks (no shared storage): the
+        /// source copies them there while the VEE runs. Absent from an agent that predates it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        disks: Option<DiskCopy>,
     },
     /// The answer to [`AgentRequest::MigrateOut`]: the migration as the source hypervisor
     /// measured it, from its start to its completion and how long the guest was stopped.

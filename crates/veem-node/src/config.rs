@@ -30,6 +30,11 @@ pub struct HostConfig {
     /// The qemu driver's settings (binary, accelerator, migration limits...).
     #[serde(default)]
     pub qemu: QemuConfig,
+    /// Where this host keeps its VEEs' directories as its own storage, which no other host
+    /// sees (relative to `data_dir`); by default they are the site's shared `data_dir/vees`.
+    /// A VEE moves live to or from such a host with its disks copied.
+    #[serde(default)]
+    pub vees_dir: Option<PathBuf>,
 }
 
 impl HostConfig {

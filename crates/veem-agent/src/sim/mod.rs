@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use veem_api::agent::{
-    DeploySpec, DiskCounters, InstanceState, InstanceStatus, LanPlan, NicCounters,
+    DeploySpec, DiskCopy, DiskCounters, InstanceState, InstanceStatus, LanPlan, NicCounters,
 };
 use veem_layout::{context_document_path, disk_path, now_ms, source_note_path};
 use veem_model::VeeId;
@@ -38,7 +38,7 @@ use journal::{Change, Journal};
 
 use crate::driver::{check_boot_files, check_disk_target, local_source};
 use crate::vee_locks::{VeeGuard, VeeLocks};
-use crate::{fsutil, Driver, DriverError, MigrationStats};
+use crate::{fsutil, Driver, DriverError, Incoming, MigrationStats};
 
 /// Share of its vCPUs a running simulated guest keeps busy, in percent.
 const LOAD_PERCENT: u64 = 25;
@@ -652,7 +652,8 @@ impl Driver for SimDriver {
         fsutil::copy_atomic(&disk, out).await
     }
 
-    async fn prepare_incoming(&self, spec: &DeploySpec) -> Result<String, DriverError> {
+    /// The sim's disks are files on the shared storage (or none): it never asks for a copy.
+    async fn prepare_incoming(&self, spec: &DeploySpec) -> Result<Incoming, DriverError> {
         let delay = self.latency.for_op("prepare_incoming");
         let _guard = self
             .enter("prepare_incoming", &spec.vee, Some(&spec.name), delay)
@@ -667,14 +668,20 @@ impl Driver for SimDriver {
             now_ms(),
         ))
         .await?;
-        Ok(format!(
+        Ok(Incoming::shared(format!(
             "{URI_SCHEME}{}/{}",
             self.state_dir.display(),
             spec.vee
-        ))
+        )))
     }
 
-    async fn migrate_out(&self, vee: &VeeId, uri: &str) -> Result<MigrationStats, DriverError> {
+    /// A copy of the disks is accepted and simulated by the transfer time alone.
+    async fn migrate_out(
+        &self,
+        vee: &VeeId,
+        uri: &str,
+        _copy_disks_to: Option<&DiskCopy>,
+    ) -> Result<MigrationStats, DriverError> {
         let transfer = self.latency.for_op("migrate_out");
         let _guard = self.enter("migrate_out", vee, None, transfer).await?;
         if !uri.starts_with(URI_SCHEME) {

@@ -85,11 +85,15 @@ async fn requests_reach_the_driver_and_answer_in_kind() {
         .handle(AgentRequest::PrepareIncoming { spec: web.clone() })
         .await
     {
-        AgentResponse::Incoming { uri } => uri,
+        AgentResponse::Incoming { uri, disks: None } => uri,
         other => panic!("expected an incoming uri, got {other:?}"),
     };
     let moved = agent
-        .handle(AgentRequest::MigrateOut { vee: vee(1), uri })
+        .handle(AgentRequest::MigrateOut {
+            vee: vee(1),
+            uri,
+            copy_disks_to: None,
+        })
         .await;
     assert_eq!(
         moved,

@@ -493,7 +493,7 @@ async fn live_migration_moves_a_running_vee_to_another_driver() {
     source.resize(&spec.vee, 2, 80).await.unwrap();
     let source_pid = source.pid(&spec.vee).unwrap();
 
-    let uri = target.prepare_incoming(&spec).await.unwrap();
+    let uri = target.prepare_incoming(&spec).await.unwrap().uri;
     assert!(uri.starts_with("tcp:127.0.0.1:"), "{uri}");
     assert_eq!(state_of(&target, &spec.vee).await, InstanceState::Incoming);
     // Nothing has arrived yet: there is nothing to complete.
@@ -503,7 +503,7 @@ async fn live_migration_moves_a_running_vee_to_another_driver() {
     ));
 
     let started = Instant::now();
-    let stats = source.migrate_out(&spec.vee, &uri).await.unwrap();
+    let stats = source.migrate_out(&spec.vee, &uri, None).await.unwrap();
     let migrate_ms = started.elapsed().as_millis();
     assert!(!proc_alive(source_pid));
     assert!(source.list().await.unwrap().is_empty());
@@ -528,11 +528,11 @@ async fn live_migration_moves_a_running_vee_to_another_driver() {
         stats.total_ms, stats.downtime_ms
     );
     assert!(matches!(
-        source.migrate_out(&spec.vee, &uri).await,
+        source.migrate_out(&spec.vee, &uri, None).await,
         Err(DriverError::NoSuchInstance(_))
     ));
     assert!(matches!(
-        target.migrate_out(&spec.vee, "file:/tmp/x").await,
+        target.migrate_out(&spec.vee, "file:/tmp/x", None).await,
         Err(DriverError::Invalid { .. })
     ));
     target.destroy(&spec.vee).await.unwrap();
@@ -767,12 +767,12 @@ async fn nics_on_a_lan_are_plugged_into_its_bridge_on_every_host_of_the_machine(
     );
 
     // A live migration's destination plugs its own tap into the same bridge.
-    let uri = h1.prepare_incoming(&db).await.unwrap();
+    let uri = h1.prepare_incoming(&db).await.unwrap().uri;
     let incoming_taps = taps_of(&h1, &db.vee);
     assert_ne!(incoming_taps, db_taps);
     assert_eq!(master_of(&incoming_taps[1]).as_deref(), Some(bridge));
     assert_eq!(master_of(&incoming_taps[0]), None);
-    h2.migrate_out(&db.vee, &uri).await.unwrap();
+    h2.migrate_out(&db.vee, &uri, None).await.unwrap();
     h1.complete_incoming(&db.vee).await.unwrap();
     assert!(
         !Path::new("/sys/class/net").join(&db_taps[1]).exists(),
@@ -924,8 +924,8 @@ async fn the_guest_agents_reports_come_once_each_across_an_adoption_and_a_live_m
     // After a live migration the guest, the same one, reports through the destination's
     // own socket; the source's reader went with its instance.
     let target = host(shared.path(), "h2");
-    let uri = target.prepare_incoming(&spec).await.unwrap();
-    adopted.migrate_out(&spec.vee, &uri).await.unwrap();
+    let uri = target.prepare_incoming(&spec).await.unwrap().uri;
+    adopted.migrate_out(&spec.vee, &uri, None).await.unwrap();
     target.complete_incoming(&spec.vee).await.unwrap();
     let migrated = take_reports(&target, &spec, 2, false).await;
     assert!(

@@ -396,7 +396,7 @@ async fn migration_moves_the_instance_and_keeps_its_boot_identity() {
     source.deploy(&web).await.unwrap();
     let boot_id = source.boot_id(&web.vee).unwrap();
 
-    let uri = target.prepare_incoming(&web).await.unwrap();
+    let uri = target.prepare_incoming(&web).await.unwrap().uri;
     assert!(uri.starts_with("sim://"), "{uri}");
     assert_eq!(
         target.status(&web.vee).await.unwrap().state,
@@ -410,11 +410,13 @@ async fn migration_moves_the_instance_and_keeps_its_boot_identity() {
         })
     ));
     assert!(matches!(
-        source.migrate_out(&web.vee, "tcp:10.0.0.2:4444").await,
+        source
+            .migrate_out(&web.vee, "tcp:10.0.0.2:4444", None)
+            .await,
         Err(DriverError::Invalid { .. })
     ));
 
-    source.migrate_out(&web.vee, &uri).await.unwrap();
+    source.migrate_out(&web.vee, &uri, None).await.unwrap();
     assert!(source.list().await.unwrap().is_empty());
     target.complete_incoming(&web.vee).await.unwrap();
     assert_eq!(
@@ -463,12 +465,12 @@ async fn a_migration_survives_a_restart_of_its_destination() {
     let web = spec(1, "web", shared.path());
     source.deploy(&web).await.unwrap();
     let boot_id = source.boot_id(&web.vee).unwrap();
-    let uri = target.prepare_incoming(&web).await.unwrap();
+    let uri = target.prepare_incoming(&web).await.unwrap().uri;
     drop(target);
 
     let target = host(shared.path(), "h2", SimConfig::default());
     assert_eq!(state_of(&target, 1).await, InstanceState::Incoming);
-    source.migrate_out(&web.vee, &uri).await.unwrap();
+    source.migrate_out(&web.vee, &uri, None).await.unwrap();
     target.complete_incoming(&web.vee).await.unwrap();
     assert_eq!(target.boot_id(&web.vee), Some(boot_id));
     assert!(
@@ -682,9 +684,9 @@ async fn latency_delays_each_operation() {
     driver.pause(&web.vee).await.unwrap();
     assert!(started.elapsed() >= Duration::from_millis(80));
 
-    let uri = target.prepare_incoming(&web).await.unwrap();
+    let uri = target.prepare_incoming(&web).await.unwrap().uri;
     let started = Instant::now();
-    driver.migrate_out(&web.vee, &uri).await.unwrap();
+    driver.migrate_out(&web.vee, &uri, None).await.unwrap();
     assert!(started.elapsed() >= Duration::from_millis(60));
 }
 

@@ -68,6 +68,9 @@ pub struct Setup {
     pub top_level_config: String,
     /// How long a host may be silent before it is lost and its VEEs move (veem's default).
     pub host_dead_after_ms: u64,
+    /// Each host keeps its VEEs' directories as its own storage, `<data_dir>/own/<host>`
+    /// (its `vees_dir`), which no other host sees: no shared storage for VEEs.
+    pub own_vees_dirs: bool,
 }
 
 /// The hypervisor driver of a test server's hosts.
@@ -102,6 +105,7 @@ impl Default for Setup {
             ],
             tls: None,
             extra_config: String::new(),
+            own_vees_dirs: false,
         }
     }
 }
@@ -189,6 +193,9 @@ impl Server {
             config.push_str(&format!(
                 "\n[[host]]\nname = \"{name}\"\ndriver = \"{driver}\"\ncpus = {cpus}\nmemory_mb = {memory_mb}\n"
             ));
+            if setup.own_vees_dirs {
+                config.push_str(&format!("vees_dir = \"own/{name}\"\n"));
+            }
             if !sim.is_empty() {
                 config.push_str(&format!("[host.{driver}]\n{sim}\n"));
             }
@@ -452,6 +459,12 @@ pub fn guest_image() -> Option<PathBuf> {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// The directory of the VEE `id` on `host`, when the hosts keep their own
+/// ([`Setup::own_vees_dirs`]).
+pub fn own_vee_dir(s: &Server, host: &str, id: &str) -> PathBuf {
+    s.data_dir().join("own").join(host).join(id)
 }
 
 /// The serial console of the guest of `id` so far (the qemu driver keeps it in the VEE's
