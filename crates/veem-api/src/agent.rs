@@ -398,3 +398,51 @@ pub enum AgentFrame {
         response: AgentResponse,
     },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_disk_copy_is_optional_on_the_wire_both_ways() {
+        // What an agent or a VEEM from before disk copies sends still reads, as no copy.
+        let incoming: AgentResponse =
+            serde_json::from_str(r#"{"result": "incoming", "uri": "tcp:127.0.0.1:1"}"#)
+                .expect("an old answer reads");
+        assert_eq!(
+            incoming,
+            AgentResponse::Incoming {
+                uri: "tcp:127.0.0.1:1".into(),
+                disks: None
+            }
+        );
+        let out: AgentRequest = serde_json::from_str(
+            r#"{"op": "migrate_out", "vee": "vee-00000001", "uri": "tcp:127.0.0.1:1"}"#,
+        )
+        .expect("an old request reads");
+        assert!(matches!(
+            out,
+            AgentRequest::MigrateOut {
+                copy_disks_to: None,
+                ..
+            }
+        ));
+        // And no copy is not written, so an older peer reads what a newer one sends.
+        let text = serde_json::to_string(&incoming).expect("serializes");
+        assert!(!text.contains("disks"), "{text}");
+
+        let copy = DiskCopy {
+            nbd: "nbd://127.0.0.1:2".into(),
+            targets: vec!["vda".into()],
+        };
+        let out = AgentRequest::MigrateOut {
+            vee: VeeId::from_seq(1),
+            uri: "tcp:127.0.0.1:1".into(),
+            copy_disks_to: Some(copy.clone()),
+        };
+        let back: AgentRequest =
+            serde_json::from_str(&serde_json::to_string(&out).expect("serializes"))
+                .expect("reads back");
+        assert_eq!(back, out);
+    }
+}

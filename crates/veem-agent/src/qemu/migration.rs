@@ -800,6 +800,20 @@ mod tests {
     }
 
     #[test]
+    fn a_disk_copy_goes_to_an_nbd_server_and_names_disks() {
+        let copy = |nbd: &str, target: &str| DiskCopy {
+            nbd: nbd.into(),
+            targets: vec![target.into()],
+        };
+        assert!(check_disk_copy(&copy("nbd://127.0.0.1:10809", "vda")).is_ok());
+        assert!(check_disk_copy(&copy("nbd://[::1]:10809", "vdb")).is_ok());
+        assert!(check_disk_copy(&copy("tcp:127.0.0.1:10809", "vda")).is_err());
+        assert!(check_disk_copy(&copy("nbd://", "vda")).is_err());
+        assert!(check_disk_copy(&copy("nbd://h:1/x", "vda")).is_err());
+        assert!(check_disk_copy(&copy("nbd://h:1", "../etc")).is_err());
+    }
+
+    #[test]
     fn memory_files_with_commas_are_refused() {
         assert_eq!(
             file_uri(Path::new("/srv/vees/vee-1/memory")).unwrap(),

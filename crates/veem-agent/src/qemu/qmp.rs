@@ -671,6 +671,50 @@ mod tests {
         client.execute(&Stop).await.unwrap();
     }
 
+    #[test]
+    fn disk_copy_commands_have_qemus_argument_names() {
+        let start = NbdServerStart {
+            addr: SocketAddressLegacy::Inet {
+                host: "127.0.0.1".into(),
+                port: "10809".into(),
+            },
+        };
+        assert_eq!(
+            serde_json::to_value(&start).unwrap(),
+            serde_json::json!({"addr": {"type": "inet", "data": {"host": "127.0.0.1", "port": "10809"}}})
+        );
+        let export = BlockExportAdd {
+            kind: "nbd",
+            id: "copy-vda".into(),
+            node_name: "#block123".into(),
+            name: "vda".into(),
+            writable: true,
+        };
+        assert_eq!(
+            serde_json::to_value(&export).unwrap(),
+            serde_json::json!({"type": "nbd", "id": "copy-vda", "node-name": "#block123", "name": "vda", "writable": true})
+        );
+        let mirror = DriveMirror {
+            job_id: "copy-vda".into(),
+            device: "drive-vda".into(),
+            target: "nbd://127.0.0.1:10809/vda".into(),
+            format: "raw",
+            mode: "existing",
+            sync: "full",
+            copy_mode: "write-blocking",
+        };
+        let value = serde_json::to_value(&mirror).unwrap();
+        assert_eq!(value["job-id"], "copy-vda");
+        assert_eq!(value["copy-mode"], "write-blocking");
+        let blocks: Vec<BlockInfo> = serde_json::from_value(serde_json::json!([
+            {"device": "drive-vda", "inserted": {"node-name": "#block123", "ro": false}, "locked": false},
+            {"device": "drive-empty", "locked": false}
+        ]))
+        .unwrap();
+        assert_eq!(blocks[0].inserted.as_ref().unwrap().node_name, "#block123");
+        assert!(blocks[1].inserted.is_none());
+    }
+
     #[tokio::test]
     async fn a_refused_command_carries_qemus_description() {
         let dir = tempfile::tempdir().unwrap();

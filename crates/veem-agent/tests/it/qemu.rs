@@ -482,6 +482,89 @@ async fn clones_keep_the_guests_writes_and_export_flattens_them() {
     ));
 }
 
+/// Runs qemu-io on a running VEE's disk `target`, through its QEMU (the file is locked).
+async fn qemu_io_live(driver: &QemuDriver, vee: &VeeId, target: &str, command: &str) {
+    let qmp = driver.qmp(vee).await.unwrap();
+    let line = format!("qemu-io drive-{target} \"{command}\"");
+    let answer = qmp
+        .execute_value(
+            "human-monitor-command",
+            serde_json::json!({ "command-line": line }),
+        )
+        .await
+        .unwrap();
+    assert!(
+        !answer.as_str().unwrap_or_default().contains("error"),
+        "{line}: {answer}"
+    );
+}
+
+#[tokio::test]
+async fn without_shared_storage_a_live_migration_copies_the_disks_and_an_unfinished_copy_goes() {
+    require_qemu!();
+    let scene = Scene::new();
+    let source = host(scene.path(), "h1");
+    let target = host(scene.path(), "h2");
+    // Each host sees only its own directory of the VEE.
+    let on_source = tiny(11, &scene.path().join("own-h1"));
+    let on_target = tiny(11, &scene.path().join("own-h2"));
+    source.deploy(&on_source).await.unwrap();
+    qemu_io_live(&source, &on_source.vee, "vda", "write -P 0x5a 1M 64k").await;
+
+    // A copy given up leaves nothing that could pass for the VEE's disk.
+    let incoming = target.prepare_incoming(&on_target).await.unwrap();
+    let copy = incoming
+        .disks
+        .expect("the target does not see the disk: a copy");
+    assert_eq!(copy.targets, ["vda"]);
+    assert!(copy.nbd.starts_with("nbd://127.0.0.1:"), "{copy:?}");
+    assert!(disk_path(&on_target.vee_dir, "vda").exists());
+    target.destroy(&on_target.vee).await.unwrap();
+    assert!(!disk_path(&on_target.vee_dir, "vda").exists());
+
+    let incoming = target.prepare_incoming(&on_target).await.unwrap();
+    let copy = incoming.disks.expect("a copy again");
+    // The source refuses a copy that would leave a disk behind.
+    let partial = veem_api::agent::DiskCopy {
+        targets: vec![],
+        ..copy.clone()
+    };
+    assert!(matches!(
+        source
+            .migrate_out(&on_source.vee, &incoming.uri, Some(&partial))
+            .await,
+        Err(DriverError::Invalid { .. })
+    ));
+    let stats = source
+        .migrate_out(&on_source.vee, &incoming.uri, Some(&copy))
+        .await
+        .unwrap();
+    assert!(source.list().await.unwrap().is_empty());
+    assert!(
+        !on_source.vee_dir.exists(),
+        "the source keeps nothing of the VEE"
+    );
+    target.complete_incoming(&on_target.vee).await.unwrap();
+    assert_eq!(
+        state_of(&target, &on_target.vee).await,
+        InstanceState::Running
+    );
+    // Written at the destination too: its disk is its own now.
+    qemu_io_live(&target, &on_target.vee, "vda", "write -P 0x6b 2M 64k").await;
+    eprintln!("qemu: live migration with a 1 GiB disk copied: {stats:?}");
+    target.destroy(&on_target.vee).await.unwrap();
+    let disk = disk_path(&on_target.vee_dir, "vda");
+    assert!(
+        qemu_io(&disk, "read -P 0x5a 1M 64k"),
+        "written at the source"
+    );
+    assert!(
+        qemu_io(&disk, "read -P 0x6b 2M 64k"),
+        "written at the target"
+    );
+    assert!(qemu_io(&disk, "read -P 0 0 1M"), "the rest as it was");
+}
+
 #[tokio::test]
 async fn live_migration_moves_a_running_vee_to_another_driver() {
     require_qemu!();
