@@ -11,7 +11,7 @@ use veem_api::agent::{
     AgentError, AgentErrorKind, DeploySpec, DiskCopy, InstanceState, InstanceStatus, LanPlan,
     SourcePlan,
 };
-use veem_model::VeeId;
+use veem_model::{DiskKind, VeeId};
 
 /// A hypervisor as the agent sees it: one instance per VEE, driven by the host-agent protocol.
 ///
@@ -128,9 +128,11 @@ impl Incoming {
 /// A live migration sent from this host, as its hypervisor measured it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MigrationStats {
-    /// From the start of the migration to its completion.
+    /// From the start of the migration to its completion; with its disks copied, from the
+    /// start of the copy until the copies were complete.
     pub total_ms: u64,
-    /// How long the guest was stopped at the end, while its last state was copied.
+    /// How long the guest was stopped at the end, while its last state was copied (and, with
+    /// its disks copied, while the copies took their last writes).
     pub downtime_ms: u64,
 }
 
@@ -212,6 +214,17 @@ impl DriverError {
         }
         AgentError { kind, message }
     }
+}
+
+/// The disks the VEE owns, by target: those in its directory (a clone or a blank disk), which
+/// a live migration without shared storage copies. A disk used in place and a cdrom are their
+/// source's, which the destination must see itself.
+pub(crate) fn owned_disk_targets(spec: &DeploySpec) -> Vec<String> {
+    spec.disks
+        .iter()
+        .filter(|plan| plan.kind == DiskKind::Disk && (plan.clone || plan.source.is_none()))
+        .map(|plan| plan.target.clone())
+        .collect()
 }
 
 /// Checks that the kernel and initrd of a direct kernel boot are there, so a missing file is

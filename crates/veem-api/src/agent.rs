@@ -304,14 +304,15 @@ impl AgentRequest {
     }
 }
 
-/// Where a live migration's destination receives the disks it cannot see: an NBD server
-/// exporting, writable, one empty disk of the right size per target, named by the target.
-/// The source mirrors each of these disks to `<nbd>/<target>` while the VEE runs, then
-/// migrates its memory.
+/// Where a live migration's destination receives the disks it cannot see. The qemu driver
+/// runs an NBD server exporting, writable, one fresh disk of the right size per target, named
+/// by the target; the source mirrors each of its disks to `<address>/<target>` while the VEE
+/// runs, then migrates its memory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskCopy {
-    /// The NBD server: `nbd://<host>:<port>`.
-    pub nbd: String,
+    /// The receiving end: `nbd://<host>:<port>` (QEMU's NBD server), or the sim driver's
+    /// `sim://<the destination's VEE directory>`.
+    pub address: String,
     /// The disks to copy, by target; every disk the VEE owns (in its directory).
     pub targets: Vec<String>,
 }
@@ -432,7 +433,7 @@ mod tests {
         assert!(!text.contains("disks"), "{text}");
 
         let copy = DiskCopy {
-            nbd: "nbd://127.0.0.1:2".into(),
+            address: "nbd://127.0.0.1:2".into(),
             targets: vec!["vda".into()],
         };
         let out = AgentRequest::MigrateOut {

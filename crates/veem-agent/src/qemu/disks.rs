@@ -150,17 +150,6 @@ pub async fn existing(spec: &DeploySpec) -> Result<Vec<Drive>, DriverError> {
     Ok(drives)
 }
 
-/// The disks the VEE owns, by target: those in its directory (a clone or a blank disk), which
-/// a migration without shared storage copies. A disk used in place and a cdrom are their
-/// source's, which the destination must see itself.
-pub fn owned_targets(spec: &DeploySpec) -> Vec<String> {
-    spec.disks
-        .iter()
-        .filter(|plan| plan.kind == DiskKind::Disk && (plan.clone || plan.source.is_none()))
-        .map(|plan| plan.target.clone())
-        .collect()
-}
-
 /// A cdrom: its medium, read-only, in its own format (an ISO image is raw).
 async fn cdrom_drive(plan: &DiskPlan, source: &SourcePlan) -> Result<Drive, DriverError> {
     let medium = local_source(source)?;

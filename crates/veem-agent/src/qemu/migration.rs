@@ -37,6 +37,7 @@ use super::launch::check_spec;
 use super::machine::{drive_id, shape_path, MachineShape};
 use super::process;
 use super::qmp;
+use crate::driver::owned_disk_targets;
 use crate::{check_disk_target, fsutil, DriverError, Incoming, MigrationStats};
 
 /// How often a migration's progress is looked at: often, since it is what a suspend or a
@@ -171,7 +172,7 @@ impl QemuDriver {
         spec: &DeploySpec,
     ) -> Result<Option<Vec<String>>, DriverError> {
         discard_unfinished_copy(spec).await?;
-        let owned = disks::owned_targets(spec);
+        let owned = owned_disk_targets(spec);
         let mut present = Vec::new();
         for target in &owned {
             if fsutil::exists(&disk_path(&spec.vee_dir, target)).await? {
@@ -367,7 +368,7 @@ impl QemuDriver {
             match self.launch_incoming(spec, &uri, copy_into).await {
                 Ok(_) => {
                     let disks = copy_into.map(|(targets, port)| DiskCopy {
-                        nbd: format!("nbd://{host}:{port}"),
+                        address: format!("nbd://{host}:{port}"),
                         targets: targets.to_vec(),
                     });
                     return Ok(Incoming { uri, disks });
@@ -414,6 +415,7 @@ impl QemuDriver {
         })
         .await
         .map_err(|e| qmp_failed("migrate_out", e))?;
+        let started = Instant::now();
         let jobs = match copy_disks_to {
             Some(copy) => self.mirror_disks(&qmp, copy).await?,
             None => Vec::new(),
@@ -435,30 +437,15 @@ impl QemuDriver {
                 return Err(e);
             }
         };
-        if !jobs.is_empty() {
-            // The guest is stopped for good here: what the mirrors still hold goes to the
-            // destination, and the copies are complete when the jobs end.
-            let mut events = qmp.events();
-            let mut ended = Ok(());
-            for job in &jobs {
-                ended = qmp
-                    .execute(&qmp::BlockJobCancel {
-                        device: job.clone(),
-                        force: false,
-                    })
-                    .await
-                    .map(drop)
-                    .map_err(|e| qmp_failed("migrate_out", e));
-                if ended.is_err() {
-                    break;
-                }
+        let stats = if jobs.is_empty() {
+            MigrationStats {
+                total_ms: info.total_time.unwrap_or(0),
+                downtime_ms: info.downtime.unwrap_or(0),
             }
-            if ended.is_ok() {
-                ended = self
-                    .wait_jobs(&qmp, &mut events, &jobs, JobsUntil::Ended)
-                    .await;
-            }
-            if let Err(e) = ended {
+        } else {
+            // The guest stays stopped here while the mirrors finish: that is downtime too.
+            let finishing = Instant::now();
+            if let Err(e) = self.finish_mirrors(&qmp, &jobs).await {
                 // The destination's disks are not a whole copy: the guest runs on here.
                 cancel_jobs(&qmp, &jobs).await;
                 if let Err(cont) = qmp.execute(&qmp::Cont).await {
@@ -466,10 +453,13 @@ impl QemuDriver {
                 }
                 return Err(e);
             }
-        }
-        let stats = MigrationStats {
-            total_ms: info.total_time.unwrap_or(0),
-            downtime_ms: info.downtime.unwrap_or(0),
+            MigrationStats {
+                total_ms: millis(started.elapsed()),
+                downtime_ms: info
+                    .downtime
+                    .unwrap_or(0)
+                    .saturating_add(millis(finishing.elapsed())),
+            }
         };
         tracing::info!(%vee, uri, total_ms = stats.total_ms, downtime_ms = stats.downtime_ms, "vee migrated out");
         self.migrations
@@ -484,6 +474,27 @@ impl QemuDriver {
             fsutil::remove_dir_if_present(&vee_dir).await?;
         }
         Ok(stats)
+    }
+
+    /// Ends the ready mirrors once the memory has moved (the guest stopped for good here):
+    /// what they still hold goes to the destination, and each copy is complete when its job
+    /// ended cleanly.
+    async fn finish_mirrors(
+        &self,
+        qmp: &qmp::QmpClient,
+        jobs: &[String],
+    ) -> Result<(), DriverError> {
+        let mut events = qmp.events();
+        for job in jobs {
+            qmp.execute(&qmp::BlockJobCancel {
+                device: job.clone(),
+                force: false,
+            })
+            .await
+            .map_err(|e| qmp_failed("migrate_out", e))?;
+        }
+        self.wait_jobs(qmp, &mut events, jobs, JobsUntil::Ended)
+            .await
     }
 
     /// Starts mirroring each disk of `copy` to its export and waits until every mirror is
@@ -501,7 +512,7 @@ impl QemuDriver {
                 .execute(&qmp::DriveMirror {
                     job_id: job.clone(),
                     device: drive_id(target),
-                    target: format!("{}/{target}", copy.nbd),
+                    target: format!("{}/{target}", copy.address),
                     format: "raw",
                     mode: "existing",
                     sync: "full",
@@ -695,6 +706,11 @@ fn check_migration_uri(uri: &str) -> Result<(), DriverError> {
     }
 }
 
+/// Whole milliseconds, saturated.
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Removes the disks a copy left unfinished in the VEE's directory (with its context disk and
 /// the marker); nothing when there was no copy.
 pub(super) async fn discard_unfinished_copy(spec: &DeploySpec) -> Result<(), DriverError> {
@@ -703,7 +719,7 @@ pub(super) async fn discard_unfinished_copy(spec: &DeploySpec) -> Result<(), Dri
         return Ok(());
     }
     tracing::info!(vee = %spec.vee, dir = %spec.vee_dir.display(), "removing an unfinished disk copy");
-    for target in disks::owned_targets(spec) {
+    for target in owned_disk_targets(spec) {
         fsutil::remove_if_present(&disk_path(&spec.vee_dir, &target)).await?;
     }
     fsutil::remove_if_present(&context_image_path(&spec.vee_dir)).await?;
@@ -726,13 +742,13 @@ async fn cancel_jobs(qmp: &qmp::QmpClient, jobs: &[String]) {
 /// A disk copy's target QEMU can reach: an NBD server, and disk targets.
 fn check_disk_copy(copy: &DiskCopy) -> Result<(), DriverError> {
     let valid = copy
-        .nbd
+        .address
         .strip_prefix("nbd://")
         .is_some_and(|rest| !rest.is_empty() && !rest.contains(['/', ',', '?']));
     if !valid {
         return Err(DriverError::Invalid {
             what: "disk copy",
-            reason: format!("{:?} is not nbd://host:port", copy.nbd),
+            reason: format!("{:?} is not nbd://host:port", copy.address),
         });
     }
     for target in &copy.targets {
@@ -745,7 +761,7 @@ fn check_disk_copy(copy: &DiskCopy) -> Result<(), DriverError> {
 /// machine: a copy must leave no disk behind and write to no disk used in place.
 fn check_copy_matches(instance: &Instance, copy: &DiskCopy) -> Result<(), DriverError> {
     let record = instance.record();
-    let mut owned = disks::owned_targets(&record.spec);
+    let mut owned = owned_disk_targets(&record.spec);
     let mut asked = copy.targets.clone();
     owned.sort();
     asked.sort();
@@ -802,7 +818,7 @@ mod tests {
     #[test]
     fn a_disk_copy_goes_to_an_nbd_server_and_names_disks() {
         let copy = |nbd: &str, target: &str| DiskCopy {
-            nbd: nbd.into(),
+            address: nbd.into(),
             targets: vec![target.into()],
         };
         assert!(check_disk_copy(&copy("nbd://127.0.0.1:10809", "vda")).is_ok());

@@ -517,7 +517,7 @@ async fn without_shared_storage_a_live_migration_copies_the_disks_and_an_unfinis
         .disks
         .expect("the target does not see the disk: a copy");
     assert_eq!(copy.targets, ["vda"]);
-    assert!(copy.nbd.starts_with("nbd://127.0.0.1:"), "{copy:?}");
+    assert!(copy.address.starts_with("nbd://127.0.0.1:"), "{copy:?}");
     assert!(disk_path(&on_target.vee_dir, "vda").exists());
     target.destroy(&on_target.vee).await.unwrap();
     assert!(!disk_path(&on_target.vee_dir, "vda").exists());

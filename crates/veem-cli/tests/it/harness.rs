@@ -68,9 +68,10 @@ pub struct Setup {
     pub top_level_config: String,
     /// How long a host may be silent before it is lost and its VEEs move (veem's default).
     pub host_dead_after_ms: u64,
-    /// Each host keeps its VEEs' directories as its own storage, `<data_dir>/own/<host>`
-    /// (its `vees_dir`), which no other host sees: no shared storage for VEEs.
-    pub own_vees_dirs: bool,
+    /// The hosts that keep their VEEs' directories as their own storage,
+    /// `<data_dir>/own/<host>` (their `vees_dir`), which no other host sees; the others share
+    /// `<data_dir>/vees`.
+    pub own_vees_dirs: Vec<&'static str>,
 }
 
 /// The hypervisor driver of a test server's hosts.
@@ -105,7 +106,7 @@ impl Default for Setup {
             ],
             tls: None,
             extra_config: String::new(),
-            own_vees_dirs: false,
+            own_vees_dirs: Vec::new(),
         }
     }
 }
@@ -193,7 +194,7 @@ impl Server {
             config.push_str(&format!(
                 "\n[[host]]\nname = \"{name}\"\ndriver = \"{driver}\"\ncpus = {cpus}\nmemory_mb = {memory_mb}\n"
             ));
-            if setup.own_vees_dirs {
+            if setup.own_vees_dirs.contains(name) {
                 config.push_str(&format!("vees_dir = \"own/{name}\"\n"));
             }
             if !sim.is_empty() {
