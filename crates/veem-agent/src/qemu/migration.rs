@@ -207,6 +207,12 @@ impl QemuDriver {
     ) -> Result<(), DriverError> {
         let op = "prepare_incoming";
         let qmp = self.connect(instance).await?;
+        // `stop` while incoming keeps the guest paused once the memory has arrived (QEMU would
+        // run it at once otherwise): it must not run here before the source has finished the
+        // copy and this end has closed its exports, which `complete_incoming` does before `cont`.
+        qmp.execute(&qmp::Stop)
+            .await
+            .map_err(|e| qmp_failed(op, e))?;
         qmp.execute(&qmp::NbdServerStart {
             addr: qmp::SocketAddressLegacy::Inet {
                 host: self.config.migration_listen_address.clone(),
@@ -634,9 +640,12 @@ impl QemuDriver {
             record.spec.vee_dir.join(INCOMING_COPY_MARKER)
         };
         if fsutil::exists(&marker).await? {
-            qmp.execute(&qmp::NbdServerStop)
-                .await
-                .map_err(|e| qmp_failed("complete_incoming", e))?;
+            match qmp.execute(&qmp::NbdServerStop).await {
+                Ok(_) => {}
+                // Stopped by an earlier completion that ended before it removed the mark.
+                Err(qmp::QmpError::Command { desc, .. }) if desc.contains("not running") => {}
+                Err(e) => return Err(qmp_failed("complete_incoming", e)),
+            }
             fsutil::remove_if_present(&marker).await?;
         }
         // The source reports completion a moment before this end has loaded the last state.

@@ -544,6 +544,14 @@ async fn without_shared_storage_a_live_migration_copies_the_disks_and_an_unfinis
         !on_source.vee_dir.exists(),
         "the source keeps nothing of the VEE"
     );
+    // Arrived, but paused until the target has closed its exports.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut arrived = state_of(&target, &on_target.vee).await;
+    while arrived == InstanceState::Incoming && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        arrived = state_of(&target, &on_target.vee).await;
+    }
+    assert_eq!(arrived, InstanceState::Paused);
     target.complete_incoming(&on_target.vee).await.unwrap();
     assert_eq!(
         state_of(&target, &on_target.vee).await,
