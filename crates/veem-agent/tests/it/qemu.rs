@@ -524,6 +524,35 @@ async fn without_shared_storage_a_live_migration_copies_the_disks_and_an_unfinis
 
     let incoming = target.prepare_incoming(&on_target).await.unwrap();
     let copy = incoming.disks.expect("a copy again");
+    // A copy that cannot reach its target fails and leaves the VEE running at the source,
+    // with no block job behind.
+    let nowhere = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let unreachable = veem_api::agent::DiskCopy {
+        address: format!("nbd://127.0.0.1:{nowhere}"),
+        ..copy.clone()
+    };
+    assert!(matches!(
+        source
+            .migrate_out(&on_source.vee, &incoming.uri, Some(&unreachable))
+            .await,
+        Err(DriverError::Failed { .. })
+    ));
+    assert_eq!(
+        state_of(&source, &on_source.vee).await,
+        InstanceState::Running
+    );
+    let jobs = source
+        .qmp(&on_source.vee)
+        .await
+        .unwrap()
+        .execute_value("query-block-jobs", Value::Null)
+        .await
+        .unwrap();
+    assert_eq!(jobs, serde_json::json!([]));
     // The source refuses a copy that would leave a disk behind.
     let partial = veem_api::agent::DiskCopy {
         targets: vec![],
