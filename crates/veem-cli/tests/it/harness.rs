@@ -774,10 +774,23 @@ pub struct RemoteAgent {
     memory_mb: u64,
     log: PathBuf,
     child: Option<Child>,
+    /// Its `--vees-dir`, if it keeps its VEEs' directories as its own storage.
+    pub vees_dir: Option<PathBuf>,
 }
 
 impl RemoteAgent {
     pub fn start(server: &Server, name: &str, cpus: u32, memory_mb: u64) -> Self {
+        Self::start_with(server, name, cpus, memory_mb, None)
+    }
+
+    /// [`RemoteAgent::start`], keeping its VEEs' directories in `vees_dir` when given.
+    pub fn start_with(
+        server: &Server,
+        name: &str,
+        cpus: u32,
+        memory_mb: u64,
+        vees_dir: Option<PathBuf>,
+    ) -> Self {
         let mut agent = Self {
             name: name.to_owned(),
             state_dir: server.dir.path().join(format!("agent-{name}")),
@@ -786,6 +799,7 @@ impl RemoteAgent {
             memory_mb,
             log: server.dir.path().join(format!("agent-{name}.log")),
             child: None,
+            vees_dir,
         };
         agent.spawn();
         agent
@@ -799,7 +813,8 @@ impl RemoteAgent {
             .append(true)
             .open(&self.log)
             .expect("agent log file");
-        let child = Command::new(veem_bin())
+        let mut command = Command::new(veem_bin());
+        command
             .args([
                 "agent",
                 "--server",
@@ -811,7 +826,11 @@ impl RemoteAgent {
             .args(["--cpus", &self.cpus.to_string()])
             .args(["--memory-mb", &self.memory_mb.to_string()])
             .arg("--state-dir")
-            .arg(&self.state_dir)
+            .arg(&self.state_dir);
+        if let Some(dir) = &self.vees_dir {
+            command.arg("--vees-dir").arg(dir);
+        }
+        let child = command
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
