@@ -140,8 +140,8 @@ impl QemuDriver {
     }
 
     /// Starts an instance from `spec` that waits for a migration at `incoming`; with
-    /// `nbd_port`, it creates the disks it owns afresh and exports them over NBD there, for the
-    /// source to copy them into.
+    /// `copy_into` (the disks to receive, an NBD port), it creates those disks afresh and
+    /// exports them over NBD on that port, for the source to copy them into.
     async fn launch_incoming(
         &self,
         spec: &DeploySpec,
