@@ -7,7 +7,7 @@ use std::time::Duration;
 use veem_api::agent::{AgentRequest, AgentResponse, DeploySpec, HostHello, SourcePlan};
 use veem_model::{DiskKind, HostId, VeeId};
 
-use crate::{Driver, DriverError, Fetcher};
+use crate::{fsutil, Driver, DriverError, Fetcher};
 
 /// A VEEH: a named host with its capacity and the driver of its hypervisor. The server calls
 /// [`Agent::handle`] directly for an in-process host; a remote host calls it for each frame
@@ -67,28 +67,34 @@ impl Agent {
         let Some(dir) = &self.vees_dir else {
             return Ok(());
         };
-        let path = dir.join(vee.as_str());
-        match tokio::fs::remove_dir_all(&path).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(DriverError::file(&path, e)),
-        }
+        fsutil::remove_dir_if_present(&dir.join(vee.as_str())).await
     }
 
     /// The VEEs with a directory of this host's own.
-    fn vees_with_own_dirs(&self) -> Result<Vec<VeeId>, DriverError> {
+    async fn vees_with_own_dirs(&self) -> Result<Vec<VeeId>, DriverError> {
         let Some(dir) = &self.vees_dir else {
             return Ok(Vec::new());
         };
-        let entries = match std::fs::read_dir(dir) {
+        let mut entries = match tokio::fs::read_dir(dir).await {
             Ok(entries) => entries,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(DriverError::file(dir, e)),
         };
-        Ok(entries
-            .flatten()
-            .filter_map(|entry| VeeId::parse(entry.file_name().to_str()?).ok())
-            .collect())
+        let mut vees = Vec::new();
+        while let Some(entry) = entries
+            .next_entry()
+            .await
+            .map_err(|e| DriverError::file(dir, e))?
+        {
+            if let Some(vee) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| VeeId::parse(n).ok())
+            {
+                vees.push(vee);
+            }
+        }
+        Ok(vees)
     }
 
     /// Fetches the `http(s)://` sources of the VEEs it deploys through `fetcher`.
@@ -237,15 +243,17 @@ impl Agent {
                 Ok(()) => self.purge_own_dir(&vee).await.map(|()| done()),
                 Err(e) => Err(e),
             },
-            AgentRequest::Traces => match (driver.traces().await, self.vees_with_own_dirs()) {
-                (Ok(mut vees), Ok(own)) => {
-                    vees.extend(own);
-                    vees.sort();
-                    vees.dedup();
-                    Ok(AgentResponse::Traces { vees })
+            AgentRequest::Traces => {
+                match (driver.traces().await, self.vees_with_own_dirs().await) {
+                    (Ok(mut vees), Ok(own)) => {
+                        vees.extend(own);
+                        vees.sort();
+                        vees.dedup();
+                        Ok(AgentResponse::Traces { vees })
+                    }
+                    (Err(e), _) | (_, Err(e)) => Err(e),
                 }
-                (Err(e), _) | (_, Err(e)) => Err(e),
-            },
+            }
         };
         outcome.unwrap_or_else(|error| {
             let error = error.to_wire();
