@@ -1,12 +1,13 @@
 //! The agent: one host's answer to the host-agent protocol, whatever carries it.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use veem_api::agent::{AgentRequest, AgentResponse, DeploySpec, HostHello, SourcePlan};
-use veem_model::{DiskKind, HostId};
+use veem_model::{DiskKind, HostId, VeeId};
 
-use crate::{Driver, DriverError, Fetcher};
+use crate::{fsutil, Driver, DriverError, Fetcher};
 
 /// A VEEH: a named host with its capacity and the driver of its hypervisor. The server calls
 /// [`Agent::handle`] directly for an in-process host; a remote host calls it for each frame
@@ -18,6 +19,9 @@ pub struct Agent {
     memory_mb: u64,
     /// The host's cache of `http(s)://` sources; without one, such a source fails clearly.
     fetcher: Option<Arc<Fetcher>>,
+    /// Where this host keeps its VEEs' directories when they are its own (`<vees_dir>/<id>`),
+    /// instead of where the VEEM names them (the site's shared storage).
+    vees_dir: Option<PathBuf>,
 }
 
 impl Agent {
@@ -28,7 +32,69 @@ impl Agent {
             cpus,
             memory_mb,
             fetcher: None,
+            vees_dir: None,
         }
+    }
+
+    /// Keeps the VEEs' directories in `dir` (`<dir>/<id>`), this host's own storage, instead
+    /// of where the VEEM names them: another host does not see them, so a VEE that moves
+    /// live to or from this host has its disks copied, and a VEE that stopped here boots
+    /// again from its disks only here. The VEEM's own reads of a VEE's directory (a disk to
+    /// download, a suspended VEE's memory) still look on the shared storage.
+    pub fn with_vees_dir(mut self, dir: PathBuf) -> Self {
+        self.vees_dir = Some(dir);
+        self
+    }
+
+    /// The VEE's directory on this host: in [`Agent::with_vees_dir`]'s directory when it has
+    /// one, else `named` (the VEEM's).
+    fn vee_dir(&self, vee: &VeeId, named: PathBuf) -> PathBuf {
+        match &self.vees_dir {
+            Some(dir) => dir.join(vee.as_str()),
+            None => named,
+        }
+    }
+
+    /// `spec` with its directory on this host.
+    fn localized(&self, mut spec: DeploySpec) -> DeploySpec {
+        spec.vee_dir = self.vee_dir(&spec.vee, std::mem::take(&mut spec.vee_dir));
+        spec
+    }
+
+    /// Removes the VEE's directory of this host's own, if it has them; the VEEM removes the
+    /// shared one.
+    async fn purge_own_dir(&self, vee: &VeeId) -> Result<(), DriverError> {
+        let Some(dir) = &self.vees_dir else {
+            return Ok(());
+        };
+        fsutil::remove_dir_if_present(&dir.join(vee.as_str())).await
+    }
+
+    /// The VEEs with a directory of this host's own.
+    async fn vees_with_own_dirs(&self) -> Result<Vec<VeeId>, DriverError> {
+        let Some(dir) = &self.vees_dir else {
+            return Ok(Vec::new());
+        };
+        let mut entries = match tokio::fs::read_dir(dir).await {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(DriverError::file(dir, e)),
+        };
+        let mut vees = Vec::new();
+        while let Some(entry) = entries
+            .next_entry()
+            .await
+            .map_err(|e| DriverError::file(dir, e))?
+        {
+            if let Some(vee) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| VeeId::parse(n).ok())
+            {
+                vees.push(vee);
+            }
+        }
+        Ok(vees)
     }
 
     /// Fetches the `http(s)://` sources of the VEEs it deploys through `fetcher`.
@@ -92,22 +158,25 @@ impl Agent {
         tracing::debug!(host = %self.name, op, "agent request");
         let driver = &self.driver;
         let outcome = match request {
-            AgentRequest::Deploy { mut spec } => match self.fetch_sources(&mut spec).await {
-                Ok(()) => driver.deploy(&spec).await.map(|()| done()),
-                Err(e) => Err(e),
-            },
+            AgentRequest::Deploy { spec } => {
+                let mut spec = self.localized(spec);
+                match self.fetch_sources(&mut spec).await {
+                    Ok(()) => driver.deploy(&spec).await.map(|()| done()),
+                    Err(e) => Err(e),
+                }
+            }
             AgentRequest::Pause { vee } => driver.pause(&vee).await.map(|()| done()),
             AgentRequest::Resume { vee } => driver.resume(&vee).await.map(|()| done()),
             AgentRequest::Suspend { vee, memory_file } => {
                 driver.suspend(&vee, &memory_file).await.map(|()| done())
             }
-            AgentRequest::Restore {
-                mut spec,
-                memory_file,
-            } => match self.fetch_sources(&mut spec).await {
-                Ok(()) => driver.restore(&spec, &memory_file).await.map(|()| done()),
-                Err(e) => Err(e),
-            },
+            AgentRequest::Restore { spec, memory_file } => {
+                let mut spec = self.localized(spec);
+                match self.fetch_sources(&mut spec).await {
+                    Ok(()) => driver.restore(&spec, &memory_file).await.map(|()| done()),
+                    Err(e) => Err(e),
+                }
+            }
             AgentRequest::Shutdown { vee, deadline_ms } => driver
                 .shutdown(&vee, Duration::from_millis(deadline_ms))
                 .await
@@ -130,37 +199,61 @@ impl Agent {
                 vee_dir,
                 target,
                 out,
-            } => driver
-                .export_disk(&vee_dir, &target, &out)
-                .await
-                .map(|()| done()),
-            AgentRequest::PrepareIncoming { mut spec } => {
+            } => {
+                let vee_dir = match vee_dir.file_name().and_then(|n| n.to_str()) {
+                    Some(name) => match VeeId::parse(name) {
+                        Ok(vee) => self.vee_dir(&vee, vee_dir.clone()),
+                        Err(_) => vee_dir,
+                    },
+                    None => vee_dir,
+                };
+                driver
+                    .export_disk(&vee_dir, &target, &out)
+                    .await
+                    .map(|()| done())
+            }
+            AgentRequest::PrepareIncoming { spec } => {
+                let mut spec = self.localized(spec);
                 match self.fetch_sources(&mut spec).await {
-                    Ok(()) => driver
-                        .prepare_incoming(&spec)
-                        .await
-                        .map(|uri| AgentResponse::Incoming { uri }),
+                    Ok(()) => driver.prepare_incoming(&spec).await.map(|incoming| {
+                        AgentResponse::Incoming {
+                            uri: incoming.uri,
+                            disks: incoming.disks,
+                        }
+                    }),
                     Err(e) => Err(e),
                 }
             }
-            AgentRequest::MigrateOut { vee, uri } => {
-                driver
-                    .migrate_out(&vee, &uri)
-                    .await
-                    .map(|stats| AgentResponse::Migrated {
-                        total_ms: stats.total_ms,
-                        downtime_ms: stats.downtime_ms,
-                    })
-            }
+            AgentRequest::MigrateOut {
+                vee,
+                uri,
+                copy_disks_to,
+            } => driver
+                .migrate_out(&vee, &uri, copy_disks_to.as_ref())
+                .await
+                .map(|stats| AgentResponse::Migrated {
+                    total_ms: stats.total_ms,
+                    downtime_ms: stats.downtime_ms,
+                }),
             AgentRequest::CompleteIncoming { vee } => {
                 driver.complete_incoming(&vee).await.map(|()| done())
             }
             AgentRequest::RemoveLan { lan } => driver.remove_lan(&lan).await.map(|()| done()),
-            AgentRequest::Purge { vee } => driver.purge(&vee).await.map(|()| done()),
-            AgentRequest::Traces => driver
-                .traces()
-                .await
-                .map(|vees| AgentResponse::Traces { vees }),
+            AgentRequest::Purge { vee } => match driver.purge(&vee).await {
+                Ok(()) => self.purge_own_dir(&vee).await.map(|()| done()),
+                Err(e) => Err(e),
+            },
+            AgentRequest::Traces => {
+                match (driver.traces().await, self.vees_with_own_dirs().await) {
+                    (Ok(mut vees), Ok(own)) => {
+                        vees.extend(own);
+                        vees.sort();
+                        vees.dedup();
+                        Ok(AgentResponse::Traces { vees })
+                    }
+                    (Err(e), _) | (_, Err(e)) => Err(e),
+                }
+            }
         };
         outcome.unwrap_or_else(|error| {
             let error = error.to_wire();

@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use veem_api::agent::{
-    AgentError, AgentErrorKind, DeploySpec, InstanceState, InstanceStatus, LanPlan, SourcePlan,
+    AgentError, AgentErrorKind, DeploySpec, DiskCopy, InstanceState, InstanceStatus, LanPlan,
+    SourcePlan,
 };
-use veem_model::VeeId;
+use veem_model::{DiskKind, VeeId};
 
 /// A hypervisor as the agent sees it: one instance per VEE, driven by the host-agent protocol.
 ///
@@ -77,12 +78,19 @@ pub trait Driver: Send + Sync + 'static {
     ) -> Result<(), DriverError>;
 
     /// Starts an instance that waits for an incoming migration; answers the URI that
-    /// [`Driver::migrate_out`] on the source host sends to.
-    async fn prepare_incoming(&self, spec: &DeploySpec) -> Result<String, DriverError>;
+    /// [`Driver::migrate_out`] on the source host sends to, and, when this host does not see
+    /// the VEE's disks at the paths of `spec` (no shared storage), where it receives them.
+    async fn prepare_incoming(&self, spec: &DeploySpec) -> Result<Incoming, DriverError>;
 
-    /// Sends a running or paused VEE to `uri`; the instance here ends when this returns `Ok`,
-    /// with the migration's figures.
-    async fn migrate_out(&self, vee: &VeeId, uri: &str) -> Result<MigrationStats, DriverError>;
+    /// Sends a running or paused VEE to `uri`, with its disks to `copy_disks_to` when the
+    /// destination asked for them; the instance here ends when this returns `Ok`, with the
+    /// migration's figures.
+    async fn migrate_out(
+        &self,
+        vee: &VeeId,
+        uri: &str,
+        copy_disks_to: Option<&DiskCopy>,
+    ) -> Result<MigrationStats, DriverError>;
 
     /// Lets an instance that received its migration run.
     async fn complete_incoming(&self, vee: &VeeId) -> Result<(), DriverError>;
@@ -101,12 +109,30 @@ pub trait Driver: Send + Sync + 'static {
     async fn traces(&self) -> Result<Vec<VeeId>, DriverError>;
 }
 
+/// A destination waiting for a live migration, as [`Driver::prepare_incoming`] answers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Incoming {
+    /// Where the source sends the VEE's memory and devices.
+    pub uri: String,
+    /// Where the source copies the VEE's disks; `None` when this host sees them already.
+    pub disks: Option<DiskCopy>,
+}
+
+impl Incoming {
+    /// A destination that sees the VEE's disks (shared storage).
+    pub fn shared(uri: String) -> Self {
+        Self { uri, disks: None }
+    }
+}
+
 /// A live migration sent from this host, as its hypervisor measured it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MigrationStats {
-    /// From the start of the migration to its completion.
+    /// From the start of the migration to its completion; with its disks copied, from the
+    /// start of the copy until the copies were complete.
     pub total_ms: u64,
-    /// How long the guest was stopped at the end, while its last state was copied.
+    /// How long the guest was stopped at the end, while its last state was copied (and, with
+    /// its disks copied, while the copies took their last writes).
     pub downtime_ms: u64,
 }
 
@@ -188,6 +214,17 @@ impl DriverError {
         }
         AgentError { kind, message }
     }
+}
+
+/// The disks the VEE owns, by target: those in its directory (a clone or a blank disk), which
+/// a live migration without shared storage copies. A disk used in place and a cdrom are their
+/// source's, which the destination must see itself.
+pub(crate) fn owned_disk_targets(spec: &DeploySpec) -> Vec<String> {
+    spec.disks
+        .iter()
+        .filter(|plan| plan.kind == DiskKind::Disk && (plan.clone || plan.source.is_none()))
+        .map(|plan| plan.target.clone())
+        .collect()
 }
 
 /// Checks that the kernel and initrd of a direct kernel boot are there, so a missing file is

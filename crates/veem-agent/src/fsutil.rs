@@ -87,6 +87,15 @@ pub(crate) async fn remove_if_present(path: &Path) -> Result<(), DriverError> {
     }
 }
 
+/// Removes a directory and everything in it; a directory that is already gone is fine.
+pub(crate) async fn remove_dir_if_present(path: &Path) -> Result<(), DriverError> {
+    match tokio::fs::remove_dir_all(path).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(DriverError::file(path, e)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

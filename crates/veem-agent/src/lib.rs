@@ -20,6 +20,6 @@ pub mod uplink;
 mod vee_locks;
 
 pub use agent::Agent;
-pub use driver::{check_disk_target, Driver, DriverError, MigrationStats};
+pub use driver::{check_disk_target, Driver, DriverError, Incoming, MigrationStats};
 pub use fetch::{FetchConfig, FetchError, Fetcher};
 pub use qemu::{QemuConfig, QemuDriver};

@@ -245,14 +245,19 @@ pub enum AgentRequest {
         target: String,
         out: PathBuf,
     },
-    /// Start an instance that waits for an incoming migration; answers its URI.
+    /// Start an instance that waits for an incoming migration; answers its URI, and where it
+    /// receives the VEE's disks when it cannot see them (see [`DiskCopy`]).
     PrepareIncoming {
         spec: DeploySpec,
     },
-    /// Send a running instance to `uri`; the instance here ends when done.
+    /// Send a running instance to `uri`; the instance here ends when done. With
+    /// `copy_disks_to` (what the destination answered), its disks are copied there while it
+    /// runs, and the host keeps nothing of it afterwards.
     MigrateOut {
         vee: VeeId,
         uri: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        copy_disks_to: Option<DiskCopy>,
     },
     /// Resume an instance that has received its migration.
     CompleteIncoming {
@@ -299,6 +304,19 @@ impl AgentRequest {
     }
 }
 
+/// Where a live migration's destination receives the disks it cannot see. The qemu driver
+/// runs an NBD server exporting, writable, one fresh disk of the right size per target, named
+/// by the target; the source mirrors each of its disks to `<address>/<target>` while the VEE
+/// runs, then migrates its memory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskCopy {
+    /// The receiving end: `nbd://<host>:<port>` (QEMU's NBD server), or the sim driver's
+    /// `sim://<the destination's VEE directory>`.
+    pub address: String,
+    /// The disks to copy, by target; every disk the VEE owns (in its directory).
+    pub targets: Vec<String>,
+}
+
 /// Why a host could not do what was asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -334,6 +352,10 @@ pub enum AgentResponse {
     },
     Incoming {
         uri: String,
+        /// `Some` when the destination does not see the VEE's disks (no shared storage): the
+        /// source copies them there while the VEE runs. Absent from an agent that predates it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        disks: Option<DiskCopy>,
     },
     /// The answer to [`AgentRequest::MigrateOut`]: the migration as the source hypervisor
     /// measured it, from its start to its completion and how long the guest was stopped.
@@ -376,4 +398,52 @@ pub enum AgentFrame {
         id: u64,
         response: AgentResponse,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_disk_copy_is_optional_on_the_wire_both_ways() {
+        // What an agent or a VEEM from before disk copies sends still reads, as no copy.
+        let incoming: AgentResponse =
+            serde_json::from_str(r#"{"result": "incoming", "uri": "tcp:127.0.0.1:1"}"#)
+                .expect("an old answer reads");
+        assert_eq!(
+            incoming,
+            AgentResponse::Incoming {
+                uri: "tcp:127.0.0.1:1".into(),
+                disks: None
+            }
+        );
+        let out: AgentRequest = serde_json::from_str(
+            r#"{"op": "migrate_out", "vee": "vee-00000001", "uri": "tcp:127.0.0.1:1"}"#,
+        )
+        .expect("an old request reads");
+        assert!(matches!(
+            out,
+            AgentRequest::MigrateOut {
+                copy_disks_to: None,
+                ..
+            }
+        ));
+        // And no copy is not written, so an older peer reads what a newer one sends.
+        let text = serde_json::to_string(&incoming).expect("serializes");
+        assert!(!text.contains("disks"), "{text}");
+
+        let copy = DiskCopy {
+            address: "nbd://127.0.0.1:2".into(),
+            targets: vec!["vda".into()],
+        };
+        let out = AgentRequest::MigrateOut {
+            vee: VeeId::from_seq(1),
+            uri: "tcp:127.0.0.1:1".into(),
+            copy_disks_to: Some(copy.clone()),
+        };
+        let back: AgentRequest =
+            serde_json::from_str(&serde_json::to_string(&out).expect("serializes"))
+                .expect("reads back");
+        assert_eq!(back, out);
+    }
 }

@@ -61,6 +61,10 @@ pub struct AgentArgs {
     /// Where the agent keeps what it needs to find its VEEs again after a restart
     #[arg(long)]
     pub state_dir: PathBuf,
+    /// Where the agent keeps its VEEs' directories as this machine's own storage, which no
+    /// other host sees; by default where the VEEM names them (the site's shared storage)
+    #[arg(long)]
+    pub vees_dir: Option<PathBuf>,
     /// Sim driver settings as TOML, e.g. 'latency_ms = { deploy = 100 }'
     #[arg(long, default_value = "")]
     pub sim: String,
@@ -119,12 +123,24 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
             toml::from_str(&args.qemu).context("--qemu is not valid qemu settings")?,
         ),
     };
+    let vees_dir = match &args.vees_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create --vees-dir {}", dir.display()))?;
+            Some(
+                std::fs::canonicalize(dir)
+                    .with_context(|| format!("cannot resolve --vees-dir {}", dir.display()))?,
+            )
+        }
+        None => None,
+    };
     let host = HostSpec {
         name: name.clone(),
         cpus: args.cpus,
         memory_mb: args.memory_mb,
         settings,
         state_dir,
+        vees_dir,
     };
     let fetch = veem_agent::FetchConfig {
         max_bytes: args.fetch_max_bytes,

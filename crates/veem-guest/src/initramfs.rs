@@ -9,7 +9,8 @@ use crate::{
     BOOT_LOG_PATH, BOOT_MARKER, DEFAULT_NIC_PREFIX, DISCARD_PORT, ECHO_PORT, HEARTBEAT_MARKER,
     KPI_INTERVAL_S, KPI_LINE_PREFIX, NIC_IP_SUFFIX, NIC_MAC_SUFFIX, NIC_PREFIX_SUFFIX,
     NIC_PROPERTY_PREFIX, OVF_ENV_PATH, POWEROFF_AFTER_PROPERTY, POWEROFF_MARKER, PROBE_BUDGET_MS,
-    PROBE_LOG_PATH, PROBE_PROPERTY, READY_MARKER,
+    PROBE_LOG_PATH, PROBE_PROPERTY, READY_MARKER, WRITES_LOG_PATH, WRITE_EVERY_PROPERTY,
+    WROTE_MARKER,
 };
 
 /// The busybox applets `/init`, its network functions and the handler call, as links in
@@ -240,6 +241,23 @@ bench_send=$(property {BENCH_SEND_PROPERTY})
 bench_ping=$(property {BENCH_PING_PROPERTY})
 if [ -n "$bench_send$bench_ping" ]; then
 	bench "$bench_send" "$bench_ping" < /dev/null &
+fi
+# A guest busy with its disk, when its context asks for it: a flushed line every so often.
+write_every=$(property {WRITE_EVERY_PROPERTY})
+if [ -n "$write_every" ] && [ $boot -gt 0 ]; then
+	(
+		written=0
+		if [ -f {DISK_MOUNT}/{WRITES_LOG_PATH} ]; then
+			while read -r word n; do written=$n; done < {DISK_MOUNT}/{WRITES_LOG_PATH}
+		fi
+		while :; do
+			written=$((written + 1))
+			echo "write $written" >> {DISK_MOUNT}/{WRITES_LOG_PATH}
+			sync {DISK_MOUNT}/{WRITES_LOG_PATH}
+			echo "{WROTE_MARKER} $written"
+			sleep "$write_every"
+		done
+	) < /dev/null &
 fi
 # The guest's own agent: its KPIs to the host, over virtio-serial.
 report_kpis {VIRTIO_PORTS_DIR} /proc < /dev/null &

@@ -100,6 +100,16 @@ pub const POWEROFF_MARKER: &str = "VEEM-GUEST-POWEROFF";
 /// powers itself off (as on the power button) that long after it is ready, at every boot. It
 /// stands for a guest whose own user shuts it down.
 pub const POWEROFF_AFTER_PROPERTY: &str = "veem.guest.poweroff_after_s";
+/// A context property: when the VEE's `ovf-env.xml` sets it to a number of seconds, the guest
+/// writes to its own disk that often once it is ready: it appends `write <n>` to
+/// [`WRITES_LOG_PATH`], flushes it to the disk, then prints [`WROTE_MARKER`]` <n>` on its
+/// console. It stands for a guest busy with its disk (while it moves, say).
+pub const WRITE_EVERY_PROPERTY: &str = "veem.guest.write_every_s";
+/// On the guest's disk: the lines [`WRITE_EVERY_PROPERTY`] asks for, `write 1`, `write 2`...,
+/// counted on from the last line there at every boot.
+pub const WRITES_LOG_PATH: &str = "veem/writes.log";
+/// Printed with the number of each write of [`WRITE_EVERY_PROPERTY`], once it is on the disk.
+pub const WROTE_MARKER: &str = "VEEM-GUEST-WROTE";
 /// A context property: with [`NIC_MAC_SUFFIX`], [`NIC_IP_SUFFIX`] or [`NIC_PREFIX_SUFFIX`]
 /// around a NIC's target (`eth0`, `eth1`, ...: a name on the host's side, which the guest's
 /// interface need not have), the keys `veem.nic.<target>.mac` (`02:00:00:00:00:40`),

@@ -30,6 +30,11 @@ pub struct HostConfig {
     /// The qemu driver's settings (binary, accelerator, migration limits...).
     #[serde(default)]
     pub qemu: QemuConfig,
+    /// Where this host keeps its VEEs' directories as its own storage, which no other host
+    /// sees (relative to `data_dir`); by default they are the site's shared `data_dir/vees`.
+    /// A VEE moves live to or from such a host with its disks copied.
+    #[serde(default)]
+    pub vees_dir: Option<PathBuf>,
 }
 
 impl HostConfig {
@@ -160,6 +165,22 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn a_host_may_keep_its_vees_directories_as_its_own() {
+        let site = SiteConfig::parse(
+            "listen = \"127.0.0.1:1\"\ndata_dir = \"/tmp/x\"\n\
+             [[host]]\nname = \"a\"\ndriver = \"sim\"\ncpus = 1\nmemory_mb = 1\n\
+             vees_dir = \"own/a\"\n\
+             [[host]]\nname = \"b\"\ndriver = \"sim\"\ncpus = 1\nmemory_mb = 1\n",
+        )
+        .expect("valid");
+        assert_eq!(site.hosts[0].vees_dir, Some(PathBuf::from("own/a")));
+        assert_eq!(
+            site.hosts[1].vees_dir, None,
+            "the shared data_dir/vees by default"
+        );
     }
 
     #[test]

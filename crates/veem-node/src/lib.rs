@@ -45,6 +45,9 @@ pub struct HostSpec {
     /// Where its driver keeps what it needs to find its VEEs again after a restart, and its
     /// cache of fetched sources.
     pub state_dir: PathBuf,
+    /// Where it keeps its VEEs' directories as its own storage (absolute); `None`: where the
+    /// VEEM names them, on the site's shared storage.
+    pub vees_dir: Option<PathBuf>,
 }
 
 /// The fetching of `http(s)://` sources with its settings and HTTP client, which the hosts of
@@ -59,10 +62,12 @@ pub fn fetching(fetch: FetchConfig, cache_dir: PathBuf) -> anyhow::Result<Fetche
 pub fn host_agent(host: &HostSpec, fetching: &Fetcher) -> anyhow::Result<Arc<Agent>> {
     let driver = driver(&host.settings, &host.state_dir)?;
     let fetcher = fetching.for_cache(veem_layout::fetch_cache_dir(&host.state_dir));
-    Ok(Arc::new(
-        Agent::new(host.name.clone(), driver, host.cpus, host.memory_mb)
-            .with_fetcher(Arc::new(fetcher)),
-    ))
+    let agent = Agent::new(host.name.clone(), driver, host.cpus, host.memory_mb)
+        .with_fetcher(Arc::new(fetcher));
+    Ok(Arc::new(match &host.vees_dir {
+        Some(dir) => agent.with_vees_dir(dir.clone()),
+        None => agent,
+    }))
 }
 
 /// The `[[host]]`s of the config, each in its state directory under `data_dir` (the resolved
@@ -92,6 +97,7 @@ pub fn in_process_hosts(
                 memory_mb: host.memory_mb,
                 settings: host.settings(),
                 state_dir: veem_layout::host_state_dir(data_dir, &host.name),
+                vees_dir: host.vees_dir.as_ref().map(|dir| data_dir.join(dir)),
             };
             let agent =
                 host_agent(&spec, &fetching).with_context(|| format!("host {}", host.name))?;

@@ -8,13 +8,12 @@ use std::path::Path;
 
 use veem_api::agent::{DiskCounters, NicCounters};
 
-use super::machine::CONTEXT_TARGET;
+use super::machine::{CONTEXT_TARGET, DRIVE_ID_PREFIX};
 use super::qmp::BlockStats;
 use crate::DriverError;
 
-/// How `machine::command_line` names a disk's `-drive` (`drive-<target>`) and its device
-/// (`disk-<target>`, whose QOM path is under this prefix).
-const DRIVE_ID_PREFIX: &str = "drive-";
+/// How `machine::command_line` names a disk's device (`disk-<target>`, whose QOM path is
+/// under this prefix).
 const DISK_QOM_PREFIX: &str = "/machine/peripheral/disk-";
 /// Linux's longest interface name (`IFNAMSIZ` less its terminating NUL).
 const MAX_INTERFACE_NAME: usize = 15;

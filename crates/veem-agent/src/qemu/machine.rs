@@ -62,6 +62,14 @@ pub struct PluggedCpu {
     pub props: BTreeMap<String, i64>,
 }
 
+/// How [`command_line`] names a disk's `-drive`: `drive-<target>`, the name QMP knows it by.
+pub const DRIVE_ID_PREFIX: &str = "drive-";
+
+/// The `-drive` id of the disk `target`.
+pub fn drive_id(target: &str) -> String {
+    format!("{DRIVE_ID_PREFIX}{target}")
+}
+
 /// The target (and serial) of the context disk, always the last drive and never booted from.
 pub const CONTEXT_TARGET: &str = "context";
 

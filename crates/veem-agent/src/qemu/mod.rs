@@ -52,7 +52,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use veem_api::agent::{DeploySpec, InstanceState, InstanceStatus, LanPlan};
+use veem_api::agent::{DeploySpec, DiskCopy, InstanceState, InstanceStatus, LanPlan};
 use veem_model::VeeId;
 
 pub use config::{detect_accel, resolve_accel, Accel, AccelChoice, QemuConfig};
@@ -65,9 +65,10 @@ pub use instances::QemuDriver;
 pub use machine::CONTEXT_TARGET;
 pub use machine::{shape_path, MachineShape, PluggedCpu};
 
-use crate::{Driver, DriverError, MigrationStats};
+use crate::{Driver, DriverError, Incoming, MigrationStats};
 use instances::{qmp_failed, Instance, MIB};
 use launch::check_spec;
+use migration::discard_unfinished_copy;
 use state_files::{remove_files_of, vees_with_files, write_json};
 
 #[async_trait::async_trait]
@@ -80,6 +81,8 @@ impl Driver for QemuDriver {
         let _guard = self.lock_vee(&spec.vee).await;
         self.refuse_existing(&spec.vee).await?;
         check_spec(spec)?;
+        // A copy a crash left unfinished is not the VEE's disks.
+        discard_unfinished_copy(spec).await?;
         let drives = disks::prepare(&self.config.qemu_img, spec).await?;
         let shape = MachineShape::for_boot(spec);
         write_json(&shape_path(&spec.vee_dir), &shape).await?;
@@ -169,7 +172,10 @@ impl Driver for QemuDriver {
             return Ok(());
         };
         self.end_process(&instance).await;
-        self.forget(&instance).await
+        self.forget(&instance).await?;
+        // An incoming migration given up: the disks it was copying are not the VEE's.
+        let spec = instance.record().spec.clone();
+        discard_unfinished_copy(&spec).await
     }
 
     async fn resize(&self, vee: &VeeId, cpu: u32, memory_mb: u64) -> Result<(), DriverError> {
@@ -206,14 +212,19 @@ impl Driver for QemuDriver {
         disks::export(&self.config.qemu_img, vee_dir, target, out).await
     }
 
-    async fn prepare_incoming(&self, spec: &DeploySpec) -> Result<String, DriverError> {
+    async fn prepare_incoming(&self, spec: &DeploySpec) -> Result<Incoming, DriverError> {
         let _guard = self.lock_vee(&spec.vee).await;
         self.receive_migration(spec).await
     }
 
-    async fn migrate_out(&self, vee: &VeeId, uri: &str) -> Result<MigrationStats, DriverError> {
+    async fn migrate_out(
+        &self,
+        vee: &VeeId,
+        uri: &str,
+        copy_disks_to: Option<&DiskCopy>,
+    ) -> Result<MigrationStats, DriverError> {
         let _guard = self.lock_vee(vee).await;
-        self.send_migration(vee, uri).await
+        self.send_migration(vee, uri, copy_disks_to).await
     }
 
     async fn complete_incoming(&self, vee: &VeeId) -> Result<(), DriverError> {

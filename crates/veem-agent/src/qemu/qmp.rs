@@ -404,6 +404,103 @@ pub struct MigrateSetParameters {
 }
 command!(MigrateSetParameters, "migrate-set-parameters", Empty);
 
+/// The block backends (every `-drive`) and the node each one's medium is.
+#[derive(Debug, Serialize)]
+pub struct QueryBlock;
+command!(QueryBlock, "query-block", Vec<BlockInfo>);
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct BlockInfo {
+    /// The backend's name: the `id` of its `-drive`.
+    pub device: String,
+    /// Its medium; absent for an empty drive.
+    pub inserted: Option<BlockInserted>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BlockInserted {
+    /// The top node of the medium, which an export names.
+    pub node_name: String,
+}
+
+/// Starts QEMU's NBD server, which serves the exports [`BlockExportAdd`] makes: the receiving
+/// end of a disk copy.
+#[derive(Debug, Serialize)]
+pub struct NbdServerStart {
+    pub addr: SocketAddressLegacy,
+}
+command!(NbdServerStart, "nbd-server-start", Empty);
+
+/// `{"type": "inet", "data": {"host": .., "port": ..}}`.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", content = "data", rename_all = "lowercase")]
+pub enum SocketAddressLegacy {
+    Inet { host: String, port: String },
+}
+
+/// Stops the NBD server and removes its exports.
+#[derive(Debug, Serialize)]
+pub struct NbdServerStop;
+command!(NbdServerStop, "nbd-server-stop", Empty);
+
+/// Exports a node over the NBD server (`type: nbd`) under `name`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BlockExportAdd {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub id: String,
+    pub node_name: String,
+    pub name: String,
+    pub writable: bool,
+}
+command!(BlockExportAdd, "block-export-add", Empty);
+
+/// Mirrors a drive to an existing target (here an NBD export) as a block job `job_id`; the
+/// job becomes ready (`BLOCK_JOB_READY`) once both hold the same bytes, and keeps them so
+/// until it is cancelled, which then leaves the target a copy as of that moment.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct DriveMirror {
+    pub job_id: String,
+    pub device: String,
+    /// The target's file name (`nbd://host:port/export`).
+    pub target: String,
+    /// `raw`: the NBD server serves the disk's contents, whatever its own format.
+    pub format: &'static str,
+    /// `existing`: the target is opened, never created.
+    pub mode: &'static str,
+    /// `full`: the whole disk, backing chain included.
+    pub sync: &'static str,
+    /// `write-blocking`: once ready, each guest write reaches the target before it completes,
+    /// so the copy never falls behind a busy guest.
+    pub copy_mode: &'static str,
+}
+command!(DriveMirror, "drive-mirror", Empty);
+
+#[derive(Debug, Serialize)]
+pub struct QueryBlockJobs;
+command!(QueryBlockJobs, "query-block-jobs", Vec<BlockJobInfo>);
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct BlockJobInfo {
+    /// The job's id.
+    pub device: String,
+    pub ready: bool,
+    pub len: u64,
+    pub offset: u64,
+}
+
+/// Ends a block job. A ready mirror ends cleanly (`BLOCK_JOB_COMPLETED`) once its target holds
+/// what the source holds; `force` ends any job at once.
+#[derive(Debug, Serialize)]
+pub struct BlockJobCancel {
+    pub device: String,
+    pub force: bool,
+}
+command!(BlockJobCancel, "block-job-cancel", Empty);
+
 /// The I/O statistics of every block backend (every `-drive`), counted since QEMU started.
 #[derive(Debug, Serialize)]
 pub struct QueryBlockstats;
@@ -572,6 +669,50 @@ mod tests {
         assert_eq!(events.recv().await.unwrap().event, "STOP");
         client.execute(&Balloon { value: 64 << 20 }).await.unwrap();
         client.execute(&Stop).await.unwrap();
+    }
+
+    #[test]
+    fn disk_copy_commands_have_qemus_argument_names() {
+        let start = NbdServerStart {
+            addr: SocketAddressLegacy::Inet {
+                host: "127.0.0.1".into(),
+                port: "10809".into(),
+            },
+        };
+        assert_eq!(
+            serde_json::to_value(&start).unwrap(),
+            serde_json::json!({"addr": {"type": "inet", "data": {"host": "127.0.0.1", "port": "10809"}}})
+        );
+        let export = BlockExportAdd {
+            kind: "nbd",
+            id: "copy-vda".into(),
+            node_name: "#block123".into(),
+            name: "vda".into(),
+            writable: true,
+        };
+        assert_eq!(
+            serde_json::to_value(&export).unwrap(),
+            serde_json::json!({"type": "nbd", "id": "copy-vda", "node-name": "#block123", "name": "vda", "writable": true})
+        );
+        let mirror = DriveMirror {
+            job_id: "copy-vda".into(),
+            device: "drive-vda".into(),
+            target: "nbd://127.0.0.1:10809/vda".into(),
+            format: "raw",
+            mode: "existing",
+            sync: "full",
+            copy_mode: "write-blocking",
+        };
+        let value = serde_json::to_value(&mirror).unwrap();
+        assert_eq!(value["job-id"], "copy-vda");
+        assert_eq!(value["copy-mode"], "write-blocking");
+        let blocks: Vec<BlockInfo> = serde_json::from_value(serde_json::json!([
+            {"device": "drive-vda", "inserted": {"node-name": "#block123", "ro": false}, "locked": false},
+            {"device": "drive-empty", "locked": false}
+        ]))
+        .unwrap();
+        assert_eq!(blocks[0].inserted.as_ref().unwrap().node_name, "#block123");
+        assert!(blocks[1].inserted.is_none());
     }
 
     #[tokio::test]

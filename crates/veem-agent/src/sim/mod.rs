@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use veem_api::agent::{
-    DeploySpec, DiskCounters, InstanceState, InstanceStatus, LanPlan, NicCounters,
+    DeploySpec, DiskCopy, DiskCounters, InstanceState, InstanceStatus, LanPlan, NicCounters,
 };
 use veem_layout::{context_document_path, disk_path, now_ms, source_note_path};
 use veem_model::VeeId;
@@ -36,9 +36,9 @@ use veem_model::VeeId;
 pub use config::{FaultSpec, LatencyConfig, SimConfig, FAULT_OPS};
 use journal::{Change, Journal};
 
-use crate::driver::{check_boot_files, check_disk_target, local_source};
+use crate::driver::{check_boot_files, check_disk_target, local_source, owned_disk_targets};
 use crate::vee_locks::{VeeGuard, VeeLocks};
-use crate::{fsutil, Driver, DriverError, MigrationStats};
+use crate::{fsutil, Driver, DriverError, Incoming, MigrationStats};
 
 /// Share of its vCPUs a running simulated guest keeps busy, in percent.
 const LOAD_PERCENT: u64 = 25;
@@ -436,6 +436,33 @@ impl SimDriver {
     }
 }
 
+/// The directory a `sim://` disk copy names, once the copy asks for exactly the disks the VEE
+/// owns (no disk left behind, none used in place overwritten).
+fn copy_destination(copy: &DiskCopy, spec: &DeploySpec) -> Result<PathBuf, DriverError> {
+    let dir = copy
+        .address
+        .strip_prefix(URI_SCHEME)
+        .filter(|dir| Path::new(dir).is_absolute())
+        .ok_or_else(|| DriverError::Invalid {
+            what: "disk copy",
+            reason: format!("{:?} is not {URI_SCHEME}<absolute directory>", copy.address),
+        })?;
+    let mut owned = owned_disk_targets(spec);
+    let mut asked = copy.targets.clone();
+    owned.sort();
+    asked.sort();
+    if owned != asked {
+        return Err(DriverError::Invalid {
+            what: "disk copy",
+            reason: format!(
+                "the destination asks for disks {asked:?}; {} owns {owned:?}",
+                spec.vee
+            ),
+        });
+    }
+    Ok(PathBuf::from(dir))
+}
+
 /// Reads the boot identity a migration's source left in the VEE's directory.
 async fn read_boot_id(path: &Path) -> Result<u64, DriverError> {
     let bytes = fsutil::read(path).await?;
@@ -652,14 +679,32 @@ impl Driver for SimDriver {
         fsutil::copy_atomic(&disk, out).await
     }
 
-    async fn prepare_incoming(&self, spec: &DeploySpec) -> Result<String, DriverError> {
+    /// Like the qemu driver, it asks for the VEE's own disks when none of them is in the
+    /// spec's directory (this host does not see the source's storage): the source copies the
+    /// files into that directory, named in a `sim://` address.
+    async fn prepare_incoming(&self, spec: &DeploySpec) -> Result<Incoming, DriverError> {
         let delay = self.latency.for_op("prepare_incoming");
         let _guard = self
             .enter("prepare_incoming", &spec.vee, Some(&spec.name), delay)
             .await?;
         self.refuse_existing(&spec.vee)?;
-        // The boot identity is not known yet: the source writes it when it sends the VEE.
-        self.check_disks_present(spec).await?;
+        let owned = owned_disk_targets(spec);
+        let mut missing = Vec::new();
+        for target in &owned {
+            if !fsutil::exists(&disk_path(&spec.vee_dir, target)).await? {
+                missing.push(target.clone());
+            }
+        }
+        let disks = if !owned.is_empty() && missing.len() == owned.len() {
+            Some(DiskCopy {
+                address: format!("{URI_SCHEME}{}", spec.vee_dir.display()),
+                targets: owned,
+            })
+        } else {
+            // The boot identity is not known yet: the source writes it when it sends the VEE.
+            self.check_disks_present(spec).await?;
+            None
+        };
         self.commit(SimInstance::new(
             spec,
             InstanceState::Incoming,
@@ -667,14 +712,18 @@ impl Driver for SimDriver {
             now_ms(),
         ))
         .await?;
-        Ok(format!(
-            "{URI_SCHEME}{}/{}",
-            self.state_dir.display(),
-            spec.vee
-        ))
+        let uri = format!("{URI_SCHEME}{}/{}", self.state_dir.display(), spec.vee);
+        Ok(Incoming { uri, disks })
     }
 
-    async fn migrate_out(&self, vee: &VeeId, uri: &str) -> Result<MigrationStats, DriverError> {
+    /// With `copy_disks_to`, the VEE's own disk files are copied into the destination's
+    /// directory and the VEE's directory here is removed; the transfer time is the same.
+    async fn migrate_out(
+        &self,
+        vee: &VeeId,
+        uri: &str,
+        copy_disks_to: Option<&DiskCopy>,
+    ) -> Result<MigrationStats, DriverError> {
         let transfer = self.latency.for_op("migrate_out");
         let _guard = self.enter("migrate_out", vee, None, transfer).await?;
         if !uri.starts_with(URI_SCHEME) {
@@ -692,9 +741,27 @@ impl Driver for SimDriver {
         // so it trusts the VEEM to have prepared it, and hands over the boot identity through
         // the shared storage, before the instance here ends.
         let boot_id = instance.known_boot_id("migrate_out")?;
-        let boot_id_file = instance.spec.vee_dir.join(BOOT_ID_FILE);
+        let handover_dir = match copy_disks_to {
+            Some(copy) => {
+                let dir = copy_destination(copy, &instance.spec)?;
+                for target in &copy.targets {
+                    fsutil::copy_atomic(
+                        &disk_path(&instance.spec.vee_dir, target),
+                        &disk_path(&dir, target),
+                    )
+                    .await?;
+                }
+                dir
+            }
+            None => instance.spec.vee_dir.clone(),
+        };
+        let boot_id_file = handover_dir.join(BOOT_ID_FILE);
         fsutil::write_atomic(&boot_id_file, boot_id.to_string().as_bytes()).await?;
         self.forget(vee).await?;
+        if copy_disks_to.is_some() {
+            // Its disks live at the destination now; nothing of the VEE stays here.
+            fsutil::remove_dir_if_present(&instance.spec.vee_dir).await?;
+        }
         // The configured transfer time is the whole migration; the sim has no stop-and-copy
         // phase, so no downtime.
         Ok(MigrationStats {

@@ -85,11 +85,15 @@ async fn requests_reach_the_driver_and_answer_in_kind() {
         .handle(AgentRequest::PrepareIncoming { spec: web.clone() })
         .await
     {
-        AgentResponse::Incoming { uri } => uri,
+        AgentResponse::Incoming { uri, disks: None } => uri,
         other => panic!("expected an incoming uri, got {other:?}"),
     };
     let moved = agent
-        .handle(AgentRequest::MigrateOut { vee: vee(1), uri })
+        .handle(AgentRequest::MigrateOut {
+            vee: vee(1),
+            uri,
+            copy_disks_to: None,
+        })
         .await;
     assert_eq!(
         moved,
@@ -201,4 +205,53 @@ fn a_status_from_an_agent_without_device_figures_still_parses() {
         }
         other => panic!("expected a list, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn a_host_with_its_own_vees_dir_keeps_its_vees_there_and_purge_removes_them() {
+    let shared = tempfile::tempdir().unwrap();
+    let own = shared.path().join("own-h1");
+    let agent = agent_on(shared.path(), SimConfig::default()).with_vees_dir(own.clone());
+    let mut web = spec(1, "web", shared.path());
+    web.disks = vec![blank("vda", 4)];
+    let named = web.vee_dir.clone();
+    let deployed = agent.handle(AgentRequest::Deploy { spec: web }).await;
+    assert_eq!(deployed, AgentResponse::Done);
+    let mine = own.join(vee(1).as_str());
+    assert!(
+        veem_layout::disk_path(&mine, "vda").exists(),
+        "its disk is the host's own"
+    );
+    assert!(
+        !veem_layout::disk_path(&named, "vda").exists(),
+        "nothing where the VEEM named the directory"
+    );
+    let out = shared.path().join("export.qcow2");
+    let exported = agent
+        .handle(AgentRequest::ExportDisk {
+            vee_dir: named,
+            target: "vda".into(),
+            out: out.clone(),
+        })
+        .await;
+    assert_eq!(
+        exported,
+        AgentResponse::Done,
+        "the host exports its own copy"
+    );
+    assert!(out.exists());
+    assert_eq!(
+        agent.handle(AgentRequest::Traces).await,
+        AgentResponse::Traces { vees: vec![vee(1)] }
+    );
+    let destroyed = agent.handle(AgentRequest::Destroy { vee: vee(1) }).await;
+    assert_eq!(destroyed, AgentResponse::Done);
+    assert!(mine.exists(), "a destroyed VEE keeps its disks");
+    let purged = agent.handle(AgentRequest::Purge { vee: vee(1) }).await;
+    assert_eq!(purged, AgentResponse::Done);
+    assert!(!mine.exists(), "purge removes the host's own directory");
+    assert_eq!(
+        agent.handle(AgentRequest::Traces).await,
+        AgentResponse::Traces { vees: vec![] }
+    );
 }

@@ -482,6 +482,126 @@ async fn clones_keep_the_guests_writes_and_export_flattens_them() {
     ));
 }
 
+/// Runs qemu-io on a running VEE's disk `target`, through its QEMU (the file is locked).
+async fn qemu_io_live(driver: &QemuDriver, vee: &VeeId, target: &str, command: &str) {
+    let qmp = driver.qmp(vee).await.unwrap();
+    let line = format!("qemu-io drive-{target} \"{command}\"");
+    let answer = qmp
+        .execute_value(
+            "human-monitor-command",
+            serde_json::json!({ "command-line": line }),
+        )
+        .await
+        .unwrap();
+    assert!(
+        !answer.as_str().unwrap_or_default().contains("error"),
+        "{line}: {answer}"
+    );
+}
+
+#[tokio::test]
+async fn without_shared_storage_a_live_migration_copies_the_disks_and_an_unfinished_copy_goes() {
+    require_qemu!();
+    let scene = Scene::new();
+    let source = host(scene.path(), "h1");
+    let target = host(scene.path(), "h2");
+    // Each host sees only its own directory of the VEE.
+    let on_source = tiny(11, &scene.path().join("own-h1"));
+    let on_target = tiny(11, &scene.path().join("own-h2"));
+    source.deploy(&on_source).await.unwrap();
+    qemu_io_live(&source, &on_source.vee, "vda", "write -P 0x5a 1M 64k").await;
+
+    // A copy given up leaves nothing that could pass for the VEE's disk.
+    let incoming = target.prepare_incoming(&on_target).await.unwrap();
+    let copy = incoming
+        .disks
+        .expect("the target does not see the disk: a copy");
+    assert_eq!(copy.targets, ["vda"]);
+    assert!(copy.address.starts_with("nbd://127.0.0.1:"), "{copy:?}");
+    assert!(disk_path(&on_target.vee_dir, "vda").exists());
+    target.destroy(&on_target.vee).await.unwrap();
+    assert!(!disk_path(&on_target.vee_dir, "vda").exists());
+
+    let incoming = target.prepare_incoming(&on_target).await.unwrap();
+    let copy = incoming.disks.expect("a copy again");
+    // A copy that cannot reach its target fails and leaves the VEE running at the source,
+    // with no block job behind.
+    let nowhere = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let unreachable = veem_api::agent::DiskCopy {
+        address: format!("nbd://127.0.0.1:{nowhere}"),
+        ..copy.clone()
+    };
+    assert!(matches!(
+        source
+            .migrate_out(&on_source.vee, &incoming.uri, Some(&unreachable))
+            .await,
+        Err(DriverError::Failed { .. })
+    ));
+    assert_eq!(
+        state_of(&source, &on_source.vee).await,
+        InstanceState::Running
+    );
+    let jobs = source
+        .qmp(&on_source.vee)
+        .await
+        .unwrap()
+        .execute_value("query-block-jobs", Value::Null)
+        .await
+        .unwrap();
+    assert_eq!(jobs, serde_json::json!([]));
+    // The source refuses a copy that would leave a disk behind.
+    let partial = veem_api::agent::DiskCopy {
+        targets: vec![],
+        ..copy.clone()
+    };
+    assert!(matches!(
+        source
+            .migrate_out(&on_source.vee, &incoming.uri, Some(&partial))
+            .await,
+        Err(DriverError::Invalid { .. })
+    ));
+    let stats = source
+        .migrate_out(&on_source.vee, &incoming.uri, Some(&copy))
+        .await
+        .unwrap();
+    assert!(source.list().await.unwrap().is_empty());
+    assert!(
+        !on_source.vee_dir.exists(),
+        "the source keeps nothing of the VEE"
+    );
+    // Arrived, but paused until the target has closed its exports.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut arrived = state_of(&target, &on_target.vee).await;
+    while arrived == InstanceState::Incoming && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        arrived = state_of(&target, &on_target.vee).await;
+    }
+    assert_eq!(arrived, InstanceState::Paused);
+    target.complete_incoming(&on_target.vee).await.unwrap();
+    assert_eq!(
+        state_of(&target, &on_target.vee).await,
+        InstanceState::Running
+    );
+    // Written at the destination too: its disk is its own now.
+    qemu_io_live(&target, &on_target.vee, "vda", "write -P 0x6b 2M 64k").await;
+    eprintln!("qemu: live migration with a 1 GiB disk copied: {stats:?}");
+    target.destroy(&on_target.vee).await.unwrap();
+    let disk = disk_path(&on_target.vee_dir, "vda");
+    assert!(
+        qemu_io(&disk, "read -P 0x5a 1M 64k"),
+        "written at the source"
+    );
+    assert!(
+        qemu_io(&disk, "read -P 0x6b 2M 64k"),
+        "written at the target"
+    );
+    assert!(qemu_io(&disk, "read -P 0 0 1M"), "the rest as it was");
+}
+
 #[tokio::test]
 async fn live_migration_moves_a_running_vee_to_another_driver() {
     require_qemu!();
@@ -493,7 +613,7 @@ async fn live_migration_moves_a_running_vee_to_another_driver() {
     source.resize(&spec.vee, 2, 80).await.unwrap();
     let source_pid = source.pid(&spec.vee).unwrap();
 
-    let uri = target.prepare_incoming(&spec).await.unwrap();
+    let uri = target.prepare_incoming(&spec).await.unwrap().uri;
     assert!(uri.starts_with("tcp:127.0.0.1:"), "{uri}");
     assert_eq!(state_of(&target, &spec.vee).await, InstanceState::Incoming);
     // Nothing has arrived yet: there is nothing to complete.
@@ -503,7 +623,7 @@ async fn live_migration_moves_a_running_vee_to_another_driver() {
     ));
 
     let started = Instant::now();
-    let stats = source.migrate_out(&spec.vee, &uri).await.unwrap();
+    let stats = source.migrate_out(&spec.vee, &uri, None).await.unwrap();
     let migrate_ms = started.elapsed().as_millis();
     assert!(!proc_alive(source_pid));
     assert!(source.list().await.unwrap().is_empty());
@@ -528,11 +648,11 @@ async fn live_migration_moves_a_running_vee_to_another_driver() {
         stats.total_ms, stats.downtime_ms
     );
     assert!(matches!(
-        source.migrate_out(&spec.vee, &uri).await,
+        source.migrate_out(&spec.vee, &uri, None).await,
         Err(DriverError::NoSuchInstance(_))
     ));
     assert!(matches!(
-        target.migrate_out(&spec.vee, "file:/tmp/x").await,
+        target.migrate_out(&spec.vee, "file:/tmp/x", None).await,
         Err(DriverError::Invalid { .. })
     ));
     target.destroy(&spec.vee).await.unwrap();
@@ -767,12 +887,12 @@ async fn nics_on_a_lan_are_plugged_into_its_bridge_on_every_host_of_the_machine(
     );
 
     // A live migration's destination plugs its own tap into the same bridge.
-    let uri = h1.prepare_incoming(&db).await.unwrap();
+    let uri = h1.prepare_incoming(&db).await.unwrap().uri;
     let incoming_taps = taps_of(&h1, &db.vee);
     assert_ne!(incoming_taps, db_taps);
     assert_eq!(master_of(&incoming_taps[1]).as_deref(), Some(bridge));
     assert_eq!(master_of(&incoming_taps[0]), None);
-    h2.migrate_out(&db.vee, &uri).await.unwrap();
+    h2.migrate_out(&db.vee, &uri, None).await.unwrap();
     h1.complete_incoming(&db.vee).await.unwrap();
     assert!(
         !Path::new("/sys/class/net").join(&db_taps[1]).exists(),
@@ -924,8 +1044,8 @@ async fn the_guest_agents_reports_come_once_each_across_an_adoption_and_a_live_m
     // After a live migration the guest, the same one, reports through the destination's
     // own socket; the source's reader went with its instance.
     let target = host(shared.path(), "h2");
-    let uri = target.prepare_incoming(&spec).await.unwrap();
-    adopted.migrate_out(&spec.vee, &uri).await.unwrap();
+    let uri = target.prepare_incoming(&spec).await.unwrap().uri;
+    adopted.migrate_out(&spec.vee, &uri, None).await.unwrap();
     target.complete_incoming(&spec.vee).await.unwrap();
     let migrated = take_reports(&target, &spec, 2, false).await;
     assert!(

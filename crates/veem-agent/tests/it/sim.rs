@@ -386,6 +386,50 @@ async fn export_disk_writes_the_clone_or_the_source_in_use() {
 }
 
 #[tokio::test]
+async fn without_shared_storage_a_migration_copies_the_disks_and_the_source_keeps_nothing() {
+    let shared = tempfile::tempdir().unwrap();
+    let base = image(shared.path(), "base.qcow2", b"base");
+    let source = host(shared.path(), "h1", SimConfig::default());
+    let target = host(shared.path(), "h2", SimConfig::default());
+    // Each host sees only its own directory of the VEE.
+    let mut on_source = spec(1, "web", &shared.path().join("own-h1"));
+    on_source.disks = vec![clone_of("vda", &base), blank("vdb", 1)];
+    let mut on_target = on_source.clone();
+    on_target.vee_dir = shared.path().join("own-h2").join(on_source.vee.as_str());
+    source.deploy(&on_source).await.unwrap();
+    let boot_id = source.boot_id(&on_source.vee).unwrap();
+
+    let incoming = target.prepare_incoming(&on_target).await.unwrap();
+    let copy = incoming.disks.expect("the target sees no disk: a copy");
+    assert_eq!(copy.targets, ["vda", "vdb"]);
+    let partial = veem_api::agent::DiskCopy {
+        targets: vec!["vda".into()],
+        ..copy.clone()
+    };
+    assert!(matches!(
+        source
+            .migrate_out(&on_source.vee, &incoming.uri, Some(&partial))
+            .await,
+        Err(DriverError::Invalid { .. })
+    ));
+    source
+        .migrate_out(&on_source.vee, &incoming.uri, Some(&copy))
+        .await
+        .unwrap();
+    assert!(!on_source.vee_dir.exists(), "the source keeps nothing");
+    for target_disk in ["vda", "vdb"] {
+        assert!(disk_path(&on_target.vee_dir, target_disk).exists());
+    }
+    target.complete_incoming(&on_target.vee).await.unwrap();
+    assert_eq!(target.boot_id(&on_target.vee), Some(boot_id));
+
+    // Back to a host that sees them: no copy.
+    let back = host(shared.path(), "h3", SimConfig::default());
+    let incoming = back.prepare_incoming(&on_target).await.unwrap();
+    assert_eq!(incoming.disks, None);
+}
+
+#[tokio::test]
 async fn migration_moves_the_instance_and_keeps_its_boot_identity() {
     let shared = tempfile::tempdir().unwrap();
     let base = image(shared.path(), "base.qcow2", b"base");
@@ -396,7 +440,7 @@ async fn migration_moves_the_instance_and_keeps_its_boot_identity() {
     source.deploy(&web).await.unwrap();
     let boot_id = source.boot_id(&web.vee).unwrap();
 
-    let uri = target.prepare_incoming(&web).await.unwrap();
+    let uri = target.prepare_incoming(&web).await.unwrap().uri;
     assert!(uri.starts_with("sim://"), "{uri}");
     assert_eq!(
         target.status(&web.vee).await.unwrap().state,
@@ -410,11 +454,13 @@ async fn migration_moves_the_instance_and_keeps_its_boot_identity() {
         })
     ));
     assert!(matches!(
-        source.migrate_out(&web.vee, "tcp:10.0.0.2:4444").await,
+        source
+            .migrate_out(&web.vee, "tcp:10.0.0.2:4444", None)
+            .await,
         Err(DriverError::Invalid { .. })
     ));
 
-    source.migrate_out(&web.vee, &uri).await.unwrap();
+    source.migrate_out(&web.vee, &uri, None).await.unwrap();
     assert!(source.list().await.unwrap().is_empty());
     target.complete_incoming(&web.vee).await.unwrap();
     assert_eq!(
@@ -436,7 +482,17 @@ async fn prepare_incoming_needs_the_vee_dirs_disks_and_completion_needs_the_tran
     let base = image(shared.path(), "base.qcow2", b"base");
     let target = host(shared.path(), "h2", SimConfig::default());
     let mut web = spec(1, "web", shared.path());
-    web.disks = vec![clone_of("vda", &base)];
+    web.disks = vec![clone_of("vda", &base), blank("vdb", 1)];
+    // None of its own disks here: this host does not see them, and asks for a copy.
+    let incoming = target.prepare_incoming(&web).await.unwrap();
+    assert_eq!(
+        incoming.disks.map(|copy| copy.targets),
+        Some(vec!["vda".to_owned(), "vdb".to_owned()])
+    );
+    target.destroy(&web.vee).await.unwrap();
+    // Some of them only: neither shared storage nor a host without them.
+    std::fs::create_dir_all(disk_path(&web.vee_dir, "vdb").parent().unwrap()).unwrap();
+    std::fs::write(disk_path(&web.vee_dir, "vdb"), b"blank").unwrap();
     assert!(matches!(
         target.prepare_incoming(&web).await,
         Err(DriverError::MissingFile(path)) if path == disk_path(&web.vee_dir, "vda")
@@ -463,12 +519,12 @@ async fn a_migration_survives_a_restart_of_its_destination() {
     let web = spec(1, "web", shared.path());
     source.deploy(&web).await.unwrap();
     let boot_id = source.boot_id(&web.vee).unwrap();
-    let uri = target.prepare_incoming(&web).await.unwrap();
+    let uri = target.prepare_incoming(&web).await.unwrap().uri;
     drop(target);
 
     let target = host(shared.path(), "h2", SimConfig::default());
     assert_eq!(state_of(&target, 1).await, InstanceState::Incoming);
-    source.migrate_out(&web.vee, &uri).await.unwrap();
+    source.migrate_out(&web.vee, &uri, None).await.unwrap();
     target.complete_incoming(&web.vee).await.unwrap();
     assert_eq!(target.boot_id(&web.vee), Some(boot_id));
     assert!(
@@ -682,9 +738,9 @@ async fn latency_delays_each_operation() {
     driver.pause(&web.vee).await.unwrap();
     assert!(started.elapsed() >= Duration::from_millis(80));
 
-    let uri = target.prepare_incoming(&web).await.unwrap();
+    let uri = target.prepare_incoming(&web).await.unwrap().uri;
     let started = Instant::now();
-    driver.migrate_out(&web.vee, &uri).await.unwrap();
+    driver.migrate_out(&web.vee, &uri, None).await.unwrap();
     assert!(started.elapsed() >= Duration::from_millis(60));
 }
 

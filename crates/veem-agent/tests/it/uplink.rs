@@ -14,9 +14,9 @@ use axum::routing::get;
 use axum::Router;
 use tokio::sync::{mpsc, oneshot, Barrier};
 use veem_agent::uplink::{self, UplinkError};
-use veem_agent::{Agent, Driver, DriverError, MigrationStats};
+use veem_agent::{Agent, Driver, DriverError, Incoming, MigrationStats};
 use veem_api::agent::{
-    AgentErrorKind, AgentFrame, AgentRequest, AgentResponse, DeploySpec, InstanceState,
+    AgentErrorKind, AgentFrame, AgentRequest, AgentResponse, DeploySpec, DiskCopy, InstanceState,
     InstanceStatus,
 };
 use veem_model::{HostId, VeeId};
@@ -80,10 +80,15 @@ impl Driver for PairedDriver {
     async fn export_disk(&self, _: &Path, _: &str, _: &Path) -> Result<(), DriverError> {
         Err(DriverError::Unsupported("export_disk"))
     }
-    async fn prepare_incoming(&self, _: &DeploySpec) -> Result<String, DriverError> {
+    async fn prepare_incoming(&self, _: &DeploySpec) -> Result<Incoming, DriverError> {
         Err(DriverError::Unsupported("prepare_incoming"))
     }
-    async fn migrate_out(&self, _: &VeeId, _: &str) -> Result<MigrationStats, DriverError> {
+    async fn migrate_out(
+        &self,
+        _: &VeeId,
+        _: &str,
+        _: Option<&DiskCopy>,
+    ) -> Result<MigrationStats, DriverError> {
         Err(DriverError::Unsupported("migrate_out"))
     }
     async fn complete_incoming(&self, _: &VeeId) -> Result<(), DriverError> {

@@ -68,6 +68,10 @@ pub struct Setup {
     pub top_level_config: String,
     /// How long a host may be silent before it is lost and its VEEs move (veem's default).
     pub host_dead_after_ms: u64,
+    /// The hosts that keep their VEEs' directories as their own storage,
+    /// `<data_dir>/own/<host>` (their `vees_dir`), which no other host sees; the others share
+    /// `<data_dir>/vees`.
+    pub own_vees_dirs: Vec<&'static str>,
 }
 
 /// The hypervisor driver of a test server's hosts.
@@ -102,6 +106,7 @@ impl Default for Setup {
             ],
             tls: None,
             extra_config: String::new(),
+            own_vees_dirs: Vec::new(),
         }
     }
 }
@@ -189,6 +194,9 @@ impl Server {
             config.push_str(&format!(
                 "\n[[host]]\nname = \"{name}\"\ndriver = \"{driver}\"\ncpus = {cpus}\nmemory_mb = {memory_mb}\n"
             ));
+            if setup.own_vees_dirs.contains(name) {
+                config.push_str(&format!("vees_dir = \"own/{name}\"\n"));
+            }
             if !sim.is_empty() {
                 config.push_str(&format!("[host.{driver}]\n{sim}\n"));
             }
@@ -452,6 +460,12 @@ pub fn guest_image() -> Option<PathBuf> {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// The directory of the VEE `id` on `host`, when the hosts keep their own
+/// ([`Setup::own_vees_dirs`]).
+pub fn own_vee_dir(s: &Server, host: &str, id: &str) -> PathBuf {
+    s.data_dir().join("own").join(host).join(id)
 }
 
 /// The serial console of the guest of `id` so far (the qemu driver keeps it in the VEE's
@@ -760,10 +774,23 @@ pub struct RemoteAgent {
     memory_mb: u64,
     log: PathBuf,
     child: Option<Child>,
+    /// Its `--vees-dir`, if it keeps its VEEs' directories as its own storage.
+    pub vees_dir: Option<PathBuf>,
 }
 
 impl RemoteAgent {
     pub fn start(server: &Server, name: &str, cpus: u32, memory_mb: u64) -> Self {
+        Self::start_with(server, name, cpus, memory_mb, None)
+    }
+
+    /// [`RemoteAgent::start`], keeping its VEEs' directories in `vees_dir` when given.
+    pub fn start_with(
+        server: &Server,
+        name: &str,
+        cpus: u32,
+        memory_mb: u64,
+        vees_dir: Option<PathBuf>,
+    ) -> Self {
         let mut agent = Self {
             name: name.to_owned(),
             state_dir: server.dir.path().join(format!("agent-{name}")),
@@ -772,6 +799,7 @@ impl RemoteAgent {
             memory_mb,
             log: server.dir.path().join(format!("agent-{name}.log")),
             child: None,
+            vees_dir,
         };
         agent.spawn();
         agent
@@ -785,7 +813,8 @@ impl RemoteAgent {
             .append(true)
             .open(&self.log)
             .expect("agent log file");
-        let child = Command::new(veem_bin())
+        let mut command = Command::new(veem_bin());
+        command
             .args([
                 "agent",
                 "--server",
@@ -797,7 +826,11 @@ impl RemoteAgent {
             .args(["--cpus", &self.cpus.to_string()])
             .args(["--memory-mb", &self.memory_mb.to_string()])
             .arg("--state-dir")
-            .arg(&self.state_dir)
+            .arg(&self.state_dir);
+        if let Some(dir) = &self.vees_dir {
+            command.arg("--vees-dir").arg(dir);
+        }
+        let child = command
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)

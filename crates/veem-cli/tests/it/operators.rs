@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use veem_api::{HostState, MigrateRequest};
 use veem_client::ListQuery;
-use veem_model::{ControlAction as A, InitModel, VmiState};
+use veem_model::{ControlAction as A, DiskSpec, InitModel, VmiState};
 
 use crate::harness::*;
 
@@ -323,4 +323,46 @@ async fn a_stopped_veem_started_again_finds_every_vee_where_it_was() {
             .collect();
     assert_eq!(after, before, "same VEEs, same states, same hosts");
     assert!(after.iter().all(|(_, state, _)| *state == VmiState::Active));
+}
+
+#[tokio::test]
+async fn a_vee_moves_live_to_and_from_a_remote_host_that_keeps_its_own_storage() {
+    let s = Server::start_with(Setup {
+        hosts: vec![("h1", 8, 16384, "")],
+        ..Setup::default()
+    })
+    .await;
+    let own = s.dir.path().join("h4-vees");
+    let _h4 = RemoteAgent::start_with(&s, "h4", 8, 16384, Some(own.clone()));
+    wait_host(&s, "h4", HostState::Up, Duration::from_secs(20)).await;
+    let mut d = small("nomad");
+    d.disks = vec![DiskSpec {
+        source: None,
+        size_gb: Some(1),
+        target: Some("vda".into()),
+        clone: true,
+        kind: veem_model::DiskKind::Disk,
+    }];
+    let id = init_one(&s.a, d).await;
+    ctl_ok(&s.a, A::Activate, &[&id]).await;
+    assert_eq!(
+        get(&s.a, &id).await.host.map(|h| h.to_string()).as_deref(),
+        Some("h1")
+    );
+    let shared = veem_layout::disk_path(&s.data_dir().join("vees").join(&id), "vda");
+    let on_h4 = veem_layout::disk_path(&own.join(&id), "vda");
+    assert!(shared.exists());
+
+    let to = |host: &str| MigrateRequest {
+        host: Some(host.to_owned()),
+        live: Some(true),
+    };
+    let moved = s.ops.migrate_vee(&id, &to("h4")).await.expect("to h4");
+    assert_eq!(moved.host.map(|h| h.to_string()).as_deref(), Some("h4"));
+    assert!(on_h4.exists(), "copied into h4's own directory");
+    assert!(!shared.exists(), "h1 keeps nothing of it");
+    let moved = s.ops.migrate_vee(&id, &to("h1")).await.expect("back to h1");
+    assert_eq!(moved.state, VmiState::Active);
+    assert!(shared.exists(), "copied back to the shared storage");
+    assert!(!own.join(&id).exists(), "h4 keeps nothing of it");
 }

@@ -169,6 +169,226 @@ async fn live_migration_moves_a_running_guest_without_a_reboot() {
     );
 }
 
+/// The number of the last write a guest reported on this console ([`veem_guest::WROTE_MARKER`]).
+fn last_write(console: &str) -> Option<u64> {
+    console.lines().rev().find_map(|line| {
+        line.strip_prefix(veem_guest::WROTE_MARKER)?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// Waits until the guest whose console is at `path` reported a write numbered `at_least`
+/// or more; answers the last.
+async fn wait_write(path: &Path, at_least: u64) -> u64 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if let Some(n) = last_write(&text).filter(|n| *n >= at_least) {
+            return n;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no write {at_least} in {}: {text}",
+            path.display()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn live_migration_without_shared_storage_copies_the_disks_of_a_guest_that_keeps_writing() {
+    let Some(s) = Server::start_with_guest(Setup {
+        driver: Hypervisor::Qemu,
+        hosts: vec![("h1", 8, 16384, ""), ("h2", 8, 16384, "")],
+        own_vees_dirs: vec!["h1", "h2"],
+        ..Setup::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let mut d = guest("scribe");
+    d.context
+        .properties
+        .insert(veem_guest::WRITE_EVERY_PROPERTY.into(), "0.05".into());
+    let id = init_one(&s.a, d).await;
+    ctl_ok(&s.a, A::Activate, &[&id]).await;
+    let from = get(&s.a, &id).await.host.expect("placed").to_string();
+    let to = if from == "h1" { "h2" } else { "h1" };
+    let console_on = |host: &str| own_vee_dir(&s, host, &id).join("console.log");
+    let before = wait_write(&console_on(&from), 3).await;
+    assert!(
+        !s.data_dir().join("vees").join(&id).join("disks").exists(),
+        "the VEE's disks are its host's own, not on shared storage"
+    );
+    assert!(
+        !own_vee_dir(&s, to, &id).exists(),
+        "{to} has nothing of the VEE before it moves"
+    );
+    let old_pid = qemu_pid(&s, &id).expect("running");
+
+    let started = std::time::Instant::now();
+    let moved = s
+        .ops
+        .migrate_vee(
+            &id,
+            &MigrateRequest {
+                host: Some(to.to_owned()),
+                live: Some(true),
+            },
+        )
+        .await
+        .expect("migrated with its disks");
+    let took = started.elapsed();
+    assert_eq!(moved.state, VmiState::Active);
+    assert_eq!(moved.host.map(|h| h.to_string()).as_deref(), Some(to));
+    let new_pid = qemu_pid(&s, &id).expect("running on its new host");
+    assert_ne!(new_pid, old_pid);
+    assert!(
+        processes_mentioning(&own_vee_dir(&s, &from, &id)).is_empty(),
+        "no process on {from} uses the VEE's old directory"
+    );
+    assert!(
+        !own_vee_dir(&s, &from, &id).exists(),
+        "{from} keeps nothing of the VEE"
+    );
+    // It writes on at its new host, counting on from what it wrote before and during the move.
+    let after = wait_write(&console_on(to), before + 5).await;
+    let events = s.a.vee_events(&id).await.expect("events").events;
+    let note = events
+        .iter()
+        .filter_map(|e| e.detail.as_deref())
+        .find(|d| d.starts_with(&format!("migrated from {from} to {to} in ")))
+        .unwrap_or_else(|| panic!("no migration note: {events:?}"));
+    assert!(note.contains("(downtime "), "{note}");
+    eprintln!("live migration with its disks copied: {note}; the request took {took:?}");
+
+    let log_before_shutdown = std::fs::read_to_string(console_on(to)).unwrap_or_default();
+    ctl_ok(&s.a, A::Shutdown, &[&id]).await;
+    let disk = own_vee_dir(&s, to, &id).join("disks").join("vda.qcow2");
+    let writes = read_guest_file(&disk, &format!("/{}", veem_guest::WRITES_LOG_PATH));
+    let numbers: Vec<u64> = writes
+        .lines()
+        .map(|l| {
+            l.strip_prefix("write ")
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap_or_else(|| panic!("not a write line: {l:?}"))
+        })
+        .collect();
+    let last = *numbers.last().expect("writes on the disk");
+    assert_eq!(
+        numbers,
+        (1..=last).collect::<Vec<_>>(),
+        "every write, before, during and after the move, in order, none lost"
+    );
+    assert!(
+        last >= after,
+        "the disk holds write {after}, which the guest reported: {last} {log_before_shutdown}"
+    );
+    let boots = read_guest_file(&disk, "/veem/boot.log");
+    assert_eq!(boots.lines().count(), 1, "never rebooted: {boots:?}");
+}
+
+/// The console of a VEE on `host`: in its own directory for a host of `own`, else on the
+/// shared storage.
+fn console_path_on(s: &Server, own: &[&str], host: &str, id: &str) -> std::path::PathBuf {
+    let dir = if own.contains(&host) {
+        own_vee_dir(s, host, id)
+    } else {
+        s.data_dir().join("vees").join(id)
+    };
+    dir.join("console.log")
+}
+
+/// Moves a writing guest around h1 → h2 → h3 → h1...: h1 and h2 share its directory, h3 keeps
+/// its own. Each move is timed, and the disk holds every write at the end. Prints the figures
+/// BENCHMARKS.md gives: with the disks copied and with shared storage, same guest, same run.
+#[tokio::test]
+async fn live_migration_copies_the_disks_only_where_storage_is_not_shared() {
+    let own = ["h3"];
+    let Some(s) = Server::start_with_guest(Setup {
+        driver: Hypervisor::Qemu,
+        own_vees_dirs: own.to_vec(),
+        ..Setup::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let rounds: usize = std::env::var("VEEM_TEST_MIGRATION_ROUNDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(2);
+    let mut d = guest("rover");
+    d.context
+        .properties
+        .insert(veem_guest::WRITE_EVERY_PROPERTY.into(), "0.05".into());
+    let id = init_one(&s.a, d).await;
+    ctl_ok(&s.a, A::Activate, &[&id]).await;
+    let mut here = get(&s.a, &id).await.host.expect("placed").to_string();
+    assert_eq!(here, "h1", "packed onto the first host");
+    let mut written = wait_write(&console_path_on(&s, &own, &here, &id), 3).await;
+    let mut figures: Vec<(bool, std::time::Duration, String)> = Vec::new();
+    for _ in 0..rounds {
+        for to in ["h2", "h3", "h1"] {
+            let copied = own.contains(&to) || own.contains(&here.as_str());
+            let started = std::time::Instant::now();
+            let moved = s
+                .ops
+                .migrate_vee(
+                    &id,
+                    &MigrateRequest {
+                        host: Some(to.to_owned()),
+                        live: Some(true),
+                    },
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{here} to {to}: {e}"));
+            let took = started.elapsed();
+            assert_eq!(moved.host.map(|h| h.to_string()).as_deref(), Some(to));
+            let events = s.a.vee_events(&id).await.expect("events").events;
+            let note = events
+                .iter()
+                .rev()
+                .filter_map(|e| e.detail.clone())
+                .find(|d| d.starts_with("migrated from"))
+                .expect("a migration note");
+            assert!(
+                note.starts_with(&format!("migrated from {here} to {to} in ")),
+                "{note}"
+            );
+            figures.push((copied, took, note));
+            written = wait_write(&console_path_on(&s, &own, to, &id), written + 3).await;
+            here = to.to_owned();
+        }
+        assert!(
+            !own_vee_dir(&s, "h3", &id).exists(),
+            "h3 keeps nothing of the VEE once it left"
+        );
+    }
+    for (copied, took, note) in &figures {
+        let how = if *copied {
+            "disks copied"
+        } else {
+            "shared storage"
+        };
+        eprintln!("live migration, {how}: {note}; the migrate call took {took:?}");
+    }
+    // Back on h1, which shares: its disk holds every write of the whole trip.
+    ctl_ok(&s.a, A::Shutdown, &[&id]).await;
+    let writes = read_from_disk(&s, &id, &format!("/{}", veem_guest::WRITES_LOG_PATH)).await;
+    let numbers: Vec<u64> = writes
+        .lines()
+        .filter_map(|l| l.strip_prefix("write ")?.trim().parse().ok())
+        .collect();
+    assert_eq!(numbers.len(), writes.lines().count(), "{writes}");
+    let last = *numbers.last().expect("writes");
+    assert_eq!(numbers, (1..=last).collect::<Vec<_>>(), "no write lost");
+    assert!(last >= written, "{last} < {written}");
+}
+
 #[tokio::test]
 async fn kill_9_of_the_server_leaves_guests_running_and_readopted() {
     let Some(mut s) = Server::start_on(Hypervisor::Qemu).await else {

@@ -447,14 +447,16 @@ impl Veem {
             }
         };
         let steps = async {
-            let uri = match agent_result(
+            // The destination says whether it sees the VEE's disks; when it does not, the
+            // source copies them to it while the VEE runs.
+            let (uri, copy_disks_to) = match agent_result(
                 &dest,
                 self.inner
                     .hosts
                     .call(&dest, AgentRequest::PrepareIncoming { spec })
                     .await,
             )? {
-                AgentResponse::Incoming { uri } => uri,
+                AgentResponse::Incoming { uri, disks } => (uri, disks),
                 other => {
                     return Err(CoreError::host_failed(format!(
                         "host {dest} answered prepare_incoming with {other:?}"
@@ -464,6 +466,7 @@ impl Veem {
             let out = AgentRequest::MigrateOut {
                 vee: record.id.clone(),
                 uri,
+                copy_disks_to,
             };
             let moved = match agent_result(&from, self.inner.hosts.call(&from, out).await) {
                 Ok(moved) => moved,
