@@ -475,3 +475,57 @@ async fn the_cli_registers_sites_and_places_vees_there() {
         .unwrap_or_else(|| panic!("{table}"));
     assert!(row.contains("ACTIVE") && row.contains(" east "), "{row}");
 }
+
+#[tokio::test]
+async fn twophase_is_all_or_nothing_across_sites() {
+    use veem_model::{ControlAction as A, InitModel, VmiState};
+    let (west, east) = (site_of("west", 2).await, site("east").await);
+    register(&west, &east, "east").await;
+
+    // Three of one CPU do not fit west's two: all three are reserved at east.
+    let ids = init(&west.a, InitModel::Twophase, 3, small("trio")).await;
+    for id in &ids {
+        let view = get(&west.a, id).await;
+        assert_eq!(
+            (view.state, view.site.as_str(), view.host.as_ref()),
+            (VmiState::Defined, "east", None),
+            "{id}"
+        );
+    }
+    let reserved = east
+        .ops
+        .list_all_vees(&veem_client::ListQuery::default())
+        .await
+        .expect("listed");
+    assert_eq!(reserved.len(), 3, "reserved at east");
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    ctl_ok(&west.a, A::Activate, &refs).await;
+    for id in &ids {
+        assert_eq!(get(&west.a, id).await.state, VmiState::Active);
+    }
+
+    // Twenty fit nowhere: refused, naming each place, and nothing is left at either site.
+    let refused = west
+        .a
+        .initialize(&veem_api::InitializeRequest {
+            model: InitModel::Twophase,
+            count: 20,
+            descriptor: small("crowd"),
+        })
+        .await
+        .expect_err("no site has room");
+    assert_eq!(refused.code(), Some("insufficient_resources"));
+    let said = refused.to_string();
+    assert!(
+        said.contains("local hosts") && said.contains("site east"),
+        "{said}"
+    );
+    assert!(
+        named(&east, "crowd").await.is_none(),
+        "nothing reserved at east"
+    );
+    assert!(
+        named(&west, "crowd").await.is_none(),
+        "nothing defined at west"
+    );
+}

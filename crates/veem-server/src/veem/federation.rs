@@ -20,7 +20,7 @@ use veem_api::{code, InitializeRequest, ItemFailure, Order, UpdateStateRequest};
 use veem_client::ClientError;
 use veem_model::{
     ControlAction, DescriptorError, DiskSource, EventType, ImageName, InitModel, MonitoringEvent,
-    Phase, SiteName, VeeDescriptor, VeeId, VeeRecord, VeemState,
+    Phase, Principal, SiteName, VeeDescriptor, VeeId, VeeRecord, VeemState,
 };
 
 use super::placer::demand_of;
@@ -67,14 +67,18 @@ fn item_error(site: &SiteName, failure: &ItemFailure) -> CoreError {
 impl Veem {
     /// Where `record` may be placed, in order of preference.
     pub(super) fn placement_order(&self, record: &VeeRecord) -> Vec<Target> {
+        self.placement_order_of(&record.descriptor)
+    }
+
+    /// Where a VEE of `descriptor` may be placed, in order of preference.
+    pub(super) fn placement_order_of(&self, descriptor: &VeeDescriptor) -> Vec<Target> {
         let sites = &self.inner.sites;
-        if record.descriptor.sites.is_empty() {
+        if descriptor.sites.is_empty() {
             std::iter::once(None)
                 .chain(sites.list().into_iter().map(|info| Some(info.site.name)))
                 .collect()
         } else {
-            record
-                .descriptor
+            descriptor
                 .sites
                 .iter()
                 .map(|s| (s != sites.this()).then(|| s.clone()))
@@ -146,26 +150,13 @@ impl Veem {
     /// once) and submits it: its id there.
     async fn deploy_at(&self, record: &VeeRecord, site: &SiteName) -> Result<VeeId, CoreError> {
         let client = self.inner.sites.client(site)?;
-        self.send_images(record, site, &client).await?;
-        let mut descriptor = VeeDescriptor::clone(&record.descriptor);
-        // Placed: the site keeps it on its own hosts.
-        descriptor.sites.clear();
-        let made = client
-            .initialize(&InitializeRequest {
-                model: InitModel::Twophase,
-                count: 1,
-                descriptor,
-            })
-            .await
-            .map_err(|e| site_error(site, e))?;
-        let made = made.vees.into_iter().next().ok_or_else(|| {
-            CoreError::host_failed(format!("site {site} answered InitializeVEEs with no VEE"))
-        })?;
-        let remote = VeeId::parse(&made.id).map_err(|e| {
-            CoreError::host_failed(format!("site {site} named its VEE {:?}: {e}", made.id))
-        })?;
+        let remote = self
+            .reserve_at(site, &record.owner, 1, &record.descriptor)
+            .await?
+            .remove(0);
+        let made_id = remote.to_string();
         let submitted = client
-            .submit(std::slice::from_ref(&made.id))
+            .submit(std::slice::from_ref(&made_id))
             .await
             .map_err(|e| site_error(site, e));
         let refused = match submitted {
@@ -174,7 +165,7 @@ impl Veem {
         };
         if let Some(e) = refused {
             // Nothing of it stays there.
-            if let Err(left) = client.purge_vee(&made.id).await {
+            if let Err(left) = client.purge_vee(&made_id).await {
                 tracing::warn!(%site, vee = %remote, error = %left, "cannot purge a VEE a site did not run");
             }
             return Err(e);
@@ -186,11 +177,11 @@ impl Veem {
     /// not (streamed from the image store): an `image:` source is resolved at the site.
     async fn send_images(
         &self,
-        record: &VeeRecord,
+        owner: &Principal,
+        d: &VeeDescriptor,
         site: &SiteName,
         client: &veem_client::Client,
     ) -> Result<(), CoreError> {
-        let d = &record.descriptor;
         let mut named: Vec<ImageName> = Vec::new();
         let sources = d.disks.iter().filter_map(|disk| disk.source.as_ref());
         let boot = d
@@ -212,7 +203,7 @@ impl Veem {
             }
             let images = &self.inner.images;
             // One the VEE's owner cannot use here is the site's to refuse.
-            let Some(image) = images.resolve(&record.owner, name) else {
+            let Some(image) = images.resolve(owner, name) else {
                 continue;
             };
             let path = images.path(&image.owner, &image.name);
@@ -223,6 +214,58 @@ impl Veem {
                 .map_err(|e| site_error(site, e))?;
         }
         Ok(())
+    }
+
+    /// Reserves hosts for `count` VEEs of `owner`'s `descriptor` at `site`, all or none
+    /// (TWOPHASE there), once the site has the images it names: their ids there.
+    pub(super) async fn reserve_at(
+        &self,
+        site: &SiteName,
+        owner: &Principal,
+        count: u32,
+        descriptor: &VeeDescriptor,
+    ) -> Result<Vec<VeeId>, CoreError> {
+        let client = self.inner.sites.client(site)?;
+        self.send_images(owner, descriptor, site, &client).await?;
+        let mut descriptor = descriptor.clone();
+        descriptor.sites.clear();
+        let made = client
+            .initialize(&InitializeRequest {
+                model: InitModel::Twophase,
+                count,
+                descriptor,
+            })
+            .await
+            .map_err(|e| site_error(site, e))?;
+        let ids: Result<Vec<VeeId>, _> = made.vees.iter().map(|v| VeeId::parse(&v.id)).collect();
+        match ids {
+            Ok(ids) if ids.len() == count as usize => Ok(ids),
+            _ => {
+                let named: Vec<VeeId> = made
+                    .vees
+                    .iter()
+                    .filter_map(|v| VeeId::parse(&v.id).ok())
+                    .collect();
+                self.release_at(site, &named).await;
+                Err(CoreError::host_failed(format!(
+                    "site {site} answered InitializeVEEs of {count} with {} VEE(s)",
+                    made.vees.len()
+                )))
+            }
+        }
+    }
+
+    /// Purges VEEs a site reserved for a batch that failed: nothing of it stays there.
+    pub(super) async fn release_at(&self, site: &SiteName, remote: &[VeeId]) {
+        let Ok(client) = self.inner.sites.client(site) else {
+            tracing::warn!(%site, vees = remote.len(), "cannot release reservations at a site that does not answer");
+            return;
+        };
+        for vee in remote {
+            if let Err(e) = client.purge_vee(vee.as_str()).await {
+                tracing::warn!(%site, %vee, error = %e, "cannot release a reservation at a site");
+            }
+        }
     }
 
     /// Records that VEE `seq` runs at `site` as `remote`, and takes its state there.

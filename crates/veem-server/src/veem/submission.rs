@@ -7,8 +7,8 @@ use std::sync::Arc;
 use tokio::sync::OwnedMutexGuard;
 use veem_api::agent::{AgentRequest, BootPlan, DeploySpec, DiskPlan, NicPlan, SourcePlan};
 use veem_model::{
-    ControlAction, DiskSource, HostId, ImageFormat, InitModel, Phase, VeeDescriptor, VeeEvent,
-    VeeId, VeeRecord, VeemState, VmiState,
+    ControlAction, DiskSource, HostId, ImageFormat, InitModel, Phase, SiteName, VeeDescriptor,
+    VeeEvent, VeeId, VeeRecord, VeemState, VmiState,
 };
 use veem_placement::{PlacementError, Unplaceable};
 use veem_store::Change;
@@ -17,6 +17,12 @@ use super::placer::demand_of;
 use super::{agent_result, monitoring, now_ms, placement_error, BatchOutcome, Veem};
 use crate::auth::Caller;
 use crate::error::CoreError;
+
+/// Where a batch of InitializeVEEs is defined: here, or reserved at a site as these VEEs.
+enum Where {
+    Here,
+    At(SiteName, Vec<VeeId>),
+}
 
 /// How long SubmitVEEs waits for a site to activate one of its VEEs there.
 const REMOTE_ACTIVATION_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -48,6 +54,64 @@ impl Veem {
             .check_descriptor(caller.admin, &descriptor)?;
         // One descriptor for the whole batch, shared by its records.
         let descriptor = Arc::new(descriptor);
+        if model == InitModel::Besteffort {
+            return self
+                .define(caller, model, count, descriptor, Where::Here)
+                .await;
+        }
+        // TWOPHASE: the whole batch reserved at the first place of its order that has room.
+        let order = self.placement_order_of(&descriptor);
+        if order == [None] {
+            return self
+                .define(caller, model, count, descriptor, Where::Here)
+                .await;
+        }
+        let mut refusals = Vec::new();
+        for target in order {
+            let tried = match &target {
+                None => {
+                    self.define(caller, model, count, descriptor.clone(), Where::Here)
+                        .await
+                }
+                Some(site) => match self
+                    .reserve_at(site, &caller.principal, count, &descriptor)
+                    .await
+                {
+                    Ok(remote) => {
+                        let at = Where::At(site.clone(), remote.clone());
+                        let defined = self
+                            .define(caller, model, count, descriptor.clone(), at)
+                            .await;
+                        if defined.is_err() {
+                            self.release_at(site, &remote).await;
+                        }
+                        defined
+                    }
+                    Err(e) => Err(e),
+                },
+            };
+            match tried {
+                Err(CoreError::InsufficientResources(why)) => {
+                    let place =
+                        target.map_or_else(|| "local hosts".to_owned(), |s| format!("site {s}"));
+                    refusals.push(format!("{place}: {why}"));
+                }
+                other => return other,
+            }
+        }
+        Err(CoreError::InsufficientResources(refusals.join("; ")))
+    }
+
+    /// Defines `count` VEEs of `descriptor`: TWOPHASE here reserves their hosts, or defines
+    /// nothing; `Where::At` records the VEEs a site reserved for them.
+    async fn define(
+        &self,
+        caller: &Caller,
+        model: InitModel,
+        count: u32,
+        descriptor: Arc<VeeDescriptor>,
+        place: Where,
+    ) -> Result<Vec<VeeRecord>, CoreError> {
         let now = now_ms();
         let inner = &self.inner;
         let (records, reserved, committed) =
@@ -76,27 +140,37 @@ impl Veem {
                     ));
                 }
                 let mut reserved = Vec::new();
-                if model == InitModel::Twophase {
-                    let batch = records
-                        .iter()
-                        .map(|r| (r.id.clone(), demand_of(r)))
-                        .collect();
-                    let hosts = match inner.placer.place_all(batch) {
-                        Ok(hosts) => hosts,
-                        Err(e) => {
-                            inner.networks.release(&records);
-                            return Err(placement_error(e));
+                match (&place, model) {
+                    (Where::At(site, remote), _) => {
+                        for (record, remote) in records.iter_mut().zip(remote) {
+                            record.site = Some(site.clone());
+                            record.remote = Some(remote.clone());
                         }
-                    };
-                    for (record, host) in records.iter_mut().zip(hosts) {
-                        record.host = Some(host);
-                        record.reserved = true;
-                        reserved.push(record.id.clone());
                     }
+                    (Where::Here, InitModel::Twophase) => {
+                        let batch = records
+                            .iter()
+                            .map(|r| (r.id.clone(), demand_of(r)))
+                            .collect();
+                        let hosts = match inner.placer.place_all(batch) {
+                            Ok(hosts) => hosts,
+                            Err(e) => {
+                                inner.networks.release(&records);
+                                return Err(placement_error(e));
+                            }
+                        };
+                        for (record, host) in records.iter_mut().zip(hosts) {
+                            record.host = Some(host);
+                            record.reserved = true;
+                            reserved.push(record.id.clone());
+                        }
+                    }
+                    (Where::Here, InitModel::Besteffort) => {}
                 }
-                let detail = match model {
-                    InitModel::Besteffort => "initialized (BESTEFFORT)",
-                    InitModel::Twophase => "initialized (TWOPHASE)",
+                let detail = match (&place, model) {
+                    (Where::Here, InitModel::Besteffort) => "initialized (BESTEFFORT)".to_owned(),
+                    (Where::Here, InitModel::Twophase) => "initialized (TWOPHASE)".to_owned(),
+                    (Where::At(site, _), _) => format!("initialized (TWOPHASE at site {site})"),
                 };
                 let mut changes = Vec::with_capacity(records.len() * 2);
                 for r in &records {
@@ -108,7 +182,7 @@ impl Veem {
                         to: VmiState::Defined,
                         veem_state: VeemState::Stopped,
                         host: None,
-                        detail: Some(detail.to_owned()),
+                        detail: Some(detail.clone()),
                     }));
                 }
                 // Queued while the ids are held: ids reach the store in the order taken. From
