@@ -268,6 +268,34 @@ async fn vees_run_at_the_site_they_are_placed_and_are_controlled_through_their_p
         "at east it is a VEE of the peer principal"
     );
     assert!(there.host.is_some());
+    // Its site's HARDWARE events reach the primary's subscribers, as events of the primary's VEE.
+    let listener = Listener::start().await;
+    west.a
+        .subscribe(&listener.url, &[veem_model::EventType::Hardware])
+        .await
+        .expect("subscribed");
+    let relayed = listener
+        .wait_for(
+            "a HARDWARE event of the VEE at east",
+            Duration::from_secs(10),
+            |items| items.iter().any(|(_, e)| e["vee"] == forced.as_str()),
+        )
+        .await;
+    let event = &relayed
+        .iter()
+        .find(|(_, e)| e["vee"] == forced.as_str())
+        .expect("found")
+        .1;
+    let fqns: Vec<&str> = event["measurements"]
+        .as_array()
+        .expect("measurements")
+        .iter()
+        .filter_map(|m| m["fqn"].as_str())
+        .collect();
+    assert!(
+        !fqns.is_empty() && fqns.iter().all(|f| f.starts_with(&format!("{forced}."))),
+        "FQNs under the primary's id: {fqns:?}"
+    );
     let peer_at_east = Client::new(&east.url, &peer_token("east")).expect("a client");
     let sent = peer_at_east.list_images().await.expect("listed").images;
     assert_eq!(

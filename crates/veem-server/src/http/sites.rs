@@ -92,6 +92,6 @@ pub(super) async fn inbox(
         return Err(no_inbox().into());
     }
     let events: Vec<MonitoringEvent> = parse_json(&body, false)?;
-    state.veem.site_pushed(&name, &events);
+    state.veem.site_pushed(&name, events);
     Ok(StatusCode::NO_CONTENT)
 }

@@ -24,7 +24,7 @@ use veem_model::{
 };
 
 use super::placer::demand_of;
-use super::Veem;
+use super::{Routed, Veem};
 use crate::error::CoreError;
 
 /// Where a VEE may be placed: the local hosts (`None`) or a registered site.
@@ -352,26 +352,54 @@ impl Veem {
     }
 
     /// What a site pushed about this VEEM's VEEs there: each VEE a STATE event names is read
-    /// again from the site.
-    pub fn site_pushed(&self, site: &SiteName, events: &[MonitoringEvent]) {
-        let named: BTreeSet<&VeeId> = events
-            .iter()
-            .filter(|e| e.kind == EventType::State)
-            .filter_map(|e| e.vee.as_ref())
-            .collect();
-        for remote in named {
-            let local = self
+    /// again from the site (its STATE events here are this VEEM's own, made as its record
+    /// changes); the other events are relayed to this VEEM's subscribers and stream as events
+    /// of its VEE: its id here, and FQNs under its prefix here.
+    pub fn site_pushed(&self, site: &SiteName, events: Vec<MonitoringEvent>) {
+        let mut changed = BTreeSet::new();
+        let mut relayed = Vec::new();
+        for mut event in events {
+            let Some(remote) = event.vee.clone() else {
+                continue;
+            };
+            let Some(local) = self
                 .inner
                 .records
-                .ids_where(|r| r.site.as_ref() == Some(site) && r.remote.as_ref() == Some(remote));
-            for id in local {
-                let veem = self.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = veem.refresh_remote(id.seq()).await {
-                        tracing::warn!(vee = %id, error = %e, "cannot read a VEE its site changed");
-                    }
-                });
+                .ids_where(|r| r.site.as_ref() == Some(site) && r.remote.as_ref() == Some(&remote))
+                .pop()
+            else {
+                continue;
+            };
+            if event.kind == EventType::State {
+                changed.insert(local);
+                continue;
             }
+            let Some(record) = self.inner.records.get(local.seq()) else {
+                continue;
+            };
+            // Without a prefix of its own a VEE's FQNs start with its id: the site's id there.
+            if record.descriptor.fqn_prefix.is_none() {
+                let (there, here) = (format!("{remote}."), format!("{local}."));
+                for m in &mut event.measurements {
+                    if let Some(rest) = m.fqn.strip_prefix(&there) {
+                        m.fqn = format!("{here}{rest}");
+                    }
+                }
+            }
+            event.vee = Some(local);
+            relayed.push(Routed {
+                owner: record.owner.clone(),
+                event,
+            });
+        }
+        self.publish(relayed);
+        for id in changed {
+            let veem = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = veem.refresh_remote(id.seq()).await {
+                    tracing::warn!(vee = %id, error = %e, "cannot read a VEE its site changed");
+                }
+            });
         }
     }
 

@@ -191,7 +191,8 @@ impl Sites {
         };
         let client = client_of(&site)?;
         try_site(&name, &client).await?;
-        // The site pushes every change of this VEEM's VEEs there: their STATE events.
+        // The site pushes every event of this VEEM's VEEs there: STATE events, read as changes,
+        // and the others, relayed to this VEEM's own subscribers.
         let inbox = format!(
             "{}{}/sites/{name}/inbox/{}",
             self.public_url,
@@ -199,7 +200,7 @@ impl Sites {
             site.inbox
         );
         let subscribed = client
-            .subscribe(&inbox, &[EventType::State])
+            .subscribe(&inbox, &EventType::ALL)
             .await
             .map_err(|e| CoreError::SiteRefused {
                 code: code::SITE_UNREACHABLE,
