@@ -358,6 +358,41 @@ async fn vees_run_at_the_site_they_are_placed_and_are_controlled_through_their_p
     ctl_ok(&west.a, A::Activate, &[&forced]).await;
     assert_eq!(get(&east.ops, &there.id).await.state, VmiState::Active);
 
+    // A resize goes to its site too; the primary shows the site's descriptor.
+    let patched = west
+        .a
+        .patch_vee(
+            &forced,
+            &veem_api::PatchRequest {
+                cpu: None,
+                memory_mb: Some(256),
+            },
+        )
+        .await
+        .expect("resized at east");
+    assert_eq!(patched.vee.descriptor.memory_mb, 256);
+    assert_eq!(get(&east.ops, &there.id).await.descriptor.memory_mb, 256);
+
+    // Its accounting is read where it is kept: at its site, under the primary's id.
+    let counter = Listener::start().await;
+    peer_at_east
+        .listen(&[there.id.as_str()], 200, &counter.url)
+        .await
+        .expect("a listener at east");
+    counter
+        .wait_for("two records at east", Duration::from_secs(10), |items| {
+            items.len() >= 2
+        })
+        .await;
+    let kept = west
+        .a
+        .vee_accounting(&forced, None, None)
+        .await
+        .expect("read through the primary")
+        .records;
+    assert!(kept.len() >= 2, "{kept:?}");
+    assert!(kept.iter().all(|r| r.vee.as_str() == forced), "{kept:?}");
+
     // A change the site makes by itself reaches the primary, pushed.
     ctl_ok(&east.ops, A::Destroy, &[&there.id]).await;
     let deadline = Instant::now() + Duration::from_secs(2);

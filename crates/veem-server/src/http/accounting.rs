@@ -32,7 +32,8 @@ pub(super) async fn records(
     let to = bound("to", u64::MAX)?;
     let records = state
         .veem
-        .accounting_records(&caller, &vee_id(&id)?, from, to)?;
+        .accounting(&caller, &vee_id(&id)?, from, to)
+        .await?;
     Ok(Json(AccountingList { records }))
 }
 

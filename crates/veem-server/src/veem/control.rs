@@ -323,6 +323,9 @@ impl Veem {
         memory_mb: Option<u64>,
     ) -> Result<(VeeRecord, PatchApplied), CoreError> {
         let (seq, _guard, record) = self.lock_vee(caller, id).await?;
+        if record.site.is_some() {
+            return self.patch_remote(seq, &record, cpu, memory_mb).await;
+        }
         let d = &record.descriptor;
         let new_cpu = cpu.unwrap_or(d.cpu);
         let new_memory = memory_mb.unwrap_or(d.memory_mb);

@@ -16,15 +16,18 @@ use std::collections::BTreeSet;
 use std::time::Instant;
 
 use tokio::sync::OwnedMutexGuard;
-use veem_api::{code, InitializeRequest, ItemFailure, Order, UpdateStateRequest};
+use veem_api::{
+    code, InitializeRequest, ItemFailure, Order, PatchApplied, PatchRequest, UpdateStateRequest,
+};
 use veem_client::ClientError;
 use veem_model::{
-    ControlAction, DescriptorError, DiskSource, EventType, ImageName, InitModel, MonitoringEvent,
-    Phase, Principal, SiteName, VeeDescriptor, VeeId, VeeRecord, VeemState,
+    AccountingRecord, ControlAction, DescriptorError, DiskSource, EventType, ImageName, InitModel,
+    MonitoringEvent, Phase, Principal, SiteName, VeeDescriptor, VeeId, VeeRecord, VeemState,
 };
 
 use super::placer::demand_of;
 use super::{Routed, Veem};
+use crate::auth::Caller;
 use crate::error::CoreError;
 
 /// Where a VEE may be placed: the local hosts (`None`) or a registered site.
@@ -315,18 +318,23 @@ impl Veem {
             .get_vee(remote.as_str())
             .await
             .map_err(|e| site_error(site, e))?;
+        // The site's descriptor, but for the preference of sites, which is the primary's.
+        let mut descriptor = view.descriptor;
+        descriptor.sites = record.descriptor.sites.clone();
         let same = (
             view.state,
             view.veem_state,
             view.phase,
             &view.pending_reason,
             &view.last_error,
+            &descriptor,
         ) == (
             record.state,
             record.veem_state,
             record.phase,
             &record.pending_reason,
             &record.last_error,
+            &*record.descriptor,
         );
         if same {
             return Ok(());
@@ -337,6 +345,9 @@ impl Veem {
             r.phase = view.phase;
             r.pending_reason = view.pending_reason;
             r.last_error = view.last_error;
+            if *r.descriptor != descriptor {
+                r.descriptor = std::sync::Arc::new(descriptor);
+            }
         })
         .await
         .map(drop)
@@ -433,12 +444,7 @@ impl Veem {
         action: ControlAction,
         deadline: Instant,
     ) -> Result<(), CoreError> {
-        let (Some(site), Some(remote)) = (&record.site, &record.remote) else {
-            return Err(CoreError::broken(format!(
-                "VEE {} has no site to forward to",
-                record.id
-            )));
-        };
+        let (site, remote) = Self::remote_of(record)?;
         let client = self.inner.sites.client(site)?;
         let timeout_ms = deadline
             .saturating_duration_since(Instant::now())
@@ -464,6 +470,80 @@ impl Veem {
             tracing::warn!(vee = %record.id, error = %e, "cannot read a VEE after an action at its site");
         }
         result
+    }
+
+    /// A resize of a VEE that runs at another site, forwarded there (its action lock held by
+    /// the caller): the site's answer, and its record as the site has it afterwards.
+    pub(super) async fn patch_remote(
+        &self,
+        seq: u64,
+        record: &VeeRecord,
+        cpu: Option<u32>,
+        memory_mb: Option<u64>,
+    ) -> Result<(VeeRecord, PatchApplied), CoreError> {
+        let (site, remote) = Self::remote_of(record)?;
+        let client = self.inner.sites.client(site)?;
+        let answer = client
+            .patch_vee(remote.as_str(), &PatchRequest { cpu, memory_mb })
+            .await
+            .map_err(|e| site_error(site, e))?;
+        self.read_remote(seq).await?;
+        let now = self
+            .inner
+            .records
+            .get(seq)
+            .ok_or_else(|| CoreError::NotFound(format!("VEE {} was purged", record.id)))?;
+        Ok((now, answer.applied))
+    }
+
+    /// `GET /vees/{id}/accounting`: a VEE's records with `t0` in `[from_ms, to_ms)`, kept here,
+    /// or, for a VEE that runs at another site, kept there (with this VEEM's id).
+    pub async fn accounting(
+        &self,
+        caller: &Caller,
+        id: &VeeId,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> Result<Vec<AccountingRecord>, CoreError> {
+        let record = self.inner.records.lookup(caller, id)?;
+        if record.site.is_some() {
+            return self.accounting_remote(&record, from_ms, to_ms).await;
+        }
+        self.accounting_records(caller, id, from_ms, to_ms)
+    }
+
+    /// A remote VEE's accounting records, as its site keeps them (with this VEEM's id).
+    async fn accounting_remote(
+        &self,
+        record: &VeeRecord,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> Result<Vec<AccountingRecord>, CoreError> {
+        let (site, remote) = Self::remote_of(record)?;
+        let client = self.inner.sites.client(site)?;
+        let there = client
+            .vee_accounting(remote.as_str(), Some(from_ms), Some(to_ms))
+            .await
+            .map_err(|e| site_error(site, e))?;
+        Ok(there
+            .records
+            .into_iter()
+            .map(|mut r| {
+                r.vee = record.id.clone();
+                r
+            })
+            .collect())
+    }
+
+    /// Where a remote VEE runs, and its id there.
+    fn remote_of(record: &VeeRecord) -> Result<(&SiteName, &VeeId), CoreError> {
+        match (&record.site, &record.remote) {
+            (Some(site), Some(remote)) => Ok((site, remote)),
+            _ => Err(CoreError::broken(format!(
+                "VEE {} has no site to forward to",
+                record.id
+            ))),
+        }
     }
 
     /// Purges a remote VEE at its site: nothing of it stays there.
