@@ -140,7 +140,9 @@ pub struct VeeView {
     pub host: Option<HostId>,
     pub site: String,
     /// Whether `site` answers: `unreachable` while it does not (the VEE shows its last known
-    /// state, and actions on it fail with `site_unreachable`).
+    /// state, and actions on it fail with `site_unreachable`). A VEEM before federation sends
+    /// none: its VEEs are all at its own site, which answers.
+    #[serde(default)]
     pub site_state: SiteState,
     pub descriptor: VeeDescriptor,
     pub generated: Generated,
@@ -308,9 +310,10 @@ pub struct SiteRequest {
 }
 
 /// Whether a registered site answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SiteState {
+    #[default]
     Up,
     /// No answer for 10 s: its VEEs show their last known state, actions on them fail.
     Unreachable,
