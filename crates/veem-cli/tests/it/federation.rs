@@ -592,3 +592,81 @@ async fn twophase_is_all_or_nothing_across_sites() {
         "nothing defined at west"
     );
 }
+
+/// A site named `name` with no host of its own and one remote sim agent of `cpus` CPUs, lost
+/// after `dead_after_ms` of silence.
+async fn site_with_agent(name: &str, cpus: u32, dead_after_ms: u64) -> (Server, RemoteAgent) {
+    let server = Server::start_with(Setup {
+        top_level_config: format!("site = \"{name}\"\n"),
+        extra_config: format!(
+            "\n[[principal]]\nname = \"peer\"\ntoken = \"{}\"\n",
+            peer_token(name)
+        ),
+        hosts: vec![],
+        host_dead_after_ms: dead_after_ms,
+        ..Setup::default()
+    })
+    .await;
+    let agent = RemoteAgent::start(&server, "r1", cpus, 16384);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server
+        .ops
+        .list_hosts()
+        .await
+        .expect("hosts")
+        .hosts
+        .iter()
+        .all(|h| h.state != veem_api::HostState::Up)
+    {
+        assert!(Instant::now() < deadline, "the agent never came up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (server, agent)
+}
+
+#[tokio::test]
+async fn three_sites_spill_over_in_order_and_a_lost_hosts_vee_restarts_at_another_site() {
+    use veem_model::{ControlAction as A, VmiState};
+    let (west, mut agent) = site_with_agent("west", 2, 2_000).await;
+    let (east, north) = (site_of("east", 2).await, site("north").await);
+    register(&west, &east, "east").await;
+    register(&west, &north, "north").await;
+
+    // Four CPUs: not west's two, not east's two, north's eight.
+    let mut wide = small("wide");
+    wide.cpu = 4;
+    let wide = init_one(&west.a, wide).await;
+    ctl_ok(&west.a, A::Activate, &[&wide]).await;
+    assert_eq!(
+        wait_state(&west.a, &wide, VmiState::Active).await.site,
+        "north"
+    );
+    assert!(
+        named(&east, "wide").await.is_none(),
+        "east was tried and refused"
+    );
+
+    // The paper's 2.2.8 across sites: the host of a running replica is lost and no local host
+    // is left; the replica boots again at the first site with room.
+    let mut replica = small("replica");
+    replica.restart_attempts = 1;
+    let replica = init_one(&west.a, replica).await;
+    ctl_ok(&west.a, A::Activate, &[&replica]).await;
+    let here = wait_state(&west.a, &replica, VmiState::Active).await;
+    assert_eq!((here.site.as_str(), here.host.is_some()), ("west", true));
+    agent.kill9();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let view = get(&west.a, &replica).await;
+        if view.state == VmiState::Active && view.site == "east" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replica did not restart at east: {view:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let there = named(&east, "replica").await.expect("it runs at east");
+    assert_eq!(there.state, VmiState::Active);
+}
