@@ -227,6 +227,28 @@ pub(crate) fn owned_disk_targets(spec: &DeploySpec) -> Vec<String> {
         .collect()
 }
 
+/// Refuses a disk copy that does not ask for exactly the disks the VEE of `spec` owns: a copy
+/// must leave no disk behind and write to no disk used in place.
+pub(crate) fn check_copy_targets(
+    spec: &DeploySpec,
+    copy: &veem_api::agent::DiskCopy,
+) -> Result<(), DriverError> {
+    let mut owned = owned_disk_targets(spec);
+    let mut asked = copy.targets.clone();
+    owned.sort();
+    asked.sort();
+    if owned != asked {
+        return Err(DriverError::Invalid {
+            what: "disk copy",
+            reason: format!(
+                "the destination asks for disks {asked:?}; {} owns {owned:?}",
+                spec.vee
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Checks that the kernel and initrd of a direct kernel boot are there, so a missing file is
 /// named rather than left to the hypervisor's own message.
 pub fn check_boot_files(spec: &DeploySpec) -> Result<(), DriverError> {

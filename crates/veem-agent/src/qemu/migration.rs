@@ -37,7 +37,7 @@ use super::launch::check_spec;
 use super::machine::{drive_id, shape_path, MachineShape};
 use super::process;
 use super::qmp;
-use crate::driver::owned_disk_targets;
+use crate::driver::{check_copy_targets, owned_disk_targets};
 use crate::{check_disk_target, fsutil, DriverError, Incoming, MigrationStats};
 
 /// How often a migration's progress is looked at: often, since it is what a suspend or a
@@ -770,19 +770,7 @@ fn check_disk_copy(copy: &DiskCopy) -> Result<(), DriverError> {
 /// machine: a copy must leave no disk behind and write to no disk used in place.
 fn check_copy_matches(instance: &Instance, copy: &DiskCopy) -> Result<(), DriverError> {
     let record = instance.record();
-    let mut owned = owned_disk_targets(&record.spec);
-    let mut asked = copy.targets.clone();
-    owned.sort();
-    asked.sort();
-    if owned != asked {
-        return Err(DriverError::Invalid {
-            what: "disk copy",
-            reason: format!(
-                "the destination asks for disks {asked:?}; {} owns {owned:?}",
-                instance.vee
-            ),
-        });
-    }
+    check_copy_targets(&record.spec, copy)?;
     if !record.shape.plugged_cpus.is_empty() {
         // The destination starts the spec's machine: its vCPUs all at boot, not plugged.
         return Err(DriverError::Failed {

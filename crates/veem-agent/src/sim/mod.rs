@@ -36,7 +36,9 @@ use veem_model::VeeId;
 pub use config::{FaultSpec, LatencyConfig, SimConfig, FAULT_OPS};
 use journal::{Change, Journal};
 
-use crate::driver::{check_boot_files, check_disk_target, local_source, owned_disk_targets};
+use crate::driver::{
+    check_boot_files, check_copy_targets, check_disk_target, local_source, owned_disk_targets,
+};
 use crate::vee_locks::{VeeGuard, VeeLocks};
 use crate::{fsutil, Driver, DriverError, Incoming, MigrationStats};
 
@@ -447,19 +449,7 @@ fn copy_destination(copy: &DiskCopy, spec: &DeploySpec) -> Result<PathBuf, Drive
             what: "disk copy",
             reason: format!("{:?} is not {URI_SCHEME}<absolute directory>", copy.address),
         })?;
-    let mut owned = owned_disk_targets(spec);
-    let mut asked = copy.targets.clone();
-    owned.sort();
-    asked.sort();
-    if owned != asked {
-        return Err(DriverError::Invalid {
-            what: "disk copy",
-            reason: format!(
-                "the destination asks for disks {asked:?}; {} owns {owned:?}",
-                spec.vee
-            ),
-        });
-    }
+    check_copy_targets(spec, copy)?;
     Ok(PathBuf::from(dir))
 }
 
