@@ -373,21 +373,14 @@ impl Veem {
             let Some(remote) = event.vee.clone() else {
                 continue;
             };
-            let Some(local) = self
-                .inner
-                .records
-                .ids_where(|r| r.site.as_ref() == Some(site) && r.remote.as_ref() == Some(&remote))
-                .pop()
-            else {
+            let Some(record) = self.inner.records.at_site(site, &remote) else {
                 continue;
             };
+            let local = record.id.clone();
             if event.kind == EventType::State {
                 changed.insert(local);
                 continue;
             }
-            let Some(record) = self.inner.records.get(local.seq()) else {
-                continue;
-            };
             // Without a prefix of its own a VEE's FQNs start with its id: the site's id there.
             if record.descriptor.fqn_prefix.is_none() {
                 let (there, here) = (format!("{remote}."), format!("{local}."));

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::watch;
-use veem_model::{HostId, Principal, VeeEvent, VeeId, VeeRecord, VeemState, VmiState};
+use veem_model::{HostId, Principal, SiteName, VeeEvent, VeeId, VeeRecord, VeemState, VmiState};
 use veem_store::Change;
 
 use super::now_ms;
@@ -105,6 +105,14 @@ pub(super) struct RecordsState {
     vees: BTreeMap<u64, Box<Slot>>,
     /// Each VEE's monitoring token (`veem.monitoring.token` in its context), to its number.
     monitoring_tokens: HashMap<String, u64>,
+    /// Each VEE that runs at another site, by (site, its id there), to its number: what a
+    /// site pushes names its own ids.
+    remotes: HashMap<(SiteName, VeeId), u64>,
+}
+
+/// The key of a VEE that runs at another site.
+fn remote_key(record: &VeeRecord) -> Option<(SiteName, VeeId)> {
+    Some((record.site.clone()?, record.remote.clone()?))
 }
 
 impl RecordsState {
@@ -154,6 +162,7 @@ impl Records {
     pub(super) fn load(records: Vec<VeeRecord>, next_seq: u64) -> Loaded {
         let mut vees = BTreeMap::new();
         let mut monitoring_tokens = HashMap::new();
+        let mut remotes = HashMap::new();
         let mut pending = BTreeSet::new();
         let mut by_host: HashMap<HostId, Vec<u64>> = HashMap::new();
         // The VEEs of one InitializeVEEs call are loaded one after the other with equal
@@ -181,6 +190,9 @@ impl Records {
             if let Some(token) = &record.monitoring_token {
                 monitoring_tokens.insert(token.clone(), seq);
             }
+            if let Some(key) = remote_key(&record) {
+                remotes.insert(key, seq);
+            }
             vees.insert(seq, Slot::new(record));
         }
         Loaded {
@@ -188,6 +200,7 @@ impl Records {
                 state: Mutex::new(RecordsState {
                     vees,
                     monitoring_tokens,
+                    remotes,
                 }),
                 next_seq: Mutex::new(next_seq.max(1)),
             },
@@ -293,8 +306,18 @@ impl Records {
     pub(super) fn apply(&self, staged: &[Staged]) {
         let mut state = self.read();
         for s in staged {
-            if let Some(slot) = state.vees.get_mut(&s.seq) {
-                slot.set(s.record.clone());
+            let Some(slot) = state.vees.get_mut(&s.seq) else {
+                continue;
+            };
+            let (before, after) = (remote_key(&slot.record), remote_key(&s.record));
+            slot.set(s.record.clone());
+            if before != after {
+                if let Some(key) = before {
+                    state.remotes.remove(&key);
+                }
+                if let Some(key) = after {
+                    state.remotes.insert(key, s.seq);
+                }
             }
         }
     }
@@ -307,6 +330,9 @@ impl Records {
             if let Some(token) = &r.monitoring_token {
                 state.monitoring_tokens.insert(token.clone(), r.id.seq());
             }
+            if let Some(key) = remote_key(r) {
+                state.remotes.insert(key, r.id.seq());
+            }
         }
     }
 
@@ -316,6 +342,9 @@ impl Records {
         if let Some(slot) = state.vees.remove(&seq) {
             if let Some(token) = &slot.record.monitoring_token {
                 state.monitoring_tokens.remove(token);
+            }
+            if let Some(key) = remote_key(&slot.record) {
+                state.remotes.remove(&key);
             }
         }
     }
@@ -342,6 +371,13 @@ impl Records {
     pub(super) fn of_token(&self, token: &str) -> Option<VeeRecord> {
         let state = self.read();
         let seq = state.monitoring_tokens.get(token)?;
+        state.get(*seq).cloned()
+    }
+
+    /// The VEE that runs at `site` as `remote` there.
+    pub(super) fn at_site(&self, site: &SiteName, remote: &VeeId) -> Option<VeeRecord> {
+        let state = self.read();
+        let seq = state.remotes.get(&(site.clone(), remote.clone()))?;
         state.get(*seq).cloned()
     }
 
@@ -462,6 +498,29 @@ mod tests {
         // A later watcher starts from the generation of the moment it subscribes.
         let watcher = slot.subscribe();
         assert_eq!(*watcher.borrow(), 3);
+    }
+
+    #[test]
+    fn a_vee_at_another_site_is_found_by_its_id_there_until_it_leaves() {
+        let records = Records::load(vec![record()], 2).records;
+        let (east, there) = (SiteName::new("east").expect("a name"), VeeId::from_seq(77));
+        assert!(records.at_site(&east, &there).is_none());
+        let placed = records
+            .stage(1, None, |r| {
+                r.site = Some(east.clone());
+                r.remote = Some(there.clone());
+            })
+            .expect("known");
+        records.apply(&[placed]);
+        assert_eq!(
+            records.at_site(&east, &there).map(|r| r.id),
+            Some(VeeId::from_seq(1))
+        );
+        records.remove(1);
+        assert!(
+            records.at_site(&east, &there).is_none(),
+            "gone with its VEE"
+        );
     }
 
     #[test]
