@@ -98,7 +98,7 @@ async fn wait_site(client: &Client, site: &str, state: SiteState, within: Durati
 
 #[tokio::test]
 async fn a_site_is_registered_only_once_it_answers_with_the_token_given() {
-    let (west, mut east) = (site("west").await, site("east").await);
+    let (west, east) = (site("west").await, site("east").await);
     let closed = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
         format!("http://{}", listener.local_addr().expect("an address"))
@@ -181,8 +181,17 @@ async fn a_site_is_registered_only_once_it_answers_with_the_token_given() {
         }]
     );
 
-    // A site that stops answering is unreachable after 10 s, and up again once it answers.
-    east.stop();
+    // A site that stops answering (its process stopped, SIGSTOP) is unreachable after 10 s,
+    // and up again once it answers (SIGCONT).
+    let pid = east.pid().expect("east runs").to_string();
+    let signal = |name: &str| {
+        let sent = std::process::Command::new("kill")
+            .args([name, &pid])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "kill {name} {pid}");
+    };
+    signal("-STOP");
     wait_site(
         &west.ops,
         "east",
@@ -190,7 +199,7 @@ async fn a_site_is_registered_only_once_it_answers_with_the_token_given() {
         Duration::from_secs(20),
     )
     .await;
-    east.start_again().await;
+    signal("-CONT");
     wait_site(&west.ops, "east", SiteState::Up, Duration::from_secs(10)).await;
 
     west.ops.delete_site("east").await.expect("removed");
@@ -425,8 +434,8 @@ async fn vees_run_at_the_site_they_are_placed_and_are_controlled_through_their_p
         Some("in_use")
     );
 
-    // A site that does not answer: its VEEs show so, and actions on them fail.
-    east.stop();
+    // A site that does not answer (killed, kill -9): its VEEs show so, and actions on them fail.
+    east.kill9();
     let deadline = Instant::now() + Duration::from_secs(20);
     while get(&west.a, &big).await.site_state != SiteState::Unreachable {
         assert!(Instant::now() < deadline, "east never became unreachable");
