@@ -420,6 +420,23 @@ async fn vees_run_at_the_site_they_are_placed_and_are_controlled_through_their_p
         "{events:?}"
     );
 
+    // Its disk is downloaded through its primary, from its site.
+    let out = west.dir.path().join("forced-vda.qcow2");
+    let via_west = west
+        .a
+        .download_disk(&forced, "vda", &out)
+        .await
+        .expect("downloaded from east");
+    let direct = east.dir.path().join("direct-vda.qcow2");
+    let at_east = peer_at_east
+        .download_disk(&there.id, "vda", &direct)
+        .await
+        .expect("downloaded at east");
+    assert!(
+        via_west > 0 && via_west == at_east,
+        "{via_west} vs {at_east} bytes"
+    );
+
     // Purge at the primary leaves nothing at the site.
     west.a.purge_vee(&forced).await.expect("purged");
     assert!(named(&east, "forced").await.is_none(), "gone at east too");

@@ -628,6 +628,10 @@ impl Veem {
         target: &str,
     ) -> Result<PathBuf, CoreError> {
         let record = self.inner.records.lookup(caller, id)?;
+        if record.site.is_some() {
+            // Its disks are at its site, which says whether they can be had now.
+            return self.export_remote_disk(&record, target).await;
+        }
         if !matches!(record.state, VmiState::Defined | VmiState::Destroyed) {
             return Err(CoreError::WrongState(format!(
                 "VEE {id} is {}; its disks can be downloaded in DEFINED or DESTROYED",

@@ -528,6 +528,28 @@ impl Veem {
             .collect())
     }
 
+    /// Fetches a disk of a remote VEE from its site into a file of `data_dir/exports` (named as
+    /// a local export is, so a crash's leftovers go the same way): its path.
+    pub(super) async fn export_remote_disk(
+        &self,
+        record: &VeeRecord,
+        target: &str,
+    ) -> Result<std::path::PathBuf, CoreError> {
+        let (site, remote) = Self::remote_of(record)?;
+        let client = self.inner.sites.client(site)?;
+        let exports = self.inner.config.data_dir.join("exports");
+        tokio::fs::create_dir_all(&exports)
+            .await
+            .map_err(|e| CoreError::internal("creating the export directory", e))?;
+        let out = exports.join(format!("{}-{target}-{}.qcow2", record.id, super::now_ms()));
+        if let Err(e) = client.download_disk(remote.as_str(), target, &out).await {
+            // A partial file is nobody's.
+            let _ = tokio::fs::remove_file(&out).await;
+            return Err(site_error(site, e));
+        }
+        Ok(out)
+    }
+
     /// Where a remote VEE runs, and its id there.
     fn remote_of(record: &VeeRecord) -> Result<(&SiteName, &VeeId), CoreError> {
         match (&record.site, &record.remote) {
