@@ -413,7 +413,11 @@ impl Veem {
             }
             let order = self.placement_order(&record);
             if order.iter().any(Option::is_some) {
-                // Other sites may take it: trying them takes calls, in a task of its own.
+                // Other sites may take it: trying them takes calls, in a task of its own, and
+                // not at every round.
+                if !inner.placer.may_offer(seq, std::time::Instant::now()) {
+                    continue;
+                }
                 let veem = self.clone();
                 tokio::spawn(async move { veem.place_in_order(seq, guard, order).await });
                 continue;

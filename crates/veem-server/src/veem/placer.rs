@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use veem_model::{HostId, VeeId, VeeRecord};
@@ -37,7 +37,12 @@ struct PlacerState {
     /// host first connects and their allocations are restored: so a connecting host looks at
     /// its own VEEs, not at every record (10,000 hosts times 200,000 records at start).
     awaiting_host: HashMap<HostId, Vec<u64>>,
+    /// When each waiting VEE was last offered to other sites: calls, so not at every round.
+    offered: HashMap<u64, Instant>,
 }
+
+/// How long a waiting VEE waits before it is offered to other sites again.
+const OFFER_AGAIN_AFTER: Duration = Duration::from_secs(5);
 
 pub(super) struct Placer {
     state: Mutex<PlacerState>,
@@ -56,6 +61,7 @@ impl Placer {
                 cluster: Cluster::new(policy),
                 pending,
                 awaiting_host,
+                offered: HashMap::new(),
             }),
             wake: Notify::new(),
         }
@@ -171,7 +177,22 @@ impl Placer {
 
     /// Takes a VEE out of the queue.
     pub(super) fn dequeue(&self, seq: u64) {
-        self.state().pending.remove(&seq);
+        let mut state = self.state();
+        state.pending.remove(&seq);
+        state.offered.remove(&seq);
+    }
+
+    /// Whether a waiting VEE may be offered to other sites now (at most every
+    /// [`OFFER_AGAIN_AFTER`]); if so, notes that it is.
+    pub(super) fn may_offer(&self, seq: u64, now: Instant) -> bool {
+        let mut state = self.state();
+        match state.offered.get(&seq) {
+            Some(last) if now.duration_since(*last) < OFFER_AGAIN_AFTER => false,
+            _ => {
+                state.offered.insert(seq, now);
+                true
+            }
+        }
     }
 
     /// Frees a VEE's host and takes it out of the queue: it needs neither any more.
@@ -179,6 +200,7 @@ impl Placer {
         let mut state = self.state();
         state.cluster.release(id);
         state.pending.remove(&seq);
+        state.offered.remove(&seq);
     }
 
     /// The VEEs waiting for placement, oldest first.
@@ -244,6 +266,19 @@ mod tests {
         // A reconnection restores nothing again: placement kept the allocations.
         assert!(placer.host_connected(&host("h1"), four_cpus()).is_empty());
         assert_eq!(placer.usage(&host("h1")).expect("known").used.cpus, 4);
+    }
+
+    #[test]
+    fn a_waiting_vee_is_offered_to_other_sites_at_most_every_few_seconds() {
+        let placer = Placer::new(Policy::default(), BTreeSet::from([7]), HashMap::new());
+        let now = Instant::now();
+        assert!(placer.may_offer(7, now));
+        assert!(!placer.may_offer(7, now + Duration::from_secs(1)));
+        assert!(placer.may_offer(7, now + OFFER_AGAIN_AFTER));
+        // Placed, then waiting again: offered at once.
+        placer.dequeue(7);
+        placer.enqueue(7);
+        assert!(placer.may_offer(7, now + OFFER_AGAIN_AFTER));
     }
 
     #[test]
