@@ -696,3 +696,51 @@ async fn three_sites_spill_over_in_order_and_a_lost_hosts_vee_restarts_at_anothe
     let there = named(&east, "replica").await.expect("it runs at east");
     assert_eq!(there.state, VmiState::Active);
 }
+
+#[tokio::test]
+async fn tags_travel_with_a_vee_and_bind_only_its_owners_vees_at_the_site() {
+    use veem_model::{ControlAction as A, VmiState};
+    // East has one host: two VEEs of one owner that must not share a host cannot both run
+    // there; two of different owners can.
+    let (west, east) = (site("west").await, site_of("east", 8).await);
+    register(&west, &east, "east").await;
+    let db = |name: &str| {
+        let mut d = small(name);
+        d.sites = at(&["east"]);
+        d.tags = vec!["db".into()];
+        d.anti_affinity = vec!["db".into()];
+        d
+    };
+    let a1 = init_one(&west.a, db("a1")).await;
+    let b1 = init_one(&west.b, db("b1")).await;
+    ctl_ok(&west.a, A::Activate, &[&a1]).await;
+    ctl_ok(&west.b, A::Activate, &[&b1]).await;
+    for (client, id) in [(&west.a, &a1), (&west.b, &b1)] {
+        let view = wait_state(client, id, VmiState::Active).await;
+        assert_eq!(view.site, "east");
+        assert_eq!(
+            view.descriptor.tags,
+            vec!["db"],
+            "the primary shows its own tags"
+        );
+    }
+    // The owner's second "db" finds no host of east without one: it waits, saying why.
+    let a2 = init_one(&west.a, db("a2")).await;
+    let answer = west
+        .a
+        .update_state(&veem_api::UpdateStateRequest {
+            order: veem_api::Order::List,
+            ids: vec![a2.clone()],
+            action: A::Activate,
+            timeout_ms: Some(1_500),
+        })
+        .await
+        .expect("answered");
+    assert_eq!(
+        answer.failed.first().map(|f| f.error.as_str()),
+        Some("pending"),
+        "{answer:?}"
+    );
+    let why = get(&west.a, &a2).await.pending_reason.unwrap_or_default();
+    assert!(why.contains("site east"), "{why}");
+}

@@ -54,6 +54,18 @@ fn site_error(site: &SiteName, e: ClientError) -> CoreError {
     }
 }
 
+/// A tag of `owner`'s as it goes to a site: marked with the owner (a stable hash of its name),
+/// within a tag's 64 characters.
+fn owned_tag(owner: &Principal, tag: &str) -> String {
+    let mark = super::networks::fnv1a(owner.as_str().as_bytes());
+    let tagged = format!("{mark:08x}:{tag}");
+    if tagged.len() <= 64 {
+        tagged
+    } else {
+        format!("{mark:08x}:{:08x}", super::networks::fnv1a(tag.as_bytes()))
+    }
+}
+
 /// One failed item of a batch call at a site, in the core's words.
 fn item_error(site: &SiteName, failure: &ItemFailure) -> CoreError {
     let detail = format!("site {site}: {}", failure.detail);
@@ -232,6 +244,15 @@ impl Veem {
         self.send_images(owner, descriptor, site, &client).await?;
         let mut descriptor = descriptor.clone();
         descriptor.sites.clear();
+        // At the site every VEE of this VEEM is the one principal's: its tags are the owner's
+        // own there, so one tenant's anti-affinity never binds another's VEEs.
+        for tag in descriptor
+            .tags
+            .iter_mut()
+            .chain(descriptor.anti_affinity.iter_mut())
+        {
+            *tag = owned_tag(owner, tag);
+        }
         let made = client
             .initialize(&InitializeRequest {
                 model: InitModel::Twophase,
@@ -318,9 +339,12 @@ impl Veem {
             .get_vee(remote.as_str())
             .await
             .map_err(|e| site_error(site, e))?;
-        // The site's descriptor, but for the preference of sites, which is the primary's.
+        // The site's descriptor, but for the preference of sites and the tags, which are the
+        // primary's (the site holds them marked with their owner).
         let mut descriptor = view.descriptor;
         descriptor.sites = record.descriptor.sites.clone();
+        descriptor.tags = record.descriptor.tags.clone();
+        descriptor.anti_affinity = record.descriptor.anti_affinity.clone();
         let same = (
             view.state,
             view.veem_state,

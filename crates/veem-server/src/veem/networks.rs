@@ -451,13 +451,17 @@ fn no_network(caller: &Caller, name: &str) -> CoreError {
 /// A key of this VEEM's own, for the names of its LANs on hosts: two VEEMs on one machine (or
 /// a VEEM started again on another data directory) never share a bridge.
 pub fn lan_key(data_dir: &std::path::Path) -> u32 {
-    // FNV-1a: stable across runs and Rust versions, unlike the std hasher.
+    fnv1a(data_dir.as_os_str().as_encoded_bytes()) & 0x00ff_ffff
+}
+
+/// FNV-1a of `bytes`: stable across runs and Rust versions, unlike the std hasher.
+pub(super) fn fnv1a(bytes: &[u8]) -> u32 {
     let mut hash: u32 = 0x811c_9dc5;
-    for byte in data_dir.as_os_str().as_encoded_bytes() {
+    for byte in bytes {
         hash ^= u32::from(*byte);
         hash = hash.wrapping_mul(0x0100_0193);
     }
-    hash & 0x00ff_ffff
+    hash
 }
 
 #[cfg(test)]
