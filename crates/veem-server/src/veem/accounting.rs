@@ -6,11 +6,11 @@
 //! task wakes a lead before the earliest tick, builds the records of that tick (and of those
 //! within [`SEND_GROUPING`] after it) and starts storing them; they wait for their tick and
 //! each callback gets its records of that moment in one push (a JSON array). The lead is what
-//! storing takes (measured per record) for every record due within [`MAX_STORE_LEAD`], as the
-//! commits of close ticks queue one behind the other, plus [`SEND_GROUPING`]; at most
-//! [`MAX_STORE_LEAD`] plus that, which bounds how old a record's state can be. A late tick is
-//! still sent, never skipped; after a restart of the VEEM the ticks go on on the same grid
-//! (those that fell while it was down are not sent).
+//! storing takes (measured per record, [`STORE_COST_MARGIN`] times that allowed for) for every
+//! record due within [`MAX_STORE_LEAD`], as the commits of close ticks queue one behind the
+//! other, plus [`SEND_GROUPING`]; at most [`MAX_STORE_LEAD`] plus that, which bounds how old
+//! a record's state can be. A late tick is still sent, never skipped; after a restart of the
+//! VEEM the ticks go on on the same grid (those that fell while it was down are not sent).
 //!
 //! Durability (the accounting outbox): a record is stored before any listener can see it. The
 //! records of a tick are committed (through the committer, as every change) together with one
