@@ -21,8 +21,24 @@ pub struct Committer {
     ahead: mpsc::UnboundedSender<(Vec<Change>, Reply)>,
 }
 
-/// At most this many changes go into one transaction, so one transaction stays short.
+/// Callers' changes are gathered into one transaction until it holds this many rows (the last
+/// caller gathered may take it past), so that one transaction stays short: what is enqueued
+/// ahead waits for the one being written.
 const MAX_BATCH: usize = 4096;
+
+/// The rows a change writes, about: a change of many accounting records or outbox entries
+/// costs as much as that many changes of one row.
+fn rows(changes: &[Change]) -> usize {
+    changes
+        .iter()
+        .map(|change| match change {
+            Change::AppendAccounting(records) => records.len(),
+            Change::QueueAccounting(entries) => entries.len(),
+            Change::SettleAccounting(ids) => ids.len(),
+            _ => 1,
+        })
+        .sum()
+}
 
 impl Committer {
     pub fn start(store: Arc<dyn Store>) -> Self {
@@ -93,11 +109,11 @@ async fn run(
             else => return,
         };
         let mut group = vec![first];
-        let mut size = group[0].0.len();
+        let mut size = rows(&group[0].0);
         while size < MAX_BATCH {
             match queue.try_recv() {
                 Ok(next) => {
-                    size += next.0.len();
+                    size += rows(&next.0);
                     group.push(next);
                 }
                 Err(_) => break,
