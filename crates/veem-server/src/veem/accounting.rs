@@ -3,10 +3,13 @@
 //!
 //! Timing: a listener's ticks fall at `registered + k * interval` on a monotonic clock, whether
 //! or not anything changed (both clocks are read together at registration); one scheduler
-//! task wakes a lead before the earliest tick (what storing the records takes, measured, plus
-//! [`SEND_GROUPING`]), builds the records of every tick then due and starts storing them; they
-//! wait for their tick and each callback gets its records of that moment in one push (a JSON
-//! array). A late tick is still sent, never skipped; after a restart of the
+//! task wakes a lead before the earliest tick, builds the records of that tick (and of those
+//! within [`SEND_GROUPING`] after it) and starts storing them; they wait for their tick and
+//! each callback gets its records of that moment in one push (a JSON array). The lead is what
+//! storing takes (measured per record, [`STORE_COST_MARGIN`] times that allowed for) for every
+//! record due within [`MAX_STORE_LEAD`], as the commits of close ticks queue one behind the
+//! other, plus [`SEND_GROUPING`]; at most [`MAX_STORE_LEAD`] plus that, which bounds how old
+//! a record's state can be. A late tick is still sent, never skipped; after a restart of the
 //! VEEM the ticks go on on the same grid (those that fell while it was down are not sent).
 //!
 //! Durability (the accounting outbox): a record is stored before any listener can see it. The
@@ -15,13 +18,14 @@
 //! records are committed in the DESTROY's own transaction. So whatever a listener received is
 //! readable with `GET /vees/{id}/accounting`, also after a kill -9. The pusher reports each
 //! POST a listener acknowledged, and those entries are settled (removed) while the next POST
-//! is under way, before the one after it goes out; after a restart the entries left are pushed
-//! again, in order. Delivery is at least once: the records of the last two POSTs to a callback
-//! before a crash (the one in flight, the one acknowledged just before whose settlement was not
-//! yet durable) can arrive twice, and a listener tells them apart by their (vee, t0). A record
-//! the push queue's bound drops is settled too (it is counted in the pusher's `dropped` and
-//! logged), so a dead listener does not grow the outbox without bound; it stays readable with
-//! GET like every record.
+//! is under way, before the one after it goes out (ahead of the records waiting to be
+//! committed, so that the pusher does not wait behind them); after a restart the entries left
+//! are pushed again, in order. Delivery is at least once: the records of the last two POSTs to
+//! a callback before a crash (the one in flight, the one acknowledged just before whose
+//! settlement was not yet durable) can arrive twice, and a listener tells them apart by their
+//! (vee, t0). A record the push queue's bound drops is settled too (it is counted in the
+//! pusher's `dropped` and logged), so a dead listener does not grow the outbox without bound;
+//! it stays readable with GET like every record.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,8 +55,11 @@ const SEND_GROUPING: Duration = Duration::from_millis(3);
 /// The most by which records are built ahead of their tick, however slow storing them is: the
 /// state a record shows is the state this long before its tick, at worst.
 const MAX_STORE_LEAD: Duration = Duration::from_millis(30);
-/// What storing a tick's records is taken to cost until it was measured.
-const FIRST_STORE_ESTIMATE: Duration = Duration::from_millis(5);
+/// What storing one record (with its outbox entry) is taken to cost until it was measured, ns.
+const FIRST_STORE_NS_PER_RECORD: u64 = 5_000;
+/// How many times the measured cost of storing a record the lead allows for: from one commit
+/// to the next, on a machine shared with other work, the cost varies by about that much.
+const STORE_COST_MARGIN: u64 = 2;
 /// ACTIVE periods kept per VEE: enough for the longest interval.
 const ACTIVITY_KEPT_MS: u64 = MAX_ACCOUNTING_INTERVAL_MS + 60_000;
 
@@ -159,7 +166,7 @@ impl Receipts<Outgoing> for OutboxReceipts {
     fn delivered(&self, callback: &str, items: Vec<Arc<Outgoing>>) -> BoxFuture<'static, ()> {
         let settled = self
             .committer
-            .enqueue(vec![Change::SettleAccounting(ids(&items))]);
+            .enqueue_ahead(vec![Change::SettleAccounting(ids(&items))]);
         let callback = callback.to_owned();
         Box::pin(async move {
             if let Err(e) = settled.await {
@@ -172,7 +179,7 @@ impl Receipts<Outgoing> for OutboxReceipts {
     fn dropped(&self, callback: &str, items: Vec<Arc<Outgoing>>) {
         let settled = self
             .committer
-            .enqueue(vec![Change::SettleAccounting(ids(&items))]);
+            .enqueue_ahead(vec![Change::SettleAccounting(ids(&items))]);
         let callback = callback.to_owned();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
@@ -205,6 +212,32 @@ struct Segment {
 /// once; a lower one lowers the estimate by an eighth per measure, at most down to it.
 fn decaying_max(before: u64, took: u64) -> u64 {
     took.max(before - before / 8)
+}
+
+/// How long before the first of the ticks `due` its records are built, when storing a record
+/// costs `ns_per_record` ([`STORE_COST_MARGIN`] times that is allowed for): long enough for every record due in the next [`MAX_STORE_LEAD`] to
+/// be stored by its tick when they are stored one tick after another (the commits of records
+/// are queued in order; with ticks close together, a tick's records wait for those of the
+/// ticks before it), plus [`SEND_GROUPING`]. At most [`MAX_STORE_LEAD`] plus that.
+fn build_lead(due: &BTreeSet<(Instant, Key)>, ns_per_record: u64) -> Duration {
+    let Some(&(first, _)) = due.first() else {
+        return SEND_GROUPING;
+    };
+    let mut needed = Duration::ZERO;
+    for (records, (tick, _)) in (1u64..).zip(due) {
+        let after_first = tick.saturating_duration_since(first);
+        if after_first > MAX_STORE_LEAD {
+            break;
+        }
+        // Stored by `tick` if storing starts this long before the first tick.
+        let storing = Duration::from_nanos(
+            records
+                .saturating_mul(ns_per_record)
+                .saturating_mul(STORE_COST_MARGIN),
+        );
+        needed = needed.max(storing.saturating_sub(after_first));
+    }
+    SEND_GROUPING + needed.min(MAX_STORE_LEAD)
 }
 
 /// Every entry of `segments`, in order.
@@ -250,8 +283,11 @@ pub(super) struct Accounting {
     pending_deliveries: Mutex<Option<mpsc::UnboundedReceiver<Delivery>>>,
     /// What the outbox held at start, to push again first.
     backlog: Mutex<Vec<OutboxEntry>>,
-    /// How long storing a tick's records took lately, in µs: a decaying maximum.
-    store_us: AtomicU64,
+    /// How long storing a record (with its outbox entry) took lately, in ns: a decaying
+    /// maximum of what the commits of records cost, divided by their records.
+    store_ns_per_record: AtomicU64,
+    /// When the last commit of records became durable: a commit queued behind it started then.
+    last_durable: Mutex<Option<Instant>>,
     /// What hosts last reported of each VEE.
     observed: Mutex<HashMap<u64, InstanceStatus>>,
     /// Each VEE's ACTIVE periods, `(start, end)`, newest last.
@@ -291,7 +327,8 @@ impl Accounting {
             deliveries,
             pending_deliveries: Mutex::new(Some(pending_deliveries)),
             backlog: Mutex::new(outbox),
-            store_us: AtomicU64::new(FIRST_STORE_ESTIMATE.as_micros() as u64),
+            store_ns_per_record: AtomicU64::new(FIRST_STORE_NS_PER_RECORD),
+            last_durable: Mutex::new(None),
             observed: Mutex::new(HashMap::new()),
             activity: Mutex::new(activity),
         }
@@ -307,20 +344,34 @@ impl Accounting {
         }
     }
 
-    /// How long before a tick its records are built: what storing them takes lately, plus
-    /// [`SEND_GROUPING`].
-    fn build_lead(&self) -> Duration {
-        let store = Duration::from_micros(self.store_us.load(Ordering::Relaxed));
-        SEND_GROUPING + store.min(MAX_STORE_LEAD)
+    /// How long before the first tick of `book` its records are built: see [`build_lead`].
+    fn build_lead(&self, book: &Book) -> Duration {
+        build_lead(&book.due, self.store_ns_per_record.load(Ordering::Relaxed))
     }
 
-    /// Notes how long storing a tick's records took: the estimate follows a slower commit at
-    /// once and a faster one slowly.
-    fn note_store_time(&self, took: Duration) {
-        let took = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
-        let before = self.store_us.load(Ordering::Relaxed);
-        self.store_us
-            .store(decaying_max(before, took), Ordering::Relaxed);
+    /// Notes that a commit of `records` records, asked for at `asked`, is durable now. What it
+    /// cost is counted from when it could start: when it was asked, or when the commit of
+    /// records before it was durable. The estimate follows a slower commit at once and a
+    /// faster one slowly.
+    fn note_stored(&self, records: usize, asked: Instant) {
+        let now = Instant::now();
+        let started = {
+            let mut last = self
+                .last_durable
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let started = last.map_or(asked, |last| last.max(asked));
+            *last = Some(now);
+            started
+        };
+        let Ok(records) = u64::try_from(records.max(1)) else {
+            return;
+        };
+        let took =
+            u64::try_from(now.saturating_duration_since(started).as_nanos()).unwrap_or(u64::MAX);
+        let before = self.store_ns_per_record.load(Ordering::Relaxed);
+        self.store_ns_per_record
+            .store(decaying_max(before, took / records), Ordering::Relaxed);
     }
 
     /// Hands records to the pusher, one push per callback, in the order given.
@@ -385,6 +436,25 @@ impl Accounting {
     /// The VEE's CPU time so far on its current instance, if a host reported it.
     fn cpu_time_ms(&self, seq: u64) -> Option<u64> {
         self.observed().get(&seq).map(|status| status.cpu_time_ms)
+    }
+}
+
+/// Tokio's timer fires on whole milliseconds, rounding up, and a timer task wakes a little
+/// after that: up to a millisecond and more late, most of what the VEEM adds to a record's
+/// lateness on a quiet machine.
+const TIMER_RESOLUTION: Duration = Duration::from_millis(1);
+
+/// Sleeps until `due`: by tokio's timer until [`TIMER_RESOLUTION`] before, then the rest in a
+/// thread of the blocking pool, whose sleep the OS ends within tens of µs (spinning instead
+/// would take a core from the commits, which are busiest right then).
+async fn sleep_until_precisely(due: Instant) {
+    if let Some(early) = due.checked_sub(TIMER_RESOLUTION) {
+        tokio::time::sleep_until(early.into()).await;
+    }
+    let rest = due.saturating_duration_since(Instant::now());
+    if !rest.is_zero() {
+        // A failed join (the runtime shutting down) only means sending a little early.
+        let _ = tokio::task::spawn_blocking(move || std::thread::sleep(rest)).await;
     }
 }
 
@@ -562,15 +632,22 @@ impl Veem {
             tokio::spawn(async move { veem.delivery_loop(deliveries).await });
         }
         loop {
-            let next = accounting.book().due.first().map(|(due, _)| *due);
-            let lead = accounting.build_lead();
+            let (next, lead) = {
+                let book = accounting.book();
+                let next = book.due.first().map(|(due, _)| *due);
+                (next, accounting.build_lead(&book))
+            };
             match next {
                 Some(due) => {
                     // Woken early, the records are ready (and stored) when their tick comes.
                     let wake_at = due.checked_sub(lead).unwrap_or(due);
-                    tokio::select! {
-                        () = tokio::time::sleep_until(wake_at.into()) => {}
-                        () = accounting.wake.notified() => continue,
+                    if wake_at <= Instant::now() {
+                        // Due already: built at once (one group of ticks per turn).
+                    } else {
+                        tokio::select! {
+                            () = tokio::time::sleep_until(wake_at.into()) => {}
+                            () = accounting.wake.notified() => continue,
+                        }
                     }
                 }
                 None => {
@@ -589,8 +666,11 @@ impl Veem {
         }
     }
 
-    /// Makes the records of every tick due by `horizon`, starts their commit and queues them
-    /// for delivery at their ticks; answers how many it made.
+    /// Makes the records of the first group of ticks (those within [`SEND_GROUPING`] of the
+    /// first) due by `horizon`, starts their commit and queues them for delivery at their
+    /// tick; answers how many it made. One group at a time, each in a commit of its own: a
+    /// tick's records are durable as soon as they and those before them are stored, not once
+    /// those of later ticks are too, as [`Accounting::build_lead`] counts on.
     fn make_due_records(&self, horizon: Instant) -> usize {
         let accounting = &self.inner.accounting;
         // Each segment with its first tick.
@@ -600,7 +680,10 @@ impl Veem {
         let activity = accounting.activity();
         let mut book = accounting.book();
         while let Some((due, key)) = book.due.first().cloned() {
-            if due > horizon {
+            let next_group = segments
+                .first()
+                .is_some_and(|(first, _)| due > *first + SEND_GROUPING);
+            if due > horizon || next_group {
                 break;
             }
             book.due.pop_first();
@@ -654,7 +737,7 @@ impl Veem {
             let durable = tokio::spawn(async move {
                 let outcome = commit.await;
                 if outcome.is_ok() {
-                    veem.inner.accounting.note_store_time(asked.elapsed());
+                    veem.inner.accounting.note_stored(made, asked);
                 }
                 outcome
             });
@@ -711,7 +794,7 @@ impl Veem {
             }
             for segment in segments {
                 if let Some(due) = segment.not_before {
-                    tokio::time::sleep_until(due.into()).await;
+                    sleep_until_precisely(due).await;
                     let late = Instant::now().saturating_duration_since(due);
                     tracing::debug!(late_us = late.as_micros() as u64, "accounting tick sent");
                 }
@@ -930,6 +1013,32 @@ mod tests {
         }
         assert_eq!(estimate, 1_000, "it comes down to what commits take");
         assert_eq!(decaying_max(0, 0), 0);
+    }
+
+    #[test]
+    fn the_lead_covers_the_records_of_the_ticks_queued_behind_the_first() {
+        let owner = Principal::new("sm").expect("a valid name");
+        let start = Instant::now();
+        // Ten ticks of 1,000 records each, 3.5 ms apart: ten blocks of listeners registered
+        // one after another, as in the monitoring bench.
+        let mut due = BTreeSet::new();
+        for tick in 0..10u64 {
+            for vee in 0..1_000 {
+                let at = start + Duration::from_micros(tick * 3_500);
+                due.insert((at, (owner.clone(), tick * 1_000 + vee)));
+            }
+        }
+        let ms = Duration::from_millis;
+        // At 1.5 µs a record (3 ms a tick with the margin) each tick is stored before the
+        // next one comes: the lead is what the first tick takes.
+        assert_eq!(build_lead(&due, 1_500), SEND_GROUPING + ms(3));
+        // At 2 µs (4 ms a tick) they fall behind by 0.5 ms a tick: the ninth tick (28 ms after
+        // the first, the last within MAX_STORE_LEAD) needs storing to start 36 - 28 = 8 ms
+        // early.
+        assert_eq!(build_lead(&due, 2_000), SEND_GROUPING + ms(8));
+        // However slow storing is, records are built at most MAX_STORE_LEAD early.
+        assert_eq!(build_lead(&due, 1_000_000), SEND_GROUPING + MAX_STORE_LEAD);
+        assert_eq!(build_lead(&BTreeSet::new(), 4_000), SEND_GROUPING);
     }
 
     #[tokio::test]
