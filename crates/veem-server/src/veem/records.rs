@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use veem_model::{HostId, Principal, SiteName, VeeEvent, VeeId, VeeRecord, VeemState, VmiState};
 use veem_store::Change;
 
-use super::now_ms;
+use veem_layout::now_ms;
 use crate::auth::Caller;
 use crate::error::CoreError;
 
