@@ -744,3 +744,54 @@ async fn tags_travel_with_a_vee_and_bind_only_its_owners_vees_at_the_site() {
     let why = get(&west.a, &a2).await.pending_reason.unwrap_or_default();
     assert!(why.contains("site east"), "{why}");
 }
+
+#[tokio::test]
+async fn a_site_over_https_is_verified_with_the_ca_given_at_registration() {
+    let west = site("west").await;
+    let east = Server::start_with(Setup {
+        top_level_config: "site = \"east\"\n".into(),
+        extra_config: format!(
+            "\n[[principal]]\nname = \"peer\"\ntoken = \"{}\"\n",
+            peer_token("east")
+        ),
+        hosts: vec![("h1", 8, 16384, "")],
+        tls: Some(vec![]),
+        ..Setup::default()
+    })
+    .await;
+    assert!(east.url.starts_with("https://"));
+    // Its certificate is signed by its own CA, which the system's roots do not know.
+    assert_eq!(
+        refusal(
+            west.ops
+                .add_site(&request("east", &east.url, &peer_token("east")))
+                .await
+        ),
+        (400, "site_unreachable".to_owned())
+    );
+    let ca = std::fs::read_to_string(east.ca.as_ref().expect("east's CA")).expect("readable");
+    let not_pem = SiteRequest {
+        ca_pem: Some("not a certificate".into()),
+        ..request("east", &east.url, &peer_token("east"))
+    };
+    assert_eq!(
+        refusal(west.ops.add_site(&not_pem).await),
+        (400, "malformed_request".to_owned())
+    );
+    let with_ca = SiteRequest {
+        ca_pem: Some(ca),
+        ..request("east", &east.url, &peer_token("east"))
+    };
+    let added = west
+        .ops
+        .add_site(&with_ca)
+        .await
+        .expect("verified with its CA");
+    assert_eq!(added.state, SiteState::Up);
+    let mut d = small("secure");
+    d.sites = at(&["east"]);
+    let id = init_one(&west.a, d).await;
+    ctl_ok(&west.a, veem_model::ControlAction::Activate, &[&id]).await;
+    let view = wait_state(&west.a, &id, veem_model::VmiState::Active).await;
+    assert_eq!(view.site, "east", "placed and pushed back over https");
+}

@@ -16,9 +16,9 @@ use tokio::sync::watch;
 use veem_model::{HostId, Principal, SiteName, VeeEvent, VeeId, VeeRecord, VeemState, VmiState};
 use veem_store::Change;
 
-use veem_layout::now_ms;
 use crate::auth::Caller;
 use crate::error::CoreError;
+use veem_layout::now_ms;
 
 /// One VEE in memory.
 pub(super) struct Slot {
