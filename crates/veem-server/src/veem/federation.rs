@@ -599,3 +599,30 @@ impl Veem {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn principal(name: &str) -> Principal {
+        Principal::new(name).expect("a valid name")
+    }
+
+    #[test]
+    fn a_tag_goes_to_a_site_marked_with_its_owner_and_fits_a_tag() {
+        let (alice, bob) = (principal("alice"), principal("bob"));
+        let db = owned_tag(&alice, "db");
+        assert!(db.ends_with(":db"), "{db}");
+        assert_ne!(db, owned_tag(&bob, "db"), "two owners, two tags");
+        assert_eq!(db, owned_tag(&alice, "db"), "stable");
+        // The longest owner and tag still make a tag of at most 64 characters, one per tag.
+        let long_owner = principal(&"o".repeat(64));
+        let (long, other) = ("t".repeat(64), "u".repeat(64));
+        let marked = owned_tag(&long_owner, &long);
+        assert!(marked.len() <= 64, "{marked}");
+        assert_ne!(marked, owned_tag(&long_owner, &other));
+        for tag in [db, marked] {
+            veem_model::check_word("tags[0]".into(), &tag).expect("a valid tag");
+        }
+    }
+}
