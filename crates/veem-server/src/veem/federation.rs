@@ -90,7 +90,7 @@ impl Veem {
         let sites = &self.inner.sites;
         if descriptor.sites.is_empty() {
             std::iter::once(None)
-                .chain(sites.list().into_iter().map(|info| Some(info.site.name)))
+                .chain(sites.names().into_iter().map(Some))
                 .collect()
         } else {
             descriptor

@@ -2,8 +2,8 @@
 //! their bytes are. Whether VEEs still use an image is the core's question
 //! ([`Veem::delete_image`](super::Veem::delete_image)): it needs the records too.
 //!
-//! Its lock is taken alone: no other part's lock is held while it is (see "Parts" in
-//! ARCHITECTURE.md).
+//! Its lock is taken alone: no other part's lock is held while it is (see "The core's parts"
+//! in ARCHITECTURE.md).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -79,7 +79,7 @@ pub struct BatchOutcome {
     pub failed: Vec<(VeeId, CoreError)>,
 }
 
-/// The core's parts (see "Parts" in ARCHITECTURE.md). Each owns its state behind its own lock;
+/// The core's parts (see "The core's parts" in ARCHITECTURE.md). Each owns its state behind its own lock;
 /// the operations that span parts are [`Veem`]'s, and hold no part's lock while they call
 /// another part.
 struct Inner {

@@ -229,7 +229,7 @@ pub struct NetworkInfo {
 }
 
 /// The networks part: the site's networks and the addresses VEEs hold on them. Its lock is
-/// taken alone: no other part's lock is held while it is (see "Parts" in ARCHITECTURE.md).
+/// taken alone: no other part's lock is held while it is (see "The core's parts" in ARCHITECTURE.md).
 pub struct Networks {
     table: Mutex<NetworkTable>,
     committer: Committer,

@@ -7,8 +7,8 @@
 //!   ([`Placer::release`]) when that commit fails.
 //! - A host's stored allocations are restored when it first connects, before anything new can
 //!   land there ([`Placer::host_connected`]).
-//! - Its lock is taken alone: no other part's lock is held while it is (see "Parts" in
-//!   ARCHITECTURE.md).
+//! - Its lock is taken alone: no other part's lock is held while it is (see "The core's
+//!   parts" in ARCHITECTURE.md).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard};

@@ -6,8 +6,8 @@
 //!   called once a staged change is durable.
 //! - Ids are handed out in order and never twice: [`Records::with_new_ids`] holds the id
 //!   counter while the batch's commit is queued, so ids reach the store in the order taken.
-//! - Its lock is taken alone: no other part's lock is held while it is (see "Parts" in
-//!   ARCHITECTURE.md).
+//! - Its lock is taken alone: no other part's lock is held while it is (see "The core's
+//!   parts" in ARCHITECTURE.md).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -7,8 +7,8 @@
 //!   refused at registration, and nothing is kept.
 //! - A site is checked at least every [`CHECK_INTERVAL`], also when nothing else is sent there;
 //!   one that has not answered for [`UNREACHABLE_AFTER`] is unreachable until it answers again.
-//! - Its lock is taken alone: no other part's lock is held while it is (see "Parts" in
-//!   ARCHITECTURE.md); no call to a site is made while it is held.
+//! - Its lock is taken alone: no other part's lock is held while it is (see "The core's
+//!   parts" in ARCHITECTURE.md); no call to a site is made while it is held.
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
@@ -106,6 +106,14 @@ async fn try_site(name: &SiteName, client: &Client) -> Result<(), CoreError> {
                 CHECK_TIMEOUT.as_secs()
             ),
         }),
+    }
+}
+
+/// Ends this VEEM's subscription at a site, as far as the site answers: a subscription left
+/// behind pushes to an inbox that answers 404 until the site's pusher gives up on it.
+async fn unsubscribe(name: &SiteName, client: &Client, id: &str) {
+    if let Err(e) = client.unsubscribe(id).await {
+        tracing::warn!(site = %name, subscription = %id, error = %e, "cannot end this VEEM's subscription at a site");
     }
 }
 
@@ -208,21 +216,22 @@ impl Sites {
                     "site {name} does not take this VEEM's subscription at {inbox}: {e}"
                 ),
             })?;
-        site.subscription = Some(subscribed.id);
-        self.committer
+        site.subscription = Some(subscribed.id.clone());
+        // A registration of the same name that committed first makes the store refuse this one.
+        if let Err(e) = self
+            .committer
             .commit(vec![Change::InsertSite(site.clone())])
-            .await?;
+            .await
+        {
+            unsubscribe(&name, &client, &subscribed.id).await;
+            return Err(e);
+        }
         let info = SiteInfo {
             since_ms: site.created_ms,
             site,
             state: SiteState::Up,
         };
-        let mut entries = self.entries();
-        if entries.contains_key(&name) {
-            // Another registration of that name won the race; the store refused this one.
-            return Err(taken());
-        }
-        entries.insert(
+        self.entries().insert(
             name,
             Entry {
                 info: info.clone(),
@@ -288,14 +297,30 @@ impl Sites {
 
     /// Forgets a site.
     pub(super) async fn remove(&self, name: &SiteName) -> Result<(), CoreError> {
-        if !self.entries().contains_key(name) {
-            return Err(CoreError::NotFound(format!("no site {name} is registered")));
-        }
+        let (client, subscription) = match self.entries().get(name) {
+            Some(entry) => (entry.client.clone(), entry.info.site.subscription.clone()),
+            None => return Err(CoreError::NotFound(format!("no site {name} is registered"))),
+        };
         self.committer
             .commit(vec![Change::RemoveSite(name.clone())])
             .await?;
         self.entries().remove(name);
+        // The site stops pushing to an inbox that is gone (when it answers).
+        if let Some(id) = subscription {
+            unsubscribe(name, &client, &id).await;
+        }
         Ok(())
+    }
+
+    /// The registered sites' names, in the order they were registered (spill-over's order).
+    pub(super) fn names(&self) -> Vec<SiteName> {
+        let entries = self.entries();
+        let mut names: Vec<(u64, &SiteName)> = entries
+            .values()
+            .map(|e| (e.info.site.created_ms, &e.info.site.name))
+            .collect();
+        names.sort();
+        names.into_iter().map(|(_, name)| name.clone()).collect()
     }
 
     /// Checks every site at once and notes which answer; answers the sites whose state changed.
