@@ -22,15 +22,23 @@ async fn site(name: &str) -> Server {
 /// [`site`] with a host of `cpus` CPUs.
 async fn site_of(name: &str, cpus: u32) -> Server {
     Server::start_with(Setup {
+        hosts: vec![("h1", cpus, 16384, "")],
+        ..site_setup(name)
+    })
+    .await
+}
+
+/// The setup of a site named `name` whose principals include `peer`, the principal its peers'
+/// VEEMs present (no admin).
+fn site_setup(name: &str) -> Setup {
+    Setup {
         top_level_config: format!("site = \"{name}\"\n"),
         extra_config: format!(
             "\n[[principal]]\nname = \"peer\"\ntoken = \"{}\"\n",
             peer_token(name)
         ),
-        hosts: vec![("h1", cpus, 16384, "")],
         ..Setup::default()
-    })
-    .await
+    }
 }
 
 /// `primary` registers `remote` as a site.
@@ -51,6 +59,24 @@ async fn named(server: &Server, name: &str) -> Option<veem_api::VeeView> {
         .expect("listed")
         .into_iter()
         .find(|v| v.name == name)
+}
+
+/// ACTIVATE of a VEE no place can take now: answered `pending` once a short timeout ran out.
+async fn waits_when_activated(client: &Client, id: &str) {
+    let answer = client
+        .update_state(&veem_api::UpdateStateRequest {
+            order: veem_api::Order::List,
+            ids: vec![id.to_owned()],
+            action: veem_model::ControlAction::Activate,
+            timeout_ms: Some(1_500),
+        })
+        .await
+        .expect("answered");
+    assert_eq!(
+        answer.failed.first().map(|f| f.error.as_str()),
+        Some("pending"),
+        "{answer:?}"
+    );
 }
 
 fn at(sites: &[&str]) -> Vec<veem_model::SiteName> {
@@ -334,21 +360,7 @@ async fn vees_run_at_the_site_they_are_placed_and_are_controlled_through_their_p
     let mut huge = small("huge");
     huge.cpu = 64;
     let huge = init_one(&west.a, huge).await;
-    let answer = west
-        .a
-        .update_state(&veem_api::UpdateStateRequest {
-            order: veem_api::Order::List,
-            ids: vec![huge.clone()],
-            action: A::Activate,
-            timeout_ms: Some(1_500),
-        })
-        .await
-        .expect("answered");
-    assert_eq!(
-        answer.failed.first().map(|f| f.error.as_str()),
-        Some("pending"),
-        "{answer:?}"
-    );
+    waits_when_activated(&west.a, &huge).await;
     let waiting = get(&west.a, &huge).await;
     let why = waiting.pending_reason.unwrap_or_default();
     assert!(
@@ -623,14 +635,9 @@ async fn twophase_is_all_or_nothing_across_sites() {
 /// after `dead_after_ms` of silence.
 async fn site_with_agent(name: &str, cpus: u32, dead_after_ms: u64) -> (Server, RemoteAgent) {
     let server = Server::start_with(Setup {
-        top_level_config: format!("site = \"{name}\"\n"),
-        extra_config: format!(
-            "\n[[principal]]\nname = \"peer\"\ntoken = \"{}\"\n",
-            peer_token(name)
-        ),
         hosts: vec![],
         host_dead_after_ms: dead_after_ms,
-        ..Setup::default()
+        ..site_setup(name)
     })
     .await;
     let agent = RemoteAgent::start(&server, "r1", cpus, 16384);
@@ -726,21 +733,7 @@ async fn tags_travel_with_a_vee_and_bind_only_its_owners_vees_at_the_site() {
     }
     // The owner's second "db" finds no host of east without one: it waits, saying why.
     let a2 = init_one(&west.a, db("a2")).await;
-    let answer = west
-        .a
-        .update_state(&veem_api::UpdateStateRequest {
-            order: veem_api::Order::List,
-            ids: vec![a2.clone()],
-            action: A::Activate,
-            timeout_ms: Some(1_500),
-        })
-        .await
-        .expect("answered");
-    assert_eq!(
-        answer.failed.first().map(|f| f.error.as_str()),
-        Some("pending"),
-        "{answer:?}"
-    );
+    waits_when_activated(&west.a, &a2).await;
     let why = get(&west.a, &a2).await.pending_reason.unwrap_or_default();
     assert!(why.contains("site east"), "{why}");
 }
@@ -749,14 +742,9 @@ async fn tags_travel_with_a_vee_and_bind_only_its_owners_vees_at_the_site() {
 async fn a_site_over_https_is_verified_with_the_ca_given_at_registration() {
     let west = site("west").await;
     let east = Server::start_with(Setup {
-        top_level_config: "site = \"east\"\n".into(),
-        extra_config: format!(
-            "\n[[principal]]\nname = \"peer\"\ntoken = \"{}\"\n",
-            peer_token("east")
-        ),
         hosts: vec![("h1", 8, 16384, "")],
         tls: Some(vec![]),
-        ..Setup::default()
+        ..site_setup("east")
     })
     .await;
     assert!(east.url.starts_with("https://"));
