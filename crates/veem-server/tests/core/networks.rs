@@ -23,16 +23,9 @@ fn ips(record: &VeeRecord) -> Vec<Option<&str>> {
 async fn addresses_come_from_the_networks_range_lowest_first_and_never_twice() {
     let site = Site::open(vec![host("h1", 8, 16384)]).await;
     let private = site
-        .veem
-        .networks()
-        .create(&sm_a(), "private", "10.10.0.0/24", false)
-        .await
-        .expect("created");
-    site.veem
-        .networks()
-        .create(&ops(), "public", "10.77.0.0/24", true)
-        .await
-        .expect("created");
+        .network(&sm_a(), "private", "10.10.0.0/24", false)
+        .await;
+    site.network(&ops(), "public", "10.77.0.0/24", true).await;
     let vees = site
         .define(
             &sm_a(),
@@ -94,11 +87,8 @@ async fn addresses_come_from_the_networks_range_lowest_first_and_never_twice() {
     assert_eq!(info.held, 83);
 
     // Another principal's network of the same name is another range of addresses.
-    site.veem
-        .networks()
-        .create(&sm_b(), "private", "10.10.0.0/24", false)
-        .await
-        .expect("created");
+    site.network(&sm_b(), "private", "10.10.0.0/24", false)
+        .await;
     let theirs = site
         .define(
             &sm_b(),
@@ -114,11 +104,8 @@ async fn addresses_come_from_the_networks_range_lowest_first_and_never_twice() {
 async fn a_network_without_room_for_the_whole_batch_refuses_it_and_takes_nothing() {
     let site = Site::open(vec![host("h1", 8, 16384)]).await;
     // A /29 has five addresses for VEEs.
-    site.veem
-        .networks()
-        .create(&sm_a(), "tiny", "192.168.213.0/29", false)
-        .await
-        .expect("created");
+    site.network(&sm_a(), "tiny", "192.168.213.0/29", false)
+        .await;
     let d = with_nics("w", &[("tiny", None)]);
     let refused = site
         .veem
@@ -154,11 +141,8 @@ async fn a_network_without_room_for_the_whole_batch_refuses_it_and_takes_nothing
 #[tokio::test]
 async fn destroy_keeps_an_address_and_purge_gives_it_back() {
     let site = Site::open(vec![host("h1", 8, 16384)]).await;
-    site.veem
-        .networks()
-        .create(&sm_a(), "tiny", "192.168.213.0/29", false)
-        .await
-        .expect("created");
+    site.network(&sm_a(), "tiny", "192.168.213.0/29", false)
+        .await;
     let d = with_nics("w", &[("tiny", None)]);
     let vees = site
         .define(&sm_a(), InitModel::Besteffort, 5, d.clone())
@@ -206,11 +190,8 @@ async fn destroy_keeps_an_address_and_purge_gives_it_back() {
 #[tokio::test]
 async fn a_chosen_address_is_given_once_and_refused_by_name_otherwise() {
     let site = Site::open(vec![host("h1", 8, 16384)]).await;
-    site.veem
-        .networks()
-        .create(&sm_a(), "private", "10.10.0.0/24", false)
-        .await
-        .expect("created");
+    site.network(&sm_a(), "private", "10.10.0.0/24", false)
+        .await;
     let db = site
         .define(
             &sm_a(),

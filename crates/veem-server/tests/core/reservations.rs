@@ -184,11 +184,8 @@ async fn submit_deploys_a_reserved_vee_where_it_was_reserved() {
 #[tokio::test]
 async fn a_refused_twophase_batch_takes_no_network_address() {
     let site = Site::open(vec![host("h1", 4, 8192)]).await;
-    site.veem
-        .networks()
-        .create(&sm_a(), "private", "10.10.0.0/24", false)
-        .await
-        .expect("created");
+    site.network(&sm_a(), "private", "10.10.0.0/24", false)
+        .await;
     let mut d = with_nics("r", &[("private", None)]);
     d.cpu = 3;
     let refused = site

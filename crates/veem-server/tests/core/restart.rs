@@ -23,11 +23,8 @@ fn a_core_opened_again_on_its_store_finds_every_vee_reservation_queue_and_addres
     let first_life = runtime();
     let (dir, ids, before) = first_life.block_on(async {
         let site = Site::open(hosts()).await;
-        site.veem
-            .networks()
-            .create(&sm_a(), "private", "10.10.0.0/24", false)
-            .await
-            .expect("created");
+        site.network(&sm_a(), "private", "10.10.0.0/24", false)
+            .await;
         let running = site
             .define_one(with_nics("running", &[("private", None)]))
             .await;

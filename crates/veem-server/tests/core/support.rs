@@ -250,6 +250,21 @@ impl Site {
         assert_eq!(outcome.ok.len(), ids.len(), "{action} on {ids:?}");
     }
 
+    /// A network of `caller`'s, made.
+    pub async fn network(
+        &self,
+        caller: &Caller,
+        name: &str,
+        cidr: &str,
+        public: bool,
+    ) -> veem_server::veem::NetworkInfo {
+        self.veem
+            .networks()
+            .create(caller, name, cidr, public)
+            .await
+            .expect("created")
+    }
+
     /// The record as an admin sees it.
     pub fn get(&self, id: &VeeId) -> VeeRecord {
         self.veem.get(&ops(), id).expect("the VEE exists")
