@@ -9,18 +9,18 @@ use veem_client::{Client, ClientError};
 use crate::harness::*;
 
 /// The token the site named `of` gives the VEEM of another site.
-fn peer_token(of: &str) -> String {
+pub(crate) fn peer_token(of: &str) -> String {
     format!("token-peer-of-{of}")
 }
 
 /// A site named `name` with one sim host, whose principals include `peer`, the principal its
 /// peers' VEEMs present (no admin).
-async fn site(name: &str) -> Server {
+pub(crate) async fn site(name: &str) -> Server {
     site_of(name, 8).await
 }
 
 /// [`site`] with a host of `cpus` CPUs.
-async fn site_of(name: &str, cpus: u32) -> Server {
+pub(crate) async fn site_of(name: &str, cpus: u32) -> Server {
     Server::start_with(Setup {
         hosts: vec![("h1", cpus, 16384, "")],
         ..site_setup(name)
@@ -30,7 +30,7 @@ async fn site_of(name: &str, cpus: u32) -> Server {
 
 /// The setup of a site named `name` whose principals include `peer`, the principal its peers'
 /// VEEMs present (no admin).
-fn site_setup(name: &str) -> Setup {
+pub(crate) fn site_setup(name: &str) -> Setup {
     Setup {
         top_level_config: format!("site = \"{name}\"\n"),
         extra_config: format!(
@@ -42,7 +42,7 @@ fn site_setup(name: &str) -> Setup {
 }
 
 /// `primary` registers `remote` as a site.
-async fn register(primary: &Server, remote: &Server, name: &str) {
+pub(crate) async fn register(primary: &Server, remote: &Server, name: &str) {
     primary
         .ops
         .add_site(&request(name, &remote.url, &peer_token(name)))
@@ -51,7 +51,7 @@ async fn register(primary: &Server, remote: &Server, name: &str) {
 }
 
 /// The VEE named `name` at `server`, as its admin sees it.
-async fn named(server: &Server, name: &str) -> Option<veem_api::VeeView> {
+pub(crate) async fn named(server: &Server, name: &str) -> Option<veem_api::VeeView> {
     server
         .ops
         .list_all_vees(&veem_client::ListQuery::default())
@@ -62,7 +62,7 @@ async fn named(server: &Server, name: &str) -> Option<veem_api::VeeView> {
 }
 
 /// ACTIVATE of a VEE no place can take now: answered `pending` once a short timeout ran out.
-async fn waits_when_activated(client: &Client, id: &str) {
+pub(crate) async fn waits_when_activated(client: &Client, id: &str) {
     let answer = client
         .update_state(&veem_api::UpdateStateRequest {
             order: veem_api::Order::List,
@@ -79,14 +79,14 @@ async fn waits_when_activated(client: &Client, id: &str) {
     );
 }
 
-fn at(sites: &[&str]) -> Vec<veem_model::SiteName> {
+pub(crate) fn at(sites: &[&str]) -> Vec<veem_model::SiteName> {
     sites
         .iter()
         .map(|s| veem_model::SiteName::new(*s).expect("a site name"))
         .collect()
 }
 
-fn request(name: &str, url: &str, token: &str) -> SiteRequest {
+pub(crate) fn request(name: &str, url: &str, token: &str) -> SiteRequest {
     SiteRequest {
         name: name.to_owned(),
         url: url.to_owned(),
@@ -97,7 +97,7 @@ fn request(name: &str, url: &str, token: &str) -> SiteRequest {
     }
 }
 
-fn refusal(result: Result<SiteView, ClientError>) -> (u16, String) {
+pub(crate) fn refusal(result: Result<SiteView, ClientError>) -> (u16, String) {
     let e = result.expect_err("refused");
     (
         e.status().expect("an answer"),
@@ -106,7 +106,7 @@ fn refusal(result: Result<SiteView, ClientError>) -> (u16, String) {
 }
 
 /// Waits until `client` sees `site` in `state`.
-async fn wait_site(client: &Client, site: &str, state: SiteState, within: Duration) -> SiteView {
+pub(crate) async fn wait_site(client: &Client, site: &str, state: SiteState, within: Duration) -> SiteView {
     let deadline = Instant::now() + within;
     loop {
         let view = client.get_site(site).await.expect("the site is registered");
@@ -493,7 +493,7 @@ async fn vees_run_at_the_site_they_are_placed_and_are_controlled_through_their_p
 }
 
 /// `veem` as a process against `server`, as `token`.
-fn veem(server: &Server, token: &str, args: &[&str]) -> std::process::Output {
+pub(crate) fn veem(server: &Server, token: &str, args: &[&str]) -> std::process::Output {
     std::process::Command::new(veem_bin())
         .args(args)
         .env("VEEM_URL", &server.url)
@@ -502,7 +502,7 @@ fn veem(server: &Server, token: &str, args: &[&str]) -> std::process::Output {
         .expect("the CLI runs")
 }
 
-fn stdout_of(out: &std::process::Output) -> String {
+pub(crate) fn stdout_of(out: &std::process::Output) -> String {
     assert!(
         out.status.success(),
         "{}",
@@ -633,7 +633,7 @@ async fn twophase_is_all_or_nothing_across_sites() {
 
 /// A site named `name` with no host of its own and one remote sim agent of `cpus` CPUs, lost
 /// after `dead_after_ms` of silence.
-async fn site_with_agent(name: &str, cpus: u32, dead_after_ms: u64) -> (Server, RemoteAgent) {
+pub(crate) async fn site_with_agent(name: &str, cpus: u32, dead_after_ms: u64) -> (Server, RemoteAgent) {
     let server = Server::start_with(Setup {
         hosts: vec![],
         host_dead_after_ms: dead_after_ms,

@@ -9,20 +9,20 @@ use veem_model::{
 
 use crate::harness::*;
 
-fn guest(name: &str) -> VeeDescriptor {
+pub(crate) fn guest(name: &str) -> VeeDescriptor {
     let mut d = small(name);
     d.disks.push(tiny_disk());
     d
 }
 
 /// Shuts the VEE down, downloads its first disk and reads a file the guest wrote there.
-async fn read_after_shutdown(s: &Server, id: &str, path: &str) -> String {
+pub(crate) async fn read_after_shutdown(s: &Server, id: &str, path: &str) -> String {
     ctl_ok(&s.a, A::Shutdown, &[id]).await;
     read_from_disk(s, id, path).await
 }
 
 /// Downloads the first disk of a VEE that holds no host and reads a file the guest wrote there.
-async fn read_from_disk(s: &Server, id: &str, path: &str) -> String {
+pub(crate) async fn read_from_disk(s: &Server, id: &str, path: &str) -> String {
     let out = s.dir.path().join(format!("{id}.qcow2"));
     s.a.download_disk(id, "vda", &out)
         .await
@@ -31,7 +31,7 @@ async fn read_from_disk(s: &Server, id: &str, path: &str) -> String {
 }
 
 /// The command line of a QEMU process.
-fn qemu_args(pid: u32) -> Vec<String> {
+pub(crate) fn qemu_args(pid: u32) -> Vec<String> {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .unwrap_or_default()
         .split(|b| *b == 0)
@@ -40,7 +40,7 @@ fn qemu_args(pid: u32) -> Vec<String> {
 }
 
 /// Waits until the VEE's view satisfies `done`.
-async fn wait_until(s: &Server, id: &str, what: &str, done: impl Fn(&VeeView) -> bool) -> VeeView {
+pub(crate) async fn wait_until(s: &Server, id: &str, what: &str, done: impl Fn(&VeeView) -> bool) -> VeeView {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
         let v = get(&s.a, id).await;
@@ -55,7 +55,7 @@ async fn wait_until(s: &Server, id: &str, what: &str, done: impl Fn(&VeeView) ->
     }
 }
 
-fn kill_9(pid: u32) {
+pub(crate) fn kill_9(pid: u32) {
     let status = std::process::Command::new("kill")
         .args(["-9", &pid.to_string()])
         .status()
@@ -65,7 +65,7 @@ fn kill_9(pid: u32) {
 
 /// The QEMU process running a VEE of this server: its command line carries `-name <vee id>`
 /// (ids repeat across the tests' servers, so the server's data directory must appear too).
-fn qemu_pid(s: &Server, id: &str) -> Option<u32> {
+pub(crate) fn qemu_pid(s: &Server, id: &str) -> Option<u32> {
     let data_dir = s.data_dir().to_string_lossy().into_owned();
     std::fs::read_dir("/proc")
         .ok()?
@@ -170,7 +170,7 @@ async fn live_migration_moves_a_running_guest_without_a_reboot() {
 }
 
 /// The number of the last write a guest reported on this console ([`veem_guest::WROTE_MARKER`]).
-fn last_write(console: &str) -> Option<u64> {
+pub(crate) fn last_write(console: &str) -> Option<u64> {
     console.lines().rev().find_map(|line| {
         line.strip_prefix(veem_guest::WROTE_MARKER)?
             .trim()
@@ -181,7 +181,7 @@ fn last_write(console: &str) -> Option<u64> {
 
 /// Waits until the guest whose console is at `path` reported a write numbered `at_least`
 /// or more; answers the last.
-async fn wait_write(path: &Path, at_least: u64) -> u64 {
+pub(crate) async fn wait_write(path: &Path, at_least: u64) -> u64 {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
         let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -293,7 +293,7 @@ async fn live_migration_without_shared_storage_copies_the_disks_of_a_guest_that_
 
 /// The console of a VEE on `host`: in its own directory for a host of `own`, else on the
 /// shared storage.
-fn console_path_on(s: &Server, own: &[&str], host: &str, id: &str) -> std::path::PathBuf {
+pub(crate) fn console_path_on(s: &Server, own: &[&str], host: &str, id: &str) -> std::path::PathBuf {
     let dir = if own.contains(&host) {
         own_vee_dir(s, host, id)
     } else {
@@ -585,7 +585,7 @@ async fn a_descriptor_may_boot_a_kernel_directly() {
 }
 
 /// The `MemTotal` (kB) of the guest's newest heartbeat, once there is one.
-async fn heartbeat_mem_kb(s: &Server, id: &str) -> u64 {
+pub(crate) async fn heartbeat_mem_kb(s: &Server, id: &str) -> u64 {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let text = console(s, id);

@@ -15,7 +15,7 @@ use crate::harness::*;
 const PUBLIC_CIDR: &str = "10.213.7.0/24";
 const PRIVATE_CIDR: &str = "10.214.7.0/24";
 
-fn guest_on(name: &str, on: &[(&str, Option<&str>)], probes: &[String]) -> VeeDescriptor {
+pub(crate) fn guest_on(name: &str, on: &[(&str, Option<&str>)], probes: &[String]) -> VeeDescriptor {
     let mut d = small(name);
     d.disks.push(tiny_disk());
     d.nics = nics(on);
@@ -31,7 +31,7 @@ fn guest_on(name: &str, on: &[(&str, Option<&str>)], probes: &[String]) -> VeeDe
 }
 
 /// Sends a line to `ip:7` and answers whether it came back (the guest's echo service).
-fn echoes(ip: &str) -> bool {
+pub(crate) fn echoes(ip: &str) -> bool {
     let address: SocketAddr = format!("{ip}:7").parse().expect("an address");
     let Ok(mut stream) = TcpStream::connect_timeout(&address, Duration::from_secs(2)) else {
         return false;
@@ -45,7 +45,7 @@ fn echoes(ip: &str) -> bool {
 }
 
 /// Shuts the VEE down and reads what its guest wrote in its probe log.
-async fn probe_log(s: &Server, client: &veem_client::Client, id: &str) -> String {
+pub(crate) async fn probe_log(s: &Server, client: &veem_client::Client, id: &str) -> String {
     ctl_ok(client, A::Shutdown, &[id]).await;
     let out = s.dir.path().join(format!("{id}.qcow2"));
     client

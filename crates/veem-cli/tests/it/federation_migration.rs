@@ -1,0 +1,1 @@
+//! Federation: VEEs moved between sites, cold and live, both ways.
