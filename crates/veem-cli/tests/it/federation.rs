@@ -106,7 +106,12 @@ pub(crate) fn refusal(result: Result<SiteView, ClientError>) -> (u16, String) {
 }
 
 /// Waits until `client` sees `site` in `state`.
-pub(crate) async fn wait_site(client: &Client, site: &str, state: SiteState, within: Duration) -> SiteView {
+pub(crate) async fn wait_site(
+    client: &Client,
+    site: &str,
+    state: SiteState,
+    within: Duration,
+) -> SiteView {
     let deadline = Instant::now() + within;
     loop {
         let view = client.get_site(site).await.expect("the site is registered");
@@ -633,7 +638,11 @@ async fn twophase_is_all_or_nothing_across_sites() {
 
 /// A site named `name` with no host of its own and one remote sim agent of `cpus` CPUs, lost
 /// after `dead_after_ms` of silence.
-pub(crate) async fn site_with_agent(name: &str, cpus: u32, dead_after_ms: u64) -> (Server, RemoteAgent) {
+pub(crate) async fn site_with_agent(
+    name: &str,
+    cpus: u32,
+    dead_after_ms: u64,
+) -> (Server, RemoteAgent) {
     let server = Server::start_with(Setup {
         hosts: vec![],
         host_dead_after_ms: dead_after_ms,
@@ -782,4 +791,42 @@ async fn a_site_over_https_is_verified_with_the_ca_given_at_registration() {
     ctl_ok(&west.a, veem_model::ControlAction::Activate, &[&id]).await;
     let view = wait_state(&west.a, &id, veem_model::VmiState::Active).await;
     assert_eq!(view.site, "east", "placed and pushed back over https");
+}
+
+#[tokio::test]
+async fn uc_2_2_3_a_replica_no_local_host_may_take_runs_at_another_site_from_the_same_image() {
+    use veem_model::{ControlAction as A, VmiState};
+    // West has one host: the database's replica may not share it with the original
+    // (anti-affinity), so it spills over to east, which gets west's master image.
+    let (west, east) = (site("west").await, site("east").await);
+    register(&west, &east, "east").await;
+    let image = b"db-v1: the master image".to_vec();
+    west.a
+        .push_image_bytes("db-v1", image.clone())
+        .await
+        .expect("uploaded");
+    let original = init_one(&west.a, crate::use_cases::db("db", "db-v1")).await;
+    ctl_ok(&west.a, A::Activate, &[&original]).await;
+    let replica = init_one(&west.a, crate::use_cases::db("db-replica", "db-v1")).await;
+    ctl_ok(&west.a, A::Activate, &[&replica]).await;
+    let (o, r) = (
+        wait_state(&west.a, &original, VmiState::Active).await,
+        wait_state(&west.a, &replica, VmiState::Active).await,
+    );
+    assert_eq!((o.site.as_str(), r.site.as_str()), ("west", "east"));
+    assert!(o.host.is_some() && r.host.is_none(), "{o:?} {r:?}");
+    assert_eq!(
+        o.descriptor.disks[0].source, r.descriptor.disks[0].source,
+        "the same master image, as the primary shows it"
+    );
+    let there = named(&east, "db-replica").await.expect("it runs at east");
+    assert_eq!(there.state, VmiState::Active);
+    let peer_at_east = Client::new(&east.url, &peer_token("east")).expect("a client");
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let sent = dir.path().join("db-v1");
+    peer_at_east
+        .image_data("db-v1", &sent)
+        .await
+        .expect("east holds the master image west sent");
+    assert_eq!(std::fs::read(&sent).expect("read"), image, "byte for byte");
 }

@@ -29,7 +29,7 @@ async fn push(s: &Server, driver: Hypervisor, name: &str) -> Vec<u8> {
     bytes
 }
 
-fn with_image(name: &str, image: &str) -> veem_model::VeeDescriptor {
+pub(crate) fn with_image(name: &str, image: &str) -> veem_model::VeeDescriptor {
     let mut d = small(name);
     d.disks.push(DiskSpec {
         source: Some(DiskSource::Image(ImageName::new(image).expect("valid"))),
@@ -41,7 +41,7 @@ fn with_image(name: &str, image: &str) -> veem_model::VeeDescriptor {
     d
 }
 
-fn db(name: &str, image: &str) -> veem_model::VeeDescriptor {
+pub(crate) fn db(name: &str, image: &str) -> veem_model::VeeDescriptor {
     let mut d = with_image(name, image);
     d.memory_mb = 1024;
     d.memory_max_mb = Some(8192);
