@@ -830,3 +830,52 @@ async fn uc_2_2_3_a_replica_no_local_host_may_take_runs_at_another_site_from_the
         .expect("east holds the master image west sent");
     assert_eq!(std::fs::read(&sent).expect("read"), image, "byte for byte");
 }
+
+#[tokio::test]
+async fn a_site_that_asks_for_a_client_certificate_gets_the_one_given_at_registration() {
+    // East speaks HTTPS and asks its callers for a certificate of its CA (its `client_ca`, here
+    // its `ca_file`); its operator made one for west (`veem tls init --agent west`).
+    let west = site("west").await;
+    let east = Server::start_with(Setup {
+        hosts: vec![("h1", 8, 16384, "")],
+        tls: Some(vec!["west"]),
+        ..site_setup("east")
+    })
+    .await;
+    let ca_path = east.ca.clone().expect("east's CA");
+    let east_tls = ca_path.parent().expect("east's TLS directory");
+    let read = |path: &std::path::Path| std::fs::read_to_string(path).expect("readable");
+    let with_identity = |dir: &std::path::Path| SiteRequest {
+        ca_pem: Some(read(&ca_path)),
+        client_cert_pem: Some(read(&dir.join("agent-west.pem"))),
+        client_key_pem: Some(read(&dir.join("agent-west.key"))),
+        ..request("east", &east.url, &peer_token("east"))
+    };
+    // A certificate of another CA fails east's handshake: west presented it.
+    let elsewhere = tempfile::tempdir().expect("a temporary directory");
+    let other_ca = tls_init(&elsewhere.path().join("tls"), &["west"]);
+    assert_eq!(
+        refusal(west.ops.add_site(&with_identity(&other_ca)).await),
+        (400, "site_unreachable".to_owned())
+    );
+    assert!(west
+        .ops
+        .list_sites()
+        .await
+        .expect("listed")
+        .sites
+        .is_empty());
+    // East's own certificate for west is taken, and the site is used over it.
+    let added = west
+        .ops
+        .add_site(&with_identity(east_tls))
+        .await
+        .expect("the handshake passes with east's certificate");
+    assert_eq!(added.state, SiteState::Up);
+    let mut d = small("mutual");
+    d.sites = at(&["east"]);
+    let id = init_one(&west.a, d).await;
+    ctl_ok(&west.a, veem_model::ControlAction::Activate, &[&id]).await;
+    let view = wait_state(&west.a, &id, veem_model::VmiState::Active).await;
+    assert_eq!(view.site, "east", "placed and pushed back over mTLS");
+}
