@@ -168,9 +168,18 @@ impl Relay {
 struct Relaying {
     /// (listener's principal, its callback, the record).
     out: Vec<(Principal, String, AccountingRecord)>,
-    /// Per VEE: where its records now end, what each listener has gathered, and whether the
-    /// VEE was destroyed (its listeners are removed).
-    after: Vec<(u64, u64, Vec<(Principal, Option<AccountingRecord>)>, bool)>,
+    after: Vec<RelayAfter>,
+}
+
+/// A relay's state once a batch of its site's records is durable here.
+struct RelayAfter {
+    seq: u64,
+    /// Where the last record relayed ends.
+    end: u64,
+    /// What each listener has gathered of its next record.
+    gathered: Vec<(Principal, Option<AccountingRecord>)>,
+    /// Whether the VEE was destroyed: its listeners are removed.
+    destroyed: bool,
 }
 
 /// The relays of the remote VEEs with listeners here.
@@ -333,23 +342,29 @@ impl Relays {
                     }
                 }
             }
-            relaying.after.push((
+            relaying.after.push(RelayAfter {
                 seq,
                 end,
-                listeners
+                gathered: listeners
                     .into_iter()
                     .map(|(owner, r)| (owner, r.gathered))
                     .collect(),
                 destroyed,
-            ));
+            });
         }
         relaying
     }
 
     /// Makes the state [`Relays::relaying`] computed the relays' own, once durable.
-    fn apply(&self, after: Vec<(u64, u64, Vec<(Principal, Option<AccountingRecord>)>, bool)>) {
+    fn apply(&self, after: Vec<RelayAfter>) {
         let mut vees = self.vees();
-        for (seq, end, gathered, destroyed) in after {
+        for RelayAfter {
+            seq,
+            end,
+            gathered,
+            destroyed,
+        } in after
+        {
             let Some(relay) = vees.get_mut(&seq) else {
                 continue;
             };
@@ -464,6 +479,10 @@ impl Veem {
                     tracing::debug!(vee = %VeeId::from_seq(seq), site = %old.site, error = %e, "cannot end this VEEM's listener at the site a VEE left");
                     relays.registered(seq, None);
                 }
+                Err(e @ CoreError::SiteUnreachable(_)) => {
+                    tracing::debug!(vee = %VeeId::from_seq(seq), site = %old.site, error = %e, "cannot end this VEEM's accounting listener at a site; trying again");
+                    return;
+                }
                 Err(e) => {
                     tracing::warn!(vee = %VeeId::from_seq(seq), site = %old.site, error = %e, "cannot end this VEEM's accounting listener at a site; trying again");
                     return;
@@ -491,6 +510,10 @@ impl Veem {
                 tracing::debug!(vee = %VeeId::from_seq(seq), site = %wanted.site, interval_ms = wanted.interval_ms, "accounting relayed from a site");
                 relays.registered(seq, Some(wanted));
             }
+            // Said once, when the site became unreachable.
+            Err(e @ CoreError::SiteUnreachable(_)) => {
+                tracing::debug!(vee = %VeeId::from_seq(seq), site = %wanted.site, error = %e, "cannot register this VEEM's accounting listener at a site; trying again");
+            }
             Err(e) => {
                 tracing::warn!(vee = %VeeId::from_seq(seq), site = %wanted.site, error = %e, "cannot register this VEEM's accounting listener at a site; trying again");
             }
@@ -512,7 +535,16 @@ impl Veem {
             let passes = seqs.into_iter().map(|seq| {
                 let veem = veem.clone();
                 async move {
-                    veem.place_listeners(seq);
+                    // Back on this site's hosts (a VEE placed at a site moves to the relays
+                    // at the scheduler's next tick of it).
+                    if veem
+                        .inner
+                        .records
+                        .get(seq)
+                        .is_some_and(|r| r.site.is_none())
+                    {
+                        veem.place_listeners(seq);
+                    }
                     veem.relay_sync(seq).await;
                 }
             });
@@ -586,13 +618,16 @@ impl Veem {
         if !entries.is_empty() {
             changes.extend(storing(&entries));
         }
-        for (seq, _, gathered, destroyed) in &after {
-            if *destroyed {
-                changes.extend(gathered.iter().map(|(owner, _)| Change::RemoveListener {
-                    owner: owner.clone(),
-                    vee: VeeId::from_seq(*seq),
-                }));
-            }
+        for relay in after.iter().filter(|relay| relay.destroyed) {
+            changes.extend(
+                relay
+                    .gathered
+                    .iter()
+                    .map(|(owner, _)| Change::RemoveListener {
+                        owner: owner.clone(),
+                        vee: VeeId::from_seq(relay.seq),
+                    }),
+            );
         }
         if !changes.is_empty() {
             self.inner.committer.commit(changes).await?;
@@ -726,7 +761,7 @@ mod tests {
         // Its last record removes the listeners, as a DESTROY here does.
         let last = relays.relaying(vec![(1, vec![record(2_500, 80, 0, VmiState::Destroyed)])]);
         assert_eq!(last.out.len(), 1);
-        assert!(last.after[0].3, "destroyed");
+        assert!(last.after[0].destroyed);
         relays.apply(last.after);
         assert!(relays.seqs().is_empty(), "nothing left to relay");
         assert!(!relays.remove(&owner, 1));
