@@ -24,8 +24,11 @@
 //! nothing. A DESTROY at the site sends its listeners a last record and removes them there;
 //! relayed, it removes the listeners here too, as a local DESTROY does.
 //!
-//! Limit: what a listener whose interval is coarser than the site's has gathered and not yet
-//! been sent is kept in memory; a restart of this VEEM loses that part of its next record.
+//! Limits: what a listener whose interval is coarser than the site's has gathered and not yet
+//! been sent is kept in memory; a restart of this VEEM loses that part of its next record. A
+//! change of the interval registered at the site (a listener here added or removed with another
+//! interval) starts the site's grid again, as any registration with a new interval does: the
+//! part of the interval under way there is in no record.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -437,7 +440,8 @@ impl Veem {
     /// at its new site this VEEM registers as their listener and relays what the site sends;
     /// back on this site's hosts, the scheduler makes their records again. The registration
     /// at the site it left is ended where that site answers (the VEE purged there took it
-    /// anyway). Call it once the VEE's new place is committed, without its action lock.
+    /// anyway). Call it once the VEE's new place is committed; it takes no lock of the VEE's
+    /// (its action lock may be held), only the relays' own.
     pub async fn relay_follow(&self, id: &VeeId) {
         let seq = id.seq();
         self.place_listeners(seq);
