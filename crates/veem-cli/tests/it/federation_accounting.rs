@@ -455,3 +455,83 @@ async fn records_of_a_partition_are_delivered_when_it_heals_none_twice() {
         "at most the last POSTs before the kill come again: {all:?}"
     );
 }
+
+#[tokio::test]
+async fn a_listener_registered_while_its_site_is_stopped_is_relayed_once_it_answers() {
+    let (west, east) = (site("west").await, site("east").await);
+    register(&west, &east, "east").await;
+    let (id, _) = running_at_east(&west, &east, "asleep").await;
+    signal(&east, "-STOP");
+    // Taken here at once; the registration at east waits for east, within bounds.
+    let listener = Listener::start().await;
+    let asked = Instant::now();
+    west.a
+        .listen(&[&id], 300, &listener.url)
+        .await
+        .expect("registered at the primary");
+    assert!(
+        asked.elapsed() < Duration::from_secs(8),
+        "the primary did not wait on a stopped site for long: {:?}",
+        asked.elapsed()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    signal(&east, "-CONT");
+    let continued_at = wall_ms();
+    let items = listener
+        .wait_for(
+            "records once east answers",
+            Duration::from_secs(20),
+            |items| {
+                records_of(items, &id)
+                    .iter()
+                    .filter(|(_, r)| field(r, "t0") >= continued_at)
+                    .count()
+                    >= 3
+            },
+        )
+        .await;
+    let got = records_of(&items, &id);
+    assert_on_grid(&t0s(&got), 300);
+    assert!(got.iter().all(|(_, r)| field(r, "dt") == 300), "{got:?}");
+}
+
+#[tokio::test]
+async fn after_a_restart_the_primary_registers_its_listeners_at_the_sites_again() {
+    let (mut west, east) = (site("west").await, site("east").await);
+    register(&west, &east, "east").await;
+    let (id, there) = running_at_east(&west, &east, "kept").await;
+    let listener = Listener::start().await;
+    west.a
+        .listen(&[&id], 300, &listener.url)
+        .await
+        .expect("registered");
+    listener
+        .wait_for("a record", Duration::from_secs(15), |items| {
+            !records_of(items, &id).is_empty()
+        })
+        .await;
+    // While west is down, east loses west's registration (as the peer itself removes it).
+    west.kill9();
+    let at_east = Client::new(&east.url, &peer_token("east")).expect("a client");
+    at_east.unlisten(&[&there]).await.expect("removed at east");
+    west.start_again().await;
+    let restarted_at = wall_ms();
+    let items = listener
+        .wait_for(
+            "records from the registration made again",
+            Duration::from_secs(20),
+            |items| {
+                records_of(items, &id)
+                    .iter()
+                    .filter(|(_, r)| field(r, "t0") >= restarted_at)
+                    .count()
+                    >= 2
+            },
+        )
+        .await;
+    let again: Vec<(u64, Value)> = records_of(&items, &id)
+        .into_iter()
+        .filter(|(_, r)| field(r, "t0") >= restarted_at)
+        .collect();
+    assert_on_grid(&t0s(&again), 300);
+}
