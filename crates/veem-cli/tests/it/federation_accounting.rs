@@ -277,6 +277,30 @@ async fn a_listener_at_the_primary_gets_a_remote_vees_records_from_its_site() {
         after.iter().all(|(_, r)| field(r, "active_ms") == 300),
         "made at east, which saw it ACTIVE: {after:?}"
     );
+
+    // DESTROY at its site ends its accounting, as here: a last record, then none.
+    ctl_ok(&west.a, A::Destroy, &[&later]).await;
+    let items = follows
+        .wait_for("the last record", Duration::from_secs(15), |items| {
+            records_of(items, &later)
+                .iter()
+                .any(|(_, r)| r["state"] == "DESTROYED")
+        })
+        .await;
+    let last_at = records_of(&items, &later)
+        .iter()
+        .find(|(_, r)| r["state"] == "DESTROYED")
+        .map(|(at, r)| {
+            assert!(field(r, "dt") <= 300, "{r}");
+            *at
+        })
+        .expect("found");
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let after_last = records_of(&follows.items(), &later)
+        .into_iter()
+        .filter(|(at, _)| *at > last_at)
+        .count();
+    assert_eq!(after_last, 0, "nothing after the last record");
 }
 
 #[tokio::test]
