@@ -586,7 +586,18 @@ impl Veem {
             .into_iter()
             .partition(|l| !remote.contains(&l.vee.seq()));
         for listener in relayed {
+            // One registration per caller and VEE: one the scheduler still had goes.
+            accounting
+                .book()
+                .remove(&(listener.owner.clone(), listener.vee.seq()));
             accounting.relays.insert(listener);
+        }
+        // One registration per caller and VEE: one the relays still had goes (the site loop
+        // ends its registration at the site).
+        for listener in &listeners {
+            accounting
+                .relays
+                .remove(&listener.owner, listener.vee.seq());
         }
         {
             // Read before the book is taken: the scheduler takes the figures, then the book.
@@ -836,7 +847,7 @@ impl Veem {
         if !to_relay.is_empty() {
             let seqs: Vec<u64> = to_relay.iter().map(|l| l.vee.seq()).collect();
             for listener in to_relay {
-                accounting.relays.insert(listener);
+                accounting.relays.adopt(listener);
             }
             let veem = self.clone();
             tokio::spawn(async move { veem.relay_sync_each(seqs).await });

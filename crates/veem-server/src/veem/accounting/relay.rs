@@ -228,6 +228,20 @@ impl Relays {
             );
     }
 
+    /// Takes over a listener the scheduler had, for a VEE that runs at a site now, unless its
+    /// principal registered anew meanwhile (the newer registration stands).
+    pub(super) fn adopt(&self, listener: AccountingListener) {
+        self.vees()
+            .entry(listener.vee.seq())
+            .or_default()
+            .listeners
+            .entry(listener.owner.clone())
+            .or_insert(Relayed {
+                listener,
+                gathered: None,
+            });
+    }
+
     /// Whether `listener`'s principal listens to its VEE here, as `same` says of that listener.
     pub(super) fn has(
         &self,
@@ -413,7 +427,7 @@ impl Veem {
         if remote {
             let moved = accounting.book().remove_vee(seq);
             for (_, registration) in moved {
-                accounting.relays.insert(registration.listener);
+                accounting.relays.adopt(registration.listener);
             }
             return;
         }
@@ -769,6 +783,23 @@ mod tests {
         relays.apply(last.after);
         assert!(relays.seqs().is_empty(), "nothing left to relay");
         assert!(!relays.remove(&owner, 1));
+    }
+
+    #[test]
+    fn a_listener_the_scheduler_hands_over_does_not_replace_a_newer_one() {
+        let listener = |interval_ms| AccountingListener {
+            owner: Principal::new("sm").expect("a name"),
+            vee: VeeId::from_seq(1),
+            callback: "http://127.0.0.1:1/cb".into(),
+            interval_ms,
+            registered_ms: 0,
+        };
+        let relays = Relays::new(vec![]);
+        relays.insert(listener(900));
+        relays.adopt(listener(300));
+        assert!(relays.has(&listener(900), |l| l.interval_ms == 900));
+        relays.insert(listener(600));
+        assert!(relays.has(&listener(600), |l| l.interval_ms == 600));
     }
 
     #[test]
