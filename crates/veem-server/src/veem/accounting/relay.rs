@@ -480,10 +480,15 @@ impl Veem {
             return;
         }
         let sites = &self.inner.sites;
-        if let Some(old) = &registered {
-            let moved = wanted
+        // Registered again where it is, a listener changes its interval there; elsewhere, or
+        // with no listener left here, the old registration ends.
+        let stays = |old: &AtSite| {
+            wanted
                 .as_ref()
-                .is_some_and(|w| (&w.site, &w.remote) != (&old.site, &old.remote));
+                .is_some_and(|w| (&w.site, &w.remote) == (&old.site, &old.remote))
+        };
+        if let Some(old) = registered.as_ref().filter(|old| !stays(old)) {
+            let moved = wanted.is_some();
             let ended = match sites.client(&old.site) {
                 Ok(client) => at_site(&old.site, client.unlisten(&[old.remote.as_str()])).await,
                 Err(e) => Err(e),
