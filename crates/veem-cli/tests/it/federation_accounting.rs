@@ -559,3 +559,100 @@ async fn after_a_restart_the_primary_registers_its_listeners_at_the_sites_again(
         .collect();
     assert_on_grid(&t0s(&again), 300);
 }
+
+/// A stand-in for a peer VEEM that answers a site's registration (a page of no VEEs, a
+/// subscription) and keeps the callback it was given: the primary's inbox, secret included.
+async fn stand_in_site() -> (String, std::sync::Arc<std::sync::Mutex<Option<String>>>) {
+    use axum::routing::{get, post};
+    let inbox: std::sync::Arc<std::sync::Mutex<Option<String>>> = Default::default();
+    let kept = inbox.clone();
+    let app = axum::Router::new()
+        .route(
+            "/vmi/v1/vees",
+            get(|| async { axum::Json(serde_json::json!({"vees": [], "next": null})) }),
+        )
+        .route(
+            "/vmi/v1/monitoring/subscriptions",
+            post(move |axum::Json(body): axum::Json<Value>| {
+                let kept = kept.clone();
+                async move {
+                    *kept.lock().expect("not poisoned") =
+                        body["callback"].as_str().map(str::to_owned);
+                    (
+                        axum::http::StatusCode::CREATED,
+                        axum::Json(serde_json::json!({"id": "sub-1"})),
+                    )
+                }
+            }),
+        );
+    let socket = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a loopback port");
+    let url = format!("http://{}", socket.local_addr().expect("bound"));
+    tokio::spawn(async move { axum::serve(socket, app).await });
+    (url, inbox)
+}
+
+#[tokio::test]
+async fn the_accounting_inbox_takes_a_sites_records_only_well_formed_and_only_of_its_vees() {
+    let west = site("west").await;
+    let (url, inbox) = stand_in_site().await;
+    west.ops
+        .add_site(&request("east", &url, "any"))
+        .await
+        .expect("registered");
+    let inbox = inbox
+        .lock()
+        .expect("not poisoned")
+        .clone()
+        .expect("west subscribed at the stand-in");
+    let path = inbox
+        .split_once("/vmi/v1/")
+        .map(|(_, rest)| format!("/vmi/v1/{rest}/accounting"))
+        .expect("an inbox under /vmi/v1");
+    let post = |body: Value| {
+        let (client, path) = (west.a.clone(), path.clone());
+        async move {
+            let (status, _, answer) = client
+                .raw_request(
+                    reqwest::Method::POST,
+                    &path,
+                    Some("application/json"),
+                    serde_json::to_vec(&body).expect("JSON"),
+                )
+                .await
+                .expect("answered");
+            let answer: Value = serde_json::from_slice(&answer).unwrap_or(Value::Null);
+            (
+                status,
+                answer["code"].as_str().unwrap_or_default().to_owned(),
+            )
+        }
+    };
+    let record = |vee: &str, t0: u64| {
+        serde_json::json!({
+            "vee": vee, "t0": t0, "dt": 300, "state": "ACTIVE", "host": "e1", "cpu": 1,
+            "memory_mb": 256, "cpu_time_ms": 10, "active_ms": 300
+        })
+    };
+    // Records of VEEs this VEEM has not placed there are ignored; one record or an array.
+    assert_eq!(
+        post(record("vee-00000042", 1_000)).await,
+        (204, String::new())
+    );
+    assert_eq!(
+        post(serde_json::json!([record("vee-00000042", 1_300)])).await,
+        (204, String::new())
+    );
+    // Malformed: refused naming the field, never a 5xx.
+    let mut far = record("vee-00000042", 1_000);
+    far["cpu_time_ms"] = serde_json::json!(u64::MAX);
+    assert_eq!(post(far).await, (400, "malformed_request".to_owned()));
+    let mut bad = record("vee-00000042", 1_000);
+    bad["state"] = serde_json::json!("RUNNING");
+    assert_eq!(post(bad).await, (400, "malformed_request".to_owned()));
+    assert_eq!(
+        post(serde_json::json!({"not": "a record"})).await,
+        (400, "malformed_request".to_owned())
+    );
+}
