@@ -233,7 +233,12 @@ impl Relays {
     pub(super) fn adopt(&self, listener: AccountingListener) {
         self.vees()
             .entry(listener.vee.seq())
-            .or_default()
+            // Nothing was relayed of it yet: the records the scheduler made here before (the
+            // last may end a little after the site's first starts) are not the site's copies.
+            .or_insert_with(|| Relay {
+                relayed_until: Some(0),
+                ..Relay::default()
+            })
             .listeners
             .entry(listener.owner.clone())
             .or_insert(Relayed {
