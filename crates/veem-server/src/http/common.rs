@@ -107,6 +107,17 @@ pub(super) fn parse_json<T: DeserializeOwned>(
     })
 }
 
+/// One JSON item or a JSON array of them, as PutMonitoringInformation and accounting
+/// deliveries take them.
+pub(super) fn parse_json_items<T: DeserializeOwned>(body: &[u8]) -> Result<Vec<T>, CoreError> {
+    let many = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+    if many {
+        parse_json(body, false)
+    } else {
+        Ok(vec![parse_json(body, false)?])
+    }
+}
+
 /// Refuses a batch larger than [`veem_api::MAX_IDS_PER_CALL`] before any of it is looked at.
 fn check_batch(ids: &[String]) -> Result<(), CoreError> {
     if ids.len() > veem_api::MAX_IDS_PER_CALL {

@@ -66,6 +66,10 @@ pub fn router(state: AppState) -> Router {
         .route("/sites", get(sites::list).post(sites::create))
         .route("/sites/{name}", get(sites::get).delete(sites::delete))
         .route("/sites/{name}/inbox/{secret}", post(sites::inbox))
+        .route(
+            "/sites/{name}/inbox/{secret}/accounting",
+            post(sites::inbox_accounting),
+        )
         .route("/hosts", get(hosts::list))
         .route("/hosts/{id}", patch(hosts::patch))
         .route("/agents/connect", get(agents::connect))

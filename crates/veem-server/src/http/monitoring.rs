@@ -10,7 +10,7 @@ use tokio::sync::broadcast::error::RecvError;
 use veem_api::{PutMonitoringResponse, SubscribeRequest, SubscribeResponse};
 use veem_model::MonitoringEvent;
 
-use super::common::{parse_json, AppState};
+use super::common::{parse_json, parse_json_items, AppState};
 use super::problem::ApiResult;
 use crate::auth::Caller;
 use crate::veem::Putter;
@@ -21,12 +21,7 @@ pub(super) async fn put(
     putter: Putter,
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<PutMonitoringResponse>)> {
-    let many = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
-    let events: Vec<MonitoringEvent> = if many {
-        parse_json(&body, false)?
-    } else {
-        vec![parse_json(&body, false)?]
-    };
+    let events: Vec<MonitoringEvent> = parse_json_items(&body)?;
     let count = events.len();
     let measurements = state.veem.put_monitoring(&putter, events)?;
     Ok((

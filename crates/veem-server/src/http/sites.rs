@@ -1,13 +1,15 @@
-//! Sites of the federation: `GET|POST /sites` and `GET|DELETE /sites/{name}`.
+//! Sites of the federation: `GET|POST /sites`, `GET|DELETE /sites/{name}`, and the inbox where
+//! a site pushes to this VEEM: `POST /sites/{name}/inbox/{secret}` (events) and
+//! `POST /sites/{name}/inbox/{secret}/accounting` (accounting records).
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use veem_api::{SiteList, SiteRequest, SiteView};
-use veem_model::{MonitoringEvent, SiteName};
+use veem_model::{AccountingRecord, MonitoringEvent, SiteName};
 
-use super::common::{parse_json, Admin, AppState};
+use super::common::{parse_json, parse_json_items, Admin, AppState};
 use super::problem::ApiResult;
 use crate::auth::Caller;
 use crate::error::CoreError;
@@ -86,12 +88,33 @@ pub(super) async fn inbox(
     Path((name, secret)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult<StatusCode> {
-    let no_inbox = || CoreError::NotFound("no such route; see GET /vmi/v1/openapi.json".into());
-    let name = SiteName::new(name).map_err(|_| no_inbox())?;
-    if !state.veem.is_site_inbox(&name, &secret) {
-        return Err(no_inbox().into());
-    }
+    let name = inbox_of(&state, name, &secret)?;
     let events: Vec<MonitoringEvent> = parse_json(&body, false)?;
     state.veem.site_pushed(&name, events);
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /sites/{name}/inbox/{secret}/accounting`: a site sends the accounting records of the
+/// listener this VEEM holds there for its VEEs (one record or an array, as any listener gets
+/// them), relayed to the listeners here. Answered once they are durable here, so that the
+/// site may settle them; records of VEEs this VEEM has not there are ignored.
+pub(super) async fn inbox_accounting(
+    State(state): State<AppState>,
+    Path((name, secret)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    let name = inbox_of(&state, name, &secret)?;
+    let records: Vec<AccountingRecord> = parse_json_items(&body)?;
+    state.veem.relay_accounting(&name, records).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The site whose inbox `secret` opens: a wrong one is answered as a route that does not exist.
+fn inbox_of(state: &AppState, name: String, secret: &str) -> Result<SiteName, CoreError> {
+    let no_inbox = || CoreError::NotFound("no such route; see GET /vmi/v1/openapi.json".into());
+    let name = SiteName::new(name).map_err(|_| no_inbox())?;
+    if !state.veem.is_site_inbox(&name, secret) {
+        return Err(no_inbox());
+    }
+    Ok(name)
 }

@@ -27,7 +27,7 @@
 //! pusher's `dropped` and logged), so a dead listener does not grow the outbox without bound;
 //! it stays readable with GET like every record.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -48,6 +48,8 @@ use crate::auth::Caller;
 use crate::committer::Committer;
 use crate::error::CoreError;
 use crate::push::{check_callback, PushConfig, Pusher, Receipts};
+
+mod relay;
 
 /// Ticks this close together go out in one push, at the later one. It is also the least lead
 /// with which records are built before their tick.
@@ -292,6 +294,8 @@ pub(super) struct Accounting {
     observed: Mutex<HashMap<u64, InstanceStatus>>,
     /// Each VEE's ACTIVE periods, `(start, end)`, newest last.
     activity: Mutex<HashMap<u64, Periods>>,
+    /// The listeners of VEEs that run at other sites, whose records come from there.
+    relays: relay::Relays,
 }
 
 impl Accounting {
@@ -304,8 +308,19 @@ impl Accounting {
     ) -> Self {
         let (now, now_ms) = (Instant::now(), now_ms());
         let mut book = Book::default();
+        // A remote VEE's records come from its site (see `relay.rs`).
+        let remote: HashSet<u64> = records
+            .iter()
+            .filter(|r| r.site.is_some())
+            .map(|r| r.id.seq())
+            .collect();
+        let mut relayed = Vec::new();
         for listener in listeners {
             if listener.interval_ms == 0 {
+                continue;
+            }
+            if remote.contains(&listener.vee.seq()) {
+                relayed.push(listener);
                 continue;
             }
             let key = (listener.owner.clone(), listener.vee.seq());
@@ -331,7 +346,25 @@ impl Accounting {
             last_durable: Mutex::new(None),
             observed: Mutex::new(HashMap::new()),
             activity: Mutex::new(activity),
+            relays: relay::Relays::new(relayed),
         }
+    }
+
+    /// Whether `listener` is registered already, with the same interval and callback: then
+    /// it is kept as it is, its grid included, so that registering again (a retry, or a
+    /// primary making its registrations again after a restart) loses no part of an interval.
+    fn registered_as(&self, listener: &AccountingListener) -> bool {
+        let same = |l: &AccountingListener| {
+            (l.interval_ms, l.callback.as_str())
+                == (listener.interval_ms, listener.callback.as_str())
+        };
+        let key = (listener.owner.clone(), listener.vee.seq());
+        let in_book = self
+            .book()
+            .registrations
+            .get(&key)
+            .is_some_and(|r| same(&r.listener));
+        in_book || self.relays.has(listener, same)
     }
 
     /// The outbox entry of `record`, made for `owner`'s listener at `callback`.
@@ -431,6 +464,7 @@ impl Accounting {
         self.activity().remove(&seq);
         self.observed().remove(&seq);
         self.book().remove_vee(seq);
+        self.relays.forget(seq);
     }
 
     /// The VEE's CPU time so far on its current instance, if a host reported it.
@@ -496,7 +530,11 @@ fn record_of(
 
 impl Veem {
     /// Registers the caller as the accounting listener of `ids` at `interval_ms`: all or
-    /// nothing (an unknown id is `not_found`, another's VEE `access_denied`).
+    /// nothing (an unknown id is `not_found`, another's VEE `access_denied`). A listener
+    /// registered again with the same interval and callback is kept as it was, on its grid.
+    /// The records of a VEE that runs at another site come from there (see `relay.rs`): this
+    /// VEEM registers as its listener there before it answers (where the site answers; else
+    /// the site loop does once it does).
     pub async fn listen(
         &self,
         caller: &Caller,
@@ -517,6 +555,7 @@ impl Veem {
         // Both clocks are read at the same moment, before the commit (an fsync): the ticks fall
         // on the registration's grid, as its `registered_ms` says, not a commit later.
         let (now, registered_ms) = (Instant::now(), now_ms());
+        let accounting = &self.inner.accounting;
         let listeners: Vec<AccountingListener> = vees
             .into_iter()
             .map(|vee| AccountingListener {
@@ -526,13 +565,41 @@ impl Veem {
                 interval_ms,
                 registered_ms,
             })
+            .filter(|listener| !accounting.registered_as(listener))
             .collect();
+        if listeners.is_empty() {
+            return Ok(());
+        }
         self.inner
             .committer
             .commit(listeners.iter().cloned().map(Change::PutListener).collect())
             .await?;
+        let remote: Vec<u64> = {
+            let state = self.inner.records.read();
+            listeners
+                .iter()
+                .map(|l| l.vee.seq())
+                .filter(|seq| state.get(*seq).is_some_and(|r| r.site.is_some()))
+                .collect()
+        };
+        let (listeners, relayed): (Vec<_>, Vec<_>) = listeners
+            .into_iter()
+            .partition(|l| !remote.contains(&l.vee.seq()));
+        for listener in relayed {
+            // One registration per caller and VEE: one the scheduler still had goes.
+            accounting
+                .book()
+                .remove(&(listener.owner.clone(), listener.vee.seq()));
+            accounting.relays.insert(listener);
+        }
+        // One registration per caller and VEE: one the relays still had goes (the site loop
+        // ends its registration at the site).
+        for listener in &listeners {
+            accounting
+                .relays
+                .remove(&listener.owner, listener.vee.seq());
+        }
         {
-            let accounting = &self.inner.accounting;
             // Read before the book is taken: the scheduler takes the figures, then the book.
             let cpu_times: Vec<Option<u64>> = listeners
                 .iter()
@@ -549,7 +616,13 @@ impl Veem {
             }
         }
         self.inner.accounting.wake.notify_one();
+        self.relay_sync_each(remote).await;
         Ok(())
+    }
+
+    /// [`Veem::relay_sync`] of each of `seqs`, at once.
+    async fn relay_sync_each(&self, seqs: Vec<u64>) {
+        futures::future::join_all(seqs.into_iter().map(|seq| self.relay_sync(seq))).await;
     }
 
     /// Removes the caller's listeners of `ids` (those it has; the others are ignored), all or
@@ -564,10 +637,20 @@ impl Veem {
             })
             .collect();
         self.inner.committer.commit(changes).await?;
-        let mut book = self.inner.accounting.book();
-        for vee in vees {
-            book.remove(&(caller.principal.clone(), vee.seq()));
+        let accounting = &self.inner.accounting;
+        {
+            let mut book = accounting.book();
+            for vee in &vees {
+                book.remove(&(caller.principal.clone(), vee.seq()));
+            }
         }
+        // A remote VEE's last listener here ends this VEEM's registration at its site.
+        let relayed: Vec<u64> = vees
+            .iter()
+            .filter(|vee| accounting.relays.remove(&caller.principal, vee.seq()))
+            .map(VeeId::seq)
+            .collect();
+        self.relay_sync_each(relayed).await;
         Ok(())
     }
 
@@ -675,6 +758,8 @@ impl Veem {
         let accounting = &self.inner.accounting;
         // Each segment with its first tick.
         let mut segments: Vec<(Instant, Segment)> = Vec::new();
+        // Listeners of VEEs that run at other sites now (placed there since they registered).
+        let mut to_relay: Vec<AccountingListener> = Vec::new();
         let state = self.inner.records.read();
         let observed = accounting.observed();
         let activity = accounting.activity();
@@ -691,6 +776,13 @@ impl Veem {
                 book.registrations.remove(&key);
                 continue;
             };
+            // This VEEM has no figures of a VEE at another site: its records come from there.
+            if record.site.is_some() {
+                if let Some(registration) = book.registrations.remove(&key) {
+                    to_relay.push(registration.listener);
+                }
+                continue;
+            }
             let Some(registration) = book.registrations.get_mut(&key) else {
                 continue;
             };
@@ -750,6 +842,15 @@ impl Veem {
                 }),
                 own_commit: true,
             });
+        }
+        drop((book, activity, observed, state));
+        if !to_relay.is_empty() {
+            let seqs: Vec<u64> = to_relay.iter().map(|l| l.vee.seq()).collect();
+            for listener in to_relay {
+                accounting.relays.adopt(listener);
+            }
+            let veem = self.clone();
+            tokio::spawn(async move { veem.relay_sync_each(seqs).await });
         }
         made
     }

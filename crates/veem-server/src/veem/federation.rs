@@ -35,7 +35,7 @@ pub(super) type Target = Option<SiteName>;
 
 /// A site's refusal in the core's words: its problem's code kept, so the caller hears what the
 /// site said.
-fn site_error(site: &SiteName, e: ClientError) -> CoreError {
+pub(super) fn site_error(site: &SiteName, e: ClientError) -> CoreError {
     let detail = format!("site {site}: {e}");
     match e.code() {
         Some(code::INSUFFICIENT_RESOURCES) => CoreError::InsufficientResources(detail),
@@ -312,6 +312,10 @@ impl Veem {
         match placed {
             Ok(_) => {
                 self.inner.placer.dequeue(seq);
+                // Its accounting listeners here are now served from the site.
+                self.place_listeners(seq);
+                let veem = self.clone();
+                tokio::spawn(async move { veem.relay_sync(seq).await });
                 if let Err(e) = self.read_remote(seq).await {
                     tracing::warn!(%site, vee = %remote, error = %e, "cannot read a VEE placed at a site");
                 }
@@ -514,7 +518,8 @@ impl Veem {
     }
 
     /// `GET /vees/{id}/accounting`: a VEE's records with `t0` in `[from_ms, to_ms)`, kept here,
-    /// or, for a VEE that runs at another site, kept there (with this VEEM's id).
+    /// or, for a VEE that runs at another site, kept there (with this VEEM's id); while that
+    /// site does not answer, those relayed to listeners here (kept here too).
     pub async fn accounting(
         &self,
         caller: &Caller,
@@ -524,7 +529,12 @@ impl Veem {
     ) -> Result<Vec<AccountingRecord>, CoreError> {
         let record = self.inner.records.lookup(caller, id)?;
         if record.site.is_some() {
-            return self.accounting_remote(&record, from_ms, to_ms).await;
+            match self.accounting_remote(&record, from_ms, to_ms).await {
+                Err(CoreError::SiteUnreachable(why)) => {
+                    tracing::debug!(vee = %id, why, "accounting read from the relayed records kept here");
+                }
+                answer => return answer,
+            }
         }
         self.accounting_records(caller, id, from_ms, to_ms)
     }
@@ -546,7 +556,9 @@ impl Veem {
             .records
             .into_iter()
             .map(|mut r| {
+                // As relayed: the site's hosts are the site's.
                 r.vee = record.id.clone();
+                r.host = None;
                 r
             })
             .collect())

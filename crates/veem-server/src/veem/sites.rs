@@ -201,12 +201,7 @@ impl Sites {
         try_site(&name, &client).await?;
         // The site pushes every event of this VEEM's VEEs there: STATE events, read as changes,
         // and the others, relayed to this VEEM's own subscribers.
-        let inbox = format!(
-            "{}{}/sites/{name}/inbox/{}",
-            self.public_url,
-            veem_api::BASE_PATH,
-            site.inbox
-        );
+        let inbox = self.inbox_url(&site);
         let subscribed = client
             .subscribe(&inbox, &EventType::ALL)
             .await
@@ -267,6 +262,25 @@ impl Sites {
             }
             Some(entry) => Ok(entry.client.clone()),
         }
+    }
+
+    /// Where `site` pushes the events of this VEEM's VEEs there (its inbox here).
+    fn inbox_url(&self, site: &Site) -> String {
+        format!(
+            "{}{}/sites/{}/inbox/{}",
+            self.public_url,
+            veem_api::BASE_PATH,
+            site.name,
+            site.inbox
+        )
+    }
+
+    /// Where site `name` sends the accounting records of this VEEM's listeners there (see
+    /// `accounting/relay.rs`); `None` for a site that is not registered.
+    pub(super) fn accounting_inbox(&self, name: &SiteName) -> Option<String> {
+        let entries = self.entries();
+        let entry = entries.get(name)?;
+        Some(format!("{}/accounting", self.inbox_url(&entry.info.site)))
     }
 
     /// Whether `secret` is the inbox secret of site `name` (compared in constant time).
@@ -408,6 +422,9 @@ impl super::Veem {
                     self.read_all_at(&site);
                 }
             }
+            // The accounting listeners of remote VEEs: registered at their sites (again after
+            // a start, or once a site answers), following VEEs that moved.
+            self.relay_sync_all();
         }
     }
 }
