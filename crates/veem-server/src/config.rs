@@ -65,6 +65,25 @@ pub struct Config {
     /// https; absent: plain HTTP.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// How this site's LANs join other sites' (the paper's VAN); absent: they do not.
+    #[serde(default)]
+    pub federation: FederationConfig,
+}
+
+/// `[federation]`: a private LAN of this VEEM extends to the sites where its VEEs run, its
+/// hosts joined with theirs by VXLAN. The VXLAN underlay is neither encrypted nor
+/// authenticated: list only endpoints and principals on a network the sites trust.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FederationConfig {
+    /// This site's hosts' VXLAN endpoints (`"address:port"`, as other sites reach them: each
+    /// host's `[host.qemu.vxlan]` `local` and `port`). Empty: no LAN spans this site and another.
+    #[serde(default)]
+    pub lan_endpoints: Vec<SocketAddr>,
+    /// The principals (other sites' VEEMs) that may join this site's hosts to their LANs
+    /// (`POST /networks` with `extends`). Empty: none may.
+    #[serde(default)]
+    pub lan_extension: Vec<Principal>,
 }
 
 /// `[tls]`: with `cert` and `key`, veem serves HTTPS only.

@@ -328,6 +328,7 @@ pub fn network(id: u32, owner: &str, name: &str) -> Network {
         cidr: Ipv4Cidr::parse("10.10.0.0/24").expect("a valid test range"),
         public: false,
         created_ms: 7,
+        extension: None,
     }
 }
 

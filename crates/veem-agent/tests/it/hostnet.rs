@@ -50,6 +50,7 @@ pub fn private_lan() -> LanPlan {
         bridge: format!("vbt{}", random_hex(8)),
         vni: rand::random::<u32>() & 0xff_ffff,
         host_address: None,
+        peers: vec![],
     }
 }
 
@@ -372,6 +373,7 @@ async fn vxlan_joins_a_lan_across_machines_and_keeps_lans_apart() {
         group: None,
         peers: vec![peer.to_owned()],
         port: VXLAN_PORT,
+        learning: true,
     };
     let (vx1, vx2) = (
         vxlan("192.168.213.1", "192.168.213.2"),
