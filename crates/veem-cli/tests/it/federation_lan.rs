@@ -1,1 +1,382 @@
-//! Federation: a private network of the primary that extends to the sites where its VEEs run.
+//! Federation: a private network of the primary that extends to the sites where its VEEs run
+//! (the paper's VAN). The primary makes the owner's copy of the network at the site (same
+//! range, its VNI, the primary's hosts as VXLAN peers) and the VEE keeps the address the
+//! primary chose; the hosts of both sites join the LAN by VXLAN. On one machine the two sites'
+//! VXLAN devices are told apart by UDP port.
+
+use veem_api::{LanEndpoint, LanExtensionRequest, NetworkRequest, VeeView};
+use veem_client::Client;
+use veem_model::{ControlAction as A, VeeDescriptor, VmiState};
+
+use crate::federation::{at, named, peer_token, register, site_setup};
+use crate::harness::*;
+use crate::qemu_networks::{echoes, guest_on, probe_log};
+
+/// A site named `name` whose hosts are joined to other sites' LANs at `port` (VXLAN over
+/// loopback): its `[federation]` lets the peers' VEEMs extend their LANs here, and its qemu
+/// hosts' VXLAN devices use that port (MAC learning off: a learned entry would take the
+/// device's own port, see the agent's hostnet).
+fn lan_site(name: &str, port: u16, driver: Hypervisor) -> Setup {
+    let base = site_setup(name);
+    let hosts = match driver {
+        Hypervisor::Sim => vec![("h1", 8, 16384, "")],
+        // Leaked once per test: a host's extra TOML is a `&'static str`.
+        Hypervisor::Qemu => vec![(
+            "h1",
+            8,
+            16384,
+            &*Box::leak(
+                format!("vxlan = {{ local = \"127.0.0.1\", port = {port}, learning = false }}")
+                    .into_boxed_str(),
+            ),
+        )],
+    };
+    Setup {
+        driver,
+        hosts,
+        extra_config: format!(
+            "{}\n[federation]\nlan_endpoints = [\"127.0.0.1:{port}\"]\nlan_extension = [\"peer\"]\n",
+            base.extra_config
+        ),
+        ..base
+    }
+}
+
+/// Two UDP ports for the two sites' VXLAN devices, apart from any other test's.
+fn vxlan_ports() -> (u16, u16) {
+    let clock = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let pick = u16::try_from((clock ^ std::process::id()) % 10_000).expect("below 10000");
+    let base = 20_000 + pick * 2;
+    (base, base + 1)
+}
+
+fn endpoint(port: u16) -> LanEndpoint {
+    LanEndpoint {
+        address: "127.0.0.1".parse().expect("an address"),
+        port,
+    }
+}
+
+/// `POST /networks` with `extends`.
+fn extension(name: &str, cidr: &str, vni: u32, peers: Vec<LanEndpoint>) -> NetworkRequest {
+    NetworkRequest {
+        name: name.to_owned(),
+        cidr: cidr.to_owned(),
+        public: false,
+        extends: Some(LanExtensionRequest { vni, peers }),
+    }
+}
+
+fn on_private_at(name: &str, sites: &[&str], ip: Option<&str>) -> VeeDescriptor {
+    let mut d = small(name);
+    d.nics = nics(&[("private", ip)]);
+    d.sites = at(sites);
+    d
+}
+
+/// The refusal's status and code.
+fn refused<T: std::fmt::Debug>(result: Result<T, veem_client::ClientError>) -> (u16, String) {
+    let e = result.expect_err("refused");
+    (
+        e.status().expect("an answer"),
+        e.code().unwrap_or_default().to_owned(),
+    )
+}
+
+/// The VEE's one NIC's (network, address).
+fn nic_of(view: &VeeView) -> (String, Option<String>) {
+    let nic = &view.generated.nics[0];
+    (nic.network.clone(), nic.ip.clone())
+}
+
+#[tokio::test]
+async fn a_private_lan_extends_to_the_sites_of_its_vees_and_leaves_with_the_last() {
+    let (west_port, east_port) = vxlan_ports();
+    let west = Server::start_with(lan_site("west", west_port, Hypervisor::Sim)).await;
+    let east = Server::start_with(lan_site("east", east_port, Hypervisor::Sim)).await;
+    register(&west, &east, "east").await;
+    let cidr = "10.215.7.0/24";
+    west.a
+        .create_network("private", cidr, false)
+        .await
+        .expect("sm-a's LAN at west");
+    let vni = |view: &veem_api::NetworkView| view.extends.as_ref().map(|e| e.vni);
+
+    // Two VEEs at east on west's LAN, each with the address west chose (one asked for).
+    let db = init_one(&west.a, on_private_at("db", &["east"], None)).await;
+    let cache = init_one(
+        &west.a,
+        on_private_at("cache", &["east"], Some("10.215.7.40")),
+    )
+    .await;
+    let chosen = [
+        get(&west.a, &db).await.generated.nics[0].ip.clone(),
+        Some("10.215.7.40".to_owned()),
+    ];
+    assert_eq!(chosen[0].as_deref(), Some("10.215.7.2"), "west chose");
+    ctl_ok(&west.a, A::Activate, &[&db, &cache]).await;
+    wait_state(&west.a, &db, VmiState::Active).await;
+    wait_state(&west.a, &cache, VmiState::Active).await;
+
+    let peer_at_east = Client::new(&east.url, &peer_token("east")).expect("a client");
+    let copies = peer_at_east.list_networks().await.expect("listed").networks;
+    assert_eq!(copies.len(), 1, "one copy of the LAN at east: {copies:?}");
+    let copy = &copies[0];
+    assert!(
+        copy.name.ends_with(":private"),
+        "owner-marked: {}",
+        copy.name
+    );
+    assert_eq!((copy.owner.as_str(), copy.cidr.as_str()), ("peer", cidr));
+    let west_lan = west.a.get_network("private").await.expect("shown");
+    let (copy_ext, west_ext) = (
+        copy.extends.clone().expect("the copy extends west's LAN"),
+        west_lan
+            .extends
+            .clone()
+            .expect("west's LAN extends to east"),
+    );
+    assert_eq!(copy_ext.vni, west_ext.vni, "one VNI on both sides");
+    assert_eq!(
+        (copy_ext.peers, copy_ext.endpoints),
+        (vec![endpoint(west_port)], vec![endpoint(east_port)]),
+        "east floods to west's hosts"
+    );
+    assert_eq!(
+        (west_ext.peers, west_ext.endpoints),
+        (vec![endpoint(east_port)], vec![endpoint(west_port)]),
+        "west floods to east's hosts"
+    );
+    for (name, ip) in [("db", &chosen[0]), ("cache", &chosen[1])] {
+        let there = named(&east, name).await.expect("it runs at east");
+        assert_eq!(
+            nic_of(&there),
+            (copy.name.clone(), ip.clone()),
+            "{name} has west's address on the copy"
+        );
+    }
+    assert_eq!(copy.addresses_used, 2);
+    // At west, the addresses are held by the VEEs at east: nothing else takes them.
+    assert_eq!(west_lan.addresses_used, 2);
+    assert_eq!(
+        refused(
+            west.a
+                .initialize(&veem_api::InitializeRequest {
+                    model: veem_model::InitModel::Besteffort,
+                    count: 1,
+                    descriptor: on_private_at("twin", &["west"], Some("10.215.7.40")),
+                })
+                .await
+        ),
+        (409, "in_use".to_owned()),
+        "west's address at east is not free at west"
+    );
+
+    // Who may extend a LAN to east, and on which VNI.
+    let taken = vni(copy).expect("a VNI");
+    let other = || vec![endpoint(west_port)];
+    assert_eq!(
+        refused(
+            east.a
+                .create_network_with(&extension("mine", cidr, taken + 100, other()))
+                .await
+        ),
+        (403, "access_denied".to_owned()),
+        "a principal that [federation] lan_extension does not list"
+    );
+    assert_eq!(
+        refused(
+            peer_at_east
+                .create_network_with(&extension("again", cidr, taken, other()))
+                .await
+        ),
+        (409, "conflict".to_owned()),
+        "a VNI east uses"
+    );
+    for (request, why) in [
+        (extension("zero", cidr, 0, other()), "VNI 0"),
+        (extension("wide", cidr, 1 << 24, other()), "beyond 24 bits"),
+        (extension("alone", cidr, taken + 100, vec![]), "no peer"),
+        (
+            extension("port", cidr, taken + 100, vec![endpoint(0)]),
+            "port 0",
+        ),
+    ] {
+        assert_eq!(
+            refused(peer_at_east.create_network_with(&request).await),
+            (400, "malformed_request".to_owned()),
+            "{why}"
+        );
+    }
+    // East's own networks are made as before.
+    let own = east
+        .a
+        .create_network("own", "10.215.8.0/24", false)
+        .await
+        .expect("east's own LAN");
+    assert_eq!(own.extends, None);
+    assert_eq!(
+        peer_at_east
+            .list_networks()
+            .await
+            .expect("listed")
+            .networks
+            .len(),
+        1,
+        "nothing refused was made"
+    );
+
+    // TWOPHASE reserves at a site before west chose the addresses: such a VEE does not go.
+    let batch = on_private_at("batch", &["east"], None);
+    let answer = west
+        .a
+        .initialize(&veem_api::InitializeRequest {
+            model: veem_model::InitModel::Twophase,
+            count: 1,
+            descriptor: batch,
+        })
+        .await;
+    let e = answer.expect_err("refused");
+    assert_eq!(e.code(), Some("insufficient_resources"), "{e}");
+    assert!(e.to_string().contains("private"), "{e}");
+
+    // The copy stays while a VEE at east is on it, and goes with the last.
+    west.a.purge_vee(&db).await.expect("purged");
+    let copies = peer_at_east.list_networks().await.expect("listed").networks;
+    assert_eq!((copies.len(), copies[0].addresses_used), (1, 1));
+    assert!(west
+        .a
+        .get_network("private")
+        .await
+        .expect("shown")
+        .extends
+        .is_some());
+    west.a.purge_vee(&cache).await.expect("purged");
+    assert!(
+        peer_at_east
+            .list_networks()
+            .await
+            .expect("listed")
+            .networks
+            .is_empty(),
+        "the copy left east with the last VEE"
+    );
+    let west_lan = west.a.get_network("private").await.expect("shown");
+    assert_eq!(
+        (west_lan.extends, west_lan.addresses_used),
+        (None, 0),
+        "west's LAN no longer floods to east, and its addresses are free"
+    );
+    assert!(named(&east, "cache").await.is_none());
+}
+
+/// Ranges no machine of ours uses (nor the single-site 2.2.2 test).
+const PUBLIC_CIDR: &str = "10.217.7.0/24";
+const PRIVATE_CIDR: &str = "10.218.7.0/24";
+
+#[tokio::test]
+async fn uc_2_2_2_across_two_sites_the_database_is_reachable_only_from_the_web_tier() {
+    let (west_port, east_port) = vxlan_ports();
+    let Some(west) = Server::start_with_guest(lan_site("west", west_port, Hypervisor::Qemu)).await
+    else {
+        return;
+    };
+    let Some(east) = Server::start_with_guest(lan_site("east", east_port, Hypervisor::Qemu)).await
+    else {
+        return;
+    };
+    register(&west, &east, "east").await;
+    west.ops
+        .create_network("public", PUBLIC_CIDR, true)
+        .await
+        .expect("west's public network");
+    west.a
+        .create_network("private", PRIVATE_CIDR, false)
+        .await
+        .expect("sm-a's LAN");
+    west.b
+        .create_network("private", PRIVATE_CIDR, false)
+        .await
+        .expect("sm-b's LAN of the same name and range: another LAN");
+
+    // The database at east, on west's LAN.
+    let mut d = guest_on("db", &[("private", None)], &[]);
+    d.sites = at(&["east"]);
+    let db = init_one(&west.a, d).await;
+    let db_ip = get(&west.a, &db).await.generated.nics[0]
+        .ip
+        .clone()
+        .expect("an address");
+    ctl_ok(&west.a, A::Activate, &[&db]).await;
+    let db_there = named(&east, "db").await.expect("db runs at east");
+    assert_eq!(
+        db_there.generated.nics[0].ip.as_deref(),
+        Some(db_ip.as_str()),
+        "at east db has the address west chose"
+    );
+    wait_guest_ready(&east, Hypervisor::Qemu, &db_there.id).await;
+
+    // The web tier at west, on the public network and the LAN.
+    let mut d = guest_on(
+        "web",
+        &[("public", None), ("private", None)],
+        &[format!("{db_ip}:7")],
+    );
+    d.sites = at(&["west"]);
+    let web = init_one(&west.a, d).await;
+    let web_view = get(&west.a, &web).await;
+    let web_public = web_view.generated.nics[0].ip.clone().expect("an address");
+    let web_private = web_view.generated.nics[1].ip.clone().expect("an address");
+    ctl_ok(&west.a, A::Activate, &[&web]).await;
+    wait_guest_ready(&west, Hypervisor::Qemu, &web).await;
+    assert_eq!(
+        (get(&west.a, &web).await.site, get(&west.a, &db).await.site),
+        ("west".to_owned(), "east".to_owned())
+    );
+
+    // sm-b's VEE at west, on its own "private" of the same range, tries both of sm-a's.
+    let mut d = guest_on(
+        "other",
+        &[("private", Some("10.218.7.50"))],
+        &[format!("{db_ip}:7"), format!("{web_private}:7")],
+    );
+    d.tags.clear();
+    d.anti_affinity.clear();
+    let other = init_one(&west.b, d).await;
+    ctl_ok(&west.b, A::Activate, &[&other]).await;
+    wait_guest_ready(&west, Hypervisor::Qemu, &other).await;
+
+    assert!(
+        echoes(&web_public),
+        "the host reaches web's public address {web_public}"
+    );
+    assert!(!echoes(&db_ip), "the host does not reach db at {db_ip}");
+    assert!(
+        !echoes(&web_private),
+        "nor web's private address {web_private}"
+    );
+
+    let web_log = probe_log(&west, &west.a, &web).await;
+    assert!(
+        web_log.contains(&format!("{db_ip}:7 ok")),
+        "web at west reaches db at east: {web_log:?}"
+    );
+    let other_log = probe_log(&west, &west.b, &other).await;
+    assert!(
+        other_log.contains(&format!("{db_ip}:7 fail"))
+            && other_log.contains(&format!("{web_private}:7 fail")),
+        "another principal's LAN reaches neither: {other_log:?}"
+    );
+
+    // Purged, db leaves east and takes the LAN's copy with it.
+    west.a.purge_vee(&db).await.expect("purged");
+    let peer_at_east = Client::new(&east.url, &peer_token("east")).expect("a client");
+    assert!(peer_at_east
+        .list_networks()
+        .await
+        .expect("listed")
+        .networks
+        .is_empty());
+}
