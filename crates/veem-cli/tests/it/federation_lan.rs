@@ -20,16 +20,15 @@ fn lan_site(name: &str, port: u16, driver: Hypervisor) -> Setup {
     let base = site_setup(name);
     let hosts = match driver {
         Hypervisor::Sim => vec![("h1", 8, 16384, "")],
-        // Leaked once per test: a host's extra TOML is a `&'static str`.
-        Hypervisor::Qemu => vec![(
-            "h1",
-            8,
-            16384,
-            &*Box::leak(
+        // Two hosts, as an export of a guest's disk needs one that is up and well while the
+        // other may be busy. Leaked once per site: a host's extra TOML is a `&'static str`.
+        Hypervisor::Qemu => {
+            let vxlan: &'static str = Box::leak(
                 format!("vxlan = {{ local = \"127.0.0.1\", port = {port}, learning = false }}")
                     .into_boxed_str(),
-            ),
-        )],
+            );
+            vec![("h1", 8, 16384, vxlan), ("h2", 8, 16384, vxlan)]
+        }
     };
     Setup {
         driver,
@@ -379,4 +378,14 @@ async fn uc_2_2_2_across_two_sites_the_database_is_reachable_only_from_the_web_t
         .expect("listed")
         .networks
         .is_empty());
+    // The LANs leave the machine's hosts: a VXLAN device holds its UDP port while it exists.
+    west.a.purge_vee(&web).await.expect("purged");
+    west.b.purge_vee(&other).await.expect("purged");
+    for (client, name) in [
+        (&west.a, "private"),
+        (&west.b, "private"),
+        (&west.ops, "public"),
+    ] {
+        client.delete_network(name).await.expect("deleted");
+    }
 }
