@@ -41,14 +41,13 @@ fn lan_site(name: &str, port: u16, driver: Hypervisor) -> Setup {
     }
 }
 
-/// Two UDP ports for the two sites' VXLAN devices, apart from any other test's.
-fn vxlan_ports() -> (u16, u16) {
+/// The first of three UDP ports for the sites' VXLAN devices, apart from any other test's.
+fn vxlan_ports() -> u16 {
     let clock = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     let pick = u16::try_from((clock ^ std::process::id()) % 10_000).expect("below 10000");
-    let base = 20_000 + pick * 2;
-    (base, base + 1)
+    20_000 + pick * 3
 }
 
 fn endpoint(port: u16) -> LanEndpoint {
@@ -90,39 +89,61 @@ fn nic_of(view: &VeeView) -> (String, Option<String>) {
     (nic.network.clone(), nic.ip.clone())
 }
 
+/// The copy of west's LAN at the site `name` (`site`), as the peer principal there sees it.
+async fn copy_at(site: &Server, name: &str) -> Option<veem_api::NetworkView> {
+    let peer = Client::new(&site.url, &peer_token(name)).expect("a client");
+    let mut copies = peer.list_networks().await.expect("listed").networks;
+    assert!(copies.len() <= 1, "one copy of the LAN: {copies:?}");
+    copies.pop()
+}
+
+/// The VXLAN endpoints a network's LAN floods to, and its site's own.
+fn flooding(view: &veem_api::NetworkView) -> (Vec<u16>, Vec<u16>) {
+    let extends = view.extends.as_ref().expect("extended");
+    (
+        extends.peers.iter().map(|p| p.port).collect(),
+        extends.endpoints.iter().map(|p| p.port).collect(),
+    )
+}
+
 #[tokio::test]
 async fn a_private_lan_extends_to_the_sites_of_its_vees_and_leaves_with_the_last() {
-    let (west_port, east_port) = vxlan_ports();
+    let port = vxlan_ports();
+    let (west_port, east_port, north_port) = (port, port + 1, port + 2);
     let west = Server::start_with(lan_site("west", west_port, Hypervisor::Sim)).await;
     let east = Server::start_with(lan_site("east", east_port, Hypervisor::Sim)).await;
+    let north = Server::start_with(lan_site("north", north_port, Hypervisor::Sim)).await;
     register(&west, &east, "east").await;
+    register(&west, &north, "north").await;
     let cidr = "10.215.7.0/24";
     west.a
         .create_network("private", cidr, false)
         .await
         .expect("sm-a's LAN at west");
-    let vni = |view: &veem_api::NetworkView| view.extends.as_ref().map(|e| e.vni);
 
-    // Two VEEs at east on west's LAN, each with the address west chose (one asked for).
+    // Two VEEs at east and one at north on west's LAN, each with the address west chose (one
+    // asked for it).
     let db = init_one(&west.a, on_private_at("db", &["east"], None)).await;
     let cache = init_one(
         &west.a,
         on_private_at("cache", &["east"], Some("10.215.7.40")),
     )
     .await;
+    let log = init_one(&west.a, on_private_at("log", &["north"], None)).await;
     let chosen = [
         get(&west.a, &db).await.generated.nics[0].ip.clone(),
         Some("10.215.7.40".to_owned()),
+        get(&west.a, &log).await.generated.nics[0].ip.clone(),
     ];
     assert_eq!(chosen[0].as_deref(), Some("10.215.7.2"), "west chose");
-    ctl_ok(&west.a, A::Activate, &[&db, &cache]).await;
-    wait_state(&west.a, &db, VmiState::Active).await;
-    wait_state(&west.a, &cache, VmiState::Active).await;
+    ctl_ok(&west.a, A::Activate, &[&db, &cache, &log]).await;
+    for vee in [&db, &cache, &log] {
+        wait_state(&west.a, vee, VmiState::Active).await;
+    }
 
-    let peer_at_east = Client::new(&east.url, &peer_token("east")).expect("a client");
-    let copies = peer_at_east.list_networks().await.expect("listed").networks;
-    assert_eq!(copies.len(), 1, "one copy of the LAN at east: {copies:?}");
-    let copy = &copies[0];
+    let copy = copy_at(&east, "east")
+        .await
+        .expect("west's LAN has a copy at east");
     assert!(
         copy.name.ends_with(":private"),
         "owner-marked: {}",
@@ -130,26 +151,31 @@ async fn a_private_lan_extends_to_the_sites_of_its_vees_and_leaves_with_the_last
     );
     assert_eq!((copy.owner.as_str(), copy.cidr.as_str()), ("peer", cidr));
     let west_lan = west.a.get_network("private").await.expect("shown");
-    let (copy_ext, west_ext) = (
-        copy.extends.clone().expect("the copy extends west's LAN"),
-        west_lan
-            .extends
-            .clone()
-            .expect("west's LAN extends to east"),
-    );
-    assert_eq!(copy_ext.vni, west_ext.vni, "one VNI on both sides");
+    let vni = west_lan.extends.as_ref().expect("west's LAN extends").vni;
+    let north_copy = copy_at(&north, "north").await.expect("and one at north");
+    for view in [&copy, &north_copy] {
+        assert_eq!(view.extends.as_ref().map(|e| e.vni), Some(vni), "one VNI");
+    }
+    // Every side floods to every other side's hosts.
     assert_eq!(
-        (copy_ext.peers, copy_ext.endpoints),
-        (vec![endpoint(west_port)], vec![endpoint(east_port)]),
-        "east floods to west's hosts"
+        flooding(&west_lan),
+        (vec![east_port, north_port], vec![west_port])
     );
     assert_eq!(
-        (west_ext.peers, west_ext.endpoints),
-        (vec![endpoint(east_port)], vec![endpoint(west_port)]),
-        "west floods to east's hosts"
+        flooding(&copy),
+        (vec![west_port, north_port], vec![east_port])
     );
-    for (name, ip) in [("db", &chosen[0]), ("cache", &chosen[1])] {
-        let there = named(&east, name).await.expect("it runs at east");
+    assert_eq!(
+        flooding(&north_copy),
+        (vec![west_port, east_port], vec![north_port])
+    );
+    for (site, name, ip) in [
+        (&east, "db", &chosen[0]),
+        (&east, "cache", &chosen[1]),
+        (&north, "log", &chosen[2]),
+    ] {
+        let there = named(site, name).await.expect("it runs there");
+        let copy = copy_at(site, &there.site).await.expect("a copy");
         assert_eq!(
             nic_of(&there),
             (copy.name.clone(), ip.clone()),
@@ -157,8 +183,8 @@ async fn a_private_lan_extends_to_the_sites_of_its_vees_and_leaves_with_the_last
         );
     }
     assert_eq!(copy.addresses_used, 2);
-    // At west, the addresses are held by the VEEs at east: nothing else takes them.
-    assert_eq!(west_lan.addresses_used, 2);
+    // At west, the addresses are held by the VEEs at the sites: nothing else takes them.
+    assert_eq!(west_lan.addresses_used, 3);
     assert_eq!(
         refused(
             west.a
@@ -174,12 +200,12 @@ async fn a_private_lan_extends_to_the_sites_of_its_vees_and_leaves_with_the_last
     );
 
     // Who may extend a LAN to east, and on which VNI.
-    let taken = vni(copy).expect("a VNI");
+    let peer_at_east = Client::new(&east.url, &peer_token("east")).expect("a client");
     let other = || vec![endpoint(west_port)];
     assert_eq!(
         refused(
             east.a
-                .create_network_with(&extension("mine", cidr, taken + 100, other()))
+                .create_network_with(&extension("mine", cidr, vni + 100, other()))
                 .await
         ),
         (403, "access_denied".to_owned()),
@@ -188,18 +214,27 @@ async fn a_private_lan_extends_to_the_sites_of_its_vees_and_leaves_with_the_last
     assert_eq!(
         refused(
             peer_at_east
-                .create_network_with(&extension("again", cidr, taken, other()))
+                .create_network_with(&extension("again", cidr, vni, other()))
                 .await
         ),
         (409, "conflict".to_owned()),
         "a VNI east uses"
     );
+    assert_eq!(
+        refused(
+            peer_at_east
+                .create_network_with(&extension(&copy.name, "10.215.9.0/24", vni, other()))
+                .await
+        ),
+        (409, "conflict".to_owned()),
+        "the copy's name for another range"
+    );
     for (request, why) in [
         (extension("zero", cidr, 0, other()), "VNI 0"),
         (extension("wide", cidr, 1 << 24, other()), "beyond 24 bits"),
-        (extension("alone", cidr, taken + 100, vec![]), "no peer"),
+        (extension("alone", cidr, vni + 100, vec![]), "no peer"),
         (
-            extension("port", cidr, taken + 100, vec![endpoint(0)]),
+            extension("port", cidr, vni + 100, vec![endpoint(0)]),
             "port 0",
         ),
     ] {
@@ -217,56 +252,53 @@ async fn a_private_lan_extends_to_the_sites_of_its_vees_and_leaves_with_the_last
         .expect("east's own LAN");
     assert_eq!(own.extends, None);
     assert_eq!(
-        peer_at_east
-            .list_networks()
-            .await
-            .expect("listed")
-            .networks
-            .len(),
-        1,
-        "nothing refused was made"
+        copy_at(&east, "east").await.as_ref().map(flooding),
+        Some((vec![west_port, north_port], vec![east_port])),
+        "nothing refused changed the copy"
     );
 
     // TWOPHASE reserves at a site before west chose the addresses: such a VEE does not go.
-    let batch = on_private_at("batch", &["east"], None);
     let answer = west
         .a
         .initialize(&veem_api::InitializeRequest {
             model: veem_model::InitModel::Twophase,
             count: 1,
-            descriptor: batch,
+            descriptor: on_private_at("batch", &["east"], None),
         })
         .await;
     let e = answer.expect_err("refused");
     assert_eq!(e.code(), Some("insufficient_resources"), "{e}");
     assert!(e.to_string().contains("private"), "{e}");
 
-    // The copy stays while a VEE at east is on it, and goes with the last.
+    // A copy stays while a VEE at its site is on it, and goes with the last; the other sides
+    // stop flooding to that site.
     west.a.purge_vee(&db).await.expect("purged");
-    let copies = peer_at_east.list_networks().await.expect("listed").networks;
-    assert_eq!((copies.len(), copies[0].addresses_used), (1, 1));
-    assert!(west
-        .a
-        .get_network("private")
-        .await
-        .expect("shown")
-        .extends
-        .is_some());
-    west.a.purge_vee(&cache).await.expect("purged");
-    assert!(
-        peer_at_east
-            .list_networks()
-            .await
-            .expect("listed")
-            .networks
-            .is_empty(),
-        "the copy left east with the last VEE"
+    assert_eq!(
+        copy_at(&east, "east").await.map(|c| c.addresses_used),
+        Some(1),
+        "cache is still on it"
     );
+    west.a.purge_vee(&log).await.expect("purged");
+    assert!(
+        copy_at(&north, "north").await.is_none(),
+        "the copy left north"
+    );
+    assert_eq!(
+        copy_at(&east, "east").await.as_ref().map(flooding),
+        Some((vec![west_port], vec![east_port])),
+        "east no longer floods to north"
+    );
+    assert_eq!(
+        flooding(&west.a.get_network("private").await.expect("shown")),
+        (vec![east_port], vec![west_port])
+    );
+    west.a.purge_vee(&cache).await.expect("purged");
+    assert!(copy_at(&east, "east").await.is_none(), "the copy left east");
     let west_lan = west.a.get_network("private").await.expect("shown");
     assert_eq!(
         (west_lan.extends, west_lan.addresses_used),
         (None, 0),
-        "west's LAN no longer floods to east, and its addresses are free"
+        "west's LAN no longer floods anywhere, and its addresses are free"
     );
     assert!(named(&east, "cache").await.is_none());
 }
@@ -277,7 +309,8 @@ const PRIVATE_CIDR: &str = "10.218.7.0/24";
 
 #[tokio::test]
 async fn uc_2_2_2_across_two_sites_the_database_is_reachable_only_from_the_web_tier() {
-    let (west_port, east_port) = vxlan_ports();
+    let port = vxlan_ports();
+    let (west_port, east_port) = (port, port + 1);
     let Some(west) = Server::start_with_guest(lan_site("west", west_port, Hypervisor::Qemu)).await
     else {
         return;

@@ -45,12 +45,15 @@ pub(super) async fn create(
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<NetworkView>)> {
     let request: NetworkRequest = parse_json(&body, false)?;
-    let networks = state.veem.networks();
-    let info = networks.create(&caller, &request).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(view(&info, &networks.endpoints())),
-    ))
+    // A copy of another site's LAN that the caller has already is renewed: 200, not 201.
+    let (info, created) = state.veem.create_network(&caller, &request).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let endpoints = state.veem.networks().endpoints();
+    Ok((status, Json(view(&info, &endpoints))))
 }
 
 pub(super) async fn list(State(state): State<AppState>, caller: Caller) -> Json<NetworkList> {

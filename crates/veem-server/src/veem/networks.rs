@@ -18,7 +18,7 @@
 //!   none of its own LANs uses; its own new networks skip the VNIs others brought. The copy
 //!   goes when the last VEE of the network there is purged.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::sync::{Mutex, MutexGuard};
 
@@ -403,6 +403,52 @@ impl Networks {
         })
     }
 
+    /// With `extends`, when the caller has a network of that name already: its copy of the same
+    /// LAN (range and VNI), renewed with the peers asked for. Answers it, and whether its
+    /// peers changed; `None` when the caller has no network of that name.
+    async fn renew_copy(
+        &self,
+        caller: &Caller,
+        request: &NetworkRequest,
+    ) -> Result<Option<(NetworkInfo, bool)>, CoreError> {
+        let Some(extends) = &request.extends else {
+            return Ok(None);
+        };
+        let _one_at_a_time = self.extending.lock().await;
+        let existing = self
+            .table()
+            .by_id
+            .values()
+            .find(|s| s.network.owner == caller.principal && s.network.name == request.name)
+            .map(|s| s.network.clone());
+        let Some(mut network) = existing else {
+            return Ok(None);
+        };
+        let extension = self.check_extension(caller, request.public, extends)?;
+        let same_lan = network.cidr.to_string() == request.cidr
+            && network.extension.as_ref().map(|e| e.vni) == Some(extension.vni);
+        if !same_lan {
+            return Err(CoreError::Conflict(format!(
+                "a network of {} is already named {}",
+                caller.principal, request.name
+            )));
+        }
+        let changed = network.extension.as_ref() != Some(&extension);
+        if changed {
+            network.extension = Some(extension);
+            self.committer
+                .commit(vec![Change::UpdateNetwork(network.clone())])
+                .await?;
+        }
+        let mut table = self.table();
+        let slot = table
+            .by_id
+            .get_mut(&network.id)
+            .ok_or_else(|| CoreError::NotFound(format!("network {} was deleted", network.name)))?;
+        slot.network = network;
+        Ok(Some((info(slot), changed)))
+    }
+
     /// Whether the caller may make a network this site's side of another site's LAN, and
     /// that LAN's extension as asked.
     fn check_extension(
@@ -593,6 +639,28 @@ impl Networks {
 }
 
 impl Veem {
+    /// `POST /networks`: creates a network of the caller's; with `extends`, a copy the caller
+    /// already has of that LAN is renewed instead (its hosts then flood to the peers asked
+    /// for). Answers it, and whether it was created.
+    pub async fn create_network(
+        &self,
+        caller: &Caller,
+        request: &NetworkRequest,
+    ) -> Result<(NetworkInfo, bool), CoreError> {
+        if let Some((info, changed)) = self.inner.networks.renew_copy(caller, request).await? {
+            if changed {
+                tracing::info!(network = %info.network.name, owner = %info.network.owner, "a lan's copy has new peers");
+                let lan = self.inner.networks.lan_plan(&info.network);
+                self.on_every_host(&info.network, || AgentRequest::RefreshLan {
+                    lan: lan.clone(),
+                })
+                .await;
+            }
+            return Ok((info, false));
+        }
+        Ok((self.inner.networks.create(caller, request).await?, true))
+    }
+
     /// Deletes one of the caller's networks (an admin: also a public one) once no VEE holds an
     /// address on it, and takes its LAN down on every host.
     pub async fn delete_network(&self, caller: &Caller, name: &str) -> Result<(), CoreError> {
@@ -670,58 +738,99 @@ impl Veem {
         client: &veem_client::Client,
         network: &Network,
     ) -> Result<String, CoreError> {
-        let refused = |reason: String| {
-            CoreError::Conflict(format!("network {} at site {site}: {reason}", network.name))
-        };
-        let endpoints = self.inner.networks.endpoints();
-        if endpoints.is_empty() {
-            return Err(refused(
-                "this site's hosts join no LAN of another site ([federation] lan_endpoints)".into(),
-            ));
+        if self.inner.networks.endpoints().is_empty() {
+            return Err(CoreError::Conflict(format!(
+                "network {} cannot extend to site {site}: this site's hosts join no LAN of another site ([federation] lan_endpoints)",
+                network.name
+            )));
         }
-        let name = lan_copy_name(&network.owner, &network.name);
-        let vni = network.vni();
-        let request = NetworkRequest {
-            name: name.clone(),
-            cidr: network.cidr.to_string(),
-            public: false,
-            extends: Some(LanExtensionRequest {
-                vni,
-                peers: endpoints,
-            }),
-        };
-        let view = match client.create_network_with(&request).await {
-            Ok(view) => view,
-            // Made for an earlier VEE of the network: the same copy if its range and VNI are.
-            Err(e) if e.code() == Some(code::CONFLICT) => client
-                .get_network(&name)
-                .await
-                .map_err(|e| refused(e.to_string()))?,
-            Err(e) => return Err(refused(e.to_string())),
-        };
-        let theirs = match &view.extends {
-            Some(extends) if extends.vni == vni && view.cidr == request.cidr => {
-                extends.endpoints.clone()
-            }
-            _ => {
-                return Err(refused(format!(
-                    "the site has a network {name} that is not this LAN's copy ({}, {:?})",
-                    view.cidr, view.extends
-                )))
-            }
-        };
+        let theirs = self.send_copy(site, client, network).await?;
         if let Some(changed) = self
             .inner
             .networks
             .set_site_peers(network.id, site, &theirs)
             .await?
         {
-            tracing::info!(network = %network.name, %site, vni, peers = theirs.len(), "the lan extends to a site");
-            let lan = self.inner.networks.lan_plan(&changed);
-            self.on_every_host(&changed, || AgentRequest::RefreshLan { lan: lan.clone() })
-                .await;
+            tracing::info!(network = %network.name, %site, vni = changed.vni(), peers = theirs.len(), "the lan extends to a site");
+            self.lan_sites_changed(&changed, site).await;
         }
-        Ok(name)
+        Ok(lan_copy_name(&network.owner, &network.name))
+    }
+
+    /// Makes (or renews) `network`'s copy at `site`, flooding to this site's hosts and to the
+    /// other sites' the LAN extends to: answers the site's own hosts, as it says.
+    async fn send_copy(
+        &self,
+        site: &SiteName,
+        client: &veem_client::Client,
+        network: &Network,
+    ) -> Result<Vec<LanEndpoint>, CoreError> {
+        let name = lan_copy_name(&network.owner, &network.name);
+        let mut peers = self.inner.networks.endpoints();
+        peers.extend(
+            network
+                .extension
+                .iter()
+                .flat_map(|e| e.peers.iter())
+                .filter(|p| p.site.as_deref() != Some(site.as_str()))
+                .map(|p| LanEndpoint {
+                    address: p.address,
+                    port: p.port,
+                }),
+        );
+        let request = NetworkRequest {
+            name: name.clone(),
+            cidr: network.cidr.to_string(),
+            public: false,
+            extends: Some(LanExtensionRequest {
+                vni: network.vni(),
+                peers,
+            }),
+        };
+        let refused = |reason: String| {
+            CoreError::Conflict(format!("network {} at site {site}: {reason}", network.name))
+        };
+        let view = client
+            .create_network_with(&request)
+            .await
+            .map_err(|e| refused(e.to_string()))?;
+        match view.extends {
+            Some(extends) if extends.vni == network.vni() && view.cidr == request.cidr => {
+                Ok(extends.endpoints)
+            }
+            other => Err(refused(format!(
+                "the site's network {name} is not this LAN's copy ({}, {other:?})",
+                view.cidr
+            ))),
+        }
+    }
+
+    /// `network`'s LAN now extends to other sites than before (`changed` is `site`'s part):
+    /// this site's hosts flood to the sites it extends to now, and so does each of those
+    /// sites but `site` (its copy renewed), so every side floods to every other.
+    async fn lan_sites_changed(&self, network: &Network, changed: &SiteName) {
+        let lan = self.inner.networks.lan_plan(network);
+        self.on_every_host(network, || AgentRequest::RefreshLan { lan: lan.clone() })
+            .await;
+        let others: BTreeSet<&str> = network
+            .extension
+            .iter()
+            .flat_map(|e| e.peers.iter())
+            .filter_map(|p| p.site.as_deref())
+            .filter(|s| *s != changed.as_str())
+            .collect();
+        for other in others {
+            let Ok(other) = SiteName::new(other) else {
+                continue;
+            };
+            let sent = match self.inner.sites.client(&other) {
+                Ok(client) => self.send_copy(&other, &client, network).await.map(drop),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = sent {
+                tracing::warn!(network = %network.name, site = %other, error = %e, "cannot renew a lan's copy at a site");
+            }
+        }
     }
 
     /// After `record`, which ran at a site, is purged there: each private network of its
@@ -760,9 +869,7 @@ impl Veem {
             match self.inner.networks.set_site_peers(id, site, &[]).await {
                 Ok(Some(changed)) => {
                     tracing::info!(network = %network.name, %site, "the lan no longer extends to a site");
-                    let lan = self.inner.networks.lan_plan(&changed);
-                    self.on_every_host(&changed, || AgentRequest::RefreshLan { lan: lan.clone() })
-                        .await;
+                    self.lan_sites_changed(&changed, site).await;
                 }
                 Ok(None) => {}
                 Err(e) => {
