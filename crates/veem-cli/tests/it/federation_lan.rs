@@ -303,6 +303,18 @@ async fn a_private_lan_extends_to_the_sites_of_its_vees_and_leaves_with_the_last
     assert!(named(&east, "cache").await.is_none());
 }
 
+/// Whether a VXLAN device of this machine floods to 127.0.0.1 at `port` (another site's
+/// hosts: one site's devices use their own port, and name another's only as a peer).
+fn floods_to(port: u16) -> bool {
+    let out = std::process::Command::new("bridge")
+        .args(["fdb", "show"])
+        .output()
+        .expect("bridge runs");
+    String::from_utf8_lossy(&out.stdout).lines().any(|l| {
+        l.starts_with("00:00:00:00:00:00") && l.contains(&format!("dst 127.0.0.1 port {port} "))
+    })
+}
+
 /// Ranges no machine of ours uses (nor the single-site 2.2.2 test).
 const PUBLIC_CIDR: &str = "10.217.7.0/24";
 const PRIVATE_CIDR: &str = "10.218.7.0/24";
@@ -390,6 +402,40 @@ async fn uc_2_2_2_across_two_sites_the_database_is_reachable_only_from_the_web_t
         "nor web's private address {web_private}"
     );
 
+    // Purged, db leaves east and takes the LAN's copy with it: west's hosts stop flooding there.
+    assert!(
+        floods_to(east_port),
+        "west's host floods the LAN to east's port"
+    );
+    west.a.purge_vee(&db).await.expect("purged");
+    let peer_at_east = Client::new(&east.url, &peer_token("east")).expect("a client");
+    assert!(peer_at_east
+        .list_networks()
+        .await
+        .expect("listed")
+        .networks
+        .is_empty());
+    assert!(
+        !floods_to(east_port),
+        "west's host no longer floods to east"
+    );
+
+    // A replica placed at east while web runs: west's host, whose LAN is built already, is
+    // told to flood to east again, and the replica reaches web.
+    let mut d = guest_on(
+        "replica",
+        &[("private", None)],
+        &[format!("{web_private}:7")],
+    );
+    d.sites = at(&["east"]);
+    let replica = init_one(&west.a, d).await;
+    ctl_ok(&west.a, A::Activate, &[&replica]).await;
+    assert!(floods_to(east_port), "west's host floods to east again");
+    let replica_there = named(&east, "replica")
+        .await
+        .expect("the replica runs at east");
+    wait_guest_ready(&east, Hypervisor::Qemu, &replica_there.id).await;
+
     let web_log = probe_log(&west, &west.a, &web).await;
     assert!(
         web_log.contains(&format!("{db_ip}:7 ok")),
@@ -401,16 +447,13 @@ async fn uc_2_2_2_across_two_sites_the_database_is_reachable_only_from_the_web_t
             && other_log.contains(&format!("{web_private}:7 fail")),
         "another principal's LAN reaches neither: {other_log:?}"
     );
+    let replica_log = probe_log(&west, &west.a, &replica).await;
+    assert!(
+        replica_log.contains(&format!("{web_private}:7 ok")),
+        "the replica at east reaches web at west: {replica_log:?}"
+    );
 
-    // Purged, db leaves east and takes the LAN's copy with it.
-    west.a.purge_vee(&db).await.expect("purged");
-    let peer_at_east = Client::new(&east.url, &peer_token("east")).expect("a client");
-    assert!(peer_at_east
-        .list_networks()
-        .await
-        .expect("listed")
-        .networks
-        .is_empty());
+    west.a.purge_vee(&replica).await.expect("purged");
     // The LANs leave the machine's hosts: a VXLAN device holds its UDP port while it exists.
     west.a.purge_vee(&web).await.expect("purged");
     west.b.purge_vee(&other).await.expect("purged");
