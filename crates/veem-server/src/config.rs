@@ -286,6 +286,29 @@ admin = true
     }
 
     #[test]
+    fn federation_lans_parse_and_are_off_by_default() {
+        let base = "listen = \"127.0.0.1:7070\"\ndata_dir = \"/var/lib/veem\"\n";
+        let off = Config::parse(base).expect("parses");
+        assert!(off.federation.lan_endpoints.is_empty() && off.federation.lan_extension.is_empty());
+        let on = Config::parse(&format!(
+            "{base}[federation]\nlan_endpoints = [\"192.0.2.10:4789\"]\nlan_extension = [\"west\"]\n"
+        ))
+        .expect("parses");
+        assert_eq!(
+            on.federation.lan_endpoints,
+            ["192.0.2.10:4789".parse::<SocketAddr>().expect("an address")]
+        );
+        assert_eq!(on.federation.lan_extension[0].as_str(), "west");
+        for bad in [
+            "[federation]\nlan_endpoints = [\"192.0.2.10\"]\n",
+            "[federation]\nlan_extension = [\"not a name\"]\n",
+            "[federation]\nlan_peers = []\n",
+        ] {
+            assert!(Config::parse(&format!("{base}{bad}")).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn mistakes_are_named() {
         let base = "listen = \"127.0.0.1:1\"\ndata_dir = \"/tmp/x\"\n";
         let cases = [
