@@ -183,6 +183,15 @@ async fn a_private_lan_extends_to_the_sites_of_its_vees_and_leaves_with_the_last
         );
     }
     assert_eq!(copy.addresses_used, 2);
+    // At west, the VEE's NIC is on west's own LAN, as it was described.
+    let at_west = get(&west.a, &db).await;
+    assert_eq!(
+        (
+            at_west.descriptor.nics[0].network.as_str(),
+            nic_of(&at_west)
+        ),
+        ("private", ("private".to_owned(), chosen[0].clone()))
+    );
     // At west, the addresses are held by the VEEs at the sites: nothing else takes them.
     assert_eq!(west_lan.addresses_used, 3);
     assert_eq!(

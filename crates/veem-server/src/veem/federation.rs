@@ -349,12 +349,14 @@ impl Veem {
             .get_vee(remote.as_str())
             .await
             .map_err(|e| site_error(site, e))?;
-        // The site's descriptor, but for the preference of sites and the tags, which are the
-        // primary's (the site holds them marked with their owner).
+        // The site's descriptor, but for the preference of sites, the tags and the NICs, which
+        // are the primary's (the site holds them marked with their owner).
         let mut descriptor = view.descriptor;
         descriptor.sites = record.descriptor.sites.clone();
         descriptor.tags = record.descriptor.tags.clone();
         descriptor.anti_affinity = record.descriptor.anti_affinity.clone();
+        // Its NICs too: at the site they name the copies of its owner's LANs (networks.rs).
+        descriptor.nics = record.descriptor.nics.clone();
         let same = (
             view.state,
             view.veem_state,
