@@ -8,7 +8,7 @@ use veem_api::{LanEndpoint, LanExtensionRequest, NetworkRequest, VeeView};
 use veem_client::Client;
 use veem_model::{ControlAction as A, VeeDescriptor, VmiState};
 
-use crate::federation::{at, named, peer_token, register, site_setup};
+use crate::federation::{at, named, peer_token, register, site_setup, waits_when_activated};
 use crate::harness::*;
 use crate::qemu_networks::{echoes, guest_on, probe_log};
 
@@ -310,6 +310,17 @@ async fn a_private_lan_extends_to_the_sites_of_its_vees_and_leaves_with_the_last
         "west's LAN no longer floods anywhere, and its addresses are free"
     );
     assert!(named(&east, "cache").await.is_none());
+
+    // A VEE that east cannot take leaves no copy of the LAN there.
+    let mut huge = on_private_at("huge", &["east"], None);
+    huge.cpu = 64;
+    let huge = init_one(&west.a, huge).await;
+    waits_when_activated(&west.a, &huge).await;
+    assert!(copy_at(&east, "east").await.is_none(), "no copy at east");
+    assert_eq!(
+        west.a.get_network("private").await.expect("shown").extends,
+        None
+    );
 }
 
 /// Whether a VXLAN device of this machine floods to 127.0.0.1 at `port` (another site's

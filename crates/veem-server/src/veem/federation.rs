@@ -189,6 +189,13 @@ impl Veem {
             if let Err(left) = client.purge_vee(&made_id).await {
                 tracing::warn!(%site, vee = %remote, error = %left, "cannot purge a VEE a site did not run");
             }
+            let lans: Vec<u32> = record
+                .generated
+                .nics
+                .iter()
+                .filter_map(|n| n.network_id)
+                .collect();
+            self.release_lans_at(site, &lans, None).await;
             return Err(e);
         }
         Ok(remote)
@@ -263,14 +270,25 @@ impl Veem {
         {
             *tag = owned_tag(owner, tag);
         }
-        let made = client
+        let made = match client
             .initialize(&InitializeRequest {
                 model: InitModel::Twophase,
                 count,
                 descriptor,
             })
             .await
-            .map_err(|e| site_error(site, e))?;
+        {
+            Ok(made) => made,
+            Err(e) => {
+                // A LAN extended for this VEE leaves the site again, unless others are on it.
+                let lans: Vec<u32> = addresses
+                    .iter()
+                    .flat_map(|a| a.iter().filter_map(|n| n.network_id))
+                    .collect();
+                self.release_lans_at(site, &lans, None).await;
+                return Err(site_error(site, e));
+            }
+        };
         let ids: Result<Vec<VeeId>, _> = made.vees.iter().map(|v| VeeId::parse(&v.id)).collect();
         match ids {
             Ok(ids) if ids.len() == count as usize => Ok(ids),

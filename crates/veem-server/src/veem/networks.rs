@@ -833,14 +833,31 @@ impl Veem {
         }
     }
 
-    /// After `record`, which ran at a site, is purged there: each private network of its
-    /// owner that no other VEE at that site is on any more leaves the site (its copy there is
-    /// deleted, and this site's hosts stop flooding to the site's).
+    /// After `record`, which ran at a site, is purged there: its LANs leave the site unless
+    /// another VEE there is on them (see [`Veem::release_lans_at`]).
     pub(super) async fn withdraw_lans(&self, record: &VeeRecord) {
         let (Some(site), Some(_)) = (&record.site, &record.remote) else {
             return;
         };
-        for id in record.generated.nics.iter().filter_map(|n| n.network_id) {
+        let ids: Vec<u32> = record
+            .generated
+            .nics
+            .iter()
+            .filter_map(|n| n.network_id)
+            .collect();
+        self.release_lans_at(site, &ids, Some(&record.id)).await;
+    }
+
+    /// Each private network of `ids` that no VEE at `site` is on (but `leaving`, which is going)
+    /// leaves the site: its copy there is deleted, and the other sides stop flooding to the
+    /// site's hosts. Also after a VEE the LAN was extended for did not go there after all.
+    pub(super) async fn release_lans_at(
+        &self,
+        site: &SiteName,
+        ids: &[u32],
+        leaving: Option<&VeeId>,
+    ) {
+        for &id in ids {
             let Some(network) = self.inner.networks.network(id).filter(|n| !n.public) else {
                 continue;
             };
@@ -848,12 +865,17 @@ impl Veem {
                 .inner
                 .records
                 .ids_where(|r| {
-                    r.id != record.id
+                    Some(&r.id) != leaving
                         && r.site.as_ref() == Some(site)
                         && r.generated.nics.iter().any(|n| n.network_id == Some(id))
                 })
                 .is_empty();
-            if still_used {
+            let extended = network
+                .extension
+                .iter()
+                .flat_map(|e| e.peers.iter())
+                .any(|p| p.site.as_deref() == Some(site.as_str()));
+            if still_used || !extended {
                 continue;
             }
             let name = lan_copy_name(&network.owner, &network.name);
