@@ -382,6 +382,23 @@ async fn uc_2_2_2_across_two_sites_the_database_is_reachable_only_from_the_web_t
     );
     wait_guest_ready(&east, Hypervisor::Qemu, &db_there.id).await;
 
+    // At east, a tenant of east's own, on its own LAN of the same range, beside db's copy.
+    east.a
+        .create_network("private", PRIVATE_CIDR, false)
+        .await
+        .expect("east's own LAN of that range: another LAN");
+    let outsider = init_one(
+        &east.a,
+        guest_on(
+            "outsider",
+            &[("private", Some("10.218.7.60"))],
+            &[format!("{db_ip}:7")],
+        ),
+    )
+    .await;
+    ctl_ok(&east.a, A::Activate, &[&outsider]).await;
+    wait_guest_ready(&east, Hypervisor::Qemu, &outsider).await;
+
     // The web tier at west, on the public network and the LAN.
     let mut d = guest_on(
         "web",
@@ -467,6 +484,11 @@ async fn uc_2_2_2_across_two_sites_the_database_is_reachable_only_from_the_web_t
             && other_log.contains(&format!("{web_private}:7 fail")),
         "another principal's LAN reaches neither: {other_log:?}"
     );
+    let outsider_log = probe_log(&east, &east.a, &outsider).await;
+    assert!(
+        outsider_log.contains(&format!("{db_ip}:7 fail")),
+        "a LAN at east of the same range does not reach db: {outsider_log:?}"
+    );
     let replica_log = probe_log(&west, &west.a, &replica).await;
     assert!(
         replica_log.contains(&format!("{web_private}:7 ok")),
@@ -474,6 +496,11 @@ async fn uc_2_2_2_across_two_sites_the_database_is_reachable_only_from_the_web_t
     );
 
     west.a.purge_vee(&replica).await.expect("purged");
+    east.a.purge_vee(&outsider).await.expect("purged");
+    east.a
+        .delete_network("private")
+        .await
+        .expect("east's LAN deleted");
     // The LANs leave the machine's hosts: a VXLAN device holds its UDP port while it exists.
     west.a.purge_vee(&web).await.expect("purged");
     west.b.purge_vee(&other).await.expect("purged");
