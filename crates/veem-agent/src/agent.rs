@@ -239,6 +239,7 @@ impl Agent {
                 driver.complete_incoming(&vee).await.map(|()| done())
             }
             AgentRequest::RemoveLan { lan } => driver.remove_lan(&lan).await.map(|()| done()),
+            AgentRequest::RefreshLan { lan } => driver.refresh_lan(&lan).await.map(|()| done()),
             AgentRequest::Purge { vee } => match driver.purge(&vee).await {
                 Ok(()) => self.purge_own_dir(&vee).await.map(|()| done()),
                 Err(e) => Err(e),

@@ -99,6 +99,13 @@ pub trait Driver: Send + Sync + 'static {
     /// host never had it. The VEEM asks only once no VEE is on the LAN.
     async fn remove_lan(&self, lan: &LanPlan) -> Result<(), DriverError>;
 
+    /// Builds a LAN again as `lan` plans it (other sites' hosts joined it or left) where this
+    /// host has it; nothing where it has not (it is built when a NIC needs it). Drivers that
+    /// build no LANs have nothing to do.
+    async fn refresh_lan(&self, _lan: &LanPlan) -> Result<(), DriverError> {
+        Ok(())
+    }
+
     /// Forgets a purged VEE: ends its instance if there is one and removes every byte this
     /// driver keeps of it in its state directory (records, pid files, sockets, logs). `Ok`
     /// also when there is nothing, so the VEEM can repeat it safely.

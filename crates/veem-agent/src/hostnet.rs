@@ -22,6 +22,12 @@
 //!   configured by [`VxlanConfig`]) that floods broadcasts either to a multicast group or, by
 //!   head-end replication, to every peer machine, and learns where each MAC address lives.
 //!   Hosts on one machine need none of it: they share the bridge.
+//! - Across sites (federation, the paper's VAN), a LAN's plan may name other sites' hosts
+//!   ([`LanPlan::peers`], each with its own UDP port): the same VXLAN device floods to them
+//!   too, so the LAN is one layer-2 segment across the sites. Both sides use one VNI, which
+//!   the sites agreed on. Two sites on one machine (tests) tell their devices apart by port;
+//!   there MAC learning must be off ([`VxlanConfig::learning`]), because a learned entry
+//!   takes the device's own port, not the sender's.
 //! - MTU: VXLAN wraps each frame in 50 bytes of headers (70 over IPv6), so a VXLAN device's MTU
 //!   is the underlay's less that, and the bridge and every tap on it take the same MTU
 //!   ([`LanLink::mtu`]); the qemu driver also tells the guest (virtio-net's `host_mtu`) so it
@@ -111,6 +117,16 @@ pub struct VxlanConfig {
     /// The UDP port of VXLAN on every machine.
     #[serde(default = "vxlan_port")]
     pub port: u16,
+    /// Whether the VXLAN devices learn where each MAC address lives (default); off, they
+    /// flood every frame for a remote VEE to every peer. Off where two sites share a machine
+    /// and tell their devices apart by port (tests): a learned entry takes the device's own
+    /// port, so it would send to itself.
+    #[serde(default = "learning")]
+    pub learning: bool,
+}
+
+fn learning() -> bool {
+    true
 }
 
 fn vxlan_port() -> u16 {
@@ -213,6 +229,14 @@ impl HostNet {
         }
         if let Some(vxlan) = vxlan {
             vxlan.check()?;
+        } else if !lan.peers.is_empty() {
+            return Err(DriverError::Invalid {
+                what: "lan",
+                reason: format!(
+                    "{} is joined with other sites' hosts, and this host has no vxlan config ([host.qemu.vxlan])",
+                    lan.bridge
+                ),
+            });
         }
         let host_address = lan
             .host_address
@@ -290,6 +314,12 @@ impl HostNet {
             }
         };
         Ok(())
+    }
+
+    /// Whether this host has the LAN's bridge.
+    pub async fn has_lan(&self, lan: &LanPlan) -> Result<bool, DriverError> {
+        check_interface_name("bridge", &lan.bridge)?;
+        Ok(self.link(&lan.bridge).await?.is_some())
     }
 
     /// Removes a LAN's VXLAN device and bridge from this host; `Ok` when it has (or, by the
@@ -379,6 +409,9 @@ impl HostNet {
         if let Some(group) = &vxlan.group {
             args.extend(["group", group]);
         }
+        if !vxlan.learning {
+            args.push("nolearning");
+        }
         let link = self.create_link(&name, "vxlan", &args).await?;
         let existing_vni = link.info_data("id").and_then(serde_json::Value::as_u64);
         if existing_vni != Some(u64::from(lan.vni)) {
@@ -402,45 +435,62 @@ impl HostNet {
             ],
         )
         .await?;
+        // The machine's own peers (on the device's port), and other sites' hosts of this LAN.
+        let mut peers: Vec<(IpAddr, Option<u16>)> = Vec::new();
         if vxlan.group.is_none() {
-            self.ensure_flooding(&name, &vxlan.peers).await?;
+            peers.extend(
+                vxlan
+                    .peers
+                    .iter()
+                    .filter_map(|p| Some((p.parse().ok()?, None))),
+            );
         }
+        peers.extend(
+            lan.peers
+                .iter()
+                .map(|p| (p.address, (p.port != vxlan.port).then_some(p.port))),
+        );
+        self.ensure_flooding(&name, &peers).await?;
         self.ip("bring a vxlan up", &["link", "set", "dev", &name, "up"])
             .await?;
         Ok(mtu_value)
     }
 
-    /// Makes the VXLAN device `name` flood to exactly `peers`: entries for new peers are
-    /// added, those of peers no longer listed removed.
-    async fn ensure_flooding(&self, name: &str, peers: &[String]) -> Result<(), DriverError> {
-        let wanted: Vec<IpAddr> = peers.iter().filter_map(|p| p.parse().ok()).collect();
+    /// Makes the VXLAN device `name` flood to exactly `wanted` (address, and port when not the
+    /// device's own): entries for new peers are added, those of peers no longer listed removed.
+    async fn ensure_flooding(
+        &self,
+        name: &str,
+        wanted: &[(IpAddr, Option<u16>)],
+    ) -> Result<(), DriverError> {
         let shown = self
             .bridge_tool("read a vxlan's peers", &["-j", "fdb", "show", "dev", name])
             .await?;
         let entries: Vec<FdbEntry> = parse_json("bridge fdb", &shown)?;
-        let present: Vec<IpAddr> = entries
+        let present: Vec<(IpAddr, Option<u16>)> = entries
             .iter()
             .filter(|entry| entry.mac == FLOOD_MAC)
-            .filter_map(|entry| entry.dst.as_deref()?.parse().ok())
+            .filter_map(|entry| Some((entry.dst.as_deref()?.parse().ok()?, entry.port)))
             .collect();
+        let fdb_args = |(address, port): &(IpAddr, Option<u16>)| {
+            let mut args = vec!["dst".to_owned(), address.to_string()];
+            if let Some(port) = port {
+                args.extend(["port".to_owned(), port.to_string()]);
+            }
+            args
+        };
         for peer in wanted.iter().filter(|peer| !present.contains(peer)) {
             // `append` adds a destination to the flooding list; an existing one is no error.
-            let peer = peer.to_string();
-            self.bridge_tool(
-                "add a vxlan peer",
-                &["fdb", "append", FLOOD_MAC, "dev", name, "dst", &peer],
-            )
-            .await?;
+            let mut args = vec!["fdb", "append", FLOOD_MAC, "dev", name];
+            let dst = fdb_args(peer);
+            args.extend(dst.iter().map(String::as_str));
+            self.bridge_tool("add a vxlan peer", &args).await?;
         }
         for gone in present.iter().filter(|dst| !wanted.contains(dst)) {
-            let gone = gone.to_string();
-            match self
-                .bridge_tool(
-                    "remove a vxlan peer",
-                    &["fdb", "del", FLOOD_MAC, "dev", name, "dst", &gone],
-                )
-                .await
-            {
+            let mut args = vec!["fdb", "del", FLOOD_MAC, "dev", name];
+            let dst = fdb_args(gone);
+            args.extend(dst.iter().map(String::as_str));
+            match self.bridge_tool("remove a vxlan peer", &args).await {
                 Ok(_) => {}
                 Err(e) if is_missing(&e) => {}
                 Err(e) => return Err(e),
@@ -582,6 +632,9 @@ struct FdbEntry {
     mac: String,
     #[serde(default)]
     dst: Option<String>,
+    /// Shown only when not the device's own port.
+    #[serde(default)]
+    port: Option<u16>,
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(source: &str, text: &str) -> Result<T, DriverError> {
@@ -674,6 +727,7 @@ mod tests {
             bridge: bridge.to_owned(),
             vni,
             host_address: None,
+            peers: vec![],
         }
     }
 
@@ -731,6 +785,7 @@ mod tests {
             group: None,
             peers: vec![],
             port: VXLAN_PORT,
+            learning: true,
         }
     }
 

@@ -125,6 +125,10 @@ pub struct LanPlan {
     /// reach its VEEs; `None` on a private network, which nothing outside it reaches.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_address: Option<String>,
+    /// Hosts of other sites whose LANs this one is joined with (federation): the VXLAN device
+    /// floods to them too, besides the machine's own peers (`[host.qemu.vxlan]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<crate::LanEndpoint>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -263,6 +267,11 @@ pub enum AgentRequest {
     CompleteIncoming {
         vee: VeeId,
     },
+    /// A LAN's plan changed (another site joined it or left): a host that has the LAN builds
+    /// it again as planned; one without it does nothing.
+    RefreshLan {
+        lan: LanPlan,
+    },
     /// Take a virtual LAN down on this host (its network was deleted): its bridge and VXLAN
     /// device go. `Ok` also when the host never had it.
     RemoveLan {
@@ -298,6 +307,7 @@ impl AgentRequest {
             AgentRequest::MigrateOut { .. } => "migrate_out",
             AgentRequest::CompleteIncoming { .. } => "complete_incoming",
             AgentRequest::RemoveLan { .. } => "remove_lan",
+            AgentRequest::RefreshLan { .. } => "refresh_lan",
             AgentRequest::Purge { .. } => "purge",
             AgentRequest::Traces => "traces",
         }

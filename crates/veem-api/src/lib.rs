@@ -272,6 +272,37 @@ pub struct NetworkRequest {
     pub cidr: String,
     #[serde(default)]
     pub public: bool,
+    /// Makes the network this site's side of another site's LAN (federation): see
+    /// [`LanExtensionRequest`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extends: Option<LanExtensionRequest>,
+}
+
+/// `POST /networks` `"extends"`: the LAN's VXLAN network identifier, agreed on every side, and
+/// the other side's hosts (VXLAN endpoints) this site's hosts flood its broadcasts to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LanExtensionRequest {
+    pub vni: u32,
+    pub peers: Vec<LanEndpoint>,
+}
+
+/// A host's VXLAN endpoint: its underlay address and UDP port.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LanEndpoint {
+    pub address: std::net::IpAddr,
+    pub port: u16,
+}
+
+/// How a network's LAN is joined with other sites' LANs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LanExtensionView {
+    pub vni: u32,
+    /// The other sides' hosts this site's hosts flood to.
+    pub peers: Vec<LanEndpoint>,
+    /// This site's hosts, which the other sides flood to.
+    pub endpoints: Vec<LanEndpoint>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -287,6 +318,9 @@ pub struct NetworkView {
     pub addresses_used: u64,
     pub addresses_free: u64,
     pub created_ms: u64,
+    /// Set when the LAN is joined with other sites' LANs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extends: Option<LanExtensionView>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

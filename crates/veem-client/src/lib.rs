@@ -499,12 +499,22 @@ impl Client {
         cidr: &str,
         public: bool,
     ) -> Result<NetworkView, ClientError> {
-        let body = NetworkRequest {
+        self.create_network_with(&NetworkRequest {
             name: name.to_owned(),
             cidr: cidr.to_owned(),
             public,
-        };
-        self.call(self.http.post(self.url(&["networks"])).json(&body))
+            extends: None,
+        })
+        .await
+    }
+
+    /// `POST /networks` with every field, e.g. a site's side of a LAN of another site's
+    /// (`extends`).
+    pub async fn create_network_with(
+        &self,
+        body: &NetworkRequest,
+    ) -> Result<NetworkView, ClientError> {
+        self.call(self.http.post(self.url(&["networks"])).json(body))
             .await
     }
 

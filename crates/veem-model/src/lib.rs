@@ -24,7 +24,10 @@ pub use monitoring::{
     Measurement, MeasurementValue, MonitoringEvent, MonitoringSubscription,
     MAX_ACCOUNTING_INTERVAL_MS, MIN_ACCOUNTING_INTERVAL_MS,
 };
-pub use network::{mac_address, AddressPool, Ipv4Cidr, Network, MAX_NICS, MAX_PREFIX, MIN_PREFIX};
+pub use network::{
+    mac_address, AddressPool, Ipv4Cidr, LanExtension, LanPeer, Network, MAX_NICS, MAX_PREFIX,
+    MIN_PREFIX,
+};
 pub use record::{Generated, ImageFormat, ImageRecord, NicAddress, Phase, VeeEvent, VeeRecord};
 pub use site::Site;
 pub use state::{

@@ -104,7 +104,8 @@ impl From<Ipv4Cidr> for String {
 }
 
 /// A virtual LAN. `id` is unique in the site and never reused (it names the LAN on the hosts
-/// and is its VXLAN network identifier); `name` is unique per owner, and among public networks.
+/// and is its VXLAN network identifier, unless the LAN is joined with another site's: see
+/// [`LanExtension`]); `name` is unique per owner, and among public networks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Network {
     pub id: u32,
@@ -114,6 +115,36 @@ pub struct Network {
     /// Every principal may attach to it, and the hosts reach its VEEs.
     pub public: bool,
     pub created_ms: u64,
+    /// The LAN is joined at layer 2 with LANs of other sites (federation, the paper's VAN).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extension: Option<LanExtension>,
+}
+
+impl Network {
+    /// The VXLAN network identifier of its LAN: the one agreed with the other sites when it
+    /// is joined with theirs, else its id.
+    pub fn vni(&self) -> u32 {
+        self.extension.as_ref().map_or(self.id, |e| e.vni)
+    }
+}
+
+/// How a LAN is joined with LANs of other sites: one VXLAN network identifier on every side,
+/// and the other sides' hosts, to which this site's hosts flood the LAN's broadcasts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LanExtension {
+    pub vni: u32,
+    #[serde(default)]
+    pub peers: Vec<LanPeer>,
+}
+
+/// A VXLAN endpoint of another site's host: its underlay address and UDP port; `site` names
+/// the site it belongs to at the primary (a site's copy of the LAN has the primary's hosts).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct LanPeer {
+    pub address: std::net::IpAddr,
+    pub port: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
 }
 
 /// The addresses of one network that VEEs hold.

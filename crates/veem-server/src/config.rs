@@ -65,6 +65,25 @@ pub struct Config {
     /// https; absent: plain HTTP.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// How this site's LANs join other sites' (the paper's VAN); absent: they do not.
+    #[serde(default)]
+    pub federation: FederationConfig,
+}
+
+/// `[federation]`: a private LAN of this VEEM extends to the sites where its VEEs run, its
+/// hosts joined with theirs by VXLAN. The VXLAN underlay is neither encrypted nor
+/// authenticated: list only endpoints and principals on a network the sites trust.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FederationConfig {
+    /// This site's hosts' VXLAN endpoints (`"address:port"`, as other sites reach them: each
+    /// host's `[host.qemu.vxlan]` `local` and `port`). Empty: no LAN spans this site and another.
+    #[serde(default)]
+    pub lan_endpoints: Vec<SocketAddr>,
+    /// The principals (other sites' VEEMs) that may join this site's hosts to their LANs
+    /// (`POST /networks` with `extends`). Empty: none may.
+    #[serde(default)]
+    pub lan_extension: Vec<Principal>,
 }
 
 /// `[tls]`: with `cert` and `key`, veem serves HTTPS only.
@@ -264,6 +283,29 @@ admin = true
             config.principals[0].token_digest(),
             Ok(crate::token::token_sha256("secret"))
         );
+    }
+
+    #[test]
+    fn federation_lans_parse_and_are_off_by_default() {
+        let base = "listen = \"127.0.0.1:7070\"\ndata_dir = \"/var/lib/veem\"\n";
+        let off = Config::parse(base).expect("parses");
+        assert!(off.federation.lan_endpoints.is_empty() && off.federation.lan_extension.is_empty());
+        let on = Config::parse(&format!(
+            "{base}[federation]\nlan_endpoints = [\"192.0.2.10:4789\"]\nlan_extension = [\"west\"]\n"
+        ))
+        .expect("parses");
+        assert_eq!(
+            on.federation.lan_endpoints,
+            ["192.0.2.10:4789".parse::<SocketAddr>().expect("an address")]
+        );
+        assert_eq!(on.federation.lan_extension[0].as_str(), "west");
+        for bad in [
+            "[federation]\nlan_endpoints = [\"192.0.2.10\"]\n",
+            "[federation]\nlan_extension = [\"not a name\"]\n",
+            "[federation]\nlan_peers = []\n",
+        ] {
+            assert!(Config::parse(&format!("{base}{bad}")).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -81,6 +81,18 @@ pub async fn start(
             .map_err(anyhow::Error::msg)?,
     };
     let veem = Veem::open(core, Arc::new(store))?;
+    veem.networks().set_federation(veem::LanFederation {
+        endpoints: config
+            .federation
+            .lan_endpoints
+            .iter()
+            .map(|e| veem_api::LanEndpoint {
+                address: e.ip(),
+                port: e.port(),
+            })
+            .collect(),
+        extenders: config.federation.lan_extension.clone(),
+    });
     veem.start_background();
     let connecting = veem.clone();
     let hosts_connected = tokio::spawn(async move {

@@ -88,6 +88,10 @@ pub const PROPERTIES: &[(&str, Property)] = &[
         network_ids_stay_below_the_vxlan_limit,
     ),
     (
+        "a_network_is_updated_in_place_and_only_if_it_exists",
+        a_network_is_updated_in_place_and_only_if_it_exists,
+    ),
+    (
         "listeners_are_put_replaced_removed_and_listed",
         listeners_are_put_replaced_removed_and_listed,
     ),
@@ -328,6 +332,7 @@ pub fn network(id: u32, owner: &str, name: &str) -> Network {
         cidr: Ipv4Cidr::parse("10.10.0.0/24").expect("a valid test range"),
         public: false,
         created_ms: 7,
+        extension: None,
     }
 }
 
@@ -1194,6 +1199,35 @@ pub fn network_ids_stay_below_the_vxlan_limit(store: &dyn Store) {
         snapshot.next_network_id, NETWORK_ID_LIMIT,
         "every id is handed out"
     );
+}
+
+pub fn a_network_is_updated_in_place_and_only_if_it_exists(store: &dyn Store) {
+    let lan = network(FIRST_NETWORK_ID, "alice", "lan");
+    commit(store, &[Change::InsertNetwork(lan.clone())]);
+    let extended = Network {
+        extension: Some(veem_model::LanExtension {
+            vni: 77,
+            peers: vec![veem_model::LanPeer {
+                address: "192.0.2.7".parse().expect("an address"),
+                port: 4790,
+                site: Some("east".to_owned()),
+            }],
+        }),
+        ..lan.clone()
+    };
+    commit(store, &[Change::UpdateNetwork(extended.clone())]);
+    let snapshot = load(store);
+    assert_eq!(snapshot.networks, vec![extended.clone()]);
+    assert_eq!(snapshot.next_network_id, FIRST_NETWORK_ID + 1, "no new id");
+    for (what, missing) in [
+        ("another id", network(FIRST_NETWORK_ID + 1, "alice", "lan")),
+        ("another owner", network(FIRST_NETWORK_ID, "bob", "lan")),
+        ("another name", network(FIRST_NETWORK_ID, "alice", "other")),
+    ] {
+        let err = commit_err(store, &[Change::UpdateNetwork(missing)]);
+        assert!(matches!(err, StoreError::NotFound(_)), "{what}: {err:?}");
+    }
+    assert_eq!(load(store).networks, vec![extended]);
 }
 
 pub fn listeners_are_put_replaced_removed_and_listed(store: &dyn Store) {

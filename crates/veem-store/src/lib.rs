@@ -135,6 +135,9 @@ pub enum Change {
     /// [`NETWORK_ID_LIMIT`]; the counter becomes id+1. Ids are never reused, also after delete.
     /// Its (owner, name) must be free: uniqueness among public networks is the VEEM's to check.
     InsertNetwork(Network),
+    /// Replaces an existing network's record (its id, owner and name unchanged): how it is
+    /// joined with other sites' LANs changed.
+    UpdateNetwork(Network),
     /// Removes the network; the network counter is untouched.
     DeleteNetwork {
         id: u32,

@@ -539,6 +539,7 @@ fn apply(tx: &Transaction<'_>, counters: &mut Counters, change: &Change) -> Resu
         Change::PutImage(image) => put_image(tx, image),
         Change::DeleteImage { owner, name } => delete_image(tx, owner, name),
         Change::InsertNetwork(network) => insert_network(tx, &mut counters.network_id, network),
+        Change::UpdateNetwork(network) => update_network(tx, network),
         Change::DeleteNetwork { id } => delete_network(tx, *id),
         Change::PutListener(listener) => put_listener(tx, listener),
         Change::RemoveListener { owner, vee } => remove_listener(tx, owner, vee),
@@ -768,6 +769,30 @@ fn insert_network(
         Err(err) => return Err(backend(err)),
     }
     counter.set(u64::from(network.id) + 1);
+    Ok(())
+}
+
+fn update_network(tx: &Transaction<'_>, network: &Network) -> Result<(), StoreError> {
+    let json = to_json(network)?;
+    let updated = tx
+        .prepare_cached(
+            "UPDATE networks SET record = ?1 WHERE id = ?2 AND owner = ?3 AND name = ?4",
+        )
+        .and_then(|mut statement| {
+            statement.execute(params![
+                json,
+                network.id,
+                network.owner.as_str(),
+                network.name
+            ])
+        })
+        .map_err(backend)?;
+    if updated == 0 {
+        return Err(StoreError::NotFound(format!(
+            "network {} ({} of {})",
+            network.id, network.name, network.owner
+        )));
+    }
     Ok(())
 }
 

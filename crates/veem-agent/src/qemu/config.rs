@@ -202,6 +202,7 @@ mod tests {
         assert_eq!(vxlan.local, "192.168.0.1");
         assert_eq!(vxlan.peers, ["192.168.0.2"]);
         assert_eq!(vxlan.port, 4789);
+        assert!(vxlan.learning, "learning is on unless turned off");
         assert!(serde_json::from_str::<QemuConfig>(r#"{"vxlan": {"peers": []}}"#).is_err());
     }
 }

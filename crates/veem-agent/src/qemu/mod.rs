@@ -268,4 +268,13 @@ impl Driver for QemuDriver {
     async fn remove_lan(&self, lan: &LanPlan) -> Result<(), DriverError> {
         self.hostnet.remove_lan(lan).await
     }
+
+    async fn refresh_lan(&self, lan: &LanPlan) -> Result<(), DriverError> {
+        if self.hostnet.has_lan(lan).await? {
+            self.hostnet
+                .ensure_lan(lan, self.config.vxlan.as_ref())
+                .await?;
+        }
+        Ok(())
+    }
 }

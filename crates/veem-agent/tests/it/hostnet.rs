@@ -50,6 +50,7 @@ pub fn private_lan() -> LanPlan {
         bridge: format!("vbt{}", random_hex(8)),
         vni: rand::random::<u32>() & 0xff_ffff,
         host_address: None,
+        peers: vec![],
     }
 }
 
@@ -372,6 +373,7 @@ async fn vxlan_joins_a_lan_across_machines_and_keeps_lans_apart() {
         group: None,
         peers: vec![peer.to_owned()],
         port: VXLAN_PORT,
+        learning: true,
     };
     let (vx1, vx2) = (
         vxlan("192.168.213.1", "192.168.213.2"),
@@ -476,4 +478,109 @@ async fn vxlan_joins_a_lan_across_machines_and_keeps_lans_apart() {
         link_in(&m2, &lan_a.bridge)["linkinfo"]["info_kind"],
         "bridge"
     );
+}
+
+#[tokio::test]
+async fn a_lan_joins_another_sites_lan_by_its_vni_and_their_hosts_ports() {
+    require_root!();
+    let has_ping = Command::new("ping")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !veem_guest::testing::require(has_ping, "ping is not installed (iputils-ping)") {
+        return;
+    }
+    let id = random_hex(6);
+    let name = |part: &str| format!("veemt{id}{part}");
+    // One machine with two sites' hosts on it, as the federation tests have: each site's LAN
+    // has its own bridge and VXLAN port, and the same VNI.
+    let (machine, west_vee, east_vee) = (name("m"), name("w"), name("e"));
+    let _namespaces = Namespaces::new(&[&machine, &west_vee, &east_vee]);
+    run("ip", &["-n", &machine, "link", "set", "dev", "lo", "up"]);
+    let (west_port, east_port) = (4801, 4802);
+    let config = |port| VxlanConfig {
+        local: "127.0.0.1".into(),
+        dev: None,
+        group: None,
+        peers: vec![],
+        port,
+        learning: false,
+    };
+    let endpoint = |port| veem_api::LanEndpoint {
+        address: "127.0.0.1".parse().unwrap(),
+        port,
+    };
+    let host = HostNet::in_netns("ip", &machine);
+    let west = LanPlan {
+        vni: 2140,
+        peers: vec![endpoint(east_port)],
+        ..private_lan()
+    };
+    let east = LanPlan {
+        vni: 2140,
+        peers: vec![endpoint(west_port)],
+        ..private_lan()
+    };
+    let on_west = host
+        .ensure_lan(&west, Some(&config(west_port)))
+        .await
+        .unwrap();
+    let on_east = host
+        .ensure_lan(&east, Some(&config(east_port)))
+        .await
+        .unwrap();
+    let device = link_in(&machine, &vxlan_name(&west));
+    assert_eq!(device["linkinfo"]["info_data"]["port"], west_port);
+    assert_eq!(device["linkinfo"]["info_data"]["learning"], false);
+    let flooding: serde_json::Value = serde_json::from_str(&run(
+        "bridge",
+        &[
+            "-n",
+            &machine,
+            "-j",
+            "fdb",
+            "show",
+            "dev",
+            &vxlan_name(&west),
+        ],
+    ))
+    .unwrap();
+    let floods: Vec<(&serde_json::Value, &serde_json::Value)> = flooding
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|entry| entry["mac"] == "00:00:00:00:00:00")
+        .map(|entry| (&entry["dst"], &entry["port"]))
+        .collect();
+    assert_eq!(
+        floods,
+        [(&"127.0.0.1".into(), &east_port.into())],
+        "west floods to east's port"
+    );
+    vee_on(&host, &machine, &west_vee, "pw", &on_west, "10.219.0.2/24").await;
+    vee_on(&host, &machine, &east_vee, "pe", &on_east, "10.219.0.3/24").await;
+    assert!(
+        pings(&west_vee, "10.219.0.3", 56, 2),
+        "one LAN across the two sites' bridges"
+    );
+
+    // East's hosts leave the LAN: west no longer floods to them.
+    let alone = LanPlan {
+        peers: vec![],
+        ..west.clone()
+    };
+    host.ensure_lan(&alone, Some(&config(west_port)))
+        .await
+        .unwrap();
+    let flooding = run(
+        "bridge",
+        &["-n", &machine, "fdb", "show", "dev", &vxlan_name(&west)],
+    );
+    assert!(
+        !flooding.contains("00:00:00:00:00:00"),
+        "no flooding entry left: {flooding}"
+    );
+    // A LAN joined with other sites' hosts needs a VXLAN config.
+    let refused = host.ensure_lan(&west, None).await.unwrap_err();
+    assert!(refused.to_string().contains("vxlan"), "{refused}");
 }

@@ -4,14 +4,14 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use veem_api::{NetworkList, NetworkRequest, NetworkView};
+use veem_api::{LanEndpoint, LanExtensionView, NetworkList, NetworkRequest, NetworkView};
 
 use super::common::{parse_json, AppState};
 use super::problem::ApiResult;
 use crate::auth::Caller;
 use crate::veem::NetworkInfo;
 
-fn view(info: &NetworkInfo) -> NetworkView {
+fn view(info: &NetworkInfo, endpoints: &[LanEndpoint]) -> NetworkView {
     let network = &info.network;
     NetworkView {
         name: network.name.clone(),
@@ -24,6 +24,18 @@ fn view(info: &NetworkInfo) -> NetworkView {
         addresses_used: info.held as u64,
         addresses_free: u64::from(info.free),
         created_ms: network.created_ms,
+        extends: network.extension.as_ref().map(|e| LanExtensionView {
+            vni: e.vni,
+            peers: e
+                .peers
+                .iter()
+                .map(|p| LanEndpoint {
+                    address: p.address,
+                    port: p.port,
+                })
+                .collect(),
+            endpoints: endpoints.to_vec(),
+        }),
     }
 }
 
@@ -33,22 +45,25 @@ pub(super) async fn create(
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<NetworkView>)> {
     let request: NetworkRequest = parse_json(&body, false)?;
-    let info = state
-        .veem
-        .networks()
-        .create(&caller, &request.name, &request.cidr, request.public)
-        .await?;
-    Ok((StatusCode::CREATED, Json(view(&info))))
+    // A copy of another site's LAN that the caller has already is renewed: 200, not 201.
+    let (info, created) = state.veem.create_network(&caller, &request).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let endpoints = state.veem.networks().endpoints();
+    Ok((status, Json(view(&info, &endpoints))))
 }
 
 pub(super) async fn list(State(state): State<AppState>, caller: Caller) -> Json<NetworkList> {
+    let networks = state.veem.networks();
+    let endpoints = networks.endpoints();
     Json(NetworkList {
-        networks: state
-            .veem
-            .networks()
+        networks: networks
             .list(&caller)
             .iter()
-            .map(view)
+            .map(|info| view(info, &endpoints))
             .collect(),
     })
 }
@@ -58,7 +73,11 @@ pub(super) async fn get(
     caller: Caller,
     Path(name): Path<String>,
 ) -> ApiResult<Json<NetworkView>> {
-    Ok(Json(view(&state.veem.networks().get(&caller, &name)?)))
+    let networks = state.veem.networks();
+    Ok(Json(view(
+        &networks.get(&caller, &name)?,
+        &networks.endpoints(),
+    )))
 }
 
 pub(super) async fn delete(

@@ -56,7 +56,7 @@ pub(super) fn site_error(site: &SiteName, e: ClientError) -> CoreError {
 
 /// A tag of `owner`'s as it goes to a site: marked with the owner (a stable hash of its name),
 /// within a tag's 64 characters.
-fn owned_tag(owner: &Principal, tag: &str) -> String {
+pub(super) fn owned_tag(owner: &Principal, tag: &str) -> String {
     let mark = super::networks::fnv1a(owner.as_str().as_bytes());
     let tagged = format!("{mark:08x}:{tag}");
     if tagged.len() <= 64 {
@@ -166,7 +166,13 @@ impl Veem {
     async fn deploy_at(&self, record: &VeeRecord, site: &SiteName) -> Result<VeeId, CoreError> {
         let client = self.inner.sites.client(site)?;
         let remote = self
-            .reserve_at(site, &record.owner, 1, &record.descriptor)
+            .reserve_at(
+                site,
+                &record.owner,
+                1,
+                &record.descriptor,
+                Some(&record.generated.nics),
+            )
             .await?
             .remove(0);
         let made_id = remote.to_string();
@@ -183,6 +189,13 @@ impl Veem {
             if let Err(left) = client.purge_vee(&made_id).await {
                 tracing::warn!(%site, vee = %remote, error = %left, "cannot purge a VEE a site did not run");
             }
+            let lans: Vec<u32> = record
+                .generated
+                .nics
+                .iter()
+                .filter_map(|n| n.network_id)
+                .collect();
+            self.release_lans_at(site, &lans, None).await;
             return Err(e);
         }
         Ok(remote)
@@ -232,18 +245,22 @@ impl Veem {
     }
 
     /// Reserves hosts for `count` VEEs of `owner`'s `descriptor` at `site`, all or none
-    /// (TWOPHASE there), once the site has the images it names: their ids there.
+    /// (TWOPHASE there), once the site has the images it names: their ids there. With the
+    /// `addresses` this VEEM chose for its NICs, its private LANs extend to the site.
     pub(super) async fn reserve_at(
         &self,
         site: &SiteName,
         owner: &Principal,
         count: u32,
         descriptor: &VeeDescriptor,
+        addresses: Option<&[veem_model::NicAddress]>,
     ) -> Result<Vec<VeeId>, CoreError> {
         let client = self.inner.sites.client(site)?;
         self.send_images(owner, descriptor, site, &client).await?;
         let mut descriptor = descriptor.clone();
         descriptor.sites.clear();
+        self.extend_lans(site, &client, owner, &mut descriptor, addresses)
+            .await?;
         // At the site every VEE of this VEEM is the one principal's: its tags are the owner's
         // own there, so one tenant's anti-affinity never binds another's VEEs.
         for tag in descriptor
@@ -253,14 +270,25 @@ impl Veem {
         {
             *tag = owned_tag(owner, tag);
         }
-        let made = client
+        let made = match client
             .initialize(&InitializeRequest {
                 model: InitModel::Twophase,
                 count,
                 descriptor,
             })
             .await
-            .map_err(|e| site_error(site, e))?;
+        {
+            Ok(made) => made,
+            Err(e) => {
+                // A LAN extended for this VEE leaves the site again, unless others are on it.
+                let lans: Vec<u32> = addresses
+                    .iter()
+                    .flat_map(|a| a.iter().filter_map(|n| n.network_id))
+                    .collect();
+                self.release_lans_at(site, &lans, None).await;
+                return Err(site_error(site, e));
+            }
+        };
         let ids: Result<Vec<VeeId>, _> = made.vees.iter().map(|v| VeeId::parse(&v.id)).collect();
         match ids {
             Ok(ids) if ids.len() == count as usize => Ok(ids),
@@ -343,12 +371,14 @@ impl Veem {
             .get_vee(remote.as_str())
             .await
             .map_err(|e| site_error(site, e))?;
-        // The site's descriptor, but for the preference of sites and the tags, which are the
-        // primary's (the site holds them marked with their owner).
+        // The site's descriptor, but for the preference of sites, the tags and the NICs, which
+        // are the primary's (the site holds them marked with their owner).
         let mut descriptor = view.descriptor;
         descriptor.sites = record.descriptor.sites.clone();
         descriptor.tags = record.descriptor.tags.clone();
         descriptor.anti_affinity = record.descriptor.anti_affinity.clone();
+        // Its NICs too: at the site they name the copies of its owner's LANs (networks.rs).
+        descriptor.nics = record.descriptor.nics.clone();
         let same = (
             view.state,
             view.veem_state,
@@ -604,11 +634,13 @@ impl Veem {
         };
         let client = self.inner.sites.client(site)?;
         match client.purge_vee(remote.as_str()).await {
-            Ok(()) => Ok(()),
             // Gone there already (a purge cut short here): nothing is left to remove.
-            Err(e) if e.code() == Some(code::NOT_FOUND) => Ok(()),
-            Err(e) => Err(site_error(site, e)),
+            Ok(()) => {}
+            Err(e) if e.code() == Some(code::NOT_FOUND) => {}
+            Err(e) => return Err(site_error(site, e)),
         }
+        self.withdraw_lans(record).await;
+        Ok(())
     }
 }
 

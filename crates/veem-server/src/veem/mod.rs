@@ -37,7 +37,7 @@ mod submission;
 
 pub use images::Images;
 pub use monitoring::{Putter, Routed};
-pub use networks::{lan_key, NetworkInfo, Networks};
+pub use networks::{lan_key, LanFederation, NetworkInfo, Networks};
 pub use records::ListFilter;
 pub use sites::{SiteInfo, Sites};
 

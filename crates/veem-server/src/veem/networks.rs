@@ -10,15 +10,23 @@
 //!   purge; a network with addresses taken is `in_use`.
 //! - The hosts' side of a LAN is named from the site's key and the network's id, never reused,
 //!   so a stale bridge on a host that missed a delete never joins a new network.
+//! - A private network extends to the sites where its VEEs run (the paper's VAN): the primary
+//!   makes the owner's copy of it at the site (same range, the addresses the primary chose,
+//!   `extends` with the network's VNI and the primary's hosts), and adds the site's hosts to
+//!   its own LAN's flooding list; both sides' hosts join the LAN by VXLAN. A site takes such
+//!   a copy only from the principals `[federation] lan_extension` lists, and only on a VNI
+//!   none of its own LANs uses; its own new networks skip the VNIs others brought. The copy
+//!   goes when the last VEE of the network there is purged.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::sync::{Mutex, MutexGuard};
 
 use veem_api::agent::{AgentRequest, AgentResponse, LanPlan};
+use veem_api::{code, LanEndpoint, LanExtensionRequest, NetworkRequest};
 use veem_model::{
-    check_word, mac_address, AddressPool, DescriptorError, Ipv4Cidr, Network, NicAddress,
-    Principal, VeeDescriptor, VeeId, VeeRecord,
+    check_word, mac_address, AddressPool, DescriptorError, Ipv4Cidr, LanExtension, LanPeer,
+    Network, NicAddress, Principal, SiteName, VeeDescriptor, VeeId, VeeRecord,
 };
 use veem_store::Change;
 
@@ -228,6 +236,19 @@ pub struct NetworkInfo {
     pub free: u32,
 }
 
+/// How this site's LANs join other sites' (`[federation]` of the config).
+#[derive(Debug, Clone, Default)]
+pub struct LanFederation {
+    /// This site's hosts' VXLAN endpoints, as other sites reach them; none: no LAN of this
+    /// site extends to another, and no other site's LAN extends here.
+    pub endpoints: Vec<LanEndpoint>,
+    /// The principals (other sites' VEEMs) that may join this site's hosts to their LANs.
+    pub extenders: Vec<Principal>,
+}
+
+/// The most VXLAN endpoints a LAN of another site may name.
+const MAX_LAN_PEERS: usize = 64;
+
 /// The networks part: the site's networks and the addresses VEEs hold on them. Its lock is
 /// taken alone: no other part's lock is held while it is (see "The core's parts" in ARCHITECTURE.md).
 pub struct Networks {
@@ -235,6 +256,10 @@ pub struct Networks {
     committer: Committer,
     /// Names this VEEM's LANs on hosts apart from another VEEM's ([`lan_key`]).
     lan_key: u32,
+    /// Set once at start ([`Networks::set_federation`]); unset: none.
+    federation: std::sync::OnceLock<LanFederation>,
+    /// Changes to networks' extensions, one at a time (each reads, then commits, a network).
+    extending: tokio::sync::Mutex<()>,
 }
 
 impl Networks {
@@ -243,7 +268,25 @@ impl Networks {
             table: Mutex::new(table),
             committer,
             lan_key,
+            federation: std::sync::OnceLock::new(),
+            extending: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// How this site's LANs join other sites' (the config's `[federation]`); set once, at start.
+    pub fn set_federation(&self, federation: LanFederation) {
+        if self.federation.set(federation).is_err() {
+            tracing::warn!("the LAN federation settings are set once; kept the first");
+        }
+    }
+
+    fn federation(&self) -> LanFederation {
+        self.federation.get().cloned().unwrap_or_default()
+    }
+
+    /// This site's hosts' VXLAN endpoints, as other sites reach them.
+    pub fn endpoints(&self) -> Vec<LanEndpoint> {
+        self.federation().endpoints
     }
 
     fn table(&self) -> MutexGuard<'_, NetworkTable> {
@@ -271,23 +314,37 @@ impl Networks {
         }
     }
 
-    /// Creates a network of the caller's. Only admins make public ones.
+    /// Creates a network of the caller's. Only admins make public ones. With `extends`, the
+    /// network is this site's side of another site's LAN (see the module's rules).
     pub async fn create(
         &self,
         caller: &Caller,
-        name: &str,
-        cidr: &str,
-        public: bool,
+        request: &NetworkRequest,
     ) -> Result<NetworkInfo, CoreError> {
+        let (name, public) = (request.name.as_str(), request.public);
         check_word("name".into(), name).map_err(|e| CoreError::malformed(e.field, e.reason))?;
-        let cidr = Ipv4Cidr::parse(cidr).map_err(|reason| CoreError::malformed("cidr", reason))?;
+        let cidr = Ipv4Cidr::parse(&request.cidr)
+            .map_err(|reason| CoreError::malformed("cidr", reason))?;
         if public && !caller.admin {
             return Err(CoreError::AccessDenied(
                 "only an admin makes public networks".into(),
             ));
         }
+        let extension = request
+            .extends
+            .as_ref()
+            .map(|extends| self.check_extension(caller, public, extends))
+            .transpose()?;
         let network = {
             let mut networks = self.table();
+            if let Some(vni) = extension.as_ref().map(|e| e.vni) {
+                if let Some(user) = networks.by_id.values().find(|s| s.network.vni() == vni) {
+                    return Err(CoreError::Conflict(format!(
+                        "VXLAN network identifier {vni} is taken at this site (network {} of {})",
+                        user.network.name, user.network.owner
+                    )));
+                }
+            }
             let clash = networks.by_id.values().find(|s| {
                 s.network.name == name
                     && (s.network.owner == caller.principal || (public && s.network.public))
@@ -302,7 +359,15 @@ impl Networks {
                     "{whose} is already named {name}"
                 )));
             }
-            let id = networks.next_id;
+            // An id is its LAN's VNI: one another site's LAN brought here is skipped.
+            let mut id = networks.next_id;
+            while networks
+                .by_id
+                .values()
+                .any(|s| s.network.extension.as_ref().is_some_and(|e| e.vni == id))
+            {
+                id += 1;
+            }
             if id > MAX_NETWORK_ID {
                 return Err(CoreError::InsufficientResources(format!(
                     "the site has made {MAX_NETWORK_ID} networks, as many as VXLAN can tell apart"
@@ -316,6 +381,7 @@ impl Networks {
                 cidr,
                 public,
                 created_ms: now_ms(),
+                extension,
             };
             // Held (not yet visible) so a concurrent create of the same name clashes with it.
             networks.by_id.insert(id, NetworkSlot::new(network.clone()));
@@ -329,12 +395,160 @@ impl Networks {
             self.table().by_id.remove(&network.id);
             return Err(e);
         }
-        tracing::info!(network = %network.name, id = network.id, cidr = %network.cidr, public, owner = %network.owner, "network created");
+        tracing::info!(network = %network.name, id = network.id, vni = network.vni(), cidr = %network.cidr, public, owner = %network.owner, "network created");
         Ok(NetworkInfo {
             free: network.cidr.vee_capacity(),
             network,
             held: 0,
         })
+    }
+
+    /// With `extends`, when the caller has a network of that name already: its copy of the same
+    /// LAN (range and VNI), renewed with the peers asked for. Answers it, and whether its
+    /// peers changed; `None` when the caller has no network of that name.
+    async fn renew_copy(
+        &self,
+        caller: &Caller,
+        request: &NetworkRequest,
+    ) -> Result<Option<(NetworkInfo, bool)>, CoreError> {
+        let Some(extends) = &request.extends else {
+            return Ok(None);
+        };
+        let _one_at_a_time = self.extending.lock().await;
+        let existing = self
+            .table()
+            .by_id
+            .values()
+            .find(|s| s.network.owner == caller.principal && s.network.name == request.name)
+            .map(|s| s.network.clone());
+        let Some(mut network) = existing else {
+            return Ok(None);
+        };
+        let extension = self.check_extension(caller, request.public, extends)?;
+        let same_lan = network.cidr.to_string() == request.cidr
+            && network.extension.as_ref().map(|e| e.vni) == Some(extension.vni);
+        if !same_lan {
+            return Err(CoreError::Conflict(format!(
+                "a network of {} is already named {}",
+                caller.principal, request.name
+            )));
+        }
+        let changed = network.extension.as_ref() != Some(&extension);
+        if changed {
+            network.extension = Some(extension);
+            self.committer
+                .commit(vec![Change::UpdateNetwork(network.clone())])
+                .await?;
+        }
+        let mut table = self.table();
+        let slot = table
+            .by_id
+            .get_mut(&network.id)
+            .ok_or_else(|| CoreError::NotFound(format!("network {} was deleted", network.name)))?;
+        slot.network = network;
+        Ok(Some((info(slot), changed)))
+    }
+
+    /// Whether the caller may make a network this site's side of another site's LAN, and
+    /// that LAN's extension as asked.
+    fn check_extension(
+        &self,
+        caller: &Caller,
+        public: bool,
+        extends: &LanExtensionRequest,
+    ) -> Result<LanExtension, CoreError> {
+        let federation = self.federation();
+        if !federation.extenders.contains(&caller.principal) || federation.endpoints.is_empty() {
+            return Err(CoreError::AccessDenied(format!(
+                "this site joins no LAN of {}'s to its hosts ([federation] lan_extension and lan_endpoints)",
+                caller.principal
+            )));
+        }
+        if public {
+            return Err(CoreError::malformed(
+                "extends",
+                "a public network is the site's own: only a private one joins another site's LAN",
+            ));
+        }
+        if extends.vni == 0 || extends.vni > MAX_NETWORK_ID {
+            return Err(CoreError::malformed(
+                "extends.vni",
+                format!("must be between 1 and {MAX_NETWORK_ID}"),
+            ));
+        }
+        if extends.peers.is_empty() || extends.peers.len() > MAX_LAN_PEERS {
+            return Err(CoreError::malformed(
+                "extends.peers",
+                format!("between 1 and {MAX_LAN_PEERS} VXLAN endpoints"),
+            ));
+        }
+        if let Some(bad) = extends
+            .peers
+            .iter()
+            .find(|p| p.port == 0 || p.address.is_unspecified() || p.address.is_multicast())
+        {
+            return Err(CoreError::malformed(
+                "extends.peers",
+                format!("{}:{} is no unicast VXLAN endpoint", bad.address, bad.port),
+            ));
+        }
+        let mut peers: Vec<LanPeer> = extends
+            .peers
+            .iter()
+            .map(|p| LanPeer {
+                address: p.address,
+                port: p.port,
+                site: None,
+            })
+            .collect();
+        peers.sort();
+        peers.dedup();
+        Ok(LanExtension {
+            vni: extends.vni,
+            peers,
+        })
+    }
+
+    /// Makes `site`'s hosts (`endpoints`) the flooding peers of network `id`'s LAN at that
+    /// site, in its stored record: the network as it is now, and whether it changed.
+    async fn set_site_peers(
+        &self,
+        id: u32,
+        site: &SiteName,
+        endpoints: &[LanEndpoint],
+    ) -> Result<Option<Network>, CoreError> {
+        let _one_at_a_time = self.extending.lock().await;
+        let Some(mut network) = self.network(id) else {
+            return Ok(None);
+        };
+        let before = network.extension.clone();
+        let mut peers: Vec<LanPeer> = before
+            .iter()
+            .flat_map(|e| e.peers.iter())
+            .filter(|p| p.site.as_deref() != Some(site.as_str()))
+            .cloned()
+            .collect();
+        peers.extend(endpoints.iter().map(|e| LanPeer {
+            address: e.address,
+            port: e.port,
+            site: Some(site.to_string()),
+        }));
+        peers.sort();
+        peers.dedup();
+        network.extension = (!peers.is_empty()).then(|| LanExtension {
+            vni: network.vni(),
+            peers,
+        });
+        if network.extension == before {
+            return Ok(None);
+        }
+        self.committer
+            .commit(vec![Change::UpdateNetwork(network.clone())])
+            .await?;
+        if let Some(slot) = self.table().by_id.get_mut(&id) {
+            slot.network = network.clone();
+        }
+        Ok(Some(network))
     }
 
     /// The networks the caller may attach to: its own and the public ones (an admin sees all).
@@ -397,11 +611,25 @@ impl Networks {
     pub(super) fn lan_plan(&self, network: &Network) -> LanPlan {
         LanPlan {
             bridge: format!("vb{:06x}{:x}", self.lan_key, network.id),
-            vni: network.id,
+            vni: network.vni(),
             host_address: network
                 .public
                 .then(|| format!("{}/{}", network.cidr.host_address(), network.cidr.prefix())),
+            peers: network
+                .extension
+                .iter()
+                .flat_map(|e| e.peers.iter())
+                .map(|p| LanEndpoint {
+                    address: p.address,
+                    port: p.port,
+                })
+                .collect(),
         }
+    }
+
+    /// The network a NIC of `owner`'s named `name` attaches to: its own, else a public one.
+    pub(super) fn resolve(&self, owner: &Principal, name: &str) -> Option<Network> {
+        self.table().resolve(owner, name).map(|s| s.network.clone())
     }
 
     /// The network a NIC's address is on, if it still exists.
@@ -411,22 +639,273 @@ impl Networks {
 }
 
 impl Veem {
+    /// `POST /networks`: creates a network of the caller's; with `extends`, a copy the caller
+    /// already has of that LAN is renewed instead (its hosts then flood to the peers asked
+    /// for). Answers it, and whether it was created.
+    pub async fn create_network(
+        &self,
+        caller: &Caller,
+        request: &NetworkRequest,
+    ) -> Result<(NetworkInfo, bool), CoreError> {
+        if let Some((info, changed)) = self.inner.networks.renew_copy(caller, request).await? {
+            if changed {
+                tracing::info!(network = %info.network.name, owner = %info.network.owner, "a lan's copy has new peers");
+                let lan = self.inner.networks.lan_plan(&info.network);
+                self.on_every_host(&info.network, || AgentRequest::RefreshLan {
+                    lan: lan.clone(),
+                })
+                .await;
+            }
+            return Ok((info, false));
+        }
+        Ok((self.inner.networks.create(caller, request).await?, true))
+    }
+
     /// Deletes one of the caller's networks (an admin: also a public one) once no VEE holds an
     /// address on it, and takes its LAN down on every host.
     pub async fn delete_network(&self, caller: &Caller, name: &str) -> Result<(), CoreError> {
         let network = self.inner.networks.delete(caller, name).await?;
         let lan = self.inner.networks.lan_plan(&network);
+        self.on_every_host(&network, || AgentRequest::RemoveLan { lan: lan.clone() })
+            .await;
+        Ok(())
+    }
+
+    /// Sends `request` about `network`'s LAN to every host that is connected; a host that
+    /// refuses is logged (one that is not connected builds the LAN anew when a NIC needs it).
+    async fn on_every_host(&self, network: &Network, request: impl Fn() -> AgentRequest) {
         for (host, entry) in self.inner.hosts.all() {
             if entry.link.is_none() {
                 continue;
             }
-            let request = AgentRequest::RemoveLan { lan: lan.clone() };
+            let request = request();
+            let op = request.op();
             if let AgentResponse::Error { error } = self.inner.hosts.call(&host, request).await {
-                tracing::warn!(%host, network = %network.name, error = %error.message, "cannot take the lan down");
+                tracing::warn!(%host, network = %network.name, op, error = %error.message, "a host cannot change a lan");
             }
+        }
+    }
+
+    /// Sees that the NICs of `owner`'s VEE (its `descriptor` and the `addresses` this VEEM
+    /// chose) that are on one of the owner's private networks are on that LAN at `site` too:
+    /// the site gets the owner's copy of the network (created there if it has none, see the
+    /// module's rules) and this site's hosts flood to the site's. Answers the descriptor as it
+    /// goes to the site: those NICs name the copy and have the addresses chosen here. Without
+    /// `addresses` (a batch reserved at a site before its addresses are chosen), a VEE with
+    /// such a NIC does not go to a site.
+    pub(super) async fn extend_lans(
+        &self,
+        site: &SiteName,
+        client: &veem_client::Client,
+        owner: &Principal,
+        descriptor: &mut VeeDescriptor,
+        addresses: Option<&[NicAddress]>,
+    ) -> Result<(), CoreError> {
+        let networks = &self.inner.networks;
+        for index in 0..descriptor.nics.len() {
+            let network = match addresses {
+                Some(chosen) => chosen
+                    .get(index)
+                    .and_then(|nic| nic.network_id)
+                    .and_then(|id| networks.network(id)),
+                None => networks.resolve(owner, &descriptor.nics[index].network),
+            };
+            let Some(network) = network.filter(|n| !n.public) else {
+                continue;
+            };
+            let chosen = addresses
+                .and_then(|chosen| chosen.get(index))
+                .and_then(|nic| nic.ip.as_deref())
+                .and_then(|ip| ip.parse::<Ipv4Addr>().ok());
+            let Some(ip) = chosen else {
+                return Err(CoreError::InsufficientResources(format!(
+                    "a VEE on private network {} goes to a site once placed there (SubmitVEEs), with the address chosen here, not reserved there by TWOPHASE at InitializeVEEs",
+                    network.name
+                )));
+            };
+            let copy = self.extend_lan(site, client, &network).await?;
+            let nic = &mut descriptor.nics[index];
+            nic.network = copy;
+            nic.ip = Some(ip);
         }
         Ok(())
     }
+
+    /// Extends `network`'s LAN to `site` (see [`Veem::extend_lans`]): the name of its copy there.
+    async fn extend_lan(
+        &self,
+        site: &SiteName,
+        client: &veem_client::Client,
+        network: &Network,
+    ) -> Result<String, CoreError> {
+        if self.inner.networks.endpoints().is_empty() {
+            return Err(CoreError::Conflict(format!(
+                "network {} cannot extend to site {site}: this site's hosts join no LAN of another site ([federation] lan_endpoints)",
+                network.name
+            )));
+        }
+        let theirs = self.send_copy(site, client, network).await?;
+        if let Some(changed) = self
+            .inner
+            .networks
+            .set_site_peers(network.id, site, &theirs)
+            .await?
+        {
+            tracing::info!(network = %network.name, %site, vni = changed.vni(), peers = theirs.len(), "the lan extends to a site");
+            self.lan_sites_changed(&changed, site).await;
+        }
+        Ok(lan_copy_name(&network.owner, &network.name))
+    }
+
+    /// Makes (or renews) `network`'s copy at `site`, flooding to this site's hosts and to the
+    /// other sites' the LAN extends to: answers the site's own hosts, as it says.
+    async fn send_copy(
+        &self,
+        site: &SiteName,
+        client: &veem_client::Client,
+        network: &Network,
+    ) -> Result<Vec<LanEndpoint>, CoreError> {
+        let name = lan_copy_name(&network.owner, &network.name);
+        let mut peers = self.inner.networks.endpoints();
+        peers.extend(
+            network
+                .extension
+                .iter()
+                .flat_map(|e| e.peers.iter())
+                .filter(|p| p.site.as_deref() != Some(site.as_str()))
+                .map(|p| LanEndpoint {
+                    address: p.address,
+                    port: p.port,
+                }),
+        );
+        let request = NetworkRequest {
+            name: name.clone(),
+            cidr: network.cidr.to_string(),
+            public: false,
+            extends: Some(LanExtensionRequest {
+                vni: network.vni(),
+                peers,
+            }),
+        };
+        let refused = |reason: String| {
+            CoreError::Conflict(format!("network {} at site {site}: {reason}", network.name))
+        };
+        let view = client
+            .create_network_with(&request)
+            .await
+            .map_err(|e| refused(e.to_string()))?;
+        match view.extends {
+            Some(extends) if extends.vni == network.vni() && view.cidr == request.cidr => {
+                Ok(extends.endpoints)
+            }
+            other => Err(refused(format!(
+                "the site's network {name} is not this LAN's copy ({}, {other:?})",
+                view.cidr
+            ))),
+        }
+    }
+
+    /// `network`'s LAN now extends to other sites than before (`changed` is `site`'s part):
+    /// this site's hosts flood to the sites it extends to now, and so does each of those
+    /// sites but `site` (its copy renewed), so every side floods to every other.
+    async fn lan_sites_changed(&self, network: &Network, changed: &SiteName) {
+        let lan = self.inner.networks.lan_plan(network);
+        self.on_every_host(network, || AgentRequest::RefreshLan { lan: lan.clone() })
+            .await;
+        let others: BTreeSet<&str> = network
+            .extension
+            .iter()
+            .flat_map(|e| e.peers.iter())
+            .filter_map(|p| p.site.as_deref())
+            .filter(|s| *s != changed.as_str())
+            .collect();
+        for other in others {
+            let Ok(other) = SiteName::new(other) else {
+                continue;
+            };
+            let sent = match self.inner.sites.client(&other) {
+                Ok(client) => self.send_copy(&other, &client, network).await.map(drop),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = sent {
+                tracing::warn!(network = %network.name, site = %other, error = %e, "cannot renew a lan's copy at a site");
+            }
+        }
+    }
+
+    /// After `record`, which ran at a site, is purged there: its LANs leave the site unless
+    /// another VEE there is on them (see [`Veem::release_lans_at`]).
+    pub(super) async fn withdraw_lans(&self, record: &VeeRecord) {
+        let (Some(site), Some(_)) = (&record.site, &record.remote) else {
+            return;
+        };
+        let ids: Vec<u32> = record
+            .generated
+            .nics
+            .iter()
+            .filter_map(|n| n.network_id)
+            .collect();
+        self.release_lans_at(site, &ids, Some(&record.id)).await;
+    }
+
+    /// Each private network of `ids` that no VEE at `site` is on (but `leaving`, which is going)
+    /// leaves the site: its copy there is deleted, and the other sides stop flooding to the
+    /// site's hosts. Also after a VEE the LAN was extended for did not go there after all.
+    pub(super) async fn release_lans_at(
+        &self,
+        site: &SiteName,
+        ids: &[u32],
+        leaving: Option<&VeeId>,
+    ) {
+        for &id in ids {
+            let Some(network) = self.inner.networks.network(id).filter(|n| !n.public) else {
+                continue;
+            };
+            let still_used = !self
+                .inner
+                .records
+                .ids_where(|r| {
+                    Some(&r.id) != leaving
+                        && r.site.as_ref() == Some(site)
+                        && r.generated.nics.iter().any(|n| n.network_id == Some(id))
+                })
+                .is_empty();
+            let extended = network
+                .extension
+                .iter()
+                .flat_map(|e| e.peers.iter())
+                .any(|p| p.site.as_deref() == Some(site.as_str()));
+            if still_used || !extended {
+                continue;
+            }
+            let name = lan_copy_name(&network.owner, &network.name);
+            if let Ok(client) = self.inner.sites.client(site) {
+                match client.delete_network(&name).await {
+                    Ok(()) => {}
+                    Err(e) if e.code() == Some(code::NOT_FOUND) => {}
+                    Err(e) => {
+                        tracing::warn!(%site, network = %name, error = %e, "cannot delete a lan's copy at a site");
+                    }
+                }
+            }
+            match self.inner.networks.set_site_peers(id, site, &[]).await {
+                Ok(Some(changed)) => {
+                    tracing::info!(network = %network.name, %site, "the lan no longer extends to a site");
+                    self.lan_sites_changed(&changed, site).await;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(network = %network.name, %site, error = %e, "cannot record that a lan left a site");
+                }
+            }
+        }
+    }
+}
+
+/// The name of `owner`'s network `name` at a site it extends to: marked with the owner, as its
+/// tags are there (all of this VEEM's VEEs are one principal's at the site).
+pub(super) fn lan_copy_name(owner: &Principal, name: &str) -> String {
+    super::federation::owned_tag(owner, name)
 }
 
 fn visible(caller: &Caller, network: &Network) -> bool {
@@ -481,6 +960,7 @@ mod tests {
             cidr: Ipv4Cidr::parse(cidr).expect("valid"),
             public,
             created_ms: 0,
+            extension: None,
         }
     }
 

@@ -74,7 +74,7 @@ impl Veem {
                         .await
                 }
                 Some(site) => match self
-                    .reserve_at(site, &caller.principal, count, &descriptor)
+                    .reserve_at(site, &caller.principal, count, &descriptor, None)
                     .await
                 {
                     Ok(remote) => {

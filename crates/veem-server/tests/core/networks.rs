@@ -238,3 +238,70 @@ async fn a_chosen_address_is_given_once_and_refused_by_name_otherwise() {
     );
     assert_eq!(site.all().len(), 1);
 }
+
+/// `POST /networks` with `extends`: another site's LAN, here on its VNI.
+fn extension(name: &str, vni: u32) -> veem_api::NetworkRequest {
+    veem_api::NetworkRequest {
+        name: name.to_owned(),
+        cidr: "10.10.0.0/24".to_owned(),
+        public: false,
+        extends: Some(veem_api::LanExtensionRequest {
+            vni,
+            peers: vec![veem_api::LanEndpoint {
+                address: "192.0.2.9".parse().expect("an address"),
+                port: 4789,
+            }],
+        }),
+    }
+}
+
+#[tokio::test]
+async fn another_sites_lan_keeps_its_vni_and_the_sites_own_networks_go_around_it() {
+    let site = Site::open(vec![host("h1", 8, 16384)]).await;
+    let networks = site.veem.networks();
+    // Before the site lets anyone join its hosts to other sites' LANs, nobody may.
+    let refused = networks.create(&sm_b(), &extension("early", 2)).await;
+    assert!(
+        matches!(refused, Err(CoreError::AccessDenied(_))),
+        "{refused:?}"
+    );
+    networks.set_federation(veem_server::veem::LanFederation {
+        endpoints: vec![veem_api::LanEndpoint {
+            address: "192.0.2.1".parse().expect("an address"),
+            port: 4789,
+        }],
+        extenders: vec![sm_b().principal],
+    });
+    let copy = networks
+        .create(&sm_b(), &extension("copy", 2))
+        .await
+        .expect("sm-b may extend its LAN here");
+    assert_eq!((copy.network.id, copy.network.vni()), (1, 2));
+    let refused = networks.create(&sm_a(), &extension("mine", 9)).await;
+    assert!(
+        matches!(refused, Err(CoreError::AccessDenied(_))),
+        "sm-a is not listed: {refused:?}"
+    );
+    // The site's own next network would be id 2, the VNI sm-b's LAN brought: it is 3.
+    let own = site.network(&sm_a(), "own", "10.20.0.0/24", false).await;
+    assert_eq!((own.network.id, own.network.vni()), (3, 3));
+    for vni in [2, 3] {
+        let refused = networks.create(&sm_b(), &extension("clash", vni)).await;
+        assert!(
+            matches!(refused, Err(CoreError::Conflict(_))),
+            "VNI {vni} is taken: {refused:?}"
+        );
+    }
+    // A VEE on the copy has the address it names (the one the other site chose).
+    let d = {
+        let mut d = veem_model::VeeDescriptor::minimal(1, 64);
+        d.nics = vec![veem_model::NicSpec {
+            network: "copy".into(),
+            target: None,
+            ip: Some(Ipv4Addr::new(10, 10, 0, 9)),
+        }];
+        d
+    };
+    let vee = site.define(&sm_b(), InitModel::Besteffort, 1, d).await;
+    assert_eq!(ips(&vee[0]), [Some("10.10.0.9")]);
+}

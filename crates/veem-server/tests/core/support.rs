@@ -260,7 +260,15 @@ impl Site {
     ) -> veem_server::veem::NetworkInfo {
         self.veem
             .networks()
-            .create(caller, name, cidr, public)
+            .create(
+                caller,
+                &veem_api::NetworkRequest {
+                    name: name.to_owned(),
+                    cidr: cidr.to_owned(),
+                    public,
+                    extends: None,
+                },
+            )
             .await
             .expect("created")
     }
