@@ -9,7 +9,7 @@ use veem_model::{ControlAction as A, VmiState};
 use crate::harness::*;
 
 /// The records of one VEE among a listener's items, in the order they came.
-fn records_of(items: &[(u64, Value)], id: &str) -> Vec<(u64, Value)> {
+pub(crate) fn records_of(items: &[(u64, Value)], id: &str) -> Vec<(u64, Value)> {
     items
         .iter()
         .filter(|(_, r)| r["vee"] == id)
@@ -17,7 +17,7 @@ fn records_of(items: &[(u64, Value)], id: &str) -> Vec<(u64, Value)> {
         .collect()
 }
 
-fn field(record: &Value, name: &str) -> u64 {
+pub(crate) fn field(record: &Value, name: &str) -> u64 {
     record[name]
         .as_u64()
         .unwrap_or_else(|| panic!("{name} in {record}"))

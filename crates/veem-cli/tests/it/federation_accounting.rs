@@ -9,6 +9,7 @@ use serde_json::Value;
 use veem_client::Client;
 use veem_model::{ControlAction as A, EventType, Measurement, MonitoringEvent, VeeId, VmiState};
 
+use crate::accounting::{field, records_of};
 use crate::federation::*;
 use crate::harness::*;
 
@@ -30,21 +31,6 @@ async fn running_at_east_as(
     assert_eq!(view.site, "east");
     let there = named(east, &name).await.expect("it runs at east").id;
     (id, there)
-}
-
-/// The accounting records of `id` among a listener's items: (when it came, the record).
-fn records_of(items: &[(u64, Value)], id: &str) -> Vec<(u64, Value)> {
-    items
-        .iter()
-        .filter(|(_, r)| r["vee"] == id)
-        .cloned()
-        .collect()
-}
-
-fn field(record: &Value, name: &str) -> u64 {
-    record[name]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{name} in {record}"))
 }
 
 /// The t0 of each record, in the order they came.

@@ -10,7 +10,7 @@ use veem_model::{ControlAction as A, VeeDescriptor, VmiState};
 
 use crate::federation::{at, named, peer_token, register, site_setup, waits_when_activated};
 use crate::harness::*;
-use crate::qemu_networks::{echoes, guest_on, probe_log};
+use crate::qemu_networks::{guest_on, probe_log, the_host_reaches_only_the_public_address};
 
 /// A site named `name` whose hosts are joined to other sites' LANs at `port` (VXLAN over
 /// loopback): its `[federation]` lets the peers' VEEMs extend their LANs here, and its qemu
@@ -429,15 +429,7 @@ async fn uc_2_2_2_across_two_sites_the_database_is_reachable_only_from_the_web_t
     ctl_ok(&west.b, A::Activate, &[&other]).await;
     wait_guest_ready(&west, Hypervisor::Qemu, &other).await;
 
-    assert!(
-        echoes(&web_public),
-        "the host reaches web's public address {web_public}"
-    );
-    assert!(!echoes(&db_ip), "the host does not reach db at {db_ip}");
-    assert!(
-        !echoes(&web_private),
-        "nor web's private address {web_private}"
-    );
+    the_host_reaches_only_the_public_address(&web_public, &db_ip, &web_private);
 
     // Purged, db leaves east and takes the LAN's copy with it: west's hosts stop flooding there.
     assert!(

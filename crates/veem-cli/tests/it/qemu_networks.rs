@@ -48,6 +48,24 @@ pub(crate) fn echoes(ip: &str) -> bool {
     stream.read_exact(&mut answer).is_ok() && &answer == b"veem-echo\n"
 }
 
+/// The host, outside the private LAN, reaches web's public address and neither db nor web's
+/// private address.
+pub(crate) fn the_host_reaches_only_the_public_address(
+    web_public: &str,
+    db_ip: &str,
+    web_private: &str,
+) {
+    assert!(
+        echoes(web_public),
+        "the host reaches web's public address {web_public}"
+    );
+    assert!(!echoes(db_ip), "the host does not reach db at {db_ip}");
+    assert!(
+        !echoes(web_private),
+        "nor web's private address {web_private}"
+    );
+}
+
 /// Shuts the VEE down and reads what its guest wrote in its probe log.
 pub(crate) async fn probe_log(s: &Server, client: &veem_client::Client, id: &str) -> String {
     ctl_ok(client, A::Shutdown, &[id]).await;
@@ -116,15 +134,7 @@ async fn uc_2_2_2_the_database_is_reachable_only_from_the_web_tier() {
     ctl_ok(&s.b, A::Activate, &[&other]).await;
     wait_guest_ready(&s, Hypervisor::Qemu, &other).await;
 
-    assert!(
-        echoes(&web_public),
-        "the host reaches web's public address {web_public}"
-    );
-    assert!(!echoes(&db_ip), "the host does not reach db at {db_ip}");
-    assert!(
-        !echoes(&web_private),
-        "nor web's private address {web_private}"
-    );
+    the_host_reaches_only_the_public_address(&web_public, &db_ip, &web_private);
 
     let web_log = probe_log(&s, &s.a, &web).await;
     assert!(
