@@ -20,11 +20,12 @@ use serde::de::DeserializeOwned;
 use tokio::io::AsyncWriteExt;
 use tokio_util::io::ReaderStream;
 use veem_api::{
-    AccountingList, EventList, HostList, HostView, ImageList, ImageView, InitializeRequest,
-    InitializeResponse, ListenRequest, MigrateRequest, NetworkList, NetworkRequest, NetworkView,
-    PatchRequest, PatchResponse, PutMonitoringResponse, SiteList, SiteRequest, SiteView,
-    SubmitRequest, SubmitResponse, SubscribeRequest, SubscribeResponse, UnlistenRequest,
-    UpdateStateRequest, UpdateStateResponse, VeeList, VeeView, BASE_PATH,
+    AccountingList, EventList, HostList, HostView, ImageList, ImageView, IncomingRequest,
+    IncomingView, InitializeRequest, InitializeResponse, ListenRequest, MigrateRequest,
+    NetworkList, NetworkRequest, NetworkView, PatchRequest, PatchResponse, PutMonitoringResponse,
+    SendRequest, SentView, SiteList, SiteMigrateRequest, SiteRequest, SiteView, SubmitRequest,
+    SubmitResponse, SubscribeRequest, SubscribeResponse, UnlistenRequest, UpdateStateRequest,
+    UpdateStateResponse, VeeList, VeeView, BASE_PATH,
 };
 use veem_model::{EventType, InitModel, MonitoringEvent, VmiState};
 
@@ -266,6 +267,34 @@ impl Client {
     ) -> Result<VeeView, ClientError> {
         self.call(self.post(&["vees", id, "migrate"]).json(req))
             .await
+    }
+
+    /// Moves a VEE to another site, `live` or paused (admin, at its primary).
+    pub async fn migrate_vee_to_site(
+        &self,
+        id: &str,
+        req: &SiteMigrateRequest,
+    ) -> Result<VeeView, ClientError> {
+        self.call(self.post(&["vees", id, "migrate"]).json(req))
+            .await
+    }
+
+    /// Defines a VEE of the caller's on a host that waits for its migration from another site
+    /// (a veem extension); the answer says where to send it.
+    pub async fn receive_vee(&self, req: &IncomingRequest) -> Result<IncomingView, ClientError> {
+        self.call(self.post(&["vees", "incoming"]).json(req)).await
+    }
+
+    /// Runs a VEE whose migration arrived (a veem extension).
+    pub async fn complete_incoming(&self, id: &str) -> Result<VeeView, ClientError> {
+        self.call(self.post(&["vees", id, "incoming", "complete"]))
+            .await
+    }
+
+    /// Sends a VEE to what [`Client::receive_vee`] answered at another site (a veem
+    /// extension); the VEE ends here once it arrived.
+    pub async fn send_vee(&self, id: &str, req: &SendRequest) -> Result<SentView, ClientError> {
+        self.call(self.post(&["vees", id, "send"]).json(req)).await
     }
 
     /// Destroys the VEE if needed and removes every byte stored for it.

@@ -34,7 +34,7 @@ pub(crate) fn site_setup(name: &str) -> Setup {
     Setup {
         top_level_config: format!("site = \"{name}\"\n"),
         extra_config: format!(
-            "\n[[principal]]\nname = \"peer\"\ntoken = \"{}\"\n",
+            "\n[[principal]]\nname = \"peer\"\ntoken = \"{}\"\nsend_vees = true\n",
             peer_token(name)
         ),
         ..Setup::default()
@@ -106,7 +106,12 @@ pub(crate) fn refusal(result: Result<SiteView, ClientError>) -> (u16, String) {
 }
 
 /// Waits until `client` sees `site` in `state`.
-pub(crate) async fn wait_site(client: &Client, site: &str, state: SiteState, within: Duration) -> SiteView {
+pub(crate) async fn wait_site(
+    client: &Client,
+    site: &str,
+    state: SiteState,
+    within: Duration,
+) -> SiteView {
     let deadline = Instant::now() + within;
     loop {
         let view = client.get_site(site).await.expect("the site is registered");
@@ -633,7 +638,11 @@ async fn twophase_is_all_or_nothing_across_sites() {
 
 /// A site named `name` with no host of its own and one remote sim agent of `cpus` CPUs, lost
 /// after `dead_after_ms` of silence.
-pub(crate) async fn site_with_agent(name: &str, cpus: u32, dead_after_ms: u64) -> (Server, RemoteAgent) {
+pub(crate) async fn site_with_agent(
+    name: &str,
+    cpus: u32,
+    dead_after_ms: u64,
+) -> (Server, RemoteAgent) {
     let server = Server::start_with(Setup {
         hosts: vec![],
         host_dead_after_ms: dead_after_ms,

@@ -1,6 +1,8 @@
 //! The VEEs: `POST /vees/initialize` (a JSON descriptor or an OVF envelope), `POST /vees/submit`,
 //! `POST /vees/update-state`, `GET /vees` (paged), `GET|PATCH|DELETE /vees/{id}`,
-//! `GET /vees/{id}/events`, `POST /vees/{id}/migrate` and `GET /vees/{id}/disks/{target}`.
+//! `GET /vees/{id}/events`, `POST /vees/{id}/migrate` and `GET /vees/{id}/disks/{target}`; for
+//! migration between sites, `POST /vees/incoming`, `POST /vees/{id}/incoming/complete` and
+//! `POST /vees/{id}/send`.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -11,11 +13,13 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Json;
 use veem_api::{
-    EventList, InitializeRequest, InitializeResponse, InitializedVee, MigrateRequest, PatchRequest,
-    PatchResponse, SiteState, SubmitRequest, SubmitResponse, UpdateStateRequest,
-    UpdateStateResponse, VeeList, VeeView,
+    EventList, IncomingRequest, IncomingView, InitializeRequest, InitializeResponse,
+    InitializedVee, MigrateRequest, PatchRequest, PatchResponse, SendRequest, SentView, SiteState,
+    SubmitRequest, SubmitResponse, UpdateStateRequest, UpdateStateResponse, VeeList, VeeView,
 };
-use veem_model::{DescriptorError, HostId, InitModel, VeeDescriptor, VeeId, VeeRecord, VmiState};
+use veem_model::{
+    DescriptorError, HostId, InitModel, SiteName, VeeDescriptor, VeeId, VeeRecord, VmiState,
+};
 
 use super::common::{page_limit, parse_json, stream_file, vee_id, AppState, Batch};
 use super::problem::ApiResult;
@@ -304,21 +308,53 @@ pub(super) async fn patch(
     }))
 }
 
+/// The body of `POST /vees/{id}/migrate`: to a host of this site (`host`, live only), or to
+/// a site (`site`, `live` or not).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MigrateBody {
+    #[serde(default)]
+    host: Option<String>,
+    #[serde(default)]
+    site: Option<String>,
+    #[serde(default)]
+    live: Option<bool>,
+}
+
 pub(super) async fn migrate(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult<Json<VeeView>> {
-    let request: MigrateRequest = if body.is_empty() {
-        MigrateRequest::default()
+    let request: MigrateBody = if body.is_empty() {
+        MigrateBody::default()
     } else {
         parse_json(&body, false)?
+    };
+    if let Some(site) = &request.site {
+        if request.host.is_some() {
+            return Err(CoreError::malformed(
+                "host",
+                "give a site or a host: a site places the VEE on its own hosts",
+            )
+            .into());
+        }
+        let site = SiteName::new(site).map_err(|e| CoreError::malformed("site", e.to_string()))?;
+        let record = state
+            .veem
+            .migrate_to_site(&caller, &vee_id(&id)?, &site, request.live.unwrap_or(false))
+            .await?;
+        return Ok(Json(view(&record, &state.veem)));
+    }
+    let request = MigrateRequest {
+        host: request.host,
+        live: request.live,
     };
     if request.live == Some(false) {
         return Err(CoreError::malformed(
             "live",
-            "only live migration is offered; SUSPEND and ACTIVATE move a VEE with a pause",
+            "only live migration is offered between hosts; SUSPEND and ACTIVATE move a VEE with a pause",
         )
         .into());
     }
@@ -332,6 +368,56 @@ pub(super) async fn migrate(
         .migrate(&caller, &vee_id(&id)?, to.as_ref())
         .await?;
     Ok(Json(view(&record, &state.veem)))
+}
+
+/// `POST /vees/incoming` (migration between sites): a VEE of the caller's waits on a host
+/// here for its migration; `201` with where to send it.
+pub(super) async fn incoming(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<IncomingView>)> {
+    let request: IncomingRequest = parse_json(&body, true)?;
+    let (record, uri, disks) = state
+        .veem
+        .receive_incoming(&caller, request.descriptor)
+        .await?;
+    let vee = view(&record, &state.veem);
+    Ok((StatusCode::CREATED, Json(IncomingView { vee, uri, disks })))
+}
+
+/// `POST /vees/{id}/incoming/complete`: the VEE whose migration arrived runs.
+pub(super) async fn complete_incoming(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<VeeView>> {
+    let record = state.veem.complete_incoming(&caller, &vee_id(&id)?).await?;
+    Ok(Json(view(&record, &state.veem)))
+}
+
+/// `POST /vees/{id}/send`: the caller's VEE goes to what a `POST /vees/incoming` answered at
+/// another site. Its host connects out to the address given, so only principals whose config
+/// says `send_vees` (a peer site's VEEM) may ask it.
+pub(super) async fn send(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<SentView>> {
+    if !state.auth.may_send_vees(&caller) {
+        return Err(CoreError::AccessDenied(format!(
+            "principal {} may not send VEEs to another site (send_vees is not set for it)",
+            caller.principal
+        ))
+        .into());
+    }
+    let request: SendRequest = parse_json(&body, false)?;
+    let sent = state
+        .veem
+        .send_out(&caller, &vee_id(&id)?, request.uri, request.disks)
+        .await?;
+    Ok(Json(sent))
 }
 
 pub(super) async fn purge(

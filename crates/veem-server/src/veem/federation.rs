@@ -35,7 +35,7 @@ pub(super) type Target = Option<SiteName>;
 
 /// A site's refusal in the core's words: its problem's code kept, so the caller hears what the
 /// site said.
-fn site_error(site: &SiteName, e: ClientError) -> CoreError {
+pub(super) fn site_error(site: &SiteName, e: ClientError) -> CoreError {
     let detail = format!("site {site}: {e}");
     match e.code() {
         Some(code::INSUFFICIENT_RESOURCES) => CoreError::InsufficientResources(detail),
@@ -190,7 +190,7 @@ impl Veem {
 
     /// Sends `site` the images the VEE's descriptor names that this VEEM has and the site has
     /// not (streamed from the image store): an `image:` source is resolved at the site.
-    async fn send_images(
+    pub(super) async fn send_images(
         &self,
         owner: &Principal,
         d: &VeeDescriptor,
@@ -242,17 +242,7 @@ impl Veem {
     ) -> Result<Vec<VeeId>, CoreError> {
         let client = self.inner.sites.client(site)?;
         self.send_images(owner, descriptor, site, &client).await?;
-        let mut descriptor = descriptor.clone();
-        descriptor.sites.clear();
-        // At the site every VEE of this VEEM is the one principal's: its tags are the owner's
-        // own there, so one tenant's anti-affinity never binds another's VEEs.
-        for tag in descriptor
-            .tags
-            .iter_mut()
-            .chain(descriptor.anti_affinity.iter_mut())
-        {
-            *tag = owned_tag(owner, tag);
-        }
+        let descriptor = self.descriptor_for_site(owner, descriptor);
         let made = client
             .initialize(&InitializeRequest {
                 model: InitModel::Twophase,
@@ -277,6 +267,27 @@ impl Veem {
                 )))
             }
         }
+    }
+
+    /// `owner`'s descriptor as it goes to a site: no preference of sites (the site places it
+    /// on its own hosts), and its tags marked with its owner.
+    pub(super) fn descriptor_for_site(
+        &self,
+        owner: &Principal,
+        descriptor: &VeeDescriptor,
+    ) -> VeeDescriptor {
+        let mut descriptor = descriptor.clone();
+        descriptor.sites.clear();
+        // At the site every VEE of this VEEM is the one principal's: its tags are the owner's
+        // own there, so one tenant's anti-affinity never binds another's VEEs.
+        for tag in descriptor
+            .tags
+            .iter_mut()
+            .chain(descriptor.anti_affinity.iter_mut())
+        {
+            *tag = owned_tag(owner, tag);
+        }
+        descriptor
     }
 
     /// Purges VEEs a site reserved for a batch that failed: nothing of it stays there.
@@ -327,7 +338,7 @@ impl Veem {
 
     /// Reads a remote VEE's state at its site and makes it the primary's, the VEE's action lock
     /// held by the caller.
-    async fn read_remote(&self, seq: u64) -> Result<(), CoreError> {
+    pub(super) async fn read_remote(&self, seq: u64) -> Result<(), CoreError> {
         let Some(record) = self.inner.records.get(seq) else {
             return Ok(());
         };

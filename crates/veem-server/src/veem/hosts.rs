@@ -349,7 +349,7 @@ impl Veem {
 
     /// Ends what is left of an instance on its host; a host that cannot is told again by the
     /// next reconciliation, which ends instances the VEEM does not place there.
-    async fn end_instance(&self, host: &HostId, vee: &VeeId) {
+    pub(super) async fn end_instance(&self, host: &HostId, vee: &VeeId) {
         let answer = self
             .inner
             .hosts
