@@ -296,3 +296,180 @@ async fn a_migration_whose_send_fails_leaves_the_vee_running_where_it_was_and_no
     // It still answers to its owner.
     ctl_ok(&west.a, ControlAction::Pause, &[&id]).await;
 }
+
+/// The console of the guest `id` of `primary` wherever it runs now: on a host of `west` (each
+/// with its own directory), or at `east` as the VEE east knows.
+async fn console_of(west: &Server, east: &Server, id: &str, name: &str) -> PathBuf {
+    let view = get(&west.a, id).await;
+    if view.site == "east" {
+        let there = named(east, name).await.expect("east runs it");
+        east.data_dir()
+            .join("vees")
+            .join(there.id)
+            .join("console.log")
+    } else {
+        let host = view.host.expect("on a host of west").to_string();
+        own_vee_dir(west, &host, id).join("console.log")
+    }
+}
+
+/// QEMU's total and downtime, and how long after the send the guest ran at its destination,
+/// from the newest migration note.
+async fn last_move(west: &Server, id: &str) -> (String, u64, u64) {
+    let events = west.a.vee_events(id).await.expect("events").events;
+    let note = events
+        .iter()
+        .rev()
+        .filter_map(|e| e.detail.clone())
+        .find(|d| d.starts_with("migrated from"))
+        .expect("a migration note");
+    let number_after = |word: &str| -> u64 {
+        note.split_once(word)
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {word:?} in {note}"))
+    };
+    let downtime = number_after("(downtime ");
+    let total = number_after(" in ");
+    (note, total, downtime)
+}
+
+fn median(values: &mut [u64]) -> f64 {
+    values.sort_unstable();
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2] as f64
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) as f64 / 2.0
+    }
+}
+
+/// A real guest that keeps writing moves between two hosts of west that share no storage,
+/// live to east and back, then cold to east and back: it never reboots, its heartbeat (its
+/// numbered writes) goes on at each place, and every write is on its disk at the end, in
+/// order. Prints the downtimes BENCHMARKS.md compares: intra-site vs cross-site, same guest,
+/// same run (`VEEM_TEST_SITE_MIGRATION_ROUNDS`, default 1, rounds of the live moves).
+#[tokio::test]
+async fn a_real_guest_moves_live_and_cold_between_sites_writing_on() {
+    let Some(west) = Server::start_with_guest(Setup {
+        driver: Hypervisor::Qemu,
+        hosts: vec![("h1", 8, 16384, ""), ("h2", 8, 16384, "")],
+        own_vees_dirs: vec!["h1", "h2"],
+        ..site_setup("west")
+    })
+    .await
+    else {
+        return;
+    };
+    let east = Server::start_with(Setup {
+        driver: Hypervisor::Qemu,
+        hosts: vec![("h1", 8, 16384, "")],
+        ..site_setup("east")
+    })
+    .await;
+    register(&west, &east, "east").await;
+    let rounds: usize = std::env::var("VEEM_TEST_SITE_MIGRATION_ROUNDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1);
+    let name = "wanderer";
+    let mut d = crate::qemu_guests::guest(name);
+    d.context
+        .properties
+        .insert(veem_guest::WRITE_EVERY_PROPERTY.into(), "0.05".into());
+    let id = init_one(&west.a, d).await;
+    ctl_ok(&west.a, ControlAction::Activate, &[&id]).await;
+    let mut written =
+        crate::qemu_guests::wait_write(&console_of(&west, &east, &id, name).await, 3).await;
+
+    let (mut intra, mut cross, mut resumed) = (Vec::new(), Vec::new(), Vec::new());
+    let step = |what: &str, note: &str| eprintln!("{what}: {note}");
+    for _ in 0..rounds {
+        // Between two hosts of west, disks copied.
+        let here = get(&west.a, &id).await.host.expect("on a host").to_string();
+        let to = if here == "h1" { "h2" } else { "h1" };
+        west.ops
+            .migrate_vee(
+                &id,
+                &veem_api::MigrateRequest {
+                    host: Some(to.into()),
+                    live: Some(true),
+                },
+            )
+            .await
+            .expect("moved within west");
+        let (note, _, down) = last_move(&west, &id).await;
+        step("within west", &note);
+        intra.push(down);
+        written =
+            crate::qemu_guests::wait_write(&console_of(&west, &east, &id, name).await, written + 3)
+                .await;
+        // To east and back, live.
+        for site in ["east", "west"] {
+            let moved = migrate(&west, &id, site, true).await;
+            assert_eq!((moved.site.as_str(), moved.state), (site, VmiState::Active));
+            let (note, _, down) = last_move(&west, &id).await;
+            step("between sites, live", &note);
+            cross.push(down);
+            let after = note
+                .split_once("running there ")
+                .and_then(|(_, r)| r.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .expect("when it ran there");
+            resumed.push(after);
+            written = crate::qemu_guests::wait_write(
+                &console_of(&west, &east, &id, name).await,
+                written + 3,
+            )
+            .await;
+        }
+        assert!(named(&east, name).await.is_none(), "nothing stays at east");
+    }
+    // Cold: paused while it moves, running again there.
+    for site in ["east", "west"] {
+        let moved = migrate(&west, &id, site, false).await;
+        assert_eq!((moved.site.as_str(), moved.state), (site, VmiState::Active));
+        let (note, _, _) = last_move(&west, &id).await;
+        step("between sites, cold", &note);
+        written =
+            crate::qemu_guests::wait_write(&console_of(&west, &east, &id, name).await, written + 3)
+                .await;
+    }
+    assert!(named(&east, name).await.is_none(), "nothing stays at east");
+    let host = get(&west.a, &id).await.host.expect("on a host").to_string();
+    let other = if host == "h1" { "h2" } else { "h1" };
+    assert!(
+        !own_vee_dir(&west, other, &id).exists(),
+        "{other} keeps nothing of the VEE"
+    );
+
+    ctl_ok(&west.a, ControlAction::Shutdown, &[&id]).await;
+    let disk = own_vee_dir(&west, &host, &id)
+        .join("disks")
+        .join("vda.qcow2");
+    let writes = read_guest_file(&disk, &format!("/{}", veem_guest::WRITES_LOG_PATH));
+    let numbers: Vec<u64> = writes
+        .lines()
+        .map(|l| {
+            l.strip_prefix("write ")
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap_or_else(|| panic!("not a write line: {l:?}"))
+        })
+        .collect();
+    let last = *numbers.last().expect("writes on the disk");
+    assert_eq!(
+        numbers,
+        (1..=last).collect::<Vec<_>>(),
+        "every write, at each site and during each move, in order, none lost"
+    );
+    assert!(last >= written, "the disk holds write {written}: {last}");
+    let boots = read_guest_file(&disk, "/veem/boot.log");
+    assert_eq!(boots.lines().count(), 1, "never rebooted: {boots:?}");
+    let (i, c, r) = (median(&mut intra), median(&mut cross), median(&mut resumed));
+    eprintln!(
+        "downtime medians (QEMU's): within west {i} ms ({} moves), between sites {c} ms ({} moves), ratio {:.2}; between sites the guest ran at its destination {r} ms (median) after the send answered",
+        intra.len(),
+        cross.len(),
+        if i > 0.0 { c / i } else { f64::NAN }
+    );
+}

@@ -349,20 +349,32 @@ impl Veem {
                     .unwrap_or_default()
             ),
         };
+        // It runs there at once: the guest waits for nothing the books do.
+        let sent_at = Instant::now();
+        let completed = if completed {
+            Ok(())
+        } else {
+            self.complete_at(&receiver, &record.id).await
+        };
+        let resumed_ms = sent_at.elapsed().as_millis();
         // Tools parse this note: keep its words and their order.
         let note = match sent {
             Some(s) => format!(
-                "migrated from {from} to {receiver} in {} ms (downtime {} ms)",
+                "migrated from {from} to {receiver} in {} ms (downtime {} ms; running there {resumed_ms} ms after)",
                 s.total_ms, s.downtime_ms
             ),
             None => format!("migrated from {from} to {receiver}"),
         };
+        let running = completed.is_ok();
         let moved = self
             .update(seq, Some(note), |r| match &receiver {
                 Receiver::Host(host) => {
                     r.site = None;
                     r.remote = None;
                     r.host = Some(host.clone());
+                    if running {
+                        r.settle(VmiState::Active, VeemState::Active);
+                    }
                 }
                 Receiver::Site(site, remote) => {
                     r.site = Some(site.clone());
@@ -372,28 +384,16 @@ impl Veem {
             })
             .await;
         if let Err(e) = moved {
-            // The books cannot say where it is: it runs where it went, which they learn again
-            // when read back from there.
+            // The books cannot say where it is: it runs where it went.
             tracing::error!(vee = %record.id, error = %e, %receiver, "cannot record where a migrated VEE went");
             return Err(e);
         }
         self.leave(seq, record).await;
-        let completed = if completed {
-            Ok(())
-        } else {
-            self.complete_at(&receiver, &record.id).await
-        };
         match (&receiver, completed) {
-            (Receiver::Host(host), Ok(())) => {
-                let h = host.clone();
-                self.update(seq, None, |r| {
-                    r.settle(VmiState::Active, VeemState::Active);
-                    r.host = Some(h);
-                })
-                .await?;
-            }
+            (Receiver::Host(_), Ok(())) => {}
             (Receiver::Site(..), Ok(())) => self.read_remote(seq).await?,
             (_, Err(e)) => {
+                // It waits there, whole, for a completion (the destination's word decides).
                 let detail =
                     format!("the migration to {receiver} was sent but not completed there: {e}");
                 self.update(seq, Some(detail), |r| r.last_error = Some(e.to_string()))
