@@ -320,6 +320,28 @@ impl Client {
             .await
     }
 
+    /// Puts the contents of disk `target` of a DEFINED or DESTROYED VEE, streamed from `file`
+    /// (a veem extension, for migration between sites).
+    pub async fn upload_disk(
+        &self,
+        id: &str,
+        target: &str,
+        file: &Path,
+    ) -> Result<(), ClientError> {
+        let source = tokio::fs::File::open(file).await?;
+        let total = source.metadata().await?.len();
+        let request = self
+            .http
+            .put(self.url(&["vees", id, "disks", target]))
+            .header(header::CONTENT_TYPE, OCTET_STREAM)
+            .header(header::CONTENT_LENGTH, total)
+            .body(Body::wrap_stream(ReaderStream::with_capacity(
+                source,
+                UPLOAD_CHUNK_BYTES,
+            )));
+        self.send(request).await.map(drop)
+    }
+
     /// Uploads an image, streaming it from `file`. `progress` is called with (bytes sent, total)
     /// as the upload goes.
     pub async fn push_image(

@@ -218,17 +218,20 @@ async fn a_migration_is_an_admins_to_a_known_site_of_a_vee_with_a_place() {
         400,
         "not a site's name"
     );
-    let defined = init_one(&west.a, with_disk("resting")).await;
-    ctl_ok(&west.a, ControlAction::Activate, &[&defined]).await;
-    ctl_ok(&west.a, ControlAction::Shutdown, &[&defined]).await;
+    let waiting = {
+        let mut d = small("waiting");
+        d.cpu = 64;
+        init_one(&west.a, d).await
+    };
+    crate::federation::waits_when_activated(&west.a, &waiting).await;
     assert_eq!(
         refused(
             west.ops
-                .migrate_vee_to_site(&defined, &to_site("east", false))
+                .migrate_vee_to_site(&waiting, &to_site("east", false))
                 .await
         ),
         (409, "wrong_state".to_owned()),
-        "a DEFINED VEE"
+        "an INITIAL VEE"
     );
     let view = get(&west.a, &id).await;
     assert_eq!((view.site.as_str(), view.state), ("west", VmiState::Active));
@@ -256,6 +259,107 @@ async fn a_migration_is_an_admins_to_a_known_site_of_a_vee_with_a_place() {
         .await
         .expect_err("refused");
     assert_eq!(e.status(), Some(400));
+}
+
+#[tokio::test]
+async fn a_resting_vee_moves_with_its_disks_and_rests_there_in_its_state() {
+    let (west, east) = (site("west").await, site("east").await);
+    register(&west, &east, "east").await;
+    let shut = running(&west, "shut", &[]).await;
+    ctl_ok(&west.a, ControlAction::Shutdown, &[&shut]).await;
+    let destroyed = running(&west, "destroyed", &[]).await;
+    ctl_ok(&west.a, ControlAction::Destroy, &[&destroyed]).await;
+    let fresh = init_one(&west.a, with_disk("fresh")).await;
+    let cases = [
+        (&shut, "shut", VmiState::Defined, true),
+        (&destroyed, "destroyed", VmiState::Destroyed, true),
+        (&fresh, "fresh", VmiState::Defined, false),
+    ];
+    for (id, name, state, has_disk) in cases {
+        assert_eq!(disk_at(&west, id).exists(), has_disk, "{name} at west");
+        let moved = migrate(&west, id, "east", false).await;
+        assert_eq!(
+            (moved.site.as_str(), moved.state),
+            ("east", state),
+            "{name} rests at east"
+        );
+        let there = named(&east, name).await.expect("east keeps it");
+        assert_eq!(there.state, state);
+        assert_eq!(
+            disk_at(&east, &there.id).exists(),
+            has_disk,
+            "{name}'s disk at east"
+        );
+        assert!(
+            !west.data_dir().join("vees").join(id).exists(),
+            "nothing of {name} stays at west"
+        );
+    }
+    // Each works where it went: the one never deployed boots at east, the shut one comes back
+    // and boots on its own disk at west.
+    ctl_ok(&west.a, ControlAction::Activate, &[&fresh]).await;
+    assert_eq!(get(&west.a, &fresh).await.site, "east");
+    let back = migrate(&west, &shut, "west", false).await;
+    assert_eq!(
+        (back.site.as_str(), back.state),
+        ("west", VmiState::Defined)
+    );
+    assert!(disk_at(&west, &shut).exists(), "its disk came back");
+    assert!(
+        named(&east, "shut").await.is_none(),
+        "nothing stays at east"
+    );
+    ctl_ok(&west.a, ControlAction::Activate, &[&shut]).await;
+    assert_eq!(get(&west.a, &shut).await.site, "west");
+
+    // A disk is put only into a resting VEE's own disk, and names no other file.
+    let resting = init_one(&west.a, with_disk("resting")).await;
+    let file = |name: &str, bytes: &[u8]| write_file(west.dir.path(), name, bytes);
+    let mut backed = vec![0u8; 104];
+    backed[..4].copy_from_slice(b"QFI\xfb");
+    backed[4..8].copy_from_slice(&3u32.to_be_bytes());
+    backed[8..16].copy_from_slice(&512u64.to_be_bytes());
+    let status = |r: Result<(), ClientError>| {
+        let e = r.expect_err("refused");
+        (e.status(), e.code().map(str::to_owned))
+    };
+    assert_eq!(
+        status(
+            west.a
+                .upload_disk(&resting, "vdb", &file("backed.qcow2", &backed))
+                .await
+        ),
+        (Some(400), Some("malformed_request".into())),
+        "a qcow2 with a backing file"
+    );
+    assert_eq!(
+        status(
+            west.a
+                .upload_disk(&shut, "vdb", &file("ok.img", b"contents"))
+                .await
+        ),
+        (Some(409), Some("wrong_state".into())),
+        "an ACTIVE VEE"
+    );
+    assert_eq!(
+        status(
+            west.b
+                .upload_disk(&resting, "vdb", &file("ok.img", b"contents"))
+                .await
+        )
+        .0,
+        Some(403),
+        "another's VEE"
+    );
+    assert!(!disk_at(&west, &resting).exists(), "nothing was put");
+    west.a
+        .upload_disk(&resting, "vdb", &file("ok.img", b"contents"))
+        .await
+        .expect("its own disk");
+    assert_eq!(
+        std::fs::read(disk_at(&west, &resting)).expect("put"),
+        b"contents"
+    );
 }
 
 #[tokio::test]

@@ -47,7 +47,10 @@ pub fn router(state: AppState) -> Router {
             post(vees::complete_incoming),
         )
         .route("/vees/{id}/send", post(vees::send))
-        .route("/vees/{id}/disks/{target}", get(vees::download_disk))
+        .route(
+            "/vees/{id}/disks/{target}",
+            get(vees::download_disk).put(vees::upload_disk),
+        )
         .route("/images", get(images::list))
         .route(
             "/images/{name}",

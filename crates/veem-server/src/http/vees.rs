@@ -440,3 +440,16 @@ pub(super) async fn download_disk(
         .await?;
     stream_file(&path, true).await
 }
+
+/// `PUT /vees/{id}/disks/{target}`: the contents of a disk of the caller's DEFINED or
+/// DESTROYED VEE, streamed (a qcow2 naming no other file, as `GET` gives it).
+pub(super) async fn upload_disk(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, target)): Path<(String, String)>,
+    body: axum::body::Body,
+) -> ApiResult<StatusCode> {
+    let stream = body.into_data_stream();
+    crate::images::put_disk(&state.veem, &caller, &vee_id(&id)?, &target, stream).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -598,6 +598,16 @@ impl Veem {
             // Its disks are at its site, which says whether they can be had now.
             return self.export_remote_disk(&record, target).await;
         }
+        self.export_local_disk(&record, target).await
+    }
+
+    /// [`Veem::export_disk`] of a VEE of this site's.
+    pub(super) async fn export_local_disk(
+        &self,
+        record: &VeeRecord,
+        target: &str,
+    ) -> Result<PathBuf, CoreError> {
+        let id = &record.id;
         if !matches!(record.state, VmiState::Defined | VmiState::Destroyed) {
             return Err(CoreError::WrongState(format!(
                 "VEE {id} is {}; its disks can be downloaded in DEFINED or DESTROYED",

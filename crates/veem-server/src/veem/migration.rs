@@ -260,10 +260,14 @@ impl Veem {
                 )
                 .await?;
             }
-            other => {
+            VmiState::Defined | VmiState::Destroyed => {
+                let (seq, _guard, record) = self.lock_vee(caller, id).await?;
+                return self.move_at_rest(seq, &record, to).await;
+            }
+            VmiState::Initial => {
                 return Err(CoreError::WrongState(format!(
-                "VEE {id} is {other}; a VEE moves between sites when ACTIVE, PAUSED or SUSPENDED"
-            )))
+                    "VEE {id} is INITIAL; it moves once it runs or rests"
+                )))
             }
         }
         let (seq, _guard, record) = self.lock_vee(caller, id).await?;
@@ -414,6 +418,187 @@ impl Veem {
             .records
             .get(seq)
             .ok_or_else(|| CoreError::NotFound(format!("VEE {} was purged", record.id)))
+    }
+
+    /// Moves a DEFINED or DESTROYED VEE (its action lock held): no memory, only its disks,
+    /// each fetched from where it rests (a disk never written, of a VEE never deployed, has no
+    /// contents to move) and put at its destination, where it rests in the same state.
+    async fn move_at_rest(
+        &self,
+        seq: u64,
+        record: &VeeRecord,
+        to: Option<SiteName>,
+    ) -> Result<VeeRecord, CoreError> {
+        if !matches!(record.state, VmiState::Defined | VmiState::Destroyed) {
+            return Err(CoreError::WrongState(format!(
+                "VEE {} became {} before its migration",
+                record.id, record.state
+            )));
+        }
+        let mut fetched: Vec<(String, std::path::PathBuf)> = Vec::new();
+        let moved = async {
+            for target in owned_disks(&record.descriptor) {
+                let got = match &record.site {
+                    Some(_) => self.export_remote_disk(record, target).await,
+                    None => self.export_local_disk(record, target).await,
+                };
+                match got {
+                    Ok(path) => fetched.push((target.to_owned(), path)),
+                    // Never written: nothing to move.
+                    Err(CoreError::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            self.rest_at(record, to.as_ref(), &fetched).await
+        }
+        .await;
+        for (_, path) in &fetched {
+            if let Err(e) = super::remove_file_if_present(path).await {
+                tracing::warn!(vee = %record.id, error = %e, "cannot remove a fetched disk");
+            }
+        }
+        let remote = moved?;
+        let this = self.inner.sites.this();
+        let from = match &record.site {
+            Some(site) => format!("site {site}"),
+            None => format!("site {this}"),
+        };
+        let dest = match (&to, &remote) {
+            (Some(site), Some(remote)) => format!("site {site} as {remote}"),
+            _ => format!("site {this}"),
+        };
+        let note = format!(
+            "migrated from {from} to {dest} at rest with {} disk(s)",
+            fetched.len()
+        );
+        let updated = self
+            .update(seq, Some(note), |r| {
+                r.site = to.clone();
+                r.remote = remote.clone();
+                r.host = None;
+                r.reserved = false;
+            })
+            .await;
+        if let Err(e) = updated {
+            if let (Some(site), Some(remote)) = (&to, &remote) {
+                self.release_at(site, std::slice::from_ref(remote)).await;
+            }
+            return Err(e);
+        }
+        self.leave(seq, record).await;
+        if to.is_some() {
+            self.read_remote(seq).await?;
+        }
+        self.inner
+            .records
+            .get(seq)
+            .ok_or_else(|| CoreError::NotFound(format!("VEE {} was purged", record.id)))
+    }
+
+    /// Puts a resting VEE's fetched disks at its destination: this site's directory of it, or
+    /// a VEE of this VEEM's defined at `site` (DESTROYED there too when it was): its id there.
+    /// Nothing stays there when it fails.
+    async fn rest_at(
+        &self,
+        record: &VeeRecord,
+        site: Option<&SiteName>,
+        disks: &[(String, std::path::PathBuf)],
+    ) -> Result<Option<VeeId>, CoreError> {
+        let Some(site) = site else {
+            let dir = self.vee_dir(&record.id);
+            for (target, path) in disks {
+                let disk = veem_layout::disk_path(&dir, target);
+                if let Some(parent) = disk.parent() {
+                    tokio::fs::create_dir_all(parent)
+                        .await
+                        .map_err(|e| CoreError::internal("creating the disk directory", e))?;
+                }
+                tokio::fs::rename(path, &disk)
+                    .await
+                    .map_err(|e| CoreError::internal("moving a disk into place", e))?;
+            }
+            return Ok(None);
+        };
+        let client = self.inner.sites.client(site)?;
+        let descriptor = self.descriptor_for_site(&record.owner, &record.descriptor);
+        self.send_images(&record.owner, &descriptor, site, &client)
+            .await?;
+        let made = client
+            .initialize(&veem_api::InitializeRequest {
+                model: InitModel::Besteffort,
+                count: 1,
+                descriptor,
+            })
+            .await
+            .map_err(|e| super::federation::site_error(site, e))?;
+        let remote = made
+            .vees
+            .first()
+            .and_then(|v| VeeId::parse(&v.id).ok())
+            .ok_or_else(|| {
+                CoreError::host_failed(format!("site {site} defined no VEE: {:?}", made.vees))
+            })?;
+        let filled = async {
+            for (target, path) in disks {
+                client
+                    .upload_disk(remote.as_str(), target, path)
+                    .await
+                    .map_err(|e| super::federation::site_error(site, e))?;
+            }
+            if record.state == VmiState::Destroyed {
+                let answer = client
+                    .update_state(&veem_api::UpdateStateRequest {
+                        order: veem_api::Order::List,
+                        ids: vec![remote.to_string()],
+                        action: ControlAction::Destroy,
+                        timeout_ms: None,
+                    })
+                    .await
+                    .map_err(|e| super::federation::site_error(site, e))?;
+                if let Some(failed) = answer.failed.first() {
+                    return Err(CoreError::host_failed(format!(
+                        "site {site}: {}",
+                        failed.detail
+                    )));
+                }
+            }
+            Ok(())
+        };
+        match filled.await {
+            Ok(()) => Ok(Some(remote)),
+            Err(e) => {
+                self.release_at(site, std::slice::from_ref(&remote)).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// `PUT /vees/{id}/disks/{target}`: where the contents of a disk of the caller's DEFINED or
+    /// DESTROYED VEE go, once it is one the VEE owns (not a disk used in place, nor a cdrom).
+    pub fn disk_to_import(
+        &self,
+        caller: &Caller,
+        id: &VeeId,
+        target: &str,
+    ) -> Result<std::path::PathBuf, CoreError> {
+        let record = self.inner.records.lookup(caller, id)?;
+        if let Some(site) = &record.site {
+            return Err(CoreError::WrongState(format!(
+                "VEE {id} rests at site {site}; its disks are put there"
+            )));
+        }
+        if !matches!(record.state, VmiState::Defined | VmiState::Destroyed) {
+            return Err(CoreError::WrongState(format!(
+                "VEE {id} is {}; a disk is put in DEFINED or DESTROYED",
+                record.state
+            )));
+        }
+        if !owned_disks(&record.descriptor).any(|t| t == target) {
+            return Err(CoreError::NotFound(format!(
+                "VEE {id} has no disk {target} of its own (a disk used in place and a cdrom are their sources')"
+            )));
+        }
+        Ok(veem_layout::disk_path(&self.vee_dir(&record.id), target))
     }
 
     /// Makes the destination wait for the VEE: a host placed here, or a VEE of this VEEM's at
@@ -574,4 +759,14 @@ impl Veem {
             ))),
         }
     }
+}
+
+/// The targets of the disks a VEE owns (blank ones and clones, in its directory): those a
+/// migration moves.
+fn owned_disks(descriptor: &VeeDescriptor) -> impl Iterator<Item = &str> {
+    descriptor
+        .disks
+        .iter()
+        .filter(|d| d.kind == veem_model::DiskKind::Disk && (d.clone || d.source.is_none()))
+        .filter_map(|d| d.target.as_deref())
 }
