@@ -577,3 +577,52 @@ async fn a_real_guest_moves_live_and_cold_between_sites_writing_on() {
         if i > 0.0 { c / i } else { f64::NAN }
     );
 }
+
+/// The destination dies while the VEE is being sent to it (kill -9): the primary cannot tell
+/// it to run the VEE, which then runs nowhere; once the destination is back, the primary asks
+/// again and it runs there, once, and nothing of it is at the source.
+#[tokio::test]
+async fn a_migration_cut_after_the_send_runs_the_vee_at_its_destination_once_it_is_back() {
+    let west = Server::start_with(Setup {
+        hosts: vec![("h1", 8, 16384, "latency_ms = { migrate = 2500 }")],
+        ..site_setup("west")
+    })
+    .await;
+    let mut east = site("east").await;
+    register(&west, &east, "east").await;
+    let id = running(&west, "cut", &[]).await;
+    let moving = {
+        let ops = west.ops.clone();
+        let id = id.clone();
+        tokio::spawn(async move { ops.migrate_vee_to_site(&id, &to_site("east", true)).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
+    east.kill9();
+    let e = moving
+        .await
+        .expect("the call ends")
+        .expect_err("east cannot be told to run it");
+    assert_eq!(e.code(), Some("site_unreachable"), "{e}");
+    let view = get(&west.a, &id).await;
+    assert_eq!(view.site, "east", "it went to east: it is nowhere else");
+    assert!(!disk_at(&west, &id).exists(), "nothing of it stays at west");
+
+    east.start_again().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let view = get(&west.a, &id).await;
+        if view.state == VmiState::Active && view.phase.is_none() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never completed at east: {view:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let there = named(&east, "cut").await.expect("east runs it");
+    assert_eq!(there.state, VmiState::Active);
+    assert!(disk_at(&east, &there.id).exists(), "with its disk");
+    ctl_ok(&west.a, ControlAction::Pause, &[&id]).await;
+    assert_eq!(state_of(&west.a, &id).await, VmiState::Paused);
+}

@@ -346,10 +346,21 @@ impl Veem {
             return Ok(());
         };
         let client = self.inner.sites.client(site)?;
-        let view = client
+        let mut view = client
             .get_vee(remote.as_str())
             .await
             .map_err(|e| site_error(site, e))?;
+        if record.phase == Some(Phase::Migrating)
+            && view.state == veem_model::VmiState::Defined
+            && view.phase == Some(Phase::Migrating)
+        {
+            // A migration sent there that the site could not be told to complete (it did not
+            // answer then): it runs there now if the whole VEE arrived, and only then.
+            view = client
+                .complete_incoming(remote.as_str())
+                .await
+                .map_err(|e| site_error(site, e))?;
+        }
         // The site's descriptor, but for the preference of sites and the tags, which are the
         // primary's (the site holds them marked with their owner).
         let mut descriptor = view.descriptor;
@@ -389,7 +400,7 @@ impl Veem {
     }
 
     /// Reads a remote VEE again once the action on it, if any, is over.
-    async fn refresh_remote(&self, seq: u64) -> Result<(), CoreError> {
+    pub(super) async fn refresh_remote(&self, seq: u64) -> Result<(), CoreError> {
         let Some(lock) = self.inner.records.op_lock(seq) else {
             return Ok(());
         };

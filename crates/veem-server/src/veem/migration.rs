@@ -31,6 +31,11 @@ use super::{agent_result, placement_error, Veem};
 use crate::auth::Caller;
 use crate::error::CoreError;
 
+/// How often, and how many times, a migration sent to a site that could not be told to
+/// complete it is completed again.
+const COMPLETE_RETRY: Duration = Duration::from_secs(2);
+const COMPLETE_ATTEMPTS: u32 = 300;
+
 /// How long each control action a migration makes (a pause, a restore) may take.
 const STEP_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -396,7 +401,10 @@ impl Veem {
         match (&receiver, completed) {
             (Receiver::Host(_), Ok(())) => {}
             (Receiver::Site(..), Ok(())) => self.read_remote(seq).await?,
-            (_, Err(e)) => {
+            (receiver, Err(e)) => {
+                if let Receiver::Site(..) = receiver {
+                    self.complete_later(seq);
+                }
                 // It waits there, whole, for a completion (the destination's word decides).
                 let detail =
                     format!("the migration to {receiver} was sent but not completed there: {e}");
@@ -726,6 +734,29 @@ impl Veem {
                 self.wake_placer();
             }
         }
+    }
+
+    /// Asks the destination site again, every [`COMPLETE_RETRY`] for a while, to complete a
+    /// migration sent there that it could not be told to complete (see `read_remote`); after
+    /// that, the site's return after a silence asks it again.
+    fn complete_later(&self, seq: u64) {
+        let veem = self.clone();
+        tokio::spawn(async move {
+            for _ in 0..COMPLETE_ATTEMPTS {
+                tokio::time::sleep(COMPLETE_RETRY).await;
+                let waiting = veem
+                    .inner
+                    .records
+                    .get(seq)
+                    .is_some_and(|r| r.phase == Some(Phase::Migrating) && r.site.is_some());
+                if !waiting {
+                    return;
+                }
+                if let Err(e) = veem.refresh_remote(seq).await {
+                    tracing::debug!(vee = %VeeId::from_seq(seq), error = %e, "a migration still waits for its completion");
+                }
+            }
+        });
     }
 
     /// Resumes at its source a VEE a cold migration paused, when the migration failed.
