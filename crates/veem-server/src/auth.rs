@@ -17,7 +17,7 @@ pub struct Caller {
 
 pub struct Authenticator {
     principals: Vec<([u8; 32], Caller)>,
-    /// The principals whose config opens `send` to them (`send_vees`).
+    /// The principals whose config opens migration between sites to them (`migrate_vees`).
     senders: Vec<Principal>,
 }
 
@@ -35,7 +35,7 @@ impl Authenticator {
     pub fn new(principals: Vec<PrincipalConfig>) -> Self {
         let senders = principals
             .iter()
-            .filter(|p| p.send_vees)
+            .filter(|p| p.migrate_vees)
             .map(|p| p.name.clone())
             .collect();
         let principals = principals
@@ -57,8 +57,8 @@ impl Authenticator {
         }
     }
 
-    /// Whether `caller` may have its VEEs sent to an address it names (`send_vees`).
-    pub fn may_send_vees(&self, caller: &Caller) -> bool {
+    /// Whether `caller` may move its VEEs in and out of this site (`migrate_vees`).
+    pub fn may_migrate_vees(&self, caller: &Caller) -> bool {
         self.senders.contains(&caller.principal)
     }
 
@@ -91,7 +91,7 @@ mod tests {
             token: token.map(str::to_owned),
             token_sha256: sha.map(str::to_owned),
             admin,
-            send_vees: false,
+            migrate_vees: false,
         }
     }
 

@@ -124,11 +124,11 @@ pub struct PrincipalConfig {
     pub token_sha256: Option<String>,
     #[serde(default)]
     pub admin: bool,
-    /// Whether `POST /vees/{id}/send` is open to it: its VEEs' hosts then connect out to an
-    /// address it names. For the principal a peer site's VEEM presents (migration between
-    /// sites); nobody else needs it.
+    /// Whether the migration between sites is open to it (`POST /vees/incoming`, `POST
+    /// /vees/{id}/send`): hosts then listen for, and connect out to, addresses it names. For
+    /// the principal a peer site's VEEM presents; nobody else needs it.
     #[serde(default)]
-    pub send_vees: bool,
+    pub migrate_vees: bool,
 }
 
 impl PrincipalConfig {

@@ -250,15 +250,51 @@ async fn a_migration_is_an_admins_to_a_known_site_of_a_vee_with_a_place() {
     // `incoming/complete` only runs a VEE that waits for its migration.
     let e = east.a.complete_incoming(&mine).await.expect_err("refused");
     assert_eq!((e.status(), e.code()), (Some(409), Some("wrong_state")));
-    // An incoming VEE is the caller's own, defined from a valid descriptor.
-    let mut bad = small("bad");
-    bad.cpu = 0;
+    // A tenant opens no listener on a host either.
+    let incoming = |name: &str| IncomingRequest {
+        descriptor: small(name),
+    };
     let e = east
         .a
+        .receive_vee(&incoming("mine"))
+        .await
+        .expect_err("refused");
+    assert_eq!((e.status(), e.code()), (Some(403), Some("access_denied")));
+    assert!(named(&east, "mine").await.is_none(), "nothing defined");
+    // The peer's VEEM may, with a valid descriptor, and sends only over the network.
+    let peer = veem_client::Client::new(&east.url, &crate::federation::peer_token("east"))
+        .expect("a client");
+    let mut bad = small("bad");
+    bad.cpu = 0;
+    let e = peer
         .receive_vee(&IncomingRequest { descriptor: bad })
         .await
         .expect_err("refused");
-    assert_eq!(e.status(), Some(400));
+    assert_eq!(e.status(), Some(400), "{e}");
+    let waiting = peer
+        .receive_vee(&incoming("arriving"))
+        .await
+        .expect("ready");
+    assert!(waiting.uri.starts_with("sim://"), "{}", waiting.uri);
+    assert_eq!(waiting.vee.state, VmiState::Defined);
+    let theirs = init_one(&peer, small("theirs")).await;
+    ctl_ok(&peer, ControlAction::Activate, &[&theirs]).await;
+    let to_socket = SendRequest {
+        uri: "unix:/run/veem/some.sock".into(),
+        disks: None,
+    };
+    let e = peer
+        .send_vee(&theirs, &to_socket)
+        .await
+        .expect_err("refused");
+    assert_eq!(
+        (e.status(), e.code()),
+        (Some(400), Some("malformed_request"))
+    );
+    assert_eq!(state_of(&peer, &theirs).await, VmiState::Active);
+    // A VEE that never got its migration is dropped with a purge, and leaves nothing.
+    peer.purge_vee(&waiting.vee.id).await.expect("purged");
+    assert!(named(&east, "arriving").await.is_none());
 }
 
 #[tokio::test]

@@ -377,6 +377,7 @@ pub(super) async fn incoming(
     caller: Caller,
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<IncomingView>)> {
+    may_migrate(&state, &caller)?;
     let request: IncomingRequest = parse_json(&body, true)?;
     let (record, uri, disks) = state
         .veem
@@ -396,22 +397,27 @@ pub(super) async fn complete_incoming(
     Ok(Json(view(&record, &state.veem)))
 }
 
+/// Migration between sites makes hosts listen for, and connect out to, addresses a caller
+/// names: only principals whose config says `migrate_vees` (a peer site's VEEM) may ask it.
+fn may_migrate(state: &AppState, caller: &Caller) -> Result<(), CoreError> {
+    if state.auth.may_migrate_vees(caller) {
+        return Ok(());
+    }
+    Err(CoreError::AccessDenied(format!(
+        "principal {} may not move VEEs between sites (migrate_vees is not set for it)",
+        caller.principal
+    )))
+}
+
 /// `POST /vees/{id}/send`: the caller's VEE goes to what a `POST /vees/incoming` answered at
-/// another site. Its host connects out to the address given, so only principals whose config
-/// says `send_vees` (a peer site's VEEM) may ask it.
+/// another site.
 pub(super) async fn send(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult<Json<SentView>> {
-    if !state.auth.may_send_vees(&caller) {
-        return Err(CoreError::AccessDenied(format!(
-            "principal {} may not send VEEs to another site (send_vees is not set for it)",
-            caller.principal
-        ))
-        .into());
-    }
+    may_migrate(&state, &caller)?;
     let request: SendRequest = parse_json(&body, false)?;
     let sent = state
         .veem

@@ -36,6 +36,11 @@ use crate::error::CoreError;
 const COMPLETE_RETRY: Duration = Duration::from_secs(2);
 const COMPLETE_ATTEMPTS: u32 = 300;
 
+/// Where `send` sends a VEE and copies its disks: a destination's listener (the sim driver's
+/// `sim://` stands for one on a machine's own file system).
+const SEND_SCHEMES: [&str; 2] = ["tcp:", "sim://"];
+const COPY_SCHEMES: [&str; 2] = ["nbd://", "sim://"];
+
 /// How long each control action a migration makes (a pause, a restore) may take.
 const STEP_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -190,6 +195,21 @@ impl Veem {
         uri: String,
         disks: Option<DiskCopy>,
     ) -> Result<SentView, CoreError> {
+        // Over the network to a destination's listener, never to a socket of this host's.
+        if !SEND_SCHEMES.iter().any(|s| uri.starts_with(s)) {
+            return Err(CoreError::malformed(
+                "uri",
+                format!("{uri:?} is not tcp:host:port (what POST /vees/incoming answers)"),
+            ));
+        }
+        if let Some(copy) = &disks {
+            if !COPY_SCHEMES.iter().any(|s| copy.address.starts_with(s)) {
+                return Err(CoreError::malformed(
+                    "disks.address",
+                    format!("{:?} is not nbd://host:port", copy.address),
+                ));
+            }
+        }
         let (seq, _guard, record) = self.lock_vee(caller, id).await?;
         if let Some(site) = &record.site {
             return Err(CoreError::WrongState(format!(
