@@ -259,9 +259,12 @@ pub enum AgentRequest {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         copy_disks_to: Option<DiskCopy>,
     },
-    /// Resume an instance that has received its migration.
+    /// Resume an instance that has received its migration; with `paused`, leave it paused
+    /// instead (a PAUSED VEE moved between sites runs at no moment).
     CompleteIncoming {
         vee: VeeId,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        paused: bool,
     },
     /// Take a virtual LAN down on this host (its network was deleted): its bridge and VXLAN
     /// device go. `Ok` also when the host never had it.

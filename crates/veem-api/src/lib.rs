@@ -227,6 +227,15 @@ pub struct IncomingView {
     pub disks: Option<agent::DiskCopy>,
 }
 
+/// `POST /vees/{id}/incoming/complete` (a veem extension): the state the VEE whose migration
+/// arrived is left in, `ACTIVE` (the default) or `PAUSED` (it then runs at no moment here).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteIncomingRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<VmiState>,
+}
+
 /// `POST /vees/{id}/send` (a veem extension, for migration between sites): sends the caller's
 /// ACTIVE or PAUSED VEE to what a `POST /vees/incoming` answered at another site.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

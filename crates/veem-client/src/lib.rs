@@ -20,12 +20,12 @@ use serde::de::DeserializeOwned;
 use tokio::io::AsyncWriteExt;
 use tokio_util::io::ReaderStream;
 use veem_api::{
-    AccountingList, EventList, HostList, HostView, ImageList, ImageView, IncomingRequest,
-    IncomingView, InitializeRequest, InitializeResponse, ListenRequest, MigrateRequest,
-    NetworkList, NetworkRequest, NetworkView, PatchRequest, PatchResponse, PutMonitoringResponse,
-    SendRequest, SentView, SiteList, SiteMigrateRequest, SiteRequest, SiteView, SubmitRequest,
-    SubmitResponse, SubscribeRequest, SubscribeResponse, UnlistenRequest, UpdateStateRequest,
-    UpdateStateResponse, VeeList, VeeView, BASE_PATH,
+    AccountingList, CompleteIncomingRequest, EventList, HostList, HostView, ImageList, ImageView,
+    IncomingRequest, IncomingView, InitializeRequest, InitializeResponse, ListenRequest,
+    MigrateRequest, NetworkList, NetworkRequest, NetworkView, PatchRequest, PatchResponse,
+    PutMonitoringResponse, SendRequest, SentView, SiteList, SiteMigrateRequest, SiteRequest,
+    SiteView, SubmitRequest, SubmitResponse, SubscribeRequest, SubscribeResponse, UnlistenRequest,
+    UpdateStateRequest, UpdateStateResponse, VeeList, VeeView, BASE_PATH,
 };
 use veem_model::{EventType, InitModel, MonitoringEvent, VmiState};
 
@@ -285,10 +285,16 @@ impl Client {
         self.call(self.post(&["vees", "incoming"]).json(req)).await
     }
 
-    /// Runs a VEE whose migration arrived (a veem extension).
-    pub async fn complete_incoming(&self, id: &str) -> Result<VeeView, ClientError> {
-        self.call(self.post(&["vees", id, "incoming", "complete"]))
-            .await
+    /// Runs a VEE whose migration arrived, or leaves it `paused` (a veem extension).
+    pub async fn complete_incoming(&self, id: &str, paused: bool) -> Result<VeeView, ClientError> {
+        let request = CompleteIncomingRequest {
+            state: paused.then_some(VmiState::Paused),
+        };
+        self.call(
+            self.post(&["vees", id, "incoming", "complete"])
+                .json(&request),
+        )
+        .await
     }
 
     /// Sends a VEE to what [`Client::receive_vee`] answered at another site (a veem

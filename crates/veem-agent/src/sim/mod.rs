@@ -760,21 +760,30 @@ impl Driver for SimDriver {
         })
     }
 
-    async fn complete_incoming(&self, vee: &VeeId) -> Result<(), DriverError> {
+    async fn complete_incoming(&self, vee: &VeeId, paused: bool) -> Result<(), DriverError> {
         let delay = self.latency.for_op("complete_incoming");
         let _guard = self.enter("complete_incoming", vee, None, delay).await?;
         let mut instance = self.existing(vee)?;
         instance.expect_state(
             "complete_incoming",
-            &[InstanceState::Incoming, InstanceState::Running],
+            &[
+                InstanceState::Incoming,
+                InstanceState::Running,
+                InstanceState::Paused,
+            ],
         )?;
-        if instance.state == InstanceState::Running {
+        if instance.state != InstanceState::Incoming {
             return Ok(());
         }
         let boot_id_file = instance.spec.vee_dir.join(BOOT_ID_FILE);
         instance.boot_id = Some(read_boot_id(&boot_id_file).await?);
-        instance.start_clock(now_ms());
-        instance.state = InstanceState::Running;
+        // A paused guest's clock does not run.
+        instance.state = if paused {
+            InstanceState::Paused
+        } else {
+            instance.start_clock(now_ms());
+            InstanceState::Running
+        };
         self.commit(instance).await?;
         // Only tidiness: the next migration writes the file again before it is read.
         if let Err(e) = fsutil::remove_if_present(&boot_id_file).await {

@@ -96,6 +96,13 @@ async fn a_vee_moves_cold_to_a_site_and_back_in_the_state_it_had_and_nothing_sta
         );
         let there = named(&east, name).await.expect("east runs it");
         assert_eq!(there.state, state, "{name} at east");
+        if state != VmiState::Active {
+            let events = east.ops.vee_events(&there.id).await.expect("events").events;
+            assert!(
+                events.iter().all(|e| e.to != VmiState::Active),
+                "{name} never ran at east: {events:?}"
+            );
+        }
         assert!(
             disk_at(&east, &there.id).exists(),
             "{name}'s disk went to east"
@@ -248,7 +255,11 @@ async fn a_migration_is_an_admins_to_a_known_site_of_a_vee_with_a_place() {
     assert_eq!((e.status(), e.code()), (Some(403), Some("access_denied")));
     assert_eq!(state_of(&east.a, &mine).await, VmiState::Active);
     // `incoming/complete` only runs a VEE that waits for its migration.
-    let e = east.a.complete_incoming(&mine).await.expect_err("refused");
+    let e = east
+        .a
+        .complete_incoming(&mine, false)
+        .await
+        .expect_err("refused");
     assert_eq!((e.status(), e.code()), (Some(409), Some("wrong_state")));
     // A tenant opens no listener on a host either.
     let incoming = |name: &str| IncomingRequest {
@@ -576,6 +587,29 @@ async fn a_real_guest_moves_live_and_cold_between_sites_writing_on() {
                 .await;
     }
     assert!(named(&east, name).await.is_none(), "nothing stays at east");
+    // PAUSED: it moves, to east and back, and runs at no moment until it is activated.
+    ctl_ok(&west.a, ControlAction::Pause, &[&id]).await;
+    let console = console_of(&west, &east, &id, name).await;
+    let paused_at =
+        crate::qemu_guests::last_write(&std::fs::read_to_string(&console).unwrap_or_default());
+    for (site, live) in [("east", false), ("west", true)] {
+        let moved = migrate(&west, &id, site, live).await;
+        assert_eq!((moved.site.as_str(), moved.state), (site, VmiState::Paused));
+        let (note, _, _) = last_move(&west, &id).await;
+        step("between sites, paused", &note);
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let console = console_of(&west, &east, &id, name).await;
+        let now =
+            crate::qemu_guests::last_write(&std::fs::read_to_string(&console).unwrap_or_default());
+        assert!(
+            now <= paused_at,
+            "it wrote while paused at {site}: {now:?} after {paused_at:?}"
+        );
+    }
+    ctl_ok(&west.a, ControlAction::Activate, &[&id]).await;
+    written =
+        crate::qemu_guests::wait_write(&console_of(&west, &east, &id, name).await, written + 3)
+            .await;
     let host = get(&west.a, &id).await.host.expect("on a host").to_string();
     let other = if host == "h1" { "h2" } else { "h1" };
     assert!(

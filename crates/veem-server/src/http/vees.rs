@@ -13,9 +13,10 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Json;
 use veem_api::{
-    EventList, IncomingRequest, IncomingView, InitializeRequest, InitializeResponse,
-    InitializedVee, MigrateRequest, PatchRequest, PatchResponse, SendRequest, SentView, SiteState,
-    SubmitRequest, SubmitResponse, UpdateStateRequest, UpdateStateResponse, VeeList, VeeView,
+    CompleteIncomingRequest, EventList, IncomingRequest, IncomingView, InitializeRequest,
+    InitializeResponse, InitializedVee, MigrateRequest, PatchRequest, PatchResponse, SendRequest,
+    SentView, SiteState, SubmitRequest, SubmitResponse, UpdateStateRequest, UpdateStateResponse,
+    VeeList, VeeView,
 };
 use veem_model::{
     DescriptorError, HostId, InitModel, SiteName, VeeDescriptor, VeeId, VeeRecord, VmiState,
@@ -387,13 +388,34 @@ pub(super) async fn incoming(
     Ok((StatusCode::CREATED, Json(IncomingView { vee, uri, disks })))
 }
 
-/// `POST /vees/{id}/incoming/complete`: the VEE whose migration arrived runs.
+/// `POST /vees/{id}/incoming/complete`: the VEE whose migration arrived runs (or rests
+/// paused, with `{"state": "PAUSED"}`).
 pub(super) async fn complete_incoming(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
+    body: Bytes,
 ) -> ApiResult<Json<VeeView>> {
-    let record = state.veem.complete_incoming(&caller, &vee_id(&id)?).await?;
+    let request: CompleteIncomingRequest = if body.is_empty() {
+        CompleteIncomingRequest::default()
+    } else {
+        parse_json(&body, false)?
+    };
+    let paused = match request.state {
+        None | Some(VmiState::Active) => false,
+        Some(VmiState::Paused) => true,
+        Some(other) => {
+            return Err(CoreError::malformed(
+                "state",
+                format!("a VEE that arrived is left ACTIVE or PAUSED, not {other}"),
+            )
+            .into())
+        }
+    };
+    let record = state
+        .veem
+        .complete_incoming(&caller, &vee_id(&id)?, paused)
+        .await?;
     Ok(Json(view(&record, &state.veem)))
 }
 

@@ -456,7 +456,7 @@ impl Veem {
                     return Err(e);
                 }
             };
-            self.complete_incoming_on(&dest, &record.id)
+            self.complete_incoming_on(&dest, &record.id, false)
                 .await
                 .map(|()| moved)
         };

@@ -356,8 +356,13 @@ impl Veem {
         {
             // A migration sent there that the site could not be told to complete (it did not
             // answer then): it runs there now if the whole VEE arrived, and only then.
+            // The state it had is not known here: left paused if its record says so (a cold
+            // move of an ACTIVE VEE then comes back PAUSED: nothing runs that was not asked to).
             view = client
-                .complete_incoming(remote.as_str())
+                .complete_incoming(
+                    remote.as_str(),
+                    record.state == veem_model::VmiState::Paused,
+                )
                 .await
                 .map_err(|e| site_error(site, e))?;
         }

@@ -109,13 +109,17 @@ impl Veem {
         )
     }
 
-    /// Lets the instance on `host` that received its migration run.
+    /// Lets the instance on `host` that received its migration run, or leaves it `paused`.
     pub(super) async fn complete_incoming_on(
         &self,
         host: &HostId,
         vee: &VeeId,
+        paused: bool,
     ) -> Result<(), CoreError> {
-        let request = AgentRequest::CompleteIncoming { vee: vee.clone() };
+        let request = AgentRequest::CompleteIncoming {
+            vee: vee.clone(),
+            paused,
+        };
         agent_result(host, self.inner.hosts.call(host, request).await).map(drop)
     }
 
@@ -158,11 +162,13 @@ impl Veem {
         }
     }
 
-    /// `POST /vees/{id}/incoming/complete`: runs a VEE whose migration arrived (ACTIVE).
+    /// `POST /vees/{id}/incoming/complete`: runs a VEE whose migration arrived (ACTIVE), or
+    /// leaves it `paused` (PAUSED).
     pub async fn complete_incoming(
         &self,
         caller: &Caller,
         id: &VeeId,
+        paused: bool,
     ) -> Result<VeeRecord, CoreError> {
         let (seq, _guard, record) = self.lock_vee(caller, id).await?;
         let waiting = record.state == VmiState::Defined
@@ -175,10 +181,15 @@ impl Veem {
             )));
         }
         let host = Self::host_of(&record)?;
-        self.complete_incoming_on(&host, &record.id).await?;
+        self.complete_incoming_on(&host, &record.id, paused).await?;
         let h = host.clone();
-        self.update(seq, Some(format!("migrated in, running on {host}")), |r| {
-            r.settle(VmiState::Active, VeemState::Active);
+        let (state, veem_state, how) = if paused {
+            (VmiState::Paused, VeemState::Hold, "paused")
+        } else {
+            (VmiState::Active, VeemState::Active, "running")
+        };
+        self.update(seq, Some(format!("migrated in, {how} on {host}")), |r| {
+            r.settle(state, veem_state);
             r.host = Some(h);
             r.reserved = false;
         })
@@ -347,11 +358,13 @@ impl Veem {
             self.resume_after_failure(seq, paused_for_move).await;
             return Err(e);
         }
+        // A PAUSED (or SUSPENDED) VEE is left paused there: it runs at no moment.
+        let paused = matches!(was, VmiState::Paused | VmiState::Suspended);
         let sent = self.send_from(record, uri, disks).await;
         let (sent, completed) = match sent {
             Ok(sent) => (sent, false),
             // Whether it arrived is the destination's to say: it completes only a whole VEE.
-            Err(e) => match self.complete_at(&receiver, &record.id).await {
+            Err(e) => match self.complete_at(&receiver, &record.id, paused).await {
                 Ok(()) => {
                     tracing::warn!(vee = %record.id, error = %e, %receiver, "the send failed yet the VEE arrived whole; it runs at its destination");
                     (None, true)
@@ -383,14 +396,16 @@ impl Veem {
         let completed = if completed {
             Ok(())
         } else {
-            self.complete_at(&receiver, &record.id).await
+            self.complete_at(&receiver, &record.id, paused).await
         };
         let resumed_ms = sent_at.elapsed().as_millis();
         // Tools parse this note: keep its words and their order.
         let note = match sent {
             Some(s) => format!(
-                "migrated from {from} to {receiver} in {} ms (downtime {} ms; running there {resumed_ms} ms after)",
-                s.total_ms, s.downtime_ms
+                "migrated from {from} to {receiver} in {} ms (downtime {} ms; {} there {resumed_ms} ms after)",
+                s.total_ms,
+                s.downtime_ms,
+                if paused { "paused" } else { "running" }
             ),
             None => format!("migrated from {from} to {receiver}"),
         };
@@ -401,8 +416,10 @@ impl Veem {
                     r.site = None;
                     r.remote = None;
                     r.host = Some(host.clone());
-                    if running {
-                        r.settle(VmiState::Active, VeemState::Active);
+                    match (running, paused) {
+                        (true, false) => r.settle(VmiState::Active, VeemState::Active),
+                        (true, true) => r.settle(VmiState::Paused, VeemState::Hold),
+                        (false, _) => {}
                     }
                 }
                 Receiver::Site(site, remote) => {
@@ -432,12 +449,6 @@ impl Veem {
                     .await?;
                 return Err(e);
             }
-        }
-        match was {
-            VmiState::Paused | VmiState::Suspended => {
-                self.act_held(seq, ControlAction::Pause).await?
-            }
-            _ => {}
         }
         if was == VmiState::Suspended {
             self.act_held(seq, ControlAction::Suspend).await?;
@@ -698,14 +709,19 @@ impl Veem {
         }
     }
 
-    /// Lets the VEE run at its destination once it arrived.
-    async fn complete_at(&self, receiver: &Receiver, vee: &VeeId) -> Result<(), CoreError> {
+    /// Lets the VEE run at its destination once it arrived, or leaves it `paused` there.
+    async fn complete_at(
+        &self,
+        receiver: &Receiver,
+        vee: &VeeId,
+        paused: bool,
+    ) -> Result<(), CoreError> {
         match receiver {
-            Receiver::Host(host) => self.complete_incoming_on(host, vee).await,
+            Receiver::Host(host) => self.complete_incoming_on(host, vee, paused).await,
             Receiver::Site(site, remote) => {
                 let client = self.inner.sites.client(site)?;
                 client
-                    .complete_incoming(remote.as_str())
+                    .complete_incoming(remote.as_str(), paused)
                     .await
                     .map(drop)
                     .map_err(|e| super::federation::site_error(site, e))
