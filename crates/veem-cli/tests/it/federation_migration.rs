@@ -190,6 +190,18 @@ async fn a_vee_moves_live_from_one_site_to_another_by_the_cli() {
     // A migration to where it is already changes nothing.
     let same = migrate(&west, &id, "north", true).await;
     assert_eq!(same.site, "north");
+
+    // A VEE with no disk of its own moves too (only its memory goes).
+    let bare = init_one(&west.a, small("bare")).await;
+    ctl_ok(&west.a, ControlAction::Activate, &[&bare]).await;
+    for (site, live) in [("east", true), ("west", false), ("north", false)] {
+        let moved = migrate(&west, &bare, site, live).await;
+        assert_eq!((moved.site.as_str(), moved.state), (site, VmiState::Active));
+    }
+    assert!(
+        named(&east, "bare").await.is_none(),
+        "nothing stays at east"
+    );
 }
 
 #[tokio::test]
