@@ -315,6 +315,29 @@ async fn a_migration_is_an_admins_to_a_known_site_of_a_vee_with_a_place() {
         (Some(400), Some("malformed_request"))
     );
     assert_eq!(state_of(&peer, &theirs).await, VmiState::Active);
+    // A destination without room refuses at once (it reserves as TWOPHASE does): the VEE
+    // runs on where it was. East has 6 CPUs free now, west 7.
+    let wide = {
+        let mut d = small("wide");
+        d.cpu = 7;
+        init_one(&west.a, d).await
+    };
+    ctl_ok(&west.a, ControlAction::Activate, &[&wide]).await;
+    assert_eq!(
+        refused(
+            west.ops
+                .migrate_vee_to_site(&wide, &to_site("east", true))
+                .await
+        ),
+        (409, "insufficient_resources".to_owned()),
+        "no room at east"
+    );
+    let view = get(&west.a, &wide).await;
+    assert_eq!((view.site.as_str(), view.state), ("west", VmiState::Active));
+    assert!(
+        named(&east, "wide").await.is_none(),
+        "nothing of it at east"
+    );
     // A VEE that never got its migration is dropped with a purge, and leaves nothing.
     peer.purge_vee(&waiting.vee.id).await.expect("purged");
     assert!(named(&east, "arriving").await.is_none());
