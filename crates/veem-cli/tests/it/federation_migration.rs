@@ -731,3 +731,65 @@ async fn a_migration_cut_after_the_send_runs_the_vee_at_its_destination_once_it_
     ctl_ok(&west.a, ControlAction::Pause, &[&id]).await;
     assert_eq!(state_of(&west.a, &id).await, VmiState::Paused);
 }
+
+/// The source site dies while it is asked to send the VEE (kill -9, before it sent anything):
+/// whether the VEE left it is the source's to say, so the destination keeps it waiting, never
+/// running; once the source is back and says it still runs the VEE, the destination is dropped.
+#[tokio::test]
+async fn a_migration_whose_source_dies_before_sending_leaves_the_vee_at_the_source() {
+    let west = site("west").await;
+    let mut east = Server::start_with(Setup {
+        hosts: vec![("h1", 8, 16384, "latency_ms = { migrate = 2500 }")],
+        ..site_setup("east")
+    })
+    .await;
+    register(&west, &east, "east").await;
+    let id = running(&west, "doubt", &["east"]).await;
+    let moving = {
+        let ops = west.ops.clone();
+        let id = id.clone();
+        tokio::spawn(async move { ops.migrate_vee_to_site(&id, &to_site("west", true)).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
+    east.kill9();
+    let e = moving
+        .await
+        .expect("the call ends")
+        .expect_err("east does not answer");
+    assert_eq!(e.code(), Some("site_unreachable"), "{e}");
+    let view = get(&west.a, &id).await;
+    assert_eq!(
+        view.site, "east",
+        "its source is east until east says otherwise"
+    );
+
+    east.start_again().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let view = get(&west.a, &id).await;
+        if view.phase.is_none() && view.state == VmiState::Active {
+            assert_eq!(view.site, "east");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the migration never settled: {view:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        named(&east, "doubt").await.map(|v| v.state),
+        Some(VmiState::Active),
+        "it runs at east"
+    );
+    // Nothing waits for it at west any more.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while west.data_dir().join("vees").join(&id).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "west keeps its directory"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    ctl_ok(&west.a, ControlAction::Pause, &[&id]).await;
+}

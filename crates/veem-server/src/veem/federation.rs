@@ -602,7 +602,7 @@ impl Veem {
     }
 
     /// Where a remote VEE runs, and its id there.
-    fn remote_of(record: &VeeRecord) -> Result<(&SiteName, &VeeId), CoreError> {
+    pub(super) fn remote_of(record: &VeeRecord) -> Result<(&SiteName, &VeeId), CoreError> {
         match (&record.site, &record.remote) {
             (Some(site), Some(remote)) => Ok((site, remote)),
             _ => Err(CoreError::broken(format!(

@@ -358,28 +358,47 @@ impl Veem {
             self.resume_after_failure(seq, paused_for_move).await;
             return Err(e);
         }
+        let sent = match self.send_from(record, uri, disks).await {
+            Ok(sent) => sent,
+            Err(e) => {
+                // A source that answered said the VEE stays there; a source site whose answer
+                // was lost is asked what it kept: only its word says whether the VEE left it.
+                let unanswered = record.site.is_some()
+                    && matches!(e, CoreError::SiteUnreachable(_) | CoreError::Timeout(_));
+                let kept = if unanswered {
+                    self.source_kept(record).await
+                } else {
+                    Ok(true)
+                };
+                match kept {
+                    Ok(false) => None,
+                    Ok(true) => {
+                        self.drop_migration(seq, &receiver, paused_for_move).await;
+                        return Err(e);
+                    }
+                    Err(unknown) => {
+                        tracing::warn!(vee = %record.id, error = %unknown, %receiver, "whether a VEE left its site is not known yet; its destination waits");
+                        self.resolve_later(seq, receiver, paused_for_move, was);
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        self.arrive(seq, record, &receiver, sent, was).await
+    }
+
+    /// The VEE left its source whole: it runs (or rests paused) at its destination at once,
+    /// the books say where it is, and nothing of it is left at the source.
+    async fn arrive(
+        &self,
+        seq: u64,
+        record: &VeeRecord,
+        receiver: &Receiver,
+        sent: Option<SentView>,
+        was: VmiState,
+    ) -> Result<VeeRecord, CoreError> {
         // A PAUSED (or SUSPENDED) VEE is left paused there: it runs at no moment.
         let paused = matches!(was, VmiState::Paused | VmiState::Suspended);
-        let sent = self.send_from(record, uri, disks).await;
-        let (sent, completed) = match sent {
-            Ok(sent) => (sent, false),
-            // Whether it arrived is the destination's to say: it completes only a whole VEE.
-            Err(e) => match self.complete_at(&receiver, &record.id, paused).await {
-                Ok(()) => {
-                    tracing::warn!(vee = %record.id, error = %e, %receiver, "the send failed yet the VEE arrived whole; it runs at its destination");
-                    (None, true)
-                }
-                Err(_) => {
-                    self.abort_at(&receiver, &record.id).await;
-                    if let Err(left) = self.update(seq, None, |r| r.phase = None).await {
-                        tracing::warn!(vee = %record.id, error = %left, "cannot record a failed migration");
-                    }
-                    self.resume_after_failure(seq, paused_for_move).await;
-                    return Err(e);
-                }
-            },
-        };
-        // From here the VEE is at its destination, and only there.
         let from = match &record.site {
             Some(site) => format!("site {site}"),
             None => format!(
@@ -393,11 +412,7 @@ impl Veem {
         };
         // It runs there at once: the guest waits for nothing the books do.
         let sent_at = Instant::now();
-        let completed = if completed {
-            Ok(())
-        } else {
-            self.complete_at(&receiver, &record.id, paused).await
-        };
+        let completed = self.complete_at(receiver, &record.id, paused).await;
         let resumed_ms = sent_at.elapsed().as_millis();
         // Tools parse this note: keep its words and their order.
         let note = match sent {
@@ -411,7 +426,7 @@ impl Veem {
         };
         let running = completed.is_ok();
         let moved = self
-            .update(seq, Some(note), |r| match &receiver {
+            .update(seq, Some(note), |r| match receiver {
                 Receiver::Host(host) => {
                     r.site = None;
                     r.remote = None;
@@ -435,7 +450,7 @@ impl Veem {
             return Err(e);
         }
         self.leave(seq, record).await;
-        match (&receiver, completed) {
+        match (receiver, completed) {
             (Receiver::Host(_), Ok(())) => {}
             (Receiver::Site(..), Ok(())) => self.read_remote(seq).await?,
             (receiver, Err(e)) => {
@@ -457,6 +472,65 @@ impl Veem {
             .records
             .get(seq)
             .ok_or_else(|| CoreError::NotFound(format!("VEE {} was purged", record.id)))
+    }
+
+    /// Whether the source site still has the VEE (running or paused: the send did not take
+    /// it), or not (it was sent: DESTROYED or gone there); an error when the site does not say.
+    async fn source_kept(&self, record: &VeeRecord) -> Result<bool, CoreError> {
+        let (site, remote) = Self::remote_of(record)?;
+        let client = self.inner.sites.client(site)?;
+        match client.get_vee(remote.as_str()).await {
+            Ok(view) => Ok(matches!(view.state, VmiState::Active | VmiState::Paused)),
+            Err(e) if e.code() == Some(code::NOT_FOUND) => Ok(false),
+            Err(e) => Err(super::federation::site_error(site, e)),
+        }
+    }
+
+    /// Ends a migration that did not take the VEE from its source: nothing stays at the
+    /// destination, and a VEE paused for the move runs again.
+    async fn drop_migration(&self, seq: u64, receiver: &Receiver, paused_for_move: bool) {
+        self.abort_at(receiver, &VeeId::from_seq(seq)).await;
+        if let Err(left) = self.update(seq, None, |r| r.phase = None).await {
+            tracing::warn!(vee = %VeeId::from_seq(seq), error = %left, "cannot record a failed migration");
+        }
+        self.resume_after_failure(seq, paused_for_move).await;
+    }
+
+    /// Settles, once its source site answers again, a migration whose send got no answer: the
+    /// VEE arrives at its destination if it left the source, else the destination is dropped.
+    /// Meanwhile the destination keeps it waiting, never running (it runs only once told).
+    fn resolve_later(&self, seq: u64, receiver: Receiver, paused_for_move: bool, was: VmiState) {
+        let veem = self.clone();
+        tokio::spawn(async move {
+            for _ in 0..COMPLETE_ATTEMPTS {
+                tokio::time::sleep(COMPLETE_RETRY).await;
+                let Some(lock) = veem.inner.records.op_lock(seq) else {
+                    return;
+                };
+                let _guard = lock.lock_owned().await;
+                let Some(record) = veem.inner.records.get(seq) else {
+                    return;
+                };
+                let settled = match veem.source_kept(&record).await {
+                    Ok(false) => veem
+                        .arrive(seq, &record, &receiver, None, was)
+                        .await
+                        .map(drop),
+                    Ok(true) => {
+                        veem.drop_migration(seq, &receiver, paused_for_move).await;
+                        Ok(())
+                    }
+                    Err(e) => {
+                        tracing::debug!(vee = %record.id, error = %e, "the source of a migration does not answer yet");
+                        continue;
+                    }
+                };
+                if let Err(e) = settled {
+                    tracing::warn!(vee = %record.id, error = %e, "a migration settled with an error");
+                }
+                return;
+            }
+        });
     }
 
     /// Moves a DEFINED or DESTROYED VEE (its action lock held): no memory, only its disks,
@@ -733,8 +807,17 @@ impl Veem {
     async fn abort_at(&self, receiver: &Receiver, vee: &VeeId) {
         match receiver {
             Receiver::Host(host) => {
-                self.end_instance(host, vee).await;
+                // It came from another site: all this site has of it is what the move made.
+                let request = AgentRequest::Purge { vee: vee.clone() };
+                if let Err(e) = agent_result(host, self.inner.hosts.call(host, request).await) {
+                    tracing::warn!(%vee, %host, error = %e, "cannot drop a migration's destination on its host");
+                }
                 self.inner.placer.forget(vee.seq(), vee);
+                if let Err(e) = tokio::fs::remove_dir_all(self.vee_dir(vee)).await {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        tracing::warn!(%vee, error = %e, "cannot remove a migration's unfinished copy");
+                    }
+                }
             }
             Receiver::Site(site, remote) => {
                 self.release_at(site, std::slice::from_ref(remote)).await
