@@ -7,15 +7,15 @@
 //! on each host, whichever VEEM owns it.
 //!
 //! Rules kept here:
-//! - Only the destination's word ends a migration: a VEE runs there only once the whole of it
-//!   arrived (its hypervisor completes nothing less), and a send whose answer was lost is
-//!   settled by asking the destination to complete it: done there, or undone there and kept
-//!   at the source. So a migration cut short ends with the VEE at exactly one place.
+//! - Nothing runs at two places: the destination runs the VEE only when told to, and is told
+//!   only once the source let it go (its send answered, or, when that answer was lost, the
+//!   source site says it no longer has the VEE). A source that kept it drops the destination.
 //! - Nothing of it stays at the place it left: the source's VEE is purged there once it is
 //!   at its destination; a destination that did not get it is purged (or freed, here).
 //! - A VEE comes back in the state it had: a cold (`live: false`) migration pauses an ACTIVE
 //!   VEE for the move and resumes it there; a PAUSED one is paused again there; a SUSPENDED
-//!   one is restored at its site, paused, moved, and suspended there.
+//!   one is restored at its site, paused, moved, and suspended there. A PAUSED one is completed
+//!   paused: it runs at no moment at its destination.
 
 use std::time::{Duration, Instant};
 
