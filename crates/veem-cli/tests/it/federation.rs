@@ -106,12 +106,7 @@ pub(crate) fn refusal(result: Result<SiteView, ClientError>) -> (u16, String) {
 }
 
 /// Waits until `client` sees `site` in `state`.
-pub(crate) async fn wait_site(
-    client: &Client,
-    site: &str,
-    state: SiteState,
-    within: Duration,
-) -> SiteView {
+pub(crate) async fn wait_site(client: &Client, site: &str, state: SiteState, within: Duration) -> SiteView {
     let deadline = Instant::now() + within;
     loop {
         let view = client.get_site(site).await.expect("the site is registered");
@@ -638,11 +633,7 @@ async fn twophase_is_all_or_nothing_across_sites() {
 
 /// A site named `name` with no host of its own and one remote sim agent of `cpus` CPUs, lost
 /// after `dead_after_ms` of silence.
-pub(crate) async fn site_with_agent(
-    name: &str,
-    cpus: u32,
-    dead_after_ms: u64,
-) -> (Server, RemoteAgent) {
+pub(crate) async fn site_with_agent(name: &str, cpus: u32, dead_after_ms: u64) -> (Server, RemoteAgent) {
     let server = Server::start_with(Setup {
         hosts: vec![],
         host_dead_after_ms: dead_after_ms,

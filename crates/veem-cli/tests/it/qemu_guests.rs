@@ -40,12 +40,7 @@ pub(crate) fn qemu_args(pid: u32) -> Vec<String> {
 }
 
 /// Waits until the VEE's view satisfies `done`.
-pub(crate) async fn wait_until(
-    s: &Server,
-    id: &str,
-    what: &str,
-    done: impl Fn(&VeeView) -> bool,
-) -> VeeView {
+pub(crate) async fn wait_until(s: &Server, id: &str, what: &str, done: impl Fn(&VeeView) -> bool) -> VeeView {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
         let v = get(&s.a, id).await;
@@ -298,12 +293,7 @@ async fn live_migration_without_shared_storage_copies_the_disks_of_a_guest_that_
 
 /// The console of a VEE on `host`: in its own directory for a host of `own`, else on the
 /// shared storage.
-pub(crate) fn console_path_on(
-    s: &Server,
-    own: &[&str],
-    host: &str,
-    id: &str,
-) -> std::path::PathBuf {
+pub(crate) fn console_path_on(s: &Server, own: &[&str], host: &str, id: &str) -> std::path::PathBuf {
     let dir = if own.contains(&host) {
         own_vee_dir(s, host, id)
     } else {

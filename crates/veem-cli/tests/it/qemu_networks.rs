@@ -15,11 +15,7 @@ use crate::harness::*;
 const PUBLIC_CIDR: &str = "10.213.7.0/24";
 const PRIVATE_CIDR: &str = "10.214.7.0/24";
 
-pub(crate) fn guest_on(
-    name: &str,
-    on: &[(&str, Option<&str>)],
-    probes: &[String],
-) -> VeeDescriptor {
+pub(crate) fn guest_on(name: &str, on: &[(&str, Option<&str>)], probes: &[String]) -> VeeDescriptor {
     let mut d = small(name);
     d.disks.push(tiny_disk());
     d.nics = nics(on);
