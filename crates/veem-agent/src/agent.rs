@@ -235,9 +235,10 @@ impl Agent {
                     total_ms: stats.total_ms,
                     downtime_ms: stats.downtime_ms,
                 }),
-            AgentRequest::CompleteIncoming { vee } => {
-                driver.complete_incoming(&vee).await.map(|()| done())
-            }
+            AgentRequest::CompleteIncoming { vee, paused } => driver
+                .complete_incoming(&vee, paused)
+                .await
+                .map(|()| done()),
             AgentRequest::RemoveLan { lan } => driver.remove_lan(&lan).await.map(|()| done()),
             AgentRequest::RefreshLan { lan } => driver.refresh_lan(&lan).await.map(|()| done()),
             AgentRequest::Purge { vee } => match driver.purge(&vee).await {

@@ -92,8 +92,8 @@ pub trait Driver: Send + Sync + 'static {
         copy_disks_to: Option<&DiskCopy>,
     ) -> Result<MigrationStats, DriverError>;
 
-    /// Lets an instance that received its migration run.
-    async fn complete_incoming(&self, vee: &VeeId) -> Result<(), DriverError>;
+    /// Lets an instance that received its migration run, or, `paused`, leaves it paused.
+    async fn complete_incoming(&self, vee: &VeeId, paused: bool) -> Result<(), DriverError>;
 
     /// Takes a virtual LAN down on this host (its bridge and VXLAN device); `Ok` also when the
     /// host never had it. The VEEM asks only once no VEE is on the LAN.

@@ -263,9 +263,12 @@ pub enum AgentRequest {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         copy_disks_to: Option<DiskCopy>,
     },
-    /// Resume an instance that has received its migration.
+    /// Resume an instance that has received its migration; with `paused`, leave it paused
+    /// instead (a PAUSED VEE moved between sites runs at no moment).
     CompleteIncoming {
         vee: VeeId,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        paused: bool,
     },
     /// A LAN's plan changed (another site joined it or left): a host that has the LAN builds
     /// it again as planned; one without it does nothing.

@@ -197,6 +197,62 @@ pub struct MigrateRequest {
     pub live: Option<bool>,
 }
 
+/// `POST /vees/{id}/migrate` to another site (`{"site": "east", "live": false}`): the VEE
+/// moves there with its disks, and its memory when it has any (admin, at its primary).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteMigrateRequest {
+    pub site: String,
+    /// `true` keeps it running while it moves; absent or `false` moves it paused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<bool>,
+}
+
+/// `POST /vees/incoming` (a veem extension, for migration between sites): defines a VEE of the
+/// caller's from `descriptor`, on a host of this site that waits for its migration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IncomingRequest {
+    pub descriptor: VeeDescriptor,
+}
+
+/// The answer to `POST /vees/incoming`: the VEE waiting, and where its sender sends it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IncomingView {
+    pub vee: VeeView,
+    /// Where the sender sends the VEE's memory and devices (`tcp:host:port`).
+    pub uri: String,
+    /// Where the sender copies the VEE's disks; absent when the host sees them already.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disks: Option<agent::DiskCopy>,
+}
+
+/// `POST /vees/{id}/incoming/complete` (a veem extension): the state the VEE whose migration
+/// arrived is left in, `ACTIVE` (the default) or `PAUSED` (it then runs at no moment here).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteIncomingRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<VmiState>,
+}
+
+/// `POST /vees/{id}/send` (a veem extension, for migration between sites): sends the caller's
+/// ACTIVE or PAUSED VEE to what a `POST /vees/incoming` answered at another site.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendRequest {
+    pub uri: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disks: Option<agent::DiskCopy>,
+}
+
+/// A migration's figures, as the sending host measured them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SentView {
+    pub total_ms: u64,
+    pub downtime_ms: u64,
+}
+
 /// One state change of a VEE (`GET /vees/{id}/events`, a veem extension).
 pub use veem_model::VeeEvent;
 

@@ -10,7 +10,7 @@ use clap::{ArgGroup, Args, Subcommand, ValueEnum};
 use serde::Serialize;
 use veem_api::{
     InitializeRequest, ItemFailure, MigrateRequest, NetworkView, Order, PatchApplied, PatchRequest,
-    SiteRequest, SiteView, UpdateStateRequest, VeeList,
+    SiteMigrateRequest, SiteRequest, SiteView, UpdateStateRequest, VeeList,
 };
 use veem_client::{Client, ClientError, ListQuery, OvfQuery};
 use veem_model::{
@@ -65,12 +65,20 @@ pub enum VeeCommand {
     },
     /// Change memory or CPUs (live when the VEE runs and stays within its ceilings)
     Patch(PatchArgs),
-    /// Move an ACTIVE VEE to another host without stopping it (admin)
+    /// Move an ACTIVE VEE to another host without stopping it, or a VEE to another site
+    /// (admin)
     Migrate {
         id: String,
         /// Target host; placement chooses when absent
-        #[arg(long)]
+        #[arg(long, conflicts_with = "site")]
         host: Option<String>,
+        /// Target site (this site's own name: its hosts); the VEE comes back in the state it
+        /// had, paused while it moves unless --live
+        #[arg(long)]
+        site: Option<String>,
+        /// Keep it running while it moves to another site
+        #[arg(long, requires = "site")]
+        live: bool,
     },
     /// Destroy VEEs and remove every byte stored for them
     Purge {
@@ -395,12 +403,29 @@ pub async fn run_vee(global: &GlobalArgs, command: VeeCommand) -> anyhow::Result
                 }
             }
         }
-        VeeCommand::Migrate { id, host } => {
-            let request = MigrateRequest {
-                host,
-                live: Some(true),
+        VeeCommand::Migrate {
+            id,
+            host,
+            site,
+            live,
+        } => {
+            let client = connect(global)?;
+            let vee = match site {
+                Some(site) => {
+                    let request = SiteMigrateRequest {
+                        site,
+                        live: Some(live),
+                    };
+                    client.migrate_vee_to_site(&id, &request).await?
+                }
+                None => {
+                    let request = MigrateRequest {
+                        host,
+                        live: Some(true),
+                    };
+                    client.migrate_vee(&id, &request).await?
+                }
             };
-            let vee = connect(global)?.migrate_vee(&id, &request).await?;
             match format {
                 OutputFormat::Json => emit(&to_json(&vee)?),
                 OutputFormat::Table => emit(&output::vee_table(&[vee]).render()),

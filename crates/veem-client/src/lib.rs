@@ -20,10 +20,11 @@ use serde::de::DeserializeOwned;
 use tokio::io::AsyncWriteExt;
 use tokio_util::io::ReaderStream;
 use veem_api::{
-    AccountingList, EventList, HostList, HostView, ImageList, ImageView, InitializeRequest,
-    InitializeResponse, ListenRequest, MigrateRequest, NetworkList, NetworkRequest, NetworkView,
-    PatchRequest, PatchResponse, PutMonitoringResponse, SiteList, SiteRequest, SiteView,
-    SubmitRequest, SubmitResponse, SubscribeRequest, SubscribeResponse, UnlistenRequest,
+    AccountingList, CompleteIncomingRequest, EventList, HostList, HostView, ImageList, ImageView,
+    IncomingRequest, IncomingView, InitializeRequest, InitializeResponse, ListenRequest,
+    MigrateRequest, NetworkList, NetworkRequest, NetworkView, PatchRequest, PatchResponse,
+    PutMonitoringResponse, SendRequest, SentView, SiteList, SiteMigrateRequest, SiteRequest,
+    SiteView, SubmitRequest, SubmitResponse, SubscribeRequest, SubscribeResponse, UnlistenRequest,
     UpdateStateRequest, UpdateStateResponse, VeeList, VeeView, BASE_PATH,
 };
 use veem_model::{EventType, InitModel, MonitoringEvent, VmiState};
@@ -268,6 +269,40 @@ impl Client {
             .await
     }
 
+    /// Moves a VEE to another site, `live` or paused (admin, at its primary).
+    pub async fn migrate_vee_to_site(
+        &self,
+        id: &str,
+        req: &SiteMigrateRequest,
+    ) -> Result<VeeView, ClientError> {
+        self.call(self.post(&["vees", id, "migrate"]).json(req))
+            .await
+    }
+
+    /// Defines a VEE of the caller's on a host that waits for its migration from another site
+    /// (a veem extension); the answer says where to send it.
+    pub async fn receive_vee(&self, req: &IncomingRequest) -> Result<IncomingView, ClientError> {
+        self.call(self.post(&["vees", "incoming"]).json(req)).await
+    }
+
+    /// Runs a VEE whose migration arrived, or leaves it `paused` (a veem extension).
+    pub async fn complete_incoming(&self, id: &str, paused: bool) -> Result<VeeView, ClientError> {
+        let request = CompleteIncomingRequest {
+            state: paused.then_some(VmiState::Paused),
+        };
+        self.call(
+            self.post(&["vees", id, "incoming", "complete"])
+                .json(&request),
+        )
+        .await
+    }
+
+    /// Sends a VEE to what [`Client::receive_vee`] answered at another site (a veem
+    /// extension); the VEE ends here once it arrived.
+    pub async fn send_vee(&self, id: &str, req: &SendRequest) -> Result<SentView, ClientError> {
+        self.call(self.post(&["vees", id, "send"]).json(req)).await
+    }
+
     /// Destroys the VEE if needed and removes every byte stored for it.
     pub async fn purge_vee(&self, id: &str) -> Result<(), ClientError> {
         self.send(self.http.delete(self.url(&["vees", id])))
@@ -289,6 +324,28 @@ impl Client {
     ) -> Result<u64, ClientError> {
         self.download(self.get(&["vees", id, "disks", target]), out)
             .await
+    }
+
+    /// Puts the contents of disk `target` of a DEFINED or DESTROYED VEE, streamed from `file`
+    /// (a veem extension, for migration between sites).
+    pub async fn upload_disk(
+        &self,
+        id: &str,
+        target: &str,
+        file: &Path,
+    ) -> Result<(), ClientError> {
+        let source = tokio::fs::File::open(file).await?;
+        let total = source.metadata().await?.len();
+        let request = self
+            .http
+            .put(self.url(&["vees", id, "disks", target]))
+            .header(header::CONTENT_TYPE, OCTET_STREAM)
+            .header(header::CONTENT_LENGTH, total)
+            .body(Body::wrap_stream(ReaderStream::with_capacity(
+                source,
+                UPLOAD_CHUNK_BYTES,
+            )));
+        self.send(request).await.map(drop)
     }
 
     /// Uploads an image, streaming it from `file`. `progress` is called with (bytes sent, total)

@@ -17,6 +17,8 @@ pub struct Caller {
 
 pub struct Authenticator {
     principals: Vec<([u8; 32], Caller)>,
+    /// The principals whose config opens migration between sites to them (`migrate_vees`).
+    senders: Vec<Principal>,
 }
 
 /// Whether two secrets are equal, in a time that does not tell how much of them is.
@@ -31,6 +33,11 @@ impl Authenticator {
     /// The principals of a checked config ([`crate::Config::parse`] refuses any whose token
     /// digest cannot be had, so none is left out here).
     pub fn new(principals: Vec<PrincipalConfig>) -> Self {
+        let senders = principals
+            .iter()
+            .filter(|p| p.migrate_vees)
+            .map(|p| p.name.clone())
+            .collect();
         let principals = principals
             .into_iter()
             .filter_map(|p| {
@@ -44,7 +51,15 @@ impl Authenticator {
                 ))
             })
             .collect();
-        Self { principals }
+        Self {
+            principals,
+            senders,
+        }
+    }
+
+    /// Whether `caller` may move its VEEs in and out of this site (`migrate_vees`).
+    pub fn may_migrate_vees(&self, caller: &Caller) -> bool {
+        self.senders.contains(&caller.principal)
     }
 
     /// The caller a token names, if any. Every principal is compared, so the time taken does
@@ -76,6 +91,7 @@ mod tests {
             token: token.map(str::to_owned),
             token_sha256: sha.map(str::to_owned),
             admin,
+            migrate_vees: false,
         }
     }
 

@@ -143,6 +143,11 @@ pub struct PrincipalConfig {
     pub token_sha256: Option<String>,
     #[serde(default)]
     pub admin: bool,
+    /// Whether the migration between sites is open to it (`POST /vees/incoming`, `POST
+    /// /vees/{id}/send`): hosts then listen for, and connect out to, addresses it names. For
+    /// the principal a peer site's VEEM presents; nobody else needs it.
+    #[serde(default)]
+    pub migrate_vees: bool,
 }
 
 impl PrincipalConfig {

@@ -1,12 +1,12 @@
 //! The image store's bytes: uploads are streamed to a temporary file beside their final place,
 //! made durable, then renamed, so an image is either whole or absent, and never held in memory.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use tokio::io::AsyncWriteExt;
-use veem_model::{ImageFormat, ImageName, ImageRecord};
+use veem_model::{ImageFormat, ImageName, ImageRecord, VeeId};
 
 use crate::auth::Caller;
 use crate::error::CoreError;
@@ -34,41 +34,8 @@ where
         .await
         .map_err(|e| CoreError::internal("creating the image directory", e))?;
     let tmp = dir.join(format!(".upload-{}-{}", name, now_ms()));
-    let result = async {
-        let mut file = tokio::fs::File::create(&tmp)
-            .await
-            .map_err(|e| CoreError::internal("creating the image file", e))?;
-        let mut size: u64 = 0;
-        let mut head = Vec::with_capacity(4);
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| {
-                CoreError::malformed("body", format!("the upload was cut short: {e}"))
-            })?;
-            if head.len() < 4 {
-                let take = (4 - head.len()).min(chunk.len());
-                head.extend_from_slice(&chunk[..take]);
-            }
-            size += chunk.len() as u64;
-            file.write_all(&chunk)
-                .await
-                .map_err(|e| CoreError::internal("writing the image", e))?;
-        }
-        if size == 0 {
-            return Err(CoreError::malformed("body", "an image cannot be empty"));
-        }
-        file.sync_all()
-            .await
-            .map_err(|e| CoreError::internal("syncing the image", e))?;
-        Ok((size, ImageFormat::sniff(&head)))
-    }
-    .await;
-    let (size, format) = match result {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(e);
-        }
-    };
+    let (size, head) = receive_upload(&mut body, &tmp, 4, "an image").await?;
+    let format = ImageFormat::sniff(&head);
     // Checked again: a VEE may have started to use the name while the bytes streamed in.
     if let Err(e) = veem.check_image_replaceable(&caller.principal, &name) {
         let _ = tokio::fs::remove_file(&tmp).await;
@@ -86,4 +53,165 @@ where
     };
     veem.images().put(record.clone()).await?;
     Ok(record)
+}
+
+/// `PUT /vees/{id}/disks/{target}`: streams the contents of a disk of the caller's DEFINED or
+/// DESTROYED VEE into place (migration between sites brings a resting VEE's disks so).
+pub async fn put_disk<S, E>(
+    veem: &Veem,
+    caller: &Caller,
+    id: &VeeId,
+    target: &str,
+    mut body: S,
+) -> Result<(), CoreError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let path = veem.disk_to_import(caller, id, target)?;
+    let dir = path
+        .parent()
+        .map(PathBuf::from)
+        .ok_or_else(|| CoreError::broken("a disk path has a parent"))?;
+    tokio::fs::create_dir_all(&dir)
+        .await
+        .map_err(|e| CoreError::internal("creating the disk directory", e))?;
+    let tmp = dir.join(format!(".upload-{target}-{}", now_ms()));
+    let (_, head) = receive_upload(&mut body, &tmp, QCOW2_V3_HEADER_BYTES, "a disk").await?;
+    // Checked again: the VEE may have been activated while the bytes streamed in.
+    let checked = check_uploaded_disk(&head).and_then(|()| veem.disk_to_import(caller, id, target));
+    if let Err(e) = checked {
+        let _ = tokio::fs::remove_file(&tmp).await;
+        return Err(e);
+    }
+    tokio::fs::rename(&tmp, &path)
+        .await
+        .map_err(|e| CoreError::internal("moving the disk into place", e))
+}
+
+/// The bytes of a qcow2 version 3 header up to its incompatible features.
+const QCOW2_V3_HEADER_BYTES: usize = 80;
+
+/// Streams an upload into `tmp` (synced): its size and its first `head_len` bytes (fewer when
+/// it is shorter). Nothing stays at `tmp` when it fails; an empty upload is refused.
+pub(crate) async fn receive_upload<S, E>(
+    body: &mut S,
+    tmp: &Path,
+    head_len: usize,
+    what: &str,
+) -> Result<(u64, Vec<u8>), CoreError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let result = async {
+        let mut file = tokio::fs::File::create(tmp)
+            .await
+            .map_err(|e| CoreError::internal("creating an upload's file", e))?;
+        let mut size: u64 = 0;
+        let mut head = Vec::with_capacity(head_len);
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| {
+                CoreError::malformed("body", format!("the upload was cut short: {e}"))
+            })?;
+            if head.len() < head_len {
+                let take = (head_len - head.len()).min(chunk.len());
+                head.extend_from_slice(&chunk[..take]);
+            }
+            size += chunk.len() as u64;
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| CoreError::internal("writing an upload", e))?;
+        }
+        if size == 0 {
+            return Err(CoreError::malformed(
+                "body",
+                format!("{what} cannot be empty"),
+            ));
+        }
+        file.sync_all()
+            .await
+            .map_err(|e| CoreError::internal("syncing an upload", e))?;
+        Ok((size, head))
+    }
+    .await;
+    if result.is_err() {
+        let _ = tokio::fs::remove_file(tmp).await;
+    }
+    result
+}
+
+/// Refuses a disk upload a host must not open: a qcow2 image that names another file (a
+/// backing file, an external data file) would let its uploader read that file through a VEE.
+/// `head` is the upload's first bytes (at least the 80 of a qcow2 version 3 header when it is
+/// one); anything that is not qcow2 is opened as qcow2 by the hosts and fails to, harmlessly.
+pub(crate) fn check_uploaded_disk(head: &[u8]) -> Result<(), CoreError> {
+    if !head.starts_with(b"QFI\xfb") {
+        return Ok(());
+    }
+    let be_u64 = |at: usize| -> Option<u64> {
+        head.get(at..at + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+    };
+    let refuse = |why: &str| Err(CoreError::malformed("body", format!("the disk {why}")));
+    let version = head
+        .get(4..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u32::from_be_bytes);
+    match (version, be_u64(8)) {
+        (Some(2 | 3), Some(0)) => {}
+        (Some(2 | 3), Some(_)) => return refuse("names a backing file; send a standalone qcow2"),
+        _ => return refuse("is not a qcow2 image of version 2 or 3"),
+    }
+    // Version 3: incompatible feature bit 2 is an external data file.
+    if version == Some(3) {
+        match be_u64(72) {
+            Some(features) if features & 0b100 == 0 => {}
+            Some(_) => return refuse("names an external data file"),
+            None => return refuse("has a cut qcow2 header"),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod upload_tests {
+    use super::check_uploaded_disk;
+
+    fn header(version: u32, backing_offset: u64, incompatible: u64) -> Vec<u8> {
+        let mut h = vec![0u8; 104];
+        h[..4].copy_from_slice(b"QFI\xfb");
+        h[4..8].copy_from_slice(&version.to_be_bytes());
+        h[8..16].copy_from_slice(&backing_offset.to_be_bytes());
+        h[72..80].copy_from_slice(&incompatible.to_be_bytes());
+        h
+    }
+
+    #[test]
+    fn an_uploaded_disk_names_no_other_file() {
+        assert!(check_uploaded_disk(&header(3, 0, 0)).is_ok());
+        assert!(check_uploaded_disk(&header(2, 0, 0)).is_ok());
+        assert!(
+            check_uploaded_disk(b"veem-sim blank disk").is_ok(),
+            "not qcow2"
+        );
+        assert!(
+            check_uploaded_disk(&header(3, 4096, 0)).is_err(),
+            "a backing file"
+        );
+        assert!(
+            check_uploaded_disk(&header(2, 4096, 0)).is_err(),
+            "a backing file"
+        );
+        assert!(
+            check_uploaded_disk(&header(3, 0, 0b100)).is_err(),
+            "a data file"
+        );
+        assert!(
+            check_uploaded_disk(&header(3, 0, 0)[..40]).is_err(),
+            "cut short"
+        );
+        assert!(check_uploaded_disk(&header(1, 0, 0)).is_err(), "version 1");
+    }
 }

@@ -629,8 +629,13 @@ impl QemuDriver {
         }
     }
 
-    /// Runs the guest a live migration brought here, once all of it has arrived.
-    pub(super) async fn complete_migration(&self, vee: &VeeId) -> Result<(), DriverError> {
+    /// Runs the guest a live migration brought here, once all of it has arrived; `paused`
+    /// leaves it paused (stopped again at once if QEMU started it by itself).
+    pub(super) async fn complete_migration(
+        &self,
+        vee: &VeeId,
+        paused: bool,
+    ) -> Result<(), DriverError> {
         let instance = self.existing(vee)?;
         let qmp = self.connect(&instance).await?;
         // A copy of the disks was received: the source completed it before it asked for this.
@@ -652,7 +657,14 @@ impl QemuDriver {
         let deadline = Instant::now() + Duration::from_millis(self.config.migration_timeout_ms);
         loop {
             match self.live_state(&instance).await? {
+                InstanceState::Running if paused => {
+                    qmp.execute(&qmp::Stop)
+                        .await
+                        .map_err(|e| qmp_failed("complete_incoming", e))?;
+                    return Ok(());
+                }
                 InstanceState::Running => return Ok(()),
+                InstanceState::Paused if paused => return Ok(()),
                 InstanceState::Paused => {
                     qmp.execute(&qmp::Cont)
                         .await

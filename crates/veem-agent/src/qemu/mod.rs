@@ -227,9 +227,9 @@ impl Driver for QemuDriver {
         self.send_migration(vee, uri, copy_disks_to).await
     }
 
-    async fn complete_incoming(&self, vee: &VeeId) -> Result<(), DriverError> {
+    async fn complete_incoming(&self, vee: &VeeId, paused: bool) -> Result<(), DriverError> {
         let _guard = self.lock_vee(vee).await;
-        self.complete_migration(vee).await
+        self.complete_migration(vee, paused).await
     }
 
     async fn purge(&self, vee: &VeeId) -> Result<(), DriverError> {

@@ -453,6 +453,14 @@ fn copy_destination(copy: &DiskCopy, spec: &DeploySpec) -> Result<PathBuf, Drive
     Ok(PathBuf::from(dir))
 }
 
+/// Where a migration's source leaves the boot identity beside the destination's `sim://` URI.
+fn uri_handover(uri: &str) -> PathBuf {
+    PathBuf::from(format!(
+        "{}.{BOOT_ID_FILE}",
+        uri.strip_prefix(URI_SCHEME).unwrap_or(uri)
+    ))
+}
+
 /// Reads the boot identity a migration's source left in the VEE's directory.
 async fn read_boot_id(path: &Path) -> Result<u64, DriverError> {
     let bytes = fsutil::read(path).await?;
@@ -747,6 +755,12 @@ impl Driver for SimDriver {
         };
         let boot_id_file = handover_dir.join(BOOT_ID_FILE);
         fsutil::write_atomic(&boot_id_file, boot_id.to_string().as_bytes()).await?;
+        // A destination on this machine that sees neither the VEE's directory nor its disks
+        // here (another site's, a VEE owning no disk) finds it beside the URI it answered.
+        let beside_uri = uri_handover(uri);
+        if beside_uri.parent().is_some_and(Path::is_dir) {
+            fsutil::write_atomic(&beside_uri, boot_id.to_string().as_bytes()).await?;
+        }
         self.forget(vee).await?;
         if copy_disks_to.is_some() {
             // Its disks live at the destination now; nothing of the VEE stays here.
@@ -760,25 +774,43 @@ impl Driver for SimDriver {
         })
     }
 
-    async fn complete_incoming(&self, vee: &VeeId) -> Result<(), DriverError> {
+    async fn complete_incoming(&self, vee: &VeeId, paused: bool) -> Result<(), DriverError> {
         let delay = self.latency.for_op("complete_incoming");
         let _guard = self.enter("complete_incoming", vee, None, delay).await?;
         let mut instance = self.existing(vee)?;
         instance.expect_state(
             "complete_incoming",
-            &[InstanceState::Incoming, InstanceState::Running],
+            &[
+                InstanceState::Incoming,
+                InstanceState::Running,
+                InstanceState::Paused,
+            ],
         )?;
-        if instance.state == InstanceState::Running {
+        if instance.state != InstanceState::Incoming {
             return Ok(());
         }
-        let boot_id_file = instance.spec.vee_dir.join(BOOT_ID_FILE);
+        let in_vee_dir = instance.spec.vee_dir.join(BOOT_ID_FILE);
+        let beside_uri = uri_handover(&format!("{URI_SCHEME}{}/{}", self.state_dir.display(), vee));
+        let boot_id_file =
+            if !fsutil::exists(&in_vee_dir).await? && fsutil::exists(&beside_uri).await? {
+                beside_uri.clone()
+            } else {
+                in_vee_dir
+            };
         instance.boot_id = Some(read_boot_id(&boot_id_file).await?);
-        instance.start_clock(now_ms());
-        instance.state = InstanceState::Running;
+        // A paused guest's clock does not run.
+        instance.state = if paused {
+            InstanceState::Paused
+        } else {
+            instance.start_clock(now_ms());
+            InstanceState::Running
+        };
         self.commit(instance).await?;
         // Only tidiness: the next migration writes the file again before it is read.
-        if let Err(e) = fsutil::remove_if_present(&boot_id_file).await {
-            tracing::warn!(error = %e, "sim driver could not remove a used boot id file");
+        for used in [&boot_id_file, &beside_uri] {
+            if let Err(e) = fsutil::remove_if_present(used).await {
+                tracing::warn!(error = %e, "sim driver could not remove a used boot id file");
+            }
         }
         Ok(())
     }

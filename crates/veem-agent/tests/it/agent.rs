@@ -103,7 +103,10 @@ async fn requests_reach_the_driver_and_answer_in_kind() {
         }
     );
     let completed = target
-        .handle(AgentRequest::CompleteIncoming { vee: vee(1) })
+        .handle(AgentRequest::CompleteIncoming {
+            vee: vee(1),
+            paused: false,
+        })
         .await;
     assert_eq!(completed, AgentResponse::Done);
     let shut = target

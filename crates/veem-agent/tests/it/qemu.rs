@@ -581,7 +581,10 @@ async fn without_shared_storage_a_live_migration_copies_the_disks_and_an_unfinis
         arrived = state_of(&target, &on_target.vee).await;
     }
     assert_eq!(arrived, InstanceState::Paused);
-    target.complete_incoming(&on_target.vee).await.unwrap();
+    target
+        .complete_incoming(&on_target.vee, false)
+        .await
+        .unwrap();
     assert_eq!(
         state_of(&target, &on_target.vee).await,
         InstanceState::Running
@@ -618,7 +621,7 @@ async fn live_migration_moves_a_running_vee_to_another_driver() {
     assert_eq!(state_of(&target, &spec.vee).await, InstanceState::Incoming);
     // Nothing has arrived yet: there is nothing to complete.
     assert!(matches!(
-        target.complete_incoming(&spec.vee).await,
+        target.complete_incoming(&spec.vee, false).await,
         Err(DriverError::WrongState { .. })
     ));
 
@@ -635,7 +638,7 @@ async fn live_migration_moves_a_running_vee_to_another_driver() {
         "{stats:?} in {migrate_ms} ms"
     );
 
-    target.complete_incoming(&spec.vee).await.unwrap();
+    target.complete_incoming(&spec.vee, false).await.unwrap();
     let status = target.status(&spec.vee).await.unwrap();
     assert_eq!(status.state, InstanceState::Running);
     assert_eq!((status.cpus, status.memory_mb), (2, 80));
@@ -893,7 +896,7 @@ async fn nics_on_a_lan_are_plugged_into_its_bridge_on_every_host_of_the_machine(
     assert_eq!(master_of(&incoming_taps[1]).as_deref(), Some(bridge));
     assert_eq!(master_of(&incoming_taps[0]), None);
     h2.migrate_out(&db.vee, &uri, None).await.unwrap();
-    h1.complete_incoming(&db.vee).await.unwrap();
+    h1.complete_incoming(&db.vee, false).await.unwrap();
     assert!(
         !Path::new("/sys/class/net").join(&db_taps[1]).exists(),
         "the source's tap went with its qemu"
@@ -1046,7 +1049,7 @@ async fn the_guest_agents_reports_come_once_each_across_an_adoption_and_a_live_m
     let target = host(shared.path(), "h2");
     let uri = target.prepare_incoming(&spec).await.unwrap().uri;
     adopted.migrate_out(&spec.vee, &uri, None).await.unwrap();
-    target.complete_incoming(&spec.vee).await.unwrap();
+    target.complete_incoming(&spec.vee, false).await.unwrap();
     let migrated = take_reports(&target, &spec, 2, false).await;
     assert!(
         uptime_of(&migrated[0]) > last_uptime,

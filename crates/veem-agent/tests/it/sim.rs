@@ -136,7 +136,7 @@ async fn every_operation_changes_status_and_list_as_documented() {
         driver.pause(&web.vee).await,
         driver.resume(&web.vee).await,
         driver.resize(&web.vee, 1, 512).await,
-        driver.complete_incoming(&web.vee).await,
+        driver.complete_incoming(&web.vee, false).await,
     ] {
         assert!(matches!(absent_op, Err(DriverError::NoSuchInstance(_))));
     }
@@ -420,7 +420,10 @@ async fn without_shared_storage_a_migration_copies_the_disks_and_the_source_keep
     for target_disk in ["vda", "vdb"] {
         assert!(disk_path(&on_target.vee_dir, target_disk).exists());
     }
-    target.complete_incoming(&on_target.vee).await.unwrap();
+    target
+        .complete_incoming(&on_target.vee, false)
+        .await
+        .unwrap();
     assert_eq!(target.boot_id(&on_target.vee), Some(boot_id));
 
     // Back to a host that sees them: no copy.
@@ -462,7 +465,7 @@ async fn migration_moves_the_instance_and_keeps_its_boot_identity() {
 
     source.migrate_out(&web.vee, &uri, None).await.unwrap();
     assert!(source.list().await.unwrap().is_empty());
-    target.complete_incoming(&web.vee).await.unwrap();
+    target.complete_incoming(&web.vee, false).await.unwrap();
     assert_eq!(
         target.status(&web.vee).await.unwrap().state,
         InstanceState::Running
@@ -473,7 +476,7 @@ async fn migration_moves_the_instance_and_keeps_its_boot_identity() {
         "the hand-over file is consumed"
     );
     // Repeating the completion is harmless.
-    target.complete_incoming(&web.vee).await.unwrap();
+    target.complete_incoming(&web.vee, false).await.unwrap();
 }
 
 #[tokio::test]
@@ -505,7 +508,7 @@ async fn prepare_incoming_needs_the_vee_dirs_disks_and_completion_needs_the_tran
     target.prepare_incoming(&web).await.unwrap();
     assert_eq!(target.boot_id(&web.vee), None);
     assert!(matches!(
-        target.complete_incoming(&web.vee).await,
+        target.complete_incoming(&web.vee, false).await,
         Err(DriverError::MissingFile(path)) if path == web.vee_dir.join("sim-boot-id")
     ));
     assert_eq!(state_of(&target, 1).await, InstanceState::Incoming);
@@ -525,7 +528,7 @@ async fn a_migration_survives_a_restart_of_its_destination() {
     let target = host(shared.path(), "h2", SimConfig::default());
     assert_eq!(state_of(&target, 1).await, InstanceState::Incoming);
     source.migrate_out(&web.vee, &uri, None).await.unwrap();
-    target.complete_incoming(&web.vee).await.unwrap();
+    target.complete_incoming(&web.vee, false).await.unwrap();
     assert_eq!(target.boot_id(&web.vee), Some(boot_id));
     assert!(
         !web.vee_dir.join("sim-boot-id").exists(),

@@ -91,7 +91,7 @@ impl Driver for PairedDriver {
     ) -> Result<MigrationStats, DriverError> {
         Err(DriverError::Unsupported("migrate_out"))
     }
-    async fn complete_incoming(&self, _: &VeeId) -> Result<(), DriverError> {
+    async fn complete_incoming(&self, _: &VeeId, _: bool) -> Result<(), DriverError> {
         Err(DriverError::Unsupported("complete_incoming"))
     }
     async fn remove_lan(&self, _: &veem_api::agent::LanPlan) -> Result<(), DriverError> {

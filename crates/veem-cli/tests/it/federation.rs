@@ -34,7 +34,7 @@ pub(crate) fn site_setup(name: &str) -> Setup {
     Setup {
         top_level_config: format!("site = \"{name}\"\n"),
         extra_config: format!(
-            "\n[[principal]]\nname = \"peer\"\ntoken = \"{}\"\n",
+            "\n[[principal]]\nname = \"peer\"\ntoken = \"{}\"\nmigrate_vees = true\n",
             peer_token(name)
         ),
         ..Setup::default()

@@ -41,7 +41,16 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/vees/{id}/events", get(vees::events))
         .route("/vees/{id}/migrate", post(vees::migrate))
-        .route("/vees/{id}/disks/{target}", get(vees::download_disk))
+        .route("/vees/incoming", post(vees::incoming))
+        .route(
+            "/vees/{id}/incoming/complete",
+            post(vees::complete_incoming),
+        )
+        .route("/vees/{id}/send", post(vees::send))
+        .route(
+            "/vees/{id}/disks/{target}",
+            get(vees::download_disk).put(vees::upload_disk),
+        )
         .route("/images", get(images::list))
         .route(
             "/images/{name}",

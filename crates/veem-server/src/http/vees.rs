@@ -1,6 +1,8 @@
 //! The VEEs: `POST /vees/initialize` (a JSON descriptor or an OVF envelope), `POST /vees/submit`,
 //! `POST /vees/update-state`, `GET /vees` (paged), `GET|PATCH|DELETE /vees/{id}`,
-//! `GET /vees/{id}/events`, `POST /vees/{id}/migrate` and `GET /vees/{id}/disks/{target}`.
+//! `GET /vees/{id}/events`, `POST /vees/{id}/migrate` and `GET /vees/{id}/disks/{target}`; for
+//! migration between sites, `POST /vees/incoming`, `POST /vees/{id}/incoming/complete` and
+//! `POST /vees/{id}/send`.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -11,11 +13,14 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Json;
 use veem_api::{
-    EventList, InitializeRequest, InitializeResponse, InitializedVee, MigrateRequest, PatchRequest,
-    PatchResponse, SiteState, SubmitRequest, SubmitResponse, UpdateStateRequest,
-    UpdateStateResponse, VeeList, VeeView,
+    CompleteIncomingRequest, EventList, IncomingRequest, IncomingView, InitializeRequest,
+    InitializeResponse, InitializedVee, MigrateRequest, PatchRequest, PatchResponse, SendRequest,
+    SentView, SiteState, SubmitRequest, SubmitResponse, UpdateStateRequest, UpdateStateResponse,
+    VeeList, VeeView,
 };
-use veem_model::{DescriptorError, HostId, InitModel, VeeDescriptor, VeeId, VeeRecord, VmiState};
+use veem_model::{
+    DescriptorError, HostId, InitModel, SiteName, VeeDescriptor, VeeId, VeeRecord, VmiState,
+};
 
 use super::common::{page_limit, parse_json, stream_file, vee_id, AppState, Batch};
 use super::problem::ApiResult;
@@ -304,21 +309,53 @@ pub(super) async fn patch(
     }))
 }
 
+/// The body of `POST /vees/{id}/migrate`: to a host of this site (`host`, live only), or to
+/// a site (`site`, `live` or not).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MigrateBody {
+    #[serde(default)]
+    host: Option<String>,
+    #[serde(default)]
+    site: Option<String>,
+    #[serde(default)]
+    live: Option<bool>,
+}
+
 pub(super) async fn migrate(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult<Json<VeeView>> {
-    let request: MigrateRequest = if body.is_empty() {
-        MigrateRequest::default()
+    let request: MigrateBody = if body.is_empty() {
+        MigrateBody::default()
     } else {
         parse_json(&body, false)?
+    };
+    if let Some(site) = &request.site {
+        if request.host.is_some() {
+            return Err(CoreError::malformed(
+                "host",
+                "give a site or a host: a site places the VEE on its own hosts",
+            )
+            .into());
+        }
+        let site = SiteName::new(site).map_err(|e| CoreError::malformed("site", e.to_string()))?;
+        let record = state
+            .veem
+            .migrate_to_site(&caller, &vee_id(&id)?, &site, request.live.unwrap_or(false))
+            .await?;
+        return Ok(Json(view(&record, &state.veem)));
+    }
+    let request = MigrateRequest {
+        host: request.host,
+        live: request.live,
     };
     if request.live == Some(false) {
         return Err(CoreError::malformed(
             "live",
-            "only live migration is offered; SUSPEND and ACTIVATE move a VEE with a pause",
+            "only live migration is offered between hosts; SUSPEND and ACTIVATE move a VEE with a pause",
         )
         .into());
     }
@@ -332,6 +369,83 @@ pub(super) async fn migrate(
         .migrate(&caller, &vee_id(&id)?, to.as_ref())
         .await?;
     Ok(Json(view(&record, &state.veem)))
+}
+
+/// `POST /vees/incoming` (migration between sites): a VEE of the caller's waits on a host
+/// here for its migration; `201` with where to send it.
+pub(super) async fn incoming(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<IncomingView>)> {
+    may_migrate(&state, &caller)?;
+    let request: IncomingRequest = parse_json(&body, true)?;
+    let (record, uri, disks) = state
+        .veem
+        .receive_incoming(&caller, request.descriptor)
+        .await?;
+    let vee = view(&record, &state.veem);
+    Ok((StatusCode::CREATED, Json(IncomingView { vee, uri, disks })))
+}
+
+/// `POST /vees/{id}/incoming/complete`: the VEE whose migration arrived runs (or rests
+/// paused, with `{"state": "PAUSED"}`).
+pub(super) async fn complete_incoming(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<VeeView>> {
+    let request: CompleteIncomingRequest = if body.is_empty() {
+        CompleteIncomingRequest::default()
+    } else {
+        parse_json(&body, false)?
+    };
+    let paused = match request.state {
+        None | Some(VmiState::Active) => false,
+        Some(VmiState::Paused) => true,
+        Some(other) => {
+            return Err(CoreError::malformed(
+                "state",
+                format!("a VEE that arrived is left ACTIVE or PAUSED, not {other}"),
+            )
+            .into())
+        }
+    };
+    let record = state
+        .veem
+        .complete_incoming(&caller, &vee_id(&id)?, paused)
+        .await?;
+    Ok(Json(view(&record, &state.veem)))
+}
+
+/// Migration between sites makes hosts listen for, and connect out to, addresses a caller
+/// names: only principals whose config says `migrate_vees` (a peer site's VEEM) may ask it.
+fn may_migrate(state: &AppState, caller: &Caller) -> Result<(), CoreError> {
+    if state.auth.may_migrate_vees(caller) {
+        return Ok(());
+    }
+    Err(CoreError::AccessDenied(format!(
+        "principal {} may not move VEEs between sites (migrate_vees is not set for it)",
+        caller.principal
+    )))
+}
+
+/// `POST /vees/{id}/send`: the caller's VEE goes to what a `POST /vees/incoming` answered at
+/// another site.
+pub(super) async fn send(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<SentView>> {
+    may_migrate(&state, &caller)?;
+    let request: SendRequest = parse_json(&body, false)?;
+    let sent = state
+        .veem
+        .send_out(&caller, &vee_id(&id)?, request.uri, request.disks)
+        .await?;
+    Ok(Json(sent))
 }
 
 pub(super) async fn purge(
@@ -353,4 +467,17 @@ pub(super) async fn download_disk(
         .export_disk(&caller, &vee_id(&id)?, &target)
         .await?;
     stream_file(&path, true).await
+}
+
+/// `PUT /vees/{id}/disks/{target}`: the contents of a disk of the caller's DEFINED or
+/// DESTROYED VEE, streamed (a qcow2 naming no other file, as `GET` gives it).
+pub(super) async fn upload_disk(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, target)): Path<(String, String)>,
+    body: axum::body::Body,
+) -> ApiResult<StatusCode> {
+    let stream = body.into_data_stream();
+    crate::images::put_disk(&state.veem, &caller, &vee_id(&id)?, &target, stream).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -71,7 +71,7 @@ impl Veem {
     }
 
     /// One control action on one VEE.
-    async fn control(
+    pub(super) async fn control(
         &self,
         caller: &Caller,
         id: &VeeId,
@@ -157,7 +157,7 @@ impl Veem {
 
     /// Takes a VEE's action lock (waiting for the action under way, if any) and reads the
     /// record under it, so nothing else changes it until the guard drops.
-    async fn lock_vee(
+    pub(super) async fn lock_vee(
         &self,
         caller: &Caller,
         id: &VeeId,
@@ -216,14 +216,14 @@ impl Veem {
         }
     }
 
-    fn host_of(record: &VeeRecord) -> Result<HostId, CoreError> {
+    pub(super) fn host_of(record: &VeeRecord) -> Result<HostId, CoreError> {
         record
             .host
             .clone()
             .ok_or_else(|| CoreError::broken(format!("VEE {} has no host", record.id)))
     }
 
-    async fn pause_or_resume(
+    pub(super) async fn pause_or_resume(
         &self,
         seq: u64,
         record: &VeeRecord,
@@ -247,7 +247,7 @@ impl Veem {
             .map(|_| ())
     }
 
-    async fn suspend(&self, seq: u64, record: &VeeRecord) -> Result<(), CoreError> {
+    pub(super) async fn suspend(&self, seq: u64, record: &VeeRecord) -> Result<(), CoreError> {
         let host = Self::host_of(record)?;
         let memory_file = self.memory_file(&record.id);
         let request = AgentRequest::Suspend {
@@ -442,55 +442,23 @@ impl Veem {
         let undo = |veem: &Self| {
             let _ = veem.inner.placer.relocate(&record.id, Some(&from));
         };
-        let spec = match self.deploy_spec(&record) {
-            Ok(s) => s,
-            Err(e) => {
-                undo(self);
-                return Err(e);
-            }
-        };
         let steps = async {
             // The destination says whether it sees the VEE's disks; when it does not, the
             // source copies them to it while the VEE runs.
-            let (uri, copy_disks_to) = match agent_result(
-                &dest,
-                self.inner
-                    .hosts
-                    .call(&dest, AgentRequest::PrepareIncoming { spec })
-                    .await,
-            )? {
-                AgentResponse::Incoming { uri, disks } => (uri, disks),
-                other => {
-                    return Err(CoreError::host_failed(format!(
-                        "host {dest} answered prepare_incoming with {other:?}"
-                    )))
-                }
-            };
-            let out = AgentRequest::MigrateOut {
-                vee: record.id.clone(),
-                uri,
-                copy_disks_to,
-            };
-            let moved = match agent_result(&from, self.inner.hosts.call(&from, out).await) {
+            let (uri, copy_disks_to) = self.prepare_incoming_on(&dest, &record).await?;
+            let moved = match self
+                .migrate_out_from(&from, &record.id, uri, copy_disks_to)
+                .await
+            {
                 Ok(moved) => moved,
                 Err(e) => {
-                    let _ = self
-                        .inner
-                        .hosts
-                        .call(
-                            &dest,
-                            AgentRequest::Destroy {
-                                vee: record.id.clone(),
-                            },
-                        )
-                        .await;
+                    self.end_instance(&dest, &record.id).await;
                     return Err(e);
                 }
             };
-            let complete = AgentRequest::CompleteIncoming {
-                vee: record.id.clone(),
-            };
-            agent_result(&dest, self.inner.hosts.call(&dest, complete).await).map(|_| moved)
+            self.complete_incoming_on(&dest, &record.id, false)
+                .await
+                .map(|()| moved)
         };
         let moved = match steps.await {
             Ok(moved) => moved,
@@ -501,14 +469,12 @@ impl Veem {
         };
         // Tools parse this note: keep its words and their order.
         let note = match moved {
-            AgentResponse::Migrated {
-                total_ms,
-                downtime_ms,
-            } => format!(
-                "migrated from {from} to {dest} in {total_ms} ms (downtime {downtime_ms} ms)"
+            Some(sent) => format!(
+                "migrated from {from} to {dest} in {} ms (downtime {} ms)",
+                sent.total_ms, sent.downtime_ms
             ),
             // An agent that predates migration figures answers `Done`.
-            _ => format!("migrated from {from} to {dest}"),
+            None => format!("migrated from {from} to {dest}"),
         };
         let d = dest.clone();
         let updated = self
@@ -632,6 +598,16 @@ impl Veem {
             // Its disks are at its site, which says whether they can be had now.
             return self.export_remote_disk(&record, target).await;
         }
+        self.export_local_disk(&record, target).await
+    }
+
+    /// [`Veem::export_disk`] of a VEE of this site's.
+    pub(super) async fn export_local_disk(
+        &self,
+        record: &VeeRecord,
+        target: &str,
+    ) -> Result<PathBuf, CoreError> {
+        let id = &record.id;
         if !matches!(record.state, VmiState::Defined | VmiState::Destroyed) {
             return Err(CoreError::WrongState(format!(
                 "VEE {id} is {}; its disks can be downloaded in DEFINED or DESTROYED",

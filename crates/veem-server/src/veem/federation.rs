@@ -203,7 +203,7 @@ impl Veem {
 
     /// Sends `site` the images the VEE's descriptor names that this VEEM has and the site has
     /// not (streamed from the image store): an `image:` source is resolved at the site.
-    async fn send_images(
+    pub(super) async fn send_images(
         &self,
         owner: &Principal,
         d: &VeeDescriptor,
@@ -257,19 +257,9 @@ impl Veem {
     ) -> Result<Vec<VeeId>, CoreError> {
         let client = self.inner.sites.client(site)?;
         self.send_images(owner, descriptor, site, &client).await?;
-        let mut descriptor = descriptor.clone();
-        descriptor.sites.clear();
+        let mut descriptor = self.descriptor_for_site(owner, descriptor);
         self.extend_lans(site, &client, owner, &mut descriptor, addresses)
             .await?;
-        // At the site every VEE of this VEEM is the one principal's: its tags are the owner's
-        // own there, so one tenant's anti-affinity never binds another's VEEs.
-        for tag in descriptor
-            .tags
-            .iter_mut()
-            .chain(descriptor.anti_affinity.iter_mut())
-        {
-            *tag = owned_tag(owner, tag);
-        }
         let made = match client
             .initialize(&InitializeRequest {
                 model: InitModel::Twophase,
@@ -305,6 +295,27 @@ impl Veem {
                 )))
             }
         }
+    }
+
+    /// `owner`'s descriptor as it goes to a site: no preference of sites (the site places it
+    /// on its own hosts), and its tags marked with its owner.
+    pub(super) fn descriptor_for_site(
+        &self,
+        owner: &Principal,
+        descriptor: &VeeDescriptor,
+    ) -> VeeDescriptor {
+        let mut descriptor = descriptor.clone();
+        descriptor.sites.clear();
+        // At the site every VEE of this VEEM is the one principal's: its tags are the owner's
+        // own there, so one tenant's anti-affinity never binds another's VEEs.
+        for tag in descriptor
+            .tags
+            .iter_mut()
+            .chain(descriptor.anti_affinity.iter_mut())
+        {
+            *tag = owned_tag(owner, tag);
+        }
+        descriptor
     }
 
     /// Purges VEEs a site reserved for a batch that failed: nothing of it stays there.
@@ -359,7 +370,7 @@ impl Veem {
 
     /// Reads a remote VEE's state at its site and makes it the primary's, the VEE's action lock
     /// held by the caller.
-    async fn read_remote(&self, seq: u64) -> Result<(), CoreError> {
+    pub(super) async fn read_remote(&self, seq: u64) -> Result<(), CoreError> {
         let Some(record) = self.inner.records.get(seq) else {
             return Ok(());
         };
@@ -367,10 +378,26 @@ impl Veem {
             return Ok(());
         };
         let client = self.inner.sites.client(site)?;
-        let view = client
+        let mut view = client
             .get_vee(remote.as_str())
             .await
             .map_err(|e| site_error(site, e))?;
+        if record.phase == Some(Phase::Migrating)
+            && view.state == veem_model::VmiState::Defined
+            && view.phase == Some(Phase::Migrating)
+        {
+            // A migration sent there that the site could not be told to complete (it did not
+            // answer then): it runs there now if the whole VEE arrived, and only then.
+            // The state it had is not known here: left paused if its record says so (a cold
+            // move of an ACTIVE VEE then comes back PAUSED: nothing runs that was not asked to).
+            view = client
+                .complete_incoming(
+                    remote.as_str(),
+                    record.state == veem_model::VmiState::Paused,
+                )
+                .await
+                .map_err(|e| site_error(site, e))?;
+        }
         // The site's descriptor, but for the preference of sites, the tags and the NICs, which
         // are the primary's (the site holds them marked with their owner).
         let mut descriptor = view.descriptor;
@@ -412,7 +439,7 @@ impl Veem {
     }
 
     /// Reads a remote VEE again once the action on it, if any, is over.
-    async fn refresh_remote(&self, seq: u64) -> Result<(), CoreError> {
+    pub(super) async fn refresh_remote(&self, seq: u64) -> Result<(), CoreError> {
         let Some(lock) = self.inner.records.op_lock(seq) else {
             return Ok(());
         };
@@ -617,7 +644,7 @@ impl Veem {
     }
 
     /// Where a remote VEE runs, and its id there.
-    fn remote_of(record: &VeeRecord) -> Result<(&SiteName, &VeeId), CoreError> {
+    pub(super) fn remote_of(record: &VeeRecord) -> Result<(&SiteName, &VeeId), CoreError> {
         match (&record.site, &record.remote) {
             (Some(site), Some(remote)) => Ok((site, remote)),
             _ => Err(CoreError::broken(format!(

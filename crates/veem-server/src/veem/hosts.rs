@@ -149,9 +149,14 @@ impl Veem {
                 .iter()
                 .filter(|i| !expected.iter().any(|(_, r)| r.id == i.vee))
                 .filter(|i| {
-                    records
-                        .get(i.vee.seq())
-                        .is_none_or(|r| r.updated_ms < listed_ms)
+                    records.get(i.vee.seq()).is_none_or(|r| {
+                        // One waiting here for its migration from another site is the
+                        // migration's to run or drop (see `migration.rs`).
+                        let incoming = r.reserved
+                            && r.phase == Some(Phase::Migrating)
+                            && r.host.as_ref() == Some(host);
+                        r.updated_ms < listed_ms && !incoming
+                    })
                 })
                 .map(|i| i.vee.clone())
                 .collect();
@@ -349,7 +354,7 @@ impl Veem {
 
     /// Ends what is left of an instance on its host; a host that cannot is told again by the
     /// next reconciliation, which ends instances the VEEM does not place there.
-    async fn end_instance(&self, host: &HostId, vee: &VeeId) {
+    pub(super) async fn end_instance(&self, host: &HostId, vee: &VeeId) {
         let answer = self
             .inner
             .hosts

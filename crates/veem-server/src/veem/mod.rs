@@ -28,6 +28,7 @@ mod control;
 mod federation;
 mod hosts;
 mod images;
+mod migration;
 mod monitoring;
 mod networks;
 mod placer;

@@ -266,7 +266,7 @@ impl Records {
     }
 
     /// Prepares a change of one VEE: `mutate` edits a copy; a state change (or a move between
-    /// hosts) also records an event.
+    /// hosts or sites) also records an event.
     pub(super) fn stage(
         &self,
         seq: u64,
@@ -275,6 +275,7 @@ impl Records {
     ) -> Option<Staged> {
         let mut record = self.get(seq)?;
         let old = (record.state, record.veem_state, record.host.clone());
+        let old_site = record.site.clone();
         let old_generation = record.generation;
         mutate(&mut record);
         let now = now_ms();
@@ -284,7 +285,9 @@ impl Records {
             record: record.clone(),
             expected_generation: old_generation,
         }];
-        if (record.state, record.veem_state, &record.host) != (old.0, old.1, &old.2) {
+        if (record.state, record.veem_state, &record.host) != (old.0, old.1, &old.2)
+            || record.site != old_site
+        {
             changes.push(Change::AppendEvent(VeeEvent {
                 vee: record.id.clone(),
                 t_ms: now,
