@@ -16,7 +16,7 @@ use crate::qemu_networks::{guest_on, probe_log, the_host_reaches_only_the_public
 /// loopback): its `[federation]` lets the peers' VEEMs extend their LANs here, and its qemu
 /// hosts' VXLAN devices use that port (MAC learning off: a learned entry would take the
 /// device's own port, see the agent's hostnet).
-fn lan_site(name: &str, port: u16, driver: Hypervisor) -> Setup {
+pub(crate) fn lan_site(name: &str, port: u16, driver: Hypervisor) -> Setup {
     let base = site_setup(name);
     let hosts = match driver {
         Hypervisor::Sim => vec![("h1", 8, 16384, "")],
@@ -42,7 +42,7 @@ fn lan_site(name: &str, port: u16, driver: Hypervisor) -> Setup {
 }
 
 /// The first of three UDP ports for the sites' VXLAN devices, apart from any other test's.
-fn vxlan_ports() -> u16 {
+pub(crate) fn vxlan_ports() -> u16 {
     let clock = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
@@ -67,7 +67,7 @@ fn extension(name: &str, cidr: &str, vni: u32, peers: Vec<LanEndpoint>) -> Netwo
     }
 }
 
-fn on_private_at(name: &str, sites: &[&str], ip: Option<&str>) -> VeeDescriptor {
+pub(crate) fn on_private_at(name: &str, sites: &[&str], ip: Option<&str>) -> VeeDescriptor {
     let mut d = small(name);
     d.nics = nics(&[("private", ip)]);
     d.sites = at(sites);
@@ -84,13 +84,13 @@ fn refused<T: std::fmt::Debug>(result: Result<T, veem_client::ClientError>) -> (
 }
 
 /// The VEE's one NIC's (network, address).
-fn nic_of(view: &VeeView) -> (String, Option<String>) {
+pub(crate) fn nic_of(view: &VeeView) -> (String, Option<String>) {
     let nic = &view.generated.nics[0];
     (nic.network.clone(), nic.ip.clone())
 }
 
 /// The copy of west's LAN at the site `name` (`site`), as the peer principal there sees it.
-async fn copy_at(site: &Server, name: &str) -> Option<veem_api::NetworkView> {
+pub(crate) async fn copy_at(site: &Server, name: &str) -> Option<veem_api::NetworkView> {
     let peer = Client::new(&site.url, &peer_token(name)).expect("a client");
     let mut copies = peer.list_networks().await.expect("listed").networks;
     assert!(copies.len() <= 1, "one copy of the LAN: {copies:?}");

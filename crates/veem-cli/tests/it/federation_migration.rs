@@ -793,3 +793,93 @@ async fn a_migration_whose_source_dies_before_sending_leaves_the_vee_at_the_sour
     }
     ctl_ok(&west.a, ControlAction::Pause, &[&id]).await;
 }
+
+#[tokio::test]
+async fn a_migrating_vee_takes_its_lan_address_and_its_accounting_listener_along() {
+    use crate::federation_lan::{copy_at, lan_site, nic_of, on_private_at, vxlan_ports};
+    use std::time::Duration;
+    let port = vxlan_ports();
+    let west = Server::start_with(lan_site("west", port, Hypervisor::Sim)).await;
+    let east = Server::start_with(lan_site("east", port + 1, Hypervisor::Sim)).await;
+    register(&west, &east, "east").await;
+    west.a
+        .create_network("private", "10.216.3.0/24", false)
+        .await
+        .expect("sm-a's LAN at west");
+    let id = init_one(&west.a, on_private_at("mover", &[], None)).await;
+    ctl_ok(&west.a, ControlAction::Activate, &[&id]).await;
+    let here = wait_state(&west.a, &id, VmiState::Active).await;
+    let (network, ip) = nic_of(&here);
+    assert_eq!(network, "private");
+    let ip = ip.expect("an address on the LAN");
+    let listener = Listener::start().await;
+    west.a
+        .listen(&[&id], 300, &listener.url)
+        .await
+        .expect("registered");
+    // Records come on after each move (the site's DESTROY that ends its stay there is not the
+    // VEE's end), always with the primary's id.
+    let records_after = |since: u64| {
+        let id = id.clone();
+        move |items: &[(u64, serde_json::Value)]| {
+            items
+                .iter()
+                .filter(|(_, r)| r["vee"] == id.as_str() && r["t0"].as_u64() >= Some(since))
+                .count()
+                >= 2
+        }
+    };
+
+    let moved_at = wall_ms();
+    let moved = migrate(&west, &id, "east", false).await;
+    assert_eq!(
+        (moved.site.as_str(), moved.state),
+        ("east", VmiState::Active)
+    );
+    assert_eq!(nic_of(&moved), ("private".to_owned(), Some(ip.clone())));
+    let there = named(&east, "mover").await.expect("east runs it");
+    let copy = copy_at(&east, "east")
+        .await
+        .expect("the LAN extends to east");
+    assert_eq!(copy.cidr, "10.216.3.0/24");
+    assert_eq!(
+        there.generated.nics[0].ip.as_deref(),
+        Some(ip.as_str()),
+        "the address west chose, at east"
+    );
+    listener
+        .wait_for(
+            "records relayed from east",
+            Duration::from_secs(15),
+            records_after(moved_at),
+        )
+        .await;
+
+    let back_at = wall_ms();
+    let back = migrate(&west, &id, "west", false).await;
+    assert_eq!((back.site.as_str(), back.state), ("west", VmiState::Active));
+    assert_eq!(nic_of(&back), ("private".to_owned(), Some(ip)));
+    assert!(
+        named(&east, "mover").await.is_none(),
+        "nothing stays at east"
+    );
+    assert!(
+        copy_at(&east, "east").await.is_none(),
+        "the LAN left east with its last VEE"
+    );
+    let items = listener
+        .wait_for(
+            "records made here again",
+            Duration::from_secs(15),
+            records_after(back_at),
+        )
+        .await;
+    assert!(
+        items.iter().all(|(_, r)| r["vee"] == id.as_str()),
+        "only the primary's id: {items:?}"
+    );
+    assert!(
+        items.iter().all(|(_, r)| r["state"] != "DESTROYED"),
+        "no move ended the VEE for its listener: {items:?}"
+    );
+}

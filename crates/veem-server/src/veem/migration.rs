@@ -633,17 +633,21 @@ impl Veem {
             return Ok(None);
         };
         let client = self.inner.sites.client(site)?;
-        let descriptor = self.descriptor_for_site(&record.owner, &record.descriptor);
-        self.send_images(&record.owner, &descriptor, site, &client)
-            .await?;
-        let made = client
+        let descriptor = self.descriptor_going_to(site, &client, record).await?;
+        let made = match client
             .initialize(&veem_api::InitializeRequest {
                 model: InitModel::Besteffort,
                 count: 1,
                 descriptor,
             })
             .await
-            .map_err(|e| super::federation::site_error(site, e))?;
+        {
+            Ok(made) => made,
+            Err(e) => {
+                self.release_lans_of(site, record).await;
+                return Err(super::federation::site_error(site, e));
+            }
+        };
         let remote = made
             .vees
             .first()
@@ -681,9 +685,45 @@ impl Veem {
             Ok(()) => Ok(Some(remote)),
             Err(e) => {
                 self.release_at(site, std::slice::from_ref(&remote)).await;
+                self.release_lans_of(site, record).await;
                 Err(e)
             }
         }
+    }
+
+    /// `record`'s descriptor as it goes to `site` (see [`Veem::descriptor_for_site`]), once the
+    /// site has the images it names and its private LANs extend there (on the addresses chosen
+    /// here).
+    async fn descriptor_going_to(
+        &self,
+        site: &SiteName,
+        client: &veem_client::Client,
+        record: &VeeRecord,
+    ) -> Result<VeeDescriptor, CoreError> {
+        let mut descriptor = self.descriptor_for_site(&record.owner, &record.descriptor);
+        self.send_images(&record.owner, &descriptor, site, client)
+            .await?;
+        self.extend_lans(
+            site,
+            client,
+            &record.owner,
+            &mut descriptor,
+            Some(&record.generated.nics),
+        )
+        .await?;
+        Ok(descriptor)
+    }
+
+    /// The LANs extended to `site` for `record`, which did not go there after all, leave it
+    /// again unless other VEEs there are on them.
+    async fn release_lans_of(&self, site: &SiteName, record: &VeeRecord) {
+        let lans: Vec<u32> = record
+            .generated
+            .nics
+            .iter()
+            .filter_map(|n| n.network_id)
+            .collect();
+        self.release_lans_at(site, &lans, Some(&record.id)).await;
     }
 
     /// `PUT /vees/{id}/disks/{target}`: where the contents of a disk of the caller's DEFINED or
@@ -738,13 +778,14 @@ impl Veem {
             }
             Some(site) => {
                 let client = self.inner.sites.client(site)?;
-                let descriptor = self.descriptor_for_site(&record.owner, &record.descriptor);
-                self.send_images(&record.owner, &descriptor, site, &client)
-                    .await?;
-                let answer = client
-                    .receive_vee(&IncomingRequest { descriptor })
-                    .await
-                    .map_err(|e| super::federation::site_error(site, e))?;
+                let descriptor = self.descriptor_going_to(site, &client, record).await?;
+                let answer = match client.receive_vee(&IncomingRequest { descriptor }).await {
+                    Ok(answer) => answer,
+                    Err(e) => {
+                        self.release_lans_of(site, record).await;
+                        return Err(super::federation::site_error(site, e));
+                    }
+                };
                 let remote = VeeId::parse(&answer.vee.id).map_err(|e| {
                     CoreError::host_failed(format!(
                         "site {site} named its incoming VEE {:?}: {e}",
@@ -820,12 +861,16 @@ impl Veem {
                 }
             }
             Receiver::Site(site, remote) => {
-                self.release_at(site, std::slice::from_ref(remote)).await
+                self.release_at(site, std::slice::from_ref(remote)).await;
+                if let Some(record) = self.inner.records.get(vee.seq()) {
+                    self.release_lans_of(site, &record).await;
+                }
             }
         }
     }
 
-    /// Removes what is left of a VEE at the place it left (its record now says where it went).
+    /// Removes what is left of a VEE at the place it left (its record now says where it went),
+    /// the LANs extended there for it included.
     async fn leave(&self, seq: u64, left: &VeeRecord) {
         match (&left.site, &left.remote) {
             (Some(site), Some(remote)) => {
@@ -839,6 +884,7 @@ impl Veem {
                 if let Err(e) = purged {
                     tracing::warn!(vee = %left.id, %site, %remote, error = %e, "cannot purge a migrated VEE at the site it left");
                 }
+                self.withdraw_lans(left).await;
             }
             _ => {
                 self.inner.placer.forget(seq, &left.id);
@@ -853,6 +899,9 @@ impl Veem {
                 self.wake_placer();
             }
         }
+        // Its accounting listeners here follow it: served by the scheduler here, or relayed
+        // from the site it went to.
+        self.relay_follow(&left.id).await;
     }
 
     /// Asks the destination site again, every [`COMPLETE_RETRY`] for a while, to complete a

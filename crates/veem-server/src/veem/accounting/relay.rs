@@ -22,7 +22,9 @@
 //! whenever the site answers after a silence; a site keeps a registration made again with the
 //! same interval and callback as it was, grid included (see [`Veem::listen`]), so that costs
 //! nothing. A DESTROY at the site sends its listeners a last record and removes them there;
-//! relayed, it removes the listeners here too, as a local DESTROY does.
+//! relayed, it removes the listeners here too, as a local DESTROY does; but not the DESTROY
+//! that ends a VEE's stay at a site it migrates away from (its phase here is `migrating`): that
+//! last record is relayed in the state the VEE has here, and its listeners follow it.
 //!
 //! Limits: what a listener whose interval is coarser than the site's has gathered and not yet
 //! been sent is kept in memory; a restart of this VEEM loses that part of its next record. A
@@ -38,7 +40,7 @@ use std::time::{Duration, Instant};
 
 use veem_client::ClientError;
 use veem_model::{
-    AccountingListener, AccountingRecord, Principal, SiteName, VeeId, VeeRecord, VmiState,
+    AccountingListener, AccountingRecord, Phase, Principal, SiteName, VeeId, VeeRecord, VmiState,
     MAX_ACCOUNTING_INTERVAL_MS, MIN_ACCOUNTING_INTERVAL_MS,
 };
 use veem_store::Change;
@@ -613,6 +615,11 @@ impl Veem {
             };
             record.vee = local.id.clone();
             record.host = None;
+            if local.phase == Some(Phase::Migrating) && record.state == VmiState::Destroyed {
+                // The last record of a VEE that left this site for another: it lives on there,
+                // and so do its listeners here.
+                record.state = local.state;
+            }
             batches
                 .entry(local.id.seq())
                 .or_insert_with(|| (local.id.clone(), Vec::new()))
