@@ -815,7 +815,9 @@ async fn migrate_back_and_forth(
         // that keeps the state).
         let notes = migration_notes(server, id).await?;
         let note = notes.get(notes_before..).and_then(<[String]>::last);
-        let figures = note.and_then(|note| migration_figures(note));
+        let figures = note
+            .and_then(|note| harness::migration_figures(note))
+            .map(|f| (f.total_ms, f.downtime_ms));
         eprintln!(
             "  to {dest}: {} ({})",
             show(start.elapsed()),
@@ -838,16 +840,6 @@ async fn migration_notes(server: &Server, id: &str) -> anyhow::Result<Vec<String
         .filter_map(|event| event.detail)
         .filter(|note| note.starts_with("migrated from"))
         .collect())
-}
-
-/// QEMU's total and downtime from a note `migrated from {from} to {dest} in {total} ms
-/// (downtime {downtime} ms)`; `None` when the note does not carry them.
-fn migration_figures(note: &str) -> Option<(u64, u64)> {
-    let (_, figures) = note.rsplit_once(" in ")?;
-    let total = figures.split_whitespace().next()?.parse().ok()?;
-    let (_, after) = figures.split_once("(downtime ")?;
-    let downtime = after.split_whitespace().next()?.parse().ok()?;
-    Some((total, downtime))
 }
 
 struct Fleet {

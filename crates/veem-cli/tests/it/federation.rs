@@ -7,11 +7,10 @@ use veem_api::{SiteRequest, SiteState, SiteView};
 use veem_client::{Client, ClientError};
 
 use crate::harness::*;
-
-/// The token the site named `of` gives the VEEM of another site.
-pub(crate) fn peer_token(of: &str) -> String {
-    format!("token-peer-of-{of}")
-}
+// The sites of these tests, shared with the benches (in the harness).
+pub(crate) use crate::harness::{
+    peer_site_setup as site_setup, peer_token, register_site as register,
+};
 
 /// A site named `name` with one sim host, whose principals include `peer`, the principal its
 /// peers' VEEMs present (no admin).
@@ -26,28 +25,6 @@ pub(crate) async fn site_of(name: &str, cpus: u32) -> Server {
         ..site_setup(name)
     })
     .await
-}
-
-/// The setup of a site named `name` whose principals include `peer`, the principal its peers'
-/// VEEMs present (no admin).
-pub(crate) fn site_setup(name: &str) -> Setup {
-    Setup {
-        top_level_config: format!("site = \"{name}\"\n"),
-        extra_config: format!(
-            "\n[[principal]]\nname = \"peer\"\ntoken = \"{}\"\nmigrate_vees = true\n",
-            peer_token(name)
-        ),
-        ..Setup::default()
-    }
-}
-
-/// `primary` registers `remote` as a site.
-pub(crate) async fn register(primary: &Server, remote: &Server, name: &str) {
-    primary
-        .ops
-        .add_site(&request(name, &remote.url, &peer_token(name)))
-        .await
-        .expect("registered");
 }
 
 /// The VEE named `name` at `server`, as its admin sees it.

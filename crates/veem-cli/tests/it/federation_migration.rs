@@ -499,9 +499,8 @@ async fn console_of(west: &Server, east: &Server, id: &str, name: &str) -> PathB
     }
 }
 
-/// QEMU's total and downtime, and how long after the send the guest ran at its destination,
-/// from the newest migration note.
-async fn last_move(west: &Server, id: &str) -> (String, u64, u64) {
+/// The newest migration note of `id` at the primary, and QEMU's downtime in it.
+async fn last_move(west: &Server, id: &str) -> (String, u64) {
     let events = west.a.vee_events(id).await.expect("events").events;
     let note = events
         .iter()
@@ -509,15 +508,8 @@ async fn last_move(west: &Server, id: &str) -> (String, u64, u64) {
         .filter_map(|e| e.detail.clone())
         .find(|d| d.starts_with("migrated from"))
         .expect("a migration note");
-    let number_after = |word: &str| -> u64 {
-        note.split_once(word)
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no {word:?} in {note}"))
-    };
-    let downtime = number_after("(downtime ");
-    let total = number_after(" in ");
-    (note, total, downtime)
+    let figures = migration_figures(&note).unwrap_or_else(|| panic!("no figures in {note}"));
+    (note, figures.downtime_ms)
 }
 
 fn median(values: &mut [u64]) -> f64 {
@@ -584,7 +576,7 @@ async fn a_real_guest_moves_live_and_cold_between_sites_writing_on() {
             )
             .await
             .expect("moved within west");
-        let (note, _, down) = last_move(&west, &id).await;
+        let (note, down) = last_move(&west, &id).await;
         step("within west", &note);
         intra.push(down);
         written =
@@ -594,7 +586,7 @@ async fn a_real_guest_moves_live_and_cold_between_sites_writing_on() {
         for site in ["east", "west"] {
             let moved = migrate(&west, &id, site, true).await;
             assert_eq!((moved.site.as_str(), moved.state), (site, VmiState::Active));
-            let (note, _, down) = last_move(&west, &id).await;
+            let (note, down) = last_move(&west, &id).await;
             step("between sites, live", &note);
             cross.push(down);
             let after = note
@@ -615,7 +607,7 @@ async fn a_real_guest_moves_live_and_cold_between_sites_writing_on() {
     for site in ["east", "west"] {
         let moved = migrate(&west, &id, site, false).await;
         assert_eq!((moved.site.as_str(), moved.state), (site, VmiState::Active));
-        let (note, _, _) = last_move(&west, &id).await;
+        let (note, _) = last_move(&west, &id).await;
         step("between sites, cold", &note);
         written =
             crate::qemu_guests::wait_write(&console_of(&west, &east, &id, name).await, written + 3)
@@ -630,7 +622,7 @@ async fn a_real_guest_moves_live_and_cold_between_sites_writing_on() {
     for (site, live) in [("east", false), ("west", true)] {
         let moved = migrate(&west, &id, site, live).await;
         assert_eq!((moved.site.as_str(), moved.state), (site, VmiState::Paused));
-        let (note, _, _) = last_move(&west, &id).await;
+        let (note, _) = last_move(&west, &id).await;
         step("between sites, paused", &note);
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         let console = console_of(&west, &east, &id, name).await;

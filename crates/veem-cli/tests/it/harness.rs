@@ -939,3 +939,59 @@ pub async fn wait_host(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The token the site named `of` gives the VEEMs of other sites (its principal `peer`).
+pub fn peer_token(of: &str) -> String {
+    format!("token-peer-of-{of}")
+}
+
+/// The setup of a site named `name` whose principals include `peer`, the principal its peers'
+/// VEEMs present (no admin; it may move VEEs in and out, `migrate_vees`).
+pub fn peer_site_setup(name: &str) -> Setup {
+    Setup {
+        top_level_config: format!("site = \"{name}\"\n"),
+        extra_config: format!(
+            "\n[[principal]]\nname = \"peer\"\ntoken = \"{}\"\nmigrate_vees = true\n",
+            peer_token(name)
+        ),
+        ..Setup::default()
+    }
+}
+
+/// `primary` registers `remote` (a [`peer_site_setup`] site) as the site `name`.
+pub async fn register_site(primary: &Server, remote: &Server, name: &str) {
+    primary
+        .ops
+        .add_site(&veem_api::SiteRequest {
+            name: name.to_owned(),
+            url: remote.url.clone(),
+            token: peer_token(name),
+            ca_pem: None,
+            client_cert_pem: None,
+            client_key_pem: None,
+        })
+        .await
+        .expect("registered");
+}
+
+/// What a VEE's migration note (`migrated from … in {total} ms (downtime {downtime} ms; …
+/// {after} ms after)`) says QEMU measured: its total and downtime, and, between sites, how
+/// long after the send the guest ran at its destination. `None` without figures.
+pub fn migration_figures(note: &str) -> Option<MigrationFigures> {
+    let number_after = |word: &str| -> Option<u64> {
+        let (_, rest) = note.rsplit_once(word)?;
+        rest.split_whitespace().next()?.parse().ok()
+    };
+    Some(MigrationFigures {
+        total_ms: number_after(" in ")?,
+        downtime_ms: number_after("(downtime ")?,
+        running_after_ms: number_after("running there "),
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MigrationFigures {
+    pub total_ms: u64,
+    pub downtime_ms: u64,
+    pub running_after_ms: Option<u64>,
+}
