@@ -21,20 +21,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::ensure;
 use figures::{env_or, ms, percentile};
-use harness::{ctl_ok, init_one, small, Server, Setup};
-use veem_api::{SiteRequest, SiteState};
+use harness::{ctl_ok, init_one, peer_site_setup, register_site, small, Server, Setup};
+use veem_api::SiteState;
 use veem_client::Client;
 use veem_model::{ControlAction as A, SiteName};
 
-const PEER_TOKEN: &str = "token-peer";
-
 async fn site(name: &str) -> Server {
     Server::start_with(Setup {
-        top_level_config: format!("site = \"{name}\"\n"),
-        extra_config: format!("\n[[principal]]\nname = \"peer\"\ntoken = \"{PEER_TOKEN}\"\n"),
         hosts: vec![("h1", 64, 262_144, "")],
         health_interval_ms: 1_000,
-        ..Setup::default()
+        ..peer_site_setup(name)
     })
     .await
 }
@@ -105,16 +101,7 @@ async fn main() -> anyhow::Result<()> {
         env_or("VEEM_BENCH_ACTIONS", 200),
     );
     let (west, mut east) = (site("west").await, site("east").await);
-    west.ops
-        .add_site(&SiteRequest {
-            name: "east".into(),
-            url: east.url.clone(),
-            token: PEER_TOKEN.into(),
-            ca_pem: None,
-            client_cert_pem: None,
-            client_key_pem: None,
-        })
-        .await?;
+    register_site(&west, &east, "east").await;
     let local = init_one(&west.a, small("local")).await;
     let mut away = small("away");
     away.sites = vec![SiteName::new("east")?];
