@@ -266,19 +266,6 @@ async fn a_private_lan_extends_to_the_sites_of_its_vees_and_leaves_with_the_last
         "nothing refused changed the copy"
     );
 
-    // TWOPHASE reserves at a site before west chose the addresses: such a VEE does not go.
-    let answer = west
-        .a
-        .initialize(&veem_api::InitializeRequest {
-            model: veem_model::InitModel::Twophase,
-            count: 1,
-            descriptor: on_private_at("batch", &["east"], None),
-        })
-        .await;
-    let e = answer.expect_err("refused");
-    assert_eq!(e.code(), Some("insufficient_resources"), "{e}");
-    assert!(e.to_string().contains("private"), "{e}");
-
     // A copy stays while a VEE at its site is on it, and goes with the last; the other sides
     // stop flooding to that site.
     west.a.purge_vee(&db).await.expect("purged");
@@ -311,15 +298,156 @@ async fn a_private_lan_extends_to_the_sites_of_its_vees_and_leaves_with_the_last
     );
     assert!(named(&east, "cache").await.is_none());
 
-    // A VEE that east cannot take leaves no copy of the LAN there.
+    // A VEE that east cannot take waits for it: the copy made for it stays while it waits,
+    // the same one across the tries (every 5 s), not made and deleted at each; it goes when
+    // the VEE no longer waits.
     let mut huge = on_private_at("huge", &["east"], None);
     huge.cpu = 64;
     let huge = init_one(&west.a, huge).await;
     waits_when_activated(&west.a, &huge).await;
+    let kept = copy_at(&east, "east")
+        .await
+        .expect("the copy stays while huge waits for east");
+    let extends = west.a.get_network("private").await.expect("shown").extends;
+    tokio::time::sleep(std::time::Duration::from_secs(12)).await;
+    let waiting = get(&west.a, &huge).await;
+    assert!(
+        waiting
+            .pending_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("site east")),
+        "tried at east: {:?}",
+        waiting.pending_reason
+    );
+    let again = copy_at(&east, "east").await.expect("still there");
+    assert_eq!(
+        (again.created_ms, again.extends),
+        (kept.created_ms, kept.extends),
+        "the same copy across the tries"
+    );
+    assert_eq!(
+        west.a.get_network("private").await.expect("shown").extends,
+        extends,
+        "west's side unchanged across the tries"
+    );
+    west.a.purge_vee(&huge).await.expect("purged");
     assert!(copy_at(&east, "east").await.is_none(), "no copy at east");
     assert_eq!(
         west.a.get_network("private").await.expect("shown").extends,
         None
+    );
+}
+
+/// The VEEs of a site's list and their one NIC's (network, address), sorted by address.
+async fn nics_at(site: &Server) -> Vec<(String, Option<String>)> {
+    let mut nics: Vec<_> = site
+        .ops
+        .list_all_vees(&veem_client::ListQuery::default())
+        .await
+        .expect("listed")
+        .iter()
+        .map(nic_of)
+        .collect();
+    nics.sort_by(|a, b| a.1.cmp(&b.1));
+    nics
+}
+
+#[tokio::test]
+async fn twophase_across_sites_takes_the_lan_with_the_addresses_chosen_first_all_or_nothing() {
+    let port = vxlan_ports();
+    let west = Server::start_with(lan_site("west", port, Hypervisor::Sim)).await;
+    let east = Server::start_with(lan_site("east", port + 1, Hypervisor::Sim)).await;
+    register(&west, &east, "east").await;
+    west.a
+        .create_network("private", "10.215.17.0/24", false)
+        .await
+        .expect("sm-a's LAN at west");
+    let twophase = |count: u32| {
+        let mut d = on_private_at("batch", &["east"], None);
+        d.cpu = 3;
+        veem_api::InitializeRequest {
+            model: veem_model::InitModel::Twophase,
+            count,
+            descriptor: d,
+        }
+    };
+
+    // East's host has 8 CPUs: two VEEs of 3 are reserved there, the third is refused, and
+    // the two are purged again with the LAN's copy made for them.
+    let e = west.a.initialize(&twophase(3)).await.expect_err("refused");
+    assert_eq!(e.code(), Some("insufficient_resources"), "{e}");
+    assert!(e.to_string().contains("site east"), "{e}");
+    assert!(nics_at(&east).await.is_empty(), "no VEE left at east");
+    assert!(
+        copy_at(&east, "east").await.is_none(),
+        "no copy left at east"
+    );
+    let west_lan = west.a.get_network("private").await.expect("shown");
+    assert_eq!(
+        (west_lan.addresses_used, west_lan.extends),
+        (0, None),
+        "no address taken at west, and west's LAN floods nowhere"
+    );
+    assert!(west
+        .a
+        .list_all_vees(&veem_client::ListQuery::default())
+        .await
+        .expect("listed")
+        .is_empty());
+
+    // Two fit: reserved at east with west's addresses (the first ones: none stayed taken).
+    let made = west.a.initialize(&twophase(2)).await.expect("reserved");
+    let ids: Vec<String> = made.vees.iter().map(|v| v.id.clone()).collect();
+    let mut views = Vec::new();
+    for id in &ids {
+        views.push(get(&west.a, id).await);
+    }
+    let chosen: Vec<Option<String>> = views.iter().map(|v| nic_of(v).1).collect();
+    assert_eq!(
+        chosen,
+        [
+            Some("10.215.17.2".to_owned()),
+            Some("10.215.17.3".to_owned())
+        ]
+    );
+    for v in &views {
+        assert_eq!(v.site, "east");
+    }
+    let copy = copy_at(&east, "east")
+        .await
+        .expect("the LAN's copy at east");
+    assert_eq!(copy.addresses_used, 2);
+    assert_eq!(
+        nics_at(&east).await,
+        chosen
+            .iter()
+            .map(|ip| (copy.name.clone(), ip.clone()))
+            .collect::<Vec<_>>(),
+        "at east both have west's addresses on the copy"
+    );
+    let macs: std::collections::BTreeSet<String> = views
+        .iter()
+        .map(|v| v.generated.nics[0].mac.clone())
+        .collect();
+    assert_eq!(macs.len(), 2, "each its own MAC");
+
+    // Reserved, they run at east when submitted; purged, they take the copy with them.
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    ctl_ok(&west.a, A::Activate, &refs).await;
+    for id in &refs {
+        wait_state(&west.a, id, VmiState::Active).await;
+    }
+    for id in &refs {
+        west.a.purge_vee(id).await.expect("purged");
+    }
+    assert!(copy_at(&east, "east").await.is_none(), "the copy left east");
+    assert_eq!(
+        west.a
+            .get_network("private")
+            .await
+            .expect("shown")
+            .addresses_used,
+        0
     );
 }
 
