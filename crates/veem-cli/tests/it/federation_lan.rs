@@ -632,3 +632,52 @@ async fn uc_2_2_2_across_two_sites_the_database_is_reachable_only_from_the_web_t
         client.delete_network(name).await.expect("deleted");
     }
 }
+
+#[tokio::test]
+async fn a_placement_refused_at_a_site_never_takes_the_lan_from_one_racing_it_there() {
+    let port = vxlan_ports();
+    let west = Server::start_with(lan_site("west", port, Hypervisor::Sim)).await;
+    let east = Server::start_with(lan_site("east", port + 1, Hypervisor::Sim)).await;
+    register(&west, &east, "east").await;
+    west.a
+        .create_network("private", "10.215.27.0/24", false)
+        .await
+        .expect("sm-a's LAN at west");
+    let twophase = |name: &str, cpu: u32| {
+        let mut d = on_private_at(name, &["east"], None);
+        d.cpu = cpu;
+        veem_api::InitializeRequest {
+            model: veem_model::InitModel::Twophase,
+            count: 1,
+            descriptor: d,
+        }
+    };
+    // Each round, one batch that east takes and one it refuses extend the LAN there at once:
+    // the refused one's release waits for its turn and leaves the copy the other needs.
+    let mut placed = Vec::new();
+    for round in 0..6u64 {
+        let (fits, huge) = (twophase("fits", 1), twophase("huge", 64));
+        let (fits, refused) = tokio::join!(west.a.initialize(&fits), west.a.initialize(&huge));
+        let e = refused.expect_err("east has no room for 64 CPUs");
+        assert_eq!(e.code(), Some("insufficient_resources"), "{e}");
+        placed.push(fits.expect("east takes one CPU").vees.remove(0).id);
+        let copy = copy_at(&east, "east")
+            .await
+            .unwrap_or_else(|| panic!("round {round}: the copy stays for the VEEs placed"));
+        assert_eq!(copy.addresses_used, round + 1, "round {round}");
+        assert!(
+            west.a
+                .get_network("private")
+                .await
+                .expect("shown")
+                .extends
+                .is_some(),
+            "round {round}: west's LAN still floods to east"
+        );
+    }
+    assert_eq!(nics_at(&east).await.len(), placed.len());
+    for id in &placed {
+        west.a.purge_vee(id).await.expect("purged");
+    }
+    assert!(copy_at(&east, "east").await.is_none(), "the copy left east");
+}

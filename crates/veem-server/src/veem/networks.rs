@@ -287,7 +287,34 @@ pub struct Networks {
     lan_turns: Mutex<BTreeMap<LanAt, Arc<tokio::sync::Mutex<()>>>>,
     /// The placements under way that extended a LAN to a site and have no VEE recorded there
     /// yet (see [`LanClaim`]).
-    claims: Arc<Mutex<BTreeMap<LanAt, usize>>>,
+    claims: LanClaims,
+}
+
+/// How many placements under way hold each LAN at each site.
+#[derive(Default, Clone)]
+struct LanClaims(Arc<Mutex<BTreeMap<LanAt, usize>>>);
+
+impl LanClaims {
+    fn counts(&self) -> MutexGuard<'_, BTreeMap<LanAt, usize>> {
+        self.0
+            .lock()
+            .expect("the LAN claims' lock is never held across a panic")
+    }
+
+    /// A hold on network `id`'s LAN at `site`, until dropped.
+    fn claim(&self, id: u32, site: &SiteName) -> LanClaim {
+        let key = (id, site.clone());
+        *self.counts().entry(key.clone()).or_default() += 1;
+        LanClaim {
+            claims: Some(self.clone()),
+            held: vec![key],
+        }
+    }
+
+    /// Whether a placement under way holds network `id`'s LAN at `site`.
+    fn claimed(&self, id: u32, site: &SiteName) -> bool {
+        self.counts().contains_key(&(id, site.clone()))
+    }
 }
 
 /// A private LAN at a site: (network id, site).
@@ -298,7 +325,7 @@ type LanAt = (u32, SiteName);
 /// LANs do not leave the site. Dropped, the hold ends.
 #[derive(Default)]
 pub(super) struct LanClaim {
-    claims: Option<Arc<Mutex<BTreeMap<LanAt, usize>>>>,
+    claims: Option<LanClaims>,
     held: Vec<LanAt>,
 }
 
@@ -317,9 +344,7 @@ impl Drop for LanClaim {
         let Some(claims) = &self.claims else {
             return;
         };
-        let mut claims = claims
-            .lock()
-            .expect("the LAN claims' lock is never held across a panic");
+        let mut claims = claims.counts();
         for key in self.held.drain(..) {
             if let Some(count) = claims.get_mut(&key) {
                 *count -= 1;
@@ -340,7 +365,7 @@ impl Networks {
             federation: std::sync::OnceLock::new(),
             extending: tokio::sync::Mutex::new(()),
             lan_turns: Mutex::new(BTreeMap::new()),
-            claims: Arc::new(Mutex::new(BTreeMap::new())),
+            claims: LanClaims::default(),
         }
     }
 
@@ -356,25 +381,12 @@ impl Networks {
 
     /// A hold on network `id`'s LAN at `site` (see [`LanClaim`]).
     fn claim(&self, id: u32, site: &SiteName) -> LanClaim {
-        let key = (id, site.clone());
-        *self
-            .claims
-            .lock()
-            .expect("the LAN claims' lock is never held across a panic")
-            .entry(key.clone())
-            .or_default() += 1;
-        LanClaim {
-            claims: Some(self.claims.clone()),
-            held: vec![key],
-        }
+        self.claims.claim(id, site)
     }
 
     /// Whether a placement under way holds network `id`'s LAN at `site`.
     fn claimed(&self, id: u32, site: &SiteName) -> bool {
-        self.claims
-            .lock()
-            .expect("the LAN claims' lock is never held across a panic")
-            .contains_key(&(id, site.clone()))
+        self.claims.claimed(id, site)
     }
 
     /// Gives back the addresses chosen for a batch that was not defined after all.
@@ -1306,6 +1318,29 @@ mod tests {
             site.by_id[&1].holders.get(&Ipv4Addr::new(10, 10, 0, 4)),
             Some(&record.id)
         );
+    }
+
+    #[test]
+    fn a_lan_is_held_at_a_site_while_any_placement_under_way_holds_it() {
+        let claims = LanClaims::default();
+        let (east, north) = (
+            SiteName::new("east").expect("valid"),
+            SiteName::new("north").expect("valid"),
+        );
+        let first = claims.claim(1, &east);
+        let mut second = claims.claim(1, &east);
+        second.merge(claims.claim(2, &north));
+        assert!(claims.claimed(1, &east) && claims.claimed(2, &north));
+        assert!(!claims.claimed(1, &north) && !claims.claimed(2, &east));
+        drop(first);
+        assert!(
+            claims.claimed(1, &east),
+            "the second placement still holds it"
+        );
+        drop(second);
+        assert!(!claims.claimed(1, &east) && !claims.claimed(2, &north));
+        assert!(claims.counts().is_empty(), "nothing kept of ended holds");
+        drop(LanClaim::default());
     }
 
     #[test]
