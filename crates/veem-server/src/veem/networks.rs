@@ -16,7 +16,11 @@
 //!   its own LAN's flooding list; both sides' hosts join the LAN by VXLAN. A site takes such
 //!   a copy only from the principals `[federation] lan_extension` lists, and only on a VNI
 //!   none of its own LANs uses; its own new networks skip the VNIs others brought. The copy
-//!   goes when the last VEE of the network there is purged.
+//!   goes when no VEE of the network is there, none waits for a place there (a placement that
+//!   keeps retrying keeps its copy) and no placement under way holds it ([`LanClaim`]).
+//!   Extending a LAN to a site and releasing it there take turns per (network, site).
+//! - TWOPHASE at a site takes the batch's addresses first, then extends its LANs with them,
+//!   then reserves (see `Veem::define_at`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
