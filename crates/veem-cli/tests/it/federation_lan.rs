@@ -330,12 +330,22 @@ async fn a_private_lan_extends_to_the_sites_of_its_vees_and_leaves_with_the_last
         extends,
         "west's side unchanged across the tries"
     );
-    west.a.purge_vee(&huge).await.expect("purged");
-    assert!(copy_at(&east, "east").await.is_none(), "no copy at east");
+    // Cancelled (DESTROY), it waits no more: the copy is swept from east within the sweep's
+    // interval (10 s), without a purge.
+    ctl_ok(&west.a, A::Destroy, &[&huge]).await;
+    let swept = std::time::Instant::now() + std::time::Duration::from_secs(25);
+    while copy_at(&east, "east").await.is_some() {
+        assert!(
+            std::time::Instant::now() < swept,
+            "the copy for a VEE that no longer waits is swept"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
     assert_eq!(
         west.a.get_network("private").await.expect("shown").extends,
         None
     );
+    west.a.purge_vee(&huge).await.expect("purged");
 }
 
 /// The VEEs of a site's list and their one NIC's (network, address), sorted by address.
@@ -680,4 +690,19 @@ async fn a_placement_refused_at_a_site_never_takes_the_lan_from_one_racing_it_th
         west.a.purge_vee(id).await.expect("purged");
     }
     assert!(copy_at(&east, "east").await.is_none(), "the copy left east");
+
+    // A VEE waiting for east keeps a copy there; purged, it takes the copy along at once.
+    let mut waits = on_private_at("waits", &["east"], None);
+    waits.cpu = 64;
+    let waits = init_one(&west.a, waits).await;
+    waits_when_activated(&west.a, &waits).await;
+    assert!(
+        copy_at(&east, "east").await.is_some(),
+        "kept while it waits"
+    );
+    west.a.purge_vee(&waits).await.expect("purged");
+    assert!(
+        copy_at(&east, "east").await.is_none(),
+        "the copy left east with the purge"
+    );
 }

@@ -272,6 +272,9 @@ pub struct LanFederation {
     pub extenders: Vec<Principal>,
 }
 
+/// How often the copies of LANs no VEE needs at a site any more are looked for.
+const LAN_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The most VXLAN endpoints a LAN of another site may name.
 const MAX_LAN_PEERS: usize = 64;
 
@@ -769,6 +772,25 @@ impl Networks {
         self.table().resolve(owner, name).map(|s| s.network.clone())
     }
 
+    /// The private networks of this site whose LANs extend to other sites, and those sites.
+    fn extended(&self) -> Vec<(u32, Vec<SiteName>)> {
+        self.table()
+            .by_id
+            .values()
+            .filter(|s| !s.network.public)
+            .filter_map(|s| {
+                let sites: BTreeSet<SiteName> = s
+                    .network
+                    .extension
+                    .iter()
+                    .flat_map(|e| e.peers.iter())
+                    .filter_map(|p| SiteName::new(p.site.as_deref()?).ok())
+                    .collect();
+                (!sites.is_empty()).then(|| (s.network.id, sites.into_iter().collect()))
+            })
+            .collect()
+    }
+
     /// The network a NIC's address is on, if it still exists.
     pub(super) fn network(&self, id: u32) -> Option<Network> {
         self.table().by_id.get(&id).map(|s| s.network.clone())
@@ -1062,9 +1084,26 @@ impl Veem {
         }
     }
 
+    /// Takes away, every [`LAN_SWEEP_INTERVAL`], the copies no VEE needs any more at the sites
+    /// the LANs extend to: those kept for a VEE that stopped waiting without being purged (its
+    /// ACTIVATE cancelled), or left by a placement cut short by a restart or by a migration.
+    pub(super) async fn lan_sweep_loop(self) {
+        let mut tick = tokio::time::interval(LAN_SWEEP_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            for (id, sites) in self.inner.networks.extended() {
+                for site in sites {
+                    self.release_lans_at(&site, &[id], None).await;
+                }
+            }
+        }
+    }
+
     /// Whether network `id`'s LAN is needed at `site`: a VEE on it (but `leaving`) is at the
     /// site or waits for a place there (so a placement that keeps retrying keeps its copy
-    /// there), or a placement under way holds it there.
+    /// there), or migrates (its destination is not in its record yet), or a placement under
+    /// way holds it there.
     fn lan_used_at(&self, id: u32, site: &SiteName, leaving: Option<&VeeId>) -> bool {
         if self.inner.networks.claimed(id, site) {
             return true;
@@ -1077,6 +1116,7 @@ impl Veem {
                 Some(&r.id) != leaving
                     && r.generated.nics.iter().any(|n| n.network_id == Some(id))
                     && (r.site.as_ref() == Some(site)
+                        || r.phase == Some(veem_model::Phase::Migrating)
                         || (r.site.is_none()
                             && r.veem_state == veem_model::VeemState::Pending
                             && self.placement_order(r).contains(&wanted)))
