@@ -1060,14 +1060,26 @@ impl Veem {
                     continue;
                 }
                 let name = lan_copy_name(&network.owner, &network.name);
-                if let Ok(client) = self.inner.sites.client(site) {
-                    match client.delete_network(&name).await {
-                        Ok(()) => {}
-                        Err(e) if e.code() == Some(code::NOT_FOUND) => {}
+                let gone = match self.inner.sites.client(site) {
+                    Ok(client) => match client.delete_network(&name).await {
+                        Ok(()) => true,
+                        Err(e) if e.code() == Some(code::NOT_FOUND) => true,
+                        // E.g. `in_use`: a VEE there (one arriving) is on it. Kept, and both
+                        // sides go on flooding; the sweep tries again.
                         Err(e) => {
-                            tracing::warn!(%site, network = %name, error = %e, "cannot delete a lan's copy at a site");
+                            tracing::warn!(%site, network = %name, error = %e, "cannot delete a lan's copy at a site; kept");
+                            false
                         }
+                    },
+                    // A site no longer registered has nothing of it to delete.
+                    Err(CoreError::NotFound(_)) => true,
+                    Err(e) => {
+                        tracing::warn!(%site, network = %name, error = %e, "cannot delete a lan's copy at a site now; kept");
+                        false
                     }
+                };
+                if !gone {
+                    continue;
                 }
                 match networks.set_site_peers(id, site, &[]).await {
                     Ok(changed) => changed,
