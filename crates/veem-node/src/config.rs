@@ -95,11 +95,52 @@ impl SiteConfig {
     }
 
     pub fn parse(text: &str) -> Result<Self, String> {
-        let server = veem_server::Config::parse(text)?;
+        let mut server = veem_server::Config::parse(text)?;
         let HostSections { hosts } = toml::from_str(text).map_err(|e| e.to_string())?;
         check_hosts(&hosts)?;
+        let federation = &mut server.federation;
+        if federation.lan_endpoints.is_none() {
+            federation.lan_endpoints = Some(lan_endpoints_of(&hosts));
+        }
         Ok(Self { server, hosts })
     }
+}
+
+/// The site's VXLAN endpoints as its `[[host]]`s' `[host.qemu.vxlan]` name them: this machine's
+/// `local` and its `peers` (the site's other machines), at `port`, when every host with such a
+/// table names the same ones, without a multicast `group` (whose machines are not named), and
+/// as addresses. Otherwise none: the endpoints other sites reach are then the operator's to
+/// say (`[federation] lan_endpoints`), as they are whenever the underlay addresses are not
+/// what other sites reach (NAT).
+fn lan_endpoints_of(hosts: &[HostConfig]) -> Vec<std::net::SocketAddr> {
+    let tables: Vec<_> = hosts.iter().filter_map(|h| h.qemu.vxlan.as_ref()).collect();
+    let Some(first) = tables.first() else {
+        return Vec::new();
+    };
+    let agree = tables
+        .iter()
+        .all(|t| (&t.local, &t.peers, t.port) == (&first.local, &first.peers, first.port));
+    if !agree || first.group.is_some() {
+        return Vec::new();
+    }
+    let addresses: Result<Vec<std::net::IpAddr>, _> = std::iter::once(&first.local)
+        .chain(&first.peers)
+        .map(|a| a.parse())
+        .collect();
+    let Ok(mut addresses) = addresses else {
+        return Vec::new();
+    };
+    addresses.dedup();
+    if addresses
+        .iter()
+        .any(|a| a.is_unspecified() || a.is_multicast())
+    {
+        return Vec::new();
+    }
+    addresses
+        .into_iter()
+        .map(|a| std::net::SocketAddr::new(a, first.port))
+        .collect()
 }
 
 fn check_hosts(hosts: &[HostConfig]) -> Result<(), String> {
@@ -121,6 +162,61 @@ fn check_hosts(hosts: &[HostConfig]) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_lan_endpoints_default_to_the_hosts_vxlan_when_they_agree() {
+        let base = "listen = \"127.0.0.1:7070\"\ndata_dir = \"/var/lib/veem\"\n";
+        let host = |name: &str, vxlan: &str| {
+            format!("[[host]]\nname = \"{name}\"\ndriver = \"qemu\"\ncpus = 4\nmemory_mb = 4096\n{vxlan}\n")
+        };
+        let table =
+            "qemu = { vxlan = { local = \"192.0.2.1\", peers = [\"192.0.2.2\"], port = 4790 } }";
+        let endpoints = |text: String| {
+            SiteConfig::parse(&text)
+                .expect("valid")
+                .server
+                .federation
+                .lan_endpoints
+                .expect("set or derived")
+        };
+        let at = |a: &str| a.parse::<std::net::SocketAddr>().expect("an address");
+        assert_eq!(
+            endpoints(format!("{base}{}{}", host("h1", table), host("h2", table))),
+            [at("192.0.2.1:4790"), at("192.0.2.2:4790")],
+            "this machine and its peers, at the port"
+        );
+        let other = "qemu = { vxlan = { local = \"192.0.2.9\", port = 4790 } }";
+        let group = "qemu = { vxlan = { local = \"192.0.2.1\", group = \"239.1.1.1\" } }";
+        let name = "qemu = { vxlan = { local = \"underlay.example\" } }";
+        for (text, why) in [
+            (
+                format!("{base}{}{}", host("h1", table), host("h2", other)),
+                "they disagree",
+            ),
+            (
+                format!("{base}{}", host("h1", group)),
+                "a group names no machines",
+            ),
+            (format!("{base}{}", host("h1", name)), "not an address"),
+            (format!("{base}{}", host("h1", "")), "no vxlan"),
+        ] {
+            assert!(endpoints(text).is_empty(), "{why}");
+        }
+        let said = format!(
+            "{base}[federation]\nlan_endpoints = [\"198.51.100.1:4789\"]\n{}",
+            host("h1", table)
+        );
+        assert_eq!(
+            endpoints(said),
+            [at("198.51.100.1:4789")],
+            "the operator's word wins"
+        );
+        let none = format!(
+            "{base}[federation]\nlan_endpoints = []\n{}",
+            host("h1", table)
+        );
+        assert!(endpoints(none).is_empty(), "none, as said");
+    }
 
     /// The README's examples, `[[host]]`s with their drivers' settings included.
     #[test]

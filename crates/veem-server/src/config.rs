@@ -77,9 +77,11 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct FederationConfig {
     /// This site's hosts' VXLAN endpoints (`"address:port"`, as other sites reach them: each
-    /// host's `[host.qemu.vxlan]` `local` and `port`). Empty: no LAN spans this site and another.
+    /// machine's `[host.qemu.vxlan]` `local` and `port`). Empty: no LAN spans this site and
+    /// another. Unset: `veem serve` derives them from its `[[host]]`s' `[host.qemu.vxlan]`
+    /// when those agree (see veem-node), else none.
     #[serde(default)]
-    pub lan_endpoints: Vec<SocketAddr>,
+    pub lan_endpoints: Option<Vec<SocketAddr>>,
     /// The principals (other sites' VEEMs) that may join this site's hosts to their LANs
     /// (`POST /networks` with `extends`). Empty: none may.
     #[serde(default)]
@@ -294,14 +296,16 @@ admin = true
     fn federation_lans_parse_and_are_off_by_default() {
         let base = "listen = \"127.0.0.1:7070\"\ndata_dir = \"/var/lib/veem\"\n";
         let off = Config::parse(base).expect("parses");
-        assert!(off.federation.lan_endpoints.is_empty() && off.federation.lan_extension.is_empty());
+        assert!(off.federation.lan_endpoints.is_none() && off.federation.lan_extension.is_empty());
         let on = Config::parse(&format!(
             "{base}[federation]\nlan_endpoints = [\"192.0.2.10:4789\"]\nlan_extension = [\"west\"]\n"
         ))
         .expect("parses");
         assert_eq!(
             on.federation.lan_endpoints,
-            ["192.0.2.10:4789".parse::<SocketAddr>().expect("an address")]
+            Some(vec!["192.0.2.10:4789"
+                .parse::<SocketAddr>()
+                .expect("an address")])
         );
         assert_eq!(on.federation.lan_extension[0].as_str(), "west");
         for bad in [

@@ -86,6 +86,7 @@ pub async fn start(
             .federation
             .lan_endpoints
             .iter()
+            .flatten()
             .map(|e| veem_api::LanEndpoint {
                 address: e.ip(),
                 port: e.port(),

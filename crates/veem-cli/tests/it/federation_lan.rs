@@ -266,19 +266,6 @@ async fn a_private_lan_extends_to_the_sites_of_its_vees_and_leaves_with_the_last
         "nothing refused changed the copy"
     );
 
-    // TWOPHASE reserves at a site before west chose the addresses: such a VEE does not go.
-    let answer = west
-        .a
-        .initialize(&veem_api::InitializeRequest {
-            model: veem_model::InitModel::Twophase,
-            count: 1,
-            descriptor: on_private_at("batch", &["east"], None),
-        })
-        .await;
-    let e = answer.expect_err("refused");
-    assert_eq!(e.code(), Some("insufficient_resources"), "{e}");
-    assert!(e.to_string().contains("private"), "{e}");
-
     // A copy stays while a VEE at its site is on it, and goes with the last; the other sides
     // stop flooding to that site.
     west.a.purge_vee(&db).await.expect("purged");
@@ -311,15 +298,166 @@ async fn a_private_lan_extends_to_the_sites_of_its_vees_and_leaves_with_the_last
     );
     assert!(named(&east, "cache").await.is_none());
 
-    // A VEE that east cannot take leaves no copy of the LAN there.
+    // A VEE that east cannot take waits for it: the copy made for it stays while it waits,
+    // the same one across the tries (every 5 s), not made and deleted at each; it goes when
+    // the VEE no longer waits.
     let mut huge = on_private_at("huge", &["east"], None);
     huge.cpu = 64;
     let huge = init_one(&west.a, huge).await;
     waits_when_activated(&west.a, &huge).await;
-    assert!(copy_at(&east, "east").await.is_none(), "no copy at east");
+    let kept = copy_at(&east, "east")
+        .await
+        .expect("the copy stays while huge waits for east");
+    let extends = west.a.get_network("private").await.expect("shown").extends;
+    tokio::time::sleep(std::time::Duration::from_secs(12)).await;
+    let waiting = get(&west.a, &huge).await;
+    assert!(
+        waiting
+            .pending_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("site east")),
+        "tried at east: {:?}",
+        waiting.pending_reason
+    );
+    let again = copy_at(&east, "east").await.expect("still there");
+    assert_eq!(
+        (again.created_ms, again.extends),
+        (kept.created_ms, kept.extends),
+        "the same copy across the tries"
+    );
+    assert_eq!(
+        west.a.get_network("private").await.expect("shown").extends,
+        extends,
+        "west's side unchanged across the tries"
+    );
+    // Cancelled (DESTROY), it waits no more: the copy is swept from east within the sweep's
+    // interval (10 s), without a purge.
+    ctl_ok(&west.a, A::Destroy, &[&huge]).await;
+    let swept = std::time::Instant::now() + std::time::Duration::from_secs(25);
+    while copy_at(&east, "east").await.is_some() {
+        assert!(
+            std::time::Instant::now() < swept,
+            "the copy for a VEE that no longer waits is swept"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
     assert_eq!(
         west.a.get_network("private").await.expect("shown").extends,
         None
+    );
+    west.a.purge_vee(&huge).await.expect("purged");
+}
+
+/// The VEEs of a site's list and their one NIC's (network, address), sorted by address.
+async fn nics_at(site: &Server) -> Vec<(String, Option<String>)> {
+    let mut nics: Vec<_> = site
+        .ops
+        .list_all_vees(&veem_client::ListQuery::default())
+        .await
+        .expect("listed")
+        .iter()
+        .map(nic_of)
+        .collect();
+    nics.sort_by(|a, b| a.1.cmp(&b.1));
+    nics
+}
+
+#[tokio::test]
+async fn twophase_across_sites_takes_the_lan_with_the_addresses_chosen_first_all_or_nothing() {
+    let port = vxlan_ports();
+    let west = Server::start_with(lan_site("west", port, Hypervisor::Sim)).await;
+    let east = Server::start_with(lan_site("east", port + 1, Hypervisor::Sim)).await;
+    register(&west, &east, "east").await;
+    west.a
+        .create_network("private", "10.215.17.0/24", false)
+        .await
+        .expect("sm-a's LAN at west");
+    let twophase = |count: u32| {
+        let mut d = on_private_at("batch", &["east"], None);
+        d.cpu = 3;
+        veem_api::InitializeRequest {
+            model: veem_model::InitModel::Twophase,
+            count,
+            descriptor: d,
+        }
+    };
+
+    // East's host has 8 CPUs: two VEEs of 3 are reserved there, the third is refused, and
+    // the two are purged again with the LAN's copy made for them.
+    let e = west.a.initialize(&twophase(3)).await.expect_err("refused");
+    assert_eq!(e.code(), Some("insufficient_resources"), "{e}");
+    assert!(e.to_string().contains("site east"), "{e}");
+    assert!(nics_at(&east).await.is_empty(), "no VEE left at east");
+    assert!(
+        copy_at(&east, "east").await.is_none(),
+        "no copy left at east"
+    );
+    let west_lan = west.a.get_network("private").await.expect("shown");
+    assert_eq!(
+        (west_lan.addresses_used, west_lan.extends),
+        (0, None),
+        "no address taken at west, and west's LAN floods nowhere"
+    );
+    assert!(west
+        .a
+        .list_all_vees(&veem_client::ListQuery::default())
+        .await
+        .expect("listed")
+        .is_empty());
+
+    // Two fit: reserved at east with west's addresses (the first ones: none stayed taken).
+    let made = west.a.initialize(&twophase(2)).await.expect("reserved");
+    let ids: Vec<String> = made.vees.iter().map(|v| v.id.clone()).collect();
+    let mut views = Vec::new();
+    for id in &ids {
+        views.push(get(&west.a, id).await);
+    }
+    let chosen: Vec<Option<String>> = views.iter().map(|v| nic_of(v).1).collect();
+    assert_eq!(
+        chosen,
+        [
+            Some("10.215.17.2".to_owned()),
+            Some("10.215.17.3".to_owned())
+        ]
+    );
+    for v in &views {
+        assert_eq!(v.site, "east");
+    }
+    let copy = copy_at(&east, "east")
+        .await
+        .expect("the LAN's copy at east");
+    assert_eq!(copy.addresses_used, 2);
+    assert_eq!(
+        nics_at(&east).await,
+        chosen
+            .iter()
+            .map(|ip| (copy.name.clone(), ip.clone()))
+            .collect::<Vec<_>>(),
+        "at east both have west's addresses on the copy"
+    );
+    let macs: std::collections::BTreeSet<String> = views
+        .iter()
+        .map(|v| v.generated.nics[0].mac.clone())
+        .collect();
+    assert_eq!(macs.len(), 2, "each its own MAC");
+
+    // Reserved, they run at east when submitted; purged, they take the copy with them.
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    ctl_ok(&west.a, A::Activate, &refs).await;
+    for id in &refs {
+        wait_state(&west.a, id, VmiState::Active).await;
+    }
+    for id in &refs {
+        west.a.purge_vee(id).await.expect("purged");
+    }
+    assert!(copy_at(&east, "east").await.is_none(), "the copy left east");
+    assert_eq!(
+        west.a
+            .get_network("private")
+            .await
+            .expect("shown")
+            .addresses_used,
+        0
     );
 }
 
@@ -503,4 +641,68 @@ async fn uc_2_2_2_across_two_sites_the_database_is_reachable_only_from_the_web_t
     ] {
         client.delete_network(name).await.expect("deleted");
     }
+}
+
+#[tokio::test]
+async fn a_placement_refused_at_a_site_never_takes_the_lan_from_one_racing_it_there() {
+    let port = vxlan_ports();
+    let west = Server::start_with(lan_site("west", port, Hypervisor::Sim)).await;
+    let east = Server::start_with(lan_site("east", port + 1, Hypervisor::Sim)).await;
+    register(&west, &east, "east").await;
+    west.a
+        .create_network("private", "10.215.27.0/24", false)
+        .await
+        .expect("sm-a's LAN at west");
+    let twophase = |name: &str, cpu: u32| {
+        let mut d = on_private_at(name, &["east"], None);
+        d.cpu = cpu;
+        veem_api::InitializeRequest {
+            model: veem_model::InitModel::Twophase,
+            count: 1,
+            descriptor: d,
+        }
+    };
+    // Each round, one batch that east takes and one it refuses extend the LAN there at once:
+    // the refused one's release waits for its turn and leaves the copy the other needs.
+    let mut placed = Vec::new();
+    for round in 0..6u64 {
+        let (fits, huge) = (twophase("fits", 1), twophase("huge", 64));
+        let (fits, refused) = tokio::join!(west.a.initialize(&fits), west.a.initialize(&huge));
+        let e = refused.expect_err("east has no room for 64 CPUs");
+        assert_eq!(e.code(), Some("insufficient_resources"), "{e}");
+        placed.push(fits.expect("east takes one CPU").vees.remove(0).id);
+        let copy = copy_at(&east, "east")
+            .await
+            .unwrap_or_else(|| panic!("round {round}: the copy stays for the VEEs placed"));
+        assert_eq!(copy.addresses_used, round + 1, "round {round}");
+        assert!(
+            west.a
+                .get_network("private")
+                .await
+                .expect("shown")
+                .extends
+                .is_some(),
+            "round {round}: west's LAN still floods to east"
+        );
+    }
+    assert_eq!(nics_at(&east).await.len(), placed.len());
+    for id in &placed {
+        west.a.purge_vee(id).await.expect("purged");
+    }
+    assert!(copy_at(&east, "east").await.is_none(), "the copy left east");
+
+    // A VEE waiting for east keeps a copy there; purged, it takes the copy along at once.
+    let mut waits = on_private_at("waits", &["east"], None);
+    waits.cpu = 64;
+    let waits = init_one(&west.a, waits).await;
+    waits_when_activated(&west.a, &waits).await;
+    assert!(
+        copy_at(&east, "east").await.is_some(),
+        "kept while it waits"
+    );
+    west.a.purge_vee(&waits).await.expect("purged");
+    assert!(
+        copy_at(&east, "east").await.is_none(),
+        "the copy left east with the purge"
+    );
 }

@@ -25,6 +25,7 @@ use veem_model::{
     MonitoringEvent, Phase, Principal, SiteName, VeeDescriptor, VeeId, VeeRecord, VeemState,
 };
 
+use super::networks::LanClaim;
 use super::placer::demand_of;
 use super::{Routed, Veem};
 use crate::auth::Caller;
@@ -137,6 +138,7 @@ impl Veem {
                         }
                         self.inner.placer.dequeue(seq);
                         let _ = self.deploy(seq, host, guard, None).await;
+                        self.release_lans_waited(&record, None, None).await;
                         return;
                     }
                     Err(e) => refusals.push(format!("local hosts: {e}")),
@@ -144,6 +146,7 @@ impl Veem {
                 Some(site) => match self.deploy_at(&record, &site).await {
                     Ok(remote) => {
                         self.placed_at(seq, &site, remote).await;
+                        self.release_lans_waited(&record, Some(&site), None).await;
                         return;
                     }
                     Err(e) => refusals.push(format!("site {site}: {e}")),
@@ -162,19 +165,20 @@ impl Veem {
     }
 
     /// Reserves a host for the VEE at `site` (TWOPHASE there: a site without room refuses at
-    /// once) and submits it: its id there.
+    /// once) and submits it: its id there. The LANs extended there for it stay while it waits
+    /// for that site (see [`Veem::release_lans_at`]): a placement that keeps retrying does not
+    /// make and delete their copies at each try.
     async fn deploy_at(&self, record: &VeeRecord, site: &SiteName) -> Result<VeeId, CoreError> {
         let client = self.inner.sites.client(site)?;
-        let remote = self
+        let (mut remote, _held) = self
             .reserve_at(
                 site,
                 &record.owner,
-                1,
                 &record.descriptor,
-                Some(&record.generated.nics),
+                std::slice::from_ref(&record.generated.nics),
             )
-            .await?
-            .remove(0);
+            .await?;
+        let remote = remote.remove(0);
         let made_id = remote.to_string();
         let submitted = client
             .submit(std::slice::from_ref(&made_id))
@@ -189,13 +193,6 @@ impl Veem {
             if let Err(left) = client.purge_vee(&made_id).await {
                 tracing::warn!(%site, vee = %remote, error = %left, "cannot purge a VEE a site did not run");
             }
-            let lans: Vec<u32> = record
-                .generated
-                .nics
-                .iter()
-                .filter_map(|n| n.network_id)
-                .collect();
-            self.release_lans_at(site, &lans, None).await;
             return Err(e);
         }
         Ok(remote)
@@ -244,56 +241,92 @@ impl Veem {
         Ok(())
     }
 
-    /// Reserves hosts for `count` VEEs of `owner`'s `descriptor` at `site`, all or none
-    /// (TWOPHASE there), once the site has the images it names: their ids there. With the
-    /// `addresses` this VEEM chose for its NICs, its private LANs extend to the site.
+    /// Reserves hosts at `site` for VEEs of `owner`'s `descriptor`, one per entry of
+    /// `addresses` (the addresses this VEEM chose for each one's NICs), all or none (TWOPHASE
+    /// there), once the site has the images it names: their ids there, and the hold on the
+    /// private LANs extended there for them (see [`Veem::extend_lans`]), to keep until they
+    /// are recorded there. A batch with a NIC on such a LAN is reserved one VEE at a time
+    /// (an address fits one VEE), those made purged again if one is refused; on a refusal
+    /// the LANs extended for them leave the site unless others need them there.
     pub(super) async fn reserve_at(
         &self,
         site: &SiteName,
         owner: &Principal,
-        count: u32,
         descriptor: &VeeDescriptor,
-        addresses: Option<&[veem_model::NicAddress]>,
-    ) -> Result<Vec<VeeId>, CoreError> {
+        addresses: &[Vec<veem_model::NicAddress>],
+    ) -> Result<(Vec<VeeId>, LanClaim), CoreError> {
         let client = self.inner.sites.client(site)?;
         self.send_images(owner, descriptor, site, &client).await?;
-        let mut descriptor = self.descriptor_for_site(owner, descriptor);
-        self.extend_lans(site, &client, owner, &mut descriptor, addresses)
-            .await?;
-        let made = match client
+        let descriptor = self.descriptor_for_site(owner, descriptor);
+        let networks = &self.inner.networks;
+        let lans: Vec<u32> = addresses
+            .iter()
+            .flatten()
+            .filter_map(|n| n.network_id)
+            .filter(|id| networks.network(*id).is_some_and(|n| !n.public))
+            .collect();
+        let count = u32::try_from(addresses.len())
+            .map_err(|_| CoreError::malformed("count", "too many VEEs for one batch"))?;
+        let batches: Vec<(u32, &[veem_model::NicAddress])> = if lans.is_empty() {
+            let first = addresses.first().map_or(&[][..], Vec::as_slice);
+            vec![(count, first)]
+        } else {
+            addresses.iter().map(|a| (1, a.as_slice())).collect()
+        };
+        let mut held = LanClaim::default();
+        let mut made: Vec<VeeId> = Vec::with_capacity(addresses.len());
+        let reserved: Result<(), CoreError> = async {
+            for (count, chosen) in batches {
+                let mut descriptor = descriptor.clone();
+                held.merge(
+                    self.extend_lans(site, &client, owner, &mut descriptor, Some(chosen))
+                        .await?,
+                );
+                self.initialize_at(site, &client, count, descriptor, &mut made)
+                    .await?;
+            }
+            Ok(())
+        }
+        .await;
+        match reserved {
+            Ok(()) => Ok((made, held)),
+            Err(e) => {
+                self.release_at(site, &made).await;
+                // Held no more: the LANs extended for these VEEs leave, unless others need them.
+                drop(held);
+                self.release_lans_at(site, &lans, None).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// InitializeVEEs TWOPHASE of `count` VEEs of `descriptor` at `site`: adds their ids there
+    /// to `made` (also those of an answer that is not whole, so the caller purges them).
+    async fn initialize_at(
+        &self,
+        site: &SiteName,
+        client: &veem_client::Client,
+        count: u32,
+        descriptor: VeeDescriptor,
+        made: &mut Vec<VeeId>,
+    ) -> Result<(), CoreError> {
+        let answer = client
             .initialize(&InitializeRequest {
                 model: InitModel::Twophase,
                 count,
                 descriptor,
             })
             .await
-        {
-            Ok(made) => made,
-            Err(e) => {
-                // A LAN extended for this VEE leaves the site again, unless others are on it.
-                let lans: Vec<u32> = addresses
-                    .iter()
-                    .flat_map(|a| a.iter().filter_map(|n| n.network_id))
-                    .collect();
-                self.release_lans_at(site, &lans, None).await;
-                return Err(site_error(site, e));
-            }
-        };
-        let ids: Result<Vec<VeeId>, _> = made.vees.iter().map(|v| VeeId::parse(&v.id)).collect();
-        match ids {
-            Ok(ids) if ids.len() == count as usize => Ok(ids),
-            _ => {
-                let named: Vec<VeeId> = made
-                    .vees
-                    .iter()
-                    .filter_map(|v| VeeId::parse(&v.id).ok())
-                    .collect();
-                self.release_at(site, &named).await;
-                Err(CoreError::host_failed(format!(
-                    "site {site} answered InitializeVEEs of {count} with {} VEE(s)",
-                    made.vees.len()
-                )))
-            }
+            .map_err(|e| site_error(site, e))?;
+        let before = made.len();
+        made.extend(answer.vees.iter().filter_map(|v| VeeId::parse(&v.id).ok()));
+        if made.len() - before == count as usize && answer.vees.len() == count as usize {
+            Ok(())
+        } else {
+            Err(CoreError::host_failed(format!(
+                "site {site} answered InitializeVEEs of {count} with {} VEE(s)",
+                answer.vees.len()
+            )))
         }
     }
 
@@ -657,6 +690,9 @@ impl Veem {
     /// Purges a remote VEE at its site: nothing of it stays there.
     pub(super) async fn purge_remote(&self, record: &VeeRecord) -> Result<(), CoreError> {
         let (Some(site), Some(remote)) = (&record.site, &record.remote) else {
+            // One that waited for other sites leaves them the LANs kept there for it.
+            self.release_lans_waited(record, None, Some(&record.id))
+                .await;
             return Ok(());
         };
         let client = self.inner.sites.client(site)?;

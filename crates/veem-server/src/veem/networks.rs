@@ -16,11 +16,15 @@
 //!   its own LAN's flooding list; both sides' hosts join the LAN by VXLAN. A site takes such
 //!   a copy only from the principals `[federation] lan_extension` lists, and only on a VNI
 //!   none of its own LANs uses; its own new networks skip the VNIs others brought. The copy
-//!   goes when the last VEE of the network there is purged.
+//!   goes when no VEE of the network is there, none waits for a place there (a placement that
+//!   keeps retrying keeps its copy) and no placement under way holds it ([`LanClaim`]).
+//!   Extending a LAN to a site and releasing it there take turns per (network, site).
+//! - TWOPHASE at a site takes the batch's addresses first, then extends its LANs with them,
+//!   then reserves (see `Veem::define_at`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use veem_api::agent::{AgentRequest, AgentResponse, LanPlan};
 use veem_api::{code, LanEndpoint, LanExtensionRequest, NetworkRequest};
@@ -71,7 +75,7 @@ impl NetworkTable {
             .map(|n| (n.id, NetworkSlot::new(n)))
             .collect();
         for record in records {
-            for (id, ip) in held_addresses(record) {
+            for (id, ip) in held_addresses(&record.generated.nics) {
                 if let Some(slot) = by_id.get_mut(&id) {
                     slot.pool.take(ip);
                     slot.holders.insert(ip, record.id.clone());
@@ -159,9 +163,34 @@ impl NetworkTable {
 
     /// Gives back every address `record` holds.
     pub(super) fn release(&mut self, record: &VeeRecord) {
-        for (id, ip) in held_addresses(record) {
+        self.release_chosen(&record.generated.nics);
+    }
+
+    /// Gives back every address of `nics`.
+    fn release_chosen(&mut self, nics: &[NicAddress]) {
+        for (id, ip) in held_addresses(nics) {
             self.give_back(id, ip);
         }
+    }
+
+    /// Makes addresses chosen ahead of a batch's ids ([`NetworkTable::allocate`] with other
+    /// ids) the batch's: each VEE of `ids` holds its part of `chosen`, with its own MACs.
+    pub(super) fn adopt(
+        &mut self,
+        mut chosen: Vec<Vec<NicAddress>>,
+        ids: &[VeeId],
+    ) -> Vec<Vec<NicAddress>> {
+        for (nics, vee) in chosen.iter_mut().zip(ids) {
+            for (index, nic) in nics.iter_mut().enumerate() {
+                nic.mac = mac_address(vee, index);
+            }
+            for (id, ip) in held_addresses(nics) {
+                if let Some(slot) = self.by_id.get_mut(&id) {
+                    slot.holders.insert(ip, vee.clone());
+                }
+            }
+        }
+        chosen
     }
 
     fn give_back(&mut self, id: u32, ip: Ipv4Addr) {
@@ -219,12 +248,9 @@ fn take_address(
     }
 }
 
-/// The (network id, address) pairs a record holds.
-fn held_addresses(record: &VeeRecord) -> impl Iterator<Item = (u32, Ipv4Addr)> + '_ {
-    record
-        .generated
-        .nics
-        .iter()
+/// The (network id, address) pairs a VEE's NICs hold.
+fn held_addresses(nics: &[NicAddress]) -> impl Iterator<Item = (u32, Ipv4Addr)> + '_ {
+    nics.iter()
         .filter_map(|nic| Some((nic.network_id?, nic.ip.as_deref()?.parse().ok()?)))
 }
 
@@ -246,6 +272,9 @@ pub struct LanFederation {
     pub extenders: Vec<Principal>,
 }
 
+/// How often the copies of LANs no VEE needs at a site any more are looked for.
+const LAN_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The most VXLAN endpoints a LAN of another site may name.
 const MAX_LAN_PEERS: usize = 64;
 
@@ -260,6 +289,78 @@ pub struct Networks {
     federation: std::sync::OnceLock<LanFederation>,
     /// Changes to networks' extensions, one at a time (each reads, then commits, a network).
     extending: tokio::sync::Mutex<()>,
+    /// One turn per (network, site): extending a LAN to a site and taking it away from there
+    /// never interleave, so a placement that fails never deletes a copy another just made.
+    lan_turns: Mutex<BTreeMap<LanAt, Arc<tokio::sync::Mutex<()>>>>,
+    /// The placements under way that extended a LAN to a site and have no VEE recorded there
+    /// yet (see [`LanClaim`]).
+    claims: LanClaims,
+}
+
+/// How many placements under way hold each LAN at each site.
+#[derive(Default, Clone)]
+struct LanClaims(Arc<Mutex<BTreeMap<LanAt, usize>>>);
+
+impl LanClaims {
+    fn counts(&self) -> MutexGuard<'_, BTreeMap<LanAt, usize>> {
+        self.0
+            .lock()
+            .expect("the LAN claims' lock is never held across a panic")
+    }
+
+    /// A hold on network `id`'s LAN at `site`, until dropped.
+    fn claim(&self, id: u32, site: &SiteName) -> LanClaim {
+        let key = (id, site.clone());
+        *self.counts().entry(key.clone()).or_default() += 1;
+        LanClaim {
+            claims: Some(self.clone()),
+            held: vec![key],
+        }
+    }
+
+    /// Whether a placement under way holds network `id`'s LAN at `site`.
+    fn claimed(&self, id: u32, site: &SiteName) -> bool {
+        self.counts().contains_key(&(id, site.clone()))
+    }
+}
+
+/// A private LAN at a site: (network id, site).
+type LanAt = (u32, SiteName);
+
+/// A placement's hold on the LANs it extended to a site, until the VEEs it places there are
+/// recorded at that site (a TWOPHASE batch until it is defined): while it is held, those
+/// LANs do not leave the site. Dropped, the hold ends.
+#[derive(Default)]
+pub(super) struct LanClaim {
+    claims: Option<LanClaims>,
+    held: Vec<LanAt>,
+}
+
+impl LanClaim {
+    /// Holds what `other` holds too.
+    pub(super) fn merge(&mut self, mut other: LanClaim) {
+        if self.claims.is_none() {
+            self.claims = other.claims.clone();
+        }
+        self.held.append(&mut other.held);
+    }
+}
+
+impl Drop for LanClaim {
+    fn drop(&mut self) {
+        let Some(claims) = &self.claims else {
+            return;
+        };
+        let mut claims = claims.counts();
+        for key in self.held.drain(..) {
+            if let Some(count) = claims.get_mut(&key) {
+                *count -= 1;
+                if *count == 0 {
+                    claims.remove(&key);
+                }
+            }
+        }
+    }
 }
 
 impl Networks {
@@ -270,6 +371,36 @@ impl Networks {
             lan_key,
             federation: std::sync::OnceLock::new(),
             extending: tokio::sync::Mutex::new(()),
+            lan_turns: Mutex::new(BTreeMap::new()),
+            claims: LanClaims::default(),
+        }
+    }
+
+    /// The turn of network `id`'s LAN at `site` (see `lan_turns`).
+    fn lan_turn(&self, id: u32, site: &SiteName) -> Arc<tokio::sync::Mutex<()>> {
+        self.lan_turns
+            .lock()
+            .expect("the LAN turns' lock is never held across a panic")
+            .entry((id, site.clone()))
+            .or_default()
+            .clone()
+    }
+
+    /// A hold on network `id`'s LAN at `site` (see [`LanClaim`]).
+    fn claim(&self, id: u32, site: &SiteName) -> LanClaim {
+        self.claims.claim(id, site)
+    }
+
+    /// Whether a placement under way holds network `id`'s LAN at `site`.
+    fn claimed(&self, id: u32, site: &SiteName) -> bool {
+        self.claims.claimed(id, site)
+    }
+
+    /// Gives back the addresses chosen for a batch that was not defined after all.
+    pub(super) fn release_chosen(&self, chosen: &[Vec<NicAddress>]) {
+        let mut table = self.table();
+        for nics in chosen {
+            table.release_chosen(nics);
         }
     }
 
@@ -304,6 +435,15 @@ impl Networks {
         ids: &[VeeId],
     ) -> Result<Vec<Vec<NicAddress>>, CoreError> {
         self.table().allocate(owner, descriptor, ids)
+    }
+
+    /// Makes addresses chosen ahead of a batch's ids the batch's (see [`NetworkTable::adopt`]).
+    pub(super) fn adopt(
+        &self,
+        chosen: Vec<Vec<NicAddress>>,
+        ids: &[VeeId],
+    ) -> Vec<Vec<NicAddress>> {
+        self.table().adopt(chosen, ids)
     }
 
     /// Gives back every address the records hold.
@@ -632,6 +772,25 @@ impl Networks {
         self.table().resolve(owner, name).map(|s| s.network.clone())
     }
 
+    /// The private networks of this site whose LANs extend to other sites, and those sites.
+    fn extended(&self) -> Vec<(u32, Vec<SiteName>)> {
+        self.table()
+            .by_id
+            .values()
+            .filter(|s| !s.network.public)
+            .filter_map(|s| {
+                let sites: BTreeSet<SiteName> = s
+                    .network
+                    .extension
+                    .iter()
+                    .flat_map(|e| e.peers.iter())
+                    .filter_map(|p| SiteName::new(p.site.as_deref()?).ok())
+                    .collect();
+                (!sites.is_empty()).then(|| (s.network.id, sites.into_iter().collect()))
+            })
+            .collect()
+    }
+
     /// The network a NIC's address is on, if it still exists.
     pub(super) fn network(&self, id: u32) -> Option<Network> {
         self.table().by_id.get(&id).map(|s| s.network.clone())
@@ -689,10 +848,10 @@ impl Veem {
     /// Sees that the NICs of `owner`'s VEE (its `descriptor` and the `addresses` this VEEM
     /// chose) that are on one of the owner's private networks are on that LAN at `site` too:
     /// the site gets the owner's copy of the network (created there if it has none, see the
-    /// module's rules) and this site's hosts flood to the site's. Answers the descriptor as it
-    /// goes to the site: those NICs name the copy and have the addresses chosen here. Without
-    /// `addresses` (a batch reserved at a site before its addresses are chosen), a VEE with
-    /// such a NIC does not go to a site.
+    /// module's rules) and this site's hosts flood to the site's. Rewrites the descriptor as it
+    /// goes to the site: those NICs name the copy and have the addresses chosen here. Answers
+    /// the placement's hold on those LANs at the site, to keep until the VEE is recorded there.
+    /// Without `addresses` (none chosen yet), a VEE with such a NIC does not go to a site.
     pub(super) async fn extend_lans(
         &self,
         site: &SiteName,
@@ -700,8 +859,9 @@ impl Veem {
         owner: &Principal,
         descriptor: &mut VeeDescriptor,
         addresses: Option<&[NicAddress]>,
-    ) -> Result<(), CoreError> {
+    ) -> Result<LanClaim, CoreError> {
         let networks = &self.inner.networks;
+        let mut claim = LanClaim::default();
         for index in 0..descriptor.nics.len() {
             let network = match addresses {
                 Some(chosen) => chosen
@@ -719,42 +879,54 @@ impl Veem {
                 .and_then(|ip| ip.parse::<Ipv4Addr>().ok());
             let Some(ip) = chosen else {
                 return Err(CoreError::InsufficientResources(format!(
-                    "a VEE on private network {} goes to a site once placed there (SubmitVEEs), with the address chosen here, not reserved there by TWOPHASE at InitializeVEEs",
+                    "a VEE on private network {} goes to a site with the address chosen here, and none was",
                     network.name
                 )));
             };
-            let copy = self.extend_lan(site, client, &network).await?;
+            let (copy, held) = self.extend_lan(site, client, &network).await?;
+            claim.merge(held);
             let nic = &mut descriptor.nics[index];
             nic.network = copy;
             nic.ip = Some(ip);
         }
-        Ok(())
+        Ok(claim)
     }
 
-    /// Extends `network`'s LAN to `site` (see [`Veem::extend_lans`]): the name of its copy there.
+    /// Extends `network`'s LAN to `site` (see [`Veem::extend_lans`]), in the turn of that LAN
+    /// at that site: the name of its copy there, and the hold on it.
     async fn extend_lan(
         &self,
         site: &SiteName,
         client: &veem_client::Client,
         network: &Network,
-    ) -> Result<String, CoreError> {
-        if self.inner.networks.endpoints().is_empty() {
+    ) -> Result<(String, LanClaim), CoreError> {
+        let networks = &self.inner.networks;
+        if networks.endpoints().is_empty() {
             return Err(CoreError::Conflict(format!(
                 "network {} cannot extend to site {site}: this site's hosts join no LAN of another site ([federation] lan_endpoints)",
                 network.name
             )));
         }
-        let theirs = self.send_copy(site, client, network).await?;
-        if let Some(changed) = self
-            .inner
-            .networks
-            .set_site_peers(network.id, site, &theirs)
-            .await?
-        {
-            tracing::info!(network = %network.name, %site, vni = changed.vni(), peers = theirs.len(), "the lan extends to a site");
+        let changed = {
+            let turn = networks.lan_turn(network.id, site);
+            let _turn = turn.lock().await;
+            // As it is now: another turn may have changed the sites it extends to.
+            let network = networks.network(network.id).ok_or_else(|| {
+                CoreError::NotFound(format!("network {} was deleted", network.name))
+            })?;
+            let theirs = self.send_copy(site, client, &network).await?;
+            let changed = networks.set_site_peers(network.id, site, &theirs).await?;
+            if changed.is_some() {
+                tracing::info!(network = %network.name, %site, vni = network.vni(), peers = theirs.len(), "the lan extends to a site");
+            }
+            // Held before the turn ends: a release that follows sees the placement under way.
+            (changed, networks.claim(network.id, site))
+        };
+        let (changed, held) = changed;
+        if let Some(changed) = changed {
             self.lan_sites_changed(&changed, site).await;
         }
-        Ok(lan_copy_name(&network.owner, &network.name))
+        Ok((lan_copy_name(&network.owner, &network.name), held))
     }
 
     /// Makes (or renews) `network`'s copy at `site`, flooding to this site's hosts and to the
@@ -809,6 +981,12 @@ impl Veem {
     /// this site's hosts flood to the sites it extends to now, and so does each of those
     /// sites but `site` (its copy renewed), so every side floods to every other.
     async fn lan_sites_changed(&self, network: &Network, changed: &SiteName) {
+        // As it is now: a later change may have been made since.
+        let network = &self
+            .inner
+            .networks
+            .network(network.id)
+            .unwrap_or_else(|| network.clone());
         let lan = self.inner.networks.lan_plan(network);
         self.on_every_host(network, || AgentRequest::RefreshLan { lan: lan.clone() })
             .await;
@@ -823,8 +1001,20 @@ impl Veem {
             let Ok(other) = SiteName::new(other) else {
                 continue;
             };
+            // In that site's turn, and only while the LAN still extends there (as it is now):
+            // a copy renewed after it was taken away would stay.
+            let turn = self.inner.networks.lan_turn(network.id, &other);
+            let _turn = turn.lock().await;
+            let Some(now) = self
+                .inner
+                .networks
+                .network(network.id)
+                .filter(|n| extends_to(n, &other))
+            else {
+                continue;
+            };
             let sent = match self.inner.sites.client(&other) {
-                Ok(client) => self.send_copy(&other, &client, network).await.map(drop),
+                Ok(client) => self.send_copy(&other, &client, &now).await.map(drop),
                 Err(e) => Err(e),
             };
             if let Err(e) = sent {
@@ -848,58 +1038,136 @@ impl Veem {
         self.release_lans_at(site, &ids, Some(&record.id)).await;
     }
 
-    /// Each private network of `ids` that no VEE at `site` is on (but `leaving`, which is going)
-    /// leaves the site: its copy there is deleted, and the other sides stop flooding to the
-    /// site's hosts. Also after a VEE the LAN was extended for did not go there after all.
+    /// Each private network of `ids` that no VEE at `site` is on (but `leaving`, which is going),
+    /// nor waits for that site, nor is being placed there, leaves the site: its copy there is
+    /// deleted, and the other sides stop flooding to the site's hosts. Also after a VEE the LAN
+    /// was extended for did not go there after all. Each in the turn of that LAN at that site.
     pub(super) async fn release_lans_at(
         &self,
         site: &SiteName,
         ids: &[u32],
         leaving: Option<&VeeId>,
     ) {
+        let networks = &self.inner.networks;
         for &id in ids {
-            let Some(network) = self.inner.networks.network(id).filter(|n| !n.public) else {
-                continue;
-            };
-            let still_used = !self
-                .inner
-                .records
-                .ids_where(|r| {
-                    Some(&r.id) != leaving
-                        && r.site.as_ref() == Some(site)
-                        && r.generated.nics.iter().any(|n| n.network_id == Some(id))
-                })
-                .is_empty();
-            let extended = network
-                .extension
-                .iter()
-                .flat_map(|e| e.peers.iter())
-                .any(|p| p.site.as_deref() == Some(site.as_str()));
-            if still_used || !extended {
-                continue;
-            }
-            let name = lan_copy_name(&network.owner, &network.name);
-            if let Ok(client) = self.inner.sites.client(site) {
-                match client.delete_network(&name).await {
-                    Ok(()) => {}
-                    Err(e) if e.code() == Some(code::NOT_FOUND) => {}
+            let turn = networks.lan_turn(id, site);
+            let changed = {
+                let _turn = turn.lock().await;
+                let Some(network) = networks.network(id).filter(|n| !n.public) else {
+                    continue;
+                };
+                if !extends_to(&network, site) || self.lan_used_at(id, site, leaving) {
+                    continue;
+                }
+                let name = lan_copy_name(&network.owner, &network.name);
+                let gone = match self.inner.sites.client(site) {
+                    Ok(client) => match client.delete_network(&name).await {
+                        Ok(()) => true,
+                        Err(e) if e.code() == Some(code::NOT_FOUND) => true,
+                        // E.g. `in_use`: a VEE there (one arriving) is on it. Kept, and both
+                        // sides go on flooding; the sweep tries again.
+                        Err(e) => {
+                            tracing::warn!(%site, network = %name, error = %e, "cannot delete a lan's copy at a site; kept");
+                            false
+                        }
+                    },
+                    // A site no longer registered has nothing of it to delete.
+                    Err(CoreError::NotFound(_)) => true,
                     Err(e) => {
-                        tracing::warn!(%site, network = %name, error = %e, "cannot delete a lan's copy at a site");
+                        tracing::warn!(%site, network = %name, error = %e, "cannot delete a lan's copy at a site now; kept");
+                        false
+                    }
+                };
+                if !gone {
+                    continue;
+                }
+                match networks.set_site_peers(id, site, &[]).await {
+                    Ok(changed) => changed,
+                    Err(e) => {
+                        tracing::warn!(network = %network.name, %site, error = %e, "cannot record that a lan left a site");
+                        None
                     }
                 }
+            };
+            if let Some(changed) = changed {
+                tracing::info!(network = %changed.name, %site, "the lan no longer extends to a site");
+                self.lan_sites_changed(&changed, site).await;
             }
-            match self.inner.networks.set_site_peers(id, site, &[]).await {
-                Ok(Some(changed)) => {
-                    tracing::info!(network = %network.name, %site, "the lan no longer extends to a site");
-                    self.lan_sites_changed(&changed, site).await;
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(network = %network.name, %site, error = %e, "cannot record that a lan left a site");
+        }
+    }
+
+    /// Takes away, every [`LAN_SWEEP_INTERVAL`], the copies no VEE needs any more at the sites
+    /// the LANs extend to: those kept for a VEE that stopped waiting without being purged (its
+    /// ACTIVATE cancelled), or left by a placement cut short by a restart or by a migration.
+    pub(super) async fn lan_sweep_loop(self) {
+        let mut tick = tokio::time::interval(LAN_SWEEP_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            for (id, sites) in self.inner.networks.extended() {
+                for site in sites {
+                    self.release_lans_at(&site, &[id], None).await;
                 }
             }
         }
     }
+
+    /// Whether network `id`'s LAN is needed at `site`: a VEE on it (but `leaving`) is at the
+    /// site or waits for a place there (so a placement that keeps retrying keeps its copy
+    /// there), or migrates (its destination is not in its record yet), or a placement under
+    /// way holds it there.
+    fn lan_used_at(&self, id: u32, site: &SiteName, leaving: Option<&VeeId>) -> bool {
+        if self.inner.networks.claimed(id, site) {
+            return true;
+        }
+        let wanted = Some(site.clone());
+        !self
+            .inner
+            .records
+            .ids_where(|r| {
+                Some(&r.id) != leaving
+                    && r.generated.nics.iter().any(|n| n.network_id == Some(id))
+                    && (r.site.as_ref() == Some(site)
+                        || r.phase == Some(veem_model::Phase::Migrating)
+                        || (r.site.is_none()
+                            && r.veem_state == veem_model::VeemState::Pending
+                            && self.placement_order(r).contains(&wanted)))
+            })
+            .is_empty()
+    }
+
+    /// After `record` was placed elsewhere, or is purged, waiting no more: the LANs kept at
+    /// the sites it waited for (but `placed_at`) leave them unless others need them there.
+    pub(super) async fn release_lans_waited(
+        &self,
+        record: &VeeRecord,
+        placed_at: Option<&SiteName>,
+        leaving: Option<&VeeId>,
+    ) {
+        let ids: Vec<u32> = record
+            .generated
+            .nics
+            .iter()
+            .filter_map(|n| n.network_id)
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        for site in self.placement_order(record).into_iter().flatten() {
+            if Some(&site) != placed_at {
+                self.release_lans_at(&site, &ids, leaving).await;
+            }
+        }
+    }
+}
+
+/// Whether `network`'s LAN floods to `site`'s hosts.
+fn extends_to(network: &Network, site: &SiteName) -> bool {
+    network
+        .extension
+        .iter()
+        .flat_map(|e| e.peers.iter())
+        .any(|p| p.site.as_deref() == Some(site.as_str()))
 }
 
 /// The name of `owner`'s network `name` at a site it extends to: marked with the owner, as its
@@ -1106,6 +1374,29 @@ mod tests {
             site.by_id[&1].holders.get(&Ipv4Addr::new(10, 10, 0, 4)),
             Some(&record.id)
         );
+    }
+
+    #[test]
+    fn a_lan_is_held_at_a_site_while_any_placement_under_way_holds_it() {
+        let claims = LanClaims::default();
+        let (east, north) = (
+            SiteName::new("east").expect("valid"),
+            SiteName::new("north").expect("valid"),
+        );
+        let first = claims.claim(1, &east);
+        let mut second = claims.claim(1, &east);
+        second.merge(claims.claim(2, &north));
+        assert!(claims.claimed(1, &east) && claims.claimed(2, &north));
+        assert!(!claims.claimed(1, &north) && !claims.claimed(2, &east));
+        drop(first);
+        assert!(
+            claims.claimed(1, &east),
+            "the second placement still holds it"
+        );
+        drop(second);
+        assert!(!claims.claimed(1, &east) && !claims.claimed(2, &north));
+        assert!(claims.counts().is_empty(), "nothing kept of ended holds");
+        drop(LanClaim::default());
     }
 
     #[test]

@@ -408,6 +408,7 @@ impl super::Veem {
     /// Checks the sites at every [`CHECK_INTERVAL`]; the VEEs of a site that answers again are
     /// read again.
     pub(super) async fn site_loop(self) {
+        tokio::spawn(self.clone().lan_sweep_loop());
         // What changed at the sites while this VEEM was down was pushed to no one.
         for info in self.inner.sites.list() {
             self.read_all_at(&info.site.name);

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use tokio::sync::OwnedMutexGuard;
 use veem_api::agent::{AgentRequest, BootPlan, DeploySpec, DiskPlan, NicPlan, SourcePlan};
 use veem_model::{
-    ControlAction, DiskSource, HostId, ImageFormat, InitModel, Phase, SiteName, VeeDescriptor,
-    VeeEvent, VeeId, VeeRecord, VeemState, VmiState,
+    ControlAction, DiskSource, HostId, ImageFormat, InitModel, NicAddress, Phase, SiteName,
+    VeeDescriptor, VeeEvent, VeeId, VeeRecord, VeemState, VmiState,
 };
 use veem_placement::{PlacementError, Unplaceable};
 use veem_store::Change;
@@ -18,10 +18,11 @@ use super::{agent_result, monitoring, now_ms, placement_error, BatchOutcome, Vee
 use crate::auth::Caller;
 use crate::error::CoreError;
 
-/// Where a batch of InitializeVEEs is defined: here, or reserved at a site as these VEEs.
+/// Where a batch of InitializeVEEs is defined: here, or reserved at a site as these VEEs
+/// with the addresses chosen for them before (see [`Veem::define_at`]).
 enum Where {
     Here,
-    At(SiteName, Vec<VeeId>),
+    At(SiteName, Vec<VeeId>, Vec<Vec<NicAddress>>),
 }
 
 /// How long SubmitVEEs waits for a site to activate one of its VEEs there.
@@ -73,22 +74,10 @@ impl Veem {
                     self.define(caller, model, count, descriptor.clone(), Where::Here)
                         .await
                 }
-                Some(site) => match self
-                    .reserve_at(site, &caller.principal, count, &descriptor, None)
-                    .await
-                {
-                    Ok(remote) => {
-                        let at = Where::At(site.clone(), remote.clone());
-                        let defined = self
-                            .define(caller, model, count, descriptor.clone(), at)
-                            .await;
-                        if defined.is_err() {
-                            self.release_at(site, &remote).await;
-                        }
-                        defined
-                    }
-                    Err(e) => Err(e),
-                },
+                Some(site) => {
+                    self.define_at(caller, model, count, descriptor.clone(), site)
+                        .await
+                }
             };
             match tried {
                 Err(CoreError::InsufficientResources(why)) => {
@@ -102,8 +91,56 @@ impl Veem {
         Err(CoreError::InsufficientResources(refusals.join("; ")))
     }
 
+    /// TWOPHASE of `count` VEEs of `descriptor` at `site`, all or nothing: their addresses are
+    /// chosen first (a private LAN extends to the site with them), then the site reserves
+    /// them, then they are defined here. On any failure nothing is left at the site (VEEs,
+    /// LAN copies no other VEE needs) and no address stays taken.
+    async fn define_at(
+        &self,
+        caller: &Caller,
+        model: InitModel,
+        count: u32,
+        descriptor: Arc<VeeDescriptor>,
+        site: &SiteName,
+    ) -> Result<Vec<VeeRecord>, CoreError> {
+        let inner = &self.inner;
+        // The ids the batch will most likely get: only their MACs' guess, adopted at definition.
+        let next = inner.records.next_seq();
+        let guessed: Vec<VeeId> = (0..u64::from(count))
+            .map(|i| VeeId::from_seq(next + i))
+            .collect();
+        let chosen = inner
+            .networks
+            .allocate(&caller.principal, &descriptor, &guessed)?;
+        let (remote, held) = match self
+            .reserve_at(site, &caller.principal, &descriptor, &chosen)
+            .await
+        {
+            Ok(reserved) => reserved,
+            Err(e) => {
+                inner.networks.release_chosen(&chosen);
+                return Err(e);
+            }
+        };
+        let lans: Vec<u32> = chosen
+            .iter()
+            .flatten()
+            .filter_map(|n| n.network_id)
+            .collect();
+        // From here the addresses are `define`'s: given back by it if it fails.
+        let at = Where::At(site.clone(), remote.clone(), chosen);
+        let defined = self.define(caller, model, count, descriptor, at).await;
+        // Defined, the VEEs are recorded at the site: the hold on its LANs ends either way.
+        drop(held);
+        if defined.is_err() {
+            self.release_at(site, &remote).await;
+            self.release_lans_at(site, &lans, None).await;
+        }
+        defined
+    }
+
     /// Defines `count` VEEs of `descriptor`: TWOPHASE here reserves their hosts, or defines
-    /// nothing; `Where::At` records the VEEs a site reserved for them.
+    /// nothing; `Where::At` records the VEEs a site reserved for them, with their addresses.
     async fn define(
         &self,
         caller: &Caller,
@@ -128,9 +165,12 @@ impl Veem {
                     })
                     .collect();
                 let ids: Vec<VeeId> = records.iter().map(|r| r.id.clone()).collect();
-                let addresses = inner
-                    .networks
-                    .allocate(&caller.principal, &descriptor, &ids)?;
+                let addresses = match &place {
+                    Where::At(_, _, chosen) => inner.networks.adopt(chosen.clone(), &ids),
+                    Where::Here => inner
+                        .networks
+                        .allocate(&caller.principal, &descriptor, &ids)?,
+                };
                 for (record, nics) in records.iter_mut().zip(addresses) {
                     record.generated.nics = nics;
                     record.monitoring_token = Some(format!(
@@ -141,7 +181,7 @@ impl Veem {
                 }
                 let mut reserved = Vec::new();
                 match (&place, model) {
-                    (Where::At(site, remote), _) => {
+                    (Where::At(site, remote, _), _) => {
                         for (record, remote) in records.iter_mut().zip(remote) {
                             record.site = Some(site.clone());
                             record.remote = Some(remote.clone());
@@ -170,7 +210,7 @@ impl Veem {
                 let detail = match (&place, model) {
                     (Where::Here, InitModel::Besteffort) => "initialized (BESTEFFORT)".to_owned(),
                     (Where::Here, InitModel::Twophase) => "initialized (TWOPHASE)".to_owned(),
-                    (Where::At(site, _), _) => format!("initialized (TWOPHASE at site {site})"),
+                    (Where::At(site, _, _), _) => format!("initialized (TWOPHASE at site {site})"),
                 };
                 let mut changes = Vec::with_capacity(records.len() * 2);
                 for r in &records {
