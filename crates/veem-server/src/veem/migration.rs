@@ -26,6 +26,7 @@ use veem_model::{
     VmiState,
 };
 
+use super::networks::LanClaim;
 use super::placer::demand_of;
 use super::{agent_result, placement_error, Veem};
 use crate::auth::Caller;
@@ -340,7 +341,7 @@ impl Veem {
         if paused_for_move {
             self.act_held(seq, ControlAction::Pause).await?;
         }
-        let (receiver, uri, disks) = match self.receive_at(record, to.as_ref()).await {
+        let (receiver, uri, disks, lans) = match self.receive_at(record, to.as_ref()).await {
             Ok(ready) => ready,
             Err(e) => {
                 self.resume_after_failure(seq, paused_for_move).await;
@@ -353,6 +354,8 @@ impl Veem {
                 r.phase = Some(Phase::Migrating);
             })
             .await;
+        // From here its phase keeps its LANs at the destination (see `lan_used_at`).
+        drop(lans);
         if let Err(e) = noted {
             self.abort_at(&receiver, &record.id).await;
             self.resume_after_failure(seq, paused_for_move).await;
@@ -570,7 +573,7 @@ impl Veem {
                 tracing::warn!(vee = %record.id, error = %e, "cannot remove a fetched disk");
             }
         }
-        let remote = moved?;
+        let (remote, lans) = moved?;
         let this = self.inner.sites.this();
         let from = match &record.site {
             Some(site) => format!("site {site}"),
@@ -592,9 +595,12 @@ impl Veem {
                 r.reserved = false;
             })
             .await;
+        // From here its record keeps its LANs at the destination.
+        drop(lans);
         if let Err(e) = updated {
             if let (Some(site), Some(remote)) = (&to, &remote) {
                 self.release_at(site, std::slice::from_ref(remote)).await;
+                self.release_lans_of(site, record).await;
             }
             return Err(e);
         }
@@ -616,7 +622,7 @@ impl Veem {
         record: &VeeRecord,
         site: Option<&SiteName>,
         disks: &[(String, std::path::PathBuf)],
-    ) -> Result<Option<VeeId>, CoreError> {
+    ) -> Result<(Option<VeeId>, LanClaim), CoreError> {
         let Some(site) = site else {
             let dir = self.vee_dir(&record.id);
             for (target, path) in disks {
@@ -630,10 +636,10 @@ impl Veem {
                     .await
                     .map_err(|e| CoreError::internal("moving a disk into place", e))?;
             }
-            return Ok(None);
+            return Ok((None, LanClaim::default()));
         };
         let client = self.inner.sites.client(site)?;
-        let descriptor = self.descriptor_going_to(site, &client, record).await?;
+        let (descriptor, lans) = self.descriptor_going_to(site, &client, record).await?;
         let made = match client
             .initialize(&veem_api::InitializeRequest {
                 model: InitModel::Besteffort,
@@ -644,10 +650,12 @@ impl Veem {
         {
             Ok(made) => made,
             Err(e) => {
+                drop(lans);
                 self.release_lans_of(site, record).await;
                 return Err(super::federation::site_error(site, e));
             }
         };
+        // A site that answers without the VEE leaves the LAN's copy to the sweep.
         let remote = made
             .vees
             .first()
@@ -682,9 +690,10 @@ impl Veem {
             Ok(())
         };
         match filled.await {
-            Ok(()) => Ok(Some(remote)),
+            Ok(()) => Ok((Some(remote), lans)),
             Err(e) => {
                 self.release_at(site, std::slice::from_ref(&remote)).await;
+                drop(lans);
                 self.release_lans_of(site, record).await;
                 Err(e)
             }
@@ -693,25 +702,27 @@ impl Veem {
 
     /// `record`'s descriptor as it goes to `site` (see [`Veem::descriptor_for_site`]), once the
     /// site has the images it names and its private LANs extend there (on the addresses chosen
-    /// here).
+    /// here), with the hold that keeps those LANs there until the VEE is on record as going
+    /// there (dropped before a failure releases them).
     async fn descriptor_going_to(
         &self,
         site: &SiteName,
         client: &veem_client::Client,
         record: &VeeRecord,
-    ) -> Result<VeeDescriptor, CoreError> {
+    ) -> Result<(VeeDescriptor, LanClaim), CoreError> {
         let mut descriptor = self.descriptor_for_site(&record.owner, &record.descriptor);
         self.send_images(&record.owner, &descriptor, site, client)
             .await?;
-        self.extend_lans(
-            site,
-            client,
-            &record.owner,
-            &mut descriptor,
-            Some(&record.generated.nics),
-        )
-        .await?;
-        Ok(descriptor)
+        let lans = self
+            .extend_lans(
+                site,
+                client,
+                &record.owner,
+                &mut descriptor,
+                Some(&record.generated.nics),
+            )
+            .await?;
+        Ok((descriptor, lans))
     }
 
     /// The LANs extended to `site` for `record`, which did not go there after all, leave it
@@ -760,7 +771,7 @@ impl Veem {
         &self,
         record: &VeeRecord,
         site: Option<&SiteName>,
-    ) -> Result<(Receiver, String, Option<DiskCopy>), CoreError> {
+    ) -> Result<(Receiver, String, Option<DiskCopy>, LanClaim), CoreError> {
         match site {
             None => {
                 let host = self
@@ -769,7 +780,7 @@ impl Veem {
                     .place(&record.id, demand_of(record))
                     .map_err(placement_error)?;
                 match self.prepare_incoming_on(&host, record).await {
-                    Ok((uri, disks)) => Ok((Receiver::Host(host), uri, disks)),
+                    Ok((uri, disks)) => Ok((Receiver::Host(host), uri, disks, LanClaim::default())),
                     Err(e) => {
                         self.inner.placer.forget(record.id.seq(), &record.id);
                         Err(e)
@@ -778,10 +789,11 @@ impl Veem {
             }
             Some(site) => {
                 let client = self.inner.sites.client(site)?;
-                let descriptor = self.descriptor_going_to(site, &client, record).await?;
+                let (descriptor, lans) = self.descriptor_going_to(site, &client, record).await?;
                 let answer = match client.receive_vee(&IncomingRequest { descriptor }).await {
                     Ok(answer) => answer,
                     Err(e) => {
+                        drop(lans);
                         self.release_lans_of(site, record).await;
                         return Err(super::federation::site_error(site, e));
                     }
@@ -796,6 +808,7 @@ impl Veem {
                     Receiver::Site(site.clone(), remote),
                     answer.uri,
                     answer.disks,
+                    lans,
                 ))
             }
         }
