@@ -39,8 +39,8 @@ impl Agent {
     /// Keeps the VEEs' directories in `dir` (`<dir>/<id>`), this host's own storage, instead
     /// of where the VEEM names them: another host does not see them, so a VEE that moves
     /// live to or from this host has its disks copied, and a VEE that stopped here boots
-    /// again from its disks only here. The VEEM's own reads of a VEE's directory (a disk to
-    /// download, a suspended VEE's memory) still look on the shared storage.
+    /// again from its disks only here (the VEEM records this host as its holder, see
+    /// [`HostHello::own_storage`]); a disk export of such a VEE is made here.
     pub fn with_vees_dir(mut self, dir: PathBuf) -> Self {
         self.vees_dir = Some(dir);
         self
@@ -55,10 +55,28 @@ impl Agent {
         }
     }
 
-    /// `spec` with its directory on this host.
-    fn localized(&self, mut spec: DeploySpec) -> DeploySpec {
+    /// `spec` with its directory on this host. On the host's own storage, a directory the
+    /// host does not hold (`stale`) is removed first: disks left from an earlier stay would
+    /// be taken for the VEE's own (a deployment boots from them, an incoming migration skips
+    /// copying them).
+    async fn localized(
+        &self,
+        mut spec: DeploySpec,
+        stale: bool,
+    ) -> Result<DeploySpec, DriverError> {
         spec.vee_dir = self.vee_dir(&spec.vee, std::mem::take(&mut spec.vee_dir));
-        spec
+        if stale && self.vees_dir.is_some() {
+            fsutil::remove_dir_if_present(&spec.vee_dir).await?;
+        }
+        Ok(spec)
+    }
+
+    /// A file of the VEE's directory (its saved memory) as named by the VEEM, on this host.
+    fn localized_file(&self, vee: &VeeId, named: PathBuf) -> PathBuf {
+        match (&self.vees_dir, named.file_name()) {
+            (Some(dir), Some(name)) => dir.join(vee.as_str()).join(name),
+            _ => named,
+        }
     }
 
     /// Removes the VEE's directory of this host's own, if it has them; the VEEM removes the
@@ -148,6 +166,7 @@ impl Agent {
             driver: self.driver.kind().to_owned(),
             cpus: self.cpus,
             memory_mb: self.memory_mb,
+            own_storage: self.vees_dir.is_some(),
         }
     }
 
@@ -159,21 +178,29 @@ impl Agent {
         let driver = &self.driver;
         let outcome = match request {
             AgentRequest::Deploy { spec } => {
-                let mut spec = self.localized(spec);
-                match self.fetch_sources(&mut spec).await {
-                    Ok(()) => driver.deploy(&spec).await.map(|()| done()),
+                let stale = spec.stale_own_dir;
+                match self.localized(spec, stale).await {
+                    Ok(mut spec) => match self.fetch_sources(&mut spec).await {
+                        Ok(()) => driver.deploy(&spec).await.map(|()| done()),
+                        Err(e) => Err(e),
+                    },
                     Err(e) => Err(e),
                 }
             }
             AgentRequest::Pause { vee } => driver.pause(&vee).await.map(|()| done()),
             AgentRequest::Resume { vee } => driver.resume(&vee).await.map(|()| done()),
             AgentRequest::Suspend { vee, memory_file } => {
+                let memory_file = self.localized_file(&vee, memory_file);
                 driver.suspend(&vee, &memory_file).await.map(|()| done())
             }
             AgentRequest::Restore { spec, memory_file } => {
-                let mut spec = self.localized(spec);
-                match self.fetch_sources(&mut spec).await {
-                    Ok(()) => driver.restore(&spec, &memory_file).await.map(|()| done()),
+                // A restore reads the memory this host saved: its directory is never stale.
+                let memory_file = self.localized_file(&spec.vee, memory_file);
+                match self.localized(spec, false).await {
+                    Ok(mut spec) => match self.fetch_sources(&mut spec).await {
+                        Ok(()) => driver.restore(&spec, &memory_file).await.map(|()| done()),
+                        Err(e) => Err(e),
+                    },
                     Err(e) => Err(e),
                 }
             }
@@ -213,14 +240,18 @@ impl Agent {
                     .map(|()| done())
             }
             AgentRequest::PrepareIncoming { spec } => {
-                let mut spec = self.localized(spec);
-                match self.fetch_sources(&mut spec).await {
-                    Ok(()) => driver.prepare_incoming(&spec).await.map(|incoming| {
-                        AgentResponse::Incoming {
-                            uri: incoming.uri,
-                            disks: incoming.disks,
-                        }
-                    }),
+                // The VEE comes from another host: what this host's own storage still has of
+                // it is from an earlier stay, stale.
+                match self.localized(spec, true).await {
+                    Ok(mut spec) => match self.fetch_sources(&mut spec).await {
+                        Ok(()) => driver.prepare_incoming(&spec).await.map(|incoming| {
+                            AgentResponse::Incoming {
+                                uri: incoming.uri,
+                                disks: incoming.disks,
+                            }
+                        }),
+                        Err(e) => Err(e),
+                    },
                     Err(e) => Err(e),
                 }
             }

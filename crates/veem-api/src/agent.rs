@@ -15,6 +15,11 @@ pub struct HostHello {
     pub driver: String,
     pub cpus: u32,
     pub memory_mb: u64,
+    /// The host keeps its VEEs' directories on storage of its own (`vees_dir`), which no other
+    /// host sees: the VEEM records it as the holder of a VEE that ran there. `false` from an
+    /// agent that predates it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub own_storage: bool,
 }
 
 /// Everything a driver needs to start a VEE. Paths are on the site's shared storage.
@@ -34,6 +39,11 @@ pub struct DeploySpec {
     pub ovf_env: Option<String>,
     /// The VEE's directory: its disks, saved memory and context disk live below it.
     pub vee_dir: PathBuf,
+    /// The host does not hold the VEE's directory (the VEEM records another holder, or none):
+    /// a directory of it found on the host's own storage is stale, left from an earlier stay,
+    /// and is removed before the deployment instead of being taken for the VEE's disks.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stale_own_dir: bool,
     /// Direct kernel boot; `None` boots the first disk through the firmware.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot: Option<Box<BootPlan>>,

@@ -13,7 +13,6 @@ use veem_model::{
 use veem_placement::PlacementError;
 use veem_store::Change;
 
-use super::placer::demand_of;
 use super::records::Watched;
 use super::{agent_result, now_ms, placement_error, remove_file_if_present, BatchOutcome, Veem};
 use crate::auth::Caller;
@@ -122,7 +121,7 @@ impl Veem {
                 let host = self
                     .inner
                     .placer
-                    .place(&record.id, demand_of(&record))
+                    .place_vee(&record)
                     .map_err(placement_error)?;
                 let h = host.clone();
                 let staged = self
@@ -477,9 +476,11 @@ impl Veem {
             None => format!("migrated from {from} to {dest}"),
         };
         let d = dest.clone();
+        let holder = self.holder_at(&dest);
         let updated = self
             .update(seq, Some(note), |r| {
                 r.host = Some(d);
+                r.holder = holder;
             })
             .await?;
         self.wake_placer();
@@ -651,19 +652,32 @@ impl Veem {
         let vee_dir = self.vee_dir(&record.id);
         let disk = veem_layout::disk_path(&vee_dir, target);
         let source_note = veem_layout::source_note_path(&vee_dir, target);
-        if !disk.exists() && !source_note.exists() {
-            return Err(CoreError::NotFound(format!(
-                "disk {target} of VEE {id} has no contents yet: the VEE was never deployed"
-            )));
-        }
-        let host = self
-            .inner
-            .hosts
-            .all()
-            .into_iter()
-            .find(|(_, e)| e.link.is_some() && e.error.is_none())
-            .map(|(h, _)| h)
-            .ok_or_else(|| CoreError::host_failed("no host is up to export the disk"))?;
+        let up = |e: &crate::hosts::HostEntry| e.link.is_some() && e.error.is_none();
+        let host = match &record.holder {
+            // Its disks are on that host's own storage: only it can read them.
+            Some(holder) => {
+                if !self.inner.hosts.get(holder).is_some_and(|e| up(&e)) {
+                    return Err(CoreError::host_failed(format!(
+                        "host {holder}, which holds the disks of VEE {id}, is not up"
+                    )));
+                }
+                holder.clone()
+            }
+            None => {
+                if !disk.exists() && !source_note.exists() {
+                    return Err(CoreError::NotFound(format!(
+                        "disk {target} of VEE {id} has no contents yet: the VEE was never deployed"
+                    )));
+                }
+                self.inner
+                    .hosts
+                    .all()
+                    .into_iter()
+                    .find(|(_, e)| up(e))
+                    .map(|(h, _)| h)
+                    .ok_or_else(|| CoreError::host_failed("no host is up to export the disk"))?
+            }
+        };
         let exports = self.inner.config.data_dir.join("exports");
         tokio::fs::create_dir_all(&exports)
             .await

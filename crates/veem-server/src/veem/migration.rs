@@ -183,6 +183,7 @@ impl Veem {
         let host = Self::host_of(&record)?;
         self.complete_incoming_on(&host, &record.id, paused).await?;
         let h = host.clone();
+        let holder = self.holder_at(&host);
         let (state, veem_state, how) = if paused {
             (VmiState::Paused, VeemState::Hold, "paused")
         } else {
@@ -191,6 +192,7 @@ impl Veem {
         self.update(seq, Some(format!("migrated in, {how} on {host}")), |r| {
             r.settle(state, veem_state);
             r.host = Some(h);
+            r.holder = holder;
             r.reserved = false;
         })
         .await
@@ -425,12 +427,17 @@ impl Veem {
             None => format!("migrated from {from} to {receiver}"),
         };
         let running = completed.is_ok();
+        let holder = match &receiver {
+            Receiver::Host(host) => self.holder_at(host),
+            Receiver::Site(..) => None,
+        };
         let moved = self
             .update(seq, Some(note), |r| match receiver {
                 Receiver::Host(host) => {
                     r.site = None;
                     r.remote = None;
                     r.host = Some(host.clone());
+                    r.holder = holder.clone();
                     match (running, paused) {
                         (true, false) => r.settle(VmiState::Active, VeemState::Active),
                         (true, true) => r.settle(VmiState::Paused, VeemState::Hold),
