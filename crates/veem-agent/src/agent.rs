@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use veem_api::agent::{AgentRequest, AgentResponse, DeploySpec, HostHello, SourcePlan};
+use veem_api::agent::{
+    AgentRequest, AgentResponse, DeploySpec, HostHello, SourcePlan, EXPORT_CHUNK_BYTES,
+};
 use veem_model::{DiskKind, HostId, VeeId};
 
 use crate::{fsutil, Driver, DriverError, Fetcher};
@@ -69,6 +71,78 @@ impl Agent {
             fsutil::remove_dir_if_present(&spec.vee_dir).await?;
         }
         Ok(spec)
+    }
+
+    /// Where this host writes an export of the VEE's disk the VEEM names `out`: in the VEE's
+    /// directory of its own (so a purge removes what a cut read leaves), else `out` itself.
+    fn export_path(&self, vee: &VeeId, out: PathBuf) -> PathBuf {
+        match (&self.vees_dir, out.file_name()) {
+            (Some(dir), Some(name)) => dir.join(vee.as_str()).join("exports").join(name),
+            _ => out,
+        }
+    }
+
+    /// Writes the export, in a directory made for it if need be.
+    async fn export_disk(
+        &self,
+        vee_dir: &std::path::Path,
+        target: &str,
+        out: &std::path::Path,
+    ) -> Result<AgentResponse, DriverError> {
+        if let Some(parent) = out.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|e| DriverError::file(parent, e))?;
+        }
+        self.driver
+            .export_disk(vee_dir, target, out)
+            .await
+            .map(|()| done())
+    }
+
+    /// Up to [`EXPORT_CHUNK_BYTES`] of an export this host made on its own storage, from
+    /// `offset`; the export is removed once its last bytes are read.
+    async fn read_export(
+        &self,
+        vee: &VeeId,
+        out: PathBuf,
+        offset: u64,
+    ) -> Result<AgentResponse, DriverError> {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        if self.vees_dir.is_none() {
+            return Err(DriverError::Invalid {
+                what: "export",
+                reason: format!(
+                    "host {} has no storage of its own: its exports are at the path the VEEM named",
+                    self.name
+                ),
+            });
+        }
+        let path = self.export_path(vee, out);
+        let mut file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| DriverError::file(&path, e))?;
+        let size = file
+            .metadata()
+            .await
+            .map_err(|e| DriverError::file(&path, e))?
+            .len();
+        file.seek(std::io::SeekFrom::Start(offset))
+            .await
+            .map_err(|e| DriverError::file(&path, e))?;
+        let mut bytes = Vec::with_capacity(EXPORT_CHUNK_BYTES);
+        (&mut file)
+            .take(EXPORT_CHUNK_BYTES as u64)
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(|e| DriverError::file(&path, e))?;
+        let eof = offset + bytes.len() as u64 >= size;
+        if eof {
+            tokio::fs::remove_file(&path)
+                .await
+                .map_err(|e| DriverError::file(&path, e))?;
+        }
+        Ok(AgentResponse::chunk(&bytes, eof))
     }
 
     /// A file of the VEE's directory (its saved memory) as named by the VEEM, on this host.
@@ -227,17 +301,18 @@ impl Agent {
                 target,
                 out,
             } => {
-                let vee_dir = match vee_dir.file_name().and_then(|n| n.to_str()) {
-                    Some(name) => match VeeId::parse(name) {
-                        Ok(vee) => self.vee_dir(&vee, vee_dir.clone()),
-                        Err(_) => vee_dir,
-                    },
-                    None => vee_dir,
+                let vee = vee_dir
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|name| VeeId::parse(name).ok());
+                let (vee_dir, out) = match vee {
+                    Some(vee) => (self.vee_dir(&vee, vee_dir), self.export_path(&vee, out)),
+                    None => (vee_dir, out),
                 };
-                driver
-                    .export_disk(&vee_dir, &target, &out)
-                    .await
-                    .map(|()| done())
+                self.export_disk(&vee_dir, &target, &out).await
+            }
+            AgentRequest::ReadExport { vee, out, offset } => {
+                self.read_export(&vee, out, offset).await
             }
             AgentRequest::PrepareIncoming { spec } => {
                 // The VEE comes from another host: what this host's own storage still has of

@@ -1,6 +1,6 @@
 //! Control: UpdateState and its actions, PATCH, live migration, purge and disk export.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use tokio::sync::OwnedMutexGuard;
@@ -689,6 +689,52 @@ impl Veem {
             out: out.clone(),
         };
         agent_result(&host, self.inner.hosts.call(&host, request).await)?;
+        if record.holder.is_some() {
+            // The holder wrote it on its own storage: it comes over the host's link.
+            if let Err(e) = self.fetch_export(&host, id, &out).await {
+                remove_file_if_present(&out).await?;
+                return Err(e);
+            }
+        }
         Ok(out)
+    }
+
+    /// Copies an export `host` made on its own storage to `out`, chunk by chunk over its link
+    /// (the host removes its copy once read whole).
+    async fn fetch_export(&self, host: &HostId, vee: &VeeId, out: &Path) -> Result<(), CoreError> {
+        use tokio::io::AsyncWriteExt;
+        let mut file = tokio::fs::File::create(out)
+            .await
+            .map_err(|e| CoreError::internal("creating a disk export", e))?;
+        let mut offset = 0u64;
+        loop {
+            let request = AgentRequest::ReadExport {
+                vee: vee.clone(),
+                out: out.to_owned(),
+                offset,
+            };
+            let (data, eof) = match self.inner.hosts.call(host, request).await {
+                AgentResponse::Chunk { data, eof } => (data, eof),
+                other => {
+                    agent_result(host, other)?;
+                    return Err(CoreError::host_failed(format!(
+                        "host {host} answered a read of a disk export with no bytes"
+                    )));
+                }
+            };
+            let bytes = AgentResponse::chunk_bytes(&data).map_err(|e| {
+                CoreError::host_failed(format!("host {host} sent a disk export garbled: {e}"))
+            })?;
+            file.write_all(&bytes)
+                .await
+                .map_err(|e| CoreError::internal("writing a disk export", e))?;
+            offset += bytes.len() as u64;
+            if eof {
+                break;
+            }
+        }
+        file.flush()
+            .await
+            .map_err(|e| CoreError::internal("writing a disk export", e))
     }
 }

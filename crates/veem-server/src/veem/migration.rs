@@ -596,6 +596,8 @@ impl Veem {
                 r.site = to.clone();
                 r.remote = remote.clone();
                 r.host = None;
+                // Its disks rest at `to`, or on this site's shared storage (`rest_at`).
+                r.holder = None;
                 r.reserved = false;
             })
             .await;
@@ -756,6 +758,12 @@ impl Veem {
         if !owned_disks(&record.descriptor).any(|t| t == target) {
             return Err(CoreError::NotFound(format!(
                 "VEE {id} has no disk {target} of its own (a disk used in place and a cdrom are their sources')"
+            )));
+        }
+        if let Some(holder) = &record.holder {
+            // It boots from its disks there; one put on the shared storage would be ignored.
+            return Err(CoreError::WrongState(format!(
+                "VEE {id}'s disks are on host {holder}'s own storage; a disk is put only while they are on the site's shared storage"
             )));
         }
         Ok(veem_layout::disk_path(&self.vee_dir(&record.id), target))

@@ -191,3 +191,53 @@ async fn the_vees_of_a_lost_host_with_its_own_storage_boot_from_their_sources_el
     );
     assert_eq!(run(&site, &resting).await, host_id("h2"));
 }
+
+#[tokio::test]
+async fn a_disk_of_a_vee_held_by_a_host_is_exported_there_and_read_over_its_link() {
+    let site = Site::open(vec![host("h1", 4, 8192).own_storage()]).await;
+    let mut descriptor = small("exported");
+    descriptor.disks.push(veem_model::DiskSpec {
+        source: None,
+        size_gb: Some(1),
+        target: Some("vda".to_owned()),
+        clone: true,
+        kind: veem_model::DiskKind::Disk,
+    });
+    let id = site.define_one(descriptor).await;
+    assert_eq!(run(&site, &id).await, host_id("h1"));
+    site.act_ok(ControlAction::Shutdown, std::slice::from_ref(&id))
+        .await;
+    // What the VEE wrote, on h1's own storage only; bigger than one chunk of the link.
+    let written: Vec<u8> = (0..3 * veem_api::agent::EXPORT_CHUNK_BYTES + 17)
+        .map(|i| (i % 251) as u8)
+        .collect();
+    let disk = veem_layout::disk_path(&site.own_dir("h1").join(id.as_str()), "vda");
+    std::fs::create_dir_all(disk.parent().expect("a directory")).expect("mkdir");
+    std::fs::write(&disk, &written).expect("write");
+    assert!(
+        !site.veem.vee_dir(&id).exists(),
+        "nothing on shared storage"
+    );
+
+    let out = site
+        .veem
+        .export_disk(&sm_a(), &id, "vda")
+        .await
+        .expect("the holder exports the disk");
+    assert_eq!(std::fs::read(&out).expect("the export"), written);
+    let left = site.own_dir("h1").join(id.as_str()).join("exports");
+    assert_eq!(
+        std::fs::read_dir(&left)
+            .expect("the host's exports")
+            .count(),
+        0,
+        "the host removed its copy once read"
+    );
+
+    // A disk put on shared storage would be ignored: refused, clearly.
+    let refused = site
+        .veem
+        .disk_to_import(&sm_a(), &id, "vda")
+        .expect_err("refused");
+    assert!(refused.to_string().contains("own storage"), "{refused}");
+}
