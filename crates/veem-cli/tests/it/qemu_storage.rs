@@ -133,3 +133,47 @@ async fn a_disk_held_by_a_remote_agent_downloads_over_its_link_whole() {
         .expect("the disk downloads from its holder");
     assert!(std::fs::read(&out).expect("the download") == written);
 }
+
+/// A resting VEE whose disks a host of west keeps on its own storage moves at rest to east
+/// (sim hosts): its disk is read from that host, lands at east whole, and nothing of it stays
+/// on the host's storage.
+#[tokio::test]
+async fn a_resting_vee_held_by_a_host_moves_to_another_site_and_leaves_nothing_there() {
+    let west = Server::start_with_guest(Setup {
+        hosts: vec![("h1", 8, 16384, "")],
+        own_vees_dirs: vec!["h1"],
+        ..crate::federation::site_setup("west")
+    })
+    .await
+    .expect("the sim driver needs no guest image");
+    let east = Server::start_with(crate::federation::site_setup("east")).await;
+    crate::federation::register(&west, &east, "east").await;
+    let id = init_one(&west.a, guest("rester")).await;
+    ctl_ok(&west.a, A::Activate, &[&id]).await;
+    ctl_ok(&west.a, A::Shutdown, &[&id]).await;
+    let held = veem_layout::disk_path(&own_vee_dir(&west, "h1", &id), "vda");
+    let written = b"what the VEE wrote at west".to_vec();
+    std::fs::write(&held, &written).expect("the VEE's disk on h1's own storage");
+
+    let moved = west
+        .ops
+        .migrate_vee_to_site(
+            &id,
+            &veem_api::SiteMigrateRequest {
+                site: "east".to_owned(),
+                live: Some(false),
+            },
+        )
+        .await
+        .expect("moved at rest");
+    assert_eq!(moved.site.as_str(), "east");
+    let there = crate::federation::named(&east, "rester")
+        .await
+        .expect("east keeps it");
+    let at_east = veem_layout::disk_path(&east.data_dir().join("vees").join(&there.id), "vda");
+    assert_eq!(std::fs::read(&at_east).expect("its disk at east"), written);
+    assert!(
+        !own_vee_dir(&west, "h1", &id).exists(),
+        "h1 keeps nothing of the VEE that left"
+    );
+}

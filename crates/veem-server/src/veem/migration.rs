@@ -911,6 +911,18 @@ impl Veem {
                         tracing::warn!(vee = %left.id, error = %e, "cannot remove the directory of a VEE that left");
                     }
                 }
+                if let (Some(holder), None) = (&left.holder, &left.host) {
+                    // It left at rest: its disks were copied from its holder, whose own
+                    // storage still has them (a host it ran on removes them itself).
+                    let request = AgentRequest::Purge {
+                        vee: left.id.clone(),
+                    };
+                    if let Err(e) =
+                        agent_result(holder, self.inner.hosts.call(holder, request).await)
+                    {
+                        tracing::warn!(vee = %left.id, %holder, error = %e, "cannot remove the disks a VEE that left kept on its holder; they go when it is purged");
+                    }
+                }
                 self.wake_placer();
             }
         }
