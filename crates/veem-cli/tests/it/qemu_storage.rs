@@ -74,8 +74,21 @@ async fn a_guest_of_hosts_with_their_own_storage_boots_again_where_its_disks_are
     );
     assert_eq!(boots_on_disk(&s, &id).await, 2, "booted from its own disk");
 
-    // Moved live to the other host: its disks go along, and it boots there afterwards.
+    // Suspended: its memory is saved on its holder's storage, and restored there.
     assert_eq!(boot(&s, &id, 3).await, first);
+    ctl_ok(&s.a, A::Suspend, &[&id]).await;
+    assert!(
+        veem_layout::memory_file(&own_vee_dir(&s, &first, &id)).exists(),
+        "its memory is {first}'s own"
+    );
+    ctl_ok(&s.a, A::Activate, &[&id]).await;
+    let restored = get(&s.a, &id).await;
+    assert_eq!(
+        restored.host.map(|h| h.to_string()).as_deref(),
+        Some(first.as_str())
+    );
+
+    // Moved live to the other host: its disks go along, and it boots there afterwards.
     let moved = s
         .ops
         .migrate_vee(
