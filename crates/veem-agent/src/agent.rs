@@ -145,6 +145,29 @@ impl Agent {
         Ok(AgentResponse::chunk(&bytes, eof))
     }
 
+    /// Deploys the VEE from its directory on this host (see [`Agent::localized`]).
+    async fn deploy(&self, spec: DeploySpec) -> Result<AgentResponse, DriverError> {
+        let stale = spec.stale_own_dir;
+        let mut spec = self.localized(spec, stale).await?;
+        self.drop_saved_memory(&spec).await?;
+        self.fetch_sources(&mut spec).await?;
+        self.driver.deploy(&spec).await.map(|()| done())
+    }
+
+    /// A deployment boots afresh: memory saved on this host's own storage before (a VEE
+    /// suspended, then shut down: the VEEM removes only what it keeps itself) is stale.
+    async fn drop_saved_memory(&self, spec: &DeploySpec) -> Result<(), DriverError> {
+        if self.vees_dir.is_none() {
+            return Ok(());
+        }
+        let memory = veem_layout::memory_file(&spec.vee_dir);
+        match tokio::fs::remove_file(&memory).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(DriverError::file(&memory, e)),
+        }
+    }
+
     /// A file of the VEE's directory (its saved memory) as named by the VEEM, on this host.
     fn localized_file(&self, vee: &VeeId, named: PathBuf) -> PathBuf {
         match (&self.vees_dir, named.file_name()) {
@@ -251,16 +274,7 @@ impl Agent {
         tracing::debug!(host = %self.name, op, "agent request");
         let driver = &self.driver;
         let outcome = match request {
-            AgentRequest::Deploy { spec } => {
-                let stale = spec.stale_own_dir;
-                match self.localized(spec, stale).await {
-                    Ok(mut spec) => match self.fetch_sources(&mut spec).await {
-                        Ok(()) => driver.deploy(&spec).await.map(|()| done()),
-                        Err(e) => Err(e),
-                    },
-                    Err(e) => Err(e),
-                }
-            }
+            AgentRequest::Deploy { spec } => self.deploy(spec).await,
             AgentRequest::Pause { vee } => driver.pause(&vee).await.map(|()| done()),
             AgentRequest::Resume { vee } => driver.resume(&vee).await.map(|()| done()),
             AgentRequest::Suspend { vee, memory_file } => {

@@ -291,6 +291,22 @@ async fn a_host_with_its_own_vees_dir_keeps_its_vees_there_and_purge_removes_the
         AgentResponse::Done
     );
     assert!(!stale.exists(), "nothing stale is taken for the VEE's");
+    // Memory saved there before a shutdown is stale at the next deployment, even on its holder.
+    let destroyed = agent.handle(AgentRequest::Destroy { vee: vee(1) }).await;
+    assert_eq!(destroyed, AgentResponse::Done);
+    let memory = veem_layout::memory_file(&mine);
+    std::fs::write(&memory, b"old memory").expect("write");
+    let mut held = spec(1, "web", shared.path());
+    held.disks = vec![blank("vda", 4)];
+    assert_eq!(
+        agent.handle(AgentRequest::Deploy { spec: held }).await,
+        AgentResponse::Done
+    );
+    assert!(!memory.exists(), "a deployment boots afresh");
+    assert!(
+        veem_layout::disk_path(&mine, "vda").exists(),
+        "its holder keeps its disks"
+    );
     let purged = agent.handle(AgentRequest::Purge { vee: vee(1) }).await;
     assert_eq!(purged, AgentResponse::Done);
     assert!(!mine.exists(), "purge removes the host's own directory");
