@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use veem_api::agent::{AgentRequest, AgentResponse, DeploySpec, HostHello, SourcePlan};
+use veem_api::agent::{
+    AgentRequest, AgentResponse, DeploySpec, HostHello, SourcePlan, EXPORT_CHUNK_BYTES,
+};
 use veem_model::{DiskKind, HostId, VeeId};
 
 use crate::{fsutil, Driver, DriverError, Fetcher};
@@ -39,8 +41,8 @@ impl Agent {
     /// Keeps the VEEs' directories in `dir` (`<dir>/<id>`), this host's own storage, instead
     /// of where the VEEM names them: another host does not see them, so a VEE that moves
     /// live to or from this host has its disks copied, and a VEE that stopped here boots
-    /// again from its disks only here. The VEEM's own reads of a VEE's directory (a disk to
-    /// download, a suspended VEE's memory) still look on the shared storage.
+    /// again from its disks only here (the VEEM records this host as its holder, see
+    /// [`HostHello::own_storage`]); a disk export of such a VEE is made here.
     pub fn with_vees_dir(mut self, dir: PathBuf) -> Self {
         self.vees_dir = Some(dir);
         self
@@ -55,10 +57,123 @@ impl Agent {
         }
     }
 
-    /// `spec` with its directory on this host.
-    fn localized(&self, mut spec: DeploySpec) -> DeploySpec {
+    /// `spec` with its directory on this host. On the host's own storage, a directory the
+    /// host does not hold (`stale`) is removed first: disks left from an earlier stay would
+    /// be taken for the VEE's own (a deployment boots from them, an incoming migration skips
+    /// copying them).
+    async fn localized(
+        &self,
+        mut spec: DeploySpec,
+        stale: bool,
+    ) -> Result<DeploySpec, DriverError> {
         spec.vee_dir = self.vee_dir(&spec.vee, std::mem::take(&mut spec.vee_dir));
-        spec
+        if stale && self.vees_dir.is_some() {
+            fsutil::remove_dir_if_present(&spec.vee_dir).await?;
+        }
+        Ok(spec)
+    }
+
+    /// Where this host writes an export of the VEE's disk the VEEM names `out`: in the VEE's
+    /// directory of its own (so a purge removes what a cut read leaves), else `out` itself.
+    fn export_path(&self, vee: &VeeId, out: PathBuf) -> PathBuf {
+        match (&self.vees_dir, out.file_name()) {
+            (Some(dir), Some(name)) => dir.join(vee.as_str()).join("exports").join(name),
+            _ => out,
+        }
+    }
+
+    /// Writes the export, in a directory made for it if need be.
+    async fn export_disk(
+        &self,
+        vee_dir: &std::path::Path,
+        target: &str,
+        out: &std::path::Path,
+    ) -> Result<AgentResponse, DriverError> {
+        if let Some(parent) = out.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|e| DriverError::file(parent, e))?;
+        }
+        self.driver
+            .export_disk(vee_dir, target, out)
+            .await
+            .map(|()| done())
+    }
+
+    /// Up to [`EXPORT_CHUNK_BYTES`] of an export this host made on its own storage, from
+    /// `offset`; the export is removed once its last bytes are read.
+    async fn read_export(
+        &self,
+        vee: &VeeId,
+        out: PathBuf,
+        offset: u64,
+    ) -> Result<AgentResponse, DriverError> {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        if self.vees_dir.is_none() {
+            return Err(DriverError::Invalid {
+                what: "export",
+                reason: format!(
+                    "host {} has no storage of its own: its exports are at the path the VEEM named",
+                    self.name
+                ),
+            });
+        }
+        let path = self.export_path(vee, out);
+        let mut file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| DriverError::file(&path, e))?;
+        let size = file
+            .metadata()
+            .await
+            .map_err(|e| DriverError::file(&path, e))?
+            .len();
+        file.seek(std::io::SeekFrom::Start(offset))
+            .await
+            .map_err(|e| DriverError::file(&path, e))?;
+        let mut bytes = Vec::with_capacity(EXPORT_CHUNK_BYTES);
+        (&mut file)
+            .take(EXPORT_CHUNK_BYTES as u64)
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(|e| DriverError::file(&path, e))?;
+        let eof = offset + bytes.len() as u64 >= size;
+        if eof {
+            tokio::fs::remove_file(&path)
+                .await
+                .map_err(|e| DriverError::file(&path, e))?;
+        }
+        Ok(AgentResponse::chunk(&bytes, eof))
+    }
+
+    /// Deploys the VEE from its directory on this host (see [`Agent::localized`]).
+    async fn deploy(&self, spec: DeploySpec) -> Result<AgentResponse, DriverError> {
+        let stale = spec.stale_own_dir;
+        let mut spec = self.localized(spec, stale).await?;
+        self.drop_saved_memory(&spec).await?;
+        self.fetch_sources(&mut spec).await?;
+        self.driver.deploy(&spec).await.map(|()| done())
+    }
+
+    /// A deployment boots afresh: memory saved on this host's own storage before (a VEE
+    /// suspended, then shut down: the VEEM removes only what it keeps itself) is stale.
+    async fn drop_saved_memory(&self, spec: &DeploySpec) -> Result<(), DriverError> {
+        if self.vees_dir.is_none() {
+            return Ok(());
+        }
+        let memory = veem_layout::memory_file(&spec.vee_dir);
+        match tokio::fs::remove_file(&memory).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(DriverError::file(&memory, e)),
+        }
+    }
+
+    /// A file of the VEE's directory (its saved memory) as named by the VEEM, on this host.
+    fn localized_file(&self, vee: &VeeId, named: PathBuf) -> PathBuf {
+        match (&self.vees_dir, named.file_name()) {
+            (Some(dir), Some(name)) => dir.join(vee.as_str()).join(name),
+            _ => named,
+        }
     }
 
     /// Removes the VEE's directory of this host's own, if it has them; the VEEM removes the
@@ -148,6 +263,7 @@ impl Agent {
             driver: self.driver.kind().to_owned(),
             cpus: self.cpus,
             memory_mb: self.memory_mb,
+            own_storage: self.vees_dir.is_some(),
         }
     }
 
@@ -158,22 +274,21 @@ impl Agent {
         tracing::debug!(host = %self.name, op, "agent request");
         let driver = &self.driver;
         let outcome = match request {
-            AgentRequest::Deploy { spec } => {
-                let mut spec = self.localized(spec);
-                match self.fetch_sources(&mut spec).await {
-                    Ok(()) => driver.deploy(&spec).await.map(|()| done()),
-                    Err(e) => Err(e),
-                }
-            }
+            AgentRequest::Deploy { spec } => self.deploy(spec).await,
             AgentRequest::Pause { vee } => driver.pause(&vee).await.map(|()| done()),
             AgentRequest::Resume { vee } => driver.resume(&vee).await.map(|()| done()),
             AgentRequest::Suspend { vee, memory_file } => {
+                let memory_file = self.localized_file(&vee, memory_file);
                 driver.suspend(&vee, &memory_file).await.map(|()| done())
             }
             AgentRequest::Restore { spec, memory_file } => {
-                let mut spec = self.localized(spec);
-                match self.fetch_sources(&mut spec).await {
-                    Ok(()) => driver.restore(&spec, &memory_file).await.map(|()| done()),
+                // A restore reads the memory this host saved: its directory is never stale.
+                let memory_file = self.localized_file(&spec.vee, memory_file);
+                match self.localized(spec, false).await {
+                    Ok(mut spec) => match self.fetch_sources(&mut spec).await {
+                        Ok(()) => driver.restore(&spec, &memory_file).await.map(|()| done()),
+                        Err(e) => Err(e),
+                    },
                     Err(e) => Err(e),
                 }
             }
@@ -200,27 +315,32 @@ impl Agent {
                 target,
                 out,
             } => {
-                let vee_dir = match vee_dir.file_name().and_then(|n| n.to_str()) {
-                    Some(name) => match VeeId::parse(name) {
-                        Ok(vee) => self.vee_dir(&vee, vee_dir.clone()),
-                        Err(_) => vee_dir,
-                    },
-                    None => vee_dir,
+                let vee = vee_dir
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|name| VeeId::parse(name).ok());
+                let (vee_dir, out) = match vee {
+                    Some(vee) => (self.vee_dir(&vee, vee_dir), self.export_path(&vee, out)),
+                    None => (vee_dir, out),
                 };
-                driver
-                    .export_disk(&vee_dir, &target, &out)
-                    .await
-                    .map(|()| done())
+                self.export_disk(&vee_dir, &target, &out).await
+            }
+            AgentRequest::ReadExport { vee, out, offset } => {
+                self.read_export(&vee, out, offset).await
             }
             AgentRequest::PrepareIncoming { spec } => {
-                let mut spec = self.localized(spec);
-                match self.fetch_sources(&mut spec).await {
-                    Ok(()) => driver.prepare_incoming(&spec).await.map(|incoming| {
-                        AgentResponse::Incoming {
-                            uri: incoming.uri,
-                            disks: incoming.disks,
-                        }
-                    }),
+                // The VEE comes from another host: what this host's own storage still has of
+                // it is from an earlier stay, stale.
+                match self.localized(spec, true).await {
+                    Ok(mut spec) => match self.fetch_sources(&mut spec).await {
+                        Ok(()) => driver.prepare_incoming(&spec).await.map(|incoming| {
+                            AgentResponse::Incoming {
+                                uri: incoming.uri,
+                                disks: incoming.disks,
+                            }
+                        }),
+                        Err(e) => Err(e),
+                    },
                     Err(e) => Err(e),
                 }
             }

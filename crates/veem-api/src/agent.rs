@@ -15,6 +15,11 @@ pub struct HostHello {
     pub driver: String,
     pub cpus: u32,
     pub memory_mb: u64,
+    /// The host keeps its VEEs' directories on storage of its own (`vees_dir`), which no other
+    /// host sees: the VEEM records it as the holder of a VEE that ran there. `false` from an
+    /// agent that predates it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub own_storage: bool,
 }
 
 /// Everything a driver needs to start a VEE. Paths are on the site's shared storage.
@@ -34,6 +39,11 @@ pub struct DeploySpec {
     pub ovf_env: Option<String>,
     /// The VEE's directory: its disks, saved memory and context disk live below it.
     pub vee_dir: PathBuf,
+    /// The host does not hold the VEE's directory (the VEEM records another holder, or none):
+    /// a directory of it found on the host's own storage is stale, left from an earlier stay,
+    /// and is removed before the deployment instead of being taken for the VEE's disks.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stale_own_dir: bool,
     /// Direct kernel boot; `None` boots the first disk through the firmware.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot: Option<Box<BootPlan>>,
@@ -243,7 +253,9 @@ pub enum AgentRequest {
         vee: VeeId,
     },
     List,
-    /// Write a standalone qcow2 copy of a VEE's disk to `out`.
+    /// Write a standalone qcow2 copy of a VEE's disk to `out`. A host with storage of its own
+    /// ([`HostHello::own_storage`]) writes it there instead, for the VEEM to read it over
+    /// this protocol ([`AgentRequest::ReadExport`]): no other machine sees that storage.
     ExportDisk {
         vee_dir: PathBuf,
         target: String,
@@ -289,7 +301,18 @@ pub enum AgentRequest {
     /// Which VEEs this host keeps anything of: an instance or a file. Answered with
     /// [`AgentResponse::Traces`]; the VEEM purges those it purged while the host was away.
     Traces,
+    /// Up to [`EXPORT_CHUNK_BYTES`] of the export `out` of the VEE's disk that this host, with
+    /// storage of its own, made ([`AgentRequest::ExportDisk`]), from `offset`; answered with
+    /// [`AgentResponse::Chunk`]. The host removes the export once it gave its last bytes.
+    ReadExport {
+        vee: VeeId,
+        out: PathBuf,
+        offset: u64,
+    },
 }
+
+/// The most bytes one [`AgentResponse::Chunk`] carries: a frame of about 1.4 MB once encoded.
+pub const EXPORT_CHUNK_BYTES: usize = 1 << 20;
 
 impl AgentRequest {
     /// The operation's name, for logs and error messages.
@@ -313,6 +336,7 @@ impl AgentRequest {
             AgentRequest::RefreshLan { .. } => "refresh_lan",
             AgentRequest::Purge { .. } => "purge",
             AgentRequest::Traces => "traces",
+            AgentRequest::ReadExport { .. } => "read_export",
         }
     }
 }
@@ -381,9 +405,32 @@ pub enum AgentResponse {
     Traces {
         vees: Vec<VeeId>,
     },
+    /// The answer to [`AgentRequest::ReadExport`]: the bytes from the offset asked, base64
+    /// ([`AgentResponse::chunk`], [`AgentResponse::chunk_bytes`]); `eof` when they are the last.
+    Chunk {
+        data: String,
+        eof: bool,
+    },
     Error {
         error: AgentError,
     },
+}
+
+impl AgentResponse {
+    /// A [`AgentResponse::Chunk`] carrying `bytes`.
+    pub fn chunk(bytes: &[u8], eof: bool) -> Self {
+        use base64::Engine as _;
+        AgentResponse::Chunk {
+            data: base64::engine::general_purpose::STANDARD.encode(bytes),
+            eof,
+        }
+    }
+
+    /// The bytes of a [`AgentResponse::Chunk`]'s `data`.
+    pub fn chunk_bytes(data: &str) -> Result<Vec<u8>, base64::DecodeError> {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.decode(data)
+    }
 }
 
 /// One frame on a remote agent's WebSocket. The server sends `Request`s; the agent answers each
@@ -416,6 +463,23 @@ pub enum AgentFrame {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_export_chunk_and_own_storage_cross_the_wire_whole() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        let json = serde_json::to_string(&AgentResponse::chunk(&bytes, true)).expect("encodes");
+        let AgentResponse::Chunk { data, eof } = serde_json::from_str(&json).expect("decodes")
+        else {
+            panic!("not a chunk: {json}");
+        };
+        assert!(eof);
+        assert_eq!(AgentResponse::chunk_bytes(&data).expect("base64"), bytes);
+        // An agent that predates own storage says nothing of it: shared storage.
+        let hello: HostHello =
+            serde_json::from_str(r#"{"name": "h1", "driver": "sim", "cpus": 1, "memory_mb": 1}"#)
+                .expect("decodes");
+        assert!(!hello.own_storage);
+    }
 
     #[test]
     fn a_disk_copy_is_optional_on_the_wire_both_ways() {

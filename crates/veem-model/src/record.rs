@@ -64,6 +64,12 @@ pub struct VeeRecord {
     /// while DEFINED with a TWOPHASE reservation (`reserved` is then true).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<HostId>,
+    /// The host that holds the VEE's directory (its disks, saved memory) on storage of its own
+    /// (`vees_dir`), which no other host sees: set when the VEE last ran on such a host and
+    /// kept while it rests, so the VEE boots or is restored there only (`None`: its directory is
+    /// on the site's shared storage). A live migration moves it with the VEE.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<HostId>,
     /// A TWOPHASE reservation not yet used by a deployment.
     #[serde(default)]
     pub reserved: bool,
@@ -117,6 +123,7 @@ impl VeeRecord {
             veem_state: VeemState::Stopped,
             phase: None,
             host: None,
+            holder: None,
             reserved: false,
             pending_reason: None,
             last_error: None,

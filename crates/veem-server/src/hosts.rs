@@ -158,6 +158,7 @@ impl HostEntry {
                 driver: "unknown".to_owned(),
                 cpus: 0,
                 memory_mb: 0,
+                own_storage: false,
             },
             link: None,
             disabled: false,
@@ -485,6 +486,7 @@ mod tests {
             driver: "sim".into(),
             cpus: 4,
             memory_mb: 4096,
+            own_storage: false,
         }
     }
 

@@ -248,6 +248,7 @@ pub fn rich_record(seq: u64) -> VeeRecord {
         veem_state: VeemState::Hold,
         phase: Some(Phase::Booting),
         host: Some(host("host-1")),
+        holder: Some(host("host-1")),
         reserved: true,
         pending_reason: Some("waiting for 2 cpus".to_owned()),
         last_error: Some("boot of host-0 failed: no disk".to_owned()),

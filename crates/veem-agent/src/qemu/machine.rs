@@ -323,6 +323,7 @@ mod tests {
             ovf_env: None,
             boot: None,
             vee_dir: "/shared/vees/vee-00000007".into(),
+            stale_own_dir: false,
         }
     }
 

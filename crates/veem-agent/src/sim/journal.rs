@@ -232,6 +232,7 @@ mod tests {
             ovf_env: None,
             boot: None,
             vee_dir: format!("/shared/vees/vee-{seq}").into(),
+            stale_own_dir: false,
         };
         SimInstance::new(&spec, state, Some(seq * 100), 1_000)
     }

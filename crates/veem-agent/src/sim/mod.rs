@@ -865,6 +865,7 @@ mod tests {
             ovf_env: None,
             boot: None,
             vee_dir: "/shared/vee-00000001".into(),
+            stale_own_dir: false,
         }
     }
 

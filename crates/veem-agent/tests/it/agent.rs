@@ -242,7 +242,37 @@ async fn a_host_with_its_own_vees_dir_keeps_its_vees_there_and_purge_removes_the
         AgentResponse::Done,
         "the host exports its own copy"
     );
-    assert!(out.exists());
+    assert!(
+        !out.exists(),
+        "written on the host's own storage, not where the VEEM named it"
+    );
+    // The VEEM reads it over the host's link, whole, and the host removes its copy then.
+    let mut read = Vec::new();
+    loop {
+        let answer = agent
+            .handle(AgentRequest::ReadExport {
+                vee: vee(1),
+                out: out.clone(),
+                offset: read.len() as u64,
+            })
+            .await;
+        let AgentResponse::Chunk { data, eof } = answer else {
+            panic!("not a chunk: {answer:?}");
+        };
+        read.extend(AgentResponse::chunk_bytes(&data).expect("base64"));
+        if eof {
+            break;
+        }
+    }
+    assert_eq!(
+        read,
+        std::fs::read(veem_layout::disk_path(&mine, "vda")).expect("the disk"),
+        "the sim's export is a copy of the disk"
+    );
+    assert!(
+        !mine.join("exports").join("export.qcow2").exists(),
+        "removed once read"
+    );
     assert_eq!(
         agent.handle(AgentRequest::Traces).await,
         AgentResponse::Traces { vees: vec![vee(1)] }
@@ -250,6 +280,33 @@ async fn a_host_with_its_own_vees_dir_keeps_its_vees_there_and_purge_removes_the
     let destroyed = agent.handle(AgentRequest::Destroy { vee: vee(1) }).await;
     assert_eq!(destroyed, AgentResponse::Done);
     assert!(mine.exists(), "a destroyed VEE keeps its disks");
+    // Deployed again where it is not held: the old directory is stale and goes first.
+    let stale = mine.join("stale-note");
+    std::fs::write(&stale, b"old").expect("write");
+    let mut again = spec(1, "web", shared.path());
+    again.disks = vec![blank("vda", 4)];
+    again.stale_own_dir = true;
+    assert_eq!(
+        agent.handle(AgentRequest::Deploy { spec: again }).await,
+        AgentResponse::Done
+    );
+    assert!(!stale.exists(), "nothing stale is taken for the VEE's");
+    // Memory saved there before a shutdown is stale at the next deployment, even on its holder.
+    let destroyed = agent.handle(AgentRequest::Destroy { vee: vee(1) }).await;
+    assert_eq!(destroyed, AgentResponse::Done);
+    let memory = veem_layout::memory_file(&mine);
+    std::fs::write(&memory, b"old memory").expect("write");
+    let mut held = spec(1, "web", shared.path());
+    held.disks = vec![blank("vda", 4)];
+    assert_eq!(
+        agent.handle(AgentRequest::Deploy { spec: held }).await,
+        AgentResponse::Done
+    );
+    assert!(!memory.exists(), "a deployment boots afresh");
+    assert!(
+        veem_layout::disk_path(&mine, "vda").exists(),
+        "its holder keeps its disks"
+    );
     let purged = agent.handle(AgentRequest::Purge { vee: vee(1) }).await;
     assert_eq!(purged, AgentResponse::Done);
     assert!(!mine.exists(), "purge removes the host's own directory");

@@ -15,6 +15,7 @@ pub fn spec(seq: u64, name: &str, shared: &Path) -> DeploySpec {
     let vee = vee(seq);
     DeploySpec {
         vee_dir: shared.join("vees").join(vee.as_str()),
+        stale_own_dir: false,
         vee,
         name: name.to_owned(),
         cpu: 2,

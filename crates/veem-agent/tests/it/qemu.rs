@@ -100,6 +100,7 @@ fn tiny(seq: u64, shared: &Path) -> DeploySpec {
     let vee = vee(seq);
     DeploySpec {
         vee_dir: shared.join("vees").join(vee.as_str()),
+        stale_own_dir: false,
         vee,
         name: format!("tiny{seq}"),
         cpu: 1,

@@ -39,6 +39,7 @@ mod operators;
 mod purge;
 mod qemu_guests;
 mod qemu_networks;
+mod qemu_storage;
 mod restart;
 mod tls;
 mod use_cases;

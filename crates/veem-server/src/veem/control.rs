@@ -1,6 +1,6 @@
 //! Control: UpdateState and its actions, PATCH, live migration, purge and disk export.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use tokio::sync::OwnedMutexGuard;
@@ -13,7 +13,6 @@ use veem_model::{
 use veem_placement::PlacementError;
 use veem_store::Change;
 
-use super::placer::demand_of;
 use super::records::Watched;
 use super::{agent_result, now_ms, placement_error, remove_file_if_present, BatchOutcome, Veem};
 use crate::auth::Caller;
@@ -122,7 +121,7 @@ impl Veem {
                 let host = self
                     .inner
                     .placer
-                    .place(&record.id, demand_of(&record))
+                    .place_vee(&record)
                     .map_err(placement_error)?;
                 let h = host.clone();
                 let staged = self
@@ -477,9 +476,11 @@ impl Veem {
             None => format!("migrated from {from} to {dest}"),
         };
         let d = dest.clone();
+        let holder = self.holder_at(&dest);
         let updated = self
             .update(seq, Some(note), |r| {
                 r.host = Some(d);
+                r.holder = holder;
             })
             .await?;
         self.wake_placer();
@@ -651,19 +652,32 @@ impl Veem {
         let vee_dir = self.vee_dir(&record.id);
         let disk = veem_layout::disk_path(&vee_dir, target);
         let source_note = veem_layout::source_note_path(&vee_dir, target);
-        if !disk.exists() && !source_note.exists() {
-            return Err(CoreError::NotFound(format!(
-                "disk {target} of VEE {id} has no contents yet: the VEE was never deployed"
-            )));
-        }
-        let host = self
-            .inner
-            .hosts
-            .all()
-            .into_iter()
-            .find(|(_, e)| e.link.is_some() && e.error.is_none())
-            .map(|(h, _)| h)
-            .ok_or_else(|| CoreError::host_failed("no host is up to export the disk"))?;
+        let up = |e: &crate::hosts::HostEntry| e.link.is_some() && e.error.is_none();
+        let host = match &record.holder {
+            // Its disks are on that host's own storage: only it can read them.
+            Some(holder) => {
+                if !self.inner.hosts.get(holder).is_some_and(|e| up(&e)) {
+                    return Err(CoreError::host_failed(format!(
+                        "host {holder}, which holds the disks of VEE {id}, is not up"
+                    )));
+                }
+                holder.clone()
+            }
+            None => {
+                if !disk.exists() && !source_note.exists() {
+                    return Err(CoreError::NotFound(format!(
+                        "disk {target} of VEE {id} has no contents yet: the VEE was never deployed"
+                    )));
+                }
+                self.inner
+                    .hosts
+                    .all()
+                    .into_iter()
+                    .find(|(_, e)| up(e))
+                    .map(|(h, _)| h)
+                    .ok_or_else(|| CoreError::host_failed("no host is up to export the disk"))?
+            }
+        };
         let exports = self.inner.config.data_dir.join("exports");
         tokio::fs::create_dir_all(&exports)
             .await
@@ -675,6 +689,52 @@ impl Veem {
             out: out.clone(),
         };
         agent_result(&host, self.inner.hosts.call(&host, request).await)?;
+        if record.holder.is_some() {
+            // The holder wrote it on its own storage: it comes over the host's link.
+            if let Err(e) = self.fetch_export(&host, id, &out).await {
+                remove_file_if_present(&out).await?;
+                return Err(e);
+            }
+        }
         Ok(out)
+    }
+
+    /// Copies an export `host` made on its own storage to `out`, chunk by chunk over its link
+    /// (the host removes its copy once read whole).
+    async fn fetch_export(&self, host: &HostId, vee: &VeeId, out: &Path) -> Result<(), CoreError> {
+        use tokio::io::AsyncWriteExt;
+        let mut file = tokio::fs::File::create(out)
+            .await
+            .map_err(|e| CoreError::internal("creating a disk export", e))?;
+        let mut offset = 0u64;
+        loop {
+            let request = AgentRequest::ReadExport {
+                vee: vee.clone(),
+                out: out.to_owned(),
+                offset,
+            };
+            let (data, eof) = match self.inner.hosts.call(host, request).await {
+                AgentResponse::Chunk { data, eof } => (data, eof),
+                other => {
+                    agent_result(host, other)?;
+                    return Err(CoreError::host_failed(format!(
+                        "host {host} answered a read of a disk export with no bytes"
+                    )));
+                }
+            };
+            let bytes = AgentResponse::chunk_bytes(&data).map_err(|e| {
+                CoreError::host_failed(format!("host {host} sent a disk export garbled: {e}"))
+            })?;
+            file.write_all(&bytes)
+                .await
+                .map_err(|e| CoreError::internal("writing a disk export", e))?;
+            offset += bytes.len() as u64;
+            if eof {
+                break;
+            }
+        }
+        file.flush()
+            .await
+            .map_err(|e| CoreError::internal("writing a disk export", e))
     }
 }

@@ -26,7 +26,6 @@ use veem_model::{
 };
 
 use super::networks::LanClaim;
-use super::placer::demand_of;
 use super::{Routed, Veem};
 use crate::auth::Caller;
 use crate::error::CoreError;
@@ -83,6 +82,10 @@ fn item_error(site: &SiteName, failure: &ItemFailure) -> CoreError {
 impl Veem {
     /// Where `record` may be placed, in order of preference.
     pub(super) fn placement_order(&self, record: &VeeRecord) -> Vec<Target> {
+        if record.holder.is_some() {
+            // Its disks are on one of this site's hosts, which no other site sees.
+            return vec![None];
+        }
         self.placement_order_of(&record.descriptor)
     }
 
@@ -120,7 +123,7 @@ impl Veem {
         let mut refusals = Vec::new();
         for target in order {
             match target {
-                None => match self.inner.placer.place(&record.id, demand_of(&record)) {
+                None => match self.inner.placer.place_vee(&record) {
                     Ok(host) => {
                         let h = host.clone();
                         let placed = self

@@ -7,7 +7,6 @@ use veem_api::agent::{AgentRequest, AgentResponse, InstanceState, InstanceStatus
 use veem_model::{HostId, Phase, VeeId, VeeRecord, VeemState, VmiState};
 use veem_placement::PlacementError;
 
-use super::placer::demand_of;
 use super::{now_ms, Veem};
 use crate::error::CoreError;
 use crate::hosts::{HostEntry, HostLink};
@@ -15,6 +14,17 @@ use crate::hosts::{HostEntry, HostLink};
 impl Veem {
     pub fn wake_placer(&self) {
         self.inner.placer.wake();
+    }
+
+    /// The holder to record for a VEE that now runs on `host` ([`VeeRecord::holder`]): the
+    /// host itself when it keeps its VEEs' directories on storage of its own, else none (the
+    /// directory is on the site's shared storage).
+    pub(super) fn holder_at(&self, host: &HostId) -> Option<HostId> {
+        self.inner
+            .hosts
+            .get(host)
+            .is_some_and(|entry| entry.hello.own_storage)
+            .then(|| host.clone())
     }
 
     /// Adds a host (or a reconnected agent), makes its capacity placeable and reconciles the
@@ -336,6 +346,50 @@ impl Veem {
         .await
     }
 
+    /// A resting (or waiting) VEE whose directory was on a lost host's own storage: its disks
+    /// and saved memory are gone with that host, so it holds nothing any more and boots from
+    /// its sources at its next deployment (a SUSPENDED one is DEFINED: nothing is left to
+    /// restore). What the site's shared storage kept of it is from before it moved to that
+    /// host, stale, and removed.
+    async fn forget_lost_holder(
+        &self,
+        seq: u64,
+        record: &VeeRecord,
+        cause: &str,
+    ) -> Result<VeeRecord, CoreError> {
+        self.remove_stale_shared_dir(&record.id).await?;
+        let suspended = record.state == VmiState::Suspended;
+        let note = if suspended {
+            format!("{cause}; the disks and saved memory it held are lost: DEFINED, it boots from its sources")
+        } else {
+            format!("{cause}; the disks it held are lost: the VEE boots from its sources")
+        };
+        tracing::warn!(vee = %record.id, "{note}");
+        let updated = self
+            .update(seq, Some(note.clone()), |r| {
+                r.holder = None;
+                r.last_error = Some(note);
+                if suspended {
+                    r.settle(VmiState::Defined, VeemState::Stopped);
+                    r.has_saved_memory = false;
+                }
+            })
+            .await;
+        // One waiting for that host may go anywhere now.
+        self.wake_placer();
+        updated
+    }
+
+    /// Removes the VEE's directory on the site's shared storage, if any: called when the VEE's
+    /// current disks were on a host's own storage, so what is there is from an earlier stay.
+    async fn remove_stale_shared_dir(&self, vee: &VeeId) -> Result<(), CoreError> {
+        match tokio::fs::remove_dir_all(self.vee_dir(vee)).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(CoreError::internal("removing a stale VEE directory", e)),
+        }
+    }
+
     /// A restore cut short (its host gone, or the VEEM stopped): the VEE stays SUSPENDED with
     /// its saved memory, and holds no host.
     async fn restore_interrupted(
@@ -427,7 +481,7 @@ impl Veem {
                 tokio::spawn(async move { veem.place_in_order(seq, guard, order).await });
                 continue;
             }
-            match inner.placer.place(&record.id, demand_of(&record)) {
+            match inner.placer.place_vee(&record) {
                 Ok(host) => {
                     let h = host.clone();
                     if let Some(s) = inner
@@ -571,12 +625,13 @@ impl Veem {
     /// boots again elsewhere from its own disks while its descriptor allows restarts, else it
     /// is FAILED; a reservation is released; a restore cut short leaves it SUSPENDED. A VEE with
     /// an action under way is left to that action (its calls to the host fail now) and moved
-    /// at a later tick.
+    /// at a later tick. The host's own storage is lost with it: a VEE it held the directory of
+    /// boots from its sources from then on ([`Veem::forget_lost_holder`]).
     async fn evacuate(&self, host: &HostId, reason: &str) {
         let on_host = self
             .inner
             .records
-            .ids_where(|r| r.host.as_ref() == Some(host));
+            .ids_where(|r| r.host.as_ref() == Some(host) || r.holder.as_ref() == Some(host));
         for seq in on_host.iter().map(VeeId::seq) {
             let Some(lock) = self.inner.records.op_lock(seq) else {
                 continue;
@@ -587,10 +642,15 @@ impl Veem {
             let Some(record) = self.inner.records.get(seq) else {
                 continue;
             };
+            let cause = format!("host {host} lost ({reason})");
             if record.host.as_ref() != Some(host) {
+                if record.holder.as_ref() == Some(host) {
+                    if let Err(e) = self.forget_lost_holder(seq, &record, &cause).await {
+                        tracing::error!(vee = %record.id, %host, error = %e, "cannot forget a lost holder");
+                    }
+                }
                 continue;
             }
-            let cause = format!("host {host} lost ({reason})");
             let result = match (record.state, record.reserved) {
                 (VmiState::Defined, true) => {
                     self.inner.placer.release(&record.id);
@@ -633,6 +693,18 @@ impl Veem {
         if !never_ran && record.restarts >= allowed {
             return self.fail_keeping_disks(seq, record, lost, cause).await;
         }
+        // Its disks on the lost host's own storage are gone with it: it boots from its sources.
+        let disks_lost = record.holder.as_ref() == Some(lost);
+        let cause = if disks_lost {
+            self.remove_stale_shared_dir(&record.id).await?;
+            format!("{cause} with the disks it held; it boots from its sources")
+        } else {
+            cause.to_owned()
+        };
+        let mut placing = record.clone();
+        if disks_lost {
+            placing.holder = None;
+        }
         let attempt = if never_ran {
             record.restarts
         } else {
@@ -653,7 +725,7 @@ impl Veem {
         let (staged, placed) = {
             let records = &self.inner.records;
             self.inner.placer.release(&record.id);
-            match self.inner.placer.place(&record.id, demand_of(record)) {
+            match self.inner.placer.place_vee(&placing) {
                 Ok(to) => {
                     let note = placed_note(&to);
                     let h = to.clone();
@@ -662,6 +734,7 @@ impl Veem {
                         r.veem_state = VeemState::Hold;
                         r.phase = Some(Phase::Booting);
                         r.host = Some(h);
+                        r.holder = placing.holder.clone();
                         r.restarts = attempt;
                         r.has_saved_memory = false;
                         r.pending_reason = None;
@@ -680,6 +753,7 @@ impl Veem {
                         r.veem_state = VeemState::Pending;
                         r.phase = Some(Phase::Placing);
                         r.host = None;
+                        r.holder = placing.holder.clone();
                         r.restarts = attempt;
                         r.has_saved_memory = false;
                         r.pending_reason = Some(why);

@@ -184,6 +184,7 @@ impl Veem {
         let host = Self::host_of(&record)?;
         self.complete_incoming_on(&host, &record.id, paused).await?;
         let h = host.clone();
+        let holder = self.holder_at(&host);
         let (state, veem_state, how) = if paused {
             (VmiState::Paused, VeemState::Hold, "paused")
         } else {
@@ -192,6 +193,7 @@ impl Veem {
         self.update(seq, Some(format!("migrated in, {how} on {host}")), |r| {
             r.settle(state, veem_state);
             r.host = Some(h);
+            r.holder = holder;
             r.reserved = false;
         })
         .await
@@ -428,12 +430,17 @@ impl Veem {
             None => format!("migrated from {from} to {receiver}"),
         };
         let running = completed.is_ok();
+        let holder = match &receiver {
+            Receiver::Host(host) => self.holder_at(host),
+            Receiver::Site(..) => None,
+        };
         let moved = self
             .update(seq, Some(note), |r| match receiver {
                 Receiver::Host(host) => {
                     r.site = None;
                     r.remote = None;
                     r.host = Some(host.clone());
+                    r.holder = holder.clone();
                     match (running, paused) {
                         (true, false) => r.settle(VmiState::Active, VeemState::Active),
                         (true, true) => r.settle(VmiState::Paused, VeemState::Hold),
@@ -592,6 +599,8 @@ impl Veem {
                 r.site = to.clone();
                 r.remote = remote.clone();
                 r.host = None;
+                // Its disks rest at `to`, or on this site's shared storage (`rest_at`).
+                r.holder = None;
                 r.reserved = false;
             })
             .await;
@@ -762,6 +771,12 @@ impl Veem {
                 "VEE {id} has no disk {target} of its own (a disk used in place and a cdrom are their sources')"
             )));
         }
+        if let Some(holder) = &record.holder {
+            // It boots from its disks there; one put on the shared storage would be ignored.
+            return Err(CoreError::WrongState(format!(
+                "VEE {id}'s disks are on host {holder}'s own storage; a disk is put only while they are on the site's shared storage"
+            )));
+        }
         Ok(veem_layout::disk_path(&self.vee_dir(&record.id), target))
     }
 
@@ -907,6 +922,18 @@ impl Veem {
                 if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
                     if e.kind() != std::io::ErrorKind::NotFound {
                         tracing::warn!(vee = %left.id, error = %e, "cannot remove the directory of a VEE that left");
+                    }
+                }
+                if let (Some(holder), None) = (&left.holder, &left.host) {
+                    // It left at rest: its disks were copied from its holder, whose own
+                    // storage still has them (a host it ran on removes them itself).
+                    let request = AgentRequest::Purge {
+                        vee: left.id.clone(),
+                    };
+                    if let Err(e) =
+                        agent_result(holder, self.inner.hosts.call(holder, request).await)
+                    {
+                        tracing::warn!(vee = %left.id, %holder, error = %e, "cannot remove the disks a VEE that left kept on its holder; they go when it is purged");
                     }
                 }
                 self.wake_placer();

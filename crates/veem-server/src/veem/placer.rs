@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use veem_model::{HostId, VeeId, VeeRecord};
-use veem_placement::{Capacity, Cluster, Demand, HostUsage, PlacementError, Policy};
+use veem_placement::{Capacity, Cluster, Demand, HostUsage, PlacementError, Policy, Unplaceable};
 
 /// What a VEE asks of a host.
 pub(super) fn demand_of(record: &VeeRecord) -> Demand {
@@ -86,6 +86,33 @@ impl Placer {
     /// Allocates a host to one VEE.
     pub(super) fn place(&self, id: &VeeId, demand: Demand) -> Result<HostId, PlacementError> {
         self.state().cluster.place(id, demand)
+    }
+
+    /// Allocates a host to a VEE that may have run before: one whose directory a host holds
+    /// on its own storage ([`VeeRecord::holder`]) boots or is restored there only, so it waits,
+    /// saying why, while that host is full, closed or not connected; any other is placed by
+    /// the policy.
+    pub(super) fn place_vee(&self, record: &VeeRecord) -> Result<HostId, PlacementError> {
+        let Some(holder) = &record.holder else {
+            return self.place(&record.id, demand_of(record));
+        };
+        let held_there = |why: String| {
+            PlacementError::Unplaceable(Unplaceable {
+                reason: format!("its disks are on host {holder}'s own storage, and {why}"),
+            })
+        };
+        match self
+            .state()
+            .cluster
+            .allocate(holder, &record.id, demand_of(record))
+        {
+            Ok(()) => Ok(holder.clone()),
+            Err(PlacementError::UnknownHost(_)) => {
+                Err(held_there(format!("{holder} is not connected")))
+            }
+            Err(PlacementError::Unplaceable(u)) => Err(held_there(u.reason)),
+            Err(e) => Err(e),
+        }
     }
 
     /// Allocates hosts to a whole batch, or to none of it.

@@ -319,7 +319,7 @@ impl Veem {
                     .clone()
                     .expect("a reserved VEE records its host"))
             } else if order.first() == Some(&None) {
-                inner.placer.place(&record.id, demand_of(&record))
+                inner.placer.place_vee(&record)
             } else {
                 Err(PlacementError::Unplaceable(Unplaceable {
                     reason: "its sites come before the local hosts".to_owned(),
@@ -426,7 +426,8 @@ impl Veem {
             }
         };
         let result = match self.deploy_spec(&record) {
-            Ok(spec) => {
+            Ok(mut spec) => {
+                spec.stale_own_dir = record.holder.as_ref() != Some(&host);
                 let request = match &memory_file {
                     Some(f) => AgentRequest::Restore {
                         spec,
@@ -442,9 +443,11 @@ impl Veem {
         match result {
             Ok(()) => {
                 let h = host.clone();
+                let holder = self.holder_at(&host);
                 self.update(seq, Some(format!("running on {h}")), |r| {
                     r.settle(VmiState::Active, VeemState::Active);
                     r.host = Some(h);
+                    r.holder = holder;
                     r.has_saved_memory = false;
                 })
                 .await
@@ -575,6 +578,8 @@ impl Veem {
             raw: d.raw.clone(),
             ovf_env,
             vee_dir: self.vee_dir(&record.id),
+            // Set per host by `deploy`, which knows where it goes.
+            stale_own_dir: false,
             boot,
         })
     }

@@ -4,6 +4,7 @@
 
 mod accounting;
 mod networks;
+mod own_storage;
 mod placement;
 mod reservations;
 mod restart;

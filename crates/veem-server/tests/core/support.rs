@@ -33,6 +33,8 @@ pub struct HostSpec {
     pub cpus: u32,
     pub memory_mb: u64,
     pub sim: SimConfig,
+    /// Keeps its VEEs' directories in `<dir>/own/<name>`, storage of its own.
+    pub own_storage: bool,
 }
 
 /// A sim host with no latency and no faults.
@@ -42,10 +44,17 @@ pub fn host(name: &'static str, cpus: u32, memory_mb: u64) -> HostSpec {
         cpus,
         memory_mb,
         sim: SimConfig::default(),
+        own_storage: false,
     }
 }
 
 impl HostSpec {
+    /// The host keeps its VEEs' directories on storage of its own (`<dir>/own/<name>`).
+    pub fn own_storage(mut self) -> Self {
+        self.own_storage = true;
+        self
+    }
+
     /// Every deployment on this host takes `ms`.
     pub fn deploy_latency(mut self, ms: u64) -> Self {
         self.sim.latency_ms = LatencyConfig {
@@ -144,6 +153,16 @@ impl Site {
     /// Opens a core on the store of `dir` (made if new), with its hosts' state there too: what
     /// `veem serve` does at start.
     pub async fn open_in(dir: tempfile::TempDir, policy: Policy, hosts: Vec<HostSpec>) -> Self {
+        Self::open_losing_hosts_after(dir, policy, hosts, Duration::from_secs(60)).await
+    }
+
+    /// [`Site::open_in`] with a host that stays away `dead_after` taken for lost.
+    pub async fn open_losing_hosts_after(
+        dir: tempfile::TempDir,
+        policy: Policy,
+        hosts: Vec<HostSpec>,
+        dead_after: Duration,
+    ) -> Self {
         let data_dir = dir.path().canonicalize().expect("the directory resolves");
         let store: Arc<dyn Store> =
             Arc::new(SqliteStore::open(&data_dir.join("veem.db")).expect("the store opens"));
@@ -155,7 +174,7 @@ impl Site {
             shutdown_deadline: Duration::from_secs(2),
             agent_timeout: Duration::from_secs(5),
             health_interval: Duration::from_millis(100),
-            host_dead_after: Duration::from_secs(60),
+            host_dead_after: dead_after,
             lan_key: veem_server::veem::lan_key(&data_dir),
             monitoring_interval: Duration::from_secs(60),
             admins: vec![ops().principal],
@@ -187,12 +206,11 @@ impl Site {
     pub async fn connect(&mut self, spec: HostSpec) {
         let state_dir = self.dir.path().join("hosts").join(spec.name);
         let sim = Arc::new(SimDriver::new(spec.sim, state_dir).expect("the sim driver starts"));
-        let agent = Arc::new(Agent::new(
-            host_id(spec.name),
-            sim.clone(),
-            spec.cpus,
-            spec.memory_mb,
-        ));
+        let agent = Agent::new(host_id(spec.name), sim.clone(), spec.cpus, spec.memory_mb);
+        let agent = Arc::new(match spec.own_storage {
+            true => agent.with_vees_dir(self.own_dir(spec.name)),
+            false => agent,
+        });
         let link: Arc<dyn HostLink> = Arc::new(veem_node::InProcessLink(agent.clone()));
         self.veem
             .connect_host(agent.hello(), link)
@@ -208,6 +226,11 @@ impl Site {
             "host {} is up once connected",
             spec.name
         );
+    }
+
+    /// Where a host with storage of its own keeps its VEEs' directories.
+    pub fn own_dir(&self, host: &str) -> std::path::PathBuf {
+        self.dir.path().join("own").join(host)
     }
 
     /// InitializeVEEs that must succeed.
