@@ -152,7 +152,16 @@ impl Veem {
                         self.release_lans_waited(&record, Some(&site), None).await;
                         return;
                     }
-                    Err(e) => refusals.push(format!("site {site}: {e}")),
+                    Err(e) => {
+                        // A site's own refusal already names it (see `site_error`).
+                        let why = e.to_string();
+                        let named = format!("site {site}");
+                        refusals.push(if why.starts_with(&named) {
+                            why
+                        } else {
+                            format!("{named}: {why}")
+                        });
+                    }
                 },
             }
         }
