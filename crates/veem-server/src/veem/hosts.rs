@@ -152,9 +152,12 @@ impl Veem {
                     records.get(i.vee.seq()).is_none_or(|r| {
                         // One waiting here for its migration from another site is the
                         // migration's to run or drop (see `migration.rs`).
-                        let incoming = r.reserved
+                        let incoming = (r.reserved
                             && r.phase == Some(Phase::Migrating)
-                            && r.host.as_ref() == Some(host);
+                            && r.host.as_ref() == Some(host))
+                            || r.migration.as_ref().is_some_and(|m| {
+                                m.to == veem_model::MigrationTarget::Host(host.clone())
+                            });
                         r.updated_ms < listed_ms && !incoming
                     })
                 })
