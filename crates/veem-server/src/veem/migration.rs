@@ -537,10 +537,19 @@ impl Veem {
                 }
             })
             .await;
-        if let Err(e) = moved {
-            // The books cannot say where it is: it runs where it went.
-            tracing::error!(vee = %record.id, error = %e, %receiver, "cannot record where a migrated VEE went");
-            return Err(e);
+        let moved = match moved {
+            Ok(moved) => moved,
+            Err(e) => {
+                // The books cannot say where it is: it runs where it went.
+                tracing::error!(vee = %record.id, error = %e, %receiver, "cannot record where a migrated VEE went");
+                return Err(e);
+            }
+        };
+        if let Receiver::Host(host) = receiver {
+            // Placed there when the migration began; after a restart of this VEEM, again.
+            self.inner
+                .placer
+                .restore(host, std::slice::from_ref(&moved));
         }
         self.leave(seq, record).await;
         match (receiver, completed) {
