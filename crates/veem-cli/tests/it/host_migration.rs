@@ -4,6 +4,7 @@
 use veem_api::{MigrateRequest, VeeView};
 use veem_model::{ControlAction as A, VmiState};
 
+use crate::federation::{stdout_of, veem};
 use crate::harness::*;
 
 /// Two sim hosts that share no storage, whose migrations take 40 ms.
@@ -62,7 +63,18 @@ async fn a_cold_migration_between_hosts_pauses_an_active_vee_and_resumes_it_ther
     ctl_ok(&s.a, A::Activate, &[&id]).await;
     let from = host_of(&get(&s.a, &id).await);
     let seen = history(&s, &id).await.len();
-    let moved = move_to_other(&s, &id, &from, false).await;
+    // With the CLI: `--cold`.
+    let out = veem(
+        &s,
+        TOKEN_OPS,
+        &["vee", "migrate", &id, "--host", other(&from), "--cold"],
+    );
+    let table = stdout_of(&out);
+    assert!(
+        table.contains(&id) && table.contains(other(&from)),
+        "{table}"
+    );
+    let moved = get(&s.a, &id).await;
     assert_eq!(moved.state, VmiState::Active);
     assert_eq!(host_of(&moved), other(&from));
     // Paused for the move, then running again there, the move's note in between.
