@@ -156,6 +156,21 @@ async fn a_suspended_vee_moves_between_hosts_and_is_suspended_again() {
             || note == "migrated from h2 to h1 in 40 ms (downtime 0 ms)",
         "{events:?}"
     );
+    // To a host named: restored there or elsewhere, it ends SUSPENDED all the same.
+    for host in ["h1", "h2"] {
+        let moved = s
+            .ops
+            .migrate_vee(
+                &id,
+                &MigrateRequest {
+                    host: Some(host.into()),
+                    live: Some(false),
+                },
+            )
+            .await
+            .expect("migrated");
+        assert_eq!((moved.state, moved.host), (VmiState::Suspended, None));
+    }
     // It wakes where it went, from its saved memory.
     ctl_ok(&s.a, A::Activate, &[&id]).await;
     assert_eq!(get(&s.a, &id).await.state, VmiState::Active);

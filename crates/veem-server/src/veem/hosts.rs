@@ -194,10 +194,14 @@ impl Veem {
             let Some(lock) = self.inner.records.op_lock(seq) else {
                 continue;
             };
-            // A VEE with an action under way is that action's business.
+            // A VEE with an action under way is that action's business; one whose migration
+            // a restart cut, the migration's (`settle_migrations`): it may have left.
             let Ok(_guard) = lock.try_lock_owned() else {
                 continue;
             };
+            if record.migration.is_some() {
+                continue;
+            }
             if !self
                 .inner
                 .records

@@ -392,25 +392,25 @@ impl Veem {
         was: VmiState,
     ) -> Result<VeeRecord, CoreError> {
         let stays_paused = was != VmiState::Active;
-        let moved = match self
-            .move_between_hosts(seq, record, to, paused_for_move, stays_paused)
-            .await
-        {
-            Ok(moved) => moved,
-            Err(e) => {
+        // A SUSPENDED VEE restored on the host it was to go to is there already.
+        let there_already =
+            was == VmiState::Suspended && to.is_some() && record.host.as_ref() == to;
+        if !there_already {
+            if let Err(e) = self
+                .move_between_hosts(seq, record, to, paused_for_move, stays_paused)
+                .await
+            {
                 self.resume_after_failure(seq, paused_for_move).await;
                 return Err(e);
             }
-        };
+        }
         if was == VmiState::Suspended {
             self.act_held(seq, ControlAction::Suspend).await?;
-            return self
-                .inner
-                .records
-                .get(seq)
-                .ok_or_else(|| CoreError::NotFound(format!("VEE {} was purged", record.id)));
         }
-        Ok(moved)
+        self.inner
+            .records
+            .get(seq)
+            .ok_or_else(|| CoreError::NotFound(format!("VEE {} was purged", record.id)))
     }
 
     /// The migration itself, the VEE's action lock held (`paused_for_move` when a cold
