@@ -26,13 +26,13 @@ fn other(host: &str) -> &'static str {
     }
 }
 
-/// Moves `id` to the host it is not on (`cold` or live) and answers it.
-async fn move_to_other(s: &Server, id: &str, from: &str, live: bool) -> VeeView {
+/// Moves `id` to `host` (placement chooses when `None`), `live` or cold, and answers it.
+async fn migrate_to(s: &Server, id: &str, host: Option<&str>, live: bool) -> VeeView {
     s.ops
         .migrate_vee(
             id,
             &MigrateRequest {
-                host: Some(other(from).to_owned()),
+                host: host.map(str::to_owned),
                 live: Some(live),
             },
         )
@@ -102,7 +102,7 @@ async fn a_paused_vee_moves_between_hosts_live_or_cold_and_stays_paused() {
     for live in [true, false] {
         let from = host_of(&get(&s.a, &id).await);
         let seen = history(&s, &id).await.len();
-        let moved = move_to_other(&s, &id, &from, live).await;
+        let moved = migrate_to(&s, &id, Some(other(&from)), live).await;
         assert_eq!(
             (moved.state, host_of(&moved).as_str()),
             (VmiState::Paused, other(&from)),
@@ -130,17 +130,7 @@ async fn a_suspended_vee_moves_between_hosts_and_is_suspended_again() {
     ctl_ok(&s.a, A::Suspend, &[&id]).await;
     let seen = history(&s, &id).await.len();
     // Placement chooses: another host than the one it is restored on.
-    let moved = s
-        .ops
-        .migrate_vee(
-            &id,
-            &MigrateRequest {
-                host: None,
-                live: Some(false),
-            },
-        )
-        .await
-        .expect("migrated");
+    let moved = migrate_to(&s, &id, None, false).await;
     assert_eq!((moved.state, moved.host), (VmiState::Suspended, None));
     let events = history(&s, &id).await.split_off(seen);
     let states: Vec<VmiState> = events.iter().map(|(state, _)| *state).collect();
@@ -158,17 +148,7 @@ async fn a_suspended_vee_moves_between_hosts_and_is_suspended_again() {
     );
     // To a host named: restored there or elsewhere, it ends SUSPENDED all the same.
     for host in ["h1", "h2"] {
-        let moved = s
-            .ops
-            .migrate_vee(
-                &id,
-                &MigrateRequest {
-                    host: Some(host.into()),
-                    live: Some(false),
-                },
-            )
-            .await
-            .expect("migrated");
+        let moved = migrate_to(&s, &id, Some(host), false).await;
         assert_eq!((moved.state, moved.host), (VmiState::Suspended, None));
     }
     // It wakes where it went, from its saved memory.

@@ -404,13 +404,7 @@ impl Veem {
                 return Err(e);
             }
         }
-        if was == VmiState::Suspended {
-            self.act_held(seq, ControlAction::Suspend).await?;
-        }
-        self.inner
-            .records
-            .get(seq)
-            .ok_or_else(|| CoreError::NotFound(format!("VEE {} was purged", record.id)))
+        self.back_as_it_was(seq, was).await
     }
 
     /// The migration itself, the VEE's action lock held (`paused_for_move` when a cold
@@ -567,13 +561,7 @@ impl Veem {
                 return Err(e);
             }
         }
-        if was == VmiState::Suspended {
-            self.act_held(seq, ControlAction::Suspend).await?;
-        }
-        self.inner
-            .records
-            .get(seq)
-            .ok_or_else(|| CoreError::NotFound(format!("VEE {} was purged", record.id)))
+        self.back_as_it_was(seq, was).await
     }
 
     /// Whether the source still has the VEE (its site holds it running or paused, its host
@@ -1080,6 +1068,17 @@ impl Veem {
                 }
             }
         });
+    }
+
+    /// A moved VEE, in the state it had: suspended again when it was SUSPENDED.
+    async fn back_as_it_was(&self, seq: u64, was: VmiState) -> Result<VeeRecord, CoreError> {
+        if was == VmiState::Suspended {
+            self.act_held(seq, ControlAction::Suspend).await?;
+        }
+        self.inner
+            .records
+            .get(seq)
+            .ok_or_else(|| CoreError::NotFound(format!("VEE {} was purged", VeeId::from_seq(seq))))
     }
 
     /// Resumes at its source a VEE a cold migration paused, when the migration failed.
