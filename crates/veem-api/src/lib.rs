@@ -188,11 +188,15 @@ pub struct PatchResponse {
     pub applied: PatchApplied,
 }
 
+/// `POST /vees/{id}/migrate` to a host of this site (placement chooses when `host` is absent):
+/// an ACTIVE, PAUSED or SUSPENDED VEE moves with its memory (and its disks when the host does
+/// not see them) and comes back in the state it had (admin).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MigrateRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// Absent or `true` keeps an ACTIVE VEE running while it moves; `false` pauses it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub live: Option<bool>,
 }

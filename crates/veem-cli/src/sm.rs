@@ -65,20 +65,22 @@ pub enum VeeCommand {
     },
     /// Change memory or CPUs (live when the VEE runs and stays within its ceilings)
     Patch(PatchArgs),
-    /// Move an ACTIVE VEE to another host without stopping it, or a VEE to another site
-    /// (admin)
+    /// Move a VEE to another host (live unless --cold) or to another site (cold unless
+    /// --live); it comes back in the state it had (admin)
     Migrate {
         id: String,
         /// Target host; placement chooses when absent
         #[arg(long, conflicts_with = "site")]
         host: Option<String>,
-        /// Target site (this site's own name: its hosts); the VEE comes back in the state it
-        /// had, paused while it moves unless --live
+        /// Target site (this site's own name: its hosts)
         #[arg(long)]
         site: Option<String>,
-        /// Keep it running while it moves to another site
-        #[arg(long, requires = "site")]
+        /// Keep an ACTIVE VEE running while it moves (the default between hosts)
+        #[arg(long, conflicts_with = "cold")]
         live: bool,
+        /// Pause an ACTIVE VEE while it moves (the default between sites)
+        #[arg(long)]
+        cold: bool,
     },
     /// Destroy VEEs and remove every byte stored for them
     Purge {
@@ -408,6 +410,7 @@ pub async fn run_vee(global: &GlobalArgs, command: VeeCommand) -> anyhow::Result
             host,
             site,
             live,
+            cold,
         } => {
             let client = connect(global)?;
             let vee = match site {
@@ -421,7 +424,7 @@ pub async fn run_vee(global: &GlobalArgs, command: VeeCommand) -> anyhow::Result
                 None => {
                     let request = MigrateRequest {
                         host,
-                        live: Some(true),
+                        live: Some(!cold),
                     };
                     client.migrate_vee(&id, &request).await?
                 }

@@ -28,7 +28,10 @@ pub use network::{
     mac_address, AddressPool, Ipv4Cidr, LanExtension, LanPeer, Network, MAX_NICS, MAX_PREFIX,
     MIN_PREFIX,
 };
-pub use record::{Generated, ImageFormat, ImageRecord, NicAddress, Phase, VeeEvent, VeeRecord};
+pub use record::{
+    Generated, ImageFormat, ImageRecord, MigrationNote, MigrationTarget, NicAddress, Phase,
+    VeeEvent, VeeRecord,
+};
 pub use site::Site;
 pub use state::{
     apply, ControlAction, InitModel, Step, Transition, VeemState, VmiState, WrongState,

@@ -24,6 +24,36 @@ pub enum Phase {
     Migrating,
 }
 
+/// A migration the primary drives, noted on the VEE's record before anything is sent (with
+/// phase `Migrating`), so that a primary that restarts settles it as it would have.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationNote {
+    /// Where the VEE goes, waiting there until it is told to run.
+    pub to: MigrationTarget,
+    /// A cold migration paused it for the move: it runs again wherever it stays.
+    #[serde(default)]
+    pub paused_for_move: bool,
+    /// The state it comes back in.
+    pub was: VmiState,
+}
+
+/// Where a migration goes: a host of this site, or the VEE a site defined for it (its id there).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MigrationTarget {
+    Host(HostId),
+    Site(SiteName, VeeId),
+}
+
+impl std::fmt::Display for MigrationTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MigrationTarget::Host(host) => write!(f, "host {host}"),
+            MigrationTarget::Site(site, vee) => write!(f, "site {site} as {vee}"),
+        }
+    }
+}
+
 /// The address a NIC was given (filled by the network issue; empty until then).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NicAddress {
@@ -100,6 +130,10 @@ pub struct VeeRecord {
     /// The VEE's id at `site`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote: Option<VeeId>,
+    /// The migration under way that this VEEM drives, from its send on until the books say
+    /// where the VEE is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<MigrationNote>,
     pub created_ms: u64,
     pub updated_ms: u64,
     pub generation: u64,
@@ -133,6 +167,7 @@ impl VeeRecord {
             generated: Generated::default(),
             site: None,
             remote: None,
+            migration: None,
             created_ms: now_ms,
             updated_ms: now_ms,
             generation: 1,

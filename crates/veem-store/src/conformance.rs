@@ -13,9 +13,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use veem_model::{
     AccountingListener, AccountingRecord, Context, DiskSource, DiskSpec, EventType, Generated,
-    HostId, ImageFormat, ImageName, ImageRecord, InitModel, Ipv4Cidr, KernelBoot,
-    MonitoringSubscription, Network, NicAddress, NicSpec, Phase, Principal, Site, SiteName,
-    VeeDescriptor, VeeEvent, VeeId, VeeRecord, VeemState, VmiState,
+    HostId, ImageFormat, ImageName, ImageRecord, InitModel, Ipv4Cidr, KernelBoot, MigrationNote,
+    MigrationTarget, MonitoringSubscription, Network, NicAddress, NicSpec, Phase, Principal, Site,
+    SiteName, VeeDescriptor, VeeEvent, VeeId, VeeRecord, VeemState, VmiState,
 };
 
 use crate::{
@@ -275,6 +275,12 @@ pub fn rich_record(seq: u64) -> VeeRecord {
         },
         site: Some(site("east")),
         remote: Some(VeeId::from_seq(seq + 1_000)),
+        // A migration noted before its send is what a restarted primary settles: kept whole.
+        migration: Some(MigrationNote {
+            to: MigrationTarget::Site(site("west"), VeeId::from_seq(seq + 2_000)),
+            paused_for_move: true,
+            was: VmiState::Suspended,
+        }),
         created_ms: 1_700_000_000_123,
         updated_ms: 1_700_000_000_456,
         generation: 1,

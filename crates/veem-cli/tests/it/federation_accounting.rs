@@ -50,7 +50,7 @@ fn assert_on_grid(t0s: &[u64], interval_ms: u64) {
 }
 
 /// `kill -<signal>` of a VEEM process.
-fn signal(server: &Server, name: &str) {
+pub(crate) fn signal(server: &Server, name: &str) {
     let pid = server.pid().expect("the VEEM runs").to_string();
     let sent = std::process::Command::new("kill")
         .args([name, &pid])

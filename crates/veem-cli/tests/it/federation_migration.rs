@@ -875,3 +875,79 @@ async fn a_migrating_vee_takes_its_lan_address_and_its_accounting_listener_along
         "no move ended the VEE for its listener: {items:?}"
     );
 }
+
+/// The primary killed (kill -9) in the middle of a migration between two other sites: after
+/// the send, while the destination (stopped, SIGSTOP) cannot be told to complete it. Started
+/// again, it settles the migration from what its books noted before the send: the source
+/// says the VEE left, so it runs at its destination, and only there, and the primary's
+/// record says so.
+#[tokio::test]
+async fn a_primary_killed_in_the_middle_of_a_migration_settles_it_when_it_starts_again() {
+    let mut west = site("west").await;
+    // The source's send takes 3 s: time to stop the destination once it is ready.
+    let east = Server::start_with(Setup {
+        hosts: vec![("h1", 8, 16384, "latency_ms = { migrate = 3000 }")],
+        ..site_setup("east")
+    })
+    .await;
+    let north = site("north").await;
+    register(&west, &east, "east").await;
+    register(&west, &north, "north").await;
+    let id = running(&west, "mv-cut", &["east"]).await;
+    let at_east = named(&east, "mv-cut").await.expect("east runs it");
+
+    let ops = west.ops.clone();
+    let (vee, request) = (id.clone(), to_site("north", true));
+    let migration = tokio::spawn(async move { ops.migrate_vee_to_site(&vee, &request).await });
+    // North is ready and its VEE noted at west: north stops before it is told to complete.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while get(&west.ops, &id).await.phase != Some(veem_model::Phase::Migrating) {
+        assert!(std::time::Instant::now() < deadline, "no migration");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    crate::federation_accounting::signal(&north, "-STOP");
+    // East sent it (DESTROYED there): west waits for north, and dies.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while east.ops.get_vee(&at_east.id).await.expect("at east").state != VmiState::Destroyed {
+        assert!(std::time::Instant::now() < deadline, "east never sent it");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    west.kill9();
+    assert!(
+        migration.await.expect("joined").is_err(),
+        "the primary died before it answered"
+    );
+    crate::federation_accounting::signal(&north, "-CONT");
+
+    west.start_again().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let settled = loop {
+        let v = get(&west.ops, &id).await;
+        if v.site == "north" && v.state == VmiState::Active && v.phase.is_none() {
+            break v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not settled: {v:?}\n{}",
+            west.log_tail()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    // It runs at north, only there: east keeps nothing of it.
+    let there = named(&north, "mv-cut").await.expect("north runs it");
+    assert_eq!(there.state, VmiState::Active);
+    assert_eq!(
+        east.ops.get_vee(&at_east.id).await.map(|v| v.state).ok(),
+        None,
+        "purged at east"
+    );
+    let events = west.ops.vee_events(&id).await.expect("events").events;
+    assert!(
+        events.iter().any(|e| e.detail.as_deref()
+            == Some(&format!(
+                "migrated from site east to site north as {}",
+                there.id
+            ))),
+        "{settled:?} {events:?}"
+    );
+}

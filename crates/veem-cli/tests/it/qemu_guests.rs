@@ -204,61 +204,16 @@ pub(crate) async fn wait_write(path: &Path, at_least: u64) -> u64 {
 
 #[tokio::test]
 async fn live_migration_without_shared_storage_copies_the_disks_of_a_guest_that_keeps_writing() {
-    let Some(s) = Server::start_with_guest(Setup {
-        driver: Hypervisor::Qemu,
-        hosts: vec![("h1", 8, 16384, ""), ("h2", 8, 16384, "")],
-        own_vees_dirs: vec!["h1", "h2"],
-        ..Setup::default()
-    })
-    .await
-    else {
+    let Some((s, id, from, to)) = writing_guest_on_hosts_of_their_own("scribe").await else {
         return;
     };
-    let mut d = guest("scribe");
-    d.context
-        .properties
-        .insert(veem_guest::WRITE_EVERY_PROPERTY.into(), "0.05".into());
-    let id = init_one(&s.a, d).await;
-    ctl_ok(&s.a, A::Activate, &[&id]).await;
-    let from = get(&s.a, &id).await.host.expect("placed").to_string();
-    let to = if from == "h1" { "h2" } else { "h1" };
     let console_on = |host: &str| own_vee_dir(&s, host, &id).join("console.log");
     let before = wait_write(&console_on(&from), 3).await;
     assert!(
         !s.data_dir().join("vees").join(&id).join("disks").exists(),
         "the VEE's disks are its host's own, not on shared storage"
     );
-    assert!(
-        !own_vee_dir(&s, to, &id).exists(),
-        "{to} has nothing of the VEE before it moves"
-    );
-    let old_pid = qemu_pid(&s, &id).expect("running");
-
-    let started = std::time::Instant::now();
-    let moved = s
-        .ops
-        .migrate_vee(
-            &id,
-            &MigrateRequest {
-                host: Some(to.to_owned()),
-                live: Some(true),
-            },
-        )
-        .await
-        .expect("migrated with its disks");
-    let took = started.elapsed();
-    assert_eq!(moved.state, VmiState::Active);
-    assert_eq!(moved.host.map(|h| h.to_string()).as_deref(), Some(to));
-    let new_pid = qemu_pid(&s, &id).expect("running on its new host");
-    assert_ne!(new_pid, old_pid);
-    assert!(
-        processes_mentioning(&own_vee_dir(&s, &from, &id)).is_empty(),
-        "no process on {from} uses the VEE's old directory"
-    );
-    assert!(
-        !own_vee_dir(&s, &from, &id).exists(),
-        "{from} keeps nothing of the VEE"
-    );
+    let took = move_between_own_hosts(&s, &id, &from, to, true, VmiState::Active).await;
     // It writes on at its new host, counting on from what it wrote before and during the move.
     let after = wait_write(&console_on(to), before + 5).await;
     let events = s.a.vee_events(&id).await.expect("events").events;
@@ -273,7 +228,13 @@ async fn live_migration_without_shared_storage_copies_the_disks_of_a_guest_that_
     let log_before_shutdown = std::fs::read_to_string(console_on(to)).unwrap_or_default();
     ctl_ok(&s.a, A::Shutdown, &[&id]).await;
     let disk = own_vee_dir(&s, to, &id).join("disks").join("vda.qcow2");
-    let writes = read_guest_file(&disk, &format!("/{}", veem_guest::WRITES_LOG_PATH));
+    assert_every_write_kept_without_reboot(&disk, after, &log_before_shutdown);
+}
+
+/// The disk of a guest that was shut down holds every write it numbered, in order, at least
+/// up to `after` (which it reported on its console), and it booted once.
+pub(crate) fn assert_every_write_kept_without_reboot(disk: &Path, after: u64, console: &str) {
+    let writes = read_guest_file(disk, &format!("/{}", veem_guest::WRITES_LOG_PATH));
     let numbers: Vec<u64> = writes
         .lines()
         .map(|l| {
@@ -290,10 +251,78 @@ async fn live_migration_without_shared_storage_copies_the_disks_of_a_guest_that_
     );
     assert!(
         last >= after,
-        "the disk holds write {after}, which the guest reported: {last} {log_before_shutdown}"
+        "the disk holds write {after}, which the guest reported: {last} {console}"
     );
-    let boots = read_guest_file(&disk, "/veem/boot.log");
+    let boots = read_guest_file(disk, "/veem/boot.log");
     assert_eq!(boots.lines().count(), 1, "never rebooted: {boots:?}");
+}
+
+/// A site of two QEMU hosts, h1 and h2, that share no storage (each keeps its VEEs'
+/// directories), and an ACTIVE guest there that writes to its disk every 50 ms: the server,
+/// the VEE, its host and the other host (`None` when QEMU is missing outside CI).
+pub(crate) async fn writing_guest_on_hosts_of_their_own(
+    name: &str,
+) -> Option<(Server, String, String, &'static str)> {
+    let s = Server::start_with_guest(Setup {
+        driver: Hypervisor::Qemu,
+        hosts: vec![("h1", 8, 16384, ""), ("h2", 8, 16384, "")],
+        own_vees_dirs: vec!["h1", "h2"],
+        ..Setup::default()
+    })
+    .await?;
+    let mut d = guest(name);
+    d.context
+        .properties
+        .insert(veem_guest::WRITE_EVERY_PROPERTY.into(), "0.05".into());
+    let id = init_one(&s.a, d).await;
+    ctl_ok(&s.a, A::Activate, &[&id]).await;
+    let from = get(&s.a, &id).await.host.expect("placed").to_string();
+    let to = if from == "h1" { "h2" } else { "h1" };
+    Some((s, id, from, to))
+}
+
+/// Moves the VEE `id` from `from` to `to`, two hosts that share no storage, `live` or cold:
+/// it arrives in `state`, in another QEMU process, and `from` keeps nothing of it. Answers how
+/// long the request took.
+pub(crate) async fn move_between_own_hosts(
+    s: &Server,
+    id: &str,
+    from: &str,
+    to: &str,
+    live: bool,
+    state: VmiState,
+) -> std::time::Duration {
+    assert!(
+        !own_vee_dir(s, to, id).exists(),
+        "{to} has nothing of the VEE before it moves"
+    );
+    let old_pid = qemu_pid(s, id).expect("running");
+    let started = std::time::Instant::now();
+    let moved = s
+        .ops
+        .migrate_vee(
+            id,
+            &MigrateRequest {
+                host: Some(to.to_owned()),
+                live: Some(live),
+            },
+        )
+        .await
+        .expect("migrated with its disks");
+    let took = started.elapsed();
+    assert_eq!(moved.state, state);
+    assert_eq!(moved.host.map(|h| h.to_string()).as_deref(), Some(to));
+    let new_pid = qemu_pid(s, id).expect("running on its new host");
+    assert_ne!(new_pid, old_pid);
+    assert!(
+        processes_mentioning(&own_vee_dir(s, from, id)).is_empty(),
+        "no process on {from} uses the VEE's old directory"
+    );
+    assert!(
+        !own_vee_dir(s, from, id).exists(),
+        "{from} keeps nothing of the VEE"
+    );
+    took
 }
 
 /// The console of a VEE on `host`: in its own directory for a host of `own`, else on the

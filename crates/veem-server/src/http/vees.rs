@@ -14,9 +14,9 @@ use axum::response::Response;
 use axum::Json;
 use veem_api::{
     CompleteIncomingRequest, EventList, IncomingRequest, IncomingView, InitializeRequest,
-    InitializeResponse, InitializedVee, MigrateRequest, PatchRequest, PatchResponse, SendRequest,
-    SentView, SiteState, SubmitRequest, SubmitResponse, UpdateStateRequest, UpdateStateResponse,
-    VeeList, VeeView,
+    InitializeResponse, InitializedVee, PatchRequest, PatchResponse, SendRequest, SentView,
+    SiteState, SubmitRequest, SubmitResponse, UpdateStateRequest, UpdateStateResponse, VeeList,
+    VeeView,
 };
 use veem_model::{
     DescriptorError, HostId, InitModel, SiteName, VeeDescriptor, VeeId, VeeRecord, VmiState,
@@ -309,8 +309,8 @@ pub(super) async fn patch(
     }))
 }
 
-/// The body of `POST /vees/{id}/migrate`: to a host of this site (`host`, live only), or to
-/// a site (`site`, `live` or not).
+/// The body of `POST /vees/{id}/migrate`: to a host of this site (`host`; `live` unless
+/// `"live": false`), or to a site (`site`; cold unless `"live": true`).
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct MigrateBody {
@@ -348,25 +348,20 @@ pub(super) async fn migrate(
             .await?;
         return Ok(Json(view(&record, &state.veem)));
     }
-    let request = MigrateRequest {
-        host: request.host,
-        live: request.live,
-    };
-    if request.live == Some(false) {
-        return Err(CoreError::malformed(
-            "live",
-            "only live migration is offered between hosts; SUSPEND and ACTIVATE move a VEE with a pause",
-        )
-        .into());
-    }
     let to = request
         .host
         .as_deref()
         .map(|h| HostId::new(h).map_err(|e| CoreError::malformed("host", e.to_string())))
         .transpose()?;
+    // Between hosts, live unless said otherwise (as it always was).
     let record = state
         .veem
-        .migrate(&caller, &vee_id(&id)?, to.as_ref())
+        .migrate(
+            &caller,
+            &vee_id(&id)?,
+            to.as_ref(),
+            request.live.unwrap_or(true),
+        )
         .await?;
     Ok(Json(view(&record, &state.veem)))
 }

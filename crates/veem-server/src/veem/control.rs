@@ -408,31 +408,39 @@ impl Veem {
         Ok((updated, applied))
     }
 
-    /// Moves an ACTIVE VEE to another host without stopping it (admin).
+    /// `POST /vees/{id}/migrate` with a host (admin): moves an ACTIVE, PAUSED or SUSPENDED
+    /// VEE to `to` (placement chooses when `None`), `live` (an ACTIVE VEE keeps running) or
+    /// cold (paused while it moves); it comes back in the state it had. Its disks are copied
+    /// when the destination does not see them.
     pub async fn migrate(
         &self,
         caller: &Caller,
         id: &VeeId,
         to: Option<&HostId>,
+        live: bool,
     ) -> Result<VeeRecord, CoreError> {
-        if !caller.admin {
-            return Err(CoreError::AccessDenied("migration is for admins".into()));
-        }
-        let (seq, _guard, record) = self.lock_vee(caller, id).await?;
-        if record.state != VmiState::Active {
-            return Err(CoreError::WrongState(format!(
-                "VEE {id} is {}; only an ACTIVE VEE migrates",
-                record.state
-            )));
-        }
-        let from = Self::host_of(&record)?;
-        if let Some(to) = to {
-            if !self.inner.hosts.get(to).is_some_and(|e| e.accepts_vees()) {
-                return Err(CoreError::InsufficientResources(format!(
-                    "host {to} is not up or takes no new VEEs"
-                )));
-            }
-        }
+        self.migrate_keeping_state(
+            caller,
+            id,
+            super::migration::Destination::Host(to.cloned()),
+            live,
+        )
+        .await
+    }
+
+    /// The move between two hosts of this site, the VEE's action lock held: it is ACTIVE or
+    /// PAUSED; `paused_for_move` when a cold migration paused it (resumed at its destination,
+    /// by its caller when the move fails); `stays_paused` when it was not ACTIVE: completed
+    /// paused there, it runs at no moment.
+    pub(super) async fn move_between_hosts(
+        &self,
+        seq: u64,
+        record: &VeeRecord,
+        to: Option<&HostId>,
+        paused_for_move: bool,
+        stays_paused: bool,
+    ) -> Result<VeeRecord, CoreError> {
+        let from = Self::host_of(record)?;
         let dest = self
             .inner
             .placer
@@ -441,31 +449,36 @@ impl Veem {
         let undo = |veem: &Self| {
             let _ = veem.inner.placer.relocate(&record.id, Some(&from));
         };
-        let steps = async {
+        let sent = async {
             // The destination says whether it sees the VEE's disks; when it does not, the
-            // source copies them to it while the VEE runs.
-            let (uri, copy_disks_to) = self.prepare_incoming_on(&dest, &record).await?;
-            let moved = match self
+            // source copies them to it (while the VEE runs, in a live migration).
+            let (uri, copy_disks_to) = self.prepare_incoming_on(&dest, record).await?;
+            match self
                 .migrate_out_from(&from, &record.id, uri, copy_disks_to)
                 .await
             {
-                Ok(moved) => moved,
+                Ok(moved) => Ok(moved),
                 Err(e) => {
                     self.end_instance(&dest, &record.id).await;
-                    return Err(e);
+                    Err(e)
                 }
-            };
-            self.complete_incoming_on(&dest, &record.id, false)
-                .await
-                .map(|()| moved)
+            }
         };
-        let moved = match steps.await {
+        let moved = match sent.await {
             Ok(moved) => moved,
             Err(e) => {
+                // Still at its source, as it was.
                 undo(self);
                 return Err(e);
             }
         };
+        if let Err(e) = self
+            .complete_incoming_on(&dest, &record.id, stays_paused)
+            .await
+        {
+            undo(self);
+            return Err(e);
+        }
         // Tools parse this note: keep its words and their order.
         let note = match moved {
             Some(sent) => format!(
@@ -481,6 +494,9 @@ impl Veem {
             .update(seq, Some(note), |r| {
                 r.host = Some(d);
                 r.holder = holder;
+                if paused_for_move && !stays_paused {
+                    r.settle(VmiState::Active, VeemState::Active);
+                }
             })
             .await?;
         self.wake_placer();

@@ -422,6 +422,11 @@ impl Veem {
         let (Some(site), Some(remote)) = (&record.site, &record.remote) else {
             return Ok(());
         };
+        if record.migration.is_some() {
+            // Leaving that site: where it is, the migration's settling says
+            // (`settle_migrations`), not what the site it leaves shows.
+            return Ok(());
+        }
         let client = self.inner.sites.client(site)?;
         let mut view = client
             .get_vee(remote.as_str())

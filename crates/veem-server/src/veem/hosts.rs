@@ -162,9 +162,12 @@ impl Veem {
                     records.get(i.vee.seq()).is_none_or(|r| {
                         // One waiting here for its migration from another site is the
                         // migration's to run or drop (see `migration.rs`).
-                        let incoming = r.reserved
+                        let incoming = (r.reserved
                             && r.phase == Some(Phase::Migrating)
-                            && r.host.as_ref() == Some(host);
+                            && r.host.as_ref() == Some(host))
+                            || r.migration.as_ref().is_some_and(|m| {
+                                m.to == veem_model::MigrationTarget::Host(host.clone())
+                            });
                         r.updated_ms < listed_ms && !incoming
                     })
                 })
@@ -201,10 +204,14 @@ impl Veem {
             let Some(lock) = self.inner.records.op_lock(seq) else {
                 continue;
             };
-            // A VEE with an action under way is that action's business.
+            // A VEE with an action under way is that action's business; one whose migration
+            // a restart cut, the migration's (`settle_migrations`): it may have left.
             let Ok(_guard) = lock.try_lock_owned() else {
                 continue;
             };
+            if record.migration.is_some() {
+                continue;
+            }
             if !self
                 .inner
                 .records

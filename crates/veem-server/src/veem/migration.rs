@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use veem_api::agent::{AgentRequest, AgentResponse, DiskCopy};
 use veem_api::{code, IncomingRequest, SendRequest, SentView};
 use veem_model::{
-    ControlAction, HostId, InitModel, Phase, SiteName, VeeDescriptor, VeeId, VeeRecord, VeemState,
-    VmiState,
+    ControlAction, HostId, InitModel, MigrationNote, MigrationTarget as Receiver, Phase, SiteName,
+    VeeDescriptor, VeeId, VeeRecord, VeemState, VmiState,
 };
 
 use super::networks::LanClaim;
@@ -45,20 +45,11 @@ const COPY_SCHEMES: [&str; 2] = ["nbd://", "sim://"];
 /// How long each control action a migration makes (a pause, a restore) may take.
 const STEP_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Where a VEE's migration goes, once ready there: a host of this site, or the VEE a site
-/// defined for it (its id there).
-enum Receiver {
-    Host(HostId),
-    Site(SiteName, VeeId),
-}
-
-impl std::fmt::Display for Receiver {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Receiver::Host(host) => write!(f, "host {host}"),
-            Receiver::Site(site, vee) => write!(f, "site {site} as {vee}"),
-        }
-    }
+/// Where `POST /vees/{id}/migrate` moves a VEE: a host of this site (placement chooses when
+/// none is named), or a site (`None`: this site's hosts).
+pub(super) enum Destination {
+    Host(Option<HostId>),
+    Site(Option<SiteName>),
 }
 
 impl Veem {
@@ -270,17 +261,48 @@ impl Veem {
         site: &SiteName,
         live: bool,
     ) -> Result<VeeRecord, CoreError> {
+        let to = (site != self.inner.sites.this()).then(|| site.clone());
+        self.migrate_keeping_state(caller, id, Destination::Site(to), live)
+            .await
+    }
+
+    /// A migration to `to` (admin) of a VEE that comes back in the state it had: an ACTIVE
+    /// or PAUSED VEE moves with its memory, a SUSPENDED one is restored paused where it is,
+    /// moved, and suspended again; a DEFINED or DESTROYED one moves only between sites (a
+    /// host holds nothing of it).
+    pub(super) async fn migrate_keeping_state(
+        &self,
+        caller: &Caller,
+        id: &VeeId,
+        to: Destination,
+        live: bool,
+    ) -> Result<VeeRecord, CoreError> {
         if !caller.admin {
             return Err(CoreError::AccessDenied("migration is for admins".into()));
         }
-        let to = (site != self.inner.sites.this()).then(|| site.clone());
-        if let Some(site) = &to {
-            // Registered and answering, or said at once.
-            self.inner.sites.client(site)?;
+        match &to {
+            Destination::Site(Some(site)) => {
+                // Registered and answering, or said at once.
+                self.inner.sites.client(site)?;
+            }
+            Destination::Host(Some(host))
+                if !self.inner.hosts.get(host).is_some_and(|e| e.accepts_vees()) =>
+            {
+                return Err(CoreError::InsufficientResources(format!(
+                    "host {host} is not up or takes no new VEEs"
+                )));
+            }
+            _ => {}
         }
         let record = self.inner.records.lookup(caller, id)?;
-        if record.site == to {
-            return Ok(record);
+        match (&to, &record.site) {
+            (Destination::Site(to), _) if record.site == *to => return Ok(record),
+            (Destination::Host(_), Some(site)) => {
+                return Err(CoreError::WrongState(format!(
+                    "VEE {id} runs at site {site}; move it between sites (`site`), that site places it on its hosts"
+                )))
+            }
+            _ => {}
         }
         let was = record.state;
         match was {
@@ -300,6 +322,11 @@ impl Veem {
                 .await?;
             }
             VmiState::Defined | VmiState::Destroyed => {
+                let Destination::Site(to) = to else {
+                    return Err(CoreError::WrongState(format!(
+                        "VEE {id} is {was}; no host holds it (it is placed when it is activated)"
+                    )));
+                };
                 let (seq, _guard, record) = self.lock_vee(caller, id).await?;
                 return self.move_at_rest(seq, &record, to).await;
             }
@@ -310,7 +337,18 @@ impl Veem {
             }
         }
         let (seq, _guard, record) = self.lock_vee(caller, id).await?;
-        let outcome = self.move_held(seq, &record, to, live, was).await;
+        let outcome = match self.pause_for_move(seq, &record, live).await {
+            Ok(paused_for_move) => match to {
+                Destination::Site(to) => {
+                    self.move_held(seq, &record, to, paused_for_move, was).await
+                }
+                Destination::Host(to) => {
+                    self.move_to_host(seq, &record, to.as_ref(), paused_for_move, was)
+                        .await
+                }
+            },
+            Err(e) => Err(e),
+        };
         if outcome.is_err() && was == VmiState::Suspended {
             // Back as it was, where it still is.
             if let Some(now) = self.inner.records.get(seq) {
@@ -324,15 +362,14 @@ impl Veem {
         outcome
     }
 
-    /// The migration itself, the VEE's action lock held; `was` is the state it comes back in.
-    async fn move_held(
+    /// Checks that the VEE (its action lock held) still runs or rests paused, and pauses it
+    /// when it is ACTIVE and the move is not `live`: whether it did.
+    async fn pause_for_move(
         &self,
         seq: u64,
         record: &VeeRecord,
-        to: Option<SiteName>,
         live: bool,
-        was: VmiState,
-    ) -> Result<VeeRecord, CoreError> {
+    ) -> Result<bool, CoreError> {
         if !matches!(record.state, VmiState::Active | VmiState::Paused) {
             return Err(CoreError::WrongState(format!(
                 "VEE {} became {} before its migration",
@@ -343,6 +380,46 @@ impl Veem {
         if paused_for_move {
             self.act_held(seq, ControlAction::Pause).await?;
         }
+        Ok(paused_for_move)
+    }
+
+    /// A migration between two hosts of this site, the VEE's action lock held: the same agent
+    /// steps as between sites, without a destination to keep in the books (the VEE never
+    /// leaves this VEEM's hosts: a restart of this VEEM reconciles it where it runs).
+    async fn move_to_host(
+        &self,
+        seq: u64,
+        record: &VeeRecord,
+        to: Option<&HostId>,
+        paused_for_move: bool,
+        was: VmiState,
+    ) -> Result<VeeRecord, CoreError> {
+        let stays_paused = was != VmiState::Active;
+        // A SUSPENDED VEE restored on the host it was to go to is there already.
+        let there_already =
+            was == VmiState::Suspended && to.is_some() && record.host.as_ref() == to;
+        if !there_already {
+            if let Err(e) = self
+                .move_between_hosts(seq, record, to, paused_for_move, stays_paused)
+                .await
+            {
+                self.resume_after_failure(seq, paused_for_move).await;
+                return Err(e);
+            }
+        }
+        self.back_as_it_was(seq, was).await
+    }
+
+    /// The migration itself, the VEE's action lock held (`paused_for_move` when a cold
+    /// migration paused it); `was` is the state it comes back in.
+    async fn move_held(
+        &self,
+        seq: u64,
+        record: &VeeRecord,
+        to: Option<SiteName>,
+        paused_for_move: bool,
+        was: VmiState,
+    ) -> Result<VeeRecord, CoreError> {
         let (receiver, uri, disks, lans) = match self.receive_at(record, to.as_ref()).await {
             Ok(ready) => ready,
             Err(e) => {
@@ -350,10 +427,17 @@ impl Veem {
                 return Err(e);
             }
         };
-        // Where it goes is on record before anything is sent.
+        // Where it goes is on record before anything is sent: a restart of this VEEM
+        // settles it from there (`settle_migrations`).
+        let note = MigrationNote {
+            to: receiver.clone(),
+            paused_for_move,
+            was,
+        };
         let noted = self
             .update(seq, Some(format!("migrating to {receiver}")), |r| {
                 r.phase = Some(Phase::Migrating);
+                r.migration = Some(note);
             })
             .await;
         // From here its phase keeps its LANs at the destination (see `lan_used_at`).
@@ -383,7 +467,7 @@ impl Veem {
                     }
                     Err(unknown) => {
                         tracing::warn!(vee = %record.id, error = %unknown, %receiver, "whether a VEE left its site is not known yet; its destination waits");
-                        self.resolve_later(seq, receiver, paused_for_move, was);
+                        self.resolve_later(seq);
                         return Err(e);
                     }
                 }
@@ -435,29 +519,42 @@ impl Veem {
             Receiver::Site(..) => None,
         };
         let moved = self
-            .update(seq, Some(note), |r| match receiver {
-                Receiver::Host(host) => {
-                    r.site = None;
-                    r.remote = None;
-                    r.host = Some(host.clone());
-                    r.holder = holder.clone();
-                    match (running, paused) {
-                        (true, false) => r.settle(VmiState::Active, VeemState::Active),
-                        (true, true) => r.settle(VmiState::Paused, VeemState::Hold),
-                        (false, _) => {}
+            .update(seq, Some(note), |r| {
+                r.migration = None;
+                match receiver {
+                    Receiver::Host(host) => {
+                        r.site = None;
+                        r.remote = None;
+                        r.host = Some(host.clone());
+                        r.holder = holder.clone();
+                        match (running, paused) {
+                            (true, false) => r.settle(VmiState::Active, VeemState::Active),
+                            (true, true) => r.settle(VmiState::Paused, VeemState::Hold),
+                            (false, _) => {}
+                        }
                     }
-                }
-                Receiver::Site(site, remote) => {
-                    r.site = Some(site.clone());
-                    r.remote = Some(remote.clone());
-                    r.host = None;
+                    Receiver::Site(site, remote) => {
+                        r.site = Some(site.clone());
+                        r.remote = Some(remote.clone());
+                        r.host = None;
+                        r.holder = None;
+                    }
                 }
             })
             .await;
-        if let Err(e) = moved {
-            // The books cannot say where it is: it runs where it went.
-            tracing::error!(vee = %record.id, error = %e, %receiver, "cannot record where a migrated VEE went");
-            return Err(e);
+        let moved = match moved {
+            Ok(moved) => moved,
+            Err(e) => {
+                // The books cannot say where it is: it runs where it went.
+                tracing::error!(vee = %record.id, error = %e, %receiver, "cannot record where a migrated VEE went");
+                return Err(e);
+            }
+        };
+        if let Receiver::Host(host) = receiver {
+            // Placed there when the migration began; after a restart of this VEEM, again.
+            self.inner
+                .placer
+                .restore(host, std::slice::from_ref(&moved));
         }
         self.leave(seq, record).await;
         match (receiver, completed) {
@@ -475,18 +572,28 @@ impl Veem {
                 return Err(e);
             }
         }
-        if was == VmiState::Suspended {
-            self.act_held(seq, ControlAction::Suspend).await?;
-        }
-        self.inner
-            .records
-            .get(seq)
-            .ok_or_else(|| CoreError::NotFound(format!("VEE {} was purged", record.id)))
+        self.back_as_it_was(seq, was).await
     }
 
-    /// Whether the source site still has the VEE (running or paused: the send did not take
-    /// it), or not (it was sent: DESTROYED or gone there); an error when the site does not say.
+    /// Whether the source still has the VEE (its site holds it running or paused, its host
+    /// here an instance of it: the send did not take it), or not (it was sent: DESTROYED or
+    /// gone there); an error when the source does not say.
     async fn source_kept(&self, record: &VeeRecord) -> Result<bool, CoreError> {
+        if record.site.is_none() {
+            // A host of this site: the instance is still there, or it was sent.
+            let host = Self::host_of(record)?;
+            let request = AgentRequest::Status {
+                vee: record.id.clone(),
+            };
+            return match self.inner.hosts.call(&host, request).await {
+                AgentResponse::Error { error }
+                    if error.kind == veem_api::agent::AgentErrorKind::NoSuchInstance =>
+                {
+                    Ok(false)
+                }
+                answer => agent_result(&host, answer).map(|_| true),
+            };
+        }
         let (site, remote) = Self::remote_of(record)?;
         let client = self.inner.sites.client(site)?;
         match client.get_vee(remote.as_str()).await {
@@ -500,47 +607,84 @@ impl Veem {
     /// destination, and a VEE paused for the move runs again.
     async fn drop_migration(&self, seq: u64, receiver: &Receiver, paused_for_move: bool) {
         self.abort_at(receiver, &VeeId::from_seq(seq)).await;
-        if let Err(left) = self.update(seq, None, |r| r.phase = None).await {
+        let dropped = self
+            .update(seq, None, |r| {
+                r.phase = None;
+                r.migration = None;
+            })
+            .await;
+        if let Err(left) = dropped {
             tracing::warn!(vee = %VeeId::from_seq(seq), error = %left, "cannot record a failed migration");
         }
         self.resume_after_failure(seq, paused_for_move).await;
     }
 
-    /// Settles, once its source site answers again, a migration whose send got no answer: the
-    /// VEE arrives at its destination if it left the source, else the destination is dropped.
-    /// Meanwhile the destination keeps it waiting, never running (it runs only once told).
-    fn resolve_later(&self, seq: u64, receiver: Receiver, paused_for_move: bool, was: VmiState) {
+    /// Settles, once its source answers again, a migration whose send got no answer (or
+    /// that a restart of this VEEM cut): tried every [`COMPLETE_RETRY`] for a while, then
+    /// again whenever a site answers after a silence (`settle_migrations`). Meanwhile the
+    /// destination keeps the VEE waiting, never running (it runs only once told).
+    fn resolve_later(&self, seq: u64) {
         let veem = self.clone();
         tokio::spawn(async move {
             for _ in 0..COMPLETE_ATTEMPTS {
                 tokio::time::sleep(COMPLETE_RETRY).await;
-                let Some(lock) = veem.inner.records.op_lock(seq) else {
+                if veem.settle_migration(seq).await {
                     return;
-                };
-                let _guard = lock.lock_owned().await;
-                let Some(record) = veem.inner.records.get(seq) else {
-                    return;
-                };
-                let settled = match veem.source_kept(&record).await {
-                    Ok(false) => veem
-                        .arrive(seq, &record, &receiver, None, was)
-                        .await
-                        .map(drop),
-                    Ok(true) => {
-                        veem.drop_migration(seq, &receiver, paused_for_move).await;
-                        Ok(())
-                    }
-                    Err(e) => {
-                        tracing::debug!(vee = %record.id, error = %e, "the source of a migration does not answer yet");
-                        continue;
-                    }
-                };
-                if let Err(e) = settled {
-                    tracing::warn!(vee = %record.id, error = %e, "a migration settled with an error");
                 }
-                return;
             }
         });
+    }
+
+    /// Settles every migration the books say is under way (noted before its send): at start
+    /// (`retry`: until its source answers, as [`Veem::resolve_later`]), and once more when a
+    /// site answers again.
+    pub(super) fn settle_migrations(&self, retry: bool) {
+        let noted = self.inner.records.ids_where(|r| r.migration.is_some());
+        for seq in noted.iter().map(VeeId::seq) {
+            if retry {
+                self.resolve_later(seq);
+            } else {
+                let veem = self.clone();
+                tokio::spawn(async move { veem.settle_migration(seq).await });
+            }
+        }
+    }
+
+    /// One attempt at settling the migration noted on VEE `seq`, as its send would have: the
+    /// source is asked whether it kept the VEE; kept, the destination is dropped (and a VEE
+    /// paused for the move runs again); gone, it arrives at its destination. `false` while
+    /// the source does not say.
+    async fn settle_migration(&self, seq: u64) -> bool {
+        let Some(lock) = self.inner.records.op_lock(seq) else {
+            return true;
+        };
+        let _guard = lock.lock_owned().await;
+        let Some(record) = self.inner.records.get(seq) else {
+            return true;
+        };
+        // Settled meanwhile (by its own send, or another attempt).
+        let Some(note) = record.migration.clone() else {
+            return true;
+        };
+        let settled = match self.source_kept(&record).await {
+            Ok(false) => self
+                .arrive(seq, &record, &note.to, None, note.was)
+                .await
+                .map(drop),
+            Ok(true) => {
+                self.drop_migration(seq, &note.to, note.paused_for_move)
+                    .await;
+                Ok(())
+            }
+            Err(e) => {
+                tracing::debug!(vee = %record.id, error = %e, "the source of a migration does not answer yet");
+                return false;
+            }
+        };
+        if let Err(e) = settled {
+            tracing::warn!(vee = %record.id, error = %e, "a migration settled with an error");
+        }
+        true
     }
 
     /// Moves a DEFINED or DESTROYED VEE (its action lock held): no memory, only its disks,
@@ -965,6 +1109,17 @@ impl Veem {
                 }
             }
         });
+    }
+
+    /// A moved VEE, in the state it had: suspended again when it was SUSPENDED.
+    async fn back_as_it_was(&self, seq: u64, was: VmiState) -> Result<VeeRecord, CoreError> {
+        if was == VmiState::Suspended {
+            self.act_held(seq, ControlAction::Suspend).await?;
+        }
+        self.inner
+            .records
+            .get(seq)
+            .ok_or_else(|| CoreError::NotFound(format!("VEE {} was purged", VeeId::from_seq(seq))))
     }
 
     /// Resumes at its source a VEE a cold migration paused, when the migration failed.

@@ -409,6 +409,8 @@ impl super::Veem {
     /// read again.
     pub(super) async fn site_loop(self) {
         tokio::spawn(self.clone().lan_sweep_loop());
+        // The migrations a restart cut are settled as their sends would have been.
+        self.settle_migrations(true);
         // What changed at the sites while this VEEM was down was pushed to no one.
         for info in self.inner.sites.list() {
             self.read_all_at(&info.site.name);
@@ -419,8 +421,10 @@ impl super::Veem {
             tick.tick().await;
             for (site, state) in self.inner.sites.check_all().await {
                 if state == SiteState::Up {
-                    // What changed there while it did not answer was pushed to no one.
+                    // What changed there while it did not answer was pushed to no one; a
+                    // migration from there may now learn what its source kept.
                     self.read_all_at(&site);
+                    self.settle_migrations(false);
                 }
             }
             // The accounting listeners of remote VEEs: registered at their sites (again after

@@ -112,7 +112,7 @@ async fn a_vee_deployed_on_a_host_that_does_not_hold_it_never_takes_a_stale_dire
     let to = other_than(&first);
     let moved = site
         .veem
-        .migrate(&ops(), &id, Some(&to))
+        .migrate(&ops(), &id, Some(&to), true)
         .await
         .expect("the VEE migrates");
     assert_eq!(

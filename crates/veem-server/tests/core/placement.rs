@@ -242,7 +242,7 @@ async fn a_live_migration_moves_the_vee_and_its_capacity_and_keeps_anti_affinity
     // Onto its twin's host: anti-affinity refuses, nothing moves.
     let refused = site
         .veem
-        .migrate(&ops(), &ids[0], Some(&to))
+        .migrate(&ops(), &ids[0], Some(&to), true)
         .await
         .expect_err("anti-affinity");
     assert!(
@@ -251,7 +251,7 @@ async fn a_live_migration_moves_the_vee_and_its_capacity_and_keeps_anti_affinity
     );
     assert_eq!(site.get(&ids[0]).host, Some(from.clone()));
     assert!(matches!(
-        site.veem.migrate(&sm_a(), &ids[0], None).await,
+        site.veem.migrate(&sm_a(), &ids[0], None, true).await,
         Err(CoreError::AccessDenied(_))
     ));
 
@@ -261,7 +261,7 @@ async fn a_live_migration_moves_the_vee_and_its_capacity_and_keeps_anti_affinity
     let boot = sim_from.boot_id(&a.id).expect("running");
     let moved = site
         .veem
-        .migrate(&ops(), &ids[0], Some(&to))
+        .migrate(&ops(), &ids[0], Some(&to), true)
         .await
         .expect("migrated");
     assert_eq!(
