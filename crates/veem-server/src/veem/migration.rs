@@ -26,7 +26,7 @@ use veem_model::{
     VeeDescriptor, VeeId, VeeRecord, VeemState, VmiState,
 };
 
-use super::networks::LanClaim;
+use super::networks::{network_ids, LanClaim};
 use super::placer::demand_of;
 use super::{agent_result, placement_error, Veem};
 use crate::auth::Caller;
@@ -881,13 +881,8 @@ impl Veem {
     /// The LANs extended to `site` for `record`, which did not go there after all, leave it
     /// again unless other VEEs there are on them.
     async fn release_lans_of(&self, site: &SiteName, record: &VeeRecord) {
-        let lans: Vec<u32> = record
-            .generated
-            .nics
-            .iter()
-            .filter_map(|n| n.network_id)
-            .collect();
-        self.release_lans_at(site, &lans, Some(&record.id)).await;
+        self.release_lans_at(site, &network_ids(record), Some(&record.id))
+            .await;
     }
 
     /// `PUT /vees/{id}/disks/{target}`: where the contents of a disk of the caller's DEFINED or

@@ -1029,13 +1029,8 @@ impl Veem {
         let (Some(site), Some(_)) = (&record.site, &record.remote) else {
             return;
         };
-        let ids: Vec<u32> = record
-            .generated
-            .nics
-            .iter()
-            .filter_map(|n| n.network_id)
-            .collect();
-        self.release_lans_at(site, &ids, Some(&record.id)).await;
+        self.release_lans_at(site, &network_ids(record), Some(&record.id))
+            .await;
     }
 
     /// Each private network of `ids` that no VEE at `site` is on (but `leaving`, which is going),
@@ -1144,12 +1139,7 @@ impl Veem {
         placed_at: Option<&SiteName>,
         leaving: Option<&VeeId>,
     ) {
-        let ids: Vec<u32> = record
-            .generated
-            .nics
-            .iter()
-            .filter_map(|n| n.network_id)
-            .collect();
+        let ids = network_ids(record);
         if ids.is_empty() {
             return;
         }
@@ -1159,6 +1149,16 @@ impl Veem {
             }
         }
     }
+}
+
+/// The networks `record`'s NICs are on, by id (a NIC on no network has none).
+pub(super) fn network_ids(record: &VeeRecord) -> Vec<u32> {
+    record
+        .generated
+        .nics
+        .iter()
+        .filter_map(|n| n.network_id)
+        .collect()
 }
 
 /// Whether `network`'s LAN floods to `site`'s hosts.
