@@ -318,3 +318,33 @@ async fn concurrent_initializations_all_succeed_with_unique_ids() {
         16_000
     );
 }
+
+/// A caller that gives up on an action (its connection closed while the host still works)
+/// does not cut the action short: it completes, its change is recorded, and the VEE's next
+/// action is taken as usual (the core's books and the store never part).
+#[tokio::test]
+async fn an_action_whose_caller_went_away_completes_and_the_next_one_is_taken() {
+    let s = Server::start_with(Setup {
+        hosts: vec![("h1", 8, 16384, "latency_ms = { pause = 1500 }")],
+        ..Setup::default()
+    })
+    .await;
+    let id = init_one(&s.a, small("patient")).await;
+    ctl_ok(&s.a, A::Activate, &[&id]).await;
+    wait_state(&s.a, &id, VmiState::Active).await;
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(300),
+        s.a.update_state(&UpdateStateRequest {
+            order: Order::List,
+            ids: vec![id.clone()],
+            action: A::Pause,
+            timeout_ms: None,
+        }),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the caller left before the host answered");
+    let paused = wait_state(&s.a, &id, VmiState::Paused).await;
+    assert_eq!(paused.state, VmiState::Paused, "the PAUSE completed");
+    ctl_ok(&s.a, A::Activate, &[&id]).await;
+    assert_eq!(get(&s.a, &id).await.state, VmiState::Active);
+}

@@ -87,10 +87,25 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .nest(veem_api::BASE_PATH, api)
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(run_to_completion))
         // Descriptors, envelopes and id lists; images are streamed and not bound by it.
         .layer(DefaultBodyLimit::max(veem_api::MAX_REQUEST_BODY_BYTES))
         .layer(axum::middleware::map_response(problem::for_rejections))
         .with_state(state)
+}
+
+/// Runs each request to its end in a task of its own. A caller that goes away (its connection
+/// closed) drops the request's future; cut there, an operation could have committed a change
+/// to the store and not yet to the core's books, which would then lag the store for good (a
+/// later change of that VEE refused as concurrent), or acted on a host and recorded nothing.
+async fn run_to_completion(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    match tokio::spawn(next.run(request)).await {
+        Ok(response) => response,
+        Err(e) => ApiError::from(CoreError::internal("a request's task", e)).into_response(),
+    }
 }
 
 /// The OpenAPI document of the routes above.
