@@ -22,8 +22,12 @@ use veem_model::{
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod sqlite;
 
+#[cfg(feature = "postgres")]
+pub use postgres::{PgStore, PG_SCHEMA_VERSION};
 pub use sqlite::{SqliteStore, SCHEMA_VERSION};
 
 /// The sequence number of the first VEE id a fresh store hands out (`vee-00000001`).
@@ -67,7 +71,7 @@ pub trait Store: Send + Sync + 'static {
     /// Read once at start, to resume the pushes.
     fn accounting_outbox(&self) -> Result<Vec<OutboxEntry>, StoreError>;
 
-    /// A short name for logs: "sqlite".
+    /// A short name for logs: "sqlite", "postgresql".
     fn backend(&self) -> &'static str;
 }
 
