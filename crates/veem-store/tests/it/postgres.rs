@@ -251,3 +251,77 @@ fn ten_thousand_inserts_in_batches_of_one_hundred_on_postgresql() {
     let snapshot = store.load().expect("load");
     assert_eq!(snapshot.vees.len() as u64, BATCHES * PER_BATCH);
 }
+
+/// Runs `pg_ctl` on a server's data folder as the user the server runs as (see `scripts/pg`).
+fn pg_ctl(data_dir: &str, args: &[&str]) {
+    let uid = Command::new("id").arg("-u").output().expect("run id");
+    let pg_ctl = "/usr/lib/postgresql/15/bin/pg_ctl";
+    let mut command = if String::from_utf8_lossy(&uid.stdout).trim() == "0" {
+        let mut command = Command::new("runuser");
+        command.args(["-u", "veem-pg", "--", pg_ctl]);
+        command
+    } else {
+        Command::new(pg_ctl)
+    };
+    let out = command
+        .args(["-D", data_dir, "-w"])
+        .args(args)
+        .output()
+        .expect("run pg_ctl");
+    assert!(
+        out.status.success(),
+        "pg_ctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A server crash (an immediate stop: no checkpoint, as after kill -9) loses no acknowledged
+/// commit, and the store's pool drops its dead connections and reconnects by itself.
+#[test]
+fn acknowledged_commits_survive_a_server_crash_and_the_store_reconnects() {
+    // A server of its own: this test takes it down.
+    let Some(_) = server() else { return };
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/pg");
+    let out = Command::new(script)
+        .args(["start", "--watch", &std::process::id().to_string()])
+        .output()
+        .expect("run scripts/pg");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let own_server = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let data_dir = {
+        let out = Command::new(PSQL)
+            .args([&own_server, "-qtAc", "SHOW data_directory"])
+            .output()
+            .expect("run psql");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let url = fresh_database(&own_server);
+    let store = PgStore::open(&url).expect("open");
+    let records: Vec<_> = (0..50).map(|i| plain_record(FIRST_VEE_SEQ + i)).collect();
+    for record in &records {
+        store
+            .commit(&[Change::InsertVee(record.clone())])
+            .expect("commit");
+    }
+    pg_ctl(&data_dir, &["-m", "immediate", "stop"]);
+    assert!(
+        store.load().is_err(),
+        "a store whose server is down reports it"
+    );
+    // `restart` of a stopped server starts it again with the options `scripts/pg` gave it.
+    pg_ctl(
+        &data_dir,
+        &["-l", &format!("{data_dir}/../server.log"), "restart"],
+    );
+    let snapshot = store
+        .load()
+        .expect("load after the restart, on a new connection");
+    assert_eq!(snapshot.vees, records);
+    store
+        .commit(&[Change::InsertVee(plain_record(FIRST_VEE_SEQ + 50))])
+        .expect("commit after the restart");
+}
