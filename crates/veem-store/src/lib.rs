@@ -1,5 +1,7 @@
 //! veem's persistence: the [`Store`] trait, its SQLite backend ([`SqliteStore`]), and, under the
 //! cargo feature `conformance`, the `conformance` suite that every backend must pass.
+//! Under the cargo feature `postgres`, a PostgreSQL backend too (`PgStore`, for several
+//! front-ends on one database); SQLite stays the default and needs no server.
 //!
 //! The VEEM keeps its whole state in memory and writes every change through a `Store` before it
 //! acknowledges it, so a `Store` is small: load everything at start, commit a batch of changes
