@@ -1,5 +1,7 @@
 //! veem's persistence: the [`Store`] trait, its SQLite backend ([`SqliteStore`]), and, under the
 //! cargo feature `conformance`, the `conformance` suite that every backend must pass.
+//! Under the cargo feature `postgres`, a PostgreSQL backend too (`PgStore`, for several
+//! front-ends on one database); SQLite stays the default and needs no server.
 //!
 //! The VEEM keeps its whole state in memory and writes every change through a `Store` before it
 //! acknowledges it, so a `Store` is small: load everything at start, commit a batch of changes
@@ -22,8 +24,12 @@ use veem_model::{
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod sqlite;
 
+#[cfg(feature = "postgres")]
+pub use postgres::{PgStore, PG_SCHEMA_VERSION};
 pub use sqlite::{SqliteStore, SCHEMA_VERSION};
 
 /// The sequence number of the first VEE id a fresh store hands out (`vee-00000001`).
@@ -67,7 +73,7 @@ pub trait Store: Send + Sync + 'static {
     /// Read once at start, to resume the pushes.
     fn accounting_outbox(&self) -> Result<Vec<OutboxEntry>, StoreError>;
 
-    /// A short name for logs: "sqlite".
+    /// A short name for logs: "sqlite", "postgresql".
     fn backend(&self) -> &'static str;
 }
 

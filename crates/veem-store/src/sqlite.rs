@@ -120,8 +120,8 @@ const MIGRATIONS: &[&str] = &[
 /// The schema version this code writes: the number of migration steps.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 
-const NEXT_VEE_SEQ_KEY: &str = "next_vee_seq";
-const NEXT_NETWORK_ID_KEY: &str = "next_network_id";
+pub(crate) const NEXT_VEE_SEQ_KEY: &str = "next_vee_seq";
+pub(crate) const NEXT_NETWORK_ID_KEY: &str = "next_network_id";
 
 /// A VEE's accounting records with `t0` in an inclusive range, in the order `accounting`
 /// promises (the rowid is the order of appending).
@@ -988,20 +988,20 @@ fn remove_site(tx: &Transaction<'_>, name: &SiteName) -> Result<(), StoreError> 
 }
 
 /// An `accounting_records` row as SQLite returns it, before its values are checked.
-struct AccountingRow {
-    owner: String,
-    t0: i64,
-    dt: i64,
-    state: String,
-    host: Option<String>,
-    cpu: i64,
-    memory_mb: i64,
-    cpu_time_ms: i64,
-    active_ms: i64,
+pub(crate) struct AccountingRow {
+    pub(crate) owner: String,
+    pub(crate) t0: i64,
+    pub(crate) dt: i64,
+    pub(crate) state: String,
+    pub(crate) host: Option<String>,
+    pub(crate) cpu: i64,
+    pub(crate) memory_mb: i64,
+    pub(crate) cpu_time_ms: i64,
+    pub(crate) active_ms: i64,
 }
 
 impl AccountingRow {
-    fn decode(self, vee: &VeeId) -> Result<(Principal, AccountingRecord), StoreError> {
+    pub(crate) fn decode(self, vee: &VeeId) -> Result<(Principal, AccountingRecord), StoreError> {
         let corrupt = |what: &str| {
             StoreError::Corrupt(format!(
                 "an accounting record of VEE {vee} at {} has {what}",
@@ -1056,17 +1056,17 @@ impl VeeColumns {
 }
 
 /// SQLite integers are signed 64-bit; a larger `u64` cannot be a column value.
-fn to_sql_int(what: &str, value: u64) -> Result<i64, StoreError> {
+pub(crate) fn to_sql_int(what: &str, value: u64) -> Result<i64, StoreError> {
     i64::try_from(value)
         .map_err(|_| StoreError::InvalidChange(format!("{what} {value} is too large to store")))
 }
 
-fn to_json(value: &impl Serialize) -> Result<String, StoreError> {
+pub(crate) fn to_json(value: &impl Serialize) -> Result<String, StoreError> {
     serde_json::to_string(value)
         .map_err(|err| StoreError::InvalidChange(format!("cannot encode as JSON: {err}")))
 }
 
-fn decode_vee(id: &str, generation: i64, json: &str) -> Result<VeeRecord, StoreError> {
+pub(crate) fn decode_vee(id: &str, generation: i64, json: &str) -> Result<VeeRecord, StoreError> {
     let record: VeeRecord = serde_json::from_str(json)
         .map_err(|err| StoreError::Corrupt(format!("VEE row {id}: {err}")))?;
     if record.id.as_str() != id {
@@ -1085,7 +1085,7 @@ fn decode_vee(id: &str, generation: i64, json: &str) -> Result<VeeRecord, StoreE
     Ok(record)
 }
 
-fn decode_image(owner: &str, name: &str, json: &str) -> Result<ImageRecord, StoreError> {
+pub(crate) fn decode_image(owner: &str, name: &str, json: &str) -> Result<ImageRecord, StoreError> {
     let image: ImageRecord = serde_json::from_str(json)
         .map_err(|err| StoreError::Corrupt(format!("image row {owner}/{name}: {err}")))?;
     if image.owner.as_str() != owner || image.name.as_str() != name {
@@ -1097,7 +1097,12 @@ fn decode_image(owner: &str, name: &str, json: &str) -> Result<ImageRecord, Stor
     Ok(image)
 }
 
-fn decode_network(id: i64, owner: &str, name: &str, json: &str) -> Result<Network, StoreError> {
+pub(crate) fn decode_network(
+    id: i64,
+    owner: &str,
+    name: &str,
+    json: &str,
+) -> Result<Network, StoreError> {
     let network: Network = serde_json::from_str(json)
         .map_err(|err| StoreError::Corrupt(format!("network row {id}: {err}")))?;
     // The columns are what the unique constraints check; they must agree with the record.
@@ -1115,7 +1120,11 @@ fn decode_network(id: i64, owner: &str, name: &str, json: &str) -> Result<Networ
     Ok(network)
 }
 
-fn decode_listener(vee: &str, owner: &str, json: &str) -> Result<AccountingListener, StoreError> {
+pub(crate) fn decode_listener(
+    vee: &str,
+    owner: &str,
+    json: &str,
+) -> Result<AccountingListener, StoreError> {
     let listener: AccountingListener = serde_json::from_str(json).map_err(|err| {
         StoreError::Corrupt(format!("accounting listener row {vee}/{owner}: {err}"))
     })?;
@@ -1129,7 +1138,7 @@ fn decode_listener(vee: &str, owner: &str, json: &str) -> Result<AccountingListe
     Ok(listener)
 }
 
-fn decode_subscription(
+pub(crate) fn decode_subscription(
     id: &str,
     owner: &str,
     json: &str,
@@ -1145,7 +1154,7 @@ fn decode_subscription(
     Ok(subscription)
 }
 
-fn decode_site(name: &str, json: &str) -> Result<Site, StoreError> {
+pub(crate) fn decode_site(name: &str, json: &str) -> Result<Site, StoreError> {
     let site: Site = serde_json::from_str(json)
         .map_err(|err| StoreError::Corrupt(format!("site row {name:?}: {err}")))?;
     if site.name.as_str() != name {
@@ -1157,7 +1166,7 @@ fn decode_site(name: &str, json: &str) -> Result<Site, StoreError> {
     Ok(site)
 }
 
-fn decode_event(vee: &VeeId, json: &str) -> Result<VeeEvent, StoreError> {
+pub(crate) fn decode_event(vee: &VeeId, json: &str) -> Result<VeeEvent, StoreError> {
     let event: VeeEvent = serde_json::from_str(json)
         .map_err(|err| StoreError::Corrupt(format!("event of VEE {vee}: {err}")))?;
     if &event.vee != vee {

@@ -1,5 +1,6 @@
 //! The SQLite store held to the conformance suite, in memory and on disk, and to durability:
-//! across a clean reopen and across a writer killed with SIGKILL.
+//! across a clean reopen and across a writer killed with SIGKILL; and the PostgreSQL store to the
+//! same suite (`postgres`).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,6 +15,7 @@ use veem_store::{Change, SqliteStore, Store, FIRST_NETWORK_ID, FIRST_VEE_SEQ};
 
 #[cfg(unix)]
 mod crash;
+mod postgres;
 
 #[test]
 fn in_memory_sqlite_passes_the_conformance_suite() {
