@@ -25,9 +25,13 @@ use veem_model::{
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 #[cfg(feature = "postgres")]
+mod lease;
+#[cfg(feature = "postgres")]
 mod postgres;
 mod sqlite;
 
+#[cfg(feature = "postgres")]
+pub use lease::{Campaign, Fence, LeaderView, LeaseView, Member, MemberView};
 #[cfg(feature = "postgres")]
 pub use postgres::{PgStore, PG_SCHEMA_VERSION};
 pub use sqlite::{SqliteStore, SCHEMA_VERSION};
@@ -220,6 +224,10 @@ pub enum StoreError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A commit carried a leader lease that is no longer the leader's (another front-end took
+    /// it, or it expired): nothing of the batch is stored, and the front-end must stop acting.
+    #[error("this front-end's leader lease (generation {generation}) is no longer held")]
+    Fenced { generation: u64 },
     /// The database failed.
     #[error("the database failed")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),

@@ -125,9 +125,28 @@ const MIGRATIONS: &[&str] = &[
         name   TEXT PRIMARY KEY,
         record TEXT NOT NULL
     );",
+    // Version 6 (PostgreSQL only: a SQLite site has one front-end): the leader lease, one row,
+    // and the front-ends that share the database (see `lease.rs`).
+    "CREATE TABLE cluster_lease (
+        id          INTEGER PRIMARY KEY CHECK (id = 1),
+        leader      TEXT NOT NULL,
+        url         TEXT NOT NULL,
+        incarnation BIGINT NOT NULL,
+        generation  BIGINT NOT NULL,
+        since       TIMESTAMPTZ NOT NULL,
+        expires_at  TIMESTAMPTZ NOT NULL
+    );
+    CREATE TABLE cluster_members (
+        name    TEXT PRIMARY KEY,
+        url     TEXT NOT NULL,
+        is_leader BOOLEAN NOT NULL,
+        since   TIMESTAMPTZ NOT NULL,
+        seen_at TIMESTAMPTZ NOT NULL
+    );",
 ];
 
-/// The schema version this code writes; the same number as the SQLite backend's.
+/// The schema version this code writes. Versions 1 to 5 are the SQLite backend's, table for
+/// table; later ones are PostgreSQL's own.
 pub const PG_SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 
 /// Idle connections kept for the next call; more may be open while calls run at once.
@@ -141,6 +160,11 @@ pub struct PgStore {
     config: tokio_postgres::Config,
     runtime: tokio::runtime::Handle,
     idle: Mutex<Vec<Client>>,
+    /// The leader lease this front-end holds, checked by every commit once set (see
+    /// `lease.rs`); `None`: commits are not fenced (a single writer, or tests).
+    pub(crate) fence: Mutex<Option<crate::lease::Fence>>,
+    /// Set when a commit was refused because the lease it carried is no longer the leader's.
+    pub(crate) fenced_out: std::sync::atomic::AtomicBool,
     /// Dropped with the store, which ends the runtime's thread (and the connections with it).
     _stop: tokio::sync::oneshot::Sender<()>,
 }
@@ -175,6 +199,8 @@ impl PgStore {
             config,
             runtime: handle,
             idle: Mutex::new(Vec::new()),
+            fence: Mutex::new(None),
+            fenced_out: std::sync::atomic::AtomicBool::new(false),
             _stop: stop,
         };
         let mut client = store.client()?;
@@ -217,7 +243,7 @@ impl PgStore {
     }
 
     /// Runs `work` on a pooled connection.
-    fn with_client<T>(
+    pub(crate) fn with_client<T>(
         &self,
         work: impl AsyncFnOnce(&mut Client) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
@@ -369,8 +395,18 @@ impl Store for PgStore {
         if changes.is_empty() {
             return Ok(());
         }
+        let fence = *self.fence.lock().unwrap_or_else(PoisonError::into_inner);
         self.with_client(async |client: &mut Client| {
             let tx = client.transaction().await.map_err(backend)?;
+            if let Some(fence) = fence {
+                if let Err(e) = crate::lease::check(&tx, fence).await {
+                    if matches!(e, StoreError::Fenced { .. }) {
+                        self.fenced_out
+                            .store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    return Err(e);
+                }
+            }
             let mut counters = Counters::default();
             for change in changes {
                 apply(&tx, &mut counters, change).await?;
@@ -1105,11 +1141,11 @@ async fn remove_site(tx: &Transaction<'_>, name: &SiteName) -> Result<(), StoreE
         .map(drop)
 }
 
-fn backend(err: tokio_postgres::Error) -> StoreError {
+pub(crate) fn backend(err: tokio_postgres::Error) -> StoreError {
     StoreError::Backend(Box::new(err))
 }
 
 /// A value of the wrong type in a column is bad data, not a failing database.
-fn read_error(err: tokio_postgres::Error) -> StoreError {
+pub(crate) fn read_error(err: tokio_postgres::Error) -> StoreError {
     StoreError::Corrupt(err.to_string())
 }
