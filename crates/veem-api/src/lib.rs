@@ -47,6 +47,8 @@ pub mod code {
     pub const UNSUPPORTED_MEDIA_TYPE: &str = "unsupported_media_type";
     pub const METHOD_NOT_ALLOWED: &str = "method_not_allowed";
     pub const SITE_UNREACHABLE: &str = "site_unreachable";
+    /// A front-end that does not lead its site and cannot reach the one that does.
+    pub const NOT_LEADER: &str = "not_leader";
 }
 
 /// The most VEE ids one call takes (SubmitVEEs, UpdateState, accounting listeners): a larger
@@ -411,6 +413,32 @@ pub enum SiteState {
     Up,
     /// No answer for 10 s: its VEEs show their last known state, actions on them fail.
     Unreachable,
+}
+
+/// `GET /cluster`: the front-ends sharing the site's database, and which one leads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterView {
+    /// The leader's name; `null` while none holds a live lease.
+    pub leader: Option<String>,
+    /// The front-ends heard from lately, by name.
+    pub members: Vec<ClusterMember>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterMember {
+    pub name: String,
+    /// Where the others and agents reach it (its `advertise_url`).
+    pub url: String,
+    pub role: ClusterRole,
+    /// Since when it holds its role, in ms since the Unix epoch.
+    pub since_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterRole {
+    Leader,
+    Follower,
 }
 
 /// A site as `GET /sites` shows it: a non-admin sees its name and state only.

@@ -20,12 +20,7 @@ pub async fn start_veem(hosts: usize) -> anyhow::Result<(String, tempfile::TempD
     let started = veem_node::start(&site).await?;
     started.hosts_connected.await?;
     let veem = started.veem;
-    let state = veem_server::http::AppState {
-        veem,
-        auth: Arc::new(veem_server::auth::Authenticator::new(
-            site.server.principals.clone(),
-        )),
-    };
+    let state = veem_server::http::AppState::new(veem, &site.server);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     tokio::spawn(async move { axum::serve(listener, veem_server::http::router(state)).await });

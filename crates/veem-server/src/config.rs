@@ -68,6 +68,30 @@ pub struct Config {
     /// How this site's LANs join other sites' (the paper's VAN); absent: they do not.
     #[serde(default)]
     pub federation: FederationConfig,
+    /// This front-end's name among those sharing one database (`GET /cluster`); default: the
+    /// site's name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// How the other front-ends and host agents reach this one; default: `url`, else `listen`.
+    #[serde(default)]
+    pub advertise_url: Option<String>,
+    /// Where the books are kept: SQLite in `data_dir` (default) or a PostgreSQL database that
+    /// several front-ends share.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// How long the leader's lease lasts unrenewed (several front-ends): a dead leader is
+    /// replaced within about this long. It renews every quarter of it.
+    #[serde(default = "default_lease_ttl_ms")]
+    pub lease_ttl_ms: u64,
+}
+
+/// `[store]`: absent, or without `url`, the books are SQLite in `data_dir`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `postgresql://user@host:port/database`: several `veem serve` may share it, one leading.
+    #[serde(default)]
+    pub url: Option<String>,
 }
 
 /// `[federation]`: a private LAN of this VEEM extends to the sites where its VEEs run, its
@@ -105,6 +129,20 @@ pub struct TlsConfig {
 }
 
 impl Config {
+    /// This front-end's name: `name`, else the site's.
+    pub fn front_end_name(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.site)
+    }
+
+    /// Where the other front-ends and agents reach this one: `advertise_url`, else
+    /// [`Config::public_url`].
+    pub fn advertise_url(&self) -> String {
+        match &self.advertise_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => self.public_url(),
+        }
+    }
+
     /// Where peer sites reach this VEEM: `url`, else `listen`.
     pub fn public_url(&self) -> String {
         match &self.url {
@@ -196,6 +234,12 @@ fn default_host_dead_after_ms() -> u64 {
 }
 /// Below this, an agent's lease (half of it) leaves too little room for its heartbeats.
 const MIN_HOST_DEAD_AFTER_MS: u64 = 1_000;
+/// A dead leader is replaced within about 4 s, and one renewal may fail without a change.
+fn default_lease_ttl_ms() -> u64 {
+    4_000
+}
+/// Below this, renewals (every quarter) come too often for a database's round trips.
+const MIN_LEASE_TTL_MS: u64 = 400;
 fn default_monitoring_interval_ms() -> u64 {
     10_000
 }
@@ -226,6 +270,16 @@ impl Config {
         if let Some(tls) = &self.tls {
             if tls.cert.is_some() != tls.key.is_some() {
                 return Err("[tls]: cert and key go together".to_owned());
+            }
+        }
+        if self.lease_ttl_ms < MIN_LEASE_TTL_MS {
+            return Err(format!("lease_ttl_ms must be at least {MIN_LEASE_TTL_MS}"));
+        }
+        if let Some(url) = &self.store.url {
+            if !url.starts_with("postgresql://") && !url.starts_with("postgres://") {
+                return Err(format!(
+                    "[store] url {url:?} must be a postgresql:// URL (leave it out for SQLite in data_dir)"
+                ));
             }
         }
         if self.host_dead_after_ms < MIN_HOST_DEAD_AFTER_MS {

@@ -54,6 +54,10 @@ pub enum CoreError {
     /// given (`unauthenticated`): nothing was registered.
     #[error("{message}")]
     SiteRefused { code: &'static str, message: String },
+    /// This front-end does not lead its site (several front-ends on one database): it lost the
+    /// leader lease, or no leader can be reached. Nothing was done.
+    #[error("{0}")]
+    NotLeader(String),
     /// The store or the file system failed; nothing was acknowledged.
     #[error("{context}{}", with_cause(.source.as_ref()))]
     Internal {
@@ -82,6 +86,7 @@ impl CoreError {
             CoreError::Conflict(_) => code::CONFLICT,
             CoreError::SiteUnreachable(_) => code::SITE_UNREACHABLE,
             CoreError::SiteRefused { code, .. } => code,
+            CoreError::NotLeader(_) => code::NOT_LEADER,
             CoreError::Internal { .. } => code::INTERNAL,
         }
     }
@@ -145,6 +150,9 @@ impl From<veem_store::StoreError> for CoreError {
             | veem_store::StoreError::NetworkNameTaken { .. }
             | veem_store::StoreError::NetworkIdReused(_)
             | veem_store::StoreError::SiteNameTaken(_) => CoreError::Conflict(e.to_string()),
+            veem_store::StoreError::Fenced { .. } => CoreError::NotLeader(format!(
+                "this front-end no longer leads its site ({e}); nothing was stored: call again"
+            )),
             other => CoreError::internal("the store failed", other),
         }
     }

@@ -8,6 +8,7 @@
 //! binary makes the hosts that run in its process (`veem-node`) and hands them over as links.
 
 pub mod auth;
+mod cluster;
 mod committer;
 pub mod config;
 pub mod error;
@@ -59,6 +60,22 @@ pub async fn start(
     let db = data_dir.join("veem.db");
     let store = veem_store::SqliteStore::open(&db)
         .with_context(|| format!("cannot open the store {}", db.display()))?;
+    start_on(config, Arc::new(store), in_process).await
+}
+
+/// [`start`] on a store already open: SQLite in `data_dir`, or the PostgreSQL database of
+/// several front-ends, once this one leads.
+pub async fn start_on(
+    config: &Config,
+    store: Arc<dyn veem_store::Store>,
+    in_process: Vec<(HostHello, Arc<dyn HostLink>)>,
+) -> anyhow::Result<Started> {
+    let data_dir = data_dir(config)?;
+    // Bridges on hosts are named by this key: every front-end of a site must derive the same.
+    let lan_key = match config.store.url {
+        Some(_) => veem::lan_key(std::path::Path::new(&config.site)),
+        None => veem::lan_key(&data_dir),
+    };
     let core = veem::CoreConfig {
         site: config.site.clone(),
         public_url: config.public_url(),
@@ -68,7 +85,7 @@ pub async fn start(
         agent_timeout: Duration::from_millis(config.agent_timeout_ms),
         health_interval: Duration::from_millis(config.health_interval_ms),
         host_dead_after: Duration::from_millis(config.host_dead_after_ms),
-        lan_key: veem::lan_key(&data_dir),
+        lan_key,
         monitoring_interval: Duration::from_millis(config.monitoring_interval_ms.max(100)),
         admins: config
             .principals
@@ -80,7 +97,7 @@ pub async fn start(
         file_sources: sources::FileSources::new(&config.file_sources, &data_dir)
             .map_err(anyhow::Error::msg)?,
     };
-    let veem = Veem::open(core, Arc::new(store))?;
+    let veem = Veem::open(core, store)?;
     veem.networks().set_federation(veem::LanFederation {
         endpoints: config
             .federation
@@ -151,12 +168,17 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     // Before anything starts: a bad certificate is the operator's to fix at once.
     let tls = server_tls(&config)?;
+    if config.store.url.is_some() {
+        anyhow::ensure!(
+            in_process.is_empty(),
+            "[[host]] cannot be used with [store] url: the hosts of several front-ends are their \
+             own processes (`veem agent --server URL1,URL2,...`), which follow the leader"
+        );
+        return cluster::serve(config, tls, shutdown_signal()).await;
+    }
     let in_process_hosts = in_process.len();
     let Started { veem, .. } = start(&config, in_process).await?;
-    let state = http::AppState {
-        veem,
-        auth: Arc::new(auth::Authenticator::new(config.principals.clone())),
-    };
+    let state = http::AppState::new(veem, &config);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

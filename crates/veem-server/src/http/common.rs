@@ -24,12 +24,59 @@ use crate::veem::{BatchOutcome, Putter, Veem};
 pub struct AppState {
     pub veem: Veem,
     pub auth: Arc<Authenticator>,
+    /// This front-end, as `GET /cluster` shows it when it is alone on its store.
+    pub front_end: Arc<veem_api::ClusterMember>,
+}
+
+impl AppState {
+    /// The state of a VEEM serving `config`, leading since now.
+    pub fn new(veem: Veem, config: &crate::Config) -> Self {
+        Self {
+            veem,
+            auth: Arc::new(Authenticator::new(config.principals.clone())),
+            front_end: Arc::new(veem_api::ClusterMember {
+                name: config.front_end_name().to_owned(),
+                url: config.advertise_url(),
+                role: veem_api::ClusterRole::Leader,
+                since_ms: crate::veem::now_ms(),
+            }),
+        }
+    }
+}
+
+/// The admin calling with the bearer token of `headers`, for routes outside [`AppState`].
+pub(super) fn authenticated_admin(
+    headers: &axum::http::HeaderMap,
+    auth: &Authenticator,
+) -> Result<Caller, ApiError> {
+    let value = headers.get(header::AUTHORIZATION).ok_or_else(|| {
+        ApiError::unauthenticated("no Authorization header; send 'Authorization: Bearer <token>'")
+    })?;
+    let caller = auth
+        .authenticate(bearer_token(value)?)
+        .ok_or_else(|| ApiError::unauthenticated("unknown token"))?;
+    admin_only(caller)
+}
+
+fn admin_only(caller: Caller) -> Result<Caller, ApiError> {
+    if caller.admin {
+        Ok(caller)
+    } else {
+        Err(ApiError::forbidden(&format!(
+            "{} is not an admin; this is an operator endpoint",
+            caller.principal
+        )))
+    }
 }
 
 fn bearer(parts: &Parts) -> Result<&str, ApiError> {
     let value = parts.headers.get(header::AUTHORIZATION).ok_or_else(|| {
         ApiError::unauthenticated("no Authorization header; send 'Authorization: Bearer <token>'")
     })?;
+    bearer_token(value)
+}
+
+fn bearer_token(value: &header::HeaderValue) -> Result<&str, ApiError> {
     // The scheme is case-insensitive (RFC 9110, section 11.1).
     value
         .to_str()
@@ -78,14 +125,7 @@ impl FromRequestParts<AppState> for Admin {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let caller = Caller::from_request_parts(parts, state).await?;
-        if caller.admin {
-            Ok(Admin(caller))
-        } else {
-            Err(ApiError::forbidden(&format!(
-                "{} is not an admin; this is an operator endpoint",
-                caller.principal
-            )))
-        }
+        admin_only(caller).map(Admin)
     }
 }
 

@@ -5,6 +5,7 @@
 
 mod accounting;
 mod agents;
+pub(crate) mod cluster;
 mod common;
 mod hosts;
 mod images;
@@ -79,6 +80,7 @@ pub fn router(state: AppState) -> Router {
             "/sites/{name}/inbox/{secret}/accounting",
             post(sites::inbox_accounting),
         )
+        .route("/cluster", get(cluster::alone))
         .route("/hosts", get(hosts::list))
         .route("/hosts/{id}", patch(hosts::patch))
         .route("/agents/connect", get(agents::connect))

@@ -21,7 +21,7 @@ pub fn status_of(error: &CoreError) -> StatusCode {
         | CoreError::Conflict(_) => StatusCode::CONFLICT,
         CoreError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         CoreError::DeploymentFailed(_) | CoreError::HostFailed { .. } => StatusCode::BAD_GATEWAY,
-        CoreError::SiteUnreachable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        CoreError::SiteUnreachable(_) | CoreError::NotLeader(_) => StatusCode::SERVICE_UNAVAILABLE,
         CoreError::SiteRefused { .. } => StatusCode::BAD_REQUEST,
         CoreError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
     }
