@@ -611,6 +611,11 @@ impl Client {
             .map(drop)
     }
 
+    /// The front-ends sharing the site's database and which one leads (admin).
+    pub async fn cluster(&self) -> Result<veem_api::ClusterView, ClientError> {
+        self.call(self.get(&["cluster"])).await
+    }
+
     /// Every host of the site (admin).
     pub async fn list_hosts(&self) -> Result<HostList, ClientError> {
         self.call(self.get(&["hosts"])).await

@@ -43,19 +43,48 @@ pub(crate) struct Cluster {
     pub(crate) me: Member,
     pub(crate) store: Arc<PgStore>,
     ttl: Duration,
-    role: Mutex<Role>,
+    role: tokio::sync::watch::Sender<Role>,
+    /// Until when this front-end may act as the leader, by its own monotonic clock (which runs
+    /// on while the process is stopped): from before its last successful renewal, plus the
+    /// lease's length.
+    held_until: Mutex<Option<Instant>>,
 }
 
 impl Cluster {
     pub(crate) fn role(&self) -> Role {
-        self.role
+        self.role.borrow().clone()
+    }
+
+    /// Whether this front-end's lease is still its own by its clock. A leader that was stopped
+    /// past its lease answers nothing more (not even a read of its books, which another may
+    /// have changed since) in the moment before its campaign notices and it starts again.
+    pub(crate) fn holds_lease(&self) -> bool {
+        self.held_until
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+            .is_some_and(|until| Instant::now() < until)
+    }
+
+    fn hold_until(&self, until: Instant) {
+        *self
+            .held_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(until);
+    }
+
+    /// Resolves once the leader is no longer `leader` (another took over, or none leads).
+    pub(crate) async fn leader_changed(&self, leader: &LeaderView) {
+        let mut roles = self.role.subscribe();
+        let _ = roles
+            .wait_for(|role| match role {
+                Role::Following(Some(now)) => now.generation != leader.generation,
+                _ => true,
+            })
+            .await;
     }
 
     fn set_role(&self, role: Role) {
-        *self.role.lock().unwrap_or_else(PoisonError::into_inner) = role;
+        self.role.send_replace(role);
     }
 
     /// `GET /cluster`, read from the database, so every front-end answers the same.
@@ -108,7 +137,8 @@ pub(crate) async fn serve(
         },
         store: Arc::new(store),
         ttl: Duration::from_millis(config.lease_ttl_ms),
-        role: Mutex::new(Role::Following(None)),
+        role: tokio::sync::watch::Sender::new(Role::Following(None)),
+        held_until: Mutex::new(None),
     });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -152,6 +182,7 @@ async fn campaign(config: &Config, cluster: &Arc<Cluster>) {
         match outcome {
             Ok(Ok(Campaign::Leading { fence, newly })) => {
                 held_until = Some(sent + ttl);
+                cluster.hold_until(sent + ttl);
                 if newly {
                     tracing::info!(generation = fence.generation, "this front-end leads");
                     cluster.set_role(Role::Starting);

@@ -149,6 +149,9 @@ const MIGRATIONS: &[&str] = &[
 /// table; later ones are PostgreSQL's own.
 pub const PG_SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 
+/// How long a session may sit in a transaction without sending anything (see `open`).
+const IDLE_IN_TRANSACTION_TIMEOUT: &str = "-c idle_in_transaction_session_timeout=3000";
+
 /// Idle connections kept for the next call; more may be open while calls run at once.
 const MAX_IDLE: usize = 4;
 
@@ -180,7 +183,13 @@ impl PgStore {
     /// database is expected on the machine or a trusted network) and migrates it to
     /// [`PG_SCHEMA_VERSION`]. The database must exist.
     pub fn open(url: &str) -> Result<Self, StoreError> {
-        let config: tokio_postgres::Config = url.parse().map_err(backend)?;
+        let mut config: tokio_postgres::Config = url.parse().map_err(backend)?;
+        if config.get_options().is_none() {
+            // A front-end stopped (SIGSTOP, a frozen VM) in the middle of a commit would hold
+            // the lease row's lock, and so the leadership, for as long as it is stopped: the
+            // server ends such a session, which rolls its transaction back.
+            config.options(IDLE_IN_TRANSACTION_TIMEOUT);
+        }
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

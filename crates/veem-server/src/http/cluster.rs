@@ -91,6 +91,9 @@ pub(super) async fn alone(
 
 async fn dispatch(State(door): State<FrontDoor>, request: Request) -> Response {
     match door.cluster.role() {
+        Role::Leading(_) if !door.cluster.holds_lease() => {
+            not_leader("this front-end's leader lease ran out; it no longer answers for the site")
+        }
         Role::Leading(veem) => {
             let app = door
                 .leading
@@ -168,7 +171,19 @@ async fn forward(door: &FrontDoor, leader: &veem_store::LeaderView, request: Req
             outgoing = outgoing.header(name, value);
         }
     }
-    let answer = match outgoing.send().await {
+    // A leader that stopped (SIGSTOP, a frozen machine) accepts connections and answers
+    // nothing: the call is given up once another front-end holds the lease.
+    let answer = tokio::select! {
+        answer = outgoing.send() => answer,
+        () = door.cluster.leader_changed(leader) => {
+            return not_leader(&format!(
+                "the leader {} stopped answering and another front-end took over while this \
+                 call was under way: it may or may not have been done; read before calling again",
+                leader.name
+            ));
+        }
+    };
+    let answer = match answer {
         Ok(answer) => answer,
         Err(e) => {
             tracing::warn!(leader = %leader.name, %url, error = %e, "cannot forward a call to the leader");

@@ -1,0 +1,529 @@
+//! Several `veem serve` front-ends on one PostgreSQL database: one leads, the others forward
+//! to it, and a leader killed (`kill -9`) or stopped (`SIGSTOP`) under a stream of calls is
+//! replaced with nothing acknowledged lost and nothing acknowledged by a former leader.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use veem_api::{ClusterRole, ClusterView, InitializeRequest, Order, UpdateStateRequest};
+use veem_client::Client;
+use veem_model::{ControlAction, InitModel, VmiState};
+
+use crate::harness::{small, veem_bin, TOKEN_A, TOKEN_OPS};
+use crate::pg;
+
+/// Short, so that a failover takes a few seconds in a test.
+const LEASE_TTL_MS: u64 = 1_000;
+
+/// One front-end, as its own process.
+pub struct FrontEnd {
+    pub name: String,
+    pub url: String,
+    pub a: Client,
+    pub ops: Client,
+    config: PathBuf,
+    log: PathBuf,
+    dir: PathBuf,
+    child: Option<Child>,
+    /// Stopped by SIGSTOP: it would not answer a call until SIGCONT.
+    stopped: bool,
+}
+
+impl FrontEnd {
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "{} already runs", self.name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let child = Command::new(veem_bin())
+            .current_dir(&self.dir)
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("veem starts");
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the front-end runs").id()
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("kill -9");
+            child.wait().expect("reaped");
+        }
+    }
+
+    /// Sends `STOP` or `CONT`.
+    pub fn signal(&mut self, signal: &str) {
+        self.stopped = signal == "STOP";
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{signal} {}", self.pid());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for FrontEnd {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// `count` front-ends `fe1`.. on one fresh database, each answering its VMI.
+pub struct Site {
+    pub front_ends: Vec<FrontEnd>,
+    _dir: tempfile::TempDir,
+}
+
+impl Site {
+    /// `None` when there is no PostgreSQL (and `CI` is unset: then it fails).
+    pub async fn start(count: usize) -> Option<Self> {
+        let database = pg::fresh_database()?;
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut front_ends = Vec::new();
+        for n in 1..=count {
+            let name = format!("fe{n}");
+            let port = crate::harness::free_port();
+            let url = format!("http://127.0.0.1:{port}");
+            let home = dir.path().join(&name);
+            std::fs::create_dir_all(&home).expect("front-end folder");
+            let config = home.join("veem.toml");
+            std::fs::write(
+                &config,
+                format!(
+                    "listen = \"127.0.0.1:{port}\"\ndata_dir = \"data\"\nname = \"{name}\"\n\
+                     advertise_url = \"{url}\"\nlease_ttl_ms = {LEASE_TTL_MS}\n\
+                     health_interval_ms = 200\nshutdown_deadline_ms = 2000\n\n\
+                     [store]\nurl = \"{database}\"\n\n\
+                     [[principal]]\nname = \"sm-a\"\ntoken = \"{TOKEN_A}\"\n\n\
+                     [[principal]]\nname = \"ops\"\ntoken = \"{TOKEN_OPS}\"\nadmin = true\n"
+                ),
+            )
+            .expect("config written");
+            let mut front_end = FrontEnd {
+                a: Client::new(&url, TOKEN_A).expect("client"),
+                ops: Client::new(&url, TOKEN_OPS).expect("client"),
+                name,
+                url,
+                log: home.join("veem.log"),
+                config,
+                dir: home,
+                child: None,
+                stopped: false,
+            };
+            front_end.spawn();
+            front_ends.push(front_end);
+        }
+        let site = Self {
+            front_ends,
+            _dir: dir,
+        };
+        site.wait_for_leader(&[], Duration::from_secs(30)).await;
+        Some(site)
+    }
+
+    pub fn by_name(&mut self, name: &str) -> &mut FrontEnd {
+        self.front_ends
+            .iter_mut()
+            .find(|f| f.name == name)
+            .expect("a front-end of that name")
+    }
+
+    /// Waits until a front-end not in `not` leads and its VMI answers through every running
+    /// front-end; returns its name.
+    pub async fn wait_for_leader(&self, not: &[&str], within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(leader) = self.agreed_leader().await {
+                if !not.contains(&leader.as_str()) {
+                    return leader;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no new leader within {within:?}:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The leader every running front-end names, once the VMI answers through each.
+    async fn agreed_leader(&self) -> Option<String> {
+        let mut agreed: Option<String> = None;
+        for front_end in self
+            .front_ends
+            .iter()
+            .filter(|f| f.child.is_some() && !f.stopped)
+        {
+            let view = front_end.ops.cluster().await.ok()?;
+            let leader = view.leader?;
+            if agreed.get_or_insert_with(|| leader.clone()) != &leader {
+                return None;
+            }
+            front_end.ops.list_hosts().await.ok()?;
+        }
+        agreed
+    }
+
+    pub fn logs(&self) -> String {
+        self.front_ends
+            .iter()
+            .map(|f| {
+                let log = f.log();
+                let lines: Vec<&str> = log.lines().collect();
+                format!(
+                    "--- {} ---\n{}",
+                    f.name,
+                    lines[lines.len().saturating_sub(25)..].join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+fn roles(view: &ClusterView) -> Vec<(String, ClusterRole)> {
+    view.members
+        .iter()
+        .map(|m| (m.name.clone(), m.role))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_front_ends_agree_on_one_leader_and_followers_forward_to_it() {
+    let Some(mut site) = Site::start(3).await else {
+        return;
+    };
+    let leader = site.wait_for_leader(&[], Duration::from_secs(10)).await;
+    let view = site.front_ends[0].ops.cluster().await.expect("cluster");
+    assert_eq!(view.leader.as_deref(), Some(leader.as_str()));
+    let expected: Vec<_> = ["fe1", "fe2", "fe3"]
+        .iter()
+        .map(|n| {
+            let role = if *n == leader {
+                ClusterRole::Leader
+            } else {
+                ClusterRole::Follower
+            };
+            (n.to_string(), role)
+        })
+        .collect();
+    assert_eq!(roles(&view), expected);
+    for member in &view.members {
+        let front_end = site.by_name(&member.name);
+        assert_eq!(member.url, front_end.url);
+    }
+
+    // A VEE made through a follower is the leader's, seen the same through every front-end.
+    let follower = view
+        .members
+        .iter()
+        .find(|m| m.role == ClusterRole::Follower)
+        .expect("a follower")
+        .name
+        .clone();
+    let made = site
+        .by_name(&follower)
+        .a
+        .initialize(&InitializeRequest {
+            model: InitModel::Besteffort,
+            count: 2,
+            descriptor: small("web"),
+        })
+        .await
+        .expect("InitializeVEEs through a follower");
+    let ids: Vec<String> = made.vees.iter().map(|v| v.id.clone()).collect();
+    for front_end in &site.front_ends {
+        for id in &ids {
+            let vee = front_end.a.get_vee(id).await.expect("the VEE, through any");
+            assert_eq!(vee.name, "web");
+        }
+    }
+    // The leader's errors come back whole through a follower.
+    let missing = site
+        .by_name(&follower)
+        .a
+        .get_vee("vee-99999999")
+        .await
+        .expect_err("no such VEE");
+    assert_eq!(
+        (missing.status(), missing.code()),
+        (Some(404), Some("not_found"))
+    );
+    // `GET /cluster` is for admins, at every front-end.
+    let denied = site
+        .by_name(&follower)
+        .a
+        .cluster()
+        .await
+        .expect_err("an SM");
+    assert_eq!(denied.status(), Some(403));
+
+    // A leader stopped cleanly gives its lease up: another leads well before it would expire.
+    let stopped = Instant::now();
+    let old = site.by_name(&leader);
+    Command::new("kill")
+        .args(["-TERM", &old.pid().to_string()])
+        .status()
+        .expect("kill -TERM");
+    old.child.take().expect("runs").wait().expect("reaped");
+    let next = site
+        .wait_for_leader(&[&leader], Duration::from_secs(10))
+        .await;
+    eprintln!(
+        "a clean stop handed over to {next} in {:?}",
+        stopped.elapsed()
+    );
+    let view = site.by_name(&next).ops.cluster().await.expect("cluster");
+    assert!(
+        view.members.iter().all(|m| m.name != leader),
+        "a front-end stopped cleanly leaves the list: {view:?}"
+    );
+    for id in &ids {
+        site.by_name(&next).a.get_vee(id).await.expect("kept");
+    }
+}
+
+/// What a stream of calls got acknowledged: VEEs made, and those destroyed.
+#[derive(Default)]
+struct Acknowledged {
+    made: Vec<String>,
+    destroyed: Vec<String>,
+}
+
+/// Calls InitializeVEEs and, for every other VEE, DESTROY, through each front-end in turn,
+/// until `until`; notes what was acknowledged. Failures (no leader for a moment) are expected.
+async fn stream_of_calls(clients: Vec<Client>, until: Instant) -> (Acknowledged, usize) {
+    let mut acked = Acknowledged::default();
+    let mut refused = 0;
+    let mut turn = 0usize;
+    while Instant::now() < until {
+        turn += 1;
+        let client = &clients[turn % clients.len()];
+        let made = client
+            .initialize(&InitializeRequest {
+                model: InitModel::Besteffort,
+                count: 1,
+                descriptor: small("stream"),
+            })
+            .await;
+        let Ok(made) = made else {
+            refused += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let id = made.vees[0].id.clone();
+        acked.made.push(id.clone());
+        if turn.is_multiple_of(2) {
+            let destroyed = client
+                .update_state(&UpdateStateRequest {
+                    order: Order::List,
+                    ids: vec![id.clone()],
+                    action: ControlAction::Destroy,
+                    timeout_ms: Some(5_000),
+                })
+                .await;
+            match destroyed {
+                Ok(answer) if answer.failed.is_empty() => acked.destroyed.push(id),
+                _ => refused += 1,
+            }
+        }
+    }
+    (acked, refused)
+}
+
+async fn check_kept(client: &Client, acked: &Acknowledged) {
+    for id in &acked.made {
+        let vee = client
+            .get_vee(id)
+            .await
+            .unwrap_or_else(|e| panic!("acknowledged {id} is lost: {e}"));
+        if acked.destroyed.contains(id) {
+            assert_eq!(
+                vee.state,
+                VmiState::Destroyed,
+                "{id}: its DESTROY was acknowledged"
+            );
+        }
+    }
+    // Ids are never handed out twice, across leaders.
+    let mut ids = acked.made.clone();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), acked.made.len(), "an id was handed out twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_killed_under_a_stream_of_calls_is_replaced_and_nothing_acknowledged_is_lost() {
+    let Some(mut site) = Site::start(3).await else {
+        return;
+    };
+    let leader = site.wait_for_leader(&[], Duration::from_secs(10)).await;
+    let clients: Vec<Client> = site
+        .front_ends
+        .iter()
+        .filter(|f| f.name != leader)
+        .map(|f| f.a.clone())
+        .collect();
+    let streaming = tokio::spawn(stream_of_calls(
+        clients,
+        Instant::now() + Duration::from_secs(8),
+    ));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let killed = Instant::now();
+    site.by_name(&leader).kill9();
+    let next = site
+        .wait_for_leader(&[&leader], Duration::from_secs(10))
+        .await;
+    eprintln!(
+        "{next} leads {:?} after {leader} was killed",
+        killed.elapsed()
+    );
+    let (acked, refused) = streaming.await.expect("the stream");
+    eprintln!(
+        "{} VEEs acknowledged, {} destroyed, {refused} calls refused or lost around the failover",
+        acked.made.len(),
+        acked.destroyed.len()
+    );
+    assert!(acked.made.len() > 10, "the stream made progress");
+    check_kept(&site.by_name(&next).a, &acked).await;
+
+    // The old leader comes back and follows.
+    site.by_name(&leader).spawn();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(view) = site.by_name(&leader).ops.cluster().await {
+            let role = view
+                .members
+                .iter()
+                .find(|m| m.name == leader)
+                .map(|m| m.role);
+            if view.leader.as_deref() == Some(next.as_str()) && role == Some(ClusterRole::Follower)
+            {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{leader} did not come back as a follower:\n{}",
+            site.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    check_kept(&site.by_name(&leader).a, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_leader_acknowledges_nothing_and_follows_when_it_resumes() {
+    let Some(mut site) = Site::start(2).await else {
+        return;
+    };
+    let leader = site.wait_for_leader(&[], Duration::from_secs(10)).await;
+    let old_pid = site.by_name(&leader).pid();
+    let before = site
+        .by_name(&leader)
+        .a
+        .initialize(&InitializeRequest {
+            model: InitModel::Besteffort,
+            count: 1,
+            descriptor: small("before"),
+        })
+        .await
+        .expect("made by the leader")
+        .vees[0]
+        .id
+        .clone();
+
+    site.by_name(&leader).signal("STOP");
+    // A call sent to the stopped leader waits in its socket's queue.
+    let stuck = {
+        let client = site.by_name(&leader).a.clone();
+        tokio::spawn(async move {
+            client
+                .initialize(&InitializeRequest {
+                    model: InitModel::Besteffort,
+                    count: 1,
+                    descriptor: small("during-stop"),
+                })
+                .await
+        })
+    };
+    let next = site
+        .wait_for_leader(&[&leader], Duration::from_secs(10))
+        .await;
+    let after = site
+        .by_name(&next)
+        .a
+        .initialize(&InitializeRequest {
+            model: InitModel::Besteffort,
+            count: 1,
+            descriptor: small("after"),
+        })
+        .await
+        .expect("made by the new leader")
+        .vees[0]
+        .id
+        .clone();
+
+    site.by_name(&leader).signal("CONT");
+    // Whatever the resumed process does first, the call it held is not acknowledged: its lease
+    // is gone, its commit is fenced, and it starts again as a follower.
+    match stuck.await.expect("the call's task") {
+        Ok(answer) => panic!(
+            "a stopped leader acknowledged {:?} after losing its lease:\n{}",
+            answer.vees,
+            site.logs()
+        ),
+        Err(e) => eprintln!("the call held by the stopped leader: {e}"),
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(view) = site.by_name(&leader).ops.cluster().await {
+            let role = view
+                .members
+                .iter()
+                .find(|m| m.name == leader)
+                .map(|m| m.role);
+            if view.leader.as_deref() == Some(next.as_str()) && role == Some(ClusterRole::Follower)
+            {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{leader} did not follow after SIGCONT:\n{}",
+            site.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        site.by_name(&leader).pid(),
+        old_pid,
+        "the same process, started again"
+    );
+    let all: Vec<String> = site
+        .by_name(&leader)
+        .a
+        .list_all_vees(&Default::default())
+        .await
+        .expect("through the old leader, now forwarding")
+        .into_iter()
+        .map(|v| format!("{}:{}", v.id, v.name))
+        .collect();
+    assert_eq!(all, [format!("{before}:before"), format!("{after}:after")]);
+}
