@@ -73,6 +73,8 @@ pub enum Command {
     /// Register, list and remove the remote sites this VEEM may place VEEs at
     #[command(subcommand)]
     Site(sm::SiteCommand),
+    /// Show the front-ends sharing the site's database and which one leads (admin)
+    Cluster,
     /// Follow the monitoring events you see (STATE, HARDWARE, PROBE, AGENT)
     Events(sm::EventsArgs),
     /// Run the VEEM: the VMI over HTTP, placement, and the config's in-process hosts
@@ -149,6 +151,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Net(command) => sm::run_net(&cli.global, command).await,
         Command::Site(command) => sm::run_site(&cli.global, command).await,
         Command::Events(args) => sm::run_events(&cli.global, args).await,
+        Command::Cluster => sm::run_cluster(&cli.global).await,
         Command::Serve(args) => node::serve(args).await,
         Command::Agent(args) => node::agent(args).await,
         Command::Guest(GuestCommand::Build(args)) => build_guest(args).await,

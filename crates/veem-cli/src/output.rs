@@ -372,6 +372,27 @@ pub fn site_table(sites: &[SiteView]) -> Table {
     table
 }
 
+/// `veem cluster`: the front-ends sharing the site's database, the leader first.
+pub fn cluster_table(view: &veem_api::ClusterView, now_ms: u64) -> Table {
+    let mut table = Table::new(&["NAME", "ROLE", "URL", "FOR"]);
+    let mut members: Vec<_> = view.members.iter().collect();
+    members.sort_by_key(|m| (m.role != veem_api::ClusterRole::Leader, m.name.clone()));
+    for member in members {
+        let role = match member.role {
+            veem_api::ClusterRole::Leader => "leader",
+            veem_api::ClusterRole::Follower => "follower",
+        };
+        let held_s = now_ms.saturating_sub(member.since_ms) / 1000;
+        table.row(vec![
+            member.name.clone(),
+            role.to_owned(),
+            member.url.clone(),
+            format!("{held_s}s"),
+        ]);
+    }
+    table
+}
+
 pub fn host_table(hosts: &[HostView]) -> Table {
     // A failed health check, else why a host is down (disconnected, lost).
     let why = |h: &HostView| h.error.clone().or_else(|| h.reason.clone());

@@ -622,6 +622,15 @@ fn show<T: serde::Serialize>(
     }
 }
 
+/// `veem cluster`: which front-end leads the site, and the others (admin).
+pub async fn run_cluster(global: &GlobalArgs) -> anyhow::Result<()> {
+    let view = connect(global)?.cluster().await?;
+    match global.output {
+        OutputFormat::Json => emit(&to_json(&view)?),
+        OutputFormat::Table => emit(&output::cluster_table(&view, veem_layout::now_ms()).render()),
+    }
+}
+
 pub async fn run_host(global: &GlobalArgs, command: HostCommand) -> anyhow::Result<()> {
     let format = global.output;
     let client = connect(global)?;

@@ -2,7 +2,6 @@
 //! directory on disk, `hosts` sim hosts of 128 CPUs and 256 GiB, behind its HTTP router on
 //! loopback, with one principal `sm` (token `bench-token`).
 
-
 /// Starts the VEEM; answers its URL and the directory to keep alive while it runs.
 pub async fn start_veem(hosts: usize) -> anyhow::Result<(String, tempfile::TempDir)> {
     let dir = tempfile::tempdir()?;

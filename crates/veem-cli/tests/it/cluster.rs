@@ -228,6 +228,29 @@ async fn three_front_ends_agree_on_one_leader_and_followers_forward_to_it() {
         let front_end = site.by_name(&member.name);
         assert_eq!(member.url, front_end.url);
     }
+    // The CLI shows the same, in JSON and as a table with the leader first.
+    let cli = |format: &str| {
+        let out = Command::new(veem_bin())
+            .args(["cluster", "-o", format])
+            .env("VEEM_URL", &site.front_ends[2].url)
+            .env("VEEM_TOKEN", TOKEN_OPS)
+            .output()
+            .expect("the CLI runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("UTF-8")
+    };
+    let shown: ClusterView = serde_json::from_str(&cli("json")).expect("JSON");
+    assert_eq!(shown.leader, view.leader);
+    let table = cli("table");
+    let first_row = table.lines().nth(1).expect("a row");
+    assert!(
+        first_row.starts_with(&leader) && first_row.contains("leader"),
+        "{table}"
+    );
 
     // A VEE made through a follower is the leader's, seen the same through every front-end.
     let follower = view
