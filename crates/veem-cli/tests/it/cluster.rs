@@ -2,200 +2,15 @@
 //! to it, and a leader killed (`kill -9`) or stopped (`SIGSTOP`) under a stream of calls is
 //! replaced with nothing acknowledged lost and nothing acknowledged by a former leader.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use veem_api::{ClusterRole, ClusterView, InitializeRequest, Order, UpdateStateRequest};
 use veem_client::Client;
 use veem_model::{ControlAction, InitModel, VmiState};
 
-use crate::harness::{small, veem_bin, TOKEN_A, TOKEN_OPS};
-use crate::pg;
-
-/// Short, so that a failover takes a few seconds in a test.
-const LEASE_TTL_MS: u64 = 1_000;
-
-/// One front-end, as its own process.
-pub struct FrontEnd {
-    pub name: String,
-    pub url: String,
-    pub a: Client,
-    pub ops: Client,
-    config: PathBuf,
-    log: PathBuf,
-    dir: PathBuf,
-    child: Option<Child>,
-    /// Stopped by SIGSTOP: it would not answer a call until SIGCONT.
-    stopped: bool,
-}
-
-impl FrontEnd {
-    fn spawn(&mut self) {
-        assert!(self.child.is_none(), "{} already runs", self.name);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("log file");
-        let child = Command::new(veem_bin())
-            .current_dir(&self.dir)
-            .args(["serve", "--config"])
-            .arg(&self.config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("veem starts");
-        self.child = Some(child);
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("the front-end runs").id()
-    }
-
-    pub fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().expect("kill -9");
-            child.wait().expect("reaped");
-        }
-    }
-
-    /// Sends `STOP` or `CONT`.
-    pub fn signal(&mut self, signal: &str) {
-        self.stopped = signal == "STOP";
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.pid().to_string())
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill -{signal} {}", self.pid());
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for FrontEnd {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-/// `count` front-ends `fe1`.. on one fresh database, each answering its VMI.
-pub struct Site {
-    pub front_ends: Vec<FrontEnd>,
-    _dir: tempfile::TempDir,
-}
-
-impl Site {
-    /// `None` when there is no PostgreSQL (and `CI` is unset: then it fails).
-    pub async fn start(count: usize) -> Option<Self> {
-        let database = pg::fresh_database()?;
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let mut front_ends = Vec::new();
-        for n in 1..=count {
-            let name = format!("fe{n}");
-            let port = crate::harness::free_port();
-            let url = format!("http://127.0.0.1:{port}");
-            let home = dir.path().join(&name);
-            std::fs::create_dir_all(&home).expect("front-end folder");
-            let config = home.join("veem.toml");
-            std::fs::write(
-                &config,
-                format!(
-                    "listen = \"127.0.0.1:{port}\"\ndata_dir = \"data\"\nname = \"{name}\"\n\
-                     advertise_url = \"{url}\"\nlease_ttl_ms = {LEASE_TTL_MS}\n\
-                     health_interval_ms = 200\nshutdown_deadline_ms = 2000\n\n\
-                     [store]\nurl = \"{database}\"\n\n\
-                     [[principal]]\nname = \"sm-a\"\ntoken = \"{TOKEN_A}\"\n\n\
-                     [[principal]]\nname = \"ops\"\ntoken = \"{TOKEN_OPS}\"\nadmin = true\n"
-                ),
-            )
-            .expect("config written");
-            let mut front_end = FrontEnd {
-                a: Client::new(&url, TOKEN_A).expect("client"),
-                ops: Client::new(&url, TOKEN_OPS).expect("client"),
-                name,
-                url,
-                log: home.join("veem.log"),
-                config,
-                dir: home,
-                child: None,
-                stopped: false,
-            };
-            front_end.spawn();
-            front_ends.push(front_end);
-        }
-        let site = Self {
-            front_ends,
-            _dir: dir,
-        };
-        site.wait_for_leader(&[], Duration::from_secs(30)).await;
-        Some(site)
-    }
-
-    pub fn by_name(&mut self, name: &str) -> &mut FrontEnd {
-        self.front_ends
-            .iter_mut()
-            .find(|f| f.name == name)
-            .expect("a front-end of that name")
-    }
-
-    /// Waits until a front-end not in `not` leads and its VMI answers through every running
-    /// front-end; returns its name.
-    pub async fn wait_for_leader(&self, not: &[&str], within: Duration) -> String {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(leader) = self.agreed_leader().await {
-                if !not.contains(&leader.as_str()) {
-                    return leader;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no new leader within {within:?}:\n{}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// The leader every running front-end names, once the VMI answers through each.
-    async fn agreed_leader(&self) -> Option<String> {
-        let mut agreed: Option<String> = None;
-        for front_end in self
-            .front_ends
-            .iter()
-            .filter(|f| f.child.is_some() && !f.stopped)
-        {
-            let view = front_end.ops.cluster().await.ok()?;
-            let leader = view.leader?;
-            if agreed.get_or_insert_with(|| leader.clone()) != &leader {
-                return None;
-            }
-            front_end.ops.list_hosts().await.ok()?;
-        }
-        agreed
-    }
-
-    pub fn logs(&self) -> String {
-        self.front_ends
-            .iter()
-            .map(|f| {
-                let log = f.log();
-                let lines: Vec<&str> = log.lines().collect();
-                format!(
-                    "--- {} ---\n{}",
-                    f.name,
-                    lines[lines.len().saturating_sub(25)..].join("\n")
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-}
+use crate::front_ends::Site;
+use crate::harness::{small, veem_bin, TOKEN_OPS};
 
 fn roles(view: &ClusterView) -> Vec<(String, ClusterRole)> {
     view.members
@@ -299,12 +114,7 @@ async fn three_front_ends_agree_on_one_leader_and_followers_forward_to_it() {
 
     // A leader stopped cleanly gives its lease up: another leads well before it would expire.
     let stopped = Instant::now();
-    let old = site.by_name(&leader);
-    Command::new("kill")
-        .args(["-TERM", &old.pid().to_string()])
-        .status()
-        .expect("kill -TERM");
-    old.child.take().expect("runs").wait().expect("reaped");
+    site.by_name(&leader).terminate();
     let next = site
         .wait_for_leader(&[&leader], Duration::from_secs(10))
         .await;

@@ -32,13 +32,14 @@ mod federation;
 mod federation_accounting;
 mod federation_lan;
 mod federation_migration;
+mod front_ends;
 mod harness;
 mod host_migration;
 mod hostloss;
 mod monitoring;
 mod networks;
 mod operators;
-mod pg;
+
 mod purge;
 mod qemu_guests;
 mod qemu_moves;
