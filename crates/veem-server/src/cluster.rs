@@ -126,9 +126,7 @@ pub(crate) async fn serve(
         .url
         .clone()
         .context("several front-ends need [store] url")?;
-    let store = tokio::task::spawn_blocking(move || PgStore::open(&url))
-        .await?
-        .context("cannot open the PostgreSQL store of [store] url")?;
+    let store = open_store(url).await?;
     let cluster = Arc::new(Cluster {
         me: Member {
             name: config.front_end_name().to_owned(),
@@ -168,6 +166,27 @@ pub(crate) async fn serve(
     let _ = serving.await;
     tracing::info!("veem stopped");
     Ok(())
+}
+
+/// Opens the database, waiting for it while it does not answer: a front-end that lost its
+/// leadership to a database outage starts again and must not end there. A database that
+/// answers and refuses (a newer schema, a failed migration) is the operator's to fix.
+async fn open_store(url: String) -> anyhow::Result<PgStore> {
+    let mut logged = false;
+    loop {
+        let url = url.clone();
+        match tokio::task::spawn_blocking(move || PgStore::open(&url)).await? {
+            Ok(store) => return Ok(store),
+            Err(veem_store::StoreError::Backend(e)) => {
+                if !logged {
+                    tracing::warn!(error = %e, "the database of [store] url does not answer; waiting for it");
+                    logged = true;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e).context("cannot open the PostgreSQL store of [store] url"),
+        }
+    }
 }
 
 /// Campaigns every quarter of the lease, forever; leads while it holds the lease.
