@@ -22,12 +22,14 @@ use veem_model::{
     Principal, Site, SiteName, VeeEvent, VeeId, VeeRecord,
 };
 
+mod blobs;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod sqlite;
 
+pub use blobs::{BlobStore, BLOB_CHUNK_BYTES};
 #[cfg(feature = "postgres")]
 pub use postgres::{PgStore, PG_SCHEMA_VERSION};
 pub use sqlite::{SqliteStore, SCHEMA_VERSION};
@@ -220,6 +222,9 @@ pub enum StoreError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// Bytes given for a blob do not hash to its name; nothing was stored.
+    #[error("the bytes given for blob {expected} hash to {found}")]
+    DigestMismatch { expected: String, found: String },
     /// The database failed.
     #[error("the database failed")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),

@@ -15,7 +15,7 @@ const PSQL: &str = "/usr/lib/postgresql/15/bin/psql";
 
 /// The server's URL (its `postgres` database), started on first use; None when there is no
 /// PostgreSQL and `CI` is unset.
-fn server() -> Option<&'static str> {
+pub(super) fn server() -> Option<&'static str> {
     static SERVER: OnceLock<Option<String>> = OnceLock::new();
     SERVER
         .get_or_init(|| {
@@ -55,7 +55,7 @@ fn psql(url: &str, sql: &str) {
 }
 
 /// A new, empty database on the server, by URL.
-fn fresh_database(server: &str) -> String {
+pub(super) fn fresh_database(server: &str) -> String {
     static MADE: AtomicUsize = AtomicUsize::new(0);
     let name = format!("veem_test_{}", MADE.fetch_add(1, Ordering::Relaxed));
     psql(server, &format!("CREATE DATABASE {name}"));
