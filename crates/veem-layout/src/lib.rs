@@ -78,7 +78,13 @@ pub fn fetch_cache_dir(state_dir: &Path) -> PathBuf {
 /// Where a front-end keeps the bytes of images whose SHA-256 is `sha256` (64 lowercase hex
 /// digits, see [`is_sha256_hex`]): `<data_dir>/blobs/sha256/<hex>`.
 pub fn blob_path(data_dir: &Path, sha256: &str) -> PathBuf {
-    data_dir.join("blobs").join("sha256").join(sha256)
+    blobs_dir(data_dir).join(sha256)
+}
+
+/// The directory of [`blob_path`]'s files, where uploads stream in beside them:
+/// `<data_dir>/blobs/sha256`.
+pub fn blobs_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("blobs").join("sha256")
 }
 
 /// Where a host's cache keeps the image bytes of digest `sha256` fetched from the VEEM:
