@@ -13,7 +13,7 @@ pub mod config;
 pub mod error;
 pub mod hosts;
 pub mod http;
-mod images;
+pub mod images;
 pub mod push;
 pub mod sources;
 pub mod token;

@@ -34,6 +34,7 @@ mod federation_migration;
 mod harness;
 mod host_migration;
 mod hostloss;
+mod images_fetch;
 mod monitoring;
 mod networks;
 mod operators;
