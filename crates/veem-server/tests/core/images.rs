@@ -147,7 +147,8 @@ async fn an_image_stored_before_digests_is_hashed_once_at_start_and_deploys() {
     let mut d = small("from-old");
     d.disks = vec![image_disk("old")];
     let id = site.define_one(d).await;
-    site.act_ok(ControlAction::Activate, &[id.clone()]).await;
+    site.act_ok(ControlAction::Activate, std::slice::from_ref(&id))
+        .await;
     let disk = veem_layout::disk_path(&site.veem.vee_dir(&id), "vda");
     assert_eq!(std::fs::read(disk).expect("the VEE's disk"), bytes);
 }
@@ -247,7 +248,8 @@ async fn an_image_taken_by_one_front_end_deploys_from_another_after_the_first_lo
     let mut d = small("from-a");
     d.disks = vec![image_disk("tiny")];
     let id = b.define_one(d).await;
-    b.act_ok(ControlAction::Activate, &[id.clone()]).await;
+    b.act_ok(ControlAction::Activate, std::slice::from_ref(&id))
+        .await;
     b.wait_state(&id, VmiState::Active).await;
     // B made the digest's file from the database, whole and checked, and the VEE's disk is it.
     assert_eq!(blob_files(&data_b), vec![digest.clone()]);
@@ -259,7 +261,8 @@ async fn an_image_taken_by_one_front_end_deploys_from_another_after_the_first_lo
     assert_eq!(std::fs::read(disk).expect("the VEE's disk"), bytes);
 
     // Deleting the image at B removes the bytes from the database too.
-    b.act_ok(ControlAction::Destroy, &[id.clone()]).await;
+    b.act_ok(ControlAction::Destroy, std::slice::from_ref(&id))
+        .await;
     b.veem.purge(&ops(), &id).await.expect("purged");
     b.veem
         .delete_image(&ops(), &ImageName::new("tiny").expect("a valid name"))
