@@ -604,6 +604,16 @@ impl Veem {
         }
         let mut sources: Vec<&mut SourcePlan> = Vec::new();
         for disk in &mut spec.disks {
+            if let (Some(SourcePlan::Image { .. }), false, veem_model::DiskKind::Disk) =
+                (&disk.source, disk.clone, disk.kind)
+            {
+                // A record from before images were shared by digest (descriptors refuse it
+                // since): the digest's file is never written in place.
+                return Err(CoreError::malformed(
+                    format!("disk {}", disk.target),
+                    "an image's bytes are shared by digest and never written in place; clone must be true",
+                ));
+            }
             sources.extend(disk.source.as_mut());
         }
         if let Some(boot) = spec.boot.as_deref_mut() {
