@@ -202,6 +202,37 @@ fn fresh_database(server: &str) -> String {
     format!("{base}/{name}")
 }
 
+/// `GET /vmi/v1/agents/blobs/{digest}` at `veem`'s router, served on loopback, with an
+/// admin's token (what agents hold): the bytes.
+async fn serve_blob(veem: &Veem, digest: &str) -> Vec<u8> {
+    let principal: veem_server::config::PrincipalConfig =
+        toml::from_str("name = \"ops\"\ntoken = \"ops-token\"\nadmin = true").expect("a principal");
+    let state = veem_server::http::AppState {
+        veem: veem.clone(),
+        auth: Arc::new(veem_server::auth::Authenticator::new(vec![principal])),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("an address");
+    let serving = tokio::spawn(veem_server::http::listen::serve(
+        listener,
+        veem_server::http::router(state),
+        None,
+        std::future::pending::<()>(),
+    ));
+    let response = reqwest::Client::new()
+        .get(format!("http://{address}/vmi/v1/agents/blobs/{digest}"))
+        .bearer_auth("ops-token")
+        .send()
+        .await
+        .expect("the front-end answers");
+    assert_eq!(response.status().as_u16(), 200);
+    let bytes = response.bytes().await.expect("the bytes").to_vec();
+    serving.abort();
+    bytes
+}
+
 /// A front-end on the database at `url`, its data_dir `dir`, its image bytes shared there.
 async fn front_end(
     url: &str,
@@ -245,6 +276,13 @@ async fn an_image_taken_by_one_front_end_deploys_from_another_after_the_first_lo
     let data_b = dir_b.path().canonicalize().expect("resolves");
     assert!(blob_files(&data_b).is_empty(), "B starts empty");
     let b = front_end(&url, dir_b, vec![host("h1", 4, 4096)]).await;
+
+    // A remote agent's fetch at B: B makes the digest's file from the database and serves it.
+    let served = serve_blob(&b.veem, &digest).await;
+    assert!(served == bytes, "B serves the bytes A took");
+    assert_eq!(blob_files(&data_b), vec![digest.clone()]);
+    std::fs::remove_file(veem_layout::blob_path(&data_b, &digest)).expect("B forgets them again");
+
     let mut d = small("from-a");
     d.disks = vec![image_disk("tiny")];
     let id = b.define_one(d).await;
