@@ -190,3 +190,36 @@ async fn a_remote_qemu_host_boots_the_test_guest_from_an_image_fetched_over_http
     );
     ctl_ok(&s.a, A::Destroy, &[&id]).await;
 }
+
+#[tokio::test]
+async fn a_remote_host_with_only_its_client_certificate_fetches_images_over_https() {
+    let s = Server::start_with(Setup {
+        hosts: vec![],
+        tls: Some(vec!["c1"]),
+        ..Setup::default()
+    })
+    .await;
+    let tls = s.dir.path().join("tls");
+    // No token: the certificate alone lets it in, and fetch.
+    let _agent = Reaped(crate::tls::spawn_agent(
+        &s,
+        "c1",
+        &tls.join("agent-c1.pem"),
+        &tls.join("agent-c1.key"),
+    ));
+    wait_host_up(&s, "c1").await;
+    let bytes = b"an image over https, verified by the site's CA; ".repeat(1_000);
+    let file = write_file(s.dir.path(), "tiny.img", &bytes);
+    let digest = sha256_of(&file);
+    s.ops.push_image("tiny", &file, None).await.expect("upload");
+    let id = init_one(&s.a, guest_of_tiny("secure")).await;
+    ctl_ok(&s.a, A::Activate, &[&id]).await;
+    let cached = veem_layout::cached_blob_path(
+        &veem_layout::fetch_cache_dir(&s.dir.path().join("state-c1")),
+        &digest,
+    );
+    assert!(
+        std::fs::read(&cached).expect("the agent's cache holds the digest") == bytes,
+        "fetched whole over https"
+    );
+}
