@@ -228,6 +228,20 @@ impl Agent {
         for plan in &mut spec.disks {
             let needed = plan.kind == DiskKind::Cdrom
                 || !veem_layout::disk_path(&vee_dir, &plan.target).exists();
+            if let (Some(source @ SourcePlan::Image { .. }), DiskKind::Disk, false) =
+                (&plan.source, plan.kind, plan.clone)
+            {
+                // The host's cached copy is not the image: writing it would change neither
+                // the image nor what other VEEs of it start from, only corrupt the cache.
+                return Err(DriverError::Invalid {
+                    what: "disk source",
+                    reason: format!(
+                        "{}: host {} fetches images and cannot use one in place; clone must be true",
+                        source.describe(),
+                        self.name
+                    ),
+                });
+            }
             if let (Some(source), true) = (&mut plan.source, needed) {
                 wanted.push(source);
             }
@@ -237,12 +251,24 @@ impl Agent {
             wanted.extend(boot.initrd.as_mut());
         }
         for source in wanted {
-            if let SourcePlan::Fetch { url, cached } = source {
-                let fetcher = self.fetcher.as_ref().ok_or_else(|| DriverError::Invalid {
+            let fetcher = || {
+                self.fetcher.as_ref().ok_or_else(|| DriverError::Invalid {
                     what: "source",
-                    reason: format!("{url}: host {} fetches no http(s) sources", self.name),
-                })?;
-                *cached = Some(fetcher.fetch(url).await?);
+                    reason: format!("host {} fetches no sources", self.name),
+                })
+            };
+            match source {
+                SourcePlan::Fetch { url, cached } => {
+                    *cached = Some(fetcher()?.fetch(url).await?);
+                }
+                SourcePlan::Image {
+                    sha256,
+                    size_bytes,
+                    cached,
+                } => {
+                    *cached = Some(fetcher()?.fetch_image(sha256, *size_bytes).await?);
+                }
+                SourcePlan::File { .. } => {}
             }
         }
         Ok(())

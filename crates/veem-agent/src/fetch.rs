@@ -19,6 +19,11 @@
 //! - An entry, once whole, is used as it is: a URL is fetched once per host. Publish a changed
 //!   image under a new URL (a versioned name) for hosts to fetch it again. A VEE's disk made
 //!   from an entry is a whole copy (see the drivers), so removing entries never harms a VEE.
+//! - Images of the VEEM's own store come by digest ([`Fetcher::fetch_image`]): from the
+//!   VEEM's front-ends the operator named (`veem agent --server URL1,URL2`), tried in order,
+//!   with the agent's credentials, into `sha256/<hex>` of the cache, checked against the
+//!   digest before they are renamed into place. The public-address rule does not apply there:
+//!   those URLs are the operator's, not a tenant's.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -107,6 +112,30 @@ pub enum FetchError {
     },
     #[error("cannot build the HTTP client")]
     Client(#[source] reqwest::Error),
+    #[error("fetching {url}: the bytes hash to {found}, not to {expected}")]
+    DigestMismatch {
+        url: String,
+        expected: String,
+        found: String,
+    },
+    #[error("the image of digest {0:?} is not a SHA-256 digest")]
+    BadDigest(String),
+    #[error("fetching the image of digest {sha256}: this host knows no VEEM to fetch it from")]
+    NoOrigin { sha256: String },
+    #[error("fetching the image of digest {sha256}: no front-end gave it ({})", .failures.join("; "))]
+    NoFrontEnd {
+        sha256: String,
+        failures: Vec<String>,
+    },
+}
+
+/// Where a remote host fetches images of the VEEM's store: its front-ends, and the agent's
+/// own credentials there.
+#[derive(Debug, Clone)]
+pub struct VeemOrigin {
+    /// The front-ends' base URLs (`http(s)://host:port`), tried in order.
+    pub servers: Vec<String>,
+    pub credentials: crate::uplink::Credentials,
 }
 
 /// One host's cache of fetched sources.
@@ -117,8 +146,14 @@ pub struct Fetcher {
     extra_roots: Vec<reqwest::Certificate>,
     /// Built at the first download, and shared with the fetchers made by [`Fetcher::for_cache`].
     client: Arc<OnceLock<reqwest::Client>>,
-    /// One lock per URL being fetched, so concurrent deployments of it fetch once.
+    /// One lock per URL (or digest) being fetched, so concurrent deployments of it fetch once.
     downloads: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The VEEM's front-ends, for images of its store; `None` on a host that gets them as
+    /// files (in-process).
+    origin: Option<VeemOrigin>,
+    /// The client for the front-ends: no address check, the agent's TLS; built when first
+    /// needed.
+    origin_client: OnceLock<reqwest::Client>,
 }
 
 impl Fetcher {
@@ -144,7 +179,31 @@ impl Fetcher {
             extra_roots,
             client: Arc::new(OnceLock::new()),
             downloads: Mutex::new(HashMap::new()),
+            origin: None,
+            origin_client: OnceLock::new(),
         })
+    }
+
+    /// Fetches images of the VEEM's store from `origin` (a remote host's front-ends).
+    pub fn with_origin(mut self, origin: VeemOrigin) -> Self {
+        self.origin = Some(origin);
+        self
+    }
+
+    /// The client for the VEEM's front-ends (see [`Fetcher::with_origin`]).
+    fn origin_client(&self, origin: &VeemOrigin) -> Result<&reqwest::Client, FetchError> {
+        if let Some(client) = self.origin_client.get() {
+            return Ok(client);
+        }
+        let mut builder = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(self.config.stall_timeout)
+            .read_timeout(self.config.stall_timeout);
+        if let Some(tls) = &origin.credentials.tls {
+            builder = builder.use_preconfigured_tls((**tls).clone());
+        }
+        let client = builder.build().map_err(FetchError::Client)?;
+        Ok(self.origin_client.get_or_init(|| client))
     }
 
     /// The HTTP client, built when first needed: a client holds its own copy of the system's
@@ -193,6 +252,8 @@ impl Fetcher {
             extra_roots: self.extra_roots.clone(),
             client: self.client.clone(),
             downloads: Mutex::new(HashMap::new()),
+            origin: self.origin.clone(),
+            origin_client: OnceLock::new(),
         }
     }
 
@@ -210,41 +271,112 @@ impl Fetcher {
     /// The cached file of `url`, fetched now unless the cache has it whole already.
     pub async fn fetch(&self, url: &str) -> Result<PathBuf, FetchError> {
         let entry = self.entry_path(url);
+        self.once(url, entry.clone(), || self.download(url, &entry))
+            .await
+    }
+
+    /// The cached file of the VEEM's image of digest `sha256` (`size_bytes` long), fetched
+    /// now from the first of the VEEM's front-ends that gives it, unless the cache has it
+    /// whole already.
+    pub async fn fetch_image(&self, sha256: &str, size_bytes: u64) -> Result<PathBuf, FetchError> {
+        if !veem_layout::is_sha256_hex(sha256) {
+            return Err(FetchError::BadDigest(sha256.to_owned()));
+        }
+        let entry = veem_layout::cached_blob_path(&self.cache_dir, sha256);
+        let key = format!("sha256:{sha256}");
+        self.once(&key, entry.clone(), || {
+            self.download_image(sha256, size_bytes, &entry)
+        })
+        .await
+    }
+
+    /// `entry`, made by `download` unless it is there whole; concurrent calls with one `key`
+    /// share one download: the first takes the key's lock, the others wait for it and find
+    /// the entry made.
+    async fn once<F, Fut>(
+        &self,
+        key: &str,
+        entry: PathBuf,
+        download: F,
+    ) -> Result<PathBuf, FetchError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<(), FetchError>>,
+    {
         let lock = {
             let mut downloads = self
                 .downloads
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            downloads.entry(url.to_owned()).or_default().clone()
+            downloads.entry(key.to_owned()).or_default().clone()
         };
         let result = {
             let _download = lock.lock().await;
             if tokio::fs::try_exists(&entry).await.unwrap_or(false) {
                 Ok(entry)
             } else {
-                self.download(url, &entry).await.map(|()| entry)
+                download().await.map(|()| entry)
             }
         };
         let mut downloads = self
             .downloads
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        // The last one out removes the URL's lock (the map holds one reference).
+        // The last one out removes the key's lock (the map holds one reference).
         if Arc::strong_count(&lock) <= 2 {
-            downloads.remove(url);
+            downloads.remove(key);
         }
         result
     }
 
+    /// Fetches the image of `sha256` from the VEEM's front-ends, in order, into `entry`.
+    async fn download_image(
+        &self,
+        sha256: &str,
+        size_bytes: u64,
+        entry: &Path,
+    ) -> Result<(), FetchError> {
+        let origin = self.origin.as_ref().ok_or_else(|| FetchError::NoOrigin {
+            sha256: sha256.to_owned(),
+        })?;
+        let client = self.origin_client(origin)?;
+        let mut failures = Vec::new();
+        for server in &origin.servers {
+            let url = format!(
+                "{}{}/agents/blobs/{sha256}",
+                server.trim_end_matches('/'),
+                veem_api::BASE_PATH
+            );
+            let mut request = client.get(&url);
+            if let Some(token) = &origin.credentials.token {
+                request = request.bearer_auth(token);
+            }
+            let limit = size_bytes.min(self.config.max_bytes);
+            let outcome = match request.send().await {
+                Ok(response) => {
+                    self.receive(&url, response, entry, limit, Some(sha256))
+                        .await
+                }
+                Err(source) => Err(FetchError::Request {
+                    url: url.clone(),
+                    source,
+                }),
+            };
+            match outcome {
+                Ok(()) => return Ok(()),
+                Err(error) => {
+                    tracing::warn!(%url, error = %error, "a front-end did not give an image; trying the next");
+                    failures.push(error_chain(&error));
+                }
+            }
+        }
+        Err(FetchError::NoFrontEnd {
+            sha256: sha256.to_owned(),
+            failures,
+        })
+    }
+
     async fn download(&self, url: &str, entry: &Path) -> Result<(), FetchError> {
-        let write_error = |path: &Path, source| FetchError::Write {
-            url: url.to_owned(),
-            path: path.to_owned(),
-            source,
-        };
-        tokio::fs::create_dir_all(&self.cache_dir)
-            .await
-            .map_err(|e| write_error(&self.cache_dir, e))?;
         let request_error = |source| FetchError::Request {
             url: url.to_owned(),
             source,
@@ -261,19 +393,42 @@ impl Fetcher {
                 });
             }
         }
-        let mut response = self
+        let response = self
             .client()?
             .get(url)
             .send()
             .await
             .map_err(request_error)?;
+        self.receive(url, response, entry, self.config.max_bytes, None)
+            .await
+    }
+
+    /// Streams a successful `response` of `url` into `entry`, whole or not at all: at most
+    /// `limit` bytes, no pause longer than the stall timeout, and, with `sha256`, only bytes
+    /// of that digest.
+    async fn receive(
+        &self,
+        url: &str,
+        mut response: reqwest::Response,
+        entry: &Path,
+        limit: u64,
+        sha256: Option<&str>,
+    ) -> Result<(), FetchError> {
+        let write_error = |path: &Path, source| FetchError::Write {
+            url: url.to_owned(),
+            path: path.to_owned(),
+            source,
+        };
+        let request_error = |source| FetchError::Request {
+            url: url.to_owned(),
+            source,
+        };
         if !response.status().is_success() {
             return Err(FetchError::Status {
                 url: url.to_owned(),
                 status: response.status(),
             });
         }
-        let limit = self.config.max_bytes;
         let too_large = || FetchError::TooLarge {
             url: url.to_owned(),
             limit,
@@ -283,6 +438,11 @@ impl Fetcher {
             .is_some_and(|length| length > limit)
         {
             return Err(too_large());
+        }
+        if let Some(dir) = entry.parent() {
+            tokio::fs::create_dir_all(dir)
+                .await
+                .map_err(|e| write_error(dir, e))?;
         }
         let temp = entry.with_file_name(format!(
             ".{}.{:016x}.tmp",
@@ -296,6 +456,7 @@ impl Fetcher {
             let mut file = tokio::fs::File::create(&temp)
                 .await
                 .map_err(|e| write_error(&temp, e))?;
+            let mut hasher = Sha256::new();
             let mut received: u64 = 0;
             loop {
                 let chunk = tokio::time::timeout(self.config.stall_timeout, response.chunk())
@@ -310,9 +471,26 @@ impl Fetcher {
                 if received > limit {
                     return Err(too_large());
                 }
+                if sha256.is_some() {
+                    hasher.update(&chunk);
+                }
                 file.write_all(&chunk)
                     .await
                     .map_err(|e| write_error(&temp, e))?;
+            }
+            if let Some(expected) = sha256 {
+                let found: String = hasher
+                    .finalize()
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                if found != expected {
+                    return Err(FetchError::DigestMismatch {
+                        url: url.to_owned(),
+                        expected: expected.to_owned(),
+                        found,
+                    });
+                }
             }
             file.sync_all().await.map_err(|e| write_error(&temp, e))?;
             tokio::fs::rename(&temp, entry)
@@ -326,6 +504,18 @@ impl Fetcher {
         }
         streamed
     }
+}
+
+/// An error and its causes in one line, for a list of failures.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// The address a URL's host names literally (`http://10.0.0.1/`, `http://[::1]/`), if it does.

@@ -72,6 +72,17 @@ pub enum SourcePlan {
         #[serde(skip)]
         cached: Option<PathBuf>,
     },
+    /// An image of the VEEM's store, by the SHA-256 of its bytes, for a remote host: it
+    /// fetches `GET /vmi/v1/agents/blobs/{sha256}` from the VEEM's front-ends into its cache
+    /// (once per digest), checked against the digest. In-process hosts get a `File` instead.
+    Image {
+        sha256: String,
+        size_bytes: u64,
+        /// Where the host's cache holds it once fetched; set by the host's agent before its
+        /// driver sees the plan, never sent.
+        #[serde(skip)]
+        cached: Option<PathBuf>,
+    },
 }
 
 impl SourcePlan {
@@ -81,11 +92,13 @@ impl SourcePlan {
     }
 
     /// The local file holding the bytes: the resolved file, or the host's cached copy of a
-    /// URL once fetched (`None` before).
+    /// URL or an image once fetched (`None` before).
     pub fn local_path(&self) -> Option<&std::path::Path> {
         match self {
             SourcePlan::File { path } => Some(path),
-            SourcePlan::Fetch { cached, .. } => cached.as_deref(),
+            SourcePlan::Fetch { cached, .. } | SourcePlan::Image { cached, .. } => {
+                cached.as_deref()
+            }
         }
     }
 
@@ -94,6 +107,7 @@ impl SourcePlan {
         match self {
             SourcePlan::File { path } => path.display().to_string(),
             SourcePlan::Fetch { url, .. } => url.clone(),
+            SourcePlan::Image { sha256, .. } => format!("the image of digest sha256:{sha256}"),
         }
     }
 }

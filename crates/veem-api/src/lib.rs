@@ -274,6 +274,10 @@ pub struct ImageView {
     pub size_bytes: u64,
     pub owner: String,
     pub created_ms: u64,
+    /// The SHA-256 of the bytes (64 lowercase hex digits); absent from a VEEM that predates
+    /// it, or for an image whose bytes were lost before it was hashed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -27,7 +27,8 @@ pub enum AgentDriver {
 
 #[derive(Debug, Args)]
 pub struct AgentArgs {
-    /// The VEEM to connect to (https:// for wss:// with TLS)
+    /// The VEEM to connect to (https:// for wss:// with TLS); several front-ends of one
+    /// VEEM as a comma-separated list, tried in order (images are fetched from them too)
     #[arg(long, env = "VEEM_SERVER", default_value = "http://127.0.0.1:7070")]
     pub server: String,
     /// An admin principal's token (over https, a client certificate may stand in for it)
@@ -149,12 +150,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         allowed_networks: args.fetch_allow.clone(),
         ..veem_agent::FetchConfig::default()
     };
-    let fetching = veem_node::fetching(fetch, veem_layout::fetch_cache_dir(&host.state_dir))?;
-    let agent = veem_node::host_agent(&host, &fetching)?;
-    tracing::info!(host = %name, server = %args.server, "agent starting");
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+    let servers = server_list(&args.server)?;
     let identity = match (&args.cert, &args.key) {
         (Some(cert), Some(key)) => {
             Some(veem_tls::Identity::load(cert, key).context("--cert and --key")?)
@@ -166,8 +162,47 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         token: args.token.clone(),
         tls: Some(Arc::new(tls)),
     };
-    veem_agent::uplink::run_with(&args.server, &credentials, agent, shutdown)
+    // Images of the VEEM's store come from its front-ends, by digest.
+    let fetching = veem_node::fetching(fetch, veem_layout::fetch_cache_dir(&host.state_dir))?
+        .with_origin(veem_agent::fetch::VeemOrigin {
+            servers: servers.clone(),
+            credentials: credentials.clone(),
+        });
+    let agent = veem_node::host_agent(&host, &fetching)?;
+    tracing::info!(host = %name, server = %args.server, "agent starting");
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    veem_agent::uplink::run_with(&servers[0], &credentials, agent, shutdown)
         .await
         .context("the agent stopped")?;
     Ok(())
+}
+
+/// `--server`'s front-ends: one URL or a comma-separated list, at least one.
+fn server_list(text: &str) -> anyhow::Result<Vec<String>> {
+    let servers: Vec<String> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(str::to_owned)
+        .collect();
+    anyhow::ensure!(!servers.is_empty(), "--server names no URL");
+    Ok(servers)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn server_takes_one_url_or_a_list() {
+        assert_eq!(
+            super::server_list("http://a:1").expect("one"),
+            vec!["http://a:1"]
+        );
+        assert_eq!(
+            super::server_list("http://a:1, http://b:2,").expect("a list"),
+            vec!["http://a:1", "http://b:2"]
+        );
+        assert!(super::server_list(" , ").is_err());
+    }
 }

@@ -14,8 +14,10 @@
 //!     context.img               the context disk (qemu driver)
 //!     context/ovf-env.xml       the context document (sim driver)
 //!     console.log               the serial console (qemu driver)
+//!   blobs/sha256/<hex>          an image's bytes, once per digest (content-addressed)
 //!   hosts/<host>/               an in-process host's state directory
 //!     cache/                    its cache of fetched http(s) sources
+//!     cache/sha256/<hex>        its cache of images fetched from the VEEM, by digest
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -73,6 +75,30 @@ pub fn fetch_cache_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("cache")
 }
 
+/// Where a front-end keeps the bytes of images whose SHA-256 is `sha256` (64 lowercase hex
+/// digits, see [`is_sha256_hex`]): `<data_dir>/blobs/sha256/<hex>`.
+pub fn blob_path(data_dir: &Path, sha256: &str) -> PathBuf {
+    blobs_dir(data_dir).join(sha256)
+}
+
+/// The directory of [`blob_path`]'s files, where uploads stream in beside them:
+/// `<data_dir>/blobs/sha256`.
+pub fn blobs_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("blobs").join("sha256")
+}
+
+/// Where a host's cache keeps the image bytes of digest `sha256` fetched from the VEEM:
+/// `<cache_dir>/sha256/<hex>` (apart from fetched URLs, named by the hash of the URL).
+pub fn cached_blob_path(cache_dir: &Path, sha256: &str) -> PathBuf {
+    cache_dir.join("sha256").join(sha256)
+}
+
+/// Whether `text` is a SHA-256 digest as veem writes one: 64 lowercase hex digits (so it is
+/// a plain file name too).
+pub fn is_sha256_hex(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 /// The wall clock in milliseconds since the Unix epoch: the time base of every `*_ms` that the
 /// VEEM and its hosts write (0 before the epoch, saturated far after it).
 pub fn now_ms() -> u64 {
@@ -111,6 +137,29 @@ mod tests {
         let state = host_state_dir(Path::new("/data"), &host);
         assert_eq!(state, Path::new("/data/hosts/h1"));
         assert_eq!(fetch_cache_dir(&state), Path::new("/data/hosts/h1/cache"));
+    }
+
+    #[test]
+    fn image_bytes_lie_by_digest() {
+        let digest = "ab".repeat(32);
+        assert!(is_sha256_hex(&digest));
+        assert_eq!(
+            blob_path(Path::new("/data"), &digest),
+            Path::new("/data/blobs/sha256").join(&digest)
+        );
+        assert_eq!(
+            cached_blob_path(Path::new("/state/cache"), &digest),
+            Path::new("/state/cache/sha256").join(&digest)
+        );
+        for bad in [
+            "",
+            "AB",
+            &"AB".repeat(32),
+            &"ab".repeat(31),
+            "../../etc/passwd",
+        ] {
+            assert!(!is_sha256_hex(bad), "{bad:?}");
+        }
     }
 
     #[test]

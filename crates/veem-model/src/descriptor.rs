@@ -491,6 +491,14 @@ impl VeeDescriptor {
                     field("clone"),
                     "an http(s) source is fetched into the host's cache and cannot be written in place; clone must be true",
                 ));
+            } else if !disk.clone && matches!(disk.source, Some(DiskSource::Image(_))) {
+                // Image bytes are content-addressed and shared by every image (of any owner)
+                // of the same bytes, and hosts fetch them by digest: writing them in place
+                // would change other images and break their digest.
+                return Err(DescriptorError::new(
+                    field("clone"),
+                    "an image's bytes are shared by digest and never written in place; clone must be true",
+                ));
             }
             let target = match &disk.target {
                 Some(t) => {
@@ -845,6 +853,10 @@ mod tests {
             ),
             (
                 r#"{"cpu":1,"memory_mb":64,"disks":[{"source":"http://h/x","clone":false}]}"#,
+                "disks[0].clone",
+            ),
+            (
+                r#"{"cpu":1,"memory_mb":64,"disks":[{"source":"image:i","clone":false}]}"#,
                 "disks[0].clone",
             ),
         ] {

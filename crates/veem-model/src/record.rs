@@ -222,7 +222,8 @@ impl ImageFormat {
     }
 }
 
-/// An image of the image store. Its bytes live in a file the server names from owner and name.
+/// An image of the image store. Its bytes are content-addressed: they live once per digest,
+/// however many images name them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageRecord {
     pub owner: Principal,
@@ -230,4 +231,8 @@ pub struct ImageRecord {
     pub format: ImageFormat,
     pub size_bytes: u64,
     pub created_ms: u64,
+    /// The SHA-256 of its bytes, 64 lowercase hex digits. Empty in a record stored before
+    /// images were content-addressed, until the VEEM hashes its bytes at start.
+    #[serde(default)]
+    pub sha256: String,
 }

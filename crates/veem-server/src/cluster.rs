@@ -239,7 +239,8 @@ fn lead(config: &Config, cluster: Arc<Cluster>) {
     let config = config.clone();
     tokio::spawn(async move {
         let started = Instant::now();
-        match crate::start_on(&config, cluster.store.clone(), Vec::new()).await {
+        let store = cluster.store.clone();
+        match crate::start_on(&config, store.clone(), Some(store), Vec::new()).await {
             Ok(started_core) => {
                 let veem = started_core.veem;
                 veem.hosts().listening_from(Instant::now());

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
+use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use veem_model::{ImageFormat, ImageName, ImageRecord, VeeId};
 
@@ -12,7 +13,8 @@ use crate::auth::Caller;
 use crate::error::CoreError;
 use crate::veem::{now_ms, Veem};
 
-/// Streams an upload into the image store and records it.
+/// Streams an upload into the image store and records it: hashed while it streams, whole or
+/// absent, never held in memory (see [`Images::put`](crate::veem::images::Images::put)).
 pub async fn put_image<S, E>(
     veem: &Veem,
     caller: &Caller,
@@ -25,33 +27,32 @@ where
 {
     let name = ImageName::new(name).map_err(|e| CoreError::malformed("name", e.to_string()))?;
     veem.check_image_replaceable(&caller.principal, &name)?;
-    let path = veem.images().path(&caller.principal, &name);
-    let dir = path
-        .parent()
-        .map(PathBuf::from)
-        .ok_or_else(|| CoreError::broken("an image path has a parent"))?;
+    let dir = veem.images().upload_dir();
     tokio::fs::create_dir_all(&dir)
         .await
         .map_err(|e| CoreError::internal("creating the image directory", e))?;
-    let tmp = dir.join(format!(".upload-{}-{}", name, now_ms()));
-    let (size, head) = receive_upload(&mut body, &tmp, 4, "an image").await?;
-    let format = ImageFormat::sniff(&head);
+    let tmp = dir.join(format!(
+        ".upload-{}-{}-{:08x}",
+        name,
+        now_ms(),
+        rand::random::<u32>()
+    ));
+    let received = receive_upload(&mut body, &tmp, 4, "an image").await?;
+    let format = ImageFormat::sniff(&received.head);
     // Checked again: a VEE may have started to use the name while the bytes streamed in.
     if let Err(e) = veem.check_image_replaceable(&caller.principal, &name) {
         let _ = tokio::fs::remove_file(&tmp).await;
         return Err(e);
     }
-    tokio::fs::rename(&tmp, &path)
-        .await
-        .map_err(|e| CoreError::internal("moving the image into place", e))?;
     let record = ImageRecord {
         owner: caller.principal.clone(),
         name,
         format,
-        size_bytes: size,
+        size_bytes: received.size,
         created_ms: now_ms(),
+        sha256: received.sha256,
     };
-    veem.images().put(record.clone()).await?;
+    veem.images().put(record.clone(), &tmp).await?;
     Ok(record)
 }
 
@@ -77,9 +78,10 @@ where
         .await
         .map_err(|e| CoreError::internal("creating the disk directory", e))?;
     let tmp = dir.join(format!(".upload-{target}-{}", now_ms()));
-    let (_, head) = receive_upload(&mut body, &tmp, QCOW2_V3_HEADER_BYTES, "a disk").await?;
+    let received = receive_upload(&mut body, &tmp, QCOW2_V3_HEADER_BYTES, "a disk").await?;
     // Checked again: the VEE may have been activated while the bytes streamed in.
-    let checked = check_uploaded_disk(&head).and_then(|()| veem.disk_to_import(caller, id, target));
+    let checked =
+        check_uploaded_disk(&received.head).and_then(|()| veem.disk_to_import(caller, id, target));
     if let Err(e) = checked {
         let _ = tokio::fs::remove_file(&tmp).await;
         return Err(e);
@@ -92,14 +94,23 @@ where
 /// The bytes of a qcow2 version 3 header up to its incompatible features.
 const QCOW2_V3_HEADER_BYTES: usize = 80;
 
-/// Streams an upload into `tmp` (synced): its size and its first `head_len` bytes (fewer when
-/// it is shorter). Nothing stays at `tmp` when it fails; an empty upload is refused.
+/// What [`receive_upload`] received.
+pub(crate) struct Received {
+    pub size: u64,
+    /// Its first bytes (at most the `head_len` asked for).
+    pub head: Vec<u8>,
+    /// The SHA-256 of every byte, as 64 lowercase hex digits.
+    pub sha256: String,
+}
+
+/// Streams an upload into `tmp` (synced), hashing it as it passes. Nothing stays at `tmp`
+/// when it fails; an empty upload is refused.
 pub(crate) async fn receive_upload<S, E>(
     body: &mut S,
     tmp: &Path,
     head_len: usize,
     what: &str,
-) -> Result<(u64, Vec<u8>), CoreError>
+) -> Result<Received, CoreError>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
@@ -110,6 +121,7 @@ where
             .map_err(|e| CoreError::internal("creating an upload's file", e))?;
         let mut size: u64 = 0;
         let mut head = Vec::with_capacity(head_len);
+        let mut hasher = Sha256::new();
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| {
                 CoreError::malformed("body", format!("the upload was cut short: {e}"))
@@ -119,6 +131,7 @@ where
                 head.extend_from_slice(&chunk[..take]);
             }
             size += chunk.len() as u64;
+            hasher.update(&chunk);
             file.write_all(&chunk)
                 .await
                 .map_err(|e| CoreError::internal("writing an upload", e))?;
@@ -132,7 +145,11 @@ where
         file.sync_all()
             .await
             .map_err(|e| CoreError::internal("syncing an upload", e))?;
-        Ok((size, head))
+        Ok(Received {
+            size,
+            head,
+            sha256: crate::veem::images::hex(&hasher.finalize()),
+        })
     }
     .await;
     if result.is_err() {

@@ -14,7 +14,7 @@ pub mod config;
 pub mod error;
 pub mod hosts;
 pub mod http;
-mod images;
+pub mod images;
 pub mod push;
 pub mod sources;
 pub mod token;
@@ -60,14 +60,16 @@ pub async fn start(
     let db = data_dir.join("veem.db");
     let store = veem_store::SqliteStore::open(&db)
         .with_context(|| format!("cannot open the store {}", db.display()))?;
-    start_on(config, Arc::new(store), in_process).await
+    start_on(config, Arc::new(store), None, in_process).await
 }
 
 /// [`start`] on a store already open: SQLite in `data_dir`, or the PostgreSQL database of
-/// several front-ends, once this one leads.
+/// several front-ends, once this one leads; with it, `blobs`, where image bytes are shared
+/// among the front-ends.
 pub async fn start_on(
     config: &Config,
     store: Arc<dyn veem_store::Store>,
+    blobs: Option<Arc<dyn veem_store::BlobStore>>,
     in_process: Vec<(HostHello, Arc<dyn HostLink>)>,
 ) -> anyhow::Result<Started> {
     let data_dir = data_dir(config)?;
@@ -97,7 +99,7 @@ pub async fn start_on(
         file_sources: sources::FileSources::new(&config.file_sources, &data_dir)
             .map_err(anyhow::Error::msg)?,
     };
-    let veem = Veem::open(core, store)?;
+    let veem = Veem::open_with_blobs(core, store, blobs)?;
     veem.networks().set_federation(veem::LanFederation {
         endpoints: config
             .federation

@@ -22,6 +22,7 @@ use veem_model::{
     Principal, Site, SiteName, VeeEvent, VeeId, VeeRecord,
 };
 
+mod blobs;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 #[cfg(feature = "postgres")]
@@ -30,6 +31,7 @@ mod lease;
 mod postgres;
 mod sqlite;
 
+pub use blobs::{BlobStore, BLOB_CHUNK_BYTES};
 #[cfg(feature = "postgres")]
 pub use lease::{Campaign, Fence, LeaderView, LeaseView, Member, MemberView};
 #[cfg(feature = "postgres")]
@@ -224,6 +226,9 @@ pub enum StoreError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// Bytes given for a blob do not hash to its name; nothing was stored.
+    #[error("the bytes given for blob {expected} hash to {found}")]
+    DigestMismatch { expected: String, found: String },
     /// A commit carried a leader lease that is no longer the leader's (another front-end took
     /// it, or it expired): nothing of the batch is stored, and the front-end must stop acting.
     #[error("this front-end's leader lease (generation {generation}) is no longer held")]

@@ -32,7 +32,9 @@ use crate::sqlite::{
     decode_event, decode_image, decode_listener, decode_network, decode_site, decode_subscription,
     decode_vee, to_json, to_sql_int, AccountingRow, NEXT_NETWORK_ID_KEY, NEXT_VEE_SEQ_KEY,
 };
-use crate::{Change, OutboxEntry, Snapshot, Store, StoreError, NETWORK_ID_LIMIT};
+use crate::{
+    BlobStore, Change, OutboxEntry, Snapshot, Store, StoreError, BLOB_CHUNK_BYTES, NETWORK_ID_LIMIT,
+};
 
 /// The schema, one step per version, as in the SQLite backend (same versions, same tables).
 /// Steps are only ever appended; a released step is never edited. Text is compared and sorted
@@ -143,10 +145,18 @@ const MIGRATIONS: &[&str] = &[
         since   TIMESTAMPTZ NOT NULL,
         seen_at TIMESTAMPTZ NOT NULL
     );",
+    // Version 7 (PostgreSQL only: a SQLite site has one front-end, which keeps image bytes
+    // in its data_dir): image bytes by digest, in chunks of BLOB_CHUNK_BYTES.
+    "CREATE TABLE image_blobs (
+        sha256   TEXT NOT NULL,
+        chunk_no BIGINT NOT NULL,
+        bytes    BYTEA NOT NULL,
+        PRIMARY KEY (sha256, chunk_no)
+    );",
 ];
 
 /// The schema version this code writes. Versions 1 to 5 are the SQLite backend's, table for
-/// table; later ones are PostgreSQL's own.
+/// table; later ones are PostgreSQL's own (the leader lease, image blobs).
 pub const PG_SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 
 /// How long a session may sit in a transaction without sending anything (see `open`).
@@ -261,6 +271,148 @@ impl PgStore {
         self.give_back(client);
         result
     }
+}
+
+/// The first key of the advisory locks that make a put and a delete of one blob take turns
+/// ("blob" in ASCII; the second key is a hash of the digest). Two-key locks never meet the
+/// one-key migration lock.
+const BLOB_LOCK: i32 = 0x626c_6f62;
+
+impl BlobStore for PgStore {
+    fn put_blob(&self, sha256: &str, reader: &mut dyn std::io::Read) -> Result<u64, StoreError> {
+        use sha2::{Digest, Sha256};
+        self.with_client(async |client: &mut Client| {
+            let tx = client.transaction().await.map_err(backend)?;
+            lock_blob(&tx, sha256).await?;
+            let stored: Option<i64> = tx
+                .query_one(
+                    "SELECT sum(length(bytes))::BIGINT FROM image_blobs WHERE sha256 = $1",
+                    &[&sha256],
+                )
+                .await
+                .map_err(backend)?
+                .try_get(0)
+                .map_err(read_error)?;
+            if let Some(size) = stored {
+                return u64::try_from(size)
+                    .map_err(|_| StoreError::Corrupt(format!("blob {sha256} has size {size}")));
+            }
+            let mut hasher = Sha256::new();
+            let mut size: u64 = 0;
+            let mut chunk = vec![0u8; BLOB_CHUNK_BYTES];
+            for chunk_no in 0i64.. {
+                let filled =
+                    fill(reader, &mut chunk).map_err(|err| StoreError::Backend(Box::new(err)))?;
+                if filled == 0 {
+                    break;
+                }
+                let bytes = &chunk[..filled];
+                hasher.update(bytes);
+                size += filled as u64;
+                tx.execute(
+                    "INSERT INTO image_blobs (sha256, chunk_no, bytes) VALUES ($1, $2, $3)",
+                    &[&sha256, &chunk_no, &bytes],
+                )
+                .await
+                .map_err(backend)?;
+            }
+            let found: String = hasher
+                .finalize()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            if found != sha256 {
+                // Dropping the transaction rolls it back: nothing of the blob is stored.
+                return Err(StoreError::DigestMismatch {
+                    expected: sha256.to_owned(),
+                    found,
+                });
+            }
+            if size == 0 {
+                return Err(StoreError::InvalidChange(
+                    "a blob holds at least one byte".to_owned(),
+                ));
+            }
+            tx.commit().await.map_err(backend)?;
+            Ok(size)
+        })
+    }
+
+    fn has_blob(&self, sha256: &str) -> Result<bool, StoreError> {
+        self.with_client(async |client: &mut Client| {
+            client
+                .query_opt(
+                    "SELECT 1 FROM image_blobs WHERE sha256 = $1 AND chunk_no = 0",
+                    &[&sha256],
+                )
+                .await
+                .map(|row| row.is_some())
+                .map_err(backend)
+        })
+    }
+
+    fn read_blob(&self, sha256: &str, out: &mut dyn std::io::Write) -> Result<bool, StoreError> {
+        self.with_client(async |client: &mut Client| {
+            let statement = client
+                .prepare("SELECT bytes FROM image_blobs WHERE sha256 = $1 AND chunk_no = $2")
+                .await
+                .map_err(backend)?;
+            let mut chunk_no: i64 = 0;
+            while let Some(row) = client
+                .query_opt(&statement, &[&sha256, &chunk_no])
+                .await
+                .map_err(backend)?
+            {
+                let bytes: &[u8] = row.try_get(0).map_err(read_error)?;
+                out.write_all(bytes)
+                    .map_err(|err| StoreError::Backend(Box::new(err)))?;
+                chunk_no += 1;
+            }
+            Ok(chunk_no > 0)
+        })
+    }
+
+    fn delete_blob_if_unnamed(&self, sha256: &str) -> Result<bool, StoreError> {
+        self.with_client(async |client: &mut Client| {
+            let tx = client.transaction().await.map_err(backend)?;
+            lock_blob(&tx, sha256).await?;
+            let deleted = tx
+                .execute(
+                    "DELETE FROM image_blobs WHERE sha256 = $1 AND NOT EXISTS
+                       (SELECT 1 FROM images WHERE (record::jsonb) ->> 'sha256' = $1)",
+                    &[&sha256],
+                )
+                .await
+                .map_err(backend)?;
+            tx.commit().await.map_err(backend)?;
+            Ok(deleted > 0)
+        })
+    }
+}
+
+/// Takes the blob's advisory lock until the transaction ends.
+async fn lock_blob(tx: &Transaction<'_>, sha256: &str) -> Result<(), StoreError> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+        &[&BLOB_LOCK, &sha256],
+    )
+    .await
+    .map(|_| ())
+    .map_err(backend)
+}
+
+/// Reads into `buf` until it is full or the reader ends: how many bytes it holds.
+fn fill(reader: &mut dyn std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(filled)
 }
 
 /// Brings the schema to [`PG_SCHEMA_VERSION`] in one transaction (PostgreSQL's DDL is

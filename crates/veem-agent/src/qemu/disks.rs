@@ -59,7 +59,8 @@ pub async fn prepare(qemu_img: &Path, spec: &DeploySpec) -> Result<Vec<Drive>, D
                         SourcePlan::File { .. } => {
                             create_overlay(qemu_img, file, format, plan.size_gb, &disk).await?
                         }
-                        SourcePlan::Fetch { .. } => {
+                        // The host's cache: a VEE never depends on it.
+                        SourcePlan::Fetch { .. } | SourcePlan::Image { .. } => {
                             create_copy(qemu_img, file, format, plan.size_gb, &disk).await?
                         }
                     }

@@ -8,6 +8,7 @@
 
 mod agent;
 mod common;
+mod fetch;
 mod hostnet;
 mod qemu;
 mod sim;

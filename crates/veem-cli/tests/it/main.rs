@@ -36,6 +36,7 @@ mod front_ends;
 mod harness;
 mod host_migration;
 mod hostloss;
+mod images_fetch;
 mod monitoring;
 mod networks;
 mod operators;

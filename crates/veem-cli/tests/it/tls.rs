@@ -103,7 +103,12 @@ async fn the_cli_refuses_a_server_its_ca_did_not_sign() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("veem.toml"));
 }
 
-fn spawn_agent(s: &Server, name: &str, cert: &std::path::Path, key: &std::path::Path) -> Child {
+pub(crate) fn spawn_agent(
+    s: &Server,
+    name: &str,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Child {
     let ca = s.ca.as_deref().expect("an https server");
     let log = std::fs::File::create(s.dir.path().join(format!("agent-{name}.log"))).expect("log");
     Command::new(veem_bin())

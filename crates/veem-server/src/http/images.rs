@@ -26,6 +26,7 @@ fn view(image: &ImageRecord) -> ImageView {
         size_bytes: image.size_bytes,
         owner: image.owner.to_string(),
         created_ms: image.created_ms,
+        sha256: (!image.sha256.is_empty()).then(|| image.sha256.clone()),
     }
 }
 
@@ -53,7 +54,7 @@ pub(super) async fn data(
 ) -> ApiResult<Response> {
     let images = state.veem.images();
     let image = images.get(&caller, &image_name(&name)?)?;
-    stream_file(&images.path(&image.owner, &image.name), false).await
+    stream_file(&images.local_blob(&image.sha256).await?, false).await
 }
 
 pub(super) async fn put(

@@ -5,6 +5,7 @@
 
 mod accounting;
 mod agents;
+mod blobs;
 pub(crate) mod cluster;
 mod common;
 mod hosts;
@@ -84,6 +85,7 @@ pub fn router(state: AppState) -> Router {
         .route("/hosts", get(hosts::list))
         .route("/hosts/{id}", patch(hosts::patch))
         .route("/agents/connect", get(agents::connect))
+        .route("/agents/blobs/{sha256}", get(blobs::get))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
     Router::new()

@@ -243,7 +243,7 @@ impl Veem {
             let Some(image) = images.resolve(owner, name) else {
                 continue;
             };
-            let path = images.path(&image.owner, &image.name);
+            let path = images.local_blob(&image.sha256).await?;
             tracing::info!(%site, image = %name, "sending an image a VEE needs there");
             client
                 .push_image(name.as_str(), &path, None)

@@ -62,7 +62,7 @@ impl Veem {
         host: &HostId,
         record: &VeeRecord,
     ) -> Result<(String, Option<DiskCopy>), CoreError> {
-        let spec = self.deploy_spec(record)?;
+        let spec = self.deploy_spec_for(record, host).await?;
         let request = AgentRequest::PrepareIncoming { spec };
         match agent_result(host, self.inner.hosts.call(host, request).await)? {
             AgentResponse::Incoming { uri, disks } => Ok((uri, disks)),

@@ -27,7 +27,7 @@ mod accounting;
 mod control;
 mod federation;
 mod hosts;
-mod images;
+pub(crate) mod images;
 mod migration;
 mod monitoring;
 mod networks;
@@ -133,6 +133,16 @@ impl Veem {
     /// Loads everything from the store and starts the committer. Hosts are added with
     /// [`Veem::connect_host`]; [`Veem::start_background`] starts the placement and health loops.
     pub fn open(config: CoreConfig, store: Arc<dyn Store>) -> Result<Self, CoreError> {
+        Self::open_with_blobs(config, store, None)
+    }
+
+    /// [`Veem::open`] for one of several front-ends on one database: `shared_blobs` (the same
+    /// database, e.g. a `PgStore`) holds image bytes for all of them (see `veem/images.rs`).
+    pub fn open_with_blobs(
+        config: CoreConfig,
+        store: Arc<dyn Store>,
+        shared_blobs: Option<Arc<dyn veem_store::BlobStore>>,
+    ) -> Result<Self, CoreError> {
         let snapshot = store.load()?;
         let table = networks::NetworkTable::load(
             snapshot.networks,
@@ -144,6 +154,14 @@ impl Veem {
             ..crate::push::PushConfig::default()
         };
         let committer = Committer::start(store.clone());
+        let images = Images::new(
+            snapshot.images,
+            committer.clone(),
+            config.admins.clone(),
+            &config.data_dir,
+            &*store,
+            shared_blobs,
+        )?;
         let accounting = accounting::Accounting::new(
             snapshot.listeners,
             &snapshot.vees,
@@ -160,12 +178,7 @@ impl Veem {
                 records: loaded.records,
                 placer: Placer::new(config.policy, loaded.pending, loaded.by_host),
                 networks: networks::Networks::new(table, committer.clone(), config.lan_key),
-                images: Images::new(
-                    snapshot.images,
-                    committer.clone(),
-                    config.admins.clone(),
-                    &config.data_dir,
-                ),
+                images,
                 sites: Sites::load(
                     snapshot.sites,
                     this_site,

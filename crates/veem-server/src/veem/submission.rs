@@ -425,7 +425,7 @@ impl Veem {
                 )))
             }
         };
-        let result = match self.deploy_spec(&record) {
+        let result = match self.deploy_spec_for(&record, &host).await {
             Ok(mut spec) => {
                 spec.stale_own_dir = record.holder.as_ref() != Some(&host);
                 let request = match &memory_file {
@@ -584,6 +584,50 @@ impl Veem {
         })
     }
 
+    /// [`Veem::deploy_spec`] as `host` reads it: an in-process host reads an image's bytes
+    /// from this front-end's file of their digest (made from the shared store first if need
+    /// be); a remote host fetches them over HTTP, by digest (`SourcePlan::Image`).
+    pub(super) async fn deploy_spec_for(
+        &self,
+        record: &VeeRecord,
+        host: &HostId,
+    ) -> Result<DeploySpec, CoreError> {
+        let mut spec = self.deploy_spec(record)?;
+        let remote = self
+            .inner
+            .hosts
+            .get(host)
+            .and_then(|entry| entry.link)
+            .is_some_and(|link| link.kind() == "remote");
+        if remote {
+            return Ok(spec);
+        }
+        let mut sources: Vec<&mut SourcePlan> = Vec::new();
+        for disk in &mut spec.disks {
+            if let (Some(SourcePlan::Image { .. }), false, veem_model::DiskKind::Disk) =
+                (&disk.source, disk.clone, disk.kind)
+            {
+                // A record from before images were shared by digest (descriptors refuse it
+                // since): the digest's file is never written in place.
+                return Err(CoreError::malformed(
+                    format!("disk {}", disk.target),
+                    "an image's bytes are shared by digest and never written in place; clone must be true",
+                ));
+            }
+            sources.extend(disk.source.as_mut());
+        }
+        if let Some(boot) = spec.boot.as_deref_mut() {
+            sources.push(&mut boot.kernel);
+            sources.extend(boot.initrd.as_mut());
+        }
+        for source in sources {
+            if let SourcePlan::Image { sha256, .. } = source {
+                *source = SourcePlan::file(self.inner.images.local_blob(sha256).await?);
+            }
+        }
+        Ok(spec)
+    }
+
     /// Where the bytes of an image or URL the VEE's descriptor names for `what` (e.g. `disk
     /// vda`) come from, and their format when the image store knows it. A `file:` source is
     /// judged again here, for the VEE's owner (see `sources`): the file may have changed since
@@ -603,8 +647,18 @@ impl Veem {
                         record.owner
                     ))
                 })?;
+                if image.sha256.is_empty() {
+                    return Err(CoreError::NotFound(format!(
+                        "image {name} ({what}) has lost its bytes; upload it again"
+                    )));
+                }
+                // Where each host reads it is decided per host (`sources_for`).
                 Ok((
-                    SourcePlan::file(images.path(&image.owner, &image.name)),
+                    SourcePlan::Image {
+                        sha256: image.sha256,
+                        size_bytes: image.size_bytes,
+                        cached: None,
+                    },
                     Some(image.format),
                 ))
             }

@@ -166,6 +166,20 @@ impl Site {
         let data_dir = dir.path().canonicalize().expect("the directory resolves");
         let store: Arc<dyn Store> =
             Arc::new(SqliteStore::open(&data_dir.join("veem.db")).expect("the store opens"));
+        Self::open_on(dir, store, None, policy, hosts, dead_after).await
+    }
+
+    /// A core on `store` (its data_dir `dir`), with image bytes shared through `shared_blobs`
+    /// when given (one of several front-ends on one database).
+    pub async fn open_on(
+        dir: tempfile::TempDir,
+        store: Arc<dyn Store>,
+        shared_blobs: Option<Arc<dyn veem_store::BlobStore>>,
+        policy: Policy,
+        hosts: Vec<HostSpec>,
+        dead_after: Duration,
+    ) -> Self {
+        let data_dir = dir.path().canonicalize().expect("the directory resolves");
         let config = CoreConfig {
             site: "test".into(),
             public_url: "http://127.0.0.1:1".into(),
@@ -182,7 +196,8 @@ impl Site {
             file_sources: veem_server::sources::FileSources::new(&[], &data_dir)
                 .expect("no file sources"),
         };
-        let veem = Veem::open(config, store.clone()).expect("the core opens");
+        let veem =
+            Veem::open_with_blobs(config, store.clone(), shared_blobs).expect("the core opens");
         veem.start_background();
         let mut site = Self {
             veem,

@@ -13,6 +13,7 @@ use veem_store::conformance::{
 };
 use veem_store::{Change, SqliteStore, Store, FIRST_NETWORK_ID, FIRST_VEE_SEQ};
 
+mod blobs;
 #[cfg(unix)]
 mod crash;
 mod lease;
