@@ -27,7 +27,9 @@ pub enum AgentDriver {
 
 #[derive(Debug, Args)]
 pub struct AgentArgs {
-    /// The VEEM to connect to (https:// for wss:// with TLS)
+    /// The VEEM to connect to (https:// for wss:// with TLS); for a site of several front-ends
+    /// on one database, all of them separated by commas (tried in order; the agent follows
+    /// their leader, and a redirect only to a server of this list)
     #[arg(long, env = "VEEM_SERVER", default_value = "http://127.0.0.1:7070")]
     pub server: String,
     /// An admin principal's token (over https, a client certificate may stand in for it)

@@ -34,7 +34,7 @@ pub struct Server {
     pub start_deadline: Duration,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -791,13 +791,33 @@ impl RemoteAgent {
         memory_mb: u64,
         vees_dir: Option<PathBuf>,
     ) -> Self {
-        let mut agent = Self {
-            name: name.to_owned(),
-            state_dir: server.dir.path().join(format!("agent-{name}")),
-            server_url: server.url.clone(),
+        Self::start_in(
+            server.dir.path(),
+            &server.url,
+            name,
             cpus,
             memory_mb,
-            log: server.dir.path().join(format!("agent-{name}.log")),
+            vees_dir,
+        )
+    }
+
+    /// An agent of `--server server_url` (one URL, or several separated by commas), with its
+    /// state directory and log in `dir`.
+    pub fn start_in(
+        dir: &Path,
+        server_url: &str,
+        name: &str,
+        cpus: u32,
+        memory_mb: u64,
+        vees_dir: Option<PathBuf>,
+    ) -> Self {
+        let mut agent = Self {
+            name: name.to_owned(),
+            state_dir: dir.join(format!("agent-{name}")),
+            server_url: server_url.to_owned(),
+            cpus,
+            memory_mb,
+            log: dir.join(format!("agent-{name}.log")),
             child: None,
             vees_dir,
         };

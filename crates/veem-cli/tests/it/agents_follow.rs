@@ -1,0 +1,295 @@
+//! Several front-ends on one PostgreSQL database, as processes: a remote agent given all of
+//! them (`veem agent --server URL1,URL2`) is sent on to the leader, and after the leader is
+//! killed it finds the new one, which adopts what the agent runs without starting it again.
+//! PostgreSQL is a throwaway server of `scripts/pg` per test process; without it the tests skip
+//! loudly, unless `CI` is set: then they fail.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use veem_api::{ClusterView, HostState};
+use veem_client::Client;
+use veem_model::{ControlAction as A, VmiState};
+
+use crate::harness::*;
+
+const PSQL: &str = "/usr/lib/postgresql/15/bin/psql";
+
+/// The throwaway PostgreSQL server's URL (its `postgres` database), started on first use and
+/// stopped by `scripts/pg` once this test process is gone; `None` (said loudly) when it cannot
+/// start and `CI` is unset.
+pub fn pg_server() -> Option<&'static str> {
+    static SERVER: OnceLock<Option<String>> = OnceLock::new();
+    SERVER
+        .get_or_init(|| {
+            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/pg");
+            let outcome = Command::new(script)
+                .args(["start", "--watch", &std::process::id().to_string()])
+                .output();
+            let failure = match outcome {
+                Ok(out) if out.status.success() => {
+                    return Some(String::from_utf8_lossy(&out.stdout).trim().to_owned());
+                }
+                Ok(out) => format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr)),
+                Err(err) => err.to_string(),
+            };
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI is set and PostgreSQL cannot be started by scripts/pg: {failure}"
+            );
+            eprintln!("SKIPPED: PostgreSQL cannot be started by scripts/pg ({failure})");
+            None
+        })
+        .as_deref()
+}
+
+/// A new, empty database on `server`, by URL.
+pub fn fresh_database(server: &str) -> String {
+    static MADE: AtomicUsize = AtomicUsize::new(0);
+    let name = format!("veem_cli_{}", MADE.fetch_add(1, Ordering::Relaxed));
+    let out = Command::new(PSQL)
+        .args([server, "-v", "ON_ERROR_STOP=1", "-qtAc"])
+        .arg(format!("CREATE DATABASE {name}"))
+        .output()
+        .expect("psql runs");
+    assert!(
+        out.status.success(),
+        "CREATE DATABASE {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let base = server
+        .strip_suffix("/postgres")
+        .expect("scripts/pg prints the URL of the postgres database");
+    format!("{base}/{name}")
+}
+
+/// One `veem serve` of a site whose books are in PostgreSQL, with no host of its own and the
+/// principals of the harness.
+pub struct FrontEnd {
+    pub name: String,
+    pub url: String,
+    pub ops: Client,
+    pub a: Client,
+    dir: PathBuf,
+    config: PathBuf,
+    child: Option<Child>,
+}
+
+impl FrontEnd {
+    /// Starts `name` in `dir/<name>` (its data_dir there) on the database `store_url`; returns
+    /// once it answers HTTP (it may follow).
+    pub fn start(dir: &Path, name: &str, store_url: &str) -> Self {
+        let port = free_port();
+        let url = format!("http://127.0.0.1:{port}");
+        let dir = dir.join(name);
+        std::fs::create_dir_all(&dir).expect("front-end directory");
+        let config = format!(
+            "name = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\nadvertise_url = \"{url}\"\n\
+             data_dir = \"data\"\nlease_ttl_ms = 1000\nshutdown_deadline_ms = 2000\n\
+             health_interval_ms = 200\n\n\
+             [store]\nurl = \"{store_url}\"\n\n\
+             [[principal]]\nname = \"sm-a\"\ntoken = \"{TOKEN_A}\"\n\n\
+             [[principal]]\nname = \"ops\"\ntoken = \"{TOKEN_OPS}\"\nadmin = true\n"
+        );
+        let config_path = dir.join("veem.toml");
+        std::fs::write(&config_path, config).expect("config written");
+        let client = |token| Client::new(&url, token).expect("client");
+        let mut front_end = Self {
+            name: name.to_owned(),
+            ops: client(TOKEN_OPS),
+            a: client(TOKEN_A),
+            url,
+            dir,
+            config: config_path,
+            child: None,
+        };
+        front_end.spawn();
+        front_end
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("veem.log"))
+            .expect("log file");
+        let child = Command::new(veem_bin())
+            .current_dir(&self.dir)
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("veem starts");
+        self.child = Some(child);
+    }
+
+    /// `GET /vmi/v1/cluster`, or why not.
+    pub async fn cluster(&self) -> Result<ClusterView, String> {
+        let (status, _, body) = self
+            .ops
+            .raw_request(Method::GET, "/vmi/v1/cluster", None, Vec::new())
+            .await
+            .map_err(|e| e.to_string())?;
+        if status != 200 {
+            return Err(format!("{status}: {}", String::from_utf8_lossy(&body)));
+        }
+        serde_json::from_slice(&body).map_err(|e| e.to_string())
+    }
+
+    /// Waits until this front-end's `GET /cluster` names `leader` as the leader and the VMI
+    /// answers through it.
+    pub async fn wait_leader(&self, leader: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let view = self.cluster().await;
+            if matches!(&view, Ok(v) if v.leader.as_deref() == Some(leader))
+                && self.ops.list_hosts().await.is_ok()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} never showed {leader} leading: {view:?}\n{}",
+                self.name,
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Polls until `host` is `up` as this front-end answers.
+    pub async fn wait_host_up(&self, host: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let hosts = self.ops.list_hosts().await;
+            if let Ok(hosts) = &hosts {
+                if hosts
+                    .hosts
+                    .iter()
+                    .any(|h| h.id.as_str() == host && h.state == HostState::Up)
+                {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{host} never up through {}: {hosts:?}\n{}",
+                self.name,
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.join("veem.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// SIGKILL: the machine is gone, as far as the others can tell.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("kill -9");
+            child.wait().expect("reaped");
+        }
+    }
+}
+
+impl Drop for FrontEnd {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// The boot identities a sim driver's journal in `state_dir` recorded for `vee`, one per
+/// line that puts it: a fresh deploy draws a new one, so more than one means it started twice.
+fn boot_ids(state_dir: &Path, vee: &str) -> Vec<u64> {
+    let journal = std::fs::read_to_string(state_dir.join("instances.journal")).unwrap_or_default();
+    journal
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|line| line["put"]["vee"] == vee)
+        .filter_map(|line| line["put"]["boot_id"].as_u64())
+        .collect()
+}
+
+/// Two front-ends on one database and one agent that lists the follower first: it is sent on
+/// to the leader, its VEE runs; the leader is killed, the other leads within 10 s, the agent
+/// reaches it, and the VEE is still ACTIVE there, never deployed a second time.
+#[tokio::test]
+async fn agents_follow_the_leader_across_a_failover() {
+    let Some(pg) = pg_server() else { return };
+    let database = fresh_database(pg);
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut fe1 = FrontEnd::start(dir.path(), "fe1", &database);
+    fe1.wait_leader("fe1", Duration::from_secs(30)).await;
+    let fe2 = FrontEnd::start(dir.path(), "fe2", &database);
+    fe2.wait_leader("fe1", Duration::from_secs(30)).await;
+
+    // The follower first: it must send the agent on to the leader.
+    let agent = RemoteAgent::start_in(
+        dir.path(),
+        &format!("{},{}", fe2.url, fe1.url),
+        "h1",
+        8,
+        16384,
+        None,
+    );
+    fe2.wait_host_up("h1", Duration::from_secs(20)).await;
+    fe1.wait_host_up("h1", Duration::from_secs(5)).await;
+    assert!(
+        agent
+            .log()
+            .contains("sent on to another server of its list"),
+        "the follower did not redirect the agent: {}",
+        agent.log()
+    );
+
+    // A VEE made and started through the follower, which forwards to the leader.
+    let vee = init_one(&fe2.a, small("web")).await;
+    ctl_ok(&fe2.a, A::Activate, &[&vee]).await;
+    let view = wait_state(&fe2.a, &vee, VmiState::Active).await;
+    assert_eq!(view.host.as_ref().map(|h| h.as_str()), Some("h1"));
+    let booted = boot_ids(&agent.state_dir, &vee);
+    assert_eq!(booted.len(), 1, "deployed once: {booted:?}");
+
+    fe1.kill9();
+    let killed = Instant::now();
+    fe2.wait_leader("fe2", Duration::from_secs(10)).await;
+    let led_after = killed.elapsed();
+    fe2.wait_host_up("h1", Duration::from_secs(10)).await;
+    let host_after = killed.elapsed();
+    eprintln!("fe2 led {led_after:?} after fe1 was killed; h1 up there after {host_after:?}");
+    assert!(
+        agent.log().contains(&format!(
+            "agent connected server={}",
+            fe2.url.replace("http", "ws")
+        )),
+        "the agent never connected to fe2: {}",
+        agent.log()
+    );
+
+    // Give the new leader a few health checks to reconcile what h1 runs.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let view = wait_state(&fe2.a, &vee, VmiState::Active).await;
+    assert_eq!(view.host.as_ref().map(|h| h.as_str()), Some("h1"));
+    assert!(agent.instances().contains(&vee), "{:?}", agent.journal());
+    let after = boot_ids(&agent.state_dir, &vee);
+    assert!(
+        after.iter().all(|id| *id == booted[0]),
+        "{vee} was started again after the failover: boot ids {after:?}"
+    );
+    // The new leader takes new work on the host.
+    let second = init_one(&fe2.a, small("second")).await;
+    ctl_ok(&fe2.a, A::Activate, &[&second]).await;
+    wait_state(&fe2.a, &second, VmiState::Active).await;
+    assert!(agent.instances().contains(&second));
+}
+
