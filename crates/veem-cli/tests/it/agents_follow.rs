@@ -293,3 +293,72 @@ async fn agents_follow_the_leader_across_a_failover() {
     assert!(agent.instances().contains(&second));
 }
 
+/// `veem store copy`: a site run on SQLite moves to PostgreSQL. Its VEEs (ids, states), its
+/// networks and its images' records are there when a front-end starts on the database, and a
+/// new VEE gets the id after the last one handed out (a purged one: the counter came along).
+#[tokio::test]
+async fn store_copy_moves_a_sqlite_site_to_postgresql() {
+    let Some(pg) = pg_server() else { return };
+    let mut s = Server::start_with_guest(Setup::default())
+        .await
+        .expect("sim hosts need no QEMU");
+    let running = init_one(&s.a, small("running")).await;
+    ctl_ok(&s.a, A::Activate, &[&running]).await;
+    wait_state(&s.a, &running, VmiState::Active).await;
+    let paused = init_one(&s.a, small("paused")).await;
+    ctl_ok(&s.a, A::Activate, &[&paused]).await;
+    ctl_ok(&s.a, A::Pause, &[&paused]).await;
+    let _waiting = init_one(&s.a, small("waiting")).await;
+    s.a.create_network("lan", "10.9.0.0/24", false)
+        .await
+        .expect("network");
+    let purged = init_one(&s.a, small("purged")).await;
+    s.a.purge_vee(&purged).await.expect("purged");
+    let vees = |list: Vec<veem_api::VeeView>| -> Vec<(String, VmiState)> {
+        list.into_iter().map(|v| (v.id, v.state)).collect()
+    };
+    let before = vees(s.a.list_all_vees(&Default::default()).await.expect("list"));
+    assert_eq!(before.len(), 3);
+    let networks = s.a.list_networks().await.expect("networks");
+    let images = s.ops.list_images().await.expect("images");
+    s.stop();
+
+    let database = fresh_database(pg);
+    let copy = |format: &str| {
+        Command::new(veem_bin())
+            .args(["store", "copy", "--from"])
+            .arg(s.data_dir())
+            .args(["--to", &database, "-o", format])
+            .output()
+            .expect("veem store copy runs")
+    };
+    let out = copy("json");
+    assert!(
+        out.status.success(),
+        "veem store copy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(report["vees"], 3, "{report}");
+    assert_eq!(report["networks"], 1, "{report}");
+    assert_eq!(report["images"], images.images.len(), "{report}");
+    assert!(report["events"].as_u64().unwrap_or(0) >= 3, "{report}");
+    let progress = String::from_utf8_lossy(&out.stderr);
+    assert!(progress.contains("copied 3/3 VEEs"), "{progress}");
+    // A second copy into the same database is refused, and says why.
+    let again = copy("table");
+    assert!(!again.status.success());
+    let said = String::from_utf8_lossy(&again.stderr);
+    assert!(said.contains("not empty"), "{said}");
+
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let fe = FrontEnd::start(dir.path(), "fe1", &database);
+    fe.wait_leader("fe1", Duration::from_secs(30)).await;
+    let after = vees(fe.a.list_all_vees(&Default::default()).await.expect("list"));
+    assert_eq!(after, before);
+    assert_eq!(fe.a.list_networks().await.expect("networks"), networks);
+    assert_eq!(fe.ops.list_images().await.expect("images"), images);
+    let next = init_one(&fe.a, small("next")).await;
+    let seq = |id: &str| id.trim_start_matches("vee-").parse::<u64>().expect("an id");
+    assert_eq!(seq(&next), seq(&purged) + 1, "{next} after {purged}");
+}

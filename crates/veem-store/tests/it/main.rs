@@ -14,6 +14,7 @@ use veem_store::conformance::{
 use veem_store::{Change, SqliteStore, Store, FIRST_NETWORK_ID, FIRST_VEE_SEQ};
 
 #[cfg(unix)]
+mod copy;
 mod crash;
 mod lease;
 mod postgres;
