@@ -80,17 +80,27 @@ pub struct FrontEnd {
 }
 
 impl FrontEnd {
-    /// Starts `name` in `dir/<name>` (its data_dir there) on the database `store_url`; returns
-    /// once it answers HTTP (it may follow).
+    /// Starts `name` in `dir/<name>` (its data_dir there) on the database `store_url`, with a
+    /// lease of 1 s and health checks every 200 ms; it may follow.
     pub fn start(dir: &Path, name: &str, store_url: &str) -> Self {
+        Self::start_with(
+            dir,
+            name,
+            store_url,
+            "lease_ttl_ms = 1000\nhealth_interval_ms = 200\n",
+        )
+    }
+
+    /// [`FrontEnd::start`] with these top-level lines of config (each ending in a newline)
+    /// instead of the test's lease and health interval.
+    pub fn start_with(dir: &Path, name: &str, store_url: &str, top_level: &str) -> Self {
         let port = free_port();
         let url = format!("http://127.0.0.1:{port}");
         let dir = dir.join(name);
         std::fs::create_dir_all(&dir).expect("front-end directory");
         let config = format!(
             "name = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\nadvertise_url = \"{url}\"\n\
-             data_dir = \"data\"\nlease_ttl_ms = 1000\nshutdown_deadline_ms = 2000\n\
-             health_interval_ms = 200\n\n\
+             data_dir = \"data\"\nplacement = \"pack\"\nshutdown_deadline_ms = 2000\n{top_level}\n\
              [store]\nurl = \"{store_url}\"\n\n\
              [[principal]]\nname = \"sm-a\"\ntoken = \"{TOKEN_A}\"\n\n\
              [[principal]]\nname = \"ops\"\ntoken = \"{TOKEN_OPS}\"\nadmin = true\n"
@@ -109,6 +119,12 @@ impl FrontEnd {
         };
         front_end.spawn();
         front_end
+    }
+
+    /// Starts it again after [`FrontEnd::kill9`], on the same config and data_dir.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "{} still runs", self.name);
+        self.spawn();
     }
 
     fn spawn(&mut self) {
@@ -156,6 +172,31 @@ impl FrontEnd {
             assert!(
                 Instant::now() < deadline,
                 "{} never showed {leader} leading: {view:?}\n{}",
+                self.name,
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until `GET /cluster` through this front-end names `leader` and lists this one as
+    /// a follower: it started and follows.
+    pub async fn wait_following(&self, leader: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let view = self.cluster().await;
+            if let Ok(view) = &view {
+                let following = view
+                    .members
+                    .iter()
+                    .any(|m| m.name == self.name && m.role == veem_api::ClusterRole::Follower);
+                if following && view.leader.as_deref() == Some(leader) {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} never followed {leader}: {view:?}\n{}",
                 self.name,
                 self.log_tail()
             );
@@ -291,6 +332,16 @@ async fn agents_follow_the_leader_across_a_failover() {
     ctl_ok(&fe2.a, A::Activate, &[&second]).await;
     wait_state(&fe2.a, &second, VmiState::Active).await;
     assert!(agent.instances().contains(&second));
+
+    // The old leader, back, follows; the agent stays with the leader.
+    fe1.start_again();
+    fe1.wait_following("fe2", Duration::from_secs(30)).await;
+    fe1.wait_host_up("h1", Duration::from_secs(5)).await;
+    assert_eq!(
+        boot_ids(&agent.state_dir, &vee).len(),
+        after.len(),
+        "nothing of {vee} changed on h1"
+    );
 }
 
 /// `veem store copy`: a site run on SQLite moves to PostgreSQL. Its VEEs (ids, states), its
