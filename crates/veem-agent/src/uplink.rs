@@ -12,6 +12,13 @@
 //! may be stale (a deploy or a resume of a VEE that now runs on another host). The agent acts on
 //! none of them: it drops the connection and dials again, and the server ends what this host
 //! must no longer run before it trusts anything the host reports.
+//!
+//! A site of several front-ends on one database (`--server URL1,URL2,...`) has one leader, which
+//! holds the agents' sockets; the others answer the agents' route with a redirect to it. The
+//! agent tries the listed servers in order and follows a redirect only to the agents' route of
+//! a server of its list (its token never goes where the operator did not send it); when its
+//! connection ends (the leader died, or stopped answering), it starts over through the list, so
+//! it finds the new leader after a failover.
 
 use std::future::Future;
 use std::pin::{pin, Pin};
@@ -90,14 +97,15 @@ pub async fn run(
 }
 
 /// [`run`] with a choice of credentials: over `https://` (`wss://`) the server is verified and
-/// a client certificate may stand in for the token.
+/// a client certificate may stand in for the token. `servers` is one server's address or
+/// several, separated by commas (see [`parse_servers`]).
 pub async fn run_with(
-    server: &str,
+    servers: &str,
     credentials: &Credentials,
     agent: Arc<Agent>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), UplinkError> {
-    let url = connect_url(server)?;
+    let endpoints = endpoints(servers, credentials)?;
     let authorization = credentials
         .token
         .as_ref()
@@ -105,76 +113,228 @@ pub async fn run_with(
             HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| UplinkError::InvalidToken)
         })
         .transpose()?;
-    let connector = if url.starts_with("wss:") {
-        let tls = match &credentials.tls {
-            Some(tls) => tls.clone(),
-            None => Arc::new(veem_tls::client_config(None, None).map_err(UplinkError::Tls)?),
-        };
-        Connector::Rustls(tls)
-    } else {
-        Connector::Plain
-    };
     let mut shutdown = pin!(shutdown);
     let mut backoff = FIRST_BACKOFF;
     loop {
-        let request = connect_request(server, &url, authorization.as_ref())?;
-        let connect = tokio_tungstenite::connect_async_tls_with_config(
-            request,
-            None,
-            false,
-            Some(connector.clone()),
-        );
-        let attempt = async {
-            match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
-                Ok(connected) => connected.map(|(socket, _response)| socket),
-                Err(_elapsed) => Err(tungstenite::Error::Io(std::io::ErrorKind::TimedOut.into())),
-            }
-        };
-        let connected = tokio::select! {
-            () = &mut shutdown => return Ok(()),
-            connected = attempt => connected,
-        };
-        match connected {
-            Ok(socket) => {
-                tracing::info!(server = %url, host = %agent.name(), "agent connected");
-                let since = Instant::now();
-                match serve(socket, &agent, shutdown.as_mut()).await {
-                    Ended::Shutdown => return Ok(()),
-                    Ended::Dropped(reason) => {
-                        tracing::warn!(server = %url, %reason, "agent connection dropped");
+        // One round through the list, in order, following redirects within it.
+        'round: for first in 0..endpoints.len() {
+            let mut index = first;
+            let mut redirects = 0;
+            loop {
+                let endpoint = &endpoints[index];
+                let connected = tokio::select! {
+                    () = &mut shutdown => return Ok(()),
+                    connected = dial(endpoint, authorization.as_ref()) => connected?,
+                };
+                match connected {
+                    Ok(socket) => {
+                        tracing::info!(server = %endpoint.url, host = %agent.name(), "agent connected");
+                        let since = Instant::now();
+                        match serve(socket, &agent, shutdown.as_mut()).await {
+                            Ended::Shutdown => return Ok(()),
+                            Ended::Dropped(reason) => {
+                                tracing::warn!(server = %endpoint.url, %reason, "agent connection dropped");
+                            }
+                        }
+                        // A connection that held for a while was a real one: redial quickly.
+                        // One that dropped at once may be a server in trouble: keep backing off.
+                        if since.elapsed() >= MAX_BACKOFF {
+                            backoff = FIRST_BACKOFF;
+                        }
+                        break 'round;
+                    }
+                    Err(tungstenite::Error::Http(response))
+                        if matches!(response.status().as_u16(), 401 | 403) =>
+                    {
+                        return Err(UplinkError::Rejected {
+                            status: response.status().as_u16(),
+                        });
+                    }
+                    Err(tungstenite::Error::Http(response))
+                        if matches!(response.status().as_u16(), 307 | 308) =>
+                    {
+                        let location = response
+                            .headers()
+                            .get(header::LOCATION)
+                            .and_then(|value| value.to_str().ok())
+                            .unwrap_or_default();
+                        match redirect_target(location, index, &endpoints) {
+                            Some(target) if redirects < endpoints.len() => {
+                                tracing::info!(server = %endpoint.url, to = %endpoints[target].url, "agent sent on to another server of its list");
+                                index = target;
+                                redirects += 1;
+                                continue;
+                            }
+                            Some(_) => {
+                                tracing::warn!(server = %endpoint.url, %location, "agent redirected round in circles: trying the next server");
+                            }
+                            None => {
+                                tracing::warn!(server = %endpoint.url, %location, "agent redirected to a server not in its --server list: not followed");
+                            }
+                        }
+                    }
+                    Err(tungstenite::Error::Url(e)) => {
+                        return Err(UplinkError::InvalidServer {
+                            server: endpoint.server.clone(),
+                            reason: e.to_string(),
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!(server = %endpoint.url, error = %e, "agent cannot connect");
                     }
                 }
-                // A connection that held for a while was a real one: redial quickly. One that
-                // dropped at once may be a server in trouble: keep backing off.
-                if since.elapsed() >= MAX_BACKOFF {
-                    backoff = FIRST_BACKOFF;
-                }
-            }
-            Err(tungstenite::Error::Http(response))
-                if matches!(response.status().as_u16(), 401 | 403) =>
-            {
-                return Err(UplinkError::Rejected {
-                    status: response.status().as_u16(),
-                });
-            }
-            Err(tungstenite::Error::Url(e)) => {
-                return Err(UplinkError::InvalidServer {
-                    server: server.to_owned(),
-                    reason: e.to_string(),
-                });
-            }
-            Err(e) => {
-                tracing::warn!(server = %url, error = %e, retry_in_ms = backoff.as_millis(), "agent cannot connect");
+                // The next server of the list.
+                break;
             }
         }
         // Jitter keeps a site's agents from redialing a restarted server all at once.
         let pause = backoff.mul_f64(rand::thread_rng().gen_range(0.5..=1.0));
+        tracing::debug!(retry_in_ms = pause.as_millis(), "agent dials again");
         tokio::select! {
             () = &mut shutdown => return Ok(()),
             () = tokio::time::sleep(pause) => {}
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// One server the agent may connect to.
+struct Endpoint {
+    /// As the operator wrote it.
+    server: String,
+    /// Its agents' route, `ws://` or `wss://`.
+    url: String,
+    /// The same route, as a redirect is compared with it.
+    route: Route,
+    connector: Connector,
+}
+
+/// Splits `--server`'s value: one server's address, or several separated by commas (the
+/// front-ends of one site), in the order the agent tries them. Spaces around each are ignored;
+/// an empty list, an empty entry, or the same server twice is an error.
+pub fn parse_servers(servers: &str) -> Result<Vec<String>, UplinkError> {
+    let invalid = |reason: &str| UplinkError::InvalidServer {
+        server: servers.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let listed: Vec<String> = servers.split(',').map(|s| s.trim().to_owned()).collect();
+    if listed.iter().any(String::is_empty) {
+        return Err(invalid(
+            "expected one address or several separated by commas, none of them empty",
+        ));
+    }
+    let mut routes = Vec::with_capacity(listed.len());
+    for server in &listed {
+        let route =
+            Route::parse(&connect_url(server)?).ok_or_else(|| invalid("unusable address"))?;
+        if routes.contains(&route) {
+            return Err(invalid(&format!("{server} is listed twice")));
+        }
+        routes.push(route);
+    }
+    Ok(listed)
+}
+
+fn endpoints(servers: &str, credentials: &Credentials) -> Result<Vec<Endpoint>, UplinkError> {
+    let mut tls = None;
+    parse_servers(servers)?
+        .into_iter()
+        .map(|server| {
+            let url = connect_url(&server)?;
+            let route = Route::parse(&url).ok_or_else(|| UplinkError::InvalidServer {
+                server: server.clone(),
+                reason: "unusable address".to_owned(),
+            })?;
+            let connector = if route.secure {
+                let config = match (&credentials.tls, &tls) {
+                    (Some(config), _) | (None, Some(config)) => Arc::clone(config),
+                    (None, None) => {
+                        let config = Arc::new(
+                            veem_tls::client_config(None, None).map_err(UplinkError::Tls)?,
+                        );
+                        tls = Some(Arc::clone(&config));
+                        config
+                    }
+                };
+                Connector::Rustls(config)
+            } else {
+                Connector::Plain
+            };
+            Ok(Endpoint {
+                server,
+                url,
+                route,
+                connector,
+            })
+        })
+        .collect()
+}
+
+/// An agents' route as a redirect is compared with it: scheme (`http` and `ws` alike), host,
+/// port (the scheme's default when none is written) and path.
+#[derive(Debug, PartialEq, Eq)]
+struct Route {
+    secure: bool,
+    host: String,
+    port: u16,
+    path: String,
+}
+
+impl Route {
+    fn parse(url: &str) -> Option<Self> {
+        let uri: tungstenite::http::Uri = url.parse().ok()?;
+        let secure = match uri.scheme_str()? {
+            "http" | "ws" => false,
+            "https" | "wss" => true,
+            _ => return None,
+        };
+        if uri.query().is_some() {
+            return None;
+        }
+        Some(Self {
+            secure,
+            host: uri.host()?.to_ascii_lowercase(),
+            port: uri.port_u16().unwrap_or(if secure { 443 } else { 80 }),
+            path: uri.path().trim_end_matches('/').to_owned(),
+        })
+    }
+}
+
+/// The listed server a redirect from `endpoints[answered]` sends the agent to: the one whose
+/// agents' route `location` is (a path alone is on the server that answered). `None` for a
+/// location outside the list, which the agent must not follow: it would hand its token to a
+/// server the operator did not name.
+fn redirect_target(location: &str, answered: usize, endpoints: &[Endpoint]) -> Option<usize> {
+    let location = if location.starts_with('/') {
+        let here = &endpoints.get(answered)?.route;
+        let scheme = if here.secure { "wss" } else { "ws" };
+        format!("{scheme}://{}:{}{location}", here.host, here.port)
+    } else {
+        location.to_owned()
+    };
+    let route = Route::parse(&location)?;
+    endpoints
+        .iter()
+        .position(|endpoint| endpoint.route == route)
+}
+
+/// One attempt at `endpoint`, bounded by [`CONNECT_TIMEOUT`]; the outer error is one no retry
+/// can help.
+async fn dial(
+    endpoint: &Endpoint,
+    authorization: Option<&HeaderValue>,
+) -> Result<Result<Socket, tungstenite::Error>, UplinkError> {
+    let request = connect_request(&endpoint.server, &endpoint.url, authorization)?;
+    let connect = tokio_tungstenite::connect_async_tls_with_config(
+        request,
+        None,
+        false,
+        Some(endpoint.connector.clone()),
+    );
+    Ok(match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+        Ok(connected) => connected.map(|(socket, _response)| socket),
+        Err(_elapsed) => Err(tungstenite::Error::Io(std::io::ErrorKind::TimedOut.into())),
+    })
 }
 
 /// The WebSocket URL of the agent route on `server`.
@@ -394,6 +554,75 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn a_server_list_is_split_on_commas_in_order() {
+        assert_eq!(
+            parse_servers("http://127.0.0.1:7070").unwrap(),
+            ["http://127.0.0.1:7070"]
+        );
+        assert_eq!(
+            parse_servers("http://fe2:7071, https://fe1:7443/ ,http://fe3:7073").unwrap(),
+            ["http://fe2:7071", "https://fe1:7443/", "http://fe3:7073"]
+        );
+        for bad in [
+            "",
+            "http://fe1:7071,",
+            ",http://fe1:7071",
+            "http://fe1:7071,,http://fe2:7072",
+            "http://fe1:7071,fe2:7072",
+            "http://fe1:7071,ftp://fe2:7072",
+            // The same server twice, written two ways.
+            "http://fe1:7071,ws://FE1:7071/",
+            "http://fe1:80,http://fe1",
+        ] {
+            assert!(
+                matches!(parse_servers(bad), Err(UplinkError::InvalidServer { .. })),
+                "{bad:?}"
+            );
+        }
+    }
+
+    fn listed(servers: &str) -> Vec<Endpoint> {
+        endpoints(servers, &Credentials::default()).expect("valid servers")
+    }
+
+    #[test]
+    fn a_redirect_is_followed_only_to_the_agents_route_of_a_listed_server() {
+        let list = listed("http://127.0.0.1:7072,http://127.0.0.1:7071,https://fe3.example");
+        let route = "/vmi/v1/agents/connect";
+        for (location, target) in [
+            // The leader's advertise_url, as a follower sends it.
+            (format!("http://127.0.0.1:7071{route}"), Some(1)),
+            (format!("ws://127.0.0.1:7071{route}/"), Some(1)),
+            (format!("https://FE3.example:443{route}"), Some(2)),
+            (format!("wss://fe3.example{route}"), Some(2)),
+            // A path alone is on the server that answered.
+            (route.to_owned(), Some(0)),
+            // Another port, host or scheme is another server: never sent the token.
+            (format!("http://127.0.0.1:7079{route}"), None),
+            (format!("http://localhost:7071{route}"), None),
+            (format!("https://127.0.0.1:7071{route}"), None),
+            (format!("http://fe3.example{route}"), None),
+            (format!("http://evil.example{route}"), None),
+            // A listed server, but not its agents' route.
+            ("http://127.0.0.1:7071/elsewhere".to_owned(), None),
+            (format!("http://127.0.0.1:7071{route}?to=evil"), None),
+            (String::new(), None),
+            ("not a url".to_owned(), None),
+        ] {
+            assert_eq!(redirect_target(&location, 0, &list), target, "{location:?}");
+        }
+        let prefixed = listed("http://10.0.0.1:80/prefix,http://10.0.0.2/prefix");
+        assert_eq!(
+            redirect_target("http://10.0.0.2/prefix/vmi/v1/agents/connect", 0, &prefixed),
+            Some(1)
+        );
+        assert_eq!(
+            redirect_target("http://10.0.0.2/vmi/v1/agents/connect", 0, &prefixed),
+            None
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod node;
 mod output;
 mod setup;
 mod sm;
+mod store;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -90,6 +91,9 @@ pub enum Command {
     /// Principals' tokens
     #[command(subcommand)]
     Token(setup::TokenCommand),
+    /// A site's books, offline: copy them from SQLite into PostgreSQL
+    #[command(subcommand)]
+    Store(store::StoreCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -157,6 +161,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Guest(GuestCommand::Build(args)) => build_guest(args).await,
         Command::Tls(command) => setup::run_tls(cli.global.output, command),
         Command::Token(command) => setup::run_token(cli.global.output, command),
+        Command::Store(command) => store::run_store(cli.global.output, command).await,
     }
 }
 

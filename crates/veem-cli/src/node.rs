@@ -27,8 +27,10 @@ pub enum AgentDriver {
 
 #[derive(Debug, Args)]
 pub struct AgentArgs {
-    /// The VEEM to connect to (https:// for wss:// with TLS); several front-ends of one
-    /// VEEM as a comma-separated list, tried in order (images are fetched from them too)
+    /// The VEEM to connect to (https:// for wss:// with TLS); for a site of several front-ends
+    /// on one database, all of them separated by commas (tried in order; the agent follows
+    /// their leader, and a redirect only to a server of this list; images are fetched from
+    /// them too)
     #[arg(long, env = "VEEM_SERVER", default_value = "http://127.0.0.1:7070")]
     pub server: String,
     /// An admin principal's token (over https, a client certificate may stand in for it)
@@ -150,7 +152,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         allowed_networks: args.fetch_allow.clone(),
         ..veem_agent::FetchConfig::default()
     };
-    let servers = server_list(&args.server)?;
+    let servers = veem_agent::uplink::parse_servers(&args.server).context("--server")?;
     let identity = match (&args.cert, &args.key) {
         (Some(cert), Some(key)) => {
             Some(veem_tls::Identity::load(cert, key).context("--cert and --key")?)
@@ -173,36 +175,8 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    veem_agent::uplink::run_with(&servers[0], &credentials, agent, shutdown)
+    veem_agent::uplink::run_with(&args.server, &credentials, agent, shutdown)
         .await
         .context("the agent stopped")?;
     Ok(())
-}
-
-/// `--server`'s front-ends: one URL or a comma-separated list, at least one.
-fn server_list(text: &str) -> anyhow::Result<Vec<String>> {
-    let servers: Vec<String> = text
-        .split(',')
-        .map(str::trim)
-        .filter(|url| !url.is_empty())
-        .map(str::to_owned)
-        .collect();
-    anyhow::ensure!(!servers.is_empty(), "--server names no URL");
-    Ok(servers)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn server_takes_one_url_or_a_list() {
-        assert_eq!(
-            super::server_list("http://a:1").expect("one"),
-            vec!["http://a:1"]
-        );
-        assert_eq!(
-            super::server_list("http://a:1, http://b:2,").expect("a list"),
-            vec!["http://a:1", "http://b:2"]
-        );
-        assert!(super::server_list(" , ").is_err());
-    }
 }

@@ -135,6 +135,14 @@ pub const PROPERTIES: &[(&str, Property)] = &[
         "purge_removes_the_vees_outbox_entries",
         purge_removes_the_vees_outbox_entries,
     ),
+    (
+        "a_copied_vee_keeps_its_generation",
+        a_copied_vee_keeps_its_generation,
+    ),
+    (
+        "counters_are_raised_never_lowered",
+        counters_are_raised_never_lowered,
+    ),
 ];
 
 /// Runs every property, each on a store from `make`, and panics naming the ones that failed
@@ -417,6 +425,48 @@ pub fn update(record: &VeeRecord, edit: impl FnOnce(&mut VeeRecord)) -> (VeeReco
         expected_generation: record.generation,
     };
     (next, change)
+}
+
+/// Books holding one of everything a store keeps, a purged VEE and a deleted network
+/// (so its counters are ahead of its rows), and a VEE updated past generation 1.
+pub fn sample_books(store: &dyn Store) {
+    let rich = rich_record(1);
+    let plain = plain_record(2);
+    let purged = plain_record(3);
+    let accounted_vee = rich_record(4);
+    let mut changes = vec![
+        Change::InsertNetwork(network(1, "sm-a", "lan")),
+        Change::InsertNetwork(network(2, "sm-a", "gone")),
+        Change::PutImage(image("sm-a", "tiny", 1024)),
+        Change::InsertSite(registered_site("remote")),
+        Change::InsertVee(rich.clone()),
+        Change::InsertVee(plain.clone()),
+        Change::InsertVee(purged.clone()),
+        Change::InsertVee(accounted_vee.clone()),
+        Change::AppendEvent(event(&rich.id, 10, VmiState::Active)),
+        Change::AppendEvent(event(&rich.id, 20, VmiState::Suspended)),
+        Change::AppendEvent(event(&purged.id, 30, VmiState::Active)),
+        Change::PutListener(listener("sm-a", &accounted_vee.id, 1000)),
+        Change::AppendAccounting(
+            (0..12)
+                .map(|i| accounted("sm-a", accounting_record(&accounted_vee.id, i * 100)))
+                .collect(),
+        ),
+        Change::QueueAccounting(vec![
+            outbox_entry(5, "sm-a", accounting_record(&accounted_vee.id, 1100)),
+            outbox_entry(9, "sm-a", accounting_record(&rich.id, 1200)),
+        ]),
+        Change::PutSubscription(subscription("sub-1", "sm-a", &[EventType::State])),
+    ];
+    let (_, update) = update(&rich, |r| r.state = VmiState::Active);
+    changes.push(update);
+    store.commit(&changes).expect("the sample books");
+    store
+        .commit(&[
+            Change::PurgeVee(purged.id.clone()),
+            Change::DeleteNetwork { id: 2 },
+        ])
+        .expect("purge and delete");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1905,4 +1955,89 @@ pub fn purge_removes_the_vees_outbox_entries(store: &dyn Store) {
     );
     // Settling what went with the purge is no error.
     commit(store, &[Change::SettleAccounting(vec![1, 3])]);
+}
+
+pub fn a_copied_vee_keeps_its_generation(store: &dyn Store) {
+    let mut copied = rich_record(FIRST_VEE_SEQ + 4);
+    copied.generation = 7;
+    let mut zero = plain_record(FIRST_VEE_SEQ + 5);
+    zero.generation = 0;
+    let err = commit_err(store, &[Change::CopyVee(zero)]);
+    assert!(matches!(err, StoreError::InvalidChange(_)), "{err:?}");
+    commit(store, &[Change::CopyVee(copied.clone())]);
+    let snapshot = load(store);
+    assert_eq!(snapshot.vees, vec![copied.clone()]);
+    assert_eq!(snapshot.next_vee_seq, FIRST_VEE_SEQ + 5);
+    // It is updated from the generation it came with, as any other.
+    let (updated, change) = update(&copied, |r| r.state = VmiState::Active);
+    assert_eq!(updated.generation, 8);
+    commit(store, &[change]);
+    assert_eq!(load(store).vees, vec![updated]);
+    // Below the counter, or taken: as for an insert.
+    let mut below = plain_record(FIRST_VEE_SEQ);
+    below.generation = 3;
+    let err = commit_err(store, &[Change::CopyVee(below)]);
+    assert!(matches!(err, StoreError::IdReused(_)), "{err:?}");
+    let err = commit_err(store, &[Change::CopyVee(copied)]);
+    assert!(matches!(err, StoreError::IdReused(_)), "{err:?}");
+    // A new VEE still needs generation 1.
+    let mut not_new = plain_record(FIRST_VEE_SEQ + 9);
+    not_new.generation = 2;
+    let err = commit_err(store, &[Change::InsertVee(not_new)]);
+    assert!(matches!(err, StoreError::InvalidChange(_)), "{err:?}");
+}
+
+pub fn counters_are_raised_never_lowered(store: &dyn Store) {
+    let raise = |next_vee_seq, next_network_id| Change::RaiseCounters {
+        next_vee_seq,
+        next_network_id,
+    };
+    commit(store, &[raise(40, 9)]);
+    let snapshot = load(store);
+    assert_eq!(
+        (snapshot.next_vee_seq, snapshot.next_network_id),
+        (40, 9),
+        "raised"
+    );
+    commit(store, &[raise(3, 2)]);
+    let snapshot = load(store);
+    assert_eq!(
+        (snapshot.next_vee_seq, snapshot.next_network_id),
+        (40, 9),
+        "never lowered"
+    );
+    // The ids below stay handed out.
+    let err = commit_err(store, &[Change::InsertVee(plain_record(39))]);
+    assert!(matches!(err, StoreError::IdReused(_)), "{err:?}");
+    let err = commit_err(store, &[Change::InsertNetwork(network(8, "sm-a", "lan"))]);
+    assert!(matches!(err, StoreError::NetworkIdReused(8)), "{err:?}");
+    commit(
+        store,
+        &[
+            Change::InsertVee(plain_record(40)),
+            Change::InsertNetwork(network(9, "sm-a", "lan")),
+        ],
+    );
+    // One raise in the same batch as inserts: the higher of the two wins.
+    commit(
+        store,
+        &[
+            Change::InsertVee(plain_record(41)),
+            raise(41, 10),
+            Change::InsertVee(plain_record(60)),
+        ],
+    );
+    assert_eq!(load(store).next_vee_seq, 61);
+    for (vee_seq, network_id) in [(i64::MAX as u64 + 1, 10), (61, NETWORK_ID_LIMIT + 1)] {
+        let err = commit_err(store, &[raise(100, 100), raise(vee_seq, network_id)]);
+        assert!(matches!(err, StoreError::InvalidChange(_)), "{err:?}");
+    }
+    let snapshot = load(store);
+    assert_eq!(
+        (snapshot.next_vee_seq, snapshot.next_network_id),
+        (61, 10),
+        "a refused batch raises nothing"
+    );
+    commit(store, &[raise(61, NETWORK_ID_LIMIT)]);
+    assert_eq!(load(store).next_network_id, NETWORK_ID_LIMIT);
 }

@@ -2,6 +2,7 @@
 //! cargo feature `conformance`, the `conformance` suite that every backend must pass.
 //! Under the cargo feature `postgres`, a PostgreSQL backend too (`PgStore`, for several
 //! front-ends on one database); SQLite stays the default and needs no server.
+//! [`copy`] moves a site's books from one store into another, empty one (`veem store copy`).
 //!
 //! The VEEM keeps its whole state in memory and writes every change through a `Store` before it
 //! acknowledges it, so a `Store` is small: load everything at start, commit a batch of changes
@@ -25,6 +26,7 @@ use veem_model::{
 mod blobs;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+pub mod copy;
 #[cfg(feature = "postgres")]
 mod lease;
 #[cfg(feature = "postgres")]
@@ -126,6 +128,17 @@ pub enum Change {
     /// A new VEE (generation must be 1). Its id's sequence (`id.seq()`) must be >= the stored
     /// counter; the counter becomes seq+1. Ids are never reused, also after purge.
     InsertVee(VeeRecord),
+    /// A VEE copied from another store (`veem store copy`): inserted as by
+    /// [`Change::InsertVee`], but with the generation it has there (at least 1), so that the
+    /// copy is the same record.
+    CopyVee(VeeRecord),
+    /// The id counters become at least these (copied from another store, whose purged VEEs
+    /// and deleted networks took ids that must never be handed out again); never lowered.
+    /// `next_network_id` at most [`NETWORK_ID_LIMIT`].
+    RaiseCounters {
+        next_vee_seq: u64,
+        next_network_id: u32,
+    },
     /// Compare-and-swap: succeeds only if the stored generation == `expected_generation`; the
     /// stored record becomes `record`, whose generation must be `expected_generation + 1`.
     UpdateVee {

@@ -29,8 +29,9 @@ use veem_model::{
 };
 
 use crate::sqlite::{
-    decode_event, decode_image, decode_listener, decode_network, decode_site, decode_subscription,
-    decode_vee, to_json, to_sql_int, AccountingRow, NEXT_NETWORK_ID_KEY, NEXT_VEE_SEQ_KEY,
+    check_inserted_generation, check_raised_counters, decode_event, decode_image, decode_listener,
+    decode_network, decode_site, decode_subscription, decode_vee, to_json, to_sql_int,
+    AccountingRow, NEXT_NETWORK_ID_KEY, NEXT_VEE_SEQ_KEY,
 };
 use crate::{
     BlobStore, Change, OutboxEntry, Snapshot, Store, StoreError, BLOB_CHUNK_BYTES, NETWORK_ID_LIMIT,
@@ -791,7 +792,23 @@ async fn apply(
     change: &Change,
 ) -> Result<(), StoreError> {
     match change {
-        Change::InsertVee(record) => insert_vee(tx, counters, record).await,
+        Change::InsertVee(record) => insert_vee(tx, counters, record, false).await,
+        Change::CopyVee(record) => insert_vee(tx, counters, record, true).await,
+        Change::RaiseCounters {
+            next_vee_seq,
+            next_network_id,
+        } => {
+            check_raised_counters(*next_vee_seq, *next_network_id)?;
+            if *next_vee_seq > counters.vee_seq(tx).await? {
+                counters.vee_seq = Some(*next_vee_seq);
+                counters.vee_seq_changed = true;
+            }
+            if u64::from(*next_network_id) > counters.network_id(tx).await? {
+                counters.network_id = Some(u64::from(*next_network_id));
+                counters.network_id_changed = true;
+            }
+            Ok(())
+        }
         Change::UpdateVee {
             record,
             expected_generation,
@@ -868,13 +885,9 @@ async fn insert_vee(
     tx: &Transaction<'_>,
     counters: &mut Counters,
     record: &VeeRecord,
+    copied: bool,
 ) -> Result<(), StoreError> {
-    if record.generation != 1 {
-        return Err(StoreError::InvalidChange(format!(
-            "new VEE {} has generation {}, not 1",
-            record.id, record.generation
-        )));
-    }
+    check_inserted_generation(record, copied)?;
     let seq = record.id.seq();
     if seq >= i64::MAX as u64 {
         return Err(StoreError::InvalidChange(format!(

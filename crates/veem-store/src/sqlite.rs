@@ -529,7 +529,21 @@ fn read_next_network_id(tx: &Transaction<'_>) -> Result<u32, StoreError> {
 
 fn apply(tx: &Transaction<'_>, counters: &mut Counters, change: &Change) -> Result<(), StoreError> {
     match change {
-        Change::InsertVee(record) => insert_vee(tx, &mut counters.vee_seq, record),
+        Change::InsertVee(record) => insert_vee(tx, &mut counters.vee_seq, record, false),
+        Change::CopyVee(record) => insert_vee(tx, &mut counters.vee_seq, record, true),
+        Change::RaiseCounters {
+            next_vee_seq,
+            next_network_id,
+        } => {
+            check_raised_counters(*next_vee_seq, *next_network_id)?;
+            if *next_vee_seq > counters.vee_seq.get(tx)? {
+                counters.vee_seq.set(*next_vee_seq);
+            }
+            if u64::from(*next_network_id) > counters.network_id.get(tx)? {
+                counters.network_id.set(u64::from(*next_network_id));
+            }
+            Ok(())
+        }
         Change::UpdateVee {
             record,
             expected_generation,
@@ -553,17 +567,54 @@ fn apply(tx: &Transaction<'_>, counters: &mut Counters, change: &Change) -> Resu
     }
 }
 
+/// The counters a [`Change::RaiseCounters`] may set: each within what the store keeps.
+pub(crate) fn check_raised_counters(
+    next_vee_seq: u64,
+    next_network_id: u32,
+) -> Result<(), StoreError> {
+    if next_vee_seq > i64::MAX as u64 {
+        return Err(StoreError::InvalidChange(format!(
+            "the id counter {next_vee_seq} is beyond the largest sequence this store keeps"
+        )));
+    }
+    if next_network_id > NETWORK_ID_LIMIT {
+        return Err(StoreError::InvalidChange(format!(
+            "the network id counter {next_network_id} is beyond {NETWORK_ID_LIMIT}"
+        )));
+    }
+    Ok(())
+}
+
+/// The generation an inserted VEE must have: 1 when new, any from 1 on when `copied` from
+/// another store.
+pub(crate) fn check_inserted_generation(
+    record: &VeeRecord,
+    copied: bool,
+) -> Result<(), StoreError> {
+    let fits = if copied {
+        record.generation >= 1
+    } else {
+        record.generation == 1
+    };
+    if fits {
+        return Ok(());
+    }
+    Err(StoreError::InvalidChange(format!(
+        "{} VEE {} has generation {}, not {}",
+        if copied { "copied" } else { "new" },
+        record.id,
+        record.generation,
+        if copied { "at least 1" } else { "1" }
+    )))
+}
+
 fn insert_vee(
     tx: &Transaction<'_>,
     counter: &mut Counter,
     record: &VeeRecord,
+    copied: bool,
 ) -> Result<(), StoreError> {
-    if record.generation != 1 {
-        return Err(StoreError::InvalidChange(format!(
-            "new VEE {} has generation {}, not 1",
-            record.id, record.generation
-        )));
-    }
+    check_inserted_generation(record, copied)?;
     let seq = record.id.seq();
     // The counter is stored as a signed integer and becomes seq+1.
     if seq >= i64::MAX as u64 {

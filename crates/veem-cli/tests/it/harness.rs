@@ -791,13 +791,33 @@ impl RemoteAgent {
         memory_mb: u64,
         vees_dir: Option<PathBuf>,
     ) -> Self {
-        let mut agent = Self {
-            name: name.to_owned(),
-            state_dir: server.dir.path().join(format!("agent-{name}")),
-            server_url: server.url.clone(),
+        Self::start_in(
+            server.dir.path(),
+            &server.url,
+            name,
             cpus,
             memory_mb,
-            log: server.dir.path().join(format!("agent-{name}.log")),
+            vees_dir,
+        )
+    }
+
+    /// An agent of `--server server_url` (one URL, or several separated by commas), with its
+    /// state directory and log in `dir`.
+    pub fn start_in(
+        dir: &Path,
+        server_url: &str,
+        name: &str,
+        cpus: u32,
+        memory_mb: u64,
+        vees_dir: Option<PathBuf>,
+    ) -> Self {
+        let mut agent = Self {
+            name: name.to_owned(),
+            state_dir: dir.join(format!("agent-{name}")),
+            server_url: server_url.to_owned(),
+            cpus,
+            memory_mb,
+            log: dir.join(format!("agent-{name}.log")),
             child: None,
             vees_dir,
         };

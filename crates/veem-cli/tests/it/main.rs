@@ -21,6 +21,7 @@ macro_rules! on_every_driver {
 }
 
 mod accounting;
+mod agents_follow;
 mod attacks;
 mod attacks_sources;
 mod cdrom_boot;

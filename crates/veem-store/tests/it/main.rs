@@ -15,6 +15,7 @@ use veem_store::{Change, SqliteStore, Store, FIRST_NETWORK_ID, FIRST_VEE_SEQ};
 
 mod blobs;
 #[cfg(unix)]
+mod copy;
 mod crash;
 mod lease;
 mod postgres;
