@@ -228,6 +228,9 @@ pub struct Hosts {
     /// fenced when it comes back, so the two never interleave: a fence lists the host after
     /// every move it must undo was recorded.
     moves: Mutex<BTreeMap<HostId, Arc<tokio::sync::Mutex<()>>>>,
+    /// The hosts an operator disabled, as the books say: a host connecting is disabled if
+    /// named here (a restart or a new leader keeps the operator's word).
+    disabled: RwLock<std::collections::BTreeSet<HostId>>,
 }
 
 impl Hosts {
@@ -238,7 +241,18 @@ impl Hosts {
             dead_after,
             started: RwLock::new(Instant::now()),
             moves: Mutex::new(BTreeMap::new()),
+            disabled: RwLock::new(std::collections::BTreeSet::new()),
         }
+    }
+
+    /// The hosts the books say are disabled, before any connects.
+    pub fn disabled_in_books(&self, hosts: impl IntoIterator<Item = HostId>) {
+        self.disabled.write().expect("poisoned").extend(hosts);
+    }
+
+    /// Whether the operator disabled `host` (known or not yet connected).
+    pub fn is_disabled(&self, host: &HostId) -> bool {
+        self.disabled.read().expect("poisoned").contains(host)
     }
 
     /// The lock of `host` taken by the moves off it while lost and by its fence when back.
@@ -269,9 +283,12 @@ impl Hosts {
     /// (and down) until [`Hosts::clear_lost`]. Returns the entry.
     pub fn connect(&self, hello: HostHello, link: Arc<dyn HostLink>, now_ms: u64) -> HostEntry {
         let mut entries = self.entries.write().expect("poisoned");
-        let entry = entries
-            .entry(hello.name.clone())
-            .or_insert_with(|| HostEntry::unheard(hello.name.clone(), self.started(), now_ms));
+        let disabled = self.is_disabled(&hello.name);
+        let entry = entries.entry(hello.name.clone()).or_insert_with(|| {
+            let mut entry = HostEntry::unheard(hello.name.clone(), self.started(), now_ms);
+            entry.disabled = disabled;
+            entry
+        });
         entry.change(now_ms, |e| {
             e.hello = hello;
             e.link = Some(link);
@@ -440,6 +457,12 @@ impl Hosts {
         let mut entries = self.entries.write().expect("poisoned");
         let entry = entries.get_mut(host)?;
         entry.change(now_ms, |e| e.disabled = disabled);
+        let mut books = self.disabled.write().expect("poisoned");
+        if disabled {
+            books.insert(host.clone());
+        } else {
+            books.remove(host);
+        }
         Some(entry.clone())
     }
 

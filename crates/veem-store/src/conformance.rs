@@ -120,6 +120,10 @@ pub const PROPERTIES: &[(&str, Property)] = &[
         sites_are_registered_once_listed_by_name_and_removed,
     ),
     (
+        "a_disabled_host_stays_disabled_until_enabled",
+        a_disabled_host_stays_disabled_until_enabled,
+    ),
+    (
         "the_outbox_comes_back_in_id_order_until_settled",
         the_outbox_comes_back_in_id_order_until_settled,
     ),
@@ -439,6 +443,10 @@ pub fn sample_books(store: &dyn Store) {
         Change::InsertNetwork(network(2, "sm-a", "gone")),
         Change::PutImage(image("sm-a", "tiny", 1024)),
         Change::InsertSite(registered_site("remote")),
+        Change::SetHostDisabled {
+            host: "host-2".to_owned(),
+            disabled: true,
+        },
         Change::InsertVee(rich.clone()),
         Change::InsertVee(plain.clone()),
         Change::InsertVee(purged.clone()),
@@ -530,6 +538,7 @@ pub fn a_fresh_store_is_empty(store: &dyn Store) {
         listeners: vec![],
         subscriptions: vec![],
         sites: vec![],
+        disabled_hosts: vec![],
     };
     assert_eq!(load(store), empty);
     assert_eq!(outbox(store), vec![]);
@@ -1748,6 +1757,34 @@ pub fn sites_are_registered_once_listed_by_name_and_removed(store: &dyn Store) {
         (snapshot.vees, snapshot.subscriptions),
         (vec![], vec![]),
         "sites leave the rest alone"
+    );
+}
+
+pub fn a_disabled_host_stays_disabled_until_enabled(store: &dyn Store) {
+    let set = |host: &str, disabled| Change::SetHostDisabled {
+        host: host.to_owned(),
+        disabled,
+    };
+    commit(store, &[set("h2", true), set("h1", true), set("h1", true)]);
+    assert_eq!(
+        load(store).disabled_hosts,
+        ["h1", "h2"],
+        "by name, once each"
+    );
+    commit(store, &[set("h1", false), set("never", false)]);
+    assert_eq!(load(store).disabled_hosts, ["h2"]);
+    let err = commit_err(
+        store,
+        &[
+            set("h3", true),
+            Change::PurgeVee(VeeId::from_seq(FIRST_VEE_SEQ)),
+        ],
+    );
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+    assert_eq!(
+        load(store).disabled_hosts,
+        ["h2"],
+        "the failed batch changed nothing"
     );
 }
 

@@ -198,6 +198,13 @@ pub fn copy_store(
     for site in &snapshot.sites {
         batches.push(Change::InsertSite(site.clone()), 1)?;
     }
+    for host in &snapshot.disabled_hosts {
+        let disabled = Change::SetHostDisabled {
+            host: host.clone(),
+            disabled: true,
+        };
+        batches.push(disabled, 1)?;
+    }
     let vees_total = report.vees;
     for (done, vee) in snapshot.vees.iter().enumerate() {
         batches.push(Change::CopyVee(vee.clone()), 1)?;
@@ -271,6 +278,7 @@ fn check(
         listeners,
         subscriptions,
         sites,
+        disabled_hosts,
     } = &copied;
     if vees != &snapshot.vees {
         return mismatch("the VEEs");
@@ -292,6 +300,9 @@ fn check(
     }
     if sites != &snapshot.sites {
         return mismatch("the sites");
+    }
+    if disabled_hosts != &snapshot.disabled_hosts {
+        return mismatch("the disabled hosts");
     }
     if to.accounting_outbox().map_err(CopyError::Destination)? != outbox {
         return mismatch("the accounting outbox");

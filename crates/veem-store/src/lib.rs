@@ -120,6 +120,9 @@ pub struct Snapshot {
     pub subscriptions: Vec<MonitoringSubscription>,
     /// Every registered site, ordered by name.
     pub sites: Vec<Site>,
+    /// The hosts an operator disabled (they take no new VEE), by name, ordered: kept so that
+    /// a restart or a new leader does not enable them behind the operator's back.
+    pub disabled_hosts: Vec<String>,
 }
 
 /// One change of a [`Store::commit`] batch.
@@ -195,6 +198,11 @@ pub enum Change {
     InsertSite(Site),
     /// Forgets a registered site; nothing if there is none.
     RemoveSite(SiteName),
+    /// Notes a host as disabled by an operator, or no longer; idempotent.
+    SetHostDisabled {
+        host: String,
+        disabled: bool,
+    },
 }
 
 /// Why a store operation failed. Every error of `commit` leaves the store as it was.

@@ -154,10 +154,14 @@ const MIGRATIONS: &[&str] = &[
         bytes    BYTEA NOT NULL,
         PRIMARY KEY (sha256, chunk_no)
     );",
+    // Version 8: the hosts an operator disabled (SQLite's version 6).
+    "CREATE TABLE disabled_hosts (
+        host TEXT PRIMARY KEY
+    );",
 ];
 
 /// The schema version this code writes. Versions 1 to 5 are the SQLite backend's, table for
-/// table; later ones are PostgreSQL's own (the leader lease, image blobs).
+/// table; then PostgreSQL's own (6: the leader lease, 7: image blobs), and 8: SQLite's 6.
 pub const PG_SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 
 /// How long a session may sit in a transaction without sending anything (see `open`).
@@ -537,6 +541,15 @@ impl Store for PgStore {
             .iter()
             .map(|row| decode_site(&text(row, 0)?, &text(row, 1)?))
             .collect::<Result<_, _>>()?;
+            let disabled_hosts = query(
+                &tx,
+                r#"SELECT host FROM disabled_hosts ORDER BY host COLLATE "C""#,
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|row| text(row, 0))
+            .collect::<Result<_, _>>()?;
             let next_vee_seq = read_next_vee_seq(&tx, false).await?;
             let next_network_id = read_next_network_id(&tx, false).await?;
             tx.commit().await.map_err(backend)?;
@@ -549,6 +562,7 @@ impl Store for PgStore {
                 listeners,
                 subscriptions,
                 sites,
+                disabled_hosts,
             })
         })
     }
@@ -870,6 +884,14 @@ async fn apply(
         .map(drop),
         Change::InsertSite(site) => insert_site(tx, site).await,
         Change::RemoveSite(name) => remove_site(tx, name).await,
+        Change::SetHostDisabled { host, disabled } => {
+            let sql = if *disabled {
+                "INSERT INTO disabled_hosts (host) VALUES ($1) ON CONFLICT DO NOTHING"
+            } else {
+                "DELETE FROM disabled_hosts WHERE host = $1"
+            };
+            execute(tx, sql, &[host]).await.map(drop)
+        }
     }
 }
 

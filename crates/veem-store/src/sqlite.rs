@@ -115,6 +115,10 @@ const MIGRATIONS: &[&str] = &[
         name   TEXT PRIMARY KEY NOT NULL,
         record TEXT NOT NULL
     ) STRICT;",
+    // Version 6: the hosts an operator disabled.
+    "CREATE TABLE disabled_hosts (
+        host TEXT PRIMARY KEY NOT NULL
+    ) STRICT;",
 ];
 
 /// The schema version this code writes: the number of migration steps.
@@ -291,6 +295,12 @@ impl Store for SqliteStore {
             |row| -> rusqlite::Result<(String, String)> { Ok((row.get(0)?, row.get(1)?)) },
             |(name, json)| decode_site(&name, &json),
         )?;
+        let disabled_hosts = load_all(
+            &tx,
+            "SELECT host FROM disabled_hosts ORDER BY host",
+            |row| row.get::<_, String>(0),
+            Ok,
+        )?;
         let next_vee_seq = read_next_vee_seq(&tx)?;
         let next_network_id = read_next_network_id(&tx)?;
         tx.commit().map_err(backend)?;
@@ -303,6 +313,7 @@ impl Store for SqliteStore {
             listeners,
             subscriptions,
             sites,
+            disabled_hosts,
         })
     }
 
@@ -564,6 +575,7 @@ fn apply(tx: &Transaction<'_>, counters: &mut Counters, change: &Change) -> Resu
         Change::RemoveSubscription { id } => remove_subscription(tx, id),
         Change::InsertSite(site) => insert_site(tx, site),
         Change::RemoveSite(name) => remove_site(tx, name),
+        Change::SetHostDisabled { host, disabled } => set_host_disabled(tx, host, *disabled),
     }
 }
 
@@ -1031,6 +1043,18 @@ fn insert_site(tx: &Transaction<'_>, site: &Site) -> Result<(), StoreError> {
     Ok(())
 }
 
+fn set_host_disabled(tx: &Transaction<'_>, host: &str, disabled: bool) -> Result<(), StoreError> {
+    let sql = if disabled {
+        "INSERT INTO disabled_hosts (host) VALUES (?1) ON CONFLICT DO NOTHING"
+    } else {
+        "DELETE FROM disabled_hosts WHERE host = ?1"
+    };
+    tx.prepare_cached(sql)
+        .and_then(|mut statement| statement.execute([host]))
+        .map_err(backend)?;
+    Ok(())
+}
+
 fn remove_site(tx: &Transaction<'_>, name: &SiteName) -> Result<(), StoreError> {
     tx.prepare_cached("DELETE FROM sites WHERE name = ?1")
         .and_then(|mut statement| statement.execute([name.as_str()]))
@@ -1484,6 +1508,7 @@ mod tests {
             listeners: vec![],
             subscriptions: vec![],
             sites: vec![],
+            disabled_hosts: vec![],
         };
         assert_eq!(snapshot, kept);
         assert_eq!(store.events(&record.id).expect("events"), vec![event]);

@@ -353,6 +353,21 @@ impl Site {
         agreed
     }
 
+    /// Every front-end's log lines that mention `needle`.
+    pub fn grep_logs(&self, needle: &str) -> String {
+        self.front_ends
+            .iter()
+            .flat_map(|f| {
+                let log = std::fs::read_to_string(f.dir.join("veem.log")).unwrap_or_default();
+                log.lines()
+                    .filter(|l| l.contains(needle))
+                    .map(|l| format!("{}: {l}", f.name))
+                    .collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     pub fn logs(&self) -> String {
         self.front_ends
             .iter()

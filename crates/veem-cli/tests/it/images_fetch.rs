@@ -133,7 +133,7 @@ async fn a_remote_host_fetches_an_image_by_digest_once_and_boots_from_its_cache(
 }
 
 /// A VEE whose first disk is a copy of the image `tiny`.
-fn guest_of_tiny(name: &str) -> veem_model::VeeDescriptor {
+pub(crate) fn guest_of_tiny(name: &str) -> veem_model::VeeDescriptor {
     let mut d = small(name);
     d.disks.push(tiny_disk());
     d

@@ -27,6 +27,7 @@ mod attacks_sources;
 mod cdrom_boot;
 mod cli;
 mod cluster;
+mod cluster_failover;
 mod control;
 mod errors;
 mod federation;

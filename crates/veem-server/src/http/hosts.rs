@@ -102,6 +102,6 @@ pub(super) async fn patch(
     let patch: HostPatch = parse_json(&body, false)?;
     let id =
         HostId::new(id.as_str()).map_err(|_| CoreError::NotFound(format!("no host {id:?}")))?;
-    let entry = state.veem.set_host_disabled(&id, !patch.enabled)?;
+    let entry = state.veem.set_host_disabled(&id, !patch.enabled).await?;
     Ok(Json(view(&state, &entry.hello.name, &entry)))
 }

@@ -96,7 +96,23 @@ impl Veem {
         }
     }
 
-    pub fn set_host_disabled(&self, host: &HostId, disabled: bool) -> Result<HostEntry, CoreError> {
+    /// Disables a host (it takes no new VEE) or enables it again; stored before it is
+    /// answered, so a restart or a new leader keeps it.
+    pub async fn set_host_disabled(
+        &self,
+        host: &HostId,
+        disabled: bool,
+    ) -> Result<HostEntry, CoreError> {
+        if self.inner.hosts.get(host).is_none() {
+            return Err(CoreError::NotFound(format!("no host {host}")));
+        }
+        self.inner
+            .committer
+            .commit(vec![veem_store::Change::SetHostDisabled {
+                host: host.to_string(),
+                disabled,
+            }])
+            .await?;
         let entry = self
             .inner
             .hosts

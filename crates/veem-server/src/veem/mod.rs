@@ -185,7 +185,16 @@ impl Veem {
                     config.public_url.clone(),
                     committer.clone(),
                 ),
-                hosts: Hosts::new(config.agent_timeout, config.host_dead_after),
+                hosts: {
+                    let hosts = Hosts::new(config.agent_timeout, config.host_dead_after);
+                    hosts.disabled_in_books(
+                        snapshot
+                            .disabled_hosts
+                            .iter()
+                            .filter_map(|name| HostId::new(name).ok()),
+                    );
+                    hosts
+                },
                 config,
                 store,
                 committer,

@@ -205,12 +205,12 @@ fn fresh_database(server: &str) -> String {
 /// `GET /vmi/v1/agents/blobs/{digest}` at `veem`'s router, served on loopback, with an
 /// admin's token (what agents hold): the bytes.
 async fn serve_blob(veem: &Veem, digest: &str) -> Vec<u8> {
-    let principal: veem_server::config::PrincipalConfig =
-        toml::from_str("name = \"ops\"\ntoken = \"ops-token\"\nadmin = true").expect("a principal");
-    let state = veem_server::http::AppState {
-        veem: veem.clone(),
-        auth: Arc::new(veem_server::auth::Authenticator::new(vec![principal])),
-    };
+    let config = veem_server::Config::parse(
+        "listen = \"127.0.0.1:1\"\ndata_dir = \"unused\"\n\
+         [[principal]]\nname = \"ops\"\ntoken = \"ops-token\"\nadmin = true\n",
+    )
+    .expect("a config");
+    let state = veem_server::http::AppState::new(veem.clone(), &config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

@@ -48,6 +48,7 @@ async fn a_stopped_vee_of_a_host_with_its_own_storage_boots_and_is_restored_on_t
     // Its holder takes nothing now: it waits for it, though the other host has room.
     site.veem
         .set_host_disabled(&holder, true)
+        .await
         .expect("the host is known");
     let outcome = site.veem.submit(&sm_a(), std::slice::from_ref(&id)).await;
     assert!(outcome.failed.is_empty(), "{:?}", outcome.failed);
@@ -62,6 +63,7 @@ async fn a_stopped_vee_of_a_host_with_its_own_storage_boots_and_is_restored_on_t
     assert!(site.vees_on(other.as_str()).is_empty(), "never on {other}");
     site.veem
         .set_host_disabled(&holder, false)
+        .await
         .expect("the host is known");
     let active = site.wait_state(&id, VmiState::Active).await;
     assert_eq!(active.host, Some(holder.clone()));
@@ -72,6 +74,7 @@ async fn a_stopped_vee_of_a_host_with_its_own_storage_boots_and_is_restored_on_t
     assert_eq!(site.get(&id).holder, Some(holder.clone()));
     site.veem
         .set_host_disabled(&holder, true)
+        .await
         .expect("the host is known");
     let refused = site
         .act(&sm_a(), ControlAction::Activate, std::slice::from_ref(&id))
@@ -84,6 +87,7 @@ async fn a_stopped_vee_of_a_host_with_its_own_storage_boots_and_is_restored_on_t
     assert_eq!(site.get(&id).state, VmiState::Suspended, "nothing changed");
     site.veem
         .set_host_disabled(&holder, false)
+        .await
         .expect("the host is known");
     assert_eq!(run(&site, &id).await, holder);
 }

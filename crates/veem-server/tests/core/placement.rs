@@ -160,6 +160,7 @@ async fn a_disabled_host_takes_no_new_vee_and_keeps_those_it_runs() {
     let entry = site
         .veem
         .set_host_disabled(&home, true)
+        .await
         .expect("a known host");
     assert_eq!(entry.state(), HostState::Disabled);
     let newcomers = ids_of(
@@ -185,6 +186,7 @@ async fn a_disabled_host_takes_no_new_vee_and_keeps_those_it_runs() {
     // Both disabled: a new VEE waits, saying so; enabling one places it there.
     site.veem
         .set_host_disabled(&other, true)
+        .await
         .expect("a known host");
     let late = site.define_one(small("late")).await;
     let submitted = site.veem.submit(&sm_a(), std::slice::from_ref(&late)).await;
@@ -195,6 +197,7 @@ async fn a_disabled_host_takes_no_new_vee_and_keeps_those_it_runs() {
     assert!(reason.contains("2 hosts disabled"), "{reason}");
     site.veem
         .set_host_disabled(&home, false)
+        .await
         .expect("a known host");
     let placed = site.wait_state(&late, VmiState::Active).await;
     assert_eq!(placed.host, Some(home));

@@ -57,7 +57,7 @@ fn a_core_opened_again_on_its_store_finds_every_vee_reservation_queue_and_addres
     drop(first_life);
 
     let second_life = runtime();
-    second_life.block_on(async {
+    let dir = second_life.block_on(async {
         let site = Site::open_in(dir, Policy::Pack, hosts()).await;
         let [running, reserved, waiting] = &ids;
         for id in &ids {
@@ -188,5 +188,48 @@ fn accounting_ticks_go_on_on_the_registrations_grid_when_the_core_reopens() {
             }
         }
         assert!(resent <= 2, "at most the last two pushes again: {t0s:?}");
+    });
+}
+
+#[test]
+fn a_host_an_operator_disabled_stays_disabled_when_the_core_opens_again() {
+    let hosts = || vec![host("h1", 4, 8192), host("h2", 4, 8192)];
+    let first_life = runtime();
+    let dir = first_life.block_on(async {
+        let site = Site::open(hosts()).await;
+        site.veem
+            .set_host_disabled(&host_id("h1"), true)
+            .await
+            .expect("a known host");
+        site.close()
+    });
+    drop(first_life);
+
+    let second_life = runtime();
+    let dir = second_life.block_on(async {
+        let site = Site::open_in(dir, Policy::Pack, hosts()).await;
+        let h1 = site.veem.hosts().get(&host_id("h1")).expect("h1");
+        assert!(h1.disabled, "the operator's word outlives the core");
+        let vees = ids_of(
+            &site
+                .define(&sm_a(), InitModel::Besteffort, 2, small("newcomer"))
+                .await,
+        );
+        site.act_ok(A::Activate, &vees).await;
+        for id in &vees {
+            assert_eq!(site.get(id).host, Some(host_id("h2")), "{id}");
+        }
+        site.veem
+            .set_host_disabled(&host_id("h1"), false)
+            .await
+            .expect("a known host");
+        site.close()
+    });
+    drop(second_life);
+
+    runtime().block_on(async {
+        let site = Site::open_in(dir, Policy::Pack, hosts()).await;
+        let h1 = site.veem.hosts().get(&host_id("h1")).expect("h1");
+        assert!(!h1.disabled, "enabled again, and so it stays");
     });
 }
