@@ -16,13 +16,17 @@ use veem_client::Client;
 use veem_model::{ControlAction, InitModel, VmiState};
 
 use crate::front_ends::Site;
-use crate::harness::{guest_image, sim_instances, small, veem_bin, RemoteAgent, TOKEN_OPS};
+use crate::harness::{
+    guest_image, processes_mentioning, sim_instances, small, veem_bin, RemoteAgent, TOKEN_OPS,
+};
 use crate::images_fetch::guest_of_tiny;
 
-/// What the stream got acknowledged, per VEE: the state its last acknowledged call left.
+/// What the stream got acknowledged, per VEE: the states it may be in now, which is the
+/// state its last acknowledged call left, and the target of a call after it that failed
+/// without an answer to be sure of (cut at a failover: it may or may not have been done).
 #[derive(Default)]
 struct Acknowledged {
-    states: BTreeMap<String, VmiState>,
+    states: BTreeMap<String, Vec<VmiState>>,
     calls: usize,
     refused: usize,
 }
@@ -47,12 +51,12 @@ async fn stream(clients: Vec<Client>, until: Instant) -> Acknowledged {
             continue;
         };
         let id = made.vees[0].id.clone();
-        acked.states.insert(id.clone(), VmiState::Defined);
+        acked.states.insert(id.clone(), vec![VmiState::Defined]);
         for (action, state) in [
             (ControlAction::Activate, VmiState::Active),
             (ControlAction::Destroy, VmiState::Destroyed),
         ] {
-            if action == ControlAction::Destroy && turn % 3 != 0 {
+            if action == ControlAction::Destroy && !turn.is_multiple_of(3) {
                 break;
             }
             acked.calls += 1;
@@ -66,10 +70,11 @@ async fn stream(clients: Vec<Client>, until: Instant) -> Acknowledged {
                 .await;
             match answer {
                 Ok(answer) if answer.failed.is_empty() => {
-                    acked.states.insert(id.clone(), state);
+                    acked.states.insert(id.clone(), vec![state]);
                 }
                 _ => {
                     acked.refused += 1;
+                    acked.states.entry(id.clone()).or_default().push(state);
                     break;
                 }
             }
@@ -104,12 +109,17 @@ fn qemu_agent(dir: &Path, servers: &str, vees_dir: &Path) -> Child {
         .expect("the agent starts")
 }
 
-struct Reaped(Child);
+/// The qemu agent, and the guests it started (which outlive an agent by design), ended when
+/// the test ends.
+struct Reaped(Child, PathBuf);
 
 impl Drop for Reaped {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+        for pid in processes_mentioning(&self.1) {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
     }
 }
 
@@ -117,7 +127,8 @@ impl Drop for Reaped {
 async fn three_front_ends_lose_nothing_when_the_leader_is_killed_then_stopped_under_load() {
     // Fails under CI when QEMU or PostgreSQL is missing.
     let Some(image) = guest_image() else { return };
-    let Some(mut site) = Site::start(3).await else {
+    // A lease of 2 s: TCG guests share the machine's two cores with three front-ends.
+    let Some(mut site) = Site::start_with(3, 2_000).await else {
         return;
     };
     let dir = tempfile::tempdir().expect("a temporary directory");
@@ -129,11 +140,12 @@ async fn three_front_ends_lose_nothing_when_the_leader_is_killed_then_stopped_un
         .join(",");
     let own = |name: &str| Some(dir.path().join(format!("own-{name}")));
     let sims = [
-        RemoteAgent::start_in(dir.path(), &servers, "s1", 64, 262_144, own("s1")),
-        RemoteAgent::start_in(dir.path(), &servers, "s2", 64, 262_144, own("s2")),
+        // Room for every VEE of the stream: one waiting for capacity would look unsettled.
+        RemoteAgent::start_in(dir.path(), &servers, "s1", 1024, 1 << 30, own("s1")),
+        RemoteAgent::start_in(dir.path(), &servers, "s2", 1024, 1 << 30, own("s2")),
     ];
     let q1_vees: PathBuf = dir.path().join("own-q1");
-    let _q1 = Reaped(qemu_agent(dir.path(), &servers, &q1_vees));
+    let _q1 = Reaped(qemu_agent(dir.path(), &servers, &q1_vees), q1_vees.clone());
     let first = site.wait_for_leader(&[], Duration::from_secs(10)).await;
     for host in ["s1", "s2", "q1"] {
         site.by_name(&first)
@@ -222,11 +234,16 @@ async fn three_front_ends_lose_nothing_when_the_leader_is_killed_then_stopped_un
 
     let leader = site.by_name(&third).a.clone();
     let ops = site.by_name(&third).ops.clone();
-    for host in ["s1", "s2", "q1"] {
+    // The hosts are back; q1 as the operator left it, disabled (stored, so kept across both
+    // failovers).
+    for host in ["s1", "s2"] {
         site.by_name(&third)
             .wait_host_up(host, Duration::from_secs(30))
             .await;
     }
+    let q1 = ops.list_hosts().await.expect("hosts").hosts;
+    let q1 = q1.iter().find(|h| h.id.as_str() == "q1").expect("q1");
+    assert_eq!(q1.state, veem_api::HostState::Disabled, "{q1:?}");
     // Nothing is left in the middle of an action, once the hosts are back.
     let deadline = Instant::now() + Duration::from_secs(30);
     let all = loop {
@@ -262,13 +279,14 @@ async fn three_front_ends_lose_nothing_when_the_leader_is_killed_then_stopped_un
     };
     let by_id: BTreeMap<&str, &veem_api::VeeView> =
         all.iter().map(|v| (v.id.as_str(), v)).collect();
-    for (id, state) in &acked.states {
+    for (id, states) in &acked.states {
         let vee = by_id
             .get(id.as_str())
             .unwrap_or_else(|| panic!("acknowledged {id} is lost"));
-        assert_eq!(
-            vee.state, *state,
-            "{id}: the last acknowledged call left it {state}"
+        assert!(
+            states.contains(&vee.state),
+            "{id} is {}; what was acknowledged leaves it {states:?}",
+            vee.state
         );
     }
     for (id, host) in &placed {
@@ -307,6 +325,9 @@ async fn three_front_ends_lose_nothing_when_the_leader_is_killed_then_stopped_un
 
     // The image uploaded through the first leader deploys on the qemu host.
     ops.set_host_enabled("q1", true).await.expect("enable q1");
+    site.by_name(&third)
+        .wait_host_up("q1", Duration::from_secs(30))
+        .await;
     for h in ["s1", "s2"] {
         ops.set_host_enabled(h, false)
             .await

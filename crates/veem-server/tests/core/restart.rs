@@ -57,7 +57,7 @@ fn a_core_opened_again_on_its_store_finds_every_vee_reservation_queue_and_addres
     drop(first_life);
 
     let second_life = runtime();
-    let dir = second_life.block_on(async {
+    second_life.block_on(async {
         let site = Site::open_in(dir, Policy::Pack, hosts()).await;
         let [running, reserved, waiting] = &ids;
         for id in &ids {
