@@ -32,6 +32,8 @@ mod lease;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod sqlite;
+#[cfg(any(test, feature = "conformance"))]
+pub mod test_postgres;
 
 pub use blobs::{BlobStore, BLOB_CHUNK_BYTES};
 #[cfg(feature = "postgres")]

@@ -1,12 +1,9 @@
-//! Several front-ends on one PostgreSQL database, for tests and benches: a throwaway
-//! PostgreSQL (one server per test process, started by `scripts/pg`, which stops it once this
-//! process is gone; a fresh database per site), and `veem serve` processes on it. Without
-//! PostgreSQL the tests skip with a message, unless `CI` is set: then they fail.
+//! Several front-ends on one PostgreSQL database, for tests and benches: `veem serve` processes
+//! on a fresh database of the test process's throwaway PostgreSQL (`veem_store::test_postgres`).
+//! Without PostgreSQL the tests skip with a message, unless `CI` is set: then they fail.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use veem_api::{ClusterView, HostState};
@@ -14,61 +11,15 @@ use veem_client::Client;
 
 use crate::harness::{free_port, veem_bin, TOKEN_A, TOKEN_OPS};
 
-const PSQL: &str = "/usr/lib/postgresql/15/bin/psql";
-
-/// The server's URL (its `postgres` database), started on first use.
-fn server() -> Option<&'static str> {
-    static SERVER: OnceLock<Option<String>> = OnceLock::new();
-    SERVER
-        .get_or_init(|| {
-            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/pg");
-            let outcome = Command::new(script)
-                .args(["start", "--watch", &std::process::id().to_string()])
-                .output();
-            let failure = match outcome {
-                Ok(out) if out.status.success() => {
-                    return Some(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-                }
-                Ok(out) => format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr)),
-                Err(err) => err.to_string(),
-            };
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI is set and PostgreSQL cannot be started by scripts/pg: {failure}"
-            );
-            eprintln!("SKIPPED: PostgreSQL cannot be started by scripts/pg ({failure})");
-            None
-        })
-        .as_deref()
-}
-
-/// The URL of a new, empty database; `None` when there is no PostgreSQL (and `CI` is unset).
-pub fn fresh_database() -> Option<String> {
-    static MADE: AtomicUsize = AtomicUsize::new(0);
-    let server = server()?;
-    let name = format!(
-        "veem_it_{}_{}",
-        std::process::id(),
-        MADE.fetch_add(1, Ordering::Relaxed)
-    );
-    let out = Command::new(PSQL)
-        .args([server, "-v", "ON_ERROR_STOP=1", "-qtAc"])
-        .arg(format!("CREATE DATABASE {name}"))
-        .output()
-        .expect("run psql");
-    assert!(
-        out.status.success(),
-        "CREATE DATABASE: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let base = server
-        .strip_suffix("/postgres")
-        .expect("scripts/pg prints the URL of the postgres database");
-    Some(format!("{base}/{name}"))
-}
-
 /// Short, so that a failover takes a few seconds in a test.
 const LEASE_TTL_MS: u64 = 1_000;
+
+/// The URL of a new, empty database on this test process's throwaway PostgreSQL; `None` when
+/// there is no PostgreSQL (and `CI` is unset: then it fails).
+pub fn fresh_database() -> Option<String> {
+    let server = veem_store::test_postgres::server()?;
+    Some(veem_store::test_postgres::fresh_database(server))
+}
 
 /// One `veem serve` of a site whose books are in PostgreSQL, with no host of its own and the
 /// principals of the harness.

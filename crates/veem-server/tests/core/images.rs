@@ -3,9 +3,7 @@
 //! that outlive the front-end that took them.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -155,52 +153,7 @@ async fn an_image_stored_before_digests_is_hashed_once_at_start_and_deploys() {
 
 // ----- PostgreSQL: several front-ends ----------------------------------------------------------
 
-const PSQL: &str = "/usr/lib/postgresql/15/bin/psql";
-
-/// A throwaway server for this test process (`scripts/pg`); `None` without PostgreSQL when
-/// `CI` is unset (under CI that fails).
-fn pg_server() -> Option<&'static str> {
-    static SERVER: OnceLock<Option<String>> = OnceLock::new();
-    SERVER
-        .get_or_init(|| {
-            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/pg");
-            let outcome = Command::new(script)
-                .args(["start", "--watch", &std::process::id().to_string()])
-                .output();
-            let failure = match outcome {
-                Ok(out) if out.status.success() => {
-                    return Some(String::from_utf8_lossy(&out.stdout).trim().to_owned());
-                }
-                Ok(out) => format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr)),
-                Err(err) => err.to_string(),
-            };
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI is set and PostgreSQL cannot be started by scripts/pg: {failure}"
-            );
-            eprintln!("SKIPPED: PostgreSQL cannot be started by scripts/pg ({failure})");
-            None
-        })
-        .as_deref()
-}
-
-fn fresh_database(server: &str) -> String {
-    static MADE: AtomicUsize = AtomicUsize::new(0);
-    let name = format!("veem_images_{}", MADE.fetch_add(1, Ordering::Relaxed));
-    let out = Command::new(PSQL)
-        .args([server, "-qtAc", &format!("CREATE DATABASE {name}")])
-        .output()
-        .expect("run psql");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let base = server
-        .strip_suffix("/postgres")
-        .expect("scripts/pg prints the URL of the postgres database");
-    format!("{base}/{name}")
-}
+use veem_store::test_postgres::{fresh_database, server as pg_server};
 
 /// `GET /vmi/v1/agents/blobs/{digest}` at `veem`'s router, served on loopback, with an
 /// admin's token (what agents hold): the bytes.
