@@ -13,7 +13,8 @@
 //!   again as a follower (`exec` of itself, same pid and arguments), which leaves no task of the
 //!   former leader behind to touch a host or the books. Agents it held have already gone to the
 //!   new leader, or go when its socket closes.
-//! - Followers answer the VMI by forwarding to the leader (`http::cluster`).
+//! - Followers answer the VMI by forwarding to the leader (`http::cluster`, whose routes
+//!   `serve` in lib.rs puts in front of this).
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -114,58 +115,46 @@ impl Cluster {
     }
 }
 
-/// Runs this front-end: listens at once (as a follower), campaigns, and leads when it holds
-/// the lease; until `shutdown`, when a leader gives its lease up so another takes over at once.
-pub(crate) async fn serve(
-    config: Config,
-    tls: Option<veem_tls::Acceptor>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let url = config
-        .store
-        .url
-        .clone()
-        .context("several front-ends need [store] url")?;
-    let store = open_store(url).await?;
-    let cluster = Arc::new(Cluster {
-        me: Member {
-            name: config.front_end_name().to_owned(),
-            url: config.advertise_url(),
-            incarnation: rand::random::<u64>() >> 1,
-        },
-        store: Arc::new(store),
-        ttl: Duration::from_millis(config.lease_ttl_ms),
-        role: tokio::sync::watch::Sender::new(Role::Following(None)),
-        held_until: Mutex::new(None),
-    });
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    tracing::info!(
-        listen = %config.listen,
-        name = %cluster.me.name,
-        advertise_url = %cluster.me.url,
-        "veem is serving the VMI as one of several front-ends; campaigning for the lease"
-    );
-    let auth = Arc::new(crate::auth::Authenticator::new(config.principals.clone()));
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let app = crate::http::cluster::router(cluster.clone(), auth, &config)?;
-    let mut stopping = stopped.clone();
-    let serving = tokio::spawn(crate::http::listen::serve(listener, app, tls, async move {
-        let _ = stopping.wait_for(|stop| *stop).await;
-    }));
-    tokio::select! {
-        () = shutdown => {}
-        () = campaign(&config, &cluster) => {}
+impl Cluster {
+    /// This front-end, on the database of `[store] url` (waited for while it does not
+    /// answer), following until its first campaign.
+    pub(crate) async fn open(config: &Config) -> anyhow::Result<Arc<Self>> {
+        let url = config
+            .store
+            .url
+            .clone()
+            .context("several front-ends need [store] url")?;
+        let store = open_store(url).await?;
+        Ok(Arc::new(Cluster {
+            me: Member {
+                name: config.front_end_name().to_owned(),
+                url: config.advertise_url(),
+                incarnation: rand::random::<u64>() >> 1,
+            },
+            store: Arc::new(store),
+            ttl: Duration::from_millis(config.lease_ttl_ms),
+            role: tokio::sync::watch::Sender::new(Role::Following(None)),
+            held_until: Mutex::new(None),
+        }))
     }
-    let _ = stop.send(true);
-    let (store, me) = (cluster.store.clone(), cluster.me.clone());
-    if let Err(e) = tokio::task::spawn_blocking(move || store.resign(&me)).await? {
-        tracing::warn!(error = %e, "cannot give the lease up; another takes over when it expires");
+
+    /// Campaigns, and leads while it holds the lease, until `shutdown`; then gives the lease
+    /// up, so that another front-end takes over at once.
+    pub(crate) async fn run(
+        self: &Arc<Self>,
+        config: &Config,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        tokio::select! {
+            () = shutdown => {}
+            () = campaign(config, self) => {}
+        }
+        let (store, me) = (self.store.clone(), self.me.clone());
+        if let Err(e) = tokio::task::spawn_blocking(move || store.resign(&me)).await? {
+            tracing::warn!(error = %e, "cannot give the lease up; another takes over when it expires");
+        }
+        Ok(())
     }
-    let _ = serving.await;
-    tracing::info!("veem stopped");
-    Ok(())
 }
 
 /// Opens the database, waiting for it while it does not answer: a front-end that lost its

@@ -176,7 +176,7 @@ pub async fn serve(
             "[[host]] cannot be used with [store] url: the hosts of several front-ends are their \
              own processes (`veem agent --server URL1,URL2,...`), which follow the leader"
         );
-        return cluster::serve(config, tls, shutdown_signal()).await;
+        return serve_cluster(config, tls).await;
     }
     let in_process_hosts = in_process.len();
     let Started { veem, .. } = start(&config, in_process).await?;
@@ -198,6 +198,32 @@ pub async fn serve(
     http::listen::serve(listener, http::router(state), tls, shutdown_signal()).await;
     tracing::info!("veem stopped");
     Ok(())
+}
+
+/// [`serve`] as one of several front-ends on a PostgreSQL database: listens at once (as a
+/// follower, forwarding to the leader), campaigns, and leads when it holds the lease.
+async fn serve_cluster(config: Config, tls: Option<veem_tls::Acceptor>) -> anyhow::Result<()> {
+    let cluster = cluster::Cluster::open(&config).await?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    tracing::info!(
+        listen = %config.listen,
+        name = %cluster.me.name,
+        advertise_url = %cluster.me.url,
+        "veem is serving the VMI as one of several front-ends; campaigning for the lease"
+    );
+    let auth = Arc::new(auth::Authenticator::new(config.principals.clone()));
+    let app = http::cluster::router(cluster.clone(), auth, &config)?;
+    let (stop, mut stopping) = tokio::sync::watch::channel(false);
+    let serving = tokio::spawn(http::listen::serve(listener, app, tls, async move {
+        let _ = stopping.wait_for(|stop| *stop).await;
+    }));
+    let ran = cluster.run(&config, shutdown_signal()).await;
+    let _ = stop.send(true);
+    let _ = serving.await;
+    tracing::info!("veem stopped");
+    ran
 }
 
 async fn shutdown_signal() {
