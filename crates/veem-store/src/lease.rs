@@ -13,7 +13,8 @@
 //!   campaigned, every commit first reads the lease row `FOR SHARE` and goes on only if the
 //!   generation it holds is the live one; otherwise the batch is refused whole
 //!   ([`StoreError::Fenced`]). A taker's `FOR UPDATE` waits for commits under way, so every
-//!   commit of an old generation is ordered before the new leader reads the books.
+//!   commit of an old generation is ordered before the new leader reads the books. The check is
+//!   `check_fence` in `postgres.rs`, part of every commit; the lease itself is here.
 
 use std::sync::atomic::Ordering;
 use std::sync::PoisonError;
@@ -21,7 +22,7 @@ use std::time::Duration;
 
 use tokio_postgres::{Client, Transaction};
 
-use crate::postgres::{backend, read_error};
+use crate::postgres::{backend, read_error, Fence};
 use crate::{PgStore, StoreError};
 
 /// A front-end campaigning for the lease.
@@ -33,12 +34,6 @@ pub struct Member {
     pub url: String,
     /// Drawn at each start of the process.
     pub incarnation: u64,
-}
-
-/// The lease a commit carries: only the live generation's commits are stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Fence {
-    pub generation: u64,
 }
 
 /// What a campaign found.
@@ -265,25 +260,6 @@ async fn campaign_in(
         fence: Fence { generation: next },
         newly: true,
     })
-}
-
-/// The first statement of a fenced commit: the lease `fence` names must be the live one. The
-/// row stays share-locked to the commit's end, so a front-end taking the lease waits for it.
-pub(crate) async fn check(tx: &Transaction<'_>, fence: Fence) -> Result<(), StoreError> {
-    let live = tx
-        .query_opt(
-            "SELECT 1 FROM cluster_lease
-             WHERE id = 1 AND generation = $1 AND expires_at > now() FOR SHARE",
-            &[&(fence.generation as i64)],
-        )
-        .await
-        .map_err(backend)?;
-    match live {
-        Some(_) => Ok(()),
-        None => Err(StoreError::Fenced {
-            generation: fence.generation,
-        }),
-    }
 }
 
 fn non_negative(value: i64) -> Result<u64, StoreError> {

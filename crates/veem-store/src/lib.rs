@@ -37,9 +37,9 @@ pub mod test_postgres;
 
 pub use blobs::{BlobStore, BLOB_CHUNK_BYTES};
 #[cfg(feature = "postgres")]
-pub use lease::{Campaign, Fence, LeaderView, LeaseView, Member, MemberView};
+pub use lease::{Campaign, LeaderView, LeaseView, Member, MemberView};
 #[cfg(feature = "postgres")]
-pub use postgres::{PgStore, PG_SCHEMA_VERSION};
+pub use postgres::{Fence, PgStore, PG_SCHEMA_VERSION};
 pub use sqlite::{SqliteStore, SCHEMA_VERSION};
 
 /// The sequence number of the first VEE id a fresh store hands out (`vee-00000001`).

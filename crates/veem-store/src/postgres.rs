@@ -180,7 +180,7 @@ pub struct PgStore {
     idle: Mutex<Vec<Client>>,
     /// The leader lease this front-end holds, checked by every commit once set (see
     /// `lease.rs`); `None`: commits are not fenced (a single writer, or tests).
-    pub(crate) fence: Mutex<Option<crate::lease::Fence>>,
+    pub(crate) fence: Mutex<Option<Fence>>,
     /// Set when a commit was refused because the lease it carried is no longer the leader's.
     pub(crate) fenced_out: std::sync::atomic::AtomicBool,
     /// Dropped with the store, which ends the runtime's thread (and the connections with it).
@@ -575,7 +575,7 @@ impl Store for PgStore {
         self.with_client(async |client: &mut Client| {
             let tx = client.transaction().await.map_err(backend)?;
             if let Some(fence) = fence {
-                if let Err(e) = crate::lease::check(&tx, fence).await {
+                if let Err(e) = check_fence(&tx, fence).await {
                     if matches!(e, StoreError::Fenced { .. }) {
                         self.fenced_out
                             .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -1344,4 +1344,29 @@ pub(crate) fn backend(err: tokio_postgres::Error) -> StoreError {
 /// A value of the wrong type in a column is bad data, not a failing database.
 pub(crate) fn read_error(err: tokio_postgres::Error) -> StoreError {
     StoreError::Corrupt(err.to_string())
+}
+
+/// The lease a commit carries: only the live generation's commits are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fence {
+    pub generation: u64,
+}
+
+/// The first statement of a fenced commit: the lease `fence` names must be the live one. The
+/// row stays share-locked to the commit's end, so a front-end taking the lease waits for it.
+async fn check_fence(tx: &Transaction<'_>, fence: Fence) -> Result<(), StoreError> {
+    let live = tx
+        .query_opt(
+            "SELECT 1 FROM cluster_lease
+             WHERE id = 1 AND generation = $1 AND expires_at > now() FOR SHARE",
+            &[&(fence.generation as i64)],
+        )
+        .await
+        .map_err(backend)?;
+    match live {
+        Some(_) => Ok(()),
+        None => Err(StoreError::Fenced {
+            generation: fence.generation,
+        }),
+    }
 }
