@@ -354,6 +354,17 @@ impl Agent {
             AgentRequest::ReadExport { vee, out, offset } => {
                 self.read_export(&vee, out, offset).await
             }
+            AgentRequest::ConsoleTail {
+                vee,
+                vee_dir,
+                bytes,
+            } => {
+                let console = veem_layout::console_path(&self.vee_dir(&vee, vee_dir));
+                let at_most = bytes.min(EXPORT_CHUNK_BYTES as u64);
+                fsutil::read_tail(&console, at_most)
+                    .await
+                    .map(|tail| AgentResponse::chunk(&tail, true))
+            }
             AgentRequest::PrepareIncoming { spec } => {
                 // The VEE comes from another host: what this host's own storage still has of
                 // it is from an earlier stay, stale.

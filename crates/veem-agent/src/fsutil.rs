@@ -78,6 +78,33 @@ pub(crate) async fn read(path: &Path) -> Result<Vec<u8>, DriverError> {
     }
 }
 
+/// The last `at_most` bytes of a file; nothing when there is no such file (a log not yet
+/// written).
+pub(crate) async fn read_tail(path: &Path, at_most: u64) -> Result<Vec<u8>, DriverError> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut file = match tokio::fs::File::open(path).await {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(DriverError::file(path, e)),
+    };
+    let size = file
+        .metadata()
+        .await
+        .map_err(|e| DriverError::file(path, e))?
+        .len();
+    file.seek(io::SeekFrom::Start(size.saturating_sub(at_most)))
+        .await
+        .map_err(|e| DriverError::file(path, e))?;
+    let mut bytes = Vec::new();
+    // A log still being written: read what was there when asked, not what came since.
+    (&mut file)
+        .take(at_most.min(size))
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(|e| DriverError::file(path, e))?;
+    Ok(bytes)
+}
+
 /// Removes a file; a file that is already gone is fine.
 pub(crate) async fn remove_if_present(path: &Path) -> Result<(), DriverError> {
     match tokio::fs::remove_file(path).await {

@@ -323,6 +323,15 @@ pub enum AgentRequest {
         out: PathBuf,
         offset: u64,
     },
+    /// The last `bytes` (at most [`EXPORT_CHUNK_BYTES`]) of the serial console log the VEE's
+    /// instances wrote in `vee_dir` (its `console.log`); answered with one
+    /// [`AgentResponse::Chunk`], empty when there is none (never booted, or a driver that keeps
+    /// no console).
+    ConsoleTail {
+        vee: VeeId,
+        vee_dir: PathBuf,
+        bytes: u64,
+    },
 }
 
 /// The most bytes one [`AgentResponse::Chunk`] carries: a frame of about 1.4 MB once encoded.
@@ -351,6 +360,7 @@ impl AgentRequest {
             AgentRequest::Purge { .. } => "purge",
             AgentRequest::Traces => "traces",
             AgentRequest::ReadExport { .. } => "read_export",
+            AgentRequest::ConsoleTail { .. } => "console_tail",
         }
     }
 }

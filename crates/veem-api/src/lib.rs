@@ -267,6 +267,17 @@ pub struct EventList {
     pub events: Vec<VeeEvent>,
 }
 
+/// `GET /vees/{id}/monitoring`: the monitoring events about a VEE that the VEEM still keeps,
+/// oldest first (a veem extension).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MonitoringHistory {
+    pub events: Vec<veem_model::MonitoringEvent>,
+}
+
+/// The most console bytes `GET /vees/{id}/console` gives, and what it gives unasked.
+pub const CONSOLE_TAIL_MAX_BYTES: u64 = 1 << 20;
+pub const CONSOLE_TAIL_DEFAULT_BYTES: u64 = 64 << 10;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageView {
     pub name: String,

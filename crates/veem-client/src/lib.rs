@@ -22,10 +22,10 @@ use tokio_util::io::ReaderStream;
 use veem_api::{
     AccountingList, CompleteIncomingRequest, EventList, HostList, HostView, ImageList, ImageView,
     IncomingRequest, IncomingView, InitializeRequest, InitializeResponse, ListenRequest,
-    MigrateRequest, NetworkList, NetworkRequest, NetworkView, PatchRequest, PatchResponse,
-    PutMonitoringResponse, SendRequest, SentView, SiteList, SiteMigrateRequest, SiteRequest,
-    SiteView, SubmitRequest, SubmitResponse, SubscribeRequest, SubscribeResponse, UnlistenRequest,
-    UpdateStateRequest, UpdateStateResponse, VeeList, VeeView, BASE_PATH,
+    MigrateRequest, MonitoringHistory, NetworkList, NetworkRequest, NetworkView, PatchRequest,
+    PatchResponse, PutMonitoringResponse, SendRequest, SentView, SiteList, SiteMigrateRequest,
+    SiteRequest, SiteView, SubmitRequest, SubmitResponse, SubscribeRequest, SubscribeResponse,
+    UnlistenRequest, UpdateStateRequest, UpdateStateResponse, VeeList, VeeView, BASE_PATH,
 };
 use veem_model::{EventType, InitModel, MonitoringEvent, VmiState};
 
@@ -313,6 +313,37 @@ impl Client {
     /// The VEE's state changes (a veem extension).
     pub async fn vee_events(&self, id: &str) -> Result<EventList, ClientError> {
         self.call(self.get(&["vees", id, "events"])).await
+    }
+
+    /// The last `bytes` of the VEE's serial console (a veem extension).
+    pub async fn console_tail(&self, id: &str, bytes: u64) -> Result<Vec<u8>, ClientError> {
+        let mut url = self.url(&["vees", id, "console"]);
+        url.query_pairs_mut()
+            .append_pair("bytes", &bytes.to_string());
+        let response = self.send(self.http.get(url)).await?;
+        let body = response.bytes().await.map_err(ClientError::Transport)?;
+        Ok(body.to_vec())
+    }
+
+    /// The monitoring events about a VEE that its VEEM keeps, of `kind` if given, from
+    /// `from_ms` on (a veem extension).
+    pub async fn vee_monitoring(
+        &self,
+        id: &str,
+        kind: Option<EventType>,
+        from_ms: Option<u64>,
+    ) -> Result<MonitoringHistory, ClientError> {
+        let mut url = self.url(&["vees", id, "monitoring"]);
+        {
+            let mut query = url.query_pairs_mut();
+            if let Some(kind) = kind {
+                query.append_pair("type", kind.as_str());
+            }
+            if let Some(from) = from_ms {
+                query.append_pair("from", &from.to_string());
+            }
+        }
+        self.call(self.http.get(url)).await
     }
 
     /// Streams a disk of a DEFINED or DESTROYED VEE into `out`; returns the bytes written.

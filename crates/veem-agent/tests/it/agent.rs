@@ -315,3 +315,39 @@ async fn a_host_with_its_own_vees_dir_keeps_its_vees_there_and_purge_removes_the
         AgentResponse::Traces { vees: vec![] }
     );
 }
+
+#[tokio::test]
+async fn the_console_tail_is_the_last_bytes_of_the_vees_console_log() {
+    let shared = tempfile::tempdir().unwrap();
+    let agent = agent_on(shared.path(), SimConfig::default());
+    let dir = shared.path().join("vees").join(vee(1).as_str());
+    let tail = |bytes: u64| {
+        agent.handle(AgentRequest::ConsoleTail {
+            vee: vee(1),
+            vee_dir: dir.clone(),
+            bytes,
+        })
+    };
+    let read = |answer: AgentResponse| match answer {
+        AgentResponse::Chunk { data, eof: true } => {
+            AgentResponse::chunk_bytes(&data).expect("base64")
+        }
+        other => panic!("not one whole chunk: {other:?}"),
+    };
+    assert!(
+        read(tail(100).await).is_empty(),
+        "no console yet: nothing, and no error"
+    );
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        veem_layout::console_path(&dir),
+        b"booting\nVEEM-GUEST-READY\n",
+    )
+    .unwrap();
+    assert_eq!(read(tail(17).await), b"VEEM-GUEST-READY\n");
+    assert_eq!(
+        read(tail(1 << 30).await),
+        b"booting\nVEEM-GUEST-READY\n",
+        "never more than there is"
+    );
+}

@@ -291,3 +291,116 @@ async fn a_probe_inside_a_vee_puts_events_with_the_vees_token_about_that_vee_onl
         "the token does nothing else"
     );
 }
+
+#[tokio::test]
+async fn the_events_about_a_vee_are_kept_for_its_owner_oldest_first() {
+    let s = Server::start().await;
+    let id = init_one(&s.a, small("db")).await;
+    ctl_ok(&s.a, A::Activate, &[&id]).await;
+    s.a.put_monitoring(&[probe(Some(&id), &format!("{id}.http.latency_ms"), 12.5)])
+        .await
+        .expect("accepted");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let hardware = loop {
+        let kept =
+            s.a.vee_monitoring(&id, Some(EventType::Hardware), None)
+                .await;
+        let kept = kept.expect("the owner reads them").events;
+        if kept.len() >= 2 {
+            break kept;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no HARDWARE events kept: {kept:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(hardware
+        .iter()
+        .all(|e| e.kind == EventType::Hardware && e.vee.as_ref().map(|v| v.as_str()) == Some(&id)));
+    assert!(
+        hardware.windows(2).all(|w| w[0].t0 <= w[1].t0),
+        "oldest first"
+    );
+    let first_end = hardware[0].t0 + hardware[0].dt;
+    let since =
+        s.a.vee_monitoring(&id, Some(EventType::Hardware), Some(first_end + 1));
+    let since = since.await.expect("kept").events;
+    assert!(
+        !since.contains(&hardware[0]) && since.contains(&hardware[1]),
+        "`from` leaves out what ended before it"
+    );
+    let states: Vec<Value> =
+        s.a.vee_monitoring(&id, Some(EventType::State), None)
+            .await
+            .expect("kept")
+            .events
+            .iter()
+            .map(|e| serde_json::to_value(&e.measurements[0].value).expect("a value"))
+            .collect();
+    assert_eq!(states, ["DEFINED", "INITIAL", "ACTIVE"]);
+    let all =
+        s.a.vee_monitoring(&id, None, None)
+            .await
+            .expect("kept")
+            .events;
+    assert!(
+        all.iter().any(|e| e.kind == EventType::Probe),
+        "what the SM put about it too"
+    );
+
+    assert_eq!(
+        s.b.vee_monitoring(&id, None, None)
+            .await
+            .expect_err("not sm-b's")
+            .status(),
+        Some(403)
+    );
+    let path = format!("/vmi/v1/vees/{id}/monitoring?type=CPU");
+    let (status, _, body) =
+        s.a.raw_request(reqwest::Method::GET, &path, None, Vec::new())
+            .await
+            .expect("answered");
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    assert!(
+        String::from_utf8_lossy(&body).contains("type"),
+        "the parameter is named"
+    );
+}
+
+#[tokio::test]
+async fn a_vees_console_is_its_owners_to_read_within_bounds() {
+    let s = Server::start().await;
+    let id = init_one(&s.a, small("db")).await;
+    ctl_ok(&s.a, A::Activate, &[&id]).await;
+    // The sim driver keeps no console: there is nothing to read, and that is no error.
+    let tail =
+        s.a.console_tail(&id, 1024)
+            .await
+            .expect("the owner reads it");
+    assert!(tail.is_empty(), "{tail:?}");
+    assert_eq!(
+        s.b.console_tail(&id, 1024)
+            .await
+            .expect_err("not sm-b's")
+            .status(),
+        Some(403)
+    );
+    for bad in ["0", "1048577", "-1", "lots"] {
+        let path = format!("/vmi/v1/vees/{id}/console?bytes={bad}");
+        let (status, _, body) =
+            s.a.raw_request(reqwest::Method::GET, &path, None, Vec::new())
+                .await
+                .expect("answered");
+        assert_eq!(
+            status,
+            400,
+            "bytes={bad}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        assert!(
+            String::from_utf8_lossy(&body).contains("bytes"),
+            "the parameter is named"
+        );
+    }
+}

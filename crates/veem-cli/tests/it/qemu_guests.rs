@@ -91,7 +91,7 @@ pub(crate) fn qemu_pid(s: &Server, id: &str) -> Option<u32> {
 }
 
 #[tokio::test]
-async fn context_properties_reach_the_guest() {
+async fn context_properties_reach_the_guest_and_its_console_its_owner() {
     let Some(s) = Server::start_on(Hypervisor::Qemu).await else {
         return;
     };
@@ -105,6 +105,24 @@ async fn context_properties_reach_the_guest() {
     let id = init_one(&s.a, d).await;
     ctl_ok(&s.a, A::Activate, &[&id]).await;
     wait_guest_ready(&s, Hypervisor::Qemu, &id).await;
+    let console =
+        s.a.console_tail(&id, 1 << 20)
+            .await
+            .expect("the owner reads the console");
+    let console = String::from_utf8_lossy(&console);
+    assert!(
+        console.contains("VEEM-GUEST-READY"),
+        "what the guest wrote to its serial console: {console}"
+    );
+    let last = s.a.console_tail(&id, 64).await.expect("its tail");
+    assert!(last.len() <= 64 && !last.is_empty(), "{last:?}");
+    assert_eq!(
+        s.b.console_tail(&id, 64)
+            .await
+            .expect_err("not sm-b's")
+            .status(),
+        Some(403)
+    );
     let env = read_after_shutdown(&s, &id, "/veem/ovf-env.xml").await;
     assert!(env.contains(&id), "the VEE's own id: {env}");
     assert!(env.contains("db_host") && env.contains("10.0.0.2"), "{env}");

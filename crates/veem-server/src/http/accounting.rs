@@ -9,10 +9,9 @@ use axum::http::StatusCode;
 use axum::Json;
 use veem_api::{AccountingList, ListenRequest, UnlistenRequest};
 
-use super::common::{parse_json, vee_id, AppState, Batch};
+use super::common::{parse_json, query_number, vee_id, AppState, Batch};
 use super::problem::ApiResult;
 use crate::auth::Caller;
-use crate::error::CoreError;
 
 pub(super) async fn records(
     State(state): State<AppState>,
@@ -20,16 +19,8 @@ pub(super) async fn records(
     Path(id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<AccountingList>> {
-    let bound = |name: &str, default: u64| -> Result<u64, CoreError> {
-        match query.get(name) {
-            None => Ok(default),
-            Some(text) => text
-                .parse()
-                .map_err(|_| CoreError::malformed(name, format!("{text:?} is not milliseconds"))),
-        }
-    };
-    let from = bound("from", 0)?;
-    let to = bound("to", u64::MAX)?;
+    let from = query_number(&query, "from", 0, "milliseconds")?;
+    let to = query_number(&query, "to", u64::MAX, "milliseconds")?;
     let records = state
         .veem
         .accounting(&caller, &vee_id(&id)?, from, to)

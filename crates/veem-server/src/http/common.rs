@@ -238,6 +238,21 @@ impl<'a> Batch<'a> {
 }
 
 /// A list's `limit`: 1 to 1000.
+/// The whole number `name` of a query (`what` it counts, for the error), or `default`.
+pub(super) fn query_number(
+    query: &std::collections::HashMap<String, String>,
+    name: &str,
+    default: u64,
+    what: &str,
+) -> Result<u64, CoreError> {
+    match query.get(name) {
+        None => Ok(default),
+        Some(text) => text
+            .parse()
+            .map_err(|_| CoreError::malformed(name, format!("{text:?} is not {what}"))),
+    }
+}
+
 pub(super) fn page_limit(value: &str) -> Result<usize, CoreError> {
     value
         .parse()

@@ -42,6 +42,8 @@ pub fn router(state: AppState) -> Router {
             get(vees::get).patch(vees::patch).delete(vees::purge),
         )
         .route("/vees/{id}/events", get(vees::events))
+        .route("/vees/{id}/console", get(vees::console))
+        .route("/vees/{id}/monitoring", get(monitoring::history))
         .route("/vees/{id}/migrate", post(vees::migrate))
         .route("/vees/incoming", post(vees::incoming))
         .route(

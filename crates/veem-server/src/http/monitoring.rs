@@ -1,18 +1,22 @@
 //! Monitoring: `POST /monitoring` (PutMonitoringInformation), `POST /monitoring/subscriptions`,
-//! `DELETE /monitoring/subscriptions/{id}` and `GET /monitoring/stream` (server-sent events).
+//! `DELETE /monitoring/subscriptions/{id}`, `GET /monitoring/stream` (server-sent events) and
+//! `GET /vees/{id}/monitoring` (the events kept about a VEE).
+
+use std::collections::HashMap;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::Json;
 use tokio::sync::broadcast::error::RecvError;
-use veem_api::{PutMonitoringResponse, SubscribeRequest, SubscribeResponse};
-use veem_model::MonitoringEvent;
+use veem_api::{MonitoringHistory, PutMonitoringResponse, SubscribeRequest, SubscribeResponse};
+use veem_model::{EventType, MonitoringEvent};
 
-use super::common::{parse_json, parse_json_items, AppState};
+use super::common::{parse_json, parse_json_items, query_number, vee_id, AppState};
 use super::problem::ApiResult;
 use crate::auth::Caller;
+use crate::error::CoreError;
 use crate::veem::Putter;
 
 /// PutMonitoringInformation: one event or a JSON array of events.
@@ -31,6 +35,34 @@ pub(super) async fn put(
             measurements,
         }),
     ))
+}
+
+/// The events about a VEE that the VEEM keeps (`?type=HARDWARE&from=<ms>`), oldest first.
+pub(super) async fn history(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult<Json<MonitoringHistory>> {
+    let kind = match query.get("type") {
+        None => None,
+        Some(text) => Some(
+            EventType::ALL
+                .into_iter()
+                .find(|k| k.as_str() == text)
+                .ok_or_else(|| {
+                    CoreError::malformed(
+                        "type",
+                        format!("{text:?} is not an event type (HARDWARE, PROBE, AGENT, STATE)"),
+                    )
+                })?,
+        ),
+    };
+    let from = query_number(&query, "from", 0, "milliseconds")?;
+    let events = state
+        .veem
+        .monitoring_history(&caller, &vee_id(&id)?, kind, from)?;
+    Ok(Json(MonitoringHistory { events }))
 }
 
 pub(super) async fn subscribe(

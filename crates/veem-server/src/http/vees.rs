@@ -10,7 +10,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
 use axum::Json;
 use veem_api::{
     CompleteIncomingRequest, EventList, IncomingRequest, IncomingView, InitializeRequest,
@@ -22,7 +22,7 @@ use veem_model::{
     DescriptorError, HostId, InitModel, SiteName, VeeDescriptor, VeeId, VeeRecord, VmiState,
 };
 
-use super::common::{page_limit, parse_json, stream_file, vee_id, AppState, Batch};
+use super::common::{page_limit, parse_json, query_number, stream_file, vee_id, AppState, Batch};
 use super::problem::ApiResult;
 use crate::auth::Caller;
 use crate::error::CoreError;
@@ -475,4 +475,31 @@ pub(super) async fn upload_disk(
     let stream = body.into_data_stream();
     crate::images::put_disk(&state.veem, &caller, &vee_id(&id)?, &target, stream).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The tail of a VEE's serial console (`?bytes=N`, at most 1 MiB), as text.
+pub(super) async fn console(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
+    let bytes = query_number(
+        &query,
+        "bytes",
+        veem_api::CONSOLE_TAIL_DEFAULT_BYTES,
+        "a number of bytes",
+    )?;
+    if !(1..=veem_api::CONSOLE_TAIL_MAX_BYTES).contains(&bytes) {
+        return Err(CoreError::malformed(
+            "bytes",
+            format!("must be between 1 and {}", veem_api::CONSOLE_TAIL_MAX_BYTES),
+        )
+        .into());
+    }
+    let tail = state
+        .veem
+        .console_tail(&caller, &vee_id(&id)?, bytes)
+        .await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], tail).into_response())
 }

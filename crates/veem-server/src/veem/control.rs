@@ -529,6 +529,7 @@ impl Veem {
         self.inner.placer.forget(seq, &record.id);
         self.inner.networks.release([&record]);
         self.inner.accounting.forget(seq);
+        self.inner.hub.forget(&record.id);
         self.purge_on_hosts(&record.id).await;
         Ok(())
     }

@@ -24,6 +24,7 @@ use crate::error::CoreError;
 use crate::hosts::Hosts;
 
 mod accounting;
+mod console;
 mod control;
 mod federation;
 mod hosts;

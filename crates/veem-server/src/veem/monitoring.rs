@@ -7,8 +7,8 @@
 //! pushes go through [`Pusher`] queues, the stream through a broadcast channel whose slow
 //! readers lose the oldest events (and are told how many).
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, RwLock};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::broadcast;
 use veem_api::agent::InstanceStatus;
@@ -26,6 +26,15 @@ use crate::push::{check_callback, PushConfig, Pusher};
 /// Events the live stream keeps for a reader that lags.
 const STREAM_BACKLOG: usize = 65_536;
 
+/// How many events about VEEs [`History`] keeps in all, shared among the VEEs it has events
+/// of: memory stays bounded however many VEEs there are (each event is a few hundred bytes).
+const HISTORY_BUDGET: usize = 131_072;
+/// What one VEE keeps at most: an hour of HARDWARE events at the default interval (10 s),
+/// with the STATE events between them.
+const HISTORY_MAX_PER_VEE: usize = 400;
+/// What one VEE keeps at least, when very many share the budget: enough for a trend.
+const HISTORY_MIN_PER_VEE: usize = 2;
+
 /// An event and the principal whose it is (the VEE's owner, or who put it).
 #[derive(Debug, Clone)]
 pub struct Routed {
@@ -39,6 +48,38 @@ pub(super) struct Hub {
     pusher: Pusher<MonitoringEvent>,
     stream: broadcast::Sender<Arc<Routed>>,
     admins: Vec<Principal>,
+    history: Mutex<History>,
+}
+
+/// The recent events about each VEE (`GET /vees/{id}/monitoring`: what a dashboard plots when
+/// it opens a VEE), in memory only: after a restart a VEE's history starts again. Each VEE
+/// keeps its share of [`HISTORY_BUDGET`], its oldest events dropped first.
+#[derive(Default)]
+struct History {
+    per_vee: HashMap<VeeId, VecDeque<MonitoringEvent>>,
+}
+
+impl History {
+    fn record(&mut self, vee: &VeeId, event: &MonitoringEvent) {
+        let share = (HISTORY_BUDGET / (self.per_vee.len() + 1))
+            .clamp(HISTORY_MIN_PER_VEE, HISTORY_MAX_PER_VEE);
+        let events = self.per_vee.entry(vee.clone()).or_default();
+        events.push_back(event.clone());
+        // A VEE over its share (more VEEs came since it filled it) gives back its oldest.
+        while events.len() > share {
+            events.pop_front();
+        }
+    }
+
+    fn of(&self, vee: &VeeId, kind: Option<EventType>, from_ms: u64) -> Vec<MonitoringEvent> {
+        self.per_vee
+            .get(vee)
+            .into_iter()
+            .flatten()
+            .filter(|e| kind.is_none_or(|k| e.kind == k) && e.t0 + e.dt >= from_ms)
+            .cloned()
+            .collect()
+    }
 }
 
 impl Hub {
@@ -58,6 +99,7 @@ impl Hub {
             pusher: Pusher::new(push),
             stream,
             admins,
+            history: Mutex::default(),
         }
     }
 
@@ -92,6 +134,17 @@ impl Hub {
         for (callback, batch) in per_subscription {
             self.pusher.push(&callback, batch);
         }
+        {
+            let mut history = self
+                .history
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for routed in &events {
+                if let Some(vee) = &routed.event.vee {
+                    history.record(vee, &routed.event);
+                }
+            }
+        }
         for routed in events {
             // No reader is no error: the stream is for whoever listens now.
             let _ = self.stream.send(Arc::new(routed));
@@ -105,6 +158,23 @@ impl Hub {
 
     pub(super) fn visible(&self, viewer: &Caller, routed: &Routed) -> bool {
         viewer.admin || viewer.principal == routed.owner
+    }
+
+    /// The events kept about `vee` ([`History`]), oldest first.
+    fn history(&self, vee: &VeeId, kind: Option<EventType>, from_ms: u64) -> Vec<MonitoringEvent> {
+        self.history
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .of(vee, kind, from_ms)
+    }
+
+    /// A purged VEE's history goes with it.
+    pub(super) fn forget(&self, vee: &VeeId) {
+        self.history
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .per_vee
+            .remove(vee);
     }
 }
 
@@ -382,8 +452,78 @@ impl Veem {
         self.inner.hub.visible(caller, routed)
     }
 
+    /// The monitoring events about a VEE the caller sees that the VEEM still keeps (of `kind`
+    /// if given, ending at `from_ms` or later), oldest first; see [`History`].
+    pub fn monitoring_history(
+        &self,
+        caller: &Caller,
+        id: &VeeId,
+        kind: Option<EventType>,
+        from_ms: u64,
+    ) -> Result<Vec<MonitoringEvent>, CoreError> {
+        self.inner.records.lookup(caller, id)?;
+        Ok(self.inner.hub.history(id, kind, from_ms))
+    }
+
     /// Publishes events the VEEM produced.
     pub(super) fn publish(&self, events: Vec<Routed>) {
         self.inner.hub.publish(events);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(vee: &VeeId, t0: u64) -> MonitoringEvent {
+        MonitoringEvent {
+            kind: EventType::Hardware,
+            t0,
+            dt: 10,
+            vee: Some(vee.clone()),
+            measurements: vec![Measurement::number("cpu.usage", 0.5)],
+        }
+    }
+
+    #[test]
+    fn a_vee_keeps_its_latest_events_and_many_vees_share_the_budget() {
+        let mut history = History::default();
+        let one = VeeId::from_seq(1);
+        for t0 in 0..1_000 {
+            history.record(&one, &event(&one, t0));
+        }
+        let kept = history.of(&one, None, 0);
+        assert_eq!(kept.len(), HISTORY_MAX_PER_VEE);
+        assert_eq!(
+            kept[0].t0,
+            1_000 - HISTORY_MAX_PER_VEE as u64,
+            "the oldest went first"
+        );
+        assert_eq!(
+            history.of(&one, None, 1_005).len(),
+            5,
+            "those ending (t0 + dt) at 1005 or later"
+        );
+        assert!(history.of(&one, Some(EventType::State), 0).is_empty());
+
+        // So many VEEs that each gets the least share: memory stays within the budget.
+        let many = HISTORY_BUDGET / HISTORY_MIN_PER_VEE;
+        for seq in 2..=many as u64 {
+            let vee = VeeId::from_seq(seq);
+            for t0 in 0..3 {
+                history.record(&vee, &event(&vee, t0));
+            }
+        }
+        let last = VeeId::from_seq(many as u64);
+        assert_eq!(history.of(&last, None, 0).len(), HISTORY_MIN_PER_VEE);
+        // A VEE gives back its surplus when it records again, as every ACTIVE VEE does each
+        // monitoring interval: after one round, memory is within the budget.
+        for seq in 1..=many as u64 {
+            let vee = VeeId::from_seq(seq);
+            history.record(&vee, &event(&vee, 2_000));
+        }
+        assert_eq!(history.of(&one, None, 0).len(), HISTORY_MIN_PER_VEE);
+        let kept: usize = history.per_vee.values().map(VecDeque::len).sum();
+        assert!(kept <= HISTORY_BUDGET, "{kept} events kept");
     }
 }
