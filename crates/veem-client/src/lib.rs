@@ -23,9 +23,9 @@ use veem_api::{
     AccountingList, CompleteIncomingRequest, EventList, HostList, HostView, ImageList, ImageView,
     IncomingRequest, IncomingView, InitializeRequest, InitializeResponse, ListenRequest,
     MigrateRequest, NetworkList, NetworkRequest, NetworkView, PatchRequest, PatchResponse,
-    PutMonitoringResponse, SendRequest, SentView, SiteList, SiteMigrateRequest, SiteRequest,
-    SiteView, SubmitRequest, SubmitResponse, SubscribeRequest, SubscribeResponse, UnlistenRequest,
-    UpdateStateRequest, UpdateStateResponse, VeeList, VeeView, BASE_PATH,
+    PlanResponse, PutMonitoringResponse, SendRequest, SentView, SiteList, SiteMigrateRequest,
+    SiteRequest, SiteView, SubmitRequest, SubmitResponse, SubscribeRequest, SubscribeResponse,
+    UnlistenRequest, UpdateStateRequest, UpdateStateResponse, VeeList, VeeView, BASE_PATH,
 };
 use veem_model::{EventType, InitModel, MonitoringEvent, VmiState};
 
@@ -160,7 +160,27 @@ impl Client {
         ovf_xml: String,
         q: &OvfQuery,
     ) -> Result<InitializeResponse, ClientError> {
-        let mut url = self.url(&["vees", "initialize"]);
+        self.call(self.ovf_request("initialize", ovf_xml, q)).await
+    }
+
+    /// A placement plan of an InitializeVEEs batch (JSON descriptor): where it would land
+    /// now, changing nothing.
+    pub async fn plan(&self, req: &InitializeRequest) -> Result<PlanResponse, ClientError> {
+        self.call(self.post(&["vees", "plan"]).json(req)).await
+    }
+
+    /// A placement plan of an InitializeVEEs batch given as an OVF envelope.
+    pub async fn plan_ovf(
+        &self,
+        ovf_xml: String,
+        q: &OvfQuery,
+    ) -> Result<PlanResponse, ClientError> {
+        self.call(self.ovf_request("plan", ovf_xml, q)).await
+    }
+
+    /// `POST /vees/{verb}` with an OVF envelope and its query, as InitializeVEEs takes it.
+    fn ovf_request(&self, verb: &str, ovf_xml: String, q: &OvfQuery) -> RequestBuilder {
+        let mut url = self.url(&["vees", verb]);
         {
             let mut query = url.query_pairs_mut();
             query.append_pair("model", model_name(q.model));
@@ -175,12 +195,10 @@ impl Client {
                 query.append_pair("configuration", configuration);
             }
         }
-        let request = self
-            .http
+        self.http
             .post(url)
             .header(header::CONTENT_TYPE, OVF_XML)
-            .body(ovf_xml);
-        self.call(request).await
+            .body(ovf_xml)
     }
 
     /// SubmitVEEs.
