@@ -340,7 +340,20 @@ impl Client {
         target: &str,
         out: &Path,
     ) -> Result<u64, ClientError> {
-        self.download(self.get(&["vees", id, "disks", target]), out)
+        self.download_disk_with_progress(id, target, out, None)
+            .await
+    }
+
+    /// [`Client::download_disk`], calling `progress` with (bytes written, total when the
+    /// answer says it) as the download goes.
+    pub async fn download_disk_with_progress(
+        &self,
+        id: &str,
+        target: &str,
+        out: &Path,
+        progress: Option<&(dyn Fn(u64, Option<u64>) + Send + Sync)>,
+    ) -> Result<u64, ClientError> {
+        self.download(self.get(&["vees", id, "disks", target]), out, progress)
             .await
     }
 
@@ -443,7 +456,7 @@ impl Client {
 
     /// Streams an image's bytes into `out`; returns the bytes written.
     pub async fn image_data(&self, name: &str, out: &Path) -> Result<u64, ClientError> {
-        self.download(self.get(&["images", name, "data"]), out)
+        self.download(self.get(&["images", name, "data"]), out, None)
             .await
     }
 
@@ -741,10 +754,15 @@ impl Client {
     /// Writes the answer's body to `out` as it arrives. The file is created only once the VEEM
     /// has said yes, and removed again if the transfer breaks, so no truncated copy is left
     /// looking complete.
-    async fn download(&self, request: RequestBuilder, out: &Path) -> Result<u64, ClientError> {
+    async fn download(
+        &self,
+        request: RequestBuilder,
+        out: &Path,
+        progress: Option<&(dyn Fn(u64, Option<u64>) + Send + Sync)>,
+    ) -> Result<u64, ClientError> {
         let response = self.send(request).await?;
         let mut file = tokio::fs::File::create(out).await?;
-        let result = write_body(response, &mut file).await;
+        let result = write_body(response, &mut file, progress).await;
         drop(file);
         if result.is_err() {
             // Only a regular file: `out` may be a device such as /dev/null.
@@ -760,13 +778,21 @@ impl Client {
     }
 }
 
-async fn write_body(response: Response, file: &mut tokio::fs::File) -> Result<u64, ClientError> {
+async fn write_body(
+    response: Response,
+    file: &mut tokio::fs::File,
+    progress: Option<&(dyn Fn(u64, Option<u64>) + Send + Sync)>,
+) -> Result<u64, ClientError> {
+    let total = response.content_length();
     let mut stream = response.bytes_stream();
     let mut written = 0u64;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(ClientError::Transport)?;
         file.write_all(&chunk).await?;
         written += chunk.len() as u64;
+        if let Some(report) = progress {
+            report(written, total);
+        }
     }
     file.flush().await?;
     Ok(written)
