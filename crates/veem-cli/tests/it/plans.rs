@@ -286,7 +286,7 @@ async fn a_plan_asks_the_next_site_for_its_own_plan_and_names_are_kept_there() {
         );
     }
     assert!(
-        named(&east, "trio-1").await.is_none(),
+        named(&east, "trio").await.is_none(),
         "the plan made nothing at east"
     );
     let ids = init(&west.a, InitModel::Twophase, 3, small("trio")).await;
@@ -321,8 +321,8 @@ async fn a_plan_asks_the_next_site_for_its_own_plan_and_names_are_kept_there() {
         "{reason}"
     );
     assert_eq!(crowd.placements[0].site, "west");
-    assert!(named(&east, "crowd-1").await.is_none());
-    assert!(named(&west, "crowd-1").await.is_none());
+    assert!(named(&east, "crowd").await.is_none());
+    assert!(named(&west, "crowd").await.is_none());
 }
 
 #[tokio::test]
