@@ -955,12 +955,17 @@ fn progress_bar(format: OutputFormat, total: Option<u64>) -> Option<indicatif::P
     }
     let bar =
         indicatif::ProgressBar::with_draw_target(total, indicatif::ProgressDrawTarget::stderr());
-    let style = indicatif::ProgressStyle::with_template(
+    bar.set_style(progress_style());
+    Some(bar)
+}
+
+/// Bytes done of the total, a bar, the rate and the time left.
+fn progress_style() -> indicatif::ProgressStyle {
+    indicatif::ProgressStyle::with_template(
         "{bytes} / {total_bytes} [{wide_bar}] {bytes_per_sec}, {eta} left",
     )
-    .expect("the template is valid: fixed at compile time, known keys");
-    bar.set_style(style.progress_chars("=> "));
-    Some(bar)
+    .expect("the template is fixed and its keys are indicatif's (checked by a test)")
+    .progress_chars("=> ")
 }
 
 /// The monitoring stream, as `vee ls --watch` reads it.
@@ -1031,6 +1036,37 @@ mod tests {
     use super::*;
     use crate::{Cli, Command};
     use clap::Parser;
+
+    #[test]
+    fn the_progress_bar_draws_bytes_of_the_total() {
+        let bar = indicatif::ProgressBar::with_draw_target(
+            Some(4 << 20),
+            indicatif::ProgressDrawTarget::hidden(),
+        );
+        bar.set_style(progress_style());
+        bar.set_position(1 << 20);
+        assert_eq!(bar.position(), 1 << 20);
+        assert_eq!(bar.length(), Some(4 << 20));
+    }
+
+    #[test]
+    fn plan_takes_what_init_takes() {
+        let argv = ["veem", "vee", "plan", "-f", "db.json", "--count", "3"];
+        match Cli::try_parse_from(argv).expect("valid arguments").command {
+            Command::Vee(VeeCommand::Plan(args)) => {
+                assert_eq!(
+                    (args.file.as_deref(), args.count),
+                    (Some(Path::new("db.json")), 3)
+                );
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        let argv = ["veem", "vee", "ls", "--watch-count", "2"];
+        assert!(
+            Cli::try_parse_from(argv).is_err(),
+            "--watch-count needs --watch"
+        );
+    }
 
     fn init_args(args: &[&str]) -> InitArgs {
         let argv = ["veem", "vee", "init"].iter().chain(args);

@@ -166,15 +166,9 @@ impl Veem {
         let mut refusals = Vec::new();
         for target in &order {
             let tried = match target {
-                None => {
-                    let demands = vec![demand_for(&caller.principal, &descriptor); count as usize];
-                    let first = self.inner.records.next_seq();
-                    self.inner
-                        .placer
-                        .plan_all(first, demands)
-                        .map(|hosts| placements(&this, hosts.into_iter().map(Some).collect(), None))
-                        .map_err(placement_error)
-                }
+                None => self
+                    .plan_here(caller, &descriptor, count)
+                    .map(|hosts| placements(&this, hosts.into_iter().map(Some).collect(), None)),
                 Some(site) => self
                     .plan_at(site, &caller.principal, &descriptor, count)
                     .await
@@ -206,6 +200,37 @@ impl Veem {
                 Some(refusals.join("; ")),
             ),
         })
+    }
+
+    /// Where the local hosts would take a batch now, by the placer's dry run, or why they
+    /// would not (the VEE that does not fit named by its name in the batch).
+    fn plan_here(
+        &self,
+        caller: &Caller,
+        descriptor: &VeeDescriptor,
+        count: u32,
+    ) -> Result<Vec<HostId>, CoreError> {
+        let demands = vec![demand_for(&caller.principal, descriptor); count as usize];
+        let first = self.inner.records.next_seq();
+        match self
+            .inner
+            .placer
+            .plan_all(first, demands)
+            .map_err(placement_error)
+        {
+            // The refusal names a VEE by the id it would most likely get; the plan's reader
+            // knows it by its name.
+            Err(CoreError::InsufficientResources(mut why)) => {
+                for i in (0..count).rev() {
+                    let guessed = VeeId::from_seq(first + u64::from(i));
+                    let known = replica_name(&descriptor.name, u64::from(i) + 1, u64::from(count))
+                        .unwrap_or_else(|| format!("VEE {i} of the batch"));
+                    why = why.replace(guessed.as_str(), &known);
+                }
+                Err(CoreError::InsufficientResources(why))
+            }
+            other => other,
+        }
     }
 
     /// TWOPHASE of `count` VEEs of `descriptor` at `site`, all or nothing: their addresses are

@@ -69,8 +69,9 @@ async fn an_infeasible_plan_says_why_and_twophase_then_fails_the_same_way() {
         assert_eq!(p.host, None);
         let reason = p.reason.as_deref().expect("a reason");
         assert!(reason.starts_with("local hosts: "), "{reason}");
+        // The second does not fit once the first took h2; it is named by its name.
         assert!(
-            reason.contains("together with the other 2 VEEs"),
+            reason.contains("cannot place big-2 together with the other 2 VEEs"),
             "{reason}"
         );
     }
