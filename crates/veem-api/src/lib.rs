@@ -83,6 +83,26 @@ pub struct InitializeResponse {
     pub vees: Vec<InitializedVee>,
 }
 
+/// `POST /vees/plan`: where each VEE of an InitializeVEEs batch would land now (TWOPHASE:
+/// all together), or why the batch could not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanResponse {
+    pub feasible: bool,
+    pub placements: Vec<PlannedPlacement>,
+}
+
+/// One VEE of a planned batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedPlacement {
+    /// Its position in the batch, from 0.
+    pub index: u32,
+    /// The name it would get (`db-2` for the second of a batch of `db`).
+    pub name: String,
+    pub site: String,
+    pub host: Option<String>,
+    pub reason: Option<String>,
+}
+
 /// One id of a batch that failed, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ItemFailure {

@@ -15,7 +15,7 @@ mod store;
 use std::io::Write;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use veem_client::ClientError;
 
 use crate::output::OutputFormat;
@@ -94,6 +94,11 @@ pub enum Command {
     /// A site's books, offline: copy them from SQLite into PostgreSQL
     #[command(subcommand)]
     Store(store::StoreCommand),
+    /// Print a completion script for a shell, e.g. `source <(veem completions bash)`
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -162,6 +167,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tls(command) => setup::run_tls(cli.global.output, command),
         Command::Token(command) => setup::run_token(cli.global.output, command),
         Command::Store(command) => store::run_store(cli.global.output, command).await,
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "veem", &mut script);
+            output::emit(&String::from_utf8_lossy(&script))
+        }
     }
 }
 

@@ -5,7 +5,8 @@ use std::io::Write as _;
 
 use serde::Serialize;
 use veem_api::{
-    HostView, ImageView, InitializeResponse, NetworkView, SiteState, SiteView, VeeView,
+    HostView, ImageView, InitializeResponse, NetworkView, PlanResponse, SiteState, SiteView,
+    VeeView,
 };
 use veem_model::{AccountingRecord, DiskSource, MeasurementValue, MonitoringEvent, VeeEvent};
 
@@ -254,7 +255,13 @@ fn nics(vee: &VeeView) -> String {
 }
 
 pub fn initialized_table(answer: &InitializeResponse) -> Table {
-    let mut table = Table::new(&["ID", "STATE", "NICS"]);
+    // Replicas of a batch have names of their own (`db-1`, ...); a batch of one has none.
+    let named = answer.vees.iter().any(|vee| vee.generated.name.is_some());
+    let mut table = if named {
+        Table::new(&["ID", "NAME", "STATE", "NICS"])
+    } else {
+        Table::new(&["ID", "STATE", "NICS"])
+    };
     for vee in &answer.vees {
         let nics: Vec<String> = vee
             .generated
@@ -262,13 +269,38 @@ pub fn initialized_table(answer: &InitializeResponse) -> Table {
             .iter()
             .map(|nic| format!("{}={}", nic.target, nic.ip.as_deref().unwrap_or(&nic.mac)))
             .collect();
-        table.row(vec![
-            vee.id.clone(),
-            vee.state.to_string(),
-            list_or_dash(&nics),
-        ]);
+        let mut row = vec![vee.id.clone()];
+        if named {
+            row.push(or_dash(vee.generated.name.as_deref()));
+        }
+        row.extend([vee.state.to_string(), list_or_dash(&nics)]);
+        table.row(row);
     }
     table
+}
+
+/// A placement plan: where each VEE of the batch would land, then the verdict.
+pub fn plan_text(plan: &PlanResponse) -> String {
+    let mut table = Table::new(&["INDEX", "NAME", "SITE", "HOST", "REASON"]);
+    for p in &plan.placements {
+        table.row(vec![
+            p.index.to_string(),
+            or_dash(Some(&p.name)),
+            p.site.clone(),
+            or_dash(p.host.as_deref()),
+            or_dash(p.reason.as_deref()),
+        ]);
+    }
+    let verdict = if plan.feasible {
+        format!(
+            "feasible: a TWOPHASE of these {} would be reserved as shown\n",
+            plan.placements.len()
+        )
+    } else {
+        "not feasible: a TWOPHASE of this batch would be refused (insufficient_resources)\n"
+            .to_owned()
+    };
+    format!("{}{verdict}", table.render())
 }
 
 pub fn event_table(events: &[VeeEvent]) -> Table {

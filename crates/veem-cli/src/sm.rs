@@ -1,9 +1,8 @@
 //! The SM-side commands: what a Service Manager (or an operator standing in for one) does over
 //! the VMI, one subcommand per call of `veem-client`.
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{anyhow, bail, Context};
 use clap::{ArgGroup, Args, Subcommand, ValueEnum};
@@ -25,6 +24,9 @@ use crate::GlobalArgs;
 pub enum VeeCommand {
     /// Define new VEEs from a descriptor: a JSON file, an OVF envelope, or flags (InitializeVEEs)
     Init(InitArgs),
+    /// Where a TWOPHASE InitializeVEEs of this batch would land now, or why it could not;
+    /// changes nothing (takes what `init` takes; --model is ignored: a plan is TWOPHASE's)
+    Plan(InitArgs),
     /// Deploy and activate DEFINED VEEs (SubmitVEEs)
     Submit {
         #[arg(required = true, value_name = "ID")]
@@ -126,7 +128,7 @@ pub struct InitArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub count: u32,
     /// A JSON VEE descriptor (`-` reads standard input)
-    #[arg(long, value_name = "descriptor.json")]
+    #[arg(short = 'f', long, value_name = "descriptor.json")]
     pub file: Option<PathBuf>,
     /// An OVF envelope (`-` reads standard input)
     #[arg(long, value_name = "envelope.ovf")]
@@ -193,7 +195,16 @@ pub struct LsArgs {
     /// Show at most this many VEEs
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub limit: Option<u32>,
+    /// Show the list again at every change of a VEE's state (and every 2 s), until Ctrl-C
+    #[arg(long, short = 'w')]
+    pub watch: bool,
+    /// With --watch: stop after this many lists (for tests and scripts)
+    #[arg(long, requires = "watch", hide = true, value_name = "N")]
+    pub watch_count: Option<u32>,
 }
+
+/// How often `vee ls --watch` shows the list when no state changes.
+const WATCH_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Debug, Args)]
 #[command(group(ArgGroup::new("change").required(true).multiple(true).args(["memory_mb", "cpu"])))]
@@ -321,6 +332,17 @@ pub async fn run_vee(global: &GlobalArgs, command: VeeCommand) -> anyhow::Result
                 OutputFormat::Table => emit(&output::initialized_table(&answer).render()),
             }
         }
+        VeeCommand::Plan(args) => {
+            let client = connect(global)?;
+            let plan = match prepare_init(&args)? {
+                InitBody::Json(request) => client.plan(&request).await?,
+                InitBody::Ovf { envelope, query } => client.plan_ovf(envelope, &query).await?,
+            };
+            match format {
+                OutputFormat::Json => emit(&to_json(&plan)?),
+                OutputFormat::Table => emit(&output::plan_text(&plan)),
+            }
+        }
         VeeCommand::Submit { ids } => {
             let answer = connect(global)?.submit(&ids).await?;
             let rows = batch_rows(&ids, &answer.submitted, &answer.failed, "submitted");
@@ -344,6 +366,7 @@ pub async fn run_vee(global: &GlobalArgs, command: VeeCommand) -> anyhow::Result
                 OutputFormat::Table => emit(&output::vee_detail(&vee)),
             }
         }
+        VeeCommand::Ls(args) if args.watch => watch_vees(&connect(global)?, &args, format).await,
         VeeCommand::Ls(args) => {
             let list = list_vees(&connect(global)?, &args).await?;
             match format {
@@ -436,10 +459,23 @@ pub async fn run_vee(global: &GlobalArgs, command: VeeCommand) -> anyhow::Result
         }
         VeeCommand::Purge { ids } => purge(&connect(global)?, format, ids).await,
         VeeCommand::Disk { id, target, out } => {
-            let bytes = connect(global)?
-                .download_disk(&id, &target, &out)
-                .await
-                .with_context(|| format!("cannot download disk {target} of {id}"))?;
+            let bar = progress_bar(format, None);
+            let progress = |written: u64, total: Option<u64>| {
+                if let Some(bar) = &bar {
+                    if let Some(total) = total {
+                        bar.set_length(total);
+                    }
+                    bar.set_position(written);
+                }
+            };
+            let downloaded = connect(global)?
+                .download_disk_with_progress(&id, &target, &out, Some(&progress))
+                .await;
+            if let Some(bar) = &bar {
+                bar.finish_and_clear();
+            }
+            let bytes =
+                downloaded.with_context(|| format!("cannot download disk {target} of {id}"))?;
             match format {
                 OutputFormat::Json => emit(&to_json(&serde_json::json!({
                     "id": id, "target": target, "path": out, "bytes": bytes
@@ -459,7 +495,7 @@ pub async fn run_image(global: &GlobalArgs, command: ImageCommand) -> anyhow::Re
     let client = connect(global)?;
     match command {
         ImageCommand::Push { name, file } => {
-            let image = push_image(&client, &name, &file)
+            let image = push_image(&client, &name, &file, format)
                 .await
                 .with_context(|| format!("cannot upload {}", file.display()))?;
             match format {
@@ -892,31 +928,107 @@ async fn purge(client: &Client, format: OutputFormat, ids: Vec<String>) -> anyho
     show_batch(format, &answer, &rows)
 }
 
-/// Uploads with a progress line on standard error when a person watches it.
+/// Uploads with a progress bar on standard error when a person watches it.
 async fn push_image(
     client: &Client,
     name: &str,
     file: &Path,
+    format: OutputFormat,
 ) -> Result<veem_api::ImageView, ClientError> {
-    if !std::io::stderr().is_terminal() {
+    let Some(bar) = progress_bar(format, None) else {
         return client.push_image(name, file, None).await;
-    }
-    let shown_percent = AtomicU64::new(u64::MAX);
-    let progress = move |sent: u64, total: u64| {
-        let percent = (sent * 100).checked_div(total).unwrap_or(100);
-        if shown_percent.swap(percent, Ordering::Relaxed) != percent {
-            // Progress is a courtesy: a failed write to the terminal must not fail the upload.
-            let _ = write!(
-                std::io::stderr(),
-                "\r\x1b[K{} / {} ({percent}%)",
-                output::fmt_bytes(sent),
-                output::fmt_bytes(total)
-            );
-        }
+    };
+    let progress = |sent: u64, total: u64| {
+        bar.set_length(total);
+        bar.set_position(sent);
     };
     let result = client.push_image(name, file, Some(&progress)).await;
-    let _ = writeln!(std::io::stderr());
+    bar.finish_and_clear();
     result
+}
+
+/// A progress bar of bytes on standard error, only where a person watches it (a terminal)
+/// and reads tables: `-o json` and pipes get nothing extra.
+fn progress_bar(format: OutputFormat, total: Option<u64>) -> Option<indicatif::ProgressBar> {
+    if format != OutputFormat::Table || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar =
+        indicatif::ProgressBar::with_draw_target(total, indicatif::ProgressDrawTarget::stderr());
+    bar.set_style(progress_style());
+    Some(bar)
+}
+
+/// Bytes done of the total, a bar, the rate and the time left.
+fn progress_style() -> indicatif::ProgressStyle {
+    indicatif::ProgressStyle::with_template(
+        "{bytes} / {total_bytes} [{wide_bar}] {bytes_per_sec}, {eta} left",
+    )
+    .expect("the template is fixed and its keys are indicatif's (checked by a test)")
+    .progress_chars("=> ")
+}
+
+/// The monitoring stream, as `vee ls --watch` reads it.
+type EventStream = std::pin::Pin<
+    Box<dyn futures::Stream<Item = Result<veem_model::MonitoringEvent, ClientError>> + Send>,
+>;
+
+/// `vee ls --watch`: the list again at every STATE event of the monitoring stream (and every
+/// [`WATCH_EVERY`] when nothing changes, or when the stream is not to be had), until Ctrl-C
+/// (or `--watch-count` lists). A terminal is cleared before each list; anything else gets
+/// the lists one after another (`-o json`: one JSON document a line).
+async fn watch_vees(client: &Client, args: &LsArgs, format: OutputFormat) -> anyhow::Result<()> {
+    let mut events: Option<EventStream> = match client.monitoring_stream().await {
+        Ok(stream) => Some(Box::pin(stream)),
+        // The list is still worth showing every few seconds.
+        Err(_) => None,
+    };
+    let terminal = std::io::stdout().is_terminal();
+    let mut shown = 0u32;
+    loop {
+        let list = list_vees(client, args).await?;
+        let text = match format {
+            OutputFormat::Json => format!("{}\n", serde_json::to_string(&list)?),
+            OutputFormat::Table => {
+                let heading = format!(
+                    "{}  (every state change or {} s; Ctrl-C to stop)\n",
+                    output::fmt_time(veem_layout::now_ms()),
+                    WATCH_EVERY.as_secs()
+                );
+                let clear = if terminal { "\x1b[2J\x1b[H" } else { "" };
+                let gap = if terminal || shown == 0 { "" } else { "\n" };
+                format!(
+                    "{clear}{gap}{heading}{}",
+                    output::vee_table(&list.vees).render()
+                )
+            }
+        };
+        emit(&text)?;
+        shown += 1;
+        if args.watch_count.is_some_and(|n| shown >= n) {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            () = tokio::time::sleep(WATCH_EVERY) => {}
+            () = next_state_event(&mut events) => {}
+        }
+    }
+}
+
+/// Waits for the next STATE event; forever once the stream has ended (the timer takes over).
+async fn next_state_event(events: &mut Option<EventStream>) {
+    if let Some(stream) = events.as_mut() {
+        loop {
+            match futures::StreamExt::next(stream).await {
+                Some(Ok(event)) if event.kind == EventType::State => return,
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => break,
+            }
+        }
+        *events = None;
+    }
+    std::future::pending::<()>().await;
 }
 
 #[cfg(test)]
@@ -924,6 +1036,37 @@ mod tests {
     use super::*;
     use crate::{Cli, Command};
     use clap::Parser;
+
+    #[test]
+    fn the_progress_bar_draws_bytes_of_the_total() {
+        let bar = indicatif::ProgressBar::with_draw_target(
+            Some(4 << 20),
+            indicatif::ProgressDrawTarget::hidden(),
+        );
+        bar.set_style(progress_style());
+        bar.set_position(1 << 20);
+        assert_eq!(bar.position(), 1 << 20);
+        assert_eq!(bar.length(), Some(4 << 20));
+    }
+
+    #[test]
+    fn plan_takes_what_init_takes() {
+        let argv = ["veem", "vee", "plan", "-f", "db.json", "--count", "3"];
+        match Cli::try_parse_from(argv).expect("valid arguments").command {
+            Command::Vee(VeeCommand::Plan(args)) => {
+                assert_eq!(
+                    (args.file.as_deref(), args.count),
+                    (Some(Path::new("db.json")), 3)
+                );
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        let argv = ["veem", "vee", "ls", "--watch-count", "2"];
+        assert!(
+            Cli::try_parse_from(argv).is_err(),
+            "--watch-count needs --watch"
+        );
+    }
 
     fn init_args(args: &[&str]) -> InitArgs {
         let argv = ["veem", "vee", "init"].iter().chain(args);

@@ -23,9 +23,10 @@ use veem_api::{
     AccountingList, CompleteIncomingRequest, EventList, HostList, HostView, ImageList, ImageView,
     IncomingRequest, IncomingView, InitializeRequest, InitializeResponse, ListenRequest,
     MigrateRequest, MonitoringHistory, NetworkList, NetworkRequest, NetworkView, PatchRequest,
-    PatchResponse, PutMonitoringResponse, SendRequest, SentView, SiteList, SiteMigrateRequest,
-    SiteRequest, SiteView, SubmitRequest, SubmitResponse, SubscribeRequest, SubscribeResponse,
-    UnlistenRequest, UpdateStateRequest, UpdateStateResponse, VeeList, VeeView, BASE_PATH,
+    PatchResponse, PlanResponse, PutMonitoringResponse, SendRequest, SentView, SiteList,
+    SiteMigrateRequest, SiteRequest, SiteView, SubmitRequest, SubmitResponse, SubscribeRequest,
+    SubscribeResponse, UnlistenRequest, UpdateStateRequest, UpdateStateResponse, VeeList, VeeView,
+    BASE_PATH,
 };
 use veem_model::{EventType, InitModel, MonitoringEvent, VmiState};
 
@@ -160,7 +161,27 @@ impl Client {
         ovf_xml: String,
         q: &OvfQuery,
     ) -> Result<InitializeResponse, ClientError> {
-        let mut url = self.url(&["vees", "initialize"]);
+        self.call(self.ovf_request("initialize", ovf_xml, q)).await
+    }
+
+    /// A placement plan of an InitializeVEEs batch (JSON descriptor): where it would land
+    /// now, changing nothing.
+    pub async fn plan(&self, req: &InitializeRequest) -> Result<PlanResponse, ClientError> {
+        self.call(self.post(&["vees", "plan"]).json(req)).await
+    }
+
+    /// A placement plan of an InitializeVEEs batch given as an OVF envelope.
+    pub async fn plan_ovf(
+        &self,
+        ovf_xml: String,
+        q: &OvfQuery,
+    ) -> Result<PlanResponse, ClientError> {
+        self.call(self.ovf_request("plan", ovf_xml, q)).await
+    }
+
+    /// `POST /vees/{verb}` with an OVF envelope and its query, as InitializeVEEs takes it.
+    fn ovf_request(&self, verb: &str, ovf_xml: String, q: &OvfQuery) -> RequestBuilder {
+        let mut url = self.url(&["vees", verb]);
         {
             let mut query = url.query_pairs_mut();
             query.append_pair("model", model_name(q.model));
@@ -175,12 +196,10 @@ impl Client {
                 query.append_pair("configuration", configuration);
             }
         }
-        let request = self
-            .http
+        self.http
             .post(url)
             .header(header::CONTENT_TYPE, OVF_XML)
-            .body(ovf_xml);
-        self.call(request).await
+            .body(ovf_xml)
     }
 
     /// SubmitVEEs.
@@ -353,7 +372,20 @@ impl Client {
         target: &str,
         out: &Path,
     ) -> Result<u64, ClientError> {
-        self.download(self.get(&["vees", id, "disks", target]), out)
+        self.download_disk_with_progress(id, target, out, None)
+            .await
+    }
+
+    /// [`Client::download_disk`], calling `progress` with (bytes written, total when the
+    /// answer says it) as the download goes.
+    pub async fn download_disk_with_progress(
+        &self,
+        id: &str,
+        target: &str,
+        out: &Path,
+        progress: Option<&(dyn Fn(u64, Option<u64>) + Send + Sync)>,
+    ) -> Result<u64, ClientError> {
+        self.download(self.get(&["vees", id, "disks", target]), out, progress)
             .await
     }
 
@@ -456,7 +488,7 @@ impl Client {
 
     /// Streams an image's bytes into `out`; returns the bytes written.
     pub async fn image_data(&self, name: &str, out: &Path) -> Result<u64, ClientError> {
-        self.download(self.get(&["images", name, "data"]), out)
+        self.download(self.get(&["images", name, "data"]), out, None)
             .await
     }
 
@@ -754,10 +786,15 @@ impl Client {
     /// Writes the answer's body to `out` as it arrives. The file is created only once the VEEM
     /// has said yes, and removed again if the transfer breaks, so no truncated copy is left
     /// looking complete.
-    async fn download(&self, request: RequestBuilder, out: &Path) -> Result<u64, ClientError> {
+    async fn download(
+        &self,
+        request: RequestBuilder,
+        out: &Path,
+        progress: Option<&(dyn Fn(u64, Option<u64>) + Send + Sync)>,
+    ) -> Result<u64, ClientError> {
         let response = self.send(request).await?;
         let mut file = tokio::fs::File::create(out).await?;
-        let result = write_body(response, &mut file).await;
+        let result = write_body(response, &mut file, progress).await;
         drop(file);
         if result.is_err() {
             // Only a regular file: `out` may be a device such as /dev/null.
@@ -773,13 +810,21 @@ impl Client {
     }
 }
 
-async fn write_body(response: Response, file: &mut tokio::fs::File) -> Result<u64, ClientError> {
+async fn write_body(
+    response: Response,
+    file: &mut tokio::fs::File,
+    progress: Option<&(dyn Fn(u64, Option<u64>) + Send + Sync)>,
+) -> Result<u64, ClientError> {
+    let total = response.content_length();
     let mut stream = response.bytes_stream();
     let mut written = 0u64;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(ClientError::Transport)?;
         file.write_all(&chunk).await?;
         written += chunk.len() as u64;
+        if let Some(report) = progress {
+            report(written, total);
+        }
     }
     file.flush().await?;
     Ok(written)

@@ -29,8 +29,8 @@ pub use network::{
     MIN_PREFIX,
 };
 pub use record::{
-    Generated, ImageFormat, ImageRecord, MigrationNote, MigrationTarget, NicAddress, Phase,
-    VeeEvent, VeeRecord,
+    replica_name, Generated, ImageFormat, ImageRecord, MigrationNote, MigrationTarget, NicAddress,
+    Phase, VeeEvent, VeeRecord,
 };
 pub use site::Site;
 pub use state::{

@@ -72,8 +72,20 @@ pub struct NicAddress {
 /// What the VEEM chose for a VEE at initialization: the paper's "VEE initialization values".
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Generated {
+    /// The name of one replica of a batch of more than one (the paper's Table 2.2: the
+    /// descriptor's name suffixed by the replica's position, `db-1`, `db-2`, ...); absent for
+    /// a batch of one, which keeps the descriptor's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     #[serde(default)]
     pub nics: Vec<NicAddress>,
+}
+
+/// The name VEE number `position` (from 1) of a batch of `count` gets from the descriptor's
+/// `name`: `name-position` when the batch has more than one VEE and the name is not empty
+/// (Table 2.2 of the paper), else none of its own.
+pub fn replica_name(name: &str, position: u64, count: u64) -> Option<String> {
+    (count > 1 && !name.is_empty()).then(|| format!("{name}-{position}"))
 }
 
 /// One VEE as the VEEM keeps it. `generation` grows by one at every stored change; the store
@@ -140,6 +152,14 @@ pub struct VeeRecord {
 }
 
 impl VeeRecord {
+    /// The VEE's name: its replica's name in a batch, else the descriptor's.
+    pub fn name(&self) -> &str {
+        self.generated
+            .name
+            .as_deref()
+            .unwrap_or(&self.descriptor.name)
+    }
+
     /// A VEE just defined by InitializeVEEs.
     pub fn defined(
         id: VeeId,
@@ -235,4 +255,37 @@ pub struct ImageRecord {
     /// images were content-addressed, until the VEEM hashes its bytes at start.
     #[serde(default)]
     pub sha256: String,
+}
+
+#[cfg(test)]
+mod replica_tests {
+    use super::*;
+    use crate::{InitModel, Principal, VeeDescriptor};
+
+    #[test]
+    fn replicas_of_a_batch_are_named_by_their_position_and_a_batch_of_one_keeps_its_name() {
+        assert_eq!(replica_name("db", 1, 3).as_deref(), Some("db-1"));
+        assert_eq!(replica_name("db", 3, 3).as_deref(), Some("db-3"));
+        assert_eq!(replica_name("db", 1, 1), None);
+        assert_eq!(replica_name("", 2, 3), None, "no name, nothing to suffix");
+        let mut descriptor = VeeDescriptor::minimal(1, 128);
+        descriptor.name = "db".to_owned();
+        let mut record = VeeRecord::defined(
+            crate::VeeId::from_seq(1),
+            Principal::new("alice").expect("a valid name"),
+            descriptor,
+            InitModel::Besteffort,
+            0,
+        );
+        assert_eq!(record.name(), "db");
+        record.generated.name = replica_name("db", 2, 3);
+        assert_eq!(record.name(), "db-2");
+        // Stored with the record (its JSON), read back the same; a record stored before
+        // replicas had names reads back without one.
+        let json = serde_json::to_string(&record).expect("serializes");
+        let back: VeeRecord = serde_json::from_str(&json).expect("deserializes");
+        assert_eq!(back.name(), "db-2");
+        let old: Generated = serde_json::from_str(r#"{"nics": []}"#).expect("old form");
+        assert_eq!(old.name, None);
+    }
 }

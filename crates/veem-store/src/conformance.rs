@@ -268,6 +268,8 @@ pub fn rich_record(seq: u64) -> VeeRecord {
         restarts: 2,
         monitoring_token: Some("0123456789abcdef0123456789abcdef".to_owned()),
         generated: Generated {
+            // A replica's name is kept with the record (its JSON): no column of its own.
+            name: Some("db-2".to_owned()),
             nics: vec![
                 NicAddress {
                     target: "eth0".to_owned(),

@@ -87,9 +87,10 @@ async fn three_front_ends_agree_on_one_leader_and_followers_forward_to_it() {
         .expect("InitializeVEEs through a follower");
     let ids: Vec<String> = made.vees.iter().map(|v| v.id.clone()).collect();
     for front_end in &site.front_ends {
-        for id in &ids {
+        for (i, id) in ids.iter().enumerate() {
             let vee = front_end.a.get_vee(id).await.expect("the VEE, through any");
-            assert_eq!(vee.name, "web");
+            // The replicas of a batch are named by their place in it (Table 2.2).
+            assert_eq!(vee.name, format!("web-{}", i + 1));
         }
     }
     // The leader's errors come back whole through a follower.

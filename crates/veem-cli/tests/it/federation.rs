@@ -27,7 +27,8 @@ pub(crate) async fn site_of(name: &str, cpus: u32) -> Server {
     .await
 }
 
-/// The VEE named `name` at `server`, as its admin sees it.
+/// The VEE named `name` at `server`, as its admin sees it: also a replica of a batch of
+/// `name` (named `name-1`, ...), so that "none named so" means none of the batch either.
 pub(crate) async fn named(server: &Server, name: &str) -> Option<veem_api::VeeView> {
     server
         .ops
@@ -35,7 +36,7 @@ pub(crate) async fn named(server: &Server, name: &str) -> Option<veem_api::VeeVi
         .await
         .expect("listed")
         .into_iter()
-        .find(|v| v.name == name)
+        .find(|v| v.name == name || v.descriptor.name == name)
 }
 
 /// ACTIVATE of a VEE no place can take now: answered `pending` once a short timeout ran out.

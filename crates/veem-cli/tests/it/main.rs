@@ -42,6 +42,7 @@ mod images_fetch;
 mod monitoring;
 mod networks;
 mod operators;
+mod plans;
 
 mod purge;
 mod qemu_guests;

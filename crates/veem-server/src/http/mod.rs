@@ -34,6 +34,7 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/openapi.json", get(openapi))
         .route("/vees/initialize", post(vees::initialize))
+        .route("/vees/plan", post(vees::plan))
         .route("/vees/submit", post(vees::submit))
         .route("/vees/update-state", post(vees::update_state))
         .route("/vees", get(vees::list))

@@ -1,4 +1,5 @@
-//! The VEEs: `POST /vees/initialize` (a JSON descriptor or an OVF envelope), `POST /vees/submit`,
+//! The VEEs: `POST /vees/initialize` (a JSON descriptor or an OVF envelope), `POST /vees/plan`
+//! (the same body: where it would land, changing nothing), `POST /vees/submit`,
 //! `POST /vees/update-state`, `GET /vees` (paged), `GET|PATCH|DELETE /vees/{id}`,
 //! `GET /vees/{id}/events`, `POST /vees/{id}/migrate` and `GET /vees/{id}/disks/{target}`; for
 //! migration between sites, `POST /vees/incoming`, `POST /vees/{id}/incoming/complete` and
@@ -14,9 +15,9 @@ use axum::response::{IntoResponse as _, Response};
 use axum::Json;
 use veem_api::{
     CompleteIncomingRequest, EventList, IncomingRequest, IncomingView, InitializeRequest,
-    InitializeResponse, InitializedVee, PatchRequest, PatchResponse, SendRequest, SentView,
-    SiteState, SubmitRequest, SubmitResponse, UpdateStateRequest, UpdateStateResponse, VeeList,
-    VeeView,
+    InitializeResponse, InitializedVee, PatchRequest, PatchResponse, PlanResponse,
+    PlannedPlacement, SendRequest, SentView, SiteState, SubmitRequest, SubmitResponse,
+    UpdateStateRequest, UpdateStateResponse, VeeList, VeeView,
 };
 use veem_model::{
     DescriptorError, HostId, InitModel, SiteName, VeeDescriptor, VeeId, VeeRecord, VmiState,
@@ -47,7 +48,7 @@ fn view(record: &VeeRecord, veem: &Veem) -> VeeView {
     };
     VeeView {
         id: record.id.to_string(),
-        name: record.descriptor.name.clone(),
+        name: record.name().to_owned(),
         owner: record.owner.to_string(),
         state: record.state,
         veem_state: record.veem_state,
@@ -78,35 +79,7 @@ pub(super) async fn initialize(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<InitializeResponse>)> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/json")
-        .to_ascii_lowercase();
-    let (model, count, descriptor) = if content_type.starts_with("application/ovf+xml")
-        || content_type.starts_with("application/xml")
-        || content_type.starts_with("text/xml")
-    {
-        ovf_request(&query, &body)?
-    } else if content_type.starts_with("application/json") {
-        // The query is the OVF form's; silently ignoring it would let `?count=0` or
-        // `?model=TWOPHASE` look accepted while the body's values are used.
-        if let Some(key) = query.keys().next() {
-            return Err(CoreError::malformed(
-                key.clone(),
-                "query parameters go with an OVF envelope; a JSON body carries model and count itself",
-            )
-            .into());
-        }
-        let request: InitializeRequest = parse_json(&body, true)?;
-        (request.model, request.count, request.descriptor)
-    } else {
-        return Err(CoreError::malformed(
-            "Content-Type",
-            format!("{content_type:?} is neither application/json nor application/ovf+xml"),
-        )
-        .into());
-    };
+    let (model, count, descriptor) = initialize_request(&query, &headers, &body)?;
     let records = state
         .veem
         .initialize(&caller, model, count, descriptor)
@@ -120,6 +93,69 @@ pub(super) async fn initialize(
         })
         .collect();
     Ok((StatusCode::CREATED, Json(InitializeResponse { vees })))
+}
+
+/// `POST /vees/plan`: the body of InitializeVEEs (its model aside: a plan is TWOPHASE's), and
+/// where the batch would land now.
+pub(super) async fn plan(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<PlanResponse>> {
+    let (_model, count, descriptor) = initialize_request(&query, &headers, &body)?;
+    let plan = state.veem.plan(&caller, count, descriptor).await?;
+    let placements = plan
+        .placements
+        .into_iter()
+        .map(|p| PlannedPlacement {
+            index: p.index,
+            name: p.name,
+            site: p.site.to_string(),
+            host: p.host.map(|h| h.to_string()),
+            reason: p.reason,
+        })
+        .collect();
+    Ok(Json(PlanResponse {
+        feasible: plan.feasible,
+        placements,
+    }))
+}
+
+/// The body of InitializeVEEs: a JSON request, or an OVF envelope with its query.
+fn initialize_request(
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(InitModel, u32, VeeDescriptor), CoreError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .to_ascii_lowercase();
+    if content_type.starts_with("application/ovf+xml")
+        || content_type.starts_with("application/xml")
+        || content_type.starts_with("text/xml")
+    {
+        ovf_request(query, body)
+    } else if content_type.starts_with("application/json") {
+        // The query is the OVF form's; silently ignoring it would let `?count=0` or
+        // `?model=TWOPHASE` look accepted while the body's values are used.
+        if let Some(key) = query.keys().next() {
+            return Err(CoreError::malformed(
+                key.clone(),
+                "query parameters go with an OVF envelope; a JSON body carries model and count itself",
+            ));
+        }
+        let request: InitializeRequest = parse_json(body, true)?;
+        Ok((request.model, request.count, request.descriptor))
+    } else {
+        Err(CoreError::malformed(
+            "Content-Type",
+            format!("{content_type:?} is neither application/json nor application/ovf+xml"),
+        ))
+    }
 }
 
 /// An OVF envelope with its query: `?model=&count=&tags=&anti_affinity=&configuration=`.

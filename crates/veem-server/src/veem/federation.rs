@@ -312,6 +312,36 @@ impl Veem {
         }
     }
 
+    /// Whether `site` would take a TWOPHASE batch of `count` VEEs of `owner`'s `descriptor`
+    /// now, by its own placement plan (`POST /vees/plan`, asked as an SM would): `Ok` if it
+    /// would, else its refusal (`InsufficientResources` with its reason).
+    pub(super) async fn plan_at(
+        &self,
+        site: &SiteName,
+        owner: &Principal,
+        descriptor: &VeeDescriptor,
+        count: u32,
+    ) -> Result<(), CoreError> {
+        let client = self.inner.sites.client(site)?;
+        let plan = client
+            .plan(&InitializeRequest {
+                model: InitModel::Twophase,
+                count,
+                descriptor: self.descriptor_for_site(owner, descriptor),
+            })
+            .await
+            .map_err(|e| site_error(site, e))?;
+        if plan.feasible {
+            return Ok(());
+        }
+        let why = plan
+            .placements
+            .into_iter()
+            .find_map(|p| p.reason)
+            .unwrap_or_else(|| "its plan says the batch does not fit".to_owned());
+        Err(CoreError::InsufficientResources(why))
+    }
+
     /// InitializeVEEs TWOPHASE of `count` VEEs of `descriptor` at `site`: adds their ids there
     /// to `made` (also those of an answer that is not whole, so the caller purges them).
     async fn initialize_at(

@@ -42,6 +42,7 @@ pub use monitoring::{Putter, Routed};
 pub use networks::{lan_key, LanFederation, NetworkInfo, Networks};
 pub use records::ListFilter;
 pub use sites::{SiteInfo, Sites};
+pub use submission::{Plan, PlannedVee};
 
 use placer::Placer;
 use records::{Records, Staged};

@@ -15,17 +15,22 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
-use veem_model::{HostId, VeeId, VeeRecord};
+use veem_model::{HostId, Principal, VeeDescriptor, VeeId, VeeRecord};
 use veem_placement::{Capacity, Cluster, Demand, HostUsage, PlacementError, Policy, Unplaceable};
 
 /// What a VEE asks of a host.
 pub(super) fn demand_of(record: &VeeRecord) -> Demand {
+    demand_for(&record.owner, &record.descriptor)
+}
+
+/// What a VEE of `owner`'s `descriptor` would ask of a host.
+pub(super) fn demand_for(owner: &Principal, descriptor: &VeeDescriptor) -> Demand {
     Demand {
-        owner: record.owner.clone(),
-        cpu: record.descriptor.cpu,
-        memory_mb: record.descriptor.memory_mb,
-        tags: record.descriptor.tags.clone(),
-        anti_affinity: record.descriptor.anti_affinity.clone(),
+        owner: owner.clone(),
+        cpu: descriptor.cpu,
+        memory_mb: descriptor.memory_mb,
+        tags: descriptor.tags.clone(),
+        anti_affinity: descriptor.anti_affinity.clone(),
     }
 }
 
@@ -121,6 +126,35 @@ impl Placer {
         batch: Vec<(VeeId, Demand)>,
     ) -> Result<Vec<HostId>, PlacementError> {
         self.state().cluster.place_all(batch)
+    }
+
+    /// Where [`Placer::place_all`] would put a batch of `demands` now, allocating nothing: the
+    /// same placement, made and undone under one hold of the lock, so no other placement sees
+    /// it. The batch's VEEs go by the ids from number `first` on that hold no place (those
+    /// TWOPHASE would most likely give them: a refusal names them).
+    pub(super) fn plan_all(
+        &self,
+        first: u64,
+        demands: Vec<Demand>,
+    ) -> Result<Vec<HostId>, PlacementError> {
+        let mut state = self.state();
+        let mut seq = first;
+        let mut batch = Vec::with_capacity(demands.len());
+        for demand in demands {
+            while state.cluster.host_of(&VeeId::from_seq(seq)).is_some() {
+                seq += 1;
+            }
+            batch.push((VeeId::from_seq(seq), demand));
+            seq += 1;
+        }
+        let ids: Vec<VeeId> = batch.iter().map(|(id, _)| id.clone()).collect();
+        let planned = state.cluster.place_all(batch);
+        if planned.is_ok() {
+            for id in &ids {
+                state.cluster.release(id);
+            }
+        }
+        planned
     }
 
     /// Frees what a VEE holds of its host, if anything.
@@ -293,6 +327,34 @@ mod tests {
         // A reconnection restores nothing again: placement kept the allocations.
         assert!(placer.host_connected(&host("h1"), four_cpus()).is_empty());
         assert_eq!(placer.usage(&host("h1")).expect("known").used.cpus, 4);
+    }
+
+    #[test]
+    fn a_plan_is_the_placement_place_all_then_makes_and_allocates_nothing() {
+        let placer = Placer::new(Policy::default(), BTreeSet::new(), HashMap::new());
+        for name in ["h1", "h2"] {
+            placer.host_connected(&host(name), four_cpus());
+            placer.set_enabled(&host(name), true);
+        }
+        // VEE 1 already holds 2 CPUs of h1: the plan's ids step over it.
+        let placed = on(1, None);
+        let first = placer.place(&placed.id, demand_of(&placed)).expect("room");
+        let batch = vec![demand_of(&on(0, None)); 3];
+        let planned = placer.plan_all(1, batch.clone()).expect("6 CPUs are free");
+        let used = |name| placer.usage(&host(name)).expect("known").used.cpus;
+        assert_eq!(used("h1") + used("h2"), 2, "the plan allocated nothing");
+        let ids: Vec<VeeId> = (2..5).map(VeeId::from_seq).collect();
+        let made = placer
+            .place_all(ids.into_iter().zip(batch.clone()).collect())
+            .expect("the same room");
+        assert_eq!(planned, made, "the plan is where place_all puts the batch");
+        assert_eq!(first, host("h1"));
+        let refused = placer.plan_all(5, batch).expect_err("no room left");
+        assert!(
+            matches!(refused, PlacementError::Unplaceable(_)),
+            "{refused:?}"
+        );
+        assert_eq!(used("h1") + used("h2"), 8);
     }
 
     #[test]

@@ -7,13 +7,13 @@ use std::sync::Arc;
 use tokio::sync::OwnedMutexGuard;
 use veem_api::agent::{AgentRequest, BootPlan, DeploySpec, DiskPlan, NicPlan, SourcePlan};
 use veem_model::{
-    ControlAction, DiskSource, HostId, ImageFormat, InitModel, NicAddress, Phase, SiteName,
-    VeeDescriptor, VeeEvent, VeeId, VeeRecord, VeemState, VmiState,
+    replica_name, ControlAction, DiskSource, HostId, ImageFormat, InitModel, NicAddress, Phase,
+    SiteName, VeeDescriptor, VeeEvent, VeeId, VeeRecord, VeemState, VmiState,
 };
 use veem_placement::{PlacementError, Unplaceable};
 use veem_store::Change;
 
-use super::placer::demand_of;
+use super::placer::{demand_for, demand_of};
 use super::{agent_result, monitoring, now_ms, placement_error, BatchOutcome, Veem};
 use crate::auth::Caller;
 use crate::error::CoreError;
@@ -23,6 +23,39 @@ use crate::error::CoreError;
 enum Where {
     Here,
     At(SiteName, Vec<VeeId>, Vec<Vec<NicAddress>>),
+}
+
+/// Where a batch would be reserved now, or why it could not be: see [`Veem::plan`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Whether a TWOPHASE InitializeVEEs of the batch would succeed now.
+    pub feasible: bool,
+    /// One per VEE of the batch, in its order.
+    pub placements: Vec<PlannedVee>,
+}
+
+/// Where one VEE of a planned batch would land.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedVee {
+    /// Its position in the batch, from 0.
+    pub index: u32,
+    /// The name it would get (see [`replica_name`]).
+    pub name: String,
+    /// This site for local hosts, else the site that would run it; where the batch does not
+    /// fit, the first place of its order.
+    pub site: SiteName,
+    /// The local host; none at a site (its hosts are its own) or where the batch does not fit.
+    pub host: Option<HostId>,
+    /// Why the batch does not fit, naming each place tried.
+    pub reason: Option<String>,
+}
+
+/// A place's refusal as a plan tells it: the sentence, without the kind of error.
+fn refusal_of(e: CoreError) -> String {
+    match e {
+        CoreError::InsufficientResources(why) => why,
+        other => other.to_string(),
+    }
 }
 
 /// How long SubmitVEEs waits for a site to activate one of its VEEs there.
@@ -41,18 +74,7 @@ impl Veem {
         count: u32,
         mut descriptor: VeeDescriptor,
     ) -> Result<Vec<VeeRecord>, CoreError> {
-        if count == 0 || count > 10_000 {
-            return Err(CoreError::malformed("count", "must be between 1 and 10000"));
-        }
-        descriptor
-            .validate()
-            .map_err(CoreError::MalformedDescriptor)?;
-        self.inner.sites.check_preference(&descriptor.sites)?;
-        // A file: source is refused here, before anything is defined (see `sources`).
-        self.inner
-            .config
-            .file_sources
-            .check_descriptor(caller.admin, &descriptor)?;
+        self.check_batch(caller, count, &mut descriptor)?;
         // One descriptor for the whole batch, shared by its records.
         let descriptor = Arc::new(descriptor);
         if model == InitModel::Besteffort {
@@ -89,6 +111,126 @@ impl Veem {
             }
         }
         Err(CoreError::InsufficientResources(refusals.join("; ")))
+    }
+
+    /// What InitializeVEEs checks of a batch before anything is placed or defined.
+    fn check_batch(
+        &self,
+        caller: &Caller,
+        count: u32,
+        descriptor: &mut VeeDescriptor,
+    ) -> Result<(), CoreError> {
+        if count == 0 || count > 10_000 {
+            return Err(CoreError::malformed("count", "must be between 1 and 10000"));
+        }
+        descriptor
+            .validate()
+            .map_err(CoreError::MalformedDescriptor)?;
+        self.inner.sites.check_preference(&descriptor.sites)?;
+        // A file: source is refused here, before anything is defined (see `sources`).
+        self.inner
+            .config
+            .file_sources
+            .check_descriptor(caller.admin, descriptor)
+    }
+
+    /// A placement plan: where a TWOPHASE InitializeVEEs of `count` VEEs of `descriptor` would
+    /// reserve them now, all together, or why it could not; changes nothing. The same checks
+    /// and the same order of places as [`Veem::initialize`]: local hosts by the placer's own
+    /// placement, undone at once ([`Placer::plan_all`](super::placer::Placer::plan_all)); a
+    /// site by its own plan, asked as an SM would ([`Veem::plan_at`]). Addresses and images
+    /// are not planned: only hosts.
+    pub async fn plan(
+        &self,
+        caller: &Caller,
+        count: u32,
+        mut descriptor: VeeDescriptor,
+    ) -> Result<Plan, CoreError> {
+        self.check_batch(caller, count, &mut descriptor)?;
+        let this = self.inner.sites.this().clone();
+        let name_of = |i: u32| replica_name(&descriptor.name, u64::from(i) + 1, u64::from(count));
+        let placements = |site: &SiteName, hosts: Vec<Option<HostId>>, reason: Option<String>| {
+            hosts
+                .into_iter()
+                .zip(0..)
+                .map(|(host, index)| PlannedVee {
+                    index,
+                    name: name_of(index).unwrap_or_else(|| descriptor.name.clone()),
+                    site: site.clone(),
+                    host,
+                    reason: reason.clone(),
+                })
+                .collect()
+        };
+        let order = self.placement_order_of(&descriptor);
+        let mut refusals = Vec::new();
+        for target in &order {
+            let tried = match target {
+                None => self
+                    .plan_here(caller, &descriptor, count)
+                    .map(|hosts| placements(&this, hosts.into_iter().map(Some).collect(), None)),
+                Some(site) => self
+                    .plan_at(site, &caller.principal, &descriptor, count)
+                    .await
+                    .map(|()| placements(site, vec![None; count as usize], None)),
+            };
+            match tried {
+                Ok(placements) => {
+                    return Ok(Plan {
+                        feasible: true,
+                        placements,
+                    })
+                }
+                // Any refusal of a place is the plan's answer, not the call's: TWOPHASE would
+                // go on to the next place.
+                Err(why) => {
+                    let place = target
+                        .as_ref()
+                        .map_or_else(|| "local hosts".to_owned(), |s| format!("site {s}"));
+                    refusals.push(format!("{place}: {}", refusal_of(why)));
+                }
+            }
+        }
+        let first = order.first().cloned().flatten().unwrap_or(this);
+        Ok(Plan {
+            feasible: false,
+            placements: placements(
+                &first,
+                vec![None; count as usize],
+                Some(refusals.join("; ")),
+            ),
+        })
+    }
+
+    /// Where the local hosts would take a batch now, by the placer's dry run, or why they
+    /// would not (the VEE that does not fit named by its name in the batch).
+    fn plan_here(
+        &self,
+        caller: &Caller,
+        descriptor: &VeeDescriptor,
+        count: u32,
+    ) -> Result<Vec<HostId>, CoreError> {
+        let demands = vec![demand_for(&caller.principal, descriptor); count as usize];
+        let first = self.inner.records.next_seq();
+        match self
+            .inner
+            .placer
+            .plan_all(first, demands)
+            .map_err(placement_error)
+        {
+            // The refusal names a VEE by the id it would most likely get; the plan's reader
+            // knows it by its name.
+            Err(CoreError::InsufficientResources(mut why)) => {
+                for i in (0..count).rev() {
+                    let guessed = VeeId::from_seq(first + u64::from(i));
+                    let known = replica_name(&descriptor.name, u64::from(i) + 1, u64::from(count))
+                        .unwrap_or_else(|| format!("VEE {i} of the batch"));
+                    why = why.replace(guessed.as_str(), &known);
+                }
+                Err(CoreError::InsufficientResources(why))
+            }
+            other => other,
+        }
     }
 
     /// TWOPHASE of `count` VEEs of `descriptor` at `site`, all or nothing: their addresses are
@@ -155,13 +297,16 @@ impl Veem {
             inner.records.with_new_ids(u64::from(count), |first| {
                 let mut records: Vec<VeeRecord> = (0..u64::from(count))
                     .map(|i| {
-                        VeeRecord::defined(
+                        let mut record = VeeRecord::defined(
                             VeeId::from_seq(first + i),
                             caller.principal.clone(),
                             descriptor.clone(),
                             model,
                             now,
-                        )
+                        );
+                        record.generated.name =
+                            replica_name(&descriptor.name, i + 1, u64::from(count));
+                        record
                     })
                     .collect();
                 let ids: Vec<VeeId> = records.iter().map(|r| r.id.clone()).collect();
@@ -567,7 +712,7 @@ impl Veem {
         };
         Ok(DeploySpec {
             vee: record.id.clone(),
-            name: d.name.clone(),
+            name: record.name().to_owned(),
             cpu: d.cpu,
             cpu_max: d.cpu_ceiling(),
             memory_mb: d.memory_mb,

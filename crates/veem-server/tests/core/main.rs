@@ -7,6 +7,7 @@ mod images;
 mod networks;
 mod own_storage;
 mod placement;
+mod plans;
 mod reservations;
 mod restart;
 mod states;
