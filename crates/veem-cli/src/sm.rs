@@ -40,6 +40,13 @@ pub enum VeeCommand {
     Ls(LsArgs),
     /// Show a VEE's state changes
     Events { id: String },
+    /// Show the tail of a VEE's serial console (what its guest printed last)
+    Console {
+        id: String,
+        /// How many of the last bytes (at most 1 MiB)
+        #[arg(long, default_value_t = veem_client::veem_api::CONSOLE_TAIL_DEFAULT_BYTES)]
+        bytes: u64,
+    },
     /// Have VEEs' accounting sent to a URL every interval (registering again changes it)
     Listen {
         #[arg(required = true, value_name = "ID")]
@@ -379,6 +386,14 @@ pub async fn run_vee(global: &GlobalArgs, command: VeeCommand) -> anyhow::Result
             match format {
                 OutputFormat::Json => emit(&to_json(&events)?),
                 OutputFormat::Table => emit(&output::event_table(&events.events).render()),
+            }
+        }
+        VeeCommand::Console { id, bytes } => {
+            let tail = connect(global)?.console_tail(&id, bytes).await?;
+            let text = String::from_utf8_lossy(&tail);
+            match format {
+                OutputFormat::Json => emit(&to_json(&serde_json::json!({ "console": text }))?),
+                OutputFormat::Table => emit(&text),
             }
         }
         VeeCommand::Listen {

@@ -4,7 +4,7 @@ use std::process::{Command, Output};
 
 use crate::harness::*;
 
-fn veem(s: &Server, token: &str, args: &[&str]) -> Output {
+pub(crate) fn veem(s: &Server, token: &str, args: &[&str]) -> Output {
     Command::new(veem_bin())
         .args(args)
         .env("VEEM_URL", &s.url)
