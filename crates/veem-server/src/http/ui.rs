@@ -143,7 +143,7 @@ mod tests {
         String::from_utf8(bytes.to_vec()).expect("UTF-8 text")
     }
 
-    fn header_of<'a>(response: &'a Response, name: header::HeaderName) -> &'a str {
+    fn header_of(response: &Response, name: header::HeaderName) -> &str {
         response
             .headers()
             .get(&name)
