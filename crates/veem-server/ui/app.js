@@ -460,8 +460,9 @@ function drawPlot() {
     active: r.dt > 0 ? (100 * r.active_ms) / r.dt : 0,
   }));
   const times = hw.map((p) => p.t).concat(acct.map((p) => p.t));
+  // From the first figure to the last (at least 20 s), so the lines fill the plot.
   const t0 = times.length ? Math.min(...times) : now - 60000;
-  const t1 = Math.max(now, t0 + 10000);
+  const t1 = Math.max(times.length ? Math.max(...times) : now, t0 + 20000);
   const memMax = Math.max(1, ...hw.map((p) => p.mem || 0), ...acct.map((p) => p.mem || 0)) * 1.1;
   const x = (t) => left + ((t - t0) / (t1 - t0)) * (W - left - right);
   const yPct = (v) => top + (1 - Math.min(v, 100) / 100) * (H - top - bottom);

@@ -35,6 +35,8 @@ pub struct Browser {
     child: Child,
     page: WebSocketStream<MaybeTlsStream<TcpStream>>,
     next_id: u64,
+    /// Where a wait that times out leaves a screenshot of what the page showed.
+    pub failure_shot: Option<PathBuf>,
     /// Its profile, gone with it.
     _profile: tempfile::TempDir,
 }
@@ -77,6 +79,7 @@ impl Browser {
             child,
             page,
             next_id: 0,
+            failure_shot: None,
             _profile: profile,
         };
         browser.call("Page.enable", json!({})).await;
@@ -153,6 +156,9 @@ impl Browser {
                 return value;
             }
             if Instant::now() >= deadline {
+                if let Some(path) = self.failure_shot.clone() {
+                    self.screenshot(&path).await;
+                }
                 let shown = self
                     .eval("document.body ? document.body.innerText.slice(0, 3000) : ''")
                     .await;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use veem_model::VmiState;
 
 use crate::cdp::Browser;
-use crate::harness::{get, wait_state, Hypervisor, Server, Setup, TOKEN_OPS};
+use crate::harness::{get, init_one, small, wait_state, Hypervisor, Server, Setup, TOKEN_OPS};
 
 /// A TCG guest boots in well under a minute here; a loaded CI machine gets slack.
 const BOOT: Duration = Duration::from_secs(120);
@@ -107,11 +107,12 @@ async fn a_person_creates_activates_watches_and_destroys_a_vee_in_the_dashboard(
     else {
         return;
     };
-    let Some(browser) = Browser::launch(1280, 900).await else {
+    let Some(mut browser) = Browser::launch(1280, 900).await else {
         return;
     };
-    let mut ui = Steps { browser, n: 0 };
     let _ = std::fs::remove_dir_all(artefacts());
+    browser.failure_shot = Some(artefacts().join("failure.png"));
+    let mut ui = Steps { browser, n: 0 };
 
     // The page, from the binary itself.
     ui.browser.navigate(&format!("{}/ui", s.url)).await;
@@ -185,8 +186,13 @@ async fn a_person_creates_activates_watches_and_destroys_a_vee_in_the_dashboard(
     )
     .await;
 
-    // Create one VEE from the form: a name that is markup stays text.
-    let name = "web <b>1</b>";
+    // A VEE whose name is markup (made through the VMI, left DEFINED): the page shows it as
+    // text, and no element of it comes into being.
+    let markup = "<img src=x id=injected onerror=\"document.title='owned'\"><b>bold</b>";
+    let other = init_one(&s.ops, small(markup)).await;
+
+    // Create one VEE from the form.
+    let name = "web";
     ui.type_into("create-name", name).await;
     ui.type_into("create-cpu", "1").await;
     ui.type_into("create-memory", "256").await;
@@ -216,20 +222,26 @@ async fn a_person_creates_activates_watches_and_destroys_a_vee_in_the_dashboard(
         "the new VEE in the list, DEFINED",
     )
     .await;
+    ui.wait(
+        &format!("!!document.querySelector('#vee-rows tr[data-id=\"{other}\"]')"),
+        SHORT,
+        "the VEE made through the VMI in the list",
+    )
+    .await;
     assert_eq!(
         ui.browser
             .eval(&format!(
-                "document.querySelector('#vee-rows tr[data-id=\"{id}\"] a').textContent"
+                "document.querySelector('#vee-rows tr[data-id=\"{other}\"] a').textContent"
             ))
             .await,
-        name,
-        "the name shows as it was typed"
+        markup,
+        "a name that is markup shows as the text it is"
     );
     assert_eq!(
         ui.browser
-            .eval("document.querySelectorAll('#vee-rows b').length")
+            .eval("[document.querySelectorAll('#injected, #vee-rows b, #vee-rows img').length, document.title]")
             .await,
-        0,
+        serde_json::json!([0, "veem dashboard"]),
         "a VEE's name is never markup"
     );
 
@@ -337,9 +349,9 @@ async fn a_person_creates_activates_watches_and_destroys_a_vee_in_the_dashboard(
     let destroyed = wait_state(&s.ops, &id, VmiState::Destroyed).await;
     assert_eq!(destroyed.host, None);
     ui.wait(
-        "document.getElementById('console-state').textContent.includes('no host')",
+        "[...document.querySelectorAll('#vee-events td')].some(td => td.textContent === 'DESTROYED')",
         SHORT,
-        "no console for a VEE on no host",
+        "the DESTROYED event in the VEE's events",
     )
     .await;
     ui.shot("destroyed").await;
@@ -352,4 +364,55 @@ async fn a_person_creates_activates_watches_and_destroys_a_vee_in_the_dashboard(
         "the page showed an error: {}",
         ui.text("message-text").await
     );
+}
+
+/// Among several front-ends, each serves the dashboard's files itself (they are the same
+/// everywhere): a follower does not forward them, so it serves them even to a call marked as
+/// already forwarded, which it would otherwise refuse (`503 not_leader`) to stop a loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_front_end_of_a_cluster_serves_the_dashboard_itself() {
+    let Some(site) = crate::front_ends::Site::start(2).await else {
+        return;
+    };
+    let leader = site.wait_for_leader(&[], Duration::from_secs(30)).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("an HTTP client");
+    for front_end in &site.front_ends {
+        let follower = front_end.name != leader;
+        let call = |path: &str| {
+            let mut request = http.get(format!("{}{path}", front_end.url));
+            if follower {
+                request = request.header("x-veem-forwarded-by", "the-test");
+            }
+            request.send()
+        };
+        let page = call("/ui/").await.expect("the page answers");
+        assert_eq!(page.status(), 200, "{}: /ui/", front_end.name);
+        assert_eq!(
+            page.headers()["content-security-policy"]
+                .to_str()
+                .expect("ASCII")
+                .split(';')
+                .next(),
+            Some("default-src 'self'")
+        );
+        assert!(page
+            .text()
+            .await
+            .expect("a body")
+            .contains("<script src=\"app.js\""));
+        let script = call("/ui/app.js").await.expect("the script answers");
+        assert_eq!(script.status(), 200, "{}: /ui/app.js", front_end.name);
+        let redirect = call("/ui").await.expect("/ui answers");
+        assert_eq!(redirect.status(), 308);
+        assert_eq!(redirect.headers()["location"], "/ui/");
+        assert_eq!(call("/ui/missing.js").await.expect("answers").status(), 404);
+        if follower {
+            // The same mark on a VMI call: refused, since the follower would forward it.
+            let vmi = call("/vmi/v1/vees").await.expect("the VMI answers");
+            assert_eq!(vmi.status(), 503, "{}: a marked VMI call", front_end.name);
+        }
+    }
 }
