@@ -310,6 +310,8 @@ async fn a_person_creates_activates_watches_and_destroys_a_vee_in_the_dashboard(
     tokio::time::sleep(Duration::from_secs(3)).await;
     ui.shot("active").await;
     if std::env::var("VEEM_UPDATE_SCREENSHOTS").as_deref() == Ok("1") {
+        // The README's picture: a plot of some 20 s (the test itself does not wait for it).
+        tokio::time::sleep(Duration::from_secs(15)).await;
         let docs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/dashboard.png");
         ui.browser.screenshot(&docs).await;
     }
