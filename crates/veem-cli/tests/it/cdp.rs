@@ -181,6 +181,22 @@ impl Browser {
         .await;
     }
 
+    /// Chooses `file` in the page's `<input type=file>` at `selector`, as a person picking it.
+    pub async fn choose_file(&mut self, selector: &str, file: &Path) {
+        let document = self.call("DOM.getDocument", json!({})).await;
+        let node = self
+            .call(
+                "DOM.querySelector",
+                json!({"nodeId": document["root"]["nodeId"], "selector": selector}),
+            )
+            .await;
+        self.call(
+            "DOM.setFileInputFiles",
+            json!({"nodeId": node["nodeId"], "files": [file.display().to_string()]}),
+        )
+        .await;
+    }
+
     /// A PNG of the whole page (also below the window's fold), written to `path`.
     pub async fn screenshot(&mut self, path: &Path) {
         let shot = self

@@ -11,7 +11,9 @@ use std::time::Duration;
 use veem_model::VmiState;
 
 use crate::cdp::Browser;
-use crate::harness::{get, init_one, small, wait_state, Hypervisor, Server, Setup, TOKEN_OPS};
+use crate::harness::{
+    get, init_one, small, wait_state, write_file, Hypervisor, Server, Setup, TOKEN_OPS,
+};
 
 /// A TCG guest boots in well under a minute here; a loaded CI machine gets slack.
 const BOOT: Duration = Duration::from_secs(120);
@@ -328,6 +330,69 @@ async fn a_person_creates_activates_watches_and_destroys_a_vee_in_the_dashboard(
         .await;
     assert_eq!(used, serde_json::json!([2, 2048]), "against its capacity");
     ui.shot("hosts").await;
+
+    // An image uploaded from the page, with its progress; a network made and removed; a
+    // refusal of the VMI shown with its detail.
+    ui.browser.eval("location.hash = 'images', true").await;
+    ui.wait(
+        "!!document.querySelector('#image-rows tr[data-name=\"tiny\"]')",
+        SHORT,
+        "the image list",
+    )
+    .await;
+    let upload: Vec<u8> = (0..3u32 << 20).map(|i| (i % 251) as u8).collect();
+    let file = write_file(s.dir.path(), "upload.img", &upload);
+    ui.type_into("image-name", "uploaded").await;
+    ui.browser.choose_file("#image-file", &file).await;
+    ui.submit("image-form").await;
+    ui.wait(
+        "document.getElementById('image-progress').value === 100 && \
+         !!document.querySelector('#image-rows tr[data-name=\"uploaded\"]')",
+        SHORT,
+        "the upload done and listed",
+    )
+    .await;
+    ui.shot("images").await;
+    let stored = s
+        .ops
+        .get_image("uploaded")
+        .await
+        .expect("the uploaded image");
+    assert_eq!(stored.size_bytes, upload.len() as u64);
+    ui.browser.eval("location.hash = 'networks', true").await;
+    ui.type_into("network-name", "lan").await;
+    ui.type_into("network-cidr", "10.77.0.0/33").await;
+    ui.submit("network-form").await;
+    let refusal = ui
+        .wait(
+            "!document.getElementById('message').hidden && document.getElementById('message-text').textContent",
+            SHORT,
+            "the VMI's refusal of a bad CIDR",
+        )
+        .await;
+    assert!(
+        refusal.as_str().unwrap_or_default().contains("(malformed"),
+        "the detail and its code: {refusal}"
+    );
+    ui.shot("network-refused").await;
+    ui.click("#message-close").await;
+    ui.type_into("network-cidr", "10.77.0.0/24").await;
+    ui.submit("network-form").await;
+    ui.wait(
+        "!!document.querySelector('#network-rows tr[data-name=\"lan\"]')",
+        SHORT,
+        "the new network listed",
+    )
+    .await;
+    assert!(s.ops.get_network("lan").await.is_ok());
+    ui.click("#network-rows tr[data-name=\"lan\"] button").await;
+    ui.wait(
+        "!document.querySelector('#network-rows tr[data-name=\"lan\"]')",
+        SHORT,
+        "the network gone",
+    )
+    .await;
+    assert!(s.ops.get_network("lan").await.is_err());
 
     // The live log showed the VEE's state changes.
     ui.browser.eval("location.hash = 'events', true").await;
