@@ -417,7 +417,8 @@ async function loadHistory() {
     const history = hw.events.filter((e) => e.type === 'HARDWARE').map((e) => hardwarePoint(e, false));
     detail.historyCount = history.length;
     // Live points already seen stay; history comes first in time.
-    detail.hardware = history.concat(detail.hardware.filter((p) => p.live)).sort((a, b) => a.t - b.t);
+    const seen = new Set(history.map((p) => p.t));
+    detail.hardware = history.concat(detail.hardware.filter((p) => p.live && !seen.has(p.t))).sort((a, b) => a.t - b.t);
   } catch (e) {
     showError(e);
   }
@@ -436,7 +437,10 @@ async function loadAccounting() {
 }
 
 function addLivePoint(event) {
-  detail.hardware.push(hardwarePoint(event, true));
+  const point = hardwarePoint(event, true);
+  // An event the history already brought is not drawn twice.
+  if (detail.hardware.some((p) => p.t === point.t)) return;
+  detail.hardware.push(point);
   detail.liveCount += 1;
   const oldest = Date.now() - PLOT_WINDOW_MS;
   detail.hardware = detail.hardware.filter((p) => p.t >= oldest);
