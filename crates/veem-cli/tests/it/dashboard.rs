@@ -12,7 +12,7 @@ use veem_model::VmiState;
 
 use crate::cdp::Browser;
 use crate::harness::{
-    get, init_one, small, wait_state, write_file, Hypervisor, Server, Setup, TOKEN_OPS,
+    get, init_one, small, wait_state, write_file, Hypervisor, Server, Setup, TOKEN_A, TOKEN_OPS,
 };
 
 /// A TCG guest boots in well under a minute here; a loaded CI machine gets slack.
@@ -431,6 +431,39 @@ async fn a_person_creates_activates_watches_and_destroys_a_vee_in_the_dashboard(
         "the page showed an error: {}",
         ui.text("message-text").await
     );
+
+    // Log out; an SM's token sees its own VEEs only (none) and no hosts.
+    ui.click("#logout").await;
+    ui.wait(
+        "!document.getElementById('login-view').hidden && document.getElementById('vees-view').hidden",
+        SHORT,
+        "the login form again",
+    )
+    .await;
+    assert_eq!(
+        ui.browser
+            .eval("sessionStorage.getItem('veem.token')")
+            .await,
+        serde_json::Value::Null
+    );
+    ui.type_into("token", TOKEN_A).await;
+    ui.submit("login-form").await;
+    ui.wait(
+        "!document.getElementById('vees-view').hidden && \
+         document.getElementById('whoami').textContent === 'principal' && \
+         !!document.querySelector('#vee-rows tr.empty')",
+        SHORT,
+        "an SM's empty VEE list",
+    )
+    .await;
+    assert_eq!(
+        ui.browser
+            .eval("document.getElementById('nav-hosts').hidden")
+            .await,
+        true,
+        "no hosts for an SM"
+    );
+    ui.shot("sm-view").await;
 }
 
 /// Among several front-ends, each serves the dashboard's files itself (they are the same
