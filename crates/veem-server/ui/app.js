@@ -134,6 +134,9 @@ function logout(why) {
   sessionStorage.removeItem(TOKEN_KEY);
   if (session.stream) session.stream.abort();
   session.stream = null;
+  closeVee();
+  // The next person starts at the VEE list, not at a VEE of the one who left.
+  history.replaceState(null, '', location.pathname);
   for (const view of document.querySelectorAll('.view')) view.hidden = true;
   $('nav').hidden = true;
   $('logout').hidden = true;
@@ -740,7 +743,11 @@ function wire() {
     $('login-error').textContent = '';
     login(token).then(() => { $('token').value = ''; }, (err) => { $('login-error').textContent = err.message; });
   });
-  $('logout').addEventListener('click', () => logout(''));
+  $('logout').addEventListener('click', () => {
+    logout('');
+    // A fresh page: nothing the last principal saw stays in it.
+    location.reload();
+  });
   $('message-close').addEventListener('click', () => { $('message').hidden = true; });
   $('vee-filter').addEventListener('submit', (e) => {
     e.preventDefault();

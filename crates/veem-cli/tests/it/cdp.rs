@@ -95,6 +95,14 @@ impl Browser {
 
     /// Sends one DevTools command and returns its `result` (events in between are dropped).
     pub async fn call(&mut self, method: &str, params: Value) -> Value {
+        match self.try_call(method, params).await {
+            Ok(result) => result,
+            Err(error) => panic!("{method} failed: {error}"),
+        }
+    }
+
+    /// [`Browser::call`], with the command's `error` given back.
+    async fn try_call(&mut self, method: &str, params: Value) -> Result<Value, Value> {
         self.next_id += 1;
         let id = self.next_id;
         let message = json!({"id": id, "method": method, "params": params}).to_string();
@@ -119,24 +127,32 @@ impl Browser {
                 continue;
             }
             if let Some(error) = answer.get("error") {
-                panic!("{method} failed: {error}");
+                return Err(error.clone());
             }
-            return answer["result"].clone();
+            return Ok(answer["result"].clone());
         }
     }
 
     /// Evaluates `expression` in the page (awaiting a promise) and returns its value.
     pub async fn eval(&mut self, expression: &str) -> Value {
+        self.try_eval(expression)
+            .await
+            .unwrap_or_else(|error| panic!("{expression} failed: {error}"))
+    }
+
+    /// [`Browser::eval`], with what went wrong given back (a page that is loading has no
+    /// context to evaluate in for a moment).
+    async fn try_eval(&mut self, expression: &str) -> Result<Value, Value> {
         let result = self
-            .call(
+            .try_call(
                 "Runtime.evaluate",
                 json!({"expression": expression, "returnByValue": true, "awaitPromise": true}),
             )
-            .await;
-        if let Some(exception) = result.get("exceptionDetails") {
-            panic!("{expression} threw: {exception}");
+            .await?;
+        match result.get("exceptionDetails") {
+            Some(exception) => Err(exception.clone()),
+            None => Ok(result["result"]["value"].clone()),
         }
-        result["result"]["value"].clone()
     }
 
     /// Evaluates `expression` until it gives a truthy value, for at most `within`, and returns
@@ -144,7 +160,8 @@ impl Browser {
     pub async fn wait_for(&mut self, expression: &str, within: Duration, what: &str) -> Value {
         let deadline = Instant::now() + within;
         loop {
-            let value = self.eval(expression).await;
+            // While the page (re)loads, an evaluation may fail: that is "not yet".
+            let value = self.try_eval(expression).await.unwrap_or(Value::Null);
             let truthy = match &value {
                 Value::Null => false,
                 Value::Bool(b) => *b,
