@@ -35,6 +35,10 @@ pub struct Browser {
     child: Child,
     page: WebSocketStream<MaybeTlsStream<TcpStream>>,
     next_id: u64,
+    /// What went wrong in the page: uncaught exceptions, and errors of its console and of the
+    /// browser about it (a refused Content-Security-Policy, say), but not failed requests,
+    /// which the page is expected to meet and show (a wrong token's 401).
+    pub page_errors: Vec<String>,
     /// Where a wait that times out leaves a screenshot of what the page showed.
     pub failure_shot: Option<PathBuf>,
     /// Its profile, gone with it.
@@ -79,11 +83,13 @@ impl Browser {
             child,
             page,
             next_id: 0,
+            page_errors: Vec::new(),
             failure_shot: None,
             _profile: profile,
         };
         browser.call("Page.enable", json!({})).await;
         browser.call("Runtime.enable", json!({})).await;
+        browser.call("Log.enable", json!({})).await;
         browser
             .call(
                 "Emulation.setDeviceMetricsOverride",
@@ -124,12 +130,41 @@ impl Browser {
             };
             let answer: Value = serde_json::from_str(&text).expect("DevTools sends JSON");
             if answer["id"].as_u64() != Some(id) {
+                self.note_event(&answer);
                 continue;
             }
             if let Some(error) = answer.get("error") {
                 return Err(error.clone());
             }
             return Ok(answer["result"].clone());
+        }
+    }
+
+    /// Keeps what an event says went wrong in the page.
+    fn note_event(&mut self, event: &Value) {
+        let params = &event["params"];
+        match event["method"].as_str() {
+            Some("Runtime.exceptionThrown") => {
+                let details = &params["exceptionDetails"];
+                self.page_errors.push(format!(
+                    "exception: {} {}",
+                    details["text"], details["exception"]["description"]
+                ));
+            }
+            Some("Runtime.consoleAPICalled") if params["type"] == "error" => {
+                self.page_errors
+                    .push(format!("console.error: {}", params["args"]));
+            }
+            Some("Log.entryAdded")
+                if params["entry"]["level"] == "error"
+                    && params["entry"]["source"] != "network" =>
+            {
+                self.page_errors.push(format!(
+                    "{}: {} ({})",
+                    params["entry"]["source"], params["entry"]["text"], params["entry"]["url"]
+                ));
+            }
+            _ => {}
         }
     }
 

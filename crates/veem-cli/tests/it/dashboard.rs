@@ -188,6 +188,33 @@ async fn a_person_creates_activates_watches_and_destroys_a_vee_in_the_dashboard(
     )
     .await;
 
+    // The page's Content-Security-Policy holds in the browser: a script that is not one of the
+    // page's files does not run, and the browser says so (which the test hears).
+    ui.browser
+        .eval(
+            "(() => { const s = document.createElement('script'); \
+             s.textContent = 'window.injected = true'; document.body.append(s); return true; })()",
+        )
+        .await;
+    let refused = ui
+        .wait(
+            "new Promise(done => setTimeout(() => done(window.injected === undefined), 200))",
+            SHORT,
+            "the inline script refused",
+        )
+        .await;
+    assert_eq!(refused, true);
+    ui.browser.eval("1").await;
+    assert!(
+        ui.browser
+            .page_errors
+            .iter()
+            .any(|e| e.contains("Content Security Policy")),
+        "the browser reports the refused script: {:?}",
+        ui.browser.page_errors
+    );
+    ui.browser.page_errors.clear();
+
     // A VEE whose name is markup (made through the VMI, left DEFINED): the page shows it as
     // text, and no element of it comes into being.
     let markup = "<img src=x id=injected onerror=\"document.title='owned'\"><b>bold</b>";
@@ -464,6 +491,12 @@ async fn a_person_creates_activates_watches_and_destroys_a_vee_in_the_dashboard(
         "no hosts for an SM"
     );
     ui.shot("sm-view").await;
+    // Nothing broke in the page: no exception, no refusal of its own Content-Security-Policy.
+    assert!(
+        ui.browser.page_errors.is_empty(),
+        "{:#?}",
+        ui.browser.page_errors
+    );
 }
 
 /// Among several front-ends, each serves the dashboard's files itself (they are the same
