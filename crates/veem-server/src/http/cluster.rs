@@ -63,6 +63,8 @@ pub(crate) fn router(
     };
     Ok(Router::new()
         .route(&format!("{}/cluster", veem_api::BASE_PATH), get(view))
+        // The dashboard's files are the same at every front-end: served here, never forwarded.
+        .merge(super::ui::routes())
         .fallback(dispatch)
         .with_state(door))
 }

@@ -17,6 +17,7 @@ mod networks;
 mod openapi_doc;
 pub mod problem;
 mod sites;
+mod ui;
 mod vees;
 
 use axum::extract::DefaultBodyLimit;
@@ -93,6 +94,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed);
     Router::new()
         .nest(veem_api::BASE_PATH, api)
+        .merge(ui::routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn(run_to_completion))
         // Descriptors, envelopes and id lists; images are streamed and not bound by it.
