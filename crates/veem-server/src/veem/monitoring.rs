@@ -42,6 +42,11 @@ pub(super) struct Hub {
 }
 
 impl Hub {
+    /// What the subscriptions' pusher holds and lost.
+    pub(super) fn push_totals(&self) -> crate::push::PushTotals {
+        self.pusher.totals()
+    }
+
     pub(super) fn new(
         subscriptions: Vec<MonitoringSubscription>,
         admins: Vec<Principal>,

@@ -11,12 +11,14 @@
 //!   parts" in ARCHITECTURE.md).
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use veem_model::{HostId, VeeId, VeeRecord};
-use veem_placement::{Capacity, Cluster, Demand, HostUsage, PlacementError, Policy, Unplaceable};
+use veem_placement::{
+    Capacity, Cluster, Demand, HostLoad, HostUsage, PlacementError, Policy, Unplaceable,
+};
 
 /// What a VEE asks of a host.
 pub(super) fn demand_of(record: &VeeRecord) -> Demand {
@@ -85,6 +87,7 @@ impl Placer {
 
     /// Allocates a host to one VEE.
     pub(super) fn place(&self, id: &VeeId, demand: Demand) -> Result<HostId, PlacementError> {
+        let _timed = crate::metrics::placement_timer();
         self.state().cluster.place(id, demand)
     }
 
@@ -120,6 +123,7 @@ impl Placer {
         &self,
         batch: Vec<(VeeId, Demand)>,
     ) -> Result<Vec<HostId>, PlacementError> {
+        let _timed = crate::metrics::placement_timer();
         self.state().cluster.place_all(batch)
     }
 
@@ -228,6 +232,12 @@ impl Placer {
         state.cluster.release(id);
         state.pending.remove(&seq);
         state.offered.remove(&seq);
+    }
+
+    /// How many VEEs wait for placement, and every host's figures (for metrics).
+    pub(super) fn loads(&self) -> (usize, Vec<(Arc<HostId>, HostLoad)>) {
+        let state = self.state();
+        (state.pending.len(), state.cluster.loads())
     }
 
     /// The VEEs waiting for placement, oldest first.
