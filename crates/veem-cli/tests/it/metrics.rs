@@ -3,6 +3,7 @@
 //! with the calls made and are labelled by route template, and `metrics_token` is enforced.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use veem_client::ListQuery;
 use veem_model::{ControlAction as A, InitModel, VmiState};
@@ -193,4 +194,67 @@ async fn a_scrape_shows_what_the_vmi_shows_and_counts_requests_by_route() {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|t| t.starts_with("application/openmetrics-text")));
     assert!(answer.text().await.expect("a body").ends_with("# EOF\n"));
+}
+
+/// Several front-ends on PostgreSQL: the leader answers from its books; a follower, which has
+/// none, answers for its own process (`veem_leader 0`, its HTTP requests, those it forwarded)
+/// and does not forward the scrape.
+#[tokio::test]
+async fn a_follower_shows_its_own_process_and_the_leader_its_books() {
+    let Some(site) = crate::front_ends::Site::start(2).await else {
+        return;
+    };
+    let leader = site.wait_for_leader(&[], Duration::from_secs(30)).await;
+    let (leading, following): (Vec<_>, Vec<_>) =
+        site.front_ends.iter().partition(|f| f.name == leader);
+    let (leading, following) = (leading[0], following[0]);
+    // A VEE made through the follower (forwarded), then listed through it.
+    init_one(&following.a, small("through-the-follower")).await;
+    following
+        .a
+        .list_vees(&ListQuery::default())
+        .await
+        .expect("a forwarded list");
+    let scrape_of = |url: String| async move {
+        let answer = reqwest::get(format!("{url}/metrics"))
+            .await
+            .expect("an answer");
+        assert_eq!(answer.status().as_u16(), 200);
+        parse_samples(&answer.text().await.expect("a body"))
+    };
+    let led = scrape_of(leading.url.clone()).await;
+    assert_eq!(value(&led, "veem_leader", &[]), 1.0);
+    assert_eq!(value(&led, "veem_vees", &[("state", "DEFINED")]), 1.0);
+    let followed = scrape_of(following.url.clone()).await;
+    assert_eq!(value(&followed, "veem_leader", &[]), 0.0);
+    assert!(
+        !followed.keys().any(|k| k.starts_with("veem_vees")),
+        "a follower has no books to show: {:?}",
+        followed.keys()
+    );
+    let forwarded = |method: &str, status: &str| {
+        followed
+            .get(&series(
+                "veem_http_requests_total",
+                &[
+                    ("route", "forwarded"),
+                    ("method", method),
+                    ("status", status),
+                ],
+            ))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    assert!(forwarded("POST", "201") >= 1.0, "{followed:?}");
+    assert!(forwarded("GET", "200") >= 1.0, "{followed:?}");
+    // The leader counted the forwarded calls by their route.
+    let initialized = series(
+        "veem_http_requests_total",
+        &[
+            ("route", "/vmi/v1/vees/initialize"),
+            ("method", "POST"),
+            ("status", "201"),
+        ],
+    );
+    assert!(led.get(&initialized).copied().unwrap_or(0.0) >= 1.0);
 }
