@@ -157,6 +157,57 @@ async fn measure(server: &Server, active: usize, samples: usize) -> anyhow::Resu
     })
 }
 
+/// p50 and p99 of the exposition alone, in this process (no HTTP, no locks): figures as the
+/// server's at `hosts` hosts, each up and holding 20 VEEs.
+fn render_alone(hosts: &[&'static str], vees: usize, samples: usize) -> (Duration, Duration) {
+    use std::sync::Arc;
+    use veem_server::metrics::{render, Capacity, CoreFigures, Format, HostLoad};
+    let mut counts = veem_server::veem::VeeCounts::default();
+    counts.0[2] = vees as u64;
+    let ids: Vec<veem_model::HostId> = hosts
+        .iter()
+        .map(|h| veem_model::HostId::new(*h).expect("a valid host name"))
+        .collect();
+    let figures = CoreFigures {
+        vees: counts,
+        pending: 0,
+        host_states: ids
+            .iter()
+            .map(|h| (h.clone(), veem_api::HostState::Up))
+            .collect(),
+        loads: ids
+            .iter()
+            .map(|h| {
+                let load = HostLoad {
+                    capacity: Capacity {
+                        cpus: 32,
+                        memory_mb: 32_768,
+                    },
+                    used: Capacity {
+                        cpus: 20,
+                        memory_mb: 10_240,
+                    },
+                    enabled: true,
+                    vees: 20,
+                };
+                (Arc::new(h.clone()), load)
+            })
+            .collect(),
+        accounting_push: Default::default(),
+        monitoring_push: Default::default(),
+    };
+    let mut took: Vec<Duration> = (0..samples)
+        .map(|_| {
+            let start = Instant::now();
+            let text = render(Some(figures.clone()), Format::PrometheusText);
+            std::hint::black_box(text);
+            start.elapsed()
+        })
+        .collect();
+    took.sort();
+    (percentile(&took, 0.5), percentile(&took, 0.99))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let hosts = env_or("VEEM_BENCH_HOSTS", 10_000);
@@ -169,6 +220,12 @@ async fn main() -> anyhow::Result<()> {
     let names: Vec<&'static str> = (1..=hosts)
         .map(|i| &*Box::leak(format!("h{i:05}").into_boxed_str()))
         .collect();
+    let alone = render_alone(&names, vees, samples);
+    println!(
+        "the exposition alone (this process, {hosts} hosts): p50 {} p99 {}",
+        ms(alone.0),
+        ms(alone.1)
+    );
     let started = Instant::now();
     let mut server = Server::start_with(Setup {
         hosts: names.iter().map(|n| (*n, 32, 32_768, "")).collect(),
@@ -221,6 +278,11 @@ async fn main() -> anyhow::Result<()> {
             ms(figures.page.1)
         );
     }
+    println!(
+        "| the exposition alone, in the bench's process (no HTTP, no locks), {hosts} hosts | {} | {} |",
+        ms(alone.0),
+        ms(alone.1)
+    );
     println!(
         "| scrape at {vees} / at {small_site} VEEs | {:.2} | {:.2} |",
         ratio(large.scrape.0, small.scrape.0),

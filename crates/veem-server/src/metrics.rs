@@ -27,7 +27,8 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use veem_api::HostState;
 use veem_model::{HostId, VmiState};
-use veem_placement::HostLoad;
+/// What [`CoreFigures::loads`] is made of.
+pub use veem_placement::{Capacity, HostLoad};
 
 use crate::push::PushTotals;
 use crate::veem::VeeCounts;
@@ -471,8 +472,6 @@ pub fn series(name: &str, labels: &[(&str, &str)]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use veem_placement::Capacity;
-
     use super::*;
 
     fn host(name: &str) -> HostId {
