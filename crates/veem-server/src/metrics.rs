@@ -166,6 +166,9 @@ pub fn http_request(route: &str, method: &str, status: u16, seconds: f64) {
         .observe(seconds);
 }
 
+/// Each host's figures as placement keeps them, by host.
+pub type HostLoads = Vec<(Arc<HostId>, HostLoad)>;
+
 /// What a scrape reads of the leader's books (see [`crate::Veem::figures`]).
 #[derive(Debug, Clone)]
 pub struct CoreFigures {
@@ -176,7 +179,7 @@ pub struct CoreFigures {
     /// Every host the VEEM knows, by id, and its state as `GET /hosts` shows it.
     pub host_states: Vec<(HostId, HostState)>,
     /// What placement knows of each host it was told of: capacity, use and VEEs.
-    pub loads: Vec<(Arc<HostId>, HostLoad)>,
+    pub loads: HostLoads,
     pub accounting_push: PushTotals,
     pub monitoring_push: PushTotals,
 }

@@ -62,8 +62,8 @@ pub(crate) fn router(
         config: Arc::new(config.clone()),
     };
     Ok(Router::new()
-        .route(&format!("{}/cluster", veem_api::BASE_PATH), get(view))
         .route(super::metrics::PATH, get(metrics))
+        .route(&format!("{}/cluster", veem_api::BASE_PATH), get(view))
         .fallback(dispatch)
         .layer(axum::middleware::from_fn(
             super::metrics::measure_front_door,

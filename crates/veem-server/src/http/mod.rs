@@ -91,9 +91,9 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed);
     Router::new()
         .nest(veem_api::BASE_PATH, api)
+        .fallback(not_found)
         // Beside the VMI, not in its OpenAPI document.
         .merge(metrics::routes())
-        .fallback(not_found)
         .layer(axum::middleware::from_fn(run_to_completion))
         // Descriptors, envelopes and id lists; images are streamed and not bound by it.
         .layer(DefaultBodyLimit::max(veem_api::MAX_REQUEST_BODY_BYTES))

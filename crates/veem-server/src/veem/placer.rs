@@ -11,14 +11,12 @@
 //!   parts" in ARCHITECTURE.md).
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use veem_model::{HostId, VeeId, VeeRecord};
-use veem_placement::{
-    Capacity, Cluster, Demand, HostLoad, HostUsage, PlacementError, Policy, Unplaceable,
-};
+use veem_placement::{Capacity, Cluster, Demand, HostUsage, PlacementError, Policy, Unplaceable};
 
 /// What a VEE asks of a host.
 pub(super) fn demand_of(record: &VeeRecord) -> Demand {
@@ -235,7 +233,7 @@ impl Placer {
     }
 
     /// How many VEEs wait for placement, and every host's figures (for metrics).
-    pub(super) fn loads(&self) -> (usize, Vec<(Arc<HostId>, HostLoad)>) {
+    pub(super) fn loads(&self) -> (usize, crate::metrics::HostLoads) {
         let state = self.state();
         (state.pending.len(), state.cluster.loads())
     }
