@@ -9,7 +9,7 @@ use crate::affinity::AffinityIndex;
 use crate::free_index::FreeIndex;
 use crate::host::Host;
 use crate::reason::{self, amount, count, unplaceable};
-use crate::{Capacity, Demand, HostUsage, PlacementError, Policy, Unplaceable};
+use crate::{Capacity, Demand, HostLoad, HostUsage, PlacementError, Policy, Unplaceable};
 
 #[derive(Debug)]
 struct Placed {
@@ -279,6 +279,15 @@ impl Cluster {
 
     pub fn usage(&self, host: &HostId) -> Option<HostUsage> {
         Some(self.hosts[*self.slots.get(host)?].usage())
+    }
+
+    /// Every known host's figures, in no order: what it costs is one line per host, whatever
+    /// the VEEs on it.
+    pub fn loads(&self) -> Vec<(Arc<HostId>, HostLoad)> {
+        self.hosts
+            .iter()
+            .map(|host| (host.id.clone(), host.load()))
+            .collect()
     }
 
     /// Every known host, sorted.

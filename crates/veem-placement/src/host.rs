@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use veem_model::{HostId, VeeId};
 
-use crate::{Capacity, HostUsage};
+use crate::{Capacity, HostLoad, HostUsage};
 
 /// One physical host. Its slot (index in `Cluster::hosts`) never changes: hosts are never
 /// removed, only disabled.
@@ -82,6 +82,18 @@ impl Host {
             },
             enabled: self.enabled,
             vees: self.vees.iter().cloned().collect(),
+        }
+    }
+
+    pub(crate) fn load(&self) -> HostLoad {
+        HostLoad {
+            capacity: self.capacity,
+            used: Capacity {
+                cpus: u32::try_from(self.used_cpus).unwrap_or(u32::MAX),
+                memory_mb: self.used_memory_mb,
+            },
+            enabled: self.enabled,
+            vees: self.vees.len(),
         }
     }
 }

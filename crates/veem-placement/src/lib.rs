@@ -125,6 +125,16 @@ pub struct HostUsage {
     pub vees: Vec<VeeId>,
 }
 
+/// One host's figures without its VEEs' ids: what a metrics scrape reads of every host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostLoad {
+    pub capacity: Capacity,
+    pub used: Capacity,
+    pub enabled: bool,
+    /// How many VEEs hold an allocation there.
+    pub vees: usize,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -83,6 +83,9 @@ pub struct Config {
     /// replaced within about this long. It renews every quarter of it.
     #[serde(default = "default_lease_ttl_ms")]
     pub lease_ttl_ms: u64,
+    /// The bearer token `GET /metrics` asks for; absent: Prometheus scrapes it without one.
+    #[serde(default)]
+    pub metrics_token: Option<String>,
 }
 
 /// `[store]`: absent, or without `url`, the books are SQLite in `data_dir`.

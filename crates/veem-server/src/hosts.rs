@@ -427,6 +427,16 @@ impl Hosts {
         (hosts, more)
     }
 
+    /// Every host's state, by id: what a metrics scrape reads.
+    pub fn states(&self) -> Vec<(HostId, HostState)> {
+        self.entries
+            .read()
+            .expect("poisoned")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.state()))
+            .collect()
+    }
+
     pub fn all(&self) -> Vec<(HostId, HostEntry)> {
         self.entries
             .read()

@@ -15,6 +15,7 @@ pub mod error;
 pub mod hosts;
 pub mod http;
 pub mod images;
+pub mod metrics;
 pub mod push;
 pub mod sources;
 pub mod token;

@@ -74,6 +74,16 @@ pub struct PushStats {
     pub last_error: Option<String>,
 }
 
+/// What a [`Pusher`] holds and lost, over all its callbacks: what a metrics scrape reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PushTotals {
+    /// Items waiting now, including the batches being sent.
+    pub queued: u64,
+    /// Items dropped since the pusher was made (queue bound, unserializable, forgotten),
+    /// counted also for callbacks whose worker has gone idle since.
+    pub dropped: u64,
+}
+
 /// Checks that `url` can be a callback: an absolute `http` or `https` URL with a host.
 pub fn check_callback(url: &str) -> Result<(), String> {
     let parsed = reqwest::Url::parse(url).map_err(|e| format!("invalid callback url: {e}"))?;
@@ -133,6 +143,8 @@ struct Inner<T> {
     receipts: Option<Arc<dyn Receipts<T>>>,
     /// Cancelled when the last `Pusher` goes, so that its workers do not outlive it.
     shutdown: CancellationToken,
+    /// Every item dropped so far, by any callback ([`PushTotals::dropped`]).
+    dropped: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl<T> Drop for Inner<T> {
@@ -175,6 +187,7 @@ impl<T: Serialize + Send + Sync + 'static> Pusher<T> {
                 callbacks: Arc::new(Mutex::new(HashMap::new())),
                 receipts: None,
                 shutdown: CancellationToken::new(),
+                dropped: Arc::default(),
             }),
         }
     }
@@ -252,8 +265,26 @@ impl<T: Serialize + Send + Sync + 'static> Pusher<T> {
     }
 
     fn report_dropped(&self, callback: &str, items: Vec<Arc<T>>) {
+        count_dropped(&self.inner.dropped, items.len());
         if let (Some(receipts), false) = (&self.inner.receipts, items.is_empty()) {
             receipts.dropped(callback, items);
+        }
+    }
+
+    /// What waits in every callback's queue, and every item dropped so far.
+    pub fn totals(&self) -> PushTotals {
+        let callbacks: Vec<Arc<Callback<T>>> =
+            lock(&self.inner.callbacks).values().cloned().collect();
+        let queued = callbacks
+            .iter()
+            .map(|callback| lock(&callback.queue).items.len() as u64)
+            .sum();
+        PushTotals {
+            queued,
+            dropped: self
+                .inner
+                .dropped
+                .load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 
@@ -286,6 +317,7 @@ impl<T: Serialize + Send + Sync + 'static> Pusher<T> {
             client: self.inner.client.clone(),
             config: self.inner.config.clone(),
             receipts: self.inner.receipts.clone(),
+            dropped: self.inner.dropped.clone(),
         };
         runtime.spawn(worker.run());
         true
@@ -299,6 +331,7 @@ struct Worker<T> {
     client: reqwest::Client,
     config: PushConfig,
     receipts: Option<Arc<dyn Receipts<T>>>,
+    dropped: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl<T: Serialize + Send + Sync + 'static> Worker<T> {
@@ -358,6 +391,7 @@ impl<T: Serialize + Send + Sync + 'static> Worker<T> {
         recording: &mut Option<BoxFuture<'static, ()>>,
         stop: &CancellationToken,
     ) -> bool {
+        count_dropped(&self.dropped, settled.dropped.len());
         let Some(receipts) = &self.receipts else {
             return true;
         };
@@ -411,6 +445,10 @@ impl<T: Serialize + Send + Sync + 'static> Worker<T> {
         }
         true
     }
+}
+
+fn count_dropped(total: &std::sync::atomic::AtomicU64, items: usize) {
+    total.fetch_add(items as u64, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// The items of a callback, with the bookkeeping that keeps each push's items together.
@@ -853,6 +891,22 @@ mod tests {
         pusher.push(&url, (20..25).collect());
         let stats = pusher.stats(&url).unwrap();
         assert_eq!((stats.queued, stats.dropped), (10, 15));
+        let other = format!("http://{address}/other");
+        pusher.push(&other, (0..12).collect());
+        assert_eq!(
+            pusher.totals(),
+            PushTotals {
+                queued: 20,
+                dropped: 17
+            },
+            "summed over callbacks"
+        );
+        assert_eq!(pusher.forget(&other), 10);
+        assert_eq!(
+            pusher.totals().dropped,
+            27,
+            "forgotten items count as dropped"
+        );
 
         let listener = Arc::new(Listener::default());
         let socket = tokio::net::TcpListener::bind(address).await.unwrap();

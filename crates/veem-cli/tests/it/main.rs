@@ -41,6 +41,7 @@ mod harness;
 mod host_migration;
 mod hostloss;
 mod images_fetch;
+mod metrics;
 mod monitoring;
 mod networks;
 mod operators;

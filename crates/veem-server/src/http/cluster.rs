@@ -62,10 +62,14 @@ pub(crate) fn router(
         config: Arc::new(config.clone()),
     };
     Ok(Router::new()
+        .route(super::metrics::PATH, get(metrics))
         .route(&format!("{}/cluster", veem_api::BASE_PATH), get(view))
         // The dashboard's files are the same at every front-end: served here, never forwarded.
         .merge(super::ui::routes())
         .fallback(dispatch)
+        .layer(axum::middleware::from_fn(
+            super::metrics::measure_front_door,
+        ))
         .with_state(door))
 }
 
@@ -89,6 +93,20 @@ pub(super) async fn alone(
         leader: Some(me.name.clone()),
         members: vec![me.clone()],
     }))
+}
+
+/// `GET /metrics` of a front-end among several. The leader answers from its books; any other
+/// front-end has none, and shows its own process's series (its HTTP requests, `veem_leader 0`)
+/// rather than forwarding: Prometheus scrapes every front-end, and each answers for itself.
+async fn metrics(State(door): State<FrontDoor>, request: Request) -> Response {
+    let token = door.config.metrics_token.as_deref();
+    if let Err(refused) = super::metrics::check_token(request.headers(), token) {
+        return refused.into_response();
+    }
+    match door.cluster.role() {
+        Role::Leading(_) if door.cluster.holds_lease() => dispatch(State(door), request).await,
+        _ => super::metrics::exposition(request.headers(), None),
+    }
 }
 
 async fn dispatch(State(door): State<FrontDoor>, request: Request) -> Response {

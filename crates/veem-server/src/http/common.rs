@@ -26,6 +26,8 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     /// This front-end, as `GET /cluster` shows it when it is alone on its store.
     pub front_end: Arc<veem_api::ClusterMember>,
+    /// The bearer token `GET /metrics` asks for, if any (the config's `metrics_token`).
+    pub metrics_token: Option<Arc<str>>,
 }
 
 impl AppState {
@@ -40,6 +42,7 @@ impl AppState {
                 role: veem_api::ClusterRole::Leader,
                 since_ms: crate::veem::now_ms(),
             }),
+            metrics_token: config.metrics_token.as_deref().map(Arc::from),
         }
     }
 }

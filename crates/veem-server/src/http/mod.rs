@@ -11,6 +11,7 @@ mod common;
 mod hosts;
 mod images;
 pub mod listen;
+pub(crate) mod metrics;
 mod monitoring;
 mod networks;
 #[cfg(test)]
@@ -96,10 +97,13 @@ pub fn router(state: AppState) -> Router {
         .nest(veem_api::BASE_PATH, api)
         .merge(ui::routes())
         .fallback(not_found)
+        // Beside the VMI, not in its OpenAPI document.
+        .merge(metrics::routes())
         .layer(axum::middleware::from_fn(run_to_completion))
         // Descriptors, envelopes and id lists; images are streamed and not bound by it.
         .layer(DefaultBodyLimit::max(veem_api::MAX_REQUEST_BODY_BYTES))
         .layer(axum::middleware::map_response(problem::for_rejections))
+        .layer(axum::middleware::from_fn(metrics::measure))
         .with_state(state)
 }
 

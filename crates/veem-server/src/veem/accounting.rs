@@ -299,6 +299,11 @@ pub(super) struct Accounting {
 }
 
 impl Accounting {
+    /// What the listeners' pusher holds and lost.
+    pub(super) fn push_totals(&self) -> crate::push::PushTotals {
+        self.pusher.totals()
+    }
+
     pub(super) fn new(
         listeners: Vec<AccountingListener>,
         records: &[VeeRecord],

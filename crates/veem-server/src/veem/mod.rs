@@ -40,7 +40,7 @@ mod submission;
 pub use images::Images;
 pub use monitoring::{Putter, Routed};
 pub use networks::{lan_key, LanFederation, NetworkInfo, Networks};
-pub use records::ListFilter;
+pub use records::{ListFilter, VeeCounts};
 pub use sites::{SiteInfo, Sites};
 pub use submission::{Plan, PlannedVee};
 
@@ -224,6 +224,20 @@ impl Veem {
 
     pub fn sites(&self) -> &Sites {
         &self.inner.sites
+    }
+
+    /// What `GET /metrics` shows of the books. Cheap at any size: the counts by state are
+    /// kept as records change, and the rest is one line per host.
+    pub fn figures(&self) -> crate::metrics::CoreFigures {
+        let (pending, loads) = self.inner.placer.loads();
+        crate::metrics::CoreFigures {
+            vees: self.inner.records.read().counts(),
+            pending,
+            host_states: self.inner.hosts.states(),
+            loads,
+            accounting_push: self.inner.accounting.push_totals(),
+            monitoring_push: self.inner.hub.push_totals(),
+        }
     }
 
     pub fn vee_dir(&self, id: &VeeId) -> PathBuf {

@@ -83,6 +83,11 @@ impl History {
 }
 
 impl Hub {
+    /// What the subscriptions' pusher holds and lost.
+    pub(super) fn push_totals(&self) -> crate::push::PushTotals {
+        self.pusher.totals()
+    }
+
     pub(super) fn new(
         subscriptions: Vec<MonitoringSubscription>,
         admins: Vec<Principal>,

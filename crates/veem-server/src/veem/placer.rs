@@ -90,6 +90,7 @@ impl Placer {
 
     /// Allocates a host to one VEE.
     pub(super) fn place(&self, id: &VeeId, demand: Demand) -> Result<HostId, PlacementError> {
+        let _timed = crate::metrics::placement_timer();
         self.state().cluster.place(id, demand)
     }
 
@@ -125,6 +126,7 @@ impl Placer {
         &self,
         batch: Vec<(VeeId, Demand)>,
     ) -> Result<Vec<HostId>, PlacementError> {
+        let _timed = crate::metrics::placement_timer();
         self.state().cluster.place_all(batch)
     }
 
@@ -262,6 +264,12 @@ impl Placer {
         state.cluster.release(id);
         state.pending.remove(&seq);
         state.offered.remove(&seq);
+    }
+
+    /// How many VEEs wait for placement, and every host's figures (for metrics).
+    pub(super) fn loads(&self) -> (usize, crate::metrics::HostLoads) {
+        let state = self.state();
+        (state.pending.len(), state.cluster.loads())
     }
 
     /// The VEEs waiting for placement, oldest first.

@@ -108,6 +108,36 @@ pub(super) struct RecordsState {
     /// Each VEE that runs at another site, by (site, its id there), to its number: what a
     /// site pushes names its own ids.
     remotes: HashMap<(SiteName, VeeId), u64>,
+    /// How many VEEs are in each VMI state, kept as records come, change and go, so that a
+    /// metrics scrape does not walk 200,000 records.
+    by_state: VeeCounts,
+}
+
+/// How many VEEs are in each VMI state, in the order of [`VmiState::ALL`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VeeCounts(pub [u64; VmiState::ALL.len()]);
+
+impl VeeCounts {
+    fn slot(state: VmiState) -> usize {
+        VmiState::ALL
+            .iter()
+            .position(|s| *s == state)
+            .expect("ALL lists every state")
+    }
+
+    fn add(&mut self, state: VmiState) {
+        self.0[Self::slot(state)] += 1;
+    }
+
+    fn remove(&mut self, state: VmiState) {
+        let count = &mut self.0[Self::slot(state)];
+        *count = count.saturating_sub(1);
+    }
+
+    /// The VEEs in `state`.
+    pub fn of(&self, state: VmiState) -> u64 {
+        self.0[Self::slot(state)]
+    }
 }
 
 /// The key of a VEE that runs at another site.
@@ -128,6 +158,11 @@ impl RecordsState {
 
     pub(super) fn contains(&self, seq: u64) -> bool {
         self.vees.contains_key(&seq)
+    }
+
+    /// How many VEEs are in each VMI state.
+    pub(super) fn counts(&self) -> VeeCounts {
+        self.by_state
     }
 }
 
@@ -171,7 +206,9 @@ impl Records {
         // Owners and hosts are few: each record shares the one copy of its names.
         let mut owners = HashSet::new();
         let mut host_names = HashSet::new();
+        let mut by_state = VeeCounts::default();
         for mut record in records {
+            by_state.add(record.state);
             share(&mut owners, &mut record.owner);
             let seq = record.id.seq();
             if let Some(host) = &mut record.host {
@@ -201,6 +238,7 @@ impl Records {
                     vees,
                     monitoring_tokens,
                     remotes,
+                    by_state,
                 }),
                 next_seq: Mutex::new(next_seq.max(1)),
             },
@@ -313,7 +351,10 @@ impl Records {
                 continue;
             };
             let (before, after) = (remote_key(&slot.record), remote_key(&s.record));
+            let (was, is) = (slot.record.state, s.record.state);
             slot.set(s.record.clone());
+            state.by_state.remove(was);
+            state.by_state.add(is);
             if before != after {
                 if let Some(key) = before {
                     state.remotes.remove(&key);
@@ -329,7 +370,10 @@ impl Records {
     pub(super) fn insert(&self, records: &[VeeRecord]) {
         let mut state = self.read();
         for r in records {
-            state.vees.insert(r.id.seq(), Slot::new(r.clone()));
+            if let Some(old) = state.vees.insert(r.id.seq(), Slot::new(r.clone())) {
+                state.by_state.remove(old.record.state);
+            }
+            state.by_state.add(r.state);
             if let Some(token) = &r.monitoring_token {
                 state.monitoring_tokens.insert(token.clone(), r.id.seq());
             }
@@ -343,6 +387,7 @@ impl Records {
     pub(super) fn remove(&self, seq: u64) {
         let mut state = self.read();
         if let Some(slot) = state.vees.remove(&seq) {
+            state.by_state.remove(slot.record.state);
             if let Some(token) = &slot.record.monitoring_token {
                 state.monitoring_tokens.remove(token);
             }
@@ -524,6 +569,38 @@ mod tests {
             records.at_site(&east, &there).is_none(),
             "gone with its VEE"
         );
+    }
+
+    #[test]
+    fn the_counts_by_state_follow_records_as_they_come_change_and_go() {
+        let records = Records::load(vec![record()], 2).records;
+        let counts = || records.read().counts();
+        assert_eq!(counts().of(VmiState::Defined), 1);
+        let mut second = record();
+        second.id = VeeId::from_seq(2);
+        second.state = VmiState::Active;
+        records.insert(std::slice::from_ref(&second));
+        let active = records
+            .stage(1, None, |r| r.state = VmiState::Active)
+            .expect("known");
+        records.apply(&[active]);
+        assert_eq!(counts().of(VmiState::Defined), 0);
+        assert_eq!(counts().of(VmiState::Active), 2);
+        records.remove(2);
+        let all: u64 = counts().0.iter().sum();
+        assert_eq!((counts().of(VmiState::Active), all), (1, 1));
+        let listed = records.list(
+            &Caller {
+                principal: Principal::new("alice").expect("a valid name"),
+                admin: true,
+            },
+            &ListFilter {
+                state: Some(VmiState::Active),
+                limit: 1000,
+                ..ListFilter::default()
+            },
+        );
+        assert_eq!(listed.0.len() as u64, counts().of(VmiState::Active));
     }
 
     #[test]
