@@ -83,6 +83,18 @@ pub struct Config {
     /// replaced within about this long. It renews every quarter of it.
     #[serde(default = "default_lease_ttl_ms")]
     pub lease_ttl_ms: u64,
+    /// `[occi]`: OCCI 1.2 on a listener of its own; absent: none.
+    #[serde(default)]
+    pub occi: Option<OcciConfig>,
+}
+
+/// `[occi]`: the OCCI 1.2 interface (same principals and tokens as the VMI; HTTPS when `[tls]`
+/// has a certificate).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OcciConfig {
+    /// Where OCCI is served, e.g. `"127.0.0.1:7072"`.
+    pub listen: SocketAddr,
 }
 
 /// `[store]`: absent, or without `url`, the books are SQLite in `data_dir`.

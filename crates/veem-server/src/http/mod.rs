@@ -13,6 +13,7 @@ mod images;
 pub mod listen;
 mod monitoring;
 mod networks;
+pub mod occi;
 #[cfg(test)]
 mod openapi_doc;
 pub mod problem;
