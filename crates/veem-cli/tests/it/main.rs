@@ -41,6 +41,7 @@ mod hostloss;
 mod images_fetch;
 mod monitoring;
 mod networks;
+mod occi;
 mod operators;
 
 mod purge;

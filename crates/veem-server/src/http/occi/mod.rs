@@ -559,7 +559,8 @@ async fn serve(state: &Occi, request: Request) -> OcciResult<Response> {
             if id != model::id(INFRA, "compute") {
                 return Err(action_on_other_kind(&id, &action));
             }
-            let all = filter(ctx.collection(&id).await?, &occi, &ctx)?;
+            // The request's Category and attributes are the action's: every member acts.
+            let all = ctx.collection(&id).await?;
             let ids: Vec<VeeId> = all.iter().filter_map(|e| VeeId::parse(&entity_id(e)).ok()).collect();
             ctx.compute_action(&ids, &action, &occi).await?;
             Ok(out.empty(StatusCode::OK))
@@ -1383,6 +1384,10 @@ impl Ctx<'_> {
         }
         let mut descriptor = VeeDescriptor::minimal(cores.unwrap_or(1), memory_mb.unwrap_or(1024));
         descriptor.name = name;
+        // The size it is made with stays its ceiling: shrunk, it can grow back (the VMI's
+        // resize never goes above the ceiling fixed at definition).
+        descriptor.cpu_max = Some(descriptor.cpu);
+        descriptor.memory_max_mb = Some(descriptor.memory_mb);
         descriptor.disks = disks;
         descriptor.nics = nics;
         let mut records = self
