@@ -855,3 +855,62 @@ async fn occi_networks_storage_and_links_of_a_compute() {
         .iter()
         .all(|n| n.name != "lan"));
 }
+
+/// The `sh` blocks of README.md's "OCCI" section, run as written against a server (its port
+/// and sm-a's token put in), each `curl` failing the script on an error status.
+#[tokio::test]
+async fn occi_readme_curl_examples_work_as_written() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
+        .expect("README.md is readable");
+    let section = readme
+        .split("\n## OCCI\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("README.md has a section OCCI");
+    let blocks: Vec<&str> = section
+        .split("```sh\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .collect();
+    assert!(!blocks.is_empty(), "the OCCI section has sh examples");
+    let o = Occi::start().await;
+    let script = blocks
+        .join("\n")
+        .replace("http://127.0.0.1:7072", &o.url)
+        .replace("sm-a-secret", TOKEN_A)
+        .replace("curl ", "curl --fail-with-body ");
+    let out = std::process::Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .output()
+        .expect("bash and curl run (both are installed by the project's scripts)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the README's OCCI examples failed: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("Category: compute;"), "{stdout}");
+    assert!(
+        stdout.contains("X-OCCI-Attribute: occi.compute.state=\"active\""),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("\"occi.compute.state\":\"active\""),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("X-OCCI-Attribute: occi.compute.state=\"inactive\""),
+        "{stdout}"
+    );
+    let vees = o
+        .server
+        .a
+        .list_vees(&Default::default())
+        .await
+        .expect("list");
+    assert!(
+        vees.vees.is_empty(),
+        "the example deleted what it made: {vees:?}"
+    );
+}
