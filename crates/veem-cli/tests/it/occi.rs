@@ -700,7 +700,7 @@ async fn occi_errors_have_the_specified_codes_and_change_nothing() {
         ("POST", format!("{path}?action=fly"), vec![], action("fly"), 400),
         ("POST", format!("{path}?action=save"), vec![], action("save"), 501),
         ("POST", format!("{path}?colour=red"), vec![], String::new(), 400),
-        ("POST", "/storage/".into(), vec![], format!("{}X-OCCI-Attribute: occi.storage.size=1\n", kind("storage")), 501),
+        ("POST", "/storage/".into(), vec![], format!("{}X-OCCI-Attribute: occi.storage.size=1\n", kind("storage")), 400),
         ("POST", "/storage/tiny?action=backup".into(), vec![], "Category: backup; scheme=\"http://schemas.ogf.org/occi/infrastructure/storage/action#\"; class=\"action\"\n".into(), 501),
         ("PUT", path.clone(), vec![], format!("{}X-OCCI-Attribute: occi.compute.hostname=\"renamed\"\n", kind("compute")), 501),
         ("PUT", path.clone(), vec![], format!("{}X-OCCI-Attribute: occi.compute.cores=64\n", kind("compute")), 400),
@@ -772,6 +772,40 @@ async fn occi_networks_storage_and_links_of_a_compute() {
         )
         .await;
     assert_eq!(again.status, 409, "{}", again.body);
+    // A blank storage of 2 GiB: an image of the caller's.
+    let blank = o
+        .plain(
+            "POST",
+            "/storage/",
+            &format!(
+                "{}X-OCCI-Attribute: occi.core.title=\"data\"\nX-OCCI-Attribute: occi.storage.size=2\n",
+                kind("storage")
+            ),
+        )
+        .await;
+    assert_eq!(blank.status, 201, "{}", blank.body);
+    assert_eq!(blank.header("location"), format!("{}/storage/data", o.url));
+    assert_eq!(
+        blank.attribute("occi.storage.size").as_deref(),
+        Some("2"),
+        "its virtual size"
+    );
+    let images = o.server.a.list_images().await.expect("images");
+    assert!(
+        images
+            .images
+            .iter()
+            .any(|i| i.name == "data" && i.format == "qcow2"),
+        "{images:?}"
+    );
+    let twice = o
+        .plain(
+            "POST",
+            "/storage/",
+            &format!("{}X-OCCI-Attribute: occi.core.title=\"data\"\nX-OCCI-Attribute: occi.storage.size=1\n", kind("storage")),
+        )
+        .await;
+    assert_eq!(twice.status, 409, "{}", twice.body);
     let storage = o.plain("GET", "/storage/tiny", "").await;
     assert_eq!(storage.status, 200, "{}", storage.body);
     assert_eq!(

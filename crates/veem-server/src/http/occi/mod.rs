@@ -532,9 +532,10 @@ async fn serve(state: &Occi, request: Request) -> OcciResult<Response> {
                 let created = ctx.create_network(&occi).await?;
                 Ok(out.created(&created))
             }
-            Method::POST if id == model::id(INFRA, "storage") => Err(OcciError::not_implemented(
-                "storage is created by uploading an image (PUT /vmi/v1/images/{name} on the VMI)",
-            )),
+            Method::POST if id == model::id(INFRA, "storage") => {
+                let created = ctx.create_storage(&occi).await?;
+                Ok(out.created(&created))
+            }
             Method::POST if KINDS.iter().any(|k| id == model::id(INFRA, k)) => {
                 Err(OcciError::not_implemented(
                     "links are made with their compute: give them in the compute's creation request",
@@ -1046,21 +1047,19 @@ impl Ctx<'_> {
         }
     }
 
-    fn storages(&self) -> Vec<Entity> {
+    async fn storages(&self) -> Vec<Entity> {
         let mut images = self.veem().images().list(self.caller);
         images.sort_by(|a, b| a.name.as_str().cmp(b.name.as_str()));
-        images
-            .iter()
-            .map(|image| Entity {
+        let mut out = Vec::with_capacity(images.len());
+        for image in &images {
+            let size = self.virtual_size(image).await;
+            out.push(Entity {
                 kind: CategoryRef::of(&category("storage")),
                 mixins: Vec::new(),
                 attributes: vec![
                     ("occi.core.id".into(), string(image.name.to_string())),
                     ("occi.core.title".into(), string(image.name.to_string())),
-                    (
-                        "occi.storage.size".into(),
-                        Value::Number(image.size_bytes as f64 / GIB),
-                    ),
+                    ("occi.storage.size".into(), Value::Number(size as f64 / GIB)),
                     ("occi.storage.state".into(), string("online")),
                 ],
                 actions: Vec::new(),
@@ -1068,8 +1067,30 @@ impl Ctx<'_> {
                 links: Vec::new(),
                 source: None,
                 target: None,
-            })
-            .collect()
+            });
+        }
+        out
+    }
+
+    /// The size of the disk an image gives: a qcow2's virtual size (its header's), a raw
+    /// image's bytes; the bytes when the header cannot be read here.
+    async fn virtual_size(&self, image: &veem_model::ImageRecord) -> u64 {
+        if image.format != veem_model::ImageFormat::Qcow2 {
+            return image.size_bytes;
+        }
+        use tokio::io::AsyncReadExt as _;
+        let path = self.veem().images().blob_path(&image.sha256);
+        let mut header = [0u8; 32];
+        let read = async {
+            let mut file = tokio::fs::File::open(&path).await?;
+            file.read_exact(&mut header).await?;
+            Ok::<_, std::io::Error>(())
+        };
+        match read.await {
+            // The virtual size is the header's big-endian u64 at byte 24.
+            Ok(()) => u64::from_be_bytes(header[24..32].try_into().unwrap_or([0; 8])),
+            Err(_) => image.size_bytes,
+        }
     }
 
     fn networks(&self) -> Vec<Entity> {
@@ -1108,7 +1129,7 @@ impl Ctx<'_> {
         let computes = self.computes();
         let links: Vec<Entity> = computes.iter().flat_map(|c| c.links.clone()).collect();
         let mut all = computes;
-        all.extend(self.storages());
+        all.extend(self.storages().await);
         all.extend(self.networks());
         all.extend(links);
         Ok(all)
@@ -1121,7 +1142,7 @@ impl Ctx<'_> {
             return Ok(self.computes());
         }
         if id == term("storage") {
-            return Ok(self.storages());
+            return Ok(self.storages().await);
         }
         if id == term("network") {
             return Ok(self.networks());
@@ -1165,7 +1186,11 @@ impl Ctx<'_> {
                 let record = self.veem().get(self.caller, &vee)?;
                 Some(self.compute(&record))
             }
-            "storage" => self.storages().into_iter().find(|e| e.location == location),
+            "storage" => self
+                .storages()
+                .await
+                .into_iter()
+                .find(|e| e.location == location),
             "network" => self.networks().into_iter().find(|e| e.location == location),
             _ => {
                 // A link: `<vee id>_<n>`, found among its compute's links.
@@ -1501,6 +1526,43 @@ impl Ctx<'_> {
             ));
         }
         self.entity("network", &info.network.name).await
+    }
+
+    /// A blank image of `occi.storage.size` GiB named `occi.core.title` (an empty qcow2).
+    async fn create_storage(&self, request: &OcciRequest) -> OcciResult<Entity> {
+        let mixins = self.mixins_of(request, "storage", true)?;
+        let mut defs = vec![category("storage")];
+        defs.extend(mixins.iter().cloned());
+        self.check_attributes(request, &defs, &["occi.core.id"])?;
+        let Some(Value::Number(gib)) = request.attribute("occi.storage.size") else {
+            return Err(OcciError::bad("a storage needs occi.storage.size (GiB)"));
+        };
+        let Some(Value::String(name)) = request.attribute("occi.core.title") else {
+            return Err(OcciError::bad("a storage needs a name: occi.core.title"));
+        };
+        let bytes = gib * GIB;
+        if !(bytes >= 1.0 && bytes <= crate::images::MAX_BLANK_IMAGE_BYTES as f64) {
+            return Err(OcciError::bad(format!(
+                "occi.storage.size must be more than 0 and at most {} GiB",
+                crate::images::MAX_BLANK_IMAGE_BYTES >> 30
+            )));
+        }
+        let image =
+            ImageName::new(name).map_err(|e| OcciError::bad(format!("occi.core.title: {e}")))?;
+        if self
+            .veem()
+            .images()
+            .list(self.caller)
+            .iter()
+            .any(|i| i.name == image && i.owner == self.caller.principal)
+        {
+            return Err(OcciError::new(
+                StatusCode::CONFLICT,
+                format!("storage {name} exists"),
+            ));
+        }
+        crate::images::put_blank_image(self.veem(), self.caller, name, bytes.ceil() as u64).await?;
+        self.entity("storage", name).await
     }
 
     /// Carries out a compute action on `ids`, after checking the request names it.
