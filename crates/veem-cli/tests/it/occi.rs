@@ -94,17 +94,33 @@ fn action(term: &str) -> String {
 impl Occi {
     /// A server with sim hosts, the shared image `tiny`, and OCCI on a port of its own.
     async fn start() -> Self {
+        Self::start_with(Setup::default()).await
+    }
+
+    /// [`Occi::start`] with `setup`; with `tls`, OCCI is HTTPS too, and so is the client.
+    async fn start_with(setup: Setup) -> Self {
         let port = free_port();
         let server = Server::start_with_guest(Setup {
             extra_config: format!("\n[occi]\nlisten = \"127.0.0.1:{port}\"\n"),
-            ..Setup::default()
+            ..setup
         })
         .await
         .expect("sim servers always start");
+        let (scheme, http) = match &server.ca {
+            Some(ca) => {
+                let tls = veem_tls::client_config(Some(ca), None).expect("the site's CA loads");
+                let http = reqwest::Client::builder()
+                    .use_preconfigured_tls(tls)
+                    .build()
+                    .expect("an https client");
+                ("https", http)
+            }
+            None => ("http", reqwest::Client::new()),
+        };
         Self {
             server,
-            url: format!("http://127.0.0.1:{port}"),
-            http: reqwest::Client::new(),
+            url: format!("{scheme}://127.0.0.1:{port}"),
+            http,
         }
     }
 
@@ -705,6 +721,7 @@ async fn occi_errors_have_the_specified_codes_and_change_nothing() {
         ("PUT", path.clone(), vec![], format!("{}X-OCCI-Attribute: occi.compute.hostname=\"renamed\"\n", kind("compute")), 501),
         ("PUT", path.clone(), vec![], format!("{}X-OCCI-Attribute: occi.compute.cores=64\n", kind("compute")), 400),
         ("DELETE", "/compute/vee-99999999".into(), vec![], String::new(), 404),
+        ("PUT", "/compute/vee-99999999".into(), vec![], kind("compute"), 501),
     ];
     for (method, target, mut headers, body, status) in cases {
         headers.push(bearer(TOKEN_A));
@@ -720,6 +737,10 @@ async fn occi_errors_have_the_specified_codes_and_change_nothing() {
         assert!(
             !answer.body.trim().is_empty(),
             "{method} {target}: no message"
+        );
+        assert!(
+            answer.header("server").contains("OCCI/1.2"),
+            "{method} {target}: no Server header naming OCCI/1.2"
         );
         if status == 405 {
             assert!(!answer.header("allow").is_empty());
@@ -946,5 +967,29 @@ async fn occi_readme_curl_examples_work_as_written() {
     assert!(
         vees.vees.is_empty(),
         "the example deleted what it made: {vees:?}"
+    );
+}
+
+/// With `[tls]` cert and key the OCCI listener is HTTPS (and only HTTPS), like the VMI's.
+#[tokio::test]
+async fn occi_listener_is_https_with_tls() {
+    let o = Occi::start_with(Setup {
+        tls: Some(vec![]),
+        ..Setup::default()
+    })
+    .await;
+    assert!(o.url.starts_with("https://"));
+    let query = o.call("GET", "/-/", &[basic("sm-a", TOKEN_A)], "").await;
+    assert_eq!(query.status, 200, "{}", query.body);
+    let path = o.create(&kind("compute")).await;
+    assert!(o.create(&kind("compute")).await != path);
+    let plain = reqwest::Client::new()
+        .get(o.url.replace("https://", "http://") + "/-/")
+        .header("Authorization", format!("Bearer {TOKEN_A}"))
+        .send()
+        .await;
+    assert!(
+        plain.map_or(true, |r| !r.status().is_success()),
+        "plain HTTP is not answered on an HTTPS OCCI listener"
     );
 }

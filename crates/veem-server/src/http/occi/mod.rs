@@ -72,6 +72,7 @@ pub fn router(app: AppState, https: bool) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(
             veem_api::MAX_REQUEST_BODY_BYTES,
         ))
+        .layer(axum::middleware::map_response(with_server_header))
         .with_state(state)
 }
 
@@ -84,37 +85,49 @@ pub(crate) fn cluster_router(
 ) -> Router {
     let leading: Arc<OnceLock<Router>> = Arc::new(OnceLock::new());
     let config = Arc::new(config.clone());
-    Router::new().fallback(move |request: Request| {
-        let cluster = cluster.clone();
-        let leading = leading.clone();
-        let config = config.clone();
-        async move {
-            match cluster.role() {
-                crate::cluster::Role::Leading(veem) if cluster.holds_lease() => {
-                    let app = leading
-                        .get_or_init(|| router(AppState::new(veem, &config), https))
-                        .clone();
-                    match app.oneshot(request).await {
-                        Ok(response) => response,
-                        Err(never) => match never {},
+    Router::new()
+        .fallback(move |request: Request| {
+            let cluster = cluster.clone();
+            let leading = leading.clone();
+            let config = config.clone();
+            async move {
+                match cluster.role() {
+                    crate::cluster::Role::Leading(veem) if cluster.holds_lease() => {
+                        let app = leading
+                            .get_or_init(|| router(AppState::new(veem, &config), https))
+                            .clone();
+                        match app.oneshot(request).await {
+                            Ok(response) => response,
+                            Err(never) => match never {},
+                        }
                     }
-                }
-                _ => {
-                    let mut response = OcciError::new(
+                    _ => {
+                        let mut response = OcciError::new(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "this front-end does not lead its site; OCCI is answered by the leader's \
                          OCCI listener only (see GET /vmi/v1/cluster)",
                     )
                     .into_response();
-                    response.headers_mut().insert(
-                        header::RETRY_AFTER,
-                        HeaderValue::from_static(RETRY_AFTER_SECONDS),
-                    );
-                    response
+                        response.headers_mut().insert(
+                            header::RETRY_AFTER,
+                            HeaderValue::from_static(RETRY_AFTER_SECONDS),
+                        );
+                        response
+                    }
                 }
             }
-        }
-    })
+        })
+        .layer(axum::middleware::map_response(with_server_header))
+}
+
+/// What every OCCI answer says it comes from: GFD.222 has a server name its OCCI version.
+const SERVER: &str = concat!("veem/", env!("CARGO_PKG_VERSION"), " OCCI/1.2");
+
+async fn with_server_header(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::SERVER, HeaderValue::from_static(SERVER));
+    response
 }
 
 // ---- errors ----
@@ -568,6 +581,11 @@ async fn serve(state: &Occi, request: Request) -> OcciResult<Response> {
         }
         (Target::Entity(kind, id), None) => match (kind, method) {
             (_, Method::GET | Method::HEAD) => Ok(out.entity(StatusCode::OK, &ctx.entity(kind, &id).await?)),
+            ("compute", Method::PUT) if !ctx.exists("compute", &id).await => {
+                Err(OcciError::not_implemented(
+                    "veem chooses a compute's location: create it with POST /compute/",
+                ))
+            }
             ("compute", Method::PUT | Method::POST) => {
                 let updated = ctx.update_compute(&id, &occi).await?;
                 Ok(out.entity(StatusCode::OK, &updated))
@@ -1176,6 +1194,11 @@ impl Ctx<'_> {
             .into_iter()
             .filter(|e| e.has_category(id) || dependents.iter().any(|d| e.has_category(d)))
             .collect())
+    }
+
+    /// Whether `/{kind}/{id}` names an entity the caller sees.
+    async fn exists(&self, kind: &str, id: &str) -> bool {
+        self.entity(kind, id).await.is_ok()
     }
 
     async fn entity(&self, kind: &str, id: &str) -> OcciResult<Entity> {
