@@ -316,7 +316,7 @@ mod tests {
 
     #[test]
     fn the_query_interface_has_kinds_mixins_and_actions() {
-        let json = categories(&static_categories());
+        let json = categories(static_categories());
         let kinds = json["kinds"].as_array().expect("kinds");
         let compute = kinds
             .iter()

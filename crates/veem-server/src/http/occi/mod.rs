@@ -336,6 +336,10 @@ fn parse_request(headers: &HeaderMap, body: &[u8]) -> OcciResult<OcciRequest> {
     let mut request = OcciRequest::default();
     let from_headers = |request: &mut OcciRequest| -> OcciResult<()> {
         for (name, value) in headers {
+            // Only OCCI's own headers are read; others may hold anything.
+            if !text::FIELDS.contains(&name.as_str()) {
+                continue;
+            }
             let value = value
                 .to_str()
                 .map_err(|_| OcciError::bad(format!("the {name} header is not text")))?;
@@ -531,6 +535,21 @@ async fn serve(state: &Occi, request: Request) -> OcciResult<Response> {
             _ => Err(OcciError::method(&method, "GET, HEAD")),
         },
         (Target::Collection(id), None) => match method {
+            // The computes' locations alone need no entity built (the common listing).
+            Method::GET | Method::HEAD
+                if out.format != Format::Json
+                    && occi.categories.is_empty()
+                    && occi.attributes.is_empty()
+                    && occi.links.is_empty()
+                    && id == model::id(INFRA, "compute") =>
+            {
+                let urls: Vec<String> = ctx
+                    .all_vees()
+                    .iter()
+                    .map(|r| out.absolute(&format!("/compute/{}", r.id)))
+                    .collect();
+                Ok(out.locations(&urls))
+            }
             Method::GET | Method::HEAD => {
                 let all = ctx.collection(&id).await?;
                 let links = id == model::id(INFRA, "storagelink")
@@ -639,7 +658,7 @@ fn action_on_other_kind(kind: &str, action: &str) -> OcciError {
         return OcciError::bad(format!("{kind} has no actions"));
     };
     let known = model::static_categories()
-        .into_iter()
+        .iter()
         .any(|c| c.class == Class::Action && c.scheme == scheme && c.term == action);
     if known {
         OcciError::not_implemented(format!("veem does not carry out {scheme}{action}"))
@@ -772,19 +791,26 @@ impl Out {
     }
 
     fn collection(&self, entities: &[Entity], of_links: bool) -> Response {
+        if self.format == Format::Json {
+            return self.json(StatusCode::OK, json::collection(entities, of_links), None);
+        }
         let urls: Vec<String> = entities
             .iter()
             .map(|e| self.absolute(&e.location))
             .collect();
+        self.locations(&urls)
+    }
+
+    /// A collection as its members' locations (`text/uri-list`, or `X-OCCI-Location`s).
+    fn locations(&self, urls: &[String]) -> Response {
         match self.format {
-            Format::Json => self.json(StatusCode::OK, json::collection(entities, of_links), None),
             Format::UriList => (
                 StatusCode::OK,
                 [(header::CONTENT_TYPE, Format::UriList.media_type())],
-                text::uri_list(&urls),
+                text::uri_list(urls),
             )
                 .into_response(),
-            _ => self.fields(StatusCode::OK, text::locations(&urls), None),
+            _ => self.fields(StatusCode::OK, text::locations(urls), None),
         }
     }
 
@@ -832,11 +858,12 @@ struct Ctx<'a> {
     caller: &'a Caller,
 }
 
-fn category(term: &str) -> Category {
+/// The model's category of `term` (one of its own kinds and mixins).
+fn category(term: &str) -> &'static Category {
     model::static_categories()
-        .into_iter()
+        .iter()
         .find(|c| c.term == term)
-        .unwrap_or_else(|| Category::mixin(INFRA, term, term, "/"))
+        .expect("only the model's own terms are asked for")
 }
 
 fn vmi_state_of_compute(state: VmiState) -> &'static str {
@@ -878,7 +905,7 @@ impl Ctx<'_> {
     /// Every category: the model's, the caller's images as `os_tpl`, the sizes as
     /// `resource_tpl`.
     fn categories(&self) -> Vec<Category> {
-        let mut all = model::static_categories();
+        let mut all = model::static_categories().to_vec();
         all.extend(SIZES.iter().map(|(t, c, m)| model::size_mixin(t, *c, *m)));
         let mut images: Vec<String> = self
             .veem()
@@ -985,7 +1012,7 @@ impl Ctx<'_> {
             let device = disk.target.clone().unwrap_or_else(|| format!("disk{n}"));
             let id = format!("{}_{n}", record.id);
             links.push(Entity {
-                kind: CategoryRef::of(&category("storagelink")),
+                kind: CategoryRef::of(category("storagelink")),
                 mixins: Vec::new(),
                 attributes: vec![
                     ("occi.core.id".into(), string(id.clone())),
@@ -1028,7 +1055,7 @@ impl Ctx<'_> {
             attributes.push(("occi.networkinterface.state".into(), string(link_state)));
             let mut mixins = Vec::new();
             if let Some(ip) = generated.and_then(|g| g.ip.clone()) {
-                mixins.push(CategoryRef::of(&category("ipnetworkinterface")));
+                mixins.push(CategoryRef::of(category("ipnetworkinterface")));
                 attributes.push(("occi.networkinterface.address".into(), string(ip)));
                 attributes.push((
                     "occi.networkinterface.allocation".into(),
@@ -1040,7 +1067,7 @@ impl Ctx<'_> {
                 ));
             }
             links.push(Entity {
-                kind: CategoryRef::of(&category("networkinterface")),
+                kind: CategoryRef::of(category("networkinterface")),
                 mixins,
                 attributes,
                 actions: Vec::new(),
@@ -1054,7 +1081,7 @@ impl Ctx<'_> {
             });
         }
         Entity {
-            kind: CategoryRef::of(&category("compute")),
+            kind: CategoryRef::of(category("compute")),
             mixins,
             attributes,
             actions: compute_actions(record.state),
@@ -1072,7 +1099,7 @@ impl Ctx<'_> {
         for image in &images {
             let size = self.virtual_size(image).await;
             out.push(Entity {
-                kind: CategoryRef::of(&category("storage")),
+                kind: CategoryRef::of(category("storage")),
                 mixins: Vec::new(),
                 attributes: vec![
                     ("occi.core.id".into(), string(image.name.to_string())),
@@ -1119,8 +1146,8 @@ impl Ctx<'_> {
             .map(|info| {
                 let n = &info.network;
                 Entity {
-                    kind: CategoryRef::of(&category("network")),
-                    mixins: vec![CategoryRef::of(&category("ipnetwork"))],
+                    kind: CategoryRef::of(category("network")),
+                    mixins: vec![CategoryRef::of(category("ipnetwork"))],
                     attributes: vec![
                         ("occi.core.id".into(), string(n.name.clone())),
                         ("occi.core.title".into(), string(n.name.clone())),
@@ -1344,7 +1371,7 @@ impl Ctx<'_> {
 
     async fn create_compute(&self, request: &OcciRequest) -> OcciResult<Entity> {
         let mixins = self.mixins_of(request, "compute", true)?;
-        let compute = category("compute");
+        let compute = category("compute").clone();
         let mut defs = vec![compute];
         defs.extend(mixins.iter().cloned());
         self.check_attributes(request, &defs, &["occi.core.id"])?;
@@ -1467,7 +1494,7 @@ impl Ctx<'_> {
             "occi.compute.state",
             "occi.compute.state.message",
         ];
-        self.check_attributes(request, &[category("compute")], &readonly)?;
+        self.check_attributes(request, &[category("compute").clone()], &readonly)?;
         let mut cpu = None;
         let mut memory_mb = None;
         for (name, value) in &request.attributes {
@@ -1507,7 +1534,7 @@ impl Ctx<'_> {
 
     async fn create_network(&self, request: &OcciRequest) -> OcciResult<Entity> {
         let mixins = self.mixins_of(request, "network", true)?;
-        let mut defs = vec![category("network")];
+        let mut defs = vec![category("network").clone()];
         defs.extend(mixins.iter().cloned());
         self.check_attributes(request, &defs, &["occi.core.id"])?;
         let cidr = match request.attribute("occi.network.address") {
@@ -1554,7 +1581,7 @@ impl Ctx<'_> {
     /// A blank image of `occi.storage.size` GiB named `occi.core.title` (an empty qcow2).
     async fn create_storage(&self, request: &OcciRequest) -> OcciResult<Entity> {
         let mixins = self.mixins_of(request, "storage", true)?;
-        let mut defs = vec![category("storage")];
+        let mut defs = vec![category("storage").clone()];
         defs.extend(mixins.iter().cloned());
         self.check_attributes(request, &defs, &["occi.core.id"])?;
         let Some(Value::Number(gib)) = request.attribute("occi.storage.size") else {
@@ -1597,8 +1624,9 @@ impl Ctx<'_> {
     ) -> OcciResult<()> {
         let action_id = model::id(COMPUTE_ACTION, term);
         let definition = model::static_categories()
-            .into_iter()
+            .iter()
             .find(|c| c.class == Class::Action && c.id() == action_id)
+            .cloned()
             .ok_or_else(|| OcciError::bad(format!("{term:?} is not an action of compute")))?;
         match request.categories.as_slice() {
             [only] if only.id() == action_id => {}

@@ -191,8 +191,13 @@ fn entity_attributes() -> Vec<AttributeDef> {
     ]
 }
 
-/// The categories of the model veem implements, the dynamic mixins aside.
-pub fn static_categories() -> Vec<Category> {
+/// The categories of the model veem implements, the dynamic mixins aside; made once.
+pub fn static_categories() -> &'static [Category] {
+    static MODEL: std::sync::LazyLock<Vec<Category>> = std::sync::LazyLock::new(make_model);
+    &MODEL
+}
+
+fn make_model() -> Vec<Category> {
     let mut entity = Category::kind("entity", "Entity", "", None);
     entity.attributes = entity_attributes();
     let mut resource = Category::kind("resource", "Resource", &id(CORE, "entity"), None);

@@ -356,6 +356,9 @@ fn parse_link(value: &str) -> Result<LinkRequest, TextError> {
     Ok(link)
 }
 
+/// The names of OCCI's fields, lowercase (as HTTP header names are given).
+pub const FIELDS: [&str; 4] = ["category", "x-occi-attribute", "link", "x-occi-location"];
+
 /// Adds one field (`Category`, `X-OCCI-Attribute`, `Link`, `X-OCCI-Location`) to `request`;
 /// other names are none of OCCI's and are left alone. `value` may hold several values,
 /// comma-separated.
@@ -407,8 +410,7 @@ pub fn parse_plain(body: &str, request: &mut OcciRequest) -> Result<(), TextErro
         let (name, value) = line
             .split_once(':')
             .ok_or_else(|| error("body", format!("{line:?} is not 'Name: value'")))?;
-        let known = ["category", "x-occi-attribute", "link", "x-occi-location"];
-        if !known.contains(&name.trim().to_ascii_lowercase().as_str()) {
+        if !FIELDS.contains(&name.trim().to_ascii_lowercase().as_str()) {
             return Err(error(
                 "body",
                 format!("{:?} is not an OCCI field", name.trim()),
@@ -509,7 +511,7 @@ mod tests {
     #[test]
     fn the_query_interface_names_attributes_and_actions_of_compute() {
         let all = static_categories();
-        let fields = categories(&all);
+        let fields = categories(all);
         let compute = fields
             .iter()
             .find(|(_, v)| v.starts_with("compute;"))
@@ -531,11 +533,11 @@ mod tests {
     #[test]
     fn an_entity_renders_and_reads_back() {
         let compute = static_categories()
-            .into_iter()
+            .iter()
             .find(|c| c.term == "compute")
             .expect("compute");
         let e = Entity {
-            kind: CategoryRef::of(&compute),
+            kind: CategoryRef::of(compute),
             mixins: Vec::new(),
             attributes: vec![
                 ("occi.core.id".into(), Value::String("vee-1".into())),
