@@ -620,6 +620,27 @@ async fn occi_filters_collections_by_category_and_attribute() {
     assert_eq!(root.locations(), vec![url(&small), url(&medium)]);
     let storage = o.plain("GET", "/", &kind("storage")).await;
     assert_eq!(storage.locations(), vec![url("/storage/tiny")]);
+    // DELETE on the collection purges its members the request selects (GFD.222), here the
+    // small one only.
+    let deleted = o
+        .plain(
+            "DELETE",
+            "/compute/",
+            &format!("Category: small; scheme=\"{RESOURCE_TPL}\"; class=\"mixin\"\n"),
+        )
+        .await;
+    assert_eq!(deleted.status, 200, "{}", deleted.body);
+    assert_eq!(
+        o.plain("GET", "/compute/", "").await.locations(),
+        vec![url(&medium)]
+    );
+    let vees = o
+        .server
+        .a
+        .list_vees(&Default::default())
+        .await
+        .expect("list");
+    assert_eq!(vees.vees.len(), 1, "the small one is purged in the VMI too");
 }
 
 #[tokio::test]
