@@ -86,6 +86,18 @@ pub struct Config {
     /// The bearer token `GET /metrics` asks for; absent: Prometheus scrapes it without one.
     #[serde(default)]
     pub metrics_token: Option<String>,
+    /// `[occi]`: OCCI 1.2 on a listener of its own; absent: none.
+    #[serde(default)]
+    pub occi: Option<OcciConfig>,
+}
+
+/// `[occi]`: the OCCI 1.2 interface (same principals and tokens as the VMI; HTTPS when `[tls]`
+/// has a certificate).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OcciConfig {
+    /// Where OCCI is served, e.g. `"127.0.0.1:7072"`.
+    pub listen: SocketAddr,
 }
 
 /// `[store]`: absent, or without `url`, the books are SQLite in `data_dir`.

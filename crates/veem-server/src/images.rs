@@ -232,3 +232,117 @@ mod upload_tests {
         assert!(check_uploaded_disk(&header(1, 0, 0)).is_err(), "version 1");
     }
 }
+
+/// The largest blank image [`put_blank_image`] makes: 64 TiB.
+pub const MAX_BLANK_IMAGE_BYTES: u64 = 64 << 40;
+
+/// Records a blank image of `size_bytes` (an empty qcow2 disk: it takes a few clusters whatever
+/// its size) in the caller's image store as `name`, like an upload of those bytes.
+pub async fn put_blank_image(
+    veem: &Veem,
+    caller: &Caller,
+    name: &str,
+    size_bytes: u64,
+) -> Result<ImageRecord, CoreError> {
+    if size_bytes == 0 || size_bytes > MAX_BLANK_IMAGE_BYTES {
+        return Err(CoreError::malformed(
+            "size",
+            format!("a blank image is more than 0 and at most {MAX_BLANK_IMAGE_BYTES} bytes"),
+        ));
+    }
+    let bytes = Bytes::from(blank_qcow2(size_bytes));
+    let body = futures::stream::iter([Ok::<_, std::convert::Infallible>(bytes)]);
+    put_image(veem, caller, name, body).await
+}
+
+/// An empty qcow2 (version 2, 64 KiB clusters, 16-bit refcounts) of `size_bytes` virtual
+/// bytes, as `qemu-img create -f qcow2` makes one: the header, one refcount table cluster, one
+/// refcount block, and the L1 table, every L1 entry empty. The size is rounded up to whole
+/// 512-byte sectors, which is all QEMU reads of it.
+pub fn blank_qcow2(size_bytes: u64) -> Vec<u8> {
+    let size_bytes = size_bytes.next_multiple_of(512);
+    const CLUSTER_BITS: u32 = 16;
+    const CLUSTER: u64 = 1 << CLUSTER_BITS;
+    // An L2 table of 8-byte entries maps this many bytes.
+    const PER_L1_ENTRY: u64 = (CLUSTER / 8) * CLUSTER;
+    let l1_entries = size_bytes.div_ceil(PER_L1_ENTRY).max(1);
+    let l1_clusters = (l1_entries * 8).div_ceil(CLUSTER);
+    let (refcount_table, refcount_block, l1_table) = (CLUSTER, 2 * CLUSTER, 3 * CLUSTER);
+    let clusters = 3 + l1_clusters;
+    let mut image = vec![0u8; (clusters * CLUSTER) as usize];
+    let mut header = Vec::with_capacity(72);
+    header.extend_from_slice(b"QFI\xfb");
+    header.extend_from_slice(&2u32.to_be_bytes()); // version
+    header.extend_from_slice(&0u64.to_be_bytes()); // backing file offset
+    header.extend_from_slice(&0u32.to_be_bytes()); // backing file name size
+    header.extend_from_slice(&CLUSTER_BITS.to_be_bytes());
+    header.extend_from_slice(&size_bytes.to_be_bytes());
+    header.extend_from_slice(&0u32.to_be_bytes()); // no encryption
+    header.extend_from_slice(&(l1_entries as u32).to_be_bytes());
+    header.extend_from_slice(&l1_table.to_be_bytes());
+    header.extend_from_slice(&refcount_table.to_be_bytes());
+    header.extend_from_slice(&1u32.to_be_bytes()); // refcount table clusters
+    header.extend_from_slice(&0u32.to_be_bytes()); // snapshots
+    header.extend_from_slice(&0u64.to_be_bytes()); // snapshots offset
+    image[..header.len()].copy_from_slice(&header);
+    let at = refcount_table as usize;
+    image[at..at + 8].copy_from_slice(&refcount_block.to_be_bytes());
+    // Every cluster of the file is used once.
+    for cluster in 0..clusters as usize {
+        let at = refcount_block as usize + 2 * cluster;
+        image[at..at + 2].copy_from_slice(&1u16.to_be_bytes());
+    }
+    image
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `qemu-img` (installed with QEMU) reads the blank image as a clean qcow2 of its size.
+    #[test]
+    fn a_blank_qcow2_is_one_qemu_img_reads_and_checks() {
+        if std::process::Command::new("qemu-img")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "qemu-img is needed under CI"
+            );
+            eprintln!("skipped: no qemu-img");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        for size in [1u64 << 20, 10 << 30, (3 << 40) + 12345] {
+            let path = dir.path().join(format!("blank-{size}.qcow2"));
+            std::fs::write(&path, blank_qcow2(size)).expect("written");
+            let check = std::process::Command::new("qemu-img")
+                .args(["check", "-f", "qcow2"])
+                .arg(&path)
+                .output()
+                .expect("qemu-img runs");
+            assert!(
+                check.status.success(),
+                "{size}: {}{}",
+                String::from_utf8_lossy(&check.stdout),
+                String::from_utf8_lossy(&check.stderr)
+            );
+            let info = std::process::Command::new("qemu-img")
+                .args(["info", "--output=json", "-f", "qcow2"])
+                .arg(&path)
+                .output()
+                .expect("qemu-img runs");
+            let info: serde_json::Value =
+                serde_json::from_slice(&info.stdout).expect("qemu-img info answers JSON");
+            assert_eq!(info["virtual-size"], size.next_multiple_of(512), "{info}");
+            assert_eq!(info["format"], "qcow2");
+        }
+        assert_eq!(
+            blank_qcow2(1 << 30).len(),
+            4 << 16,
+            "a few clusters, whatever the size"
+        );
+    }
+}

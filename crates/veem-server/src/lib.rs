@@ -196,7 +196,17 @@ pub async fn serve(
         );
     }
     tracing::info!(listen = %config.listen, scheme, data_dir = %config.data_dir.display(), hosts = in_process_hosts, "veem is serving the VMI");
+    let occi = match &config.occi {
+        Some(occi) => {
+            let app = http::occi::router(state.clone(), tls.is_some());
+            Some(serve_occi(occi.listen, app, tls.clone()).await?)
+        }
+        None => None,
+    };
     http::listen::serve(listener, http::router(state), tls, shutdown_signal()).await;
+    if let Some(occi) = occi {
+        occi.abort();
+    }
     tracing::info!("veem stopped");
     Ok(())
 }
@@ -217,14 +227,47 @@ async fn serve_cluster(config: Config, tls: Option<veem_tls::Acceptor>) -> anyho
     let auth = Arc::new(auth::Authenticator::new(config.principals.clone()));
     let app = http::cluster::router(cluster.clone(), auth, &config)?;
     let (stop, mut stopping) = tokio::sync::watch::channel(false);
-    let serving = tokio::spawn(http::listen::serve(listener, app, tls, async move {
-        let _ = stopping.wait_for(|stop| *stop).await;
-    }));
+    let serving = tokio::spawn(http::listen::serve(
+        listener,
+        app,
+        tls.clone(),
+        async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
+        },
+    ));
+    let occi = match &config.occi {
+        Some(occi) => {
+            let app = http::occi::cluster_router(cluster.clone(), &config, tls.is_some());
+            Some(serve_occi(occi.listen, app, tls.clone()).await?)
+        }
+        None => None,
+    };
     let ran = cluster.run(&config, shutdown_signal()).await;
     let _ = stop.send(true);
     let _ = serving.await;
+    if let Some(occi) = occi {
+        occi.abort();
+    }
     tracing::info!("veem stopped");
     ran
+}
+
+/// Binds `[occi] listen` and serves OCCI there (HTTPS with `tls`) until the VEEM stops.
+async fn serve_occi(
+    listen: std::net::SocketAddr,
+    app: axum::Router,
+    tls: Option<veem_tls::Acceptor>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen for OCCI on {listen}"))?;
+    tracing::info!(%listen, "veem is serving OCCI 1.2");
+    Ok(tokio::spawn(http::listen::serve(
+        listener,
+        app,
+        tls,
+        std::future::pending::<()>(),
+    )))
 }
 
 async fn shutdown_signal() {

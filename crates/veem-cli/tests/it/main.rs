@@ -44,6 +44,7 @@ mod images_fetch;
 mod metrics;
 mod monitoring;
 mod networks;
+mod occi;
 mod operators;
 mod plans;
 

@@ -14,6 +14,7 @@ pub mod listen;
 pub(crate) mod metrics;
 mod monitoring;
 mod networks;
+pub mod occi;
 #[cfg(test)]
 mod openapi_doc;
 pub mod problem;
