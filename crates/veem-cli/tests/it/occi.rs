@@ -3,7 +3,7 @@
 //! `[occi] listen`, sim hosts, spoken to over raw HTTP; what OCCI does is checked in the VMI.
 
 use reqwest::header::HeaderMap;
-use veem_model::VmiState;
+use veem_model::{InitModel, VmiState};
 
 use crate::harness::*;
 
@@ -1013,4 +1013,24 @@ async fn occi_listener_is_https_with_tls() {
         plain.map_or(true, |r| !r.status().is_success()),
         "plain HTTP is not answered on an HTTPS OCCI listener"
     );
+}
+
+#[tokio::test]
+async fn occi_names_the_replicas_of_a_batch_as_the_vmi_does() {
+    let o = Occi::start().await;
+    let ids = init(&o.server.a, InitModel::Besteffort, 2, small("db")).await;
+    for (id, name) in ids.iter().zip(["db-1", "db-2"]) {
+        let answer = o
+            .call(
+                "GET",
+                &format!("/compute/{id}"),
+                &[bearer(TOKEN_A), ("Accept", "application/occi+json".into())],
+                "",
+            )
+            .await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        let attributes = &answer.json()["attributes"];
+        assert_eq!(attributes["occi.core.title"], name, "{attributes}");
+        assert_eq!(attributes["occi.compute.hostname"], name);
+    }
 }

@@ -984,10 +984,13 @@ impl Ctx<'_> {
         }
         let attributes = vec![
             ("occi.core.id".into(), string(record.id.to_string())),
-            ("occi.core.title".into(), string(d.name.clone())),
+            ("occi.core.title".into(), string(record.name().to_owned())),
             ("occi.compute.architecture".into(), string("x64")),
             ("occi.compute.cores".into(), Value::Number(f64::from(d.cpu))),
-            ("occi.compute.hostname".into(), string(d.name.clone())),
+            (
+                "occi.compute.hostname".into(),
+                string(record.name().to_owned()),
+            ),
             (
                 "occi.compute.memory".into(),
                 Value::Number(d.memory_mb as f64 / 1024.0),
