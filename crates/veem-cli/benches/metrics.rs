@@ -161,7 +161,8 @@ async fn measure(server: &Server, active: usize, samples: usize) -> anyhow::Resu
 /// server's at `hosts` hosts, each up and holding 20 VEEs.
 fn render_alone(hosts: &[&'static str], vees: usize, samples: usize) -> (Duration, Duration) {
     use std::sync::Arc;
-    use veem_server::metrics::{render, Capacity, CoreFigures, Format, HostLoad};
+    use veem_server::metrics::{render, Capacity, Format, HostLoad};
+    use veem_server::veem::CoreFigures;
     let mut counts = veem_server::veem::VeeCounts::default();
     counts.0[2] = vees as u64;
     let ids: Vec<veem_model::HostId> = hosts

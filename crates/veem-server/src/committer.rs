@@ -120,7 +120,7 @@ async fn run(
             }
         }
         let store = store.clone();
-        let timer = crate::metrics::commit_timer();
+        let timer = crate::metrics::instruments::commit_timer();
         let outcome = tokio::task::spawn_blocking(move || commit_group(&*store, group)).await;
         drop(timer);
         if let Err(e) = outcome {

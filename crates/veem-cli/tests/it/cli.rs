@@ -4,6 +4,7 @@ use std::process::{Command, Output};
 
 use crate::harness::*;
 
+/// Runs the `veem` CLI against `s` with `token`, as an operator would.
 pub(crate) fn veem(s: &Server, token: &str, args: &[&str]) -> Output {
     Command::new(veem_bin())
         .args(args)
@@ -13,7 +14,8 @@ pub(crate) fn veem(s: &Server, token: &str, args: &[&str]) -> Output {
         .expect("the CLI runs")
 }
 
-fn json(out: &Output) -> serde_json::Value {
+/// What a CLI run printed with `-o json`; its stderr when it failed.
+pub(crate) fn json(out: &Output) -> serde_json::Value {
     assert!(
         out.status.success(),
         "{}",

@@ -10,26 +10,9 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use veem_model::{ControlAction as A, InitModel, VmiState};
 
+use crate::cli::{json, veem};
 use crate::federation::{named, register, site, site_of};
 use crate::harness::*;
-
-fn veem(s: &Server, token: &str, args: &[&str]) -> Output {
-    Command::new(veem_bin())
-        .args(args)
-        .env("VEEM_URL", &s.url)
-        .env("VEEM_TOKEN", token)
-        .output()
-        .expect("the CLI runs")
-}
-
-fn json(out: &Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("--output json prints JSON")
-}
 
 fn text(out: &Output) -> String {
     assert!(

@@ -9,6 +9,7 @@ use veem_api::HostState;
 use veem_client::Client;
 use veem_model::{ControlAction as A, VmiState};
 
+use crate::cli::json;
 use crate::harness::*;
 
 fn veem(s: &Server, ca: Option<&std::path::Path>, args: &[&str]) -> Output {
@@ -22,15 +23,6 @@ fn veem(s: &Server, ca: Option<&std::path::Path>, args: &[&str]) -> Output {
         command.env("VEEM_CA", ca);
     }
     command.output().expect("the CLI runs")
-}
-
-fn json(out: &Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("--output json prints JSON")
 }
 
 async fn https_server(agents: Vec<&'static str>, hosts: bool) -> Server {

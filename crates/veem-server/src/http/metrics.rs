@@ -13,7 +13,8 @@ use sha2::{Digest as _, Sha256};
 
 use super::common::AppState;
 use super::problem::ApiError;
-use crate::metrics::{self, CoreFigures, Format};
+use crate::metrics::{self, Format};
+use crate::veem::CoreFigures;
 
 /// The path Prometheus scrapes.
 pub(crate) const PATH: &str = "/metrics";
@@ -122,7 +123,7 @@ async fn measure_as(request: Request, next: Next, unmatched: &'static str) -> Re
         .unwrap_or("other");
     let mut response = next.run(request).await;
     if response.extensions().get::<Measured>().is_none() {
-        metrics::http_request(
+        metrics::instruments::http_request(
             &route,
             method,
             response.status().as_u16(),

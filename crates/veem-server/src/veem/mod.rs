@@ -27,6 +27,7 @@ mod accounting;
 mod console;
 mod control;
 mod federation;
+mod figures;
 mod hosts;
 pub(crate) mod images;
 mod migration;
@@ -37,6 +38,7 @@ mod records;
 mod sites;
 mod submission;
 
+pub use figures::{CoreFigures, HostLoads};
 pub use images::Images;
 pub use monitoring::{Putter, Routed};
 pub use networks::{lan_key, LanFederation, NetworkInfo, Networks};
@@ -224,20 +226,6 @@ impl Veem {
 
     pub fn sites(&self) -> &Sites {
         &self.inner.sites
-    }
-
-    /// What `GET /metrics` shows of the books. Cheap at any size: the counts by state are
-    /// kept as records change, and the rest is one line per host.
-    pub fn figures(&self) -> crate::metrics::CoreFigures {
-        let (pending, loads) = self.inner.placer.loads();
-        crate::metrics::CoreFigures {
-            vees: self.inner.records.read().counts(),
-            pending,
-            host_states: self.inner.hosts.states(),
-            loads,
-            accounting_push: self.inner.accounting.push_totals(),
-            monitoring_push: self.inner.hub.push_totals(),
-        }
     }
 
     pub fn vee_dir(&self, id: &VeeId) -> PathBuf {

@@ -90,7 +90,7 @@ impl Placer {
 
     /// Allocates a host to one VEE.
     pub(super) fn place(&self, id: &VeeId, demand: Demand) -> Result<HostId, PlacementError> {
-        let _timed = crate::metrics::placement_timer();
+        let _timed = crate::metrics::instruments::placement_timer();
         self.state().cluster.place(id, demand)
     }
 
@@ -126,7 +126,7 @@ impl Placer {
         &self,
         batch: Vec<(VeeId, Demand)>,
     ) -> Result<Vec<HostId>, PlacementError> {
-        let _timed = crate::metrics::placement_timer();
+        let _timed = crate::metrics::instruments::placement_timer();
         self.state().cluster.place_all(batch)
     }
 
@@ -267,7 +267,7 @@ impl Placer {
     }
 
     /// How many VEEs wait for placement, and every host's figures (for metrics).
-    pub(super) fn loads(&self) -> (usize, crate::metrics::HostLoads) {
+    pub(super) fn loads(&self) -> (usize, super::figures::HostLoads) {
         let state = self.state();
         (state.pending.len(), state.cluster.loads())
     }

@@ -2,10 +2,13 @@
 //! here (`http/metrics.rs` serves `GET /metrics` and measures the requests).
 //!
 //! Two kinds of series:
-//! - instruments that count events as they happen, one set per process ([`instruments`]): HTTP
+//! - instruments that count events as they happen, one set per process ([`instruments`], a
+//!   leaf module the core's parts use without a loop): HTTP
 //!   requests, store commits, placement decisions. The core and the HTTP layer feed them with
-//!   a line each ([`commit_timer`], [`placement_timer`], [`http_request`]).
-//! - figures read from the books at scrape time ([`CoreFigures`]): VEEs by state, hosts'
+//!   a line each ([`instruments::commit_timer`], [`instruments::placement_timer`],
+//!   [`instruments::http_request`]).
+//! - figures read from the books at scrape time ([`CoreFigures`], the core's
+//!   [`crate::Veem::figures`]): VEEs by state, hosts'
 //!   capacity and use, the placement queue, the push queues. They cost what the site has in
 //!   hosts, never what it has in VEEs: the counts by state are kept as records change
 //!   (`veem/records.rs`) and each host's load is a line of placement's books.
@@ -14,175 +17,23 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::{Arc, LazyLock};
-use std::time::Instant;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _};
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use veem_api::HostState;
-use veem_model::{HostId, VmiState};
+use veem_model::VmiState;
 /// What [`CoreFigures::loads`] is made of.
 pub use veem_placement::{Capacity, HostLoad};
 
-use crate::push::PushTotals;
-use crate::veem::VeeCounts;
+use crate::veem::CoreFigures;
 
-/// The labels of one HTTP request's count: the route template (`/vmi/v1/vees/{id}`, never the
-/// path the caller wrote, so no id becomes a label), its method and its status.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RequestLabels {
-    route: String,
-    method: String,
-    status: u16,
-}
+pub mod instruments;
 
-/// The labels of one HTTP request's duration: as [`RequestLabels`] without the status, so
-/// that a route has one histogram.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RouteLabels {
-    route: String,
-    method: String,
-}
-
-/// The instruments of this process (see the module's comment), and the registry that holds them.
-pub struct Instruments {
-    registry: Registry,
-    http_requests: Family<RequestLabels, Counter>,
-    http_seconds: Family<RouteLabels, Histogram>,
-    commit_seconds: Histogram,
-    placement_seconds: Histogram,
-}
-
-static INSTRUMENTS: LazyLock<Instruments> = LazyLock::new(Instruments::new);
-
-/// This process's instruments.
-pub fn instruments() -> &'static Instruments {
-    &INSTRUMENTS
-}
-
-impl Instruments {
-    fn new() -> Self {
-        let mut registry = Registry::default();
-        let build_info = Family::<Vec<(&'static str, &'static str)>, Gauge>::default();
-        build_info
-            .get_or_create(&vec![("version", env!("CARGO_PKG_VERSION"))])
-            .set(1);
-        registry.register(
-            "veem_build_info",
-            "The veem version this process runs (always 1)",
-            build_info,
-        );
-        let http_requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
-            "veem_http_requests",
-            "HTTP requests answered, by route template, method and status",
-            http_requests.clone(),
-        );
-        // 0.5 ms to 16 s.
-        let http_seconds = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
-        });
-        registry.register(
-            "veem_http_request_duration_seconds",
-            "Time from a request's arrival to its answer's head, by route template and method",
-            http_seconds.clone(),
-        );
-        // 0.1 ms to 3.3 s.
-        let commit_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
-        registry.register(
-            "veem_store_commit_duration_seconds",
-            "Time one group commit of the store takes (one transaction, many callers' changes)",
-            commit_seconds.clone(),
-        );
-        // 10 us to 1.3 s.
-        let placement_seconds = Histogram::new(exponential_buckets(0.00001, 2.0, 18));
-        registry.register(
-            "veem_placement_duration_seconds",
-            "Time one placement decision takes (one VEE, or a whole batch), waiting for the \
-             placement lock included",
-            placement_seconds.clone(),
-        );
-        Self {
-            registry,
-            http_requests,
-            http_seconds,
-            commit_seconds,
-            placement_seconds,
-        }
-    }
-}
-
-/// Observes the time from its making to its drop into a histogram.
-pub struct Timer {
-    histogram: &'static Histogram,
-    started: Instant,
-}
-
-impl Drop for Timer {
-    fn drop(&mut self) {
-        self.histogram.observe(self.started.elapsed().as_secs_f64());
-    }
-}
-
-/// Times one group commit of the store, until dropped.
-pub fn commit_timer() -> Timer {
-    Timer {
-        histogram: &instruments().commit_seconds,
-        started: Instant::now(),
-    }
-}
-
-/// Times one placement decision, until dropped.
-pub fn placement_timer() -> Timer {
-    Timer {
-        histogram: &instruments().placement_seconds,
-        started: Instant::now(),
-    }
-}
-
-/// Counts one HTTP request answered after `seconds`; `route` is the template it matched.
-pub fn http_request(route: &str, method: &str, status: u16, seconds: f64) {
-    let instruments = instruments();
-    instruments
-        .http_requests
-        .get_or_create(&RequestLabels {
-            route: route.to_owned(),
-            method: method.to_owned(),
-            status,
-        })
-        .inc();
-    instruments
-        .http_seconds
-        .get_or_create(&RouteLabels {
-            route: route.to_owned(),
-            method: method.to_owned(),
-        })
-        .observe(seconds);
-}
-
-/// Each host's figures as placement keeps them, by host.
-pub type HostLoads = Vec<(Arc<HostId>, HostLoad)>;
-
-/// What a scrape reads of the leader's books (see [`crate::Veem::figures`]).
-#[derive(Debug, Clone)]
-pub struct CoreFigures {
-    /// VEEs by VMI state, as `GET /vees?state=` counts them.
-    pub vees: VeeCounts,
-    /// VEEs waiting for a host.
-    pub pending: usize,
-    /// Every host the VEEM knows, by id, and its state as `GET /hosts` shows it.
-    pub host_states: Vec<(HostId, HostState)>,
-    /// What placement knows of each host it was told of: capacity, use and VEEs.
-    pub loads: HostLoads,
-    pub accounting_push: PushTotals,
-    pub monitoring_push: PushTotals,
-}
+use instruments::instruments;
 
 /// How the exposition is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -499,7 +350,14 @@ pub fn series(name: &str, labels: &[(&str, &str)]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use veem_model::HostId;
+
+    use super::instruments::{http_request, placement_timer};
     use super::*;
+    use crate::push::PushTotals;
+    use crate::veem::VeeCounts;
 
     fn host(name: &str) -> HostId {
         HostId::new(name).expect("a valid host name")
