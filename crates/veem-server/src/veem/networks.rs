@@ -6,8 +6,9 @@
 //!   `network` names the caller's own network, else a public one; a name no such network has
 //!   leaves the NIC unattached (a MAC address, no IP address), so an OVF envelope's logical
 //!   networks ("VM Network") never fail an import.
-//! - An address is taken at InitializeVEEs (in the same commit as the VEE) and given back at
-//!   purge; a network with addresses taken is `in_use`.
+//! - An address is taken at InitializeVEEs (in the same commit as the VEE), or when a NIC is
+//!   added to a DEFINED VEE (`devices`), and given back at purge or when that NIC is removed;
+//!   a network with addresses taken is `in_use`.
 //! - The hosts' side of a LAN is named from the site's key and the network's id, never reused,
 //!   so a stale bridge on a host that missed a delete never joins a new network.
 //! - A private network extends to the sites where its VEEs run (the paper's VAN): the primary
