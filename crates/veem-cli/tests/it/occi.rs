@@ -1145,6 +1145,31 @@ async fn occi_links_are_made_and_deleted_on_an_inactive_compute() {
         .await
         .locations()
         .is_empty());
+    // text/occi: the link in headers.
+    let made = o
+        .call(
+            "POST",
+            "/networkinterface/",
+            &[
+                bearer(TOKEN_A),
+                ("Content-Type", "text/occi".into()),
+                (
+                    "Category",
+                    format!("networkinterface; scheme=\"{INFRA}\"; class=\"kind\""),
+                ),
+                (
+                    "X-OCCI-Attribute",
+                    format!("occi.core.source=\"{path}\", occi.core.target=\"/network/lan2\""),
+                ),
+            ],
+            "",
+        )
+        .await;
+    assert_eq!(made.status, 201, "{}", made.body);
+    let vee = get(&o.server.a, &id).await;
+    assert_eq!(vee.generated.nics.len(), 1);
+    assert_eq!(vee.generated.nics[0].ip.as_deref(), Some("10.88.0.2"));
+    assert_eq!(o.plain("DELETE", &nic_link, "").await.status, 200);
     let deleted = o.plain("DELETE", "/network/lan2", "").await;
     assert_eq!(deleted.status, 200, "no address is held: {}", deleted.body);
 }

@@ -232,3 +232,77 @@ fn free_nic_target(nics: &[NicSpec]) -> String {
         .find(|t| !nics.iter().any(|nic| nic.target.as_deref() == Some(t)))
         .expect("some ethN is free among finitely many NICs")
 }
+
+#[cfg(test)]
+mod tests {
+    use veem_model::{InitModel, Principal, SiteName, VeeDescriptor};
+
+    use super::*;
+
+    fn record(state: VmiState) -> VeeRecord {
+        let mut record = VeeRecord::defined(
+            VeeId::from_seq(7),
+            Principal::new("sm-a").expect("a valid principal"),
+            VeeDescriptor::minimal(1, 512),
+            InitModel::Besteffort,
+            0,
+        );
+        record.state = state;
+        record
+    }
+
+    #[test]
+    fn only_a_defined_vee_of_this_site_without_saved_memory_changes_devices() {
+        assert!(devices_changeable(&record(VmiState::Defined)).is_ok());
+        for state in [
+            VmiState::Initial,
+            VmiState::Active,
+            VmiState::Paused,
+            VmiState::Suspended,
+            VmiState::Destroyed,
+        ] {
+            assert!(
+                matches!(
+                    devices_changeable(&record(state)),
+                    Err(CoreError::WrongState(_))
+                ),
+                "{state}"
+            );
+        }
+        let mut remembering = record(VmiState::Defined);
+        remembering.has_saved_memory = true;
+        assert!(matches!(
+            devices_changeable(&remembering),
+            Err(CoreError::WrongState(_))
+        ));
+        let mut remote = record(VmiState::Defined);
+        remote.site = Some(SiteName::new("east").expect("a valid site"));
+        match devices_changeable(&remote) {
+            Err(CoreError::WrongState(why)) => assert!(why.contains("run by site east"), "{why}"),
+            other => panic!("a VEE of another site is refused, not {other:?}"),
+        }
+    }
+
+    #[test]
+    fn free_targets_fill_gaps_first() {
+        let disk = |t: &str| DiskSpec {
+            source: None,
+            size_gb: Some(1),
+            target: Some(t.to_owned()),
+            clone: true,
+            kind: veem_model::DiskKind::Disk,
+        };
+        assert_eq!(free_disk_target(&[]).expect("free"), "vda");
+        assert_eq!(
+            free_disk_target(&[disk("vdb"), disk("vda"), disk("vdd")]).expect("free"),
+            "vdc"
+        );
+        let nic = |t: &str| NicSpec {
+            network: "lan".into(),
+            target: Some(t.to_owned()),
+            ip: None,
+        };
+        assert_eq!(free_nic_target(&[nic("eth1")]), "eth0");
+        assert_eq!(free_nic_target(&[nic("eth0"), nic("eth1")]), "eth2");
+    }
+}
