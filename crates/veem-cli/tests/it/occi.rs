@@ -932,6 +932,248 @@ async fn occi_networks_storage_and_links_of_a_compute() {
         .all(|n| n.name != "lan"));
 }
 
+/// Links made and deleted on an existing compute (GFD.222: a link is created in its kind's
+/// collection with `occi.core.source` and `occi.core.target`, or POSTed to its resource),
+/// only while it holds no host; what they change is the VEE's descriptor in the VMI.
+#[tokio::test]
+async fn occi_links_are_made_and_deleted_on_an_inactive_compute() {
+    let o = Occi::start().await;
+    let network = o
+        .plain(
+            "POST",
+            "/network/",
+            &format!(
+                "{}Category: ipnetwork; scheme=\"http://schemas.ogf.org/occi/infrastructure/network#\"; class=\"mixin\"\n\
+                 X-OCCI-Attribute: occi.core.title=\"lan2\"\n\
+                 X-OCCI-Attribute: occi.network.address=\"10.88.0.0/24\"\n",
+                kind("network")
+            ),
+        )
+        .await;
+    assert_eq!(network.status, 201, "{}", network.body);
+    let path = o.create(&kind("compute")).await;
+    let id = path.rsplit('/').next().expect("id").to_owned();
+    assert!(get(&o.server.a, &id).await.descriptor.disks.is_empty());
+
+    // A storagelink in text/plain, absolute source as a client may send it.
+    let storagelink = |target: &str, source: &str| {
+        format!(
+            "{}X-OCCI-Attribute: occi.core.source=\"{source}\"\n\
+             X-OCCI-Attribute: occi.core.target=\"{target}\"\n\
+             X-OCCI-Attribute: occi.storagelink.deviceid=\"vdb\"\n",
+            kind("storagelink")
+        )
+    };
+    let made = o
+        .plain(
+            "POST",
+            "/storagelink/",
+            &storagelink("/storage/tiny", &format!("{}{path}", o.url)),
+        )
+        .await;
+    assert_eq!(made.status, 201, "{}", made.body);
+    let disk_link = format!("/storagelink/{id}_0");
+    assert_eq!(made.header("location"), format!("{}{disk_link}", o.url));
+    assert_eq!(
+        made.attribute("occi.core.target").as_deref(),
+        Some("/storage/tiny")
+    );
+    assert_eq!(
+        made.attribute("occi.storagelink.deviceid").as_deref(),
+        Some("vdb")
+    );
+    // A networkinterface in JSON, with the address wanted.
+    let json_link = serde_json::json!({
+        "kind": format!("{INFRA}networkinterface"),
+        "mixins": ["http://schemas.ogf.org/occi/infrastructure/networkinterface#ipnetworkinterface"],
+        "source": {"location": path, "kind": format!("{INFRA}compute")},
+        "target": {"location": "/network/lan2", "kind": format!("{INFRA}network")},
+        "attributes": {"occi.networkinterface.address": "10.88.0.7"}
+    });
+    let made = o
+        .call(
+            "POST",
+            "/networkinterface/",
+            &[
+                bearer(TOKEN_A),
+                ("Content-Type", "application/occi+json".into()),
+                ("Accept", "application/occi+json".into()),
+            ],
+            &json_link.to_string(),
+        )
+        .await;
+    assert_eq!(made.status, 201, "{}", made.body);
+    let nic_link = format!("/networkinterface/{id}_0");
+    assert_eq!(made.header("location"), format!("{}{nic_link}", o.url));
+    assert_eq!(
+        made.json()["attributes"]["occi.networkinterface.address"],
+        "10.88.0.7"
+    );
+    // A Link POSTed to the compute itself adds a second disk.
+    let posted = o
+        .plain(
+            "POST",
+            &path,
+            &format!(
+                "{}Link: </storage/tiny>; rel=\"{INFRA}storage\"; category=\"{INFRA}storagelink\"\n",
+                kind("compute")
+            ),
+        )
+        .await;
+    assert_eq!(posted.status, 200, "{}", posted.body);
+
+    // Seen in the compute, the listings and the VMI's descriptor and generated values.
+    let compute = o.plain("GET", &path, "").await;
+    for link in [&disk_link, &nic_link, &format!("/storagelink/{id}_1")] {
+        assert!(
+            compute.body.contains(&format!("self=\"{link}\"")),
+            "{link} in {}",
+            compute.body
+        );
+    }
+    assert_eq!(
+        o.plain("GET", "/networkinterface/", "").await.locations(),
+        vec![format!("{}{nic_link}", o.url)]
+    );
+    assert_eq!(
+        o.plain("GET", "/storagelink/", "").await.locations().len(),
+        2
+    );
+    let vee = get(&o.server.a, &id).await;
+    let disks: Vec<_> = vee
+        .descriptor
+        .disks
+        .iter()
+        .map(|d| d.target.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(disks, ["vdb", "vda"]);
+    assert_eq!(vee.descriptor.nics.len(), 1);
+    assert_eq!(vee.descriptor.nics[0].network, "lan2");
+    assert_eq!(vee.generated.nics.len(), 1);
+    assert_eq!(vee.generated.nics[0].ip.as_deref(), Some("10.88.0.7"));
+
+    // Bad source or target 400, unknown ones 404, another principal's compute 403; nothing
+    // changes.
+    let wrong_kind = o
+        .plain(
+            "POST",
+            "/storagelink/",
+            &storagelink("/network/lan2", &path),
+        )
+        .await;
+    assert_eq!(wrong_kind.status, 400, "{}", wrong_kind.body);
+    let no_source = o
+        .plain(
+            "POST",
+            "/storagelink/",
+            &storagelink("/storage/tiny", "/storage/tiny"),
+        )
+        .await;
+    assert_eq!(no_source.status, 400, "{}", no_source.body);
+    let unknown_storage = o
+        .plain(
+            "POST",
+            "/storagelink/",
+            &storagelink("/storage/nope", &path),
+        )
+        .await;
+    assert_eq!(unknown_storage.status, 404, "{}", unknown_storage.body);
+    let unknown_compute = o
+        .plain(
+            "POST",
+            "/storagelink/",
+            &storagelink("/storage/tiny", "/compute/vee-99999999"),
+        )
+        .await;
+    assert_eq!(unknown_compute.status, 404, "{}", unknown_compute.body);
+    let taken_target = o
+        .plain(
+            "POST",
+            "/storagelink/",
+            &storagelink("/storage/tiny", &path),
+        )
+        .await;
+    assert_eq!(
+        taken_target.status, 400,
+        "vdb is taken: {}",
+        taken_target.body
+    );
+    let others = o
+        .call(
+            "POST",
+            "/storagelink/",
+            &[bearer(TOKEN_B), ("Content-Type", "text/plain".into())],
+            &storagelink("/storage/tiny", &path),
+        )
+        .await;
+    assert_eq!(others.status, 403, "{}", others.body);
+    let others_delete = o.call("DELETE", &disk_link, &[bearer(TOKEN_B)], "").await;
+    assert_eq!(others_delete.status, 403, "{}", others_delete.body);
+    assert_eq!(get(&o.server.a, &id).await.descriptor, vee.descriptor);
+
+    // Started, it holds a host: its links stay as they are.
+    let started = o.act(&path, "start", "").await;
+    assert_eq!(started.status, 200, "{}", started.body);
+    assert_eq!(o.vmi_state(&path).await, VmiState::Active);
+    let busy = o
+        .plain(
+            "POST",
+            "/storagelink/",
+            &storagelink("/storage/tiny", &path).replace("vdb", "vdc"),
+        )
+        .await;
+    assert_eq!(busy.status, 409, "{}", busy.body);
+    let busy = o.plain("DELETE", &nic_link, "").await;
+    assert_eq!(busy.status, 409, "{}", busy.body);
+    assert_eq!(o.act(&path, "stop", "").await.status, 200);
+    assert_eq!(o.vmi_state(&path).await, VmiState::Defined);
+
+    // Stopped, its links are deleted, and the network's address is free again.
+    for link in [&format!("/storagelink/{id}_1"), &disk_link, &nic_link] {
+        let deleted = o.plain("DELETE", link, "").await;
+        assert_eq!(deleted.status, 200, "{link}: {}", deleted.body);
+    }
+    for link in [&disk_link, &nic_link] {
+        assert_eq!(o.plain("GET", link, "").await.status, 404, "{link}");
+    }
+    let vee = get(&o.server.a, &id).await;
+    assert!(vee.descriptor.disks.is_empty(), "{:?}", vee.descriptor);
+    assert!(vee.descriptor.nics.is_empty());
+    assert!(vee.generated.nics.is_empty());
+    assert!(o
+        .plain("GET", "/storagelink/", "")
+        .await
+        .locations()
+        .is_empty());
+    // text/occi: the link in headers.
+    let made = o
+        .call(
+            "POST",
+            "/networkinterface/",
+            &[
+                bearer(TOKEN_A),
+                ("Content-Type", "text/occi".into()),
+                (
+                    "Category",
+                    format!("networkinterface; scheme=\"{INFRA}\"; class=\"kind\""),
+                ),
+                (
+                    "X-OCCI-Attribute",
+                    format!("occi.core.source=\"{path}\", occi.core.target=\"/network/lan2\""),
+                ),
+            ],
+            "",
+        )
+        .await;
+    assert_eq!(made.status, 201, "{}", made.body);
+    let vee = get(&o.server.a, &id).await;
+    assert_eq!(vee.generated.nics.len(), 1);
+    assert_eq!(vee.generated.nics[0].ip.as_deref(), Some("10.88.0.2"));
+    assert_eq!(o.plain("DELETE", &nic_link, "").await.status, 200);
+    let deleted = o.plain("DELETE", "/network/lan2", "").await;
+    assert_eq!(deleted.status, 200, "no address is held: {}", deleted.body);
+}
+
 /// The `sh` blocks of README.md's "OCCI" section, run as written against a server (its port
 /// and sm-a's token put in), each `curl` failing the script on an error status.
 #[tokio::test]

@@ -26,6 +26,7 @@ use crate::hosts::Hosts;
 mod accounting;
 mod console;
 mod control;
+mod devices;
 mod federation;
 mod figures;
 mod hosts;

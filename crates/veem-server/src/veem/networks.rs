@@ -6,8 +6,9 @@
 //!   `network` names the caller's own network, else a public one; a name no such network has
 //!   leaves the NIC unattached (a MAC address, no IP address), so an OVF envelope's logical
 //!   networks ("VM Network") never fail an import.
-//! - An address is taken at InitializeVEEs (in the same commit as the VEE) and given back at
-//!   purge; a network with addresses taken is `in_use`.
+//! - An address is taken at InitializeVEEs (in the same commit as the VEE), or when a NIC is
+//!   added to a DEFINED VEE (`devices`), and given back at purge or when that NIC is removed;
+//!   a network with addresses taken is `in_use`.
 //! - The hosts' side of a LAN is named from the site's key and the network's id, never reused,
 //!   so a stale bridge on a host that missed a delete never joins a new network.
 //! - A private network extends to the sites where its VEEs run (the paper's VAN): the primary
@@ -107,44 +108,19 @@ impl NetworkTable {
         ids: &[VeeId],
     ) -> Result<Vec<Vec<NicAddress>>, CoreError> {
         let mut chosen: Vec<Vec<NicAddress>> = Vec::with_capacity(ids.len());
-        let mut taken: Vec<(u32, Ipv4Addr)> = Vec::new();
         let result = (|| {
             for vee in ids {
                 let mut nics = Vec::with_capacity(descriptor.nics.len());
                 for (index, nic) in descriptor.nics.iter().enumerate() {
-                    let target = nic.target.clone().unwrap_or_default();
-                    let mac = mac_address(vee, index);
-                    let network_id = self.resolve(owner, &nic.network).map(|s| s.network.id);
-                    let Some(network_id) = network_id else {
-                        if nic.ip.is_some() {
-                            return Err(CoreError::MalformedDescriptor(DescriptorError::new(
-                                format!("nics[{index}].ip"),
-                                format!("no network named {:?} to take an address on", nic.network),
-                            )));
+                    let address = self.take_nic(owner, nic, index, index, vee, ids.len());
+                    match address {
+                        Ok(address) => nics.push(address),
+                        Err(e) => {
+                            // What this VEE took so far is given back with the others'.
+                            chosen.push(nics);
+                            return Err(e);
                         }
-                        nics.push(NicAddress {
-                            target,
-                            network: nic.network.clone(),
-                            mac,
-                            ip: None,
-                            network_id: None,
-                        });
-                        continue;
-                    };
-                    let slot = self
-                        .by_id
-                        .get_mut(&network_id)
-                        .expect("a network just resolved is there");
-                    let ip = take_address(slot, nic.ip, index, ids.len())?;
-                    slot.holders.insert(ip, vee.clone());
-                    taken.push((network_id, ip));
-                    nics.push(NicAddress {
-                        target,
-                        network: nic.network.clone(),
-                        mac,
-                        ip: Some(ip.to_string()),
-                        network_id: Some(network_id),
-                    });
+                    }
                 }
                 chosen.push(nics);
             }
@@ -153,12 +129,57 @@ impl NetworkTable {
         match result {
             Ok(()) => Ok(chosen),
             Err(e) => {
-                for (id, ip) in taken {
-                    self.give_back(id, ip);
+                for nics in &chosen {
+                    self.release_chosen(nics);
                 }
                 Err(e)
             }
         }
+    }
+
+    /// Chooses the MAC (from `mac_index`) and IP addresses of one NIC of `vee`, the
+    /// descriptor's `nics[index]`, in a batch of `count`; the address is taken until given
+    /// back.
+    pub(super) fn take_nic(
+        &mut self,
+        owner: &Principal,
+        nic: &veem_model::NicSpec,
+        index: usize,
+        mac_index: usize,
+        vee: &VeeId,
+        count: usize,
+    ) -> Result<NicAddress, CoreError> {
+        let target = nic.target.clone().unwrap_or_default();
+        let mac = mac_address(vee, mac_index);
+        let network_id = self.resolve(owner, &nic.network).map(|s| s.network.id);
+        let Some(network_id) = network_id else {
+            if nic.ip.is_some() {
+                return Err(CoreError::MalformedDescriptor(DescriptorError::new(
+                    format!("nics[{index}].ip"),
+                    format!("no network named {:?} to take an address on", nic.network),
+                )));
+            }
+            return Ok(NicAddress {
+                target,
+                network: nic.network.clone(),
+                mac,
+                ip: None,
+                network_id: None,
+            });
+        };
+        let slot = self
+            .by_id
+            .get_mut(&network_id)
+            .expect("a network just resolved is there");
+        let ip = take_address(slot, nic.ip, index, count)?;
+        slot.holders.insert(ip, vee.clone());
+        Ok(NicAddress {
+            target,
+            network: nic.network.clone(),
+            mac,
+            ip: Some(ip.to_string()),
+            network_id: Some(network_id),
+        })
     }
 
     /// Gives back every address `record` holds.
@@ -435,6 +456,18 @@ impl Networks {
         ids: &[VeeId],
     ) -> Result<Vec<Vec<NicAddress>>, CoreError> {
         self.table().allocate(owner, descriptor, ids)
+    }
+
+    /// Chooses the addresses of one NIC added to `vee` (see [`NetworkTable::take_nic`]).
+    pub(super) fn take_nic(
+        &self,
+        owner: &Principal,
+        nic: &veem_model::NicSpec,
+        index: usize,
+        mac_index: usize,
+        vee: &VeeId,
+    ) -> Result<NicAddress, CoreError> {
+        self.table().take_nic(owner, nic, index, mac_index, vee, 1)
     }
 
     /// Makes addresses chosen ahead of a batch's ids the batch's (see [`NetworkTable::adopt`]).

@@ -3,6 +3,7 @@
 //! of the core; each test's name is the rule it checks.
 
 mod accounting;
+mod devices;
 mod images;
 mod networks;
 mod own_storage;

@@ -269,6 +269,25 @@ pub fn parse(body: &[u8]) -> Result<OcciRequest, JsonError> {
             }
         }
     }
+    // A link's ends (GFD.226: `"source": {"location": ..., "kind": ...}`, or the location
+    // alone) are its occi.core.source and occi.core.target.
+    for (field, name) in [
+        ("source", "occi.core.source"),
+        ("target", "occi.core.target"),
+    ] {
+        if let Some(end) = object.get(field) {
+            let location = end
+                .get("location")
+                .or(Some(end))
+                .and_then(Json::as_str)
+                .ok_or_else(|| error(field, "must be a location or an object with a location"))?;
+            if !request.attributes.iter().any(|(n, _)| n == name) {
+                request
+                    .attributes
+                    .push((name.to_owned(), Value::String(location.to_owned())));
+            }
+        }
+    }
     if let Some(links) = object.get("links") {
         for link in links
             .as_array()

@@ -7,8 +7,12 @@
 //! - `storage` is an image of the caller's (`/storage/{name}`); `network` a network
 //!   (`/network/{name}`, created with the `ipnetwork` mixin's `occi.network.address`).
 //! - `storagelink` and `networkinterface` are a VEE's disks from images and its NICs
-//!   (`/storagelink/{vee}_{n}`, `/networkinterface/{vee}_{n}`), shown with the compute; they are
-//!   made with the compute (links in its creation request).
+//!   (`/storagelink/{vee}_{n}`, `/networkinterface/{vee}_{n}`, `n` the disk's or NIC's index in
+//!   the descriptor), shown with the compute; they are made with the compute (links in its
+//!   creation request), by `POST /storagelink/` or `/networkinterface/` (`occi.core.source` the
+//!   compute, `occi.core.target` the storage or network), or by a `Link` POSTed to the compute,
+//!   and deleted by `DELETE` of their location, while the compute holds no host (DEFINED);
+//!   removing one renumbers the compute's later links of its kind.
 //! - `os_tpl` mixins are the images the caller sees; `resource_tpl` mixins the sizes of
 //!   [`model::SIZES`].
 //!
@@ -568,10 +572,13 @@ async fn serve(state: &Occi, request: Request) -> OcciResult<Response> {
                 let created = ctx.create_storage(&occi).await?;
                 Ok(out.created(&created))
             }
-            Method::POST if KINDS.iter().any(|k| id == model::id(INFRA, k)) => {
-                Err(OcciError::not_implemented(
-                    "links are made with their compute: give them in the compute's creation request",
-                ))
+            Method::POST if id == model::id(INFRA, "storagelink") => {
+                let created = ctx.create_link("storagelink", &occi).await?;
+                Ok(out.created(&created))
+            }
+            Method::POST if id == model::id(INFRA, "networkinterface") => {
+                let created = ctx.create_link("networkinterface", &occi).await?;
+                Ok(out.created(&created))
             }
             Method::DELETE if id == model::id(INFRA, "compute") => {
                 let all = filter(ctx.collection(&id).await?, &occi, &ctx)?;
@@ -594,19 +601,26 @@ async fn serve(state: &Occi, request: Request) -> OcciResult<Response> {
             }
             // The request's Category and attributes are the action's: every member acts.
             let all = ctx.collection(&id).await?;
-            let ids: Vec<VeeId> = all.iter().filter_map(|e| VeeId::parse(&entity_id(e)).ok()).collect();
+            let ids: Vec<VeeId> = all
+                .iter()
+                .filter_map(|e| VeeId::parse(&entity_id(e)).ok())
+                .collect();
             ctx.compute_action(&ids, &action, &occi).await?;
             Ok(out.empty(StatusCode::OK))
         }
         (Target::Entity(kind, id), None) => match (kind, method) {
-            (_, Method::GET | Method::HEAD) => Ok(out.entity(StatusCode::OK, &ctx.entity(kind, &id).await?)),
+            (_, Method::GET | Method::HEAD) => {
+                Ok(out.entity(StatusCode::OK, &ctx.entity(kind, &id).await?))
+            }
             ("compute", Method::PUT) if !ctx.exists("compute", &id).await => {
                 Err(OcciError::not_implemented(
                     "veem chooses a compute's location: create it with POST /compute/",
                 ))
             }
-            ("compute", Method::PUT | Method::POST) => {
-                let updated = ctx.update_compute(&id, &occi).await?;
+            ("compute", method @ (Method::PUT | Method::POST)) => {
+                let updated = ctx
+                    .update_compute(&id, &occi, method == Method::POST)
+                    .await?;
                 Ok(out.entity(StatusCode::OK, &updated))
             }
             ("compute", Method::DELETE) => {
@@ -616,6 +630,10 @@ async fn serve(state: &Occi, request: Request) -> OcciResult<Response> {
             ("network", Method::DELETE) => {
                 ctx.entity(kind, &id).await?;
                 ctx.state.app.veem.delete_network(ctx.caller, &id).await?;
+                Ok(out.empty(StatusCode::OK))
+            }
+            ("storagelink" | "networkinterface", Method::DELETE) => {
+                ctx.delete_link(kind, &id).await?;
                 Ok(out.empty(StatusCode::OK))
             }
             ("storage", Method::DELETE) => {
@@ -644,7 +662,9 @@ async fn serve(state: &Occi, request: Request) -> OcciResult<Response> {
             ctx.compute_action(&[vee], &action, &occi).await?;
             Ok(out.entity(StatusCode::OK, &ctx.entity(kind, &id).await?))
         }
-        (_, Some(_)) => Err(OcciError::bad("actions are invoked on a resource or a kind's collection")),
+        (_, Some(_)) => Err(OcciError::bad(
+            "actions are invoked on a resource or a kind's collection",
+        )),
     }
 }
 
@@ -1427,37 +1447,9 @@ impl Ctx<'_> {
         };
         let mut nics = Vec::new();
         for link in &request.links {
-            if let Some(image) = link.target.strip_prefix("/storage/") {
-                disks.push(image_disk(image)?);
-            } else if let Some(network) = link.target.strip_prefix("/network/") {
-                self.veem().networks().get(self.caller, network)?;
-                let ip = match link
-                    .attributes
-                    .iter()
-                    .find(|(n, _)| n == "occi.networkinterface.address")
-                {
-                    Some((_, Value::String(ip))) => Some(ip.parse().map_err(|_| {
-                        OcciError::bad(format!(
-                            "occi.networkinterface.address {ip:?} is not an IPv4 address"
-                        ))
-                    })?),
-                    Some(_) => {
-                        return Err(OcciError::bad(
-                            "occi.networkinterface.address must be a string",
-                        ))
-                    }
-                    None => None,
-                };
-                nics.push(NicSpec {
-                    network: network.to_owned(),
-                    target: None,
-                    ip,
-                });
-            } else {
-                return Err(OcciError::bad(format!(
-                    "a compute links to /storage/{{name}} or /network/{{name}}, not {}",
-                    link.target
-                )));
+            match self.device_of_link(link)? {
+                Device::Disk(disk) => disks.push(disk),
+                Device::Nic(nic) => nics.push(nic),
             }
         }
         let mut descriptor = VeeDescriptor::minimal(cores.unwrap_or(1), memory_mb.unwrap_or(1024));
@@ -1478,7 +1470,14 @@ impl Ctx<'_> {
         Ok(self.compute(&record))
     }
 
-    async fn update_compute(&self, id: &str, request: &OcciRequest) -> OcciResult<Entity> {
+    /// PUT (`partial` false) or POST (`partial`: a partial update, whose Links are added to
+    /// the compute) of a compute.
+    async fn update_compute(
+        &self,
+        id: &str,
+        request: &OcciRequest,
+        partial: bool,
+    ) -> OcciResult<Entity> {
         let current = self.entity("compute", id).await?;
         let mixins = self.mixins_of(request, "compute", false)?;
         if mixins.iter().any(|m| !current.has_category(&m.id())) {
@@ -1486,11 +1485,18 @@ impl Ctx<'_> {
                 "veem does not add mixins to a compute once made",
             ));
         }
-        if !request.links.is_empty() {
+        if !request.links.is_empty() && !partial {
             return Err(OcciError::not_implemented(
-                "links are given when the compute is made",
+                "links are added to a compute by POST (to it, or to /storagelink/ or \
+                 /networkinterface/), not by PUT",
             ));
         }
+        // Every link is checked before anything changes.
+        let devices = request
+            .links
+            .iter()
+            .map(|link| self.device_of_link(link))
+            .collect::<OcciResult<Vec<_>>>()?;
         // The compute's own values may come back as they are (a client PUTs what it read).
         let readonly = [
             "occi.core.id",
@@ -1521,12 +1527,182 @@ impl Ctx<'_> {
                 }
             }
         }
+        if !devices.is_empty() {
+            let vee = parse_vee(id)?;
+            for device in devices {
+                self.add_device(&vee, device).await?;
+            }
+        }
         if cpu.is_some() || memory_mb.is_some() {
             let vee = parse_vee(id)?;
             let (record, _) = self.veem().patch(self.caller, &vee, cpu, memory_mb).await?;
             return Ok(self.compute(&record));
         }
-        Ok(current)
+        if request.links.is_empty() {
+            return Ok(current);
+        }
+        self.entity("compute", id).await
+    }
+
+    /// The disk or NIC a Link of a compute's request makes: a `/storage/{image}` or a
+    /// `/network/{name}` target, and the link's attributes.
+    fn device_of_link(&self, link: &request::LinkRequest) -> OcciResult<Device> {
+        let target = local_path(&link.target);
+        let string_attribute = |name: &str| -> OcciResult<Option<String>> {
+            match link.attributes.iter().find(|(n, _)| n == name) {
+                Some((_, Value::String(s))) => Ok(Some(s.clone())),
+                Some(_) => Err(OcciError::bad(format!("{name} must be a string"))),
+                None => Ok(None),
+            }
+        };
+        if let Some(image) = target.strip_prefix("/storage/") {
+            if string_attribute("occi.storagelink.mountpoint")?.is_some() {
+                return Err(OcciError::not_implemented(
+                    "veem does not mount disks in the guest: occi.storagelink.mountpoint",
+                ));
+            }
+            let mut disk = image_disk(image)?;
+            disk.target = string_attribute("occi.storagelink.deviceid")?;
+            return Ok(Device::Disk(disk));
+        }
+        if let Some(network) = target.strip_prefix("/network/") {
+            self.veem().networks().get(self.caller, network)?;
+            if string_attribute("occi.networkinterface.mac")?.is_some() {
+                return Err(OcciError::not_implemented(
+                    "veem chooses a NIC's MAC address itself: occi.networkinterface.mac",
+                ));
+            }
+            let ip = match string_attribute("occi.networkinterface.address")? {
+                Some(ip) => Some(ip.parse().map_err(|_| {
+                    OcciError::bad(format!(
+                        "occi.networkinterface.address {ip:?} is not an IPv4 address"
+                    ))
+                })?),
+                None => None,
+            };
+            return Ok(Device::Nic(NicSpec {
+                network: network.to_owned(),
+                target: string_attribute("occi.networkinterface.interface")?,
+                ip,
+            }));
+        }
+        Err(OcciError::bad(format!(
+            "a compute links to /storage/{{name}} or /network/{{name}}, not {}",
+            link.target
+        )))
+    }
+
+    /// Adds a disk or a NIC to a compute; answers the new link's location.
+    async fn add_device(&self, vee: &VeeId, device: Device) -> OcciResult<String> {
+        Ok(match device {
+            Device::Disk(disk) => {
+                let (_, n) = self.veem().add_disk(self.caller, vee, disk).await?;
+                format!("/storagelink/{vee}_{n}")
+            }
+            Device::Nic(nic) => {
+                let (_, n) = self.veem().add_nic(self.caller, vee, nic).await?;
+                format!("/networkinterface/{vee}_{n}")
+            }
+        })
+    }
+
+    /// `POST /storagelink/` or `POST /networkinterface/`: a disk or NIC added to the compute
+    /// `occi.core.source`, from the storage or network `occi.core.target` (GFD.222: a link
+    /// is created in its kind's collection).
+    async fn create_link(&self, term: &'static str, request: &OcciRequest) -> OcciResult<Entity> {
+        let mixins = self.mixins_of(request, term, false)?;
+        let mut defs = vec![category(term).clone()];
+        defs.extend(mixins.iter().cloned());
+        self.check_attributes(
+            request,
+            &defs,
+            &[
+                "occi.core.id",
+                "occi.core.source",
+                "occi.core.target",
+                "occi.networkinterface.interface",
+            ],
+        )?;
+        if !request.links.is_empty() {
+            return Err(OcciError::bad("a link has no links of its own"));
+        }
+        let end = |name: &str| match request.attribute(name) {
+            Some(Value::String(location)) => Ok(local_path(location).to_owned()),
+            _ => Err(OcciError::bad(format!(
+                "a {term} needs {name}: the location of its {}",
+                if name.ends_with("source") {
+                    "compute (/compute/{id})"
+                } else if term == "storagelink" {
+                    "storage (/storage/{name})"
+                } else {
+                    "network (/network/{name})"
+                }
+            ))),
+        };
+        let source = end("occi.core.source")?;
+        let target = end("occi.core.target")?;
+        let vee = source
+            .strip_prefix("/compute/")
+            .filter(|id| !id.is_empty() && !id.contains('/'))
+            .ok_or_else(|| {
+                OcciError::bad(format!(
+                    "occi.core.source {source:?} is not a compute's location (/compute/{{id}})"
+                ))
+            })?;
+        let expected = if term == "storagelink" {
+            "/storage/"
+        } else {
+            "/network/"
+        };
+        if !target.starts_with(expected) {
+            return Err(OcciError::bad(format!(
+                "the occi.core.target of a {term} is a {expected}{{name}}, not {target:?}"
+            )));
+        }
+        // The compute first: another principal's is 403, an unknown one 404.
+        let vee = parse_vee(vee)?;
+        self.veem().get(self.caller, &vee)?;
+        if term == "storagelink" {
+            self.entity("storage", &target["/storage/".len()..]).await?;
+        }
+        let link = request::LinkRequest {
+            target,
+            rel: None,
+            categories: Vec::new(),
+            attributes: request.attributes.clone(),
+        };
+        let device = self.device_of_link(&link)?;
+        let location = self.add_device(&vee, device).await?;
+        let (kind, id) = location
+            .trim_start_matches('/')
+            .split_once('/')
+            .ok_or_else(|| CoreError::broken("a link's location is /kind/id"))?;
+        let kind = if kind == "storagelink" {
+            "storagelink"
+        } else {
+            "networkinterface"
+        };
+        self.entity(kind, id).await
+    }
+
+    /// `DELETE /storagelink/{vee}_{n}` or `/networkinterface/{vee}_{n}`: the disk or NIC
+    /// removed from its compute.
+    async fn delete_link(&self, kind: &str, id: &str) -> OcciResult<()> {
+        let location = format!("/{kind}/{id}");
+        let (vee, n) = id
+            .rsplit_once('_')
+            .ok_or_else(|| OcciError::not_found(&location))?;
+        let vee = parse_vee(vee).map_err(|_| OcciError::not_found(&location))?;
+        // Another principal's compute is 403; a link it does not have 404.
+        self.veem().get(self.caller, &vee)?;
+        self.entity(kind, id).await?;
+        let n: usize = n.parse().map_err(|_| OcciError::not_found(&location))?;
+        if kind == "storagelink" {
+            self.veem().remove_disk(self.caller, &vee, n).await?;
+        } else {
+            self.veem().remove_nic(self.caller, &vee, n).await?;
+        }
+        Ok(())
     }
 
     async fn delete_compute(&self, id: &str) -> OcciResult<()> {
@@ -1696,6 +1872,20 @@ fn image_disk(name: &str) -> OcciResult<DiskSpec> {
         clone: true,
         kind: DiskKind::Disk,
     })
+}
+
+/// A device a link of a compute makes.
+enum Device {
+    Disk(DiskSpec),
+    Nic(NicSpec),
+}
+
+/// The path of a location given absolute (`http://host/compute/x`) or as a path.
+fn local_path(location: &str) -> &str {
+    match location.split_once("://") {
+        Some((_, rest)) => rest.find('/').map_or("/", |at| &rest[at..]),
+        None => location,
+    }
 }
 
 #[cfg(test)]
