@@ -34,7 +34,7 @@ impl Veem {
         mut disk: DiskSpec,
     ) -> Result<(VeeRecord, usize), CoreError> {
         let (seq, _guard, record) = self.lock_vee(caller, id).await?;
-        devices_changeable(&record)?;
+        disks_changeable(&record)?;
         let mut descriptor = (*record.descriptor).clone();
         if disk.target.is_none() {
             disk.target = Some(free_disk_target(&descriptor.disks)?);
@@ -80,7 +80,7 @@ impl Veem {
         index: usize,
     ) -> Result<VeeRecord, CoreError> {
         let (seq, _guard, record) = self.lock_vee(caller, id).await?;
-        devices_changeable(&record)?;
+        disks_changeable(&record)?;
         let mut descriptor = (*record.descriptor).clone();
         if index >= descriptor.disks.len() {
             return Err(CoreError::NotFound(format!("VEE {id} has no disk {index}")));
@@ -217,6 +217,21 @@ fn devices_changeable(record: &VeeRecord) -> Result<(), CoreError> {
     )))
 }
 
+/// [`devices_changeable`], and the VEE's disks are in the VEEM's data directory: those a host
+/// keeps on its own storage ([`VeeRecord::holder`]) are that host's, where a removed disk's
+/// file could not be deleted from here (and would boot again under a new disk of its target).
+fn disks_changeable(record: &VeeRecord) -> Result<(), CoreError> {
+    devices_changeable(record)?;
+    match &record.holder {
+        Some(holder) => Err(CoreError::WrongState(format!(
+            "the disks of VEE {} are on host {holder}'s own storage; they change only where \
+             the VEEM keeps them",
+            record.id
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// The first `vdX` no disk of `disks` uses.
 fn free_disk_target(disks: &[DiskSpec]) -> Result<String, CoreError> {
     (b'a'..=b'z')
@@ -280,6 +295,13 @@ mod tests {
         match devices_changeable(&remote) {
             Err(CoreError::WrongState(why)) => assert!(why.contains("run by site east"), "{why}"),
             other => panic!("a VEE of another site is refused, not {other:?}"),
+        }
+        let mut held = record(VmiState::Defined);
+        held.holder = Some(veem_model::HostId::new("h1").expect("a valid host"));
+        assert!(devices_changeable(&held).is_ok(), "its NICs may change");
+        match disks_changeable(&held) {
+            Err(CoreError::WrongState(why)) => assert!(why.contains("h1's own storage"), "{why}"),
+            other => panic!("disks a host keeps are refused, not {other:?}"),
         }
     }
 
