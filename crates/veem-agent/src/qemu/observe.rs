@@ -101,6 +101,29 @@ impl QemuDriver {
         instance.read_reports();
         // Both queries go out at once on the one connection: a list costs no extra round trip.
         let (state, disks) = tokio::join!(self.live_state(instance), self.disk_counters(instance));
-        Ok(Some(self.status_of(instance, state?, disks)))
+        match state {
+            Ok(state) => Ok(Some(self.status_of(instance, state, disks))),
+            // Asked while an operation ended it (a shutdown's `quit`, a destroy): the process
+            // is on its way out, and its status is that of one gone, not a failure of the
+            // host (which would have the VEEM take the whole host for down).
+            Err(_) if ended_soon(instance).await => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }
+
+/// Whether the instance's process ends within a moment: QEMU closes its QMP socket first and
+/// exits just after.
+async fn ended_soon(instance: &Instance) -> bool {
+    for _ in 0..ENDING_CHECKS {
+        if !instance.is_alive() {
+            return true;
+        }
+        tokio::time::sleep(ENDING_CHECK_EVERY).await;
+    }
+    !instance.is_alive()
+}
+
+/// How long [`ended_soon`] waits for a process whose QMP went away: 1 s in all.
+const ENDING_CHECKS: u32 = 20;
+const ENDING_CHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(50);

@@ -5,7 +5,7 @@
 //! (CI installs it).
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
@@ -1064,4 +1064,46 @@ async fn the_guest_agents_reports_come_once_each_across_an_adoption_and_a_live_m
         "{:?}",
         state_files(&target)
     );
+}
+
+/// The health loop lists a host's instances at any moment, also while an operation ends one
+/// (a shutdown's `quit`, a destroy): an instance on its way out is no failure of the host, so
+/// such a list never fails. (It did: the QMP query of the ending process failed the whole
+/// list, the VEEM took the host for down until its next check, and refused to read a disk it
+/// holds.)
+#[tokio::test]
+async fn a_list_while_an_instance_ends_does_not_fail() {
+    require_qemu!();
+    let shared = Scene::new();
+    let driver = Arc::new(host(shared.path(), "h1"));
+    for round in 0..3 {
+        let spec = tiny(40 + round, shared.path());
+        driver.deploy(&spec).await.unwrap();
+        let ending = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let lister = {
+            let (driver, ending) = (driver.clone(), ending.clone());
+            tokio::spawn(async move {
+                let mut lists = 0;
+                while !ending.load(std::sync::atomic::Ordering::SeqCst) {
+                    if let Err(e) = driver.list().await {
+                        return Err(format!("list {lists} failed: {e}"));
+                    }
+                    lists += 1;
+                    // Once the instance is gone a list has nothing to wait for: let the
+                    // destroy (on this test's one thread) go on.
+                    tokio::task::yield_now().await;
+                }
+                Ok(lists)
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        driver.destroy(&spec.vee).await.unwrap();
+        ending.store(true, std::sync::atomic::Ordering::SeqCst);
+        let lists = lister
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert!(lists > 0, "round {round}: listed while it ended");
+        assert!(driver.list().await.unwrap().is_empty());
+    }
 }
