@@ -25,7 +25,7 @@ use veem_model::{
     MonitoringEvent, Phase, Principal, SiteName, VeeDescriptor, VeeId, VeeRecord, VeemState,
 };
 
-use super::networks::LanClaim;
+use super::networks::{owned_tag, LanClaim};
 use super::{Routed, Veem};
 use crate::auth::Caller;
 use crate::error::CoreError;
@@ -51,18 +51,6 @@ pub(super) fn site_error(site: &SiteName, e: ClientError) -> CoreError {
         Some(_) => CoreError::host_failed(detail),
         // No problem document: the site did not answer as a VEEM.
         None => CoreError::SiteUnreachable(detail),
-    }
-}
-
-/// A tag of `owner`'s as it goes to a site: marked with the owner (a stable hash of its name),
-/// within a tag's 64 characters.
-pub(super) fn owned_tag(owner: &Principal, tag: &str) -> String {
-    let mark = super::networks::fnv1a(owner.as_str().as_bytes());
-    let tagged = format!("{mark:08x}:{tag}");
-    if tagged.len() <= 64 {
-        tagged
-    } else {
-        format!("{mark:08x}:{:08x}", super::networks::fnv1a(tag.as_bytes()))
     }
 }
 

@@ -1206,7 +1206,19 @@ fn extends_to(network: &Network, site: &SiteName) -> bool {
 /// The name of `owner`'s network `name` at a site it extends to: marked with the owner, as its
 /// tags are there (all of this VEEM's VEEs are one principal's at the site).
 pub(super) fn lan_copy_name(owner: &Principal, name: &str) -> String {
-    super::federation::owned_tag(owner, name)
+    owned_tag(owner, name)
+}
+
+/// A tag of `owner`'s as it goes to a site: marked with the owner (a stable hash of its name),
+/// within a tag's 64 characters.
+pub(super) fn owned_tag(owner: &Principal, tag: &str) -> String {
+    let mark = fnv1a(owner.as_str().as_bytes());
+    let tagged = format!("{mark:08x}:{tag}");
+    if tagged.len() <= 64 {
+        tagged
+    } else {
+        format!("{mark:08x}:{:08x}", fnv1a(tag.as_bytes()))
+    }
 }
 
 fn visible(caller: &Caller, network: &Network) -> bool {
